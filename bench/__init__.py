@@ -1,0 +1,1 @@
+"""Journeyline benchmarks: each prints a table and writes bench/results/<name>.json."""

@@ -1,0 +1,378 @@
+"""A local fake of SendGrid's v3 Mail Send API, served over real HTTP on 127.0.0.1.
+
+Point ``SendGridEmailConnector(host=fake.url)`` at it to test workflows without the network::
+
+    with FakeSendGrid(api_key="SG.test") as fake:
+        connector = SendGridEmailConnector(api_key="SG.test", host=fake.url)
+        fake.fail_next(429, headers={"X-RateLimit-Reset": "1700000000"})
+        ...
+        assert [m.to for m in fake.sent_messages()] == ["ada@example.com"]
+
+It checks the Bearer key, validates payloads against the documented limits (answering 400
+with SendGrid's ``{"errors": [...]}`` body), answers 202 with an ``X-Message-Id``, 200 in
+sandbox mode, and can be scripted to fail (``fail_next``) or stall (``delay_next``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+MAX_BYTES = 30 * 1024 * 1024
+MAX_PERSONALIZATIONS = 1000
+MAX_RECIPIENTS = 1000
+MAX_CATEGORIES = 10
+MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_SEND_AHEAD = timedelta(hours=72)
+
+_STATUS_MESSAGES = {
+    400: "Bad Request",
+    401: "The provided authorization grant is invalid, expired, or revoked",
+    403: "access forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "The JSON payload you have included in your request is too large.",
+    429: "too many requests",
+    500: "internal server error",
+    503: "service unavailable",
+}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    status: int
+    message_id: str | None
+    client_port: int  # the same port across requests means one kept-alive connection
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    to: str
+    subject: str
+    custom_args: Mapping[str, str]
+    categories: tuple[str, ...]
+    message_id: str
+    body: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class _Script:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeSendGrid:
+    """An in-thread SendGrid; use as a context manager (or call ``start`` / ``close``)."""
+
+    def __init__(self, *, api_key: str = "SG.fake-key") -> None:
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._failures: deque[_Script] = deque()
+        self._delays: deque[float] = deque()
+        self._stopping = threading.Event()
+        self._sockets: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeSendGrid:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "FakeSendGrid is not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def close(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        with self._lock:
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:  # wake handler threads parked on kept-alive connections
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()  # joins the handler threads
+        assert self._thread is not None
+        self._thread.join()
+        self._server = None
+
+    def __enter__(self) -> FakeSendGrid:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        count: int = 1,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> None:
+        """Answer the next ``count`` requests with ``status`` (a 429 gets rate-limit headers)."""
+        script_headers = dict(headers or {})
+        if status == 429:
+            script_headers.setdefault("X-RateLimit-Limit", "600")
+            script_headers.setdefault("X-RateLimit-Remaining", "0")
+            script_headers.setdefault("X-RateLimit-Reset", str(int(time.time()) + 1))
+        if body is None:
+            body = _errors(_STATUS_MESSAGES.get(status, "error"), None)
+        with self._lock:
+            self._failures.extend(_Script(status, script_headers, body) for _ in range(count))
+
+    def delay_next(self, seconds: float) -> None:
+        """Stall the next request ``seconds`` before answering it (it is still processed)."""
+        with self._lock:
+            self._delays.append(seconds)
+
+    # -- inspection --------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def sent_messages(self) -> list[SentMessage]:
+        """One record per recipient of every accepted (202), non-sandbox request."""
+        sent: list[SentMessage] = []
+        for request in self.requests:
+            if request.status != 202 or not isinstance(request.body, dict):
+                continue
+            body = request.body
+            for personalization in body["personalizations"]:
+                args = {**body.get("custom_args", {}), **personalization.get("custom_args", {})}
+                subject = personalization.get("subject", body.get("subject", ""))
+                for recipient in personalization["to"]:
+                    sent.append(
+                        SentMessage(
+                            to=recipient["email"],
+                            subject=subject,
+                            custom_args=args,
+                            categories=tuple(body.get("categories", ())),
+                            message_id=request.message_id or "",
+                            body=body,
+                        )
+                    )
+        return sent
+
+    # -- called from handler threads ---------------------------------------------------------
+
+    def _respond(
+        self, method: str, path: str, headers: Mapping[str, str], raw: bytes | None
+    ) -> tuple[int, dict[str, str], Any, Any]:
+        """(status, headers, response body, parsed request body) for one request."""
+        with self._lock:
+            delay = self._delays.popleft() if self._delays else 0.0
+        if delay:
+            self._stopping.wait(delay)
+        if path.split("?")[0] != "/v3/mail/send":
+            return 404, {}, _errors("Not Found", None), None
+        if method != "POST":
+            return 405, {}, _errors("Method Not Allowed", None), None
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            return 401, {}, _errors(_STATUS_MESSAGES[401], None), None
+        if raw is None:
+            return 413, {}, _errors(_STATUS_MESSAGES[413], None), None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return 400, {}, _errors("Bad Request", None), None
+        with self._lock:
+            script = self._failures.popleft() if self._failures else None
+        if script is not None:
+            return script.status, script.headers, script.body, body
+        problems = validate_mail(body)
+        if problems:
+            return 400, {}, {"errors": problems}, body
+        sandbox = body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable") is True
+        if sandbox:
+            return 200, {}, None, body
+        return 202, {"X-Message-Id": secrets.token_urlsafe(16)}, None, body
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+
+def _errors(message: str, field: str | None, help_: str | None = None) -> dict[str, Any]:
+    return {"errors": [{"message": message, "field": field, "help": help_}]}
+
+
+def _problem(message: str, field: str | None) -> dict[str, Any]:
+    return {"message": message, "field": field, "help": None}
+
+
+def validate_mail(body: Any) -> list[dict[str, Any]]:
+    """Every problem SendGrid would report for this v3 payload, per the documented limits."""
+    if not isinstance(body, dict):
+        return [_problem("The request body must be a JSON object.", None)]
+    problems: list[dict[str, Any]] = []
+    personalizations = body.get("personalizations")
+    if not isinstance(personalizations, list) or not personalizations:
+        problems.append(_problem("The personalizations field is required.", "personalizations"))
+        personalizations = []
+    elif len(personalizations) > MAX_PERSONALIZATIONS:
+        problems.append(_problem("Too many personalizations (at most 1000).", "personalizations"))
+    seen: set[str] = set()
+    recipients = 0
+    has_template = bool(body.get("template_id"))
+    for i, p in enumerate(personalizations):
+        where = f"personalizations.{i}"
+        if not isinstance(p, dict) or not p.get("to"):
+            problems.append(_problem("The to array is required.", f"{where}.to"))
+            continue
+        for kind in ("to", "cc", "bcc"):
+            for address in p.get(kind, []):
+                email = str(address.get("email", "")).lower() if isinstance(address, dict) else ""
+                recipients += 1
+                if "@" not in email:
+                    problems.append(_problem("Invalid email address.", f"{where}.{kind}"))
+                elif email in seen:
+                    problems.append(
+                        _problem("Each email address must be unique.", f"{where}.{kind}")
+                    )
+                seen.add(email)
+        if not (has_template or body.get("subject") or p.get("subject")):
+            problems.append(_problem("The subject is required.", "subject"))
+        problems += _check_custom_args(p.get("custom_args"), f"{where}.custom_args")
+        problems += _check_send_at(p.get("send_at"), f"{where}.send_at")
+    if recipients > MAX_RECIPIENTS:
+        problems.append(_problem("Too many recipients (at most 1000).", "personalizations"))
+    sender = body.get("from")
+    if not isinstance(sender, dict) or "@" not in str(sender.get("email", "")):
+        problems.append(_problem("The from email is required.", "from.email"))
+    content = body.get("content")
+    if not has_template:
+        if not isinstance(content, list) or not content:
+            problems.append(_problem("The content field is required.", "content"))
+        elif any(not isinstance(c, dict) or not c.get("value") for c in content):
+            problems.append(_problem("Content values must be non-empty strings.", "content"))
+    categories = body.get("categories", [])
+    if not isinstance(categories, list) or len(categories) > MAX_CATEGORIES:
+        problems.append(_problem("Too many categories (at most 10).", "categories"))
+    elif any(not isinstance(c, str) for c in categories):
+        problems.append(_problem("Categories must be strings.", "categories"))
+    problems += _check_custom_args(body.get("custom_args"), "custom_args")
+    problems += _check_send_at(body.get("send_at"), "send_at")
+    return problems
+
+
+def _check_custom_args(args: Any, where: str) -> list[dict[str, Any]]:
+    if args is None:
+        return []
+    if not isinstance(args, dict):
+        return [_problem("custom_args must be an object.", where)]
+    if any(not isinstance(v, str) for v in args.values()):
+        return [_problem("custom_args values must be strings.", where)]
+    if len(json.dumps(args).encode()) >= MAX_CUSTOM_ARGS_BYTES:
+        return [_problem("custom_args must be under 10,000 bytes.", where)]
+    return []
+
+
+def _check_send_at(send_at: Any, where: str) -> list[dict[str, Any]]:
+    if send_at is None:
+        return []
+    limit = datetime.now(UTC) + MAX_SEND_AHEAD
+    if not isinstance(send_at, int) or datetime.fromtimestamp(send_at, UTC) > limit:
+        return [_problem("send_at must be a unix time at most 72 hours ahead.", where)]
+    return []
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # so server_close() joins handler threads: no stray sockets
+    fake: FakeSendGrid
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up is part of the script, not a server bug.
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._lock:
+            self.server.fake._sockets.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.fake._lock:
+            self.server.fake._sockets.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def _handle(self, method: str) -> None:
+        fake = self.server.fake
+        length = int(self.headers.get("Content-Length") or 0)
+        raw: bytes | None
+        if length > MAX_BYTES:
+            raw = None
+            self.close_connection = True  # do not read 30 MB just to refuse it
+        else:
+            raw = self.rfile.read(length)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, extra, answer, body = fake._respond(method, self.path, headers, raw)
+        payload = b"" if answer is None else json.dumps(answer).encode()
+        fake._record(
+            RecordedRequest(
+                method=method,
+                path=self.path,
+                headers=headers,
+                body=body,
+                status=status,
+                message_id=extra.get("X-Message-Id"),
+                client_port=self.client_address[1],
+            )
+        )
+        self.send_response(status)
+        for name, value in extra.items():
+            self.send_header(name, value)
+        if payload:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)

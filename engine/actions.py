@@ -1,0 +1,243 @@
+"""Performing an action through its connector, exactly once per intent (DESIGN.md section 4).
+
+``perform_action`` runs in three steps:
+
+1. **claim** (one transaction): re-read the row; give up if it is done, held by a live lease or
+   not yet due; re-check suppression and consent *now*, not when the step was scheduled; then
+   mark it ``sending`` with a lease and count the attempt.
+2. **send**, outside any transaction, through the connector.
+3. **record** the outcome (one transaction): ``sent`` with the provider id, ``pending`` with a
+   backoff for a transient error, ``failed`` for a permanent one or after the last attempt.
+
+A worker that dies during 2 leaves ``sending`` with an expired lease: the next claim re-sends
+only if the connector dedupes on the idempotency key, and otherwise marks the row ``unknown``
+for an operator rather than risk a second email.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from engine.db import transaction
+from engine.errors import (
+    ConnectorError,
+    DeliveryUnknownError,
+    PermanentConnectorError,
+    TransientConnectorError,
+)
+from engine.guardrails import defer_until
+from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
+from engine.performers import Call, Performer, Unconfigured
+from engine.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff: timedelta = timedelta(seconds=5)
+    max_backoff: timedelta = timedelta(hours=1)
+
+    def delay(self, attempt: int, hint: timedelta | None = None) -> timedelta:
+        """Exponential backoff with full jitter; a provider's hint is a floor."""
+        ceiling = min(self.backoff * (2 ** max(attempt - 1, 0)), self.max_backoff)
+        chosen = timedelta(
+            seconds=random.uniform(ceiling.total_seconds() / 2, ceiling.total_seconds())
+        )
+        return max(chosen, hint) if hint else chosen
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    retry_at: datetime | None = None  # set when the action should be tried again
+
+
+@dataclass(frozen=True)
+class _Claim:
+    call: Call
+    performer: str
+
+
+def perform_action(
+    db: Engine,
+    registry: Registry,
+    performers: Mapping[str, Performer],
+    action_id: int,
+    *,
+    now: datetime,
+    lease: timedelta,
+    policy: RetryPolicy,
+) -> Outcome:
+    with transaction(db) as session:
+        claimed = _claim(session, registry, performers, action_id, now=now, lease=lease)
+        if not isinstance(claimed, _Claim):
+            return claimed
+    try:
+        provider_id = claimed.call()
+    except ConnectorError as exc:
+        return _record_failure(db, action_id, exc, now=now, policy=policy)
+    except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
+        log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
+        return _record_failure(db, action_id, exc, now=now, policy=policy)
+    with transaction(db) as session:
+        action = session.get(Action, action_id)
+        assert action is not None
+        action.status = ActionStatus.SENT
+        action.provider_id = provider_id
+        action.error = None
+        action.lease_until = None
+        action.completed_at = now
+        action.updated_at = now
+        session.add(action)
+    return Outcome(ActionStatus.SENT)
+
+
+def _claim(
+    session: Session,
+    registry: Registry,
+    performers: Mapping[str, Performer],
+    action_id: int,
+    *,
+    now: datetime,
+    lease: timedelta,
+) -> _Claim | Outcome:
+    action = session.exec(select(Action).where(Action.id == action_id).with_for_update()).first()
+    if action is None:
+        return Outcome("missing")
+    if action.status in (
+        ActionStatus.SENT,
+        ActionStatus.SKIPPED,
+        ActionStatus.FAILED,
+        ActionStatus.UNKNOWN,
+    ):
+        return Outcome(action.status)
+    performer = performers.get(action.kind) or Unconfigured(action.kind, "a connector")
+    if action.status == ActionStatus.SENDING:
+        if action.lease_until and action.lease_until > now:
+            return Outcome(ActionStatus.SENDING)  # another worker is on it
+        if not performer.dedupes:
+            _finish(
+                session,
+                action,
+                ActionStatus.UNKNOWN,
+                now=now,
+                error="a worker stopped during the send and the connector cannot dedupe: "
+                "check delivery events before sending again",
+            )
+            return Outcome(ActionStatus.UNKNOWN)
+        log.warning("action %s: lease expired mid-send; re-sending (connector dedupes)", action_id)
+    elif action.next_attempt_at > now:
+        return Outcome(ActionStatus.PENDING, retry_at=action.next_attempt_at)
+
+    # The contact's row lock serialises the cap check below with other sends to them.
+    contact = session.exec(
+        select(Contact).where(Contact.id == action.contact_id).with_for_update()
+    ).first()
+    if contact is None:
+        _finish(session, action, ActionStatus.SKIPPED, now=now, error="contact erased")
+        return Outcome(ActionStatus.SKIPPED)
+    held = _held_back(session, action, contact)
+    if held:
+        action.reason = {**action.reason, "skipped": held}
+        _finish(session, action, ActionStatus.SKIPPED, now=now)
+        return Outcome(ActionStatus.SKIPPED)
+
+    deferral = defer_until(session, registry, action, contact, now=now)
+    if deferral is not None:
+        until, rule = deferral
+        held = [
+            *action.reason.get("held", []),
+            {"rule": rule, "at": now.isoformat(), "until": until.isoformat()},
+        ]
+        action.reason = {**action.reason, "held": held[-20:]}
+        action.next_attempt_at = until
+        action.lease_until = until  # the sweeper hands it out again when it is due
+        action.updated_at = now
+        session.add(action)
+        return Outcome(ActionStatus.PENDING, retry_at=until)
+
+    try:
+        call = performer.prepare(action, contact, now=now)
+    except ConnectorError as exc:  # cannot even be built (a broken template, no connector)
+        _finish(
+            session,
+            action,
+            ActionStatus.FAILED,
+            now=now,
+            error=f"permanent error: {type(exc).__name__}: {exc}",
+        )
+        return Outcome(ActionStatus.FAILED)
+    action.status = ActionStatus.SENDING
+    action.attempts += 1
+    action.lease_until = now + lease
+    action.updated_at = now
+    session.add(action)
+    return _Claim(call, performer.name)
+
+
+def _held_back(session: Session, action: Action, contact: Contact) -> str | None:
+    """Why this email must not go out at all, or None. Checked at send time, every time."""
+    if action.kind != "email":
+        return None  # suppression and consent are about email; a CRM update still happens
+    suppressed = session.exec(select(Suppression).where(Suppression.email == contact.email)).first()
+    if suppressed is not None:
+        return f"suppressed ({suppressed.reason})"
+    marketing = bool(action.payload.get("marketing", True))
+    if marketing and contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
+        return f"contact is {contact.subscription_status}"
+    return None
+
+
+def _record_failure(
+    db: Engine, action_id: int, exc: Exception, *, now: datetime, policy: RetryPolicy
+) -> Outcome:
+    with transaction(db) as session:
+        action = session.get(Action, action_id)
+        assert action is not None
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, DeliveryUnknownError):
+            log.error("action %s: delivery unknown, not re-sent: %s", action_id, error)
+            _finish(session, action, ActionStatus.UNKNOWN, now=now, error=error)
+            return Outcome(ActionStatus.UNKNOWN)
+        permanent = isinstance(exc, PermanentConnectorError)
+        if permanent or action.attempts >= policy.max_attempts:
+            why = "permanent error" if permanent else f"gave up after {action.attempts} attempts"
+            log.error("action %s failed (%s): %s", action_id, why, error)
+            _finish(session, action, ActionStatus.FAILED, now=now, error=f"{why}: {error}")
+            return Outcome(ActionStatus.FAILED)
+        hint = exc.retry_after if isinstance(exc, TransientConnectorError) else None
+        retry_at = now + policy.delay(action.attempts, hint)
+        log.warning(
+            "action %s attempt %s failed, retrying at %s: %s",
+            action_id,
+            action.attempts,
+            retry_at.isoformat(),
+            error,
+        )
+        action.status = ActionStatus.PENDING
+        action.error = error
+        action.next_attempt_at = retry_at
+        action.lease_until = retry_at  # no delayed message: the sweeper dispatches it when due
+        action.updated_at = now
+        session.add(action)
+        return Outcome(ActionStatus.PENDING, retry_at=retry_at)
+
+
+def _finish(
+    session: Session, action: Action, status: str, *, now: datetime, error: str | None = None
+) -> None:
+    action.status = status
+    action.error = error
+    action.lease_until = None
+    action.completed_at = now
+    action.updated_at = now
+    session.add(action)

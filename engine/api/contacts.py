@@ -1,0 +1,193 @@
+"""``/v1/contacts/{email}``: create or update (PUT), look up with the timeline (GET), erase
+(DELETE).
+
+Erasure deletes the contact row; its events, stage transitions, enrollments and actions go
+with it (foreign keys ``ON DELETE CASCADE``; SQLite connections turn ``foreign_keys`` on in
+``engine.db``). Nothing identifying is written or logged about the erased contact.
+Suppression rows (bounces, complaints) are kept: they exist so that an address is never
+mailed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, select
+
+from engine.api.auth import require
+from engine.api.deps import RuntimeDep
+from engine.api.errors import ERROR_RESPONSES, Conflict, ErrorResponse, NotFound
+from engine.contacts import normalize_email
+from engine.db import transaction
+from engine.models import Contact
+from engine.timeline import Timeline, contact_timeline
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+
+EmailPath = Annotated[
+    str, Path(description="The contact's email address.", examples=["ana@example.com"])
+]
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No contact with that email."}
+}
+
+
+class ContactUpsert(BaseModel):
+    """Fields to set. ``stage`` only places a new contact (an import); an existing contact
+    moves through the stage machine, never by this call."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "attributes": {"first_name": "Ana", "plan": "pro"},
+                    "timezone": "Europe/Madrid",
+                    "stage": "onboarding",
+                }
+            ]
+        },
+    )
+
+    attributes: dict[str, Any] | None = Field(default=None, description="Merged into the stored.")
+    timezone: str | None = Field(default=None, description="IANA time zone.")
+    stage: str | None = Field(default=None, description="Initial stage of a new contact.")
+
+
+class ContactOut(BaseModel):
+    id: int
+    email: str
+    stage: str
+    score: int
+    subscription_status: str
+    timezone: str
+    attributes: dict[str, Any]
+    stage_entered_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, contact: Contact) -> ContactOut:
+        assert contact.id is not None
+        return cls(
+            id=contact.id,
+            email=contact.email,
+            stage=contact.stage,
+            score=contact.score,
+            subscription_status=str(contact.subscription_status),
+            timezone=contact.timezone,
+            attributes=dict(contact.attributes),
+            stage_entered_at=contact.stage_entered_at,
+            created_at=contact.created_at,
+            updated_at=contact.updated_at,
+        )
+
+
+class TimelineEntry(BaseModel):
+    kind: str = Field(description="event, stage, enrollment or action.")
+    at: datetime
+    summary: str = Field(examples=["awareness -> decision by evaluate"])
+    details: dict[str, Any]
+
+
+class ContactWithTimeline(BaseModel):
+    contact: ContactOut
+    timeline: list[TimelineEntry] = Field(description="Everything that happened, oldest first.")
+
+    @classmethod
+    def of(cls, timeline: Timeline) -> ContactWithTimeline:
+        who = timeline.contact
+        contact = ContactOut(
+            id=who.id,
+            email=who.email,
+            stage=who.stage,
+            score=who.score,
+            subscription_status=who.subscription_status,
+            timezone=who.timezone,
+            attributes=who.attributes,
+            stage_entered_at=who.stage_entered_at,
+            created_at=who.created_at,
+            updated_at=who.updated_at,
+        )
+        entries = [TimelineEntry.model_validate(e.to_dict()) for e in timeline.entries]
+        return cls(contact=contact, timeline=entries)
+
+
+def _find(session: Session, email: str) -> Contact | None:
+    return session.exec(select(Contact).where(Contact.email == email)).first()
+
+
+def _not_found(email: str) -> NotFound:
+    return NotFound(f"no contact with email {email!r}", field="email")
+
+
+@router.put(
+    "/{email}",
+    summary="Create or update a contact",
+    responses={
+        **ERROR_RESPONSES,
+        409: {
+            "model": ErrorResponse,
+            "description": "A stage was given for an existing contact in another stage.",
+        },
+    },
+    dependencies=[Depends(require("contacts:write"))],
+)
+def put_contact(
+    runtime: RuntimeDep, email: EmailPath, body: Annotated[ContactUpsert, Body()]
+) -> ContactOut:
+    email = normalize_email(email)
+    if body.stage is not None:
+        with Session(runtime.db) as session:
+            existing = _find(session, email)
+        if existing is not None and existing.stage != body.stage:
+            raise Conflict(
+                f"contact {email!r} exists in stage {existing.stage!r}; an existing contact "
+                "moves through the stage machine, not by setting its stage",
+                field="stage",
+            )
+    contact = runtime.upsert_contact(
+        email, stage=body.stage, timezone=body.timezone, attributes=body.attributes
+    )
+    return ContactOut.of(contact)
+
+
+@router.get(
+    "/{email}",
+    summary="A contact and its timeline",
+    responses={**ERROR_RESPONSES, **NOT_FOUND},
+    dependencies=[Depends(require("contacts:read"))],
+)
+def get_contact(runtime: RuntimeDep, email: EmailPath) -> ContactWithTimeline:
+    with Session(runtime.db) as session:
+        timeline = contact_timeline(session, email)
+    if timeline is None:
+        raise _not_found(email)
+    return ContactWithTimeline.of(timeline)
+
+
+@router.delete(
+    "/{email}",
+    status_code=204,
+    summary="Erase a contact and everything recorded about it",
+    response_class=Response,
+    responses={**ERROR_RESPONSES, **NOT_FOUND},
+    dependencies=[Depends(require("contacts:write"))],
+)
+def delete_contact(runtime: RuntimeDep, email: EmailPath) -> Response:
+    email = normalize_email(email)
+    with transaction(runtime.db) as session:
+        contact = _find(session, email)
+        if contact is None:
+            raise _not_found(email)
+        contact_id = contact.id
+        session.delete(contact)
+    log.info("erased contact %s on request", contact_id)
+    return Response(status_code=204)

@@ -1,0 +1,190 @@
+"""Errors at the HTTP boundary: one JSON shape, and the handlers that map our errors to it.
+
+Every error answer reads ``{"error": {"field": ..., "message": ..., "problems": [...]}}``:
+``field`` names the input at fault (``events[3].email``) or is null, ``problems`` lists every
+fault when there were several (request validation reports them all at once).
+
+    engine ValidationError           422   field and message
+    RequestValidationError           422   every field path and why
+    InvalidApiKey                    401   missing, malformed, unknown or revoked key
+    MissingScope                     403   the key may not do this
+    NotFound                         404
+    InvalidTransition / Conflict     409
+    HTTPException (404, 413, ...)    its status, its detail as the message
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from engine.api_keys import InvalidApiKey, MissingScope
+from engine.errors import InvalidTransition, JourneylineError, ValidationError
+
+log = logging.getLogger(__name__)
+
+UNION_TAG_MARK = "~"
+"""Tags of discriminated unions start with this; they are dropped from field paths."""
+
+
+class Problem(BaseModel):
+    field: str | None = Field(description="The input at fault, like events[3].email.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(
+        default=None, description="The (first) input at fault, or null.", examples=["email"]
+    )
+    message: str = Field(examples=["email 'x' is not valid: ..."])
+    problems: list[Problem] | None = Field(
+        default=None, description="Every problem, when the request had several."
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Conflict(JourneylineError):
+    """The request contradicts the stored state (HTTP 409)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(JourneylineError):
+    """What the request names does not exist (HTTP 404)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Invalid(JourneylineError):
+    """Several inputs were rejected at once (HTTP 422), each named."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0]
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"{first.field}: {first.message}{more}")
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    problems: Sequence[Problem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    detail = ErrorDetail(
+        field=field, message=message, problems=list(problems) if problems else None
+    )
+    body = ErrorResponse(error=detail).model_dump(exclude_none=True)
+    body["error"].setdefault("field", None)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """``("body", "events", 3, "email")`` -> ``events[3].email``."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "path", "query", "header", "cookie"):
+        parts = parts[1:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(UNION_TAG_MARK):
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or str(loc[0] if loc else "body")
+
+
+def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
+    loc = error.get("loc", ())
+    message = str(error.get("msg", "is invalid"))
+    if error.get("type") == "json_invalid":
+        detail = (error.get("ctx") or {}).get("error")
+        return Problem(field="body", message=f"body is not valid JSON: {detail or message}")
+    return Problem(field=field_path(loc), message=message)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ValidationError)
+    return error_response(422, str(exc), field=exc.field)
+
+
+async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Invalid)
+    first = exc.problems[0]
+    return error_response(422, str(exc), field=first.field, problems=exc.problems)
+
+
+async def _on_request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [_problem_from_pydantic(e) for e in exc.errors()]
+    if not problems:
+        return error_response(422, "the request is invalid")
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return error_response(
+        422, f"{first.field}: {first.message}{more}", field=first.field, problems=problems
+    )
+
+
+async def _on_invalid_key(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(
+        401, str(exc), field="authorization", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def _on_missing_scope(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(403, str(exc), field="authorization")
+
+
+async def _on_conflict(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, str(exc), field=getattr(exc, "field", None))
+
+
+async def _on_not_found(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, str(exc), field=getattr(exc, "field", None))
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_response(
+        exc.status_code, message, headers=dict(exc.headers) if exc.headers else None
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ValidationError, _on_validation_error)
+    app.add_exception_handler(Invalid, _on_invalid)
+    app.add_exception_handler(RequestValidationError, _on_request_validation)
+    app.add_exception_handler(InvalidApiKey, _on_invalid_key)
+    app.add_exception_handler(MissingScope, _on_missing_scope)
+    app.add_exception_handler(InvalidTransition, _on_conflict)
+    app.add_exception_handler(Conflict, _on_conflict)
+    app.add_exception_handler(NotFound, _on_not_found)
+    app.add_exception_handler(HTTPException, _on_http)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No usable API key (missing or unknown)."},
+    403: {"model": ErrorResponse, "description": "The API key lacks the scope."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
+    422: {"model": ErrorResponse, "description": "Invalid input; every field at fault named."},
+}
+"""The error answers every authenticated route may give, for the OpenAPI document."""

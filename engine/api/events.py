@@ -1,0 +1,189 @@
+"""``POST /v1/events``: record one event, or a batch of up to ``MAX_BATCH`` all or nothing.
+
+A batch is validated whole before anything is written: if any event is invalid the answer is
+422 naming every bad field (``events[3].email``) and nothing is recorded. Valid events are
+recorded in one transaction (each idempotently, by its ``idempotency_key``), and their
+processing is enqueued after commit, as ``Runtime.track`` does for one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from engine import pipeline
+from engine.api.auth import require
+from engine.api.deps import RuntimeDep
+from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
+from engine.contacts import (
+    normalize_email,
+    validate_event_type,
+    validate_properties,
+    validate_timezone,
+)
+from engine.db import transaction
+from engine.errors import ValidationError
+from engine.runtime import Runtime
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+MAX_BATCH = 500
+"""Events per request; larger batches are refused whole (422)."""
+SOURCE = "api"
+
+EXAMPLE_EVENT: dict[str, Any] = {
+    "email": "ana@example.com",
+    "type": "trial.started",
+    "properties": {"plan": "pro"},
+    "idempotency_key": "trial-8812",
+    "occurred_at": "2026-11-23T09:30:00Z",
+    "attributes": {"first_name": "Ana"},
+    "timezone": "Europe/Madrid",
+}
+
+
+class EventIn(BaseModel):
+    """One event about one contact (created at the first stage if new)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_EVENT]})
+
+    email: str = Field(max_length=320, description="The contact's email address.")
+    type: str = Field(max_length=128, description="Dotted lower-case words: trial.started.")
+    properties: dict[str, Any] | None = Field(
+        default=None, description="What happened, as JSON (up to 64 KiB)."
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Your id for this event: the same key twice is recorded once.",
+    )
+    occurred_at: datetime | None = Field(
+        default=None, description="When it happened (ISO 8601; without an offset, UTC)."
+    )
+    attributes: dict[str, Any] | None = Field(
+        default=None, description="Contact attributes to merge (first_name, plan...)."
+    )
+    timezone: str | None = Field(
+        default=None, description="The contact's IANA time zone, like Europe/Madrid."
+    )
+
+
+class EventBatch(BaseModel):
+    """Up to 500 events, recorded all or nothing."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        EXAMPLE_EVENT,
+                        {"email": "bo@example.com", "type": "page.viewed"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, dict) and "events" in value:
+        return f"{UNION_TAG_MARK}batch"
+    return f"{UNION_TAG_MARK}event"
+
+
+EventsBody = Annotated[
+    Annotated[EventIn, Tag(f"{UNION_TAG_MARK}event")]
+    | Annotated[EventBatch, Tag(f"{UNION_TAG_MARK}batch")],
+    Discriminator(_shape),
+]
+
+
+class RecordedEvent(BaseModel):
+    event_id: int
+    contact_id: int
+    duplicate: bool = Field(description="True when this idempotency key was recorded before.")
+
+
+class Accepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"events": [{"event_id": 42, "contact_id": 7, "duplicate": False}]}]
+        }
+    )
+
+    events: list[RecordedEvent] = Field(description="One per event sent, in order.")
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    summary="Record an event, or a batch of up to 500",
+    response_description="Recorded; processing is queued.",
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require("events:write"))],
+)
+def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Accepted:
+    if isinstance(body, EventBatch):
+        items, prefix = body.events, "events"
+    else:
+        items, prefix = [body], ""
+    problems = [p for index, item in enumerate(items) for p in check(item, prefix, index)]
+    if problems:
+        raise Invalid(problems)
+    return Accepted(events=record_all(runtime, items))
+
+
+def check(item: EventIn, prefix: str, index: int) -> list[Problem]:
+    """Every problem with one event, each naming its field (``events[3].email``)."""
+    found: list[Problem] = []
+    where = f"{prefix}[{index}]." if prefix else ""
+    checks = [
+        lambda: normalize_email(item.email),
+        lambda: validate_event_type(item.type),
+        lambda: validate_properties(item.properties),
+        lambda: validate_properties(item.attributes, field="attributes"),
+    ]
+    timezone = item.timezone
+    if timezone is not None:
+        checks.append(lambda: validate_timezone(timezone))
+    for run in checks:
+        try:
+            run()
+        except ValidationError as exc:
+            found.append(Problem(field=f"{where}{exc.field}", message=str(exc)))
+    return found
+
+
+def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
+    """Record validated events in one transaction, then enqueue each new contact's work."""
+    now = runtime.clock.now()
+    with transaction(runtime.db) as session:
+        recorded = [
+            pipeline.record_event(
+                session,
+                runtime.registry,
+                now=now,
+                email=item.email,
+                event_type=item.type,
+                properties=item.properties,
+                source=SOURCE,
+                idempotency_key=item.idempotency_key,
+                occurred_at=item.occurred_at,
+                attributes=item.attributes,
+                timezone=item.timezone,
+            )
+            for item in items
+        ]
+    for contact_id in dict.fromkeys(r.contact_id for r in recorded if not r.duplicate):
+        runtime.jobs.process_contact.send(contact_id)
+    return [
+        RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
+        for r in recorded
+    ]

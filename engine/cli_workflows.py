@@ -1,0 +1,136 @@
+"""``journeyline workflows``: list, check, show (Mermaid) and migrate workflow versions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from engine.cli import DatabaseUrl, app, console, err_console, fail, settings_for
+from engine.db import make_engine, transaction
+from engine.diagram import describe_trigger, mermaid
+from engine.errors import WorkflowDefinitionError
+from engine.executor import count_at_steps
+from engine.registry import Registry, load_registry
+from engine.settings import Settings
+from engine.versions import apply_migration, plan_migration
+
+workflows_app = typer.Typer(help="List, check, draw and migrate workflows.", no_args_is_help=True)
+app.add_typer(workflows_app, name="workflows")
+
+
+def _registry(settings: Settings) -> Registry:
+    try:
+        return load_registry(settings.workflows, templates_dir=settings.templates_dir)
+    except WorkflowDefinitionError as exc:
+        for problem in exc.problems:
+            err_console.print(f"[red]- {escape(problem)}[/]")
+        fail(f"{len(exc.problems)} problem(s) in {settings.workflows}", code=1)
+
+
+def _counts(settings: Settings, name: str) -> dict[tuple[str, int], int] | None:
+    db = make_engine(settings.database_url)
+    try:
+        with Session(db) as session:
+            return count_at_steps(session, name)
+    except OperationalError:
+        return None  # no database (or not migrated): draw without live counts
+    finally:
+        db.dispose()
+
+
+@workflows_app.command("check")
+def check(ctx: typer.Context) -> None:
+    """Validate every workflow; exit 1 and list every problem if any."""
+    settings = settings_for(ctx)
+    registry = _registry(settings)
+    console.print(f"[green]{len(registry.workflows)} workflows OK[/] in {settings.workflows}")
+
+
+@workflows_app.command("list")
+def list_workflows(ctx: typer.Context, database_url: DatabaseUrl = None) -> None:
+    """Every workflow with its trigger, version and live enrollments."""
+    settings = settings_for(ctx, database_url)
+    registry = _registry(settings)
+    table = Table(title=f"Workflows in {settings.workflows}")
+    for column in ("name", "trigger", "steps", "version", "live (this / older versions)"):
+        table.add_column(column, overflow="fold")
+    for workflow in registry.workflows.values():
+        counts = _counts(settings, workflow.name)
+        if counts is None:
+            live = "-"
+        else:
+            this = sum(n for (v, _), n in counts.items() if v == workflow.version)
+            older = sum(n for (v, _), n in counts.items() if v != workflow.version)
+            live = f"{this} / {older}"
+        table.add_row(
+            workflow.name,
+            escape(describe_trigger(workflow.trigger)),
+            str(len(workflow.program)),
+            workflow.version,
+            live,
+        )
+    console.print(table)
+
+
+@workflows_app.command("show")
+def show(ctx: typer.Context, name: str, database_url: DatabaseUrl = None) -> None:
+    """Print a workflow as a Mermaid diagram, with live counts per step when a database
+    is reachable."""
+    settings = settings_for(ctx, database_url)
+    registry = _registry(settings)
+    workflow = registry.workflows.get(name)
+    if workflow is None:
+        fail(f"no workflow named {name!r}; known: {', '.join(sorted(registry.workflows))}", code=1)
+    counts = _counts(settings, name) or {}
+    here = {p: n for (v, p), n in counts.items() if v == workflow.version}
+    print(mermaid(workflow, here))
+    older = sum(n for (v, _), n in counts.items() if v != workflow.version)
+    if older:
+        err_console.print(
+            f"{older} enrollment(s) still run older versions: journeyline workflows migrate {name}"
+        )
+
+
+@workflows_app.command("migrate")
+def migrate(
+    ctx: typer.Context,
+    name: str,
+    apply: Annotated[bool, typer.Option("--apply", help="Move them (default: preview).")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Preview, then with --apply move, live enrollments from older versions of NAME to the
+    current one. Enrollments whose step no longer exists are refused and stay put."""
+    settings = settings_for(ctx, database_url)
+    registry = _registry(settings)
+    db = make_engine(settings.database_url)
+    try:
+        with transaction(db) as session:
+            try:
+                plan = plan_migration(session, registry, name)
+            except KeyError as exc:
+                fail(str(exc.args[0]), code=1)
+            table = Table(title=f"{name}: to version {plan.target_version}")
+            table.add_column("lands on step")
+            table.add_column("enrollments", justify="right")
+            for step, count in sorted(plan.landing.items()):
+                table.add_row(escape(step), str(count))
+            console.print(table)
+            for where, count in sorted(plan.refused.items()):
+                console.print(
+                    f"[yellow]refused[/] {count} at {escape(where)}: "
+                    "that step is not in the current version"
+                )
+            if apply:
+                moved = apply_migration(session, plan)
+                console.print(f"[green]moved {moved} enrollment(s)[/]")
+            else:
+                console.print(f"{plan.movable} would move; run again with --apply to move them")
+    except OperationalError as exc:
+        fail(f"database {settings.database_url}: {exc.orig}")
+    finally:
+        db.dispose()

@@ -1,0 +1,377 @@
+"""Conditions: data that answers yes or no about a contact, an event or an enrollment.
+
+Predicates test one value (``gte(100)``, ``one_of("pro", "team")``); conditions test a contact
+(``attribute("plan", eq("pro"))``, ``score_at_least(50)``, ``has_tag("vip")``), their
+behaviour (``did_event("order.completed", within=timedelta(days=7))``) or their engagement
+with this workflow's emails (``opened("welcome")``, ``clicked()``). ``all_of``, ``any_of`` and
+``not_`` combine them. All are frozen dataclasses, so a workflow stays data (see spec.py).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from engine.spec import vocabulary
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from engine.models import Contact, Enrollment, Event
+
+
+# --- predicates on one value ------------------------------------------------------------
+
+
+class Predicate(ABC):
+    @abstractmethod
+    def test(self, value: Any) -> bool: ...
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+@vocabulary("eq")
+@dataclass(frozen=True)
+class Eq(Predicate):
+    value: Any
+
+    def test(self, value: Any) -> bool:
+        return bool(value == self.value)
+
+    def describe(self) -> str:
+        return f"= {self.value!r}"
+
+
+@vocabulary("compare")
+@dataclass(frozen=True)
+class Compare(Predicate):
+    op: str  # one of > >= < <=
+    value: float
+
+    def test(self, value: Any) -> bool:
+        number = _num(value)
+        if number is None:
+            return False
+        return {
+            ">": number > self.value,
+            ">=": number >= self.value,
+            "<": number < self.value,
+            "<=": number <= self.value,
+        }[self.op]
+
+    def describe(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+@vocabulary("one_of")
+@dataclass(frozen=True)
+class OneOf(Predicate):
+    values: tuple[Any, ...]
+
+    def test(self, value: Any) -> bool:
+        return value in self.values
+
+    def describe(self) -> str:
+        return "in " + ", ".join(repr(v) for v in self.values)
+
+
+@vocabulary("exists")
+@dataclass(frozen=True)
+class Exists(Predicate):
+    def test(self, value: Any) -> bool:
+        return value is not None and value != ""
+
+    def describe(self) -> str:
+        return "is set"
+
+
+def eq(value: Any) -> Eq:
+    return Eq(value)
+
+
+def gt(value: float) -> Compare:
+    return Compare(">", value)
+
+
+def gte(value: float) -> Compare:
+    return Compare(">=", value)
+
+
+def lt(value: float) -> Compare:
+    return Compare("<", value)
+
+
+def lte(value: float) -> Compare:
+    return Compare("<=", value)
+
+
+def one_of(*values: Any) -> OneOf:
+    return OneOf(tuple(values))
+
+
+def exists() -> Exists:
+    return Exists()
+
+
+def as_predicate(value: Any) -> Predicate:
+    """A plain value in a filter means equality: ``plan="pro"`` is ``plan=eq("pro")``."""
+    return value if isinstance(value, Predicate) else Eq(value)
+
+
+def matches(properties: Mapping[str, Any], where: Mapping[str, Predicate]) -> bool:
+    return all(pred.test(properties.get(key)) for key, pred in where.items())
+
+
+# --- conditions on a contact ------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """What a condition may look at."""
+
+    session: Session
+    contact: Contact
+    now: datetime
+    enrollment: Enrollment | None = None
+    event: Event | None = None
+
+
+class Condition(ABC):
+    @abstractmethod
+    def evaluate(self, ctx: EvalContext) -> bool: ...
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    def stages(self) -> tuple[str, ...]:
+        """Stages this condition names (for validation)."""
+        return ()
+
+
+@vocabulary("attribute")
+@dataclass(frozen=True)
+class Attribute(Condition):
+    name: str
+    predicate: Predicate = field(default_factory=Exists)
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return self.predicate.test(ctx.contact.attributes.get(self.name))
+
+    def describe(self) -> str:
+        return f"{self.name} {self.predicate.describe()}"
+
+
+@vocabulary("score")
+@dataclass(frozen=True)
+class Score(Condition):
+    predicate: Predicate
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return self.predicate.test(ctx.contact.score)
+
+    def describe(self) -> str:
+        return f"score {self.predicate.describe()}"
+
+
+@vocabulary("stage_in")
+@dataclass(frozen=True)
+class StageIn(Condition):
+    names: tuple[str, ...]
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return ctx.contact.stage in self.names
+
+    def describe(self) -> str:
+        return "stage in " + ", ".join(self.names)
+
+    def stages(self) -> tuple[str, ...]:
+        return self.names
+
+
+@vocabulary("has_tag")
+@dataclass(frozen=True)
+class HasTag(Condition):
+    tag: str
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return self.tag in (ctx.contact.attributes.get("tags") or [])
+
+    def describe(self) -> str:
+        return f"tagged {self.tag!r}"
+
+
+@vocabulary("subscribed")
+@dataclass(frozen=True)
+class Subscribed(Condition):
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return ctx.contact.subscription_status == "subscribed"
+
+    def describe(self) -> str:
+        return "subscribed"
+
+
+@vocabulary("did_event")
+@dataclass(frozen=True)
+class DidEvent(Condition):
+    """The contact had this event: within a window, or since entering this workflow."""
+
+    type: str
+    where: Mapping[str, Predicate] = field(default_factory=dict)
+    within: timedelta | None = None
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        from sqlmodel import col, select
+
+        from engine.models import Event
+
+        query = select(Event).where(Event.contact_id == ctx.contact.id, Event.type == self.type)
+        if self.within is not None:
+            query = query.where(col(Event.occurred_at) >= ctx.now - self.within)
+        elif ctx.enrollment is not None:
+            query = query.where(col(Event.received_at) >= ctx.enrollment.started_at)
+        return any(matches(e.properties, self.where) for e in ctx.session.exec(query))
+
+    def describe(self) -> str:
+        when = f" within {self.within}" if self.within else " since entering"
+        return f"did {self.type}{when}"
+
+
+@vocabulary("engaged")
+@dataclass(frozen=True)
+class Engaged(Condition):
+    """The contact opened (or clicked) an email this enrollment sent (at ``step``, or any)."""
+
+    how: str  # "opened" or "clicked"
+    step: str = ""
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        from sqlmodel import col, select
+
+        from engine.models import Action, Event
+
+        if ctx.enrollment is None:
+            return False
+        query = select(Action.id).where(
+            Action.enrollment_id == ctx.enrollment.id, Action.kind == "email"
+        )
+        if self.step:
+            query = query.where(col(Action.reason)["step"].as_string() == self.step)
+        sent = {str(i) for i in ctx.session.exec(query)}
+        if not sent:
+            return False
+        kinds = ("email.clicked",) if self.how == "clicked" else ("email.opened", "email.clicked")
+        engagement = ctx.session.exec(
+            select(Event.properties).where(
+                Event.contact_id == ctx.contact.id, col(Event.type).in_(kinds)
+            )
+        )
+        return any(str(p.get("action_id")) in sent for p in engagement)
+
+    def describe(self) -> str:
+        return f"{self.how} {self.step or 'any email of this workflow'}"
+
+
+@vocabulary("all_of")
+@dataclass(frozen=True)
+class AllOf(Condition):
+    conditions: tuple[Condition, ...]
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return all(c.evaluate(ctx) for c in self.conditions)
+
+    def describe(self) -> str:
+        return " and ".join(f"({c.describe()})" for c in self.conditions)
+
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s for c in self.conditions for s in c.stages())
+
+
+@vocabulary("any_of")
+@dataclass(frozen=True)
+class AnyOf(Condition):
+    conditions: tuple[Condition, ...]
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return any(c.evaluate(ctx) for c in self.conditions)
+
+    def describe(self) -> str:
+        return " or ".join(f"({c.describe()})" for c in self.conditions)
+
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s for c in self.conditions for s in c.stages())
+
+
+@vocabulary("not")
+@dataclass(frozen=True)
+class Not(Condition):
+    condition: Condition
+
+    def evaluate(self, ctx: EvalContext) -> bool:
+        return not self.condition.evaluate(ctx)
+
+    def describe(self) -> str:
+        return f"not ({self.condition.describe()})"
+
+    def stages(self) -> tuple[str, ...]:
+        return self.condition.stages()
+
+
+def attribute(name: str, predicate: Any = None) -> Attribute:
+    return Attribute(name, Exists() if predicate is None else as_predicate(predicate))
+
+
+def score(predicate: Predicate) -> Score:
+    return Score(predicate)
+
+
+def stage_in(*names: str) -> StageIn:
+    return StageIn(tuple(names))
+
+
+def has_tag(tag: str) -> HasTag:
+    return HasTag(tag)
+
+
+def subscribed() -> Subscribed:
+    return Subscribed()
+
+
+def did_event(type: str, *, within: timedelta | None = None, **where: Any) -> DidEvent:
+    return DidEvent(type, {k: as_predicate(v) for k, v in where.items()}, within)
+
+
+def opened(step: str = "") -> Engaged:
+    return Engaged("opened", step)
+
+
+def clicked(step: str = "") -> Engaged:
+    return Engaged("clicked", step)
+
+
+def all_of(*conditions: Condition) -> AllOf:
+    return AllOf(tuple(conditions))
+
+
+def any_of(*conditions: Condition) -> AnyOf:
+    return AnyOf(tuple(conditions))
+
+
+def not_(condition: Condition) -> Not:
+    return Not(condition)

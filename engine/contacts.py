@@ -1,0 +1,123 @@
+"""Contact input validation and the find-or-create used by every ingest path."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from engine.errors import ValidationError
+from engine.models import Contact
+from engine.stages import Journey
+
+EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+MAX_PROPERTIES_BYTES = 64 * 1024
+
+
+def normalize_email(value: str) -> str:
+    """The address in canonical, lower-case form, or ``ValidationError`` saying why not."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("email is required", field="email")
+    try:
+        result = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValidationError(f"email {value!r} is not valid: {exc}", field="email") from exc
+    return result.normalized.lower()
+
+
+def validate_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValidationError(
+            f"time zone {value!r} is not an IANA time zone name (like 'Europe/Madrid')",
+            field="timezone",
+        ) from exc
+    return value
+
+
+def validate_stage(journey: Journey, value: str) -> str:
+    if value not in journey.stage_names:
+        raise ValidationError(
+            f"stage {value!r} is unknown; known stages: {', '.join(journey.stage_names)}",
+            field="stage",
+        )
+    return value
+
+
+def validate_event_type(value: str) -> str:
+    if not isinstance(value, str) or len(value) > 128 or not EVENT_TYPE.match(value):
+        raise ValidationError(
+            f"event type {value!r} must be dotted lower-case words, like 'trial.started'",
+            field="type",
+        )
+    return value
+
+
+def validate_properties(value: Mapping[str, Any] | None, *, field: str = "properties") -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"{field} must be an object", field=field)
+    try:
+        blob = json.dumps(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{field} must be JSON-serialisable: {exc}", field=field) from exc
+    if len(blob.encode()) > MAX_PROPERTIES_BYTES:
+        raise ValidationError(f"{field} is larger than {MAX_PROPERTIES_BYTES} bytes", field=field)
+    return dict(value)
+
+
+def find_or_create_contact(
+    session: Session,
+    *,
+    email: str,
+    journey: Journey,
+    now: datetime,
+    timezone: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    stage: str | None = None,
+) -> tuple[Contact, bool]:
+    """The contact for ``email`` (already normalised), created at the initial stage if new.
+
+    Given attributes are merged into an existing contact; a concurrent create of the same
+    address is resolved by the unique constraint, not by luck.
+    """
+    contact = session.exec(select(Contact).where(Contact.email == email)).first()
+    if contact is None:
+        candidate = Contact(
+            email=email,
+            timezone=timezone or "UTC",
+            attributes=dict(attributes or {}),
+            stage=stage or journey.initial,
+            stage_entered_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with session.begin_nested():
+                session.add(candidate)
+            return candidate, True
+        except IntegrityError:
+            contact = session.exec(select(Contact).where(Contact.email == email)).one()
+    changed = False
+    if attributes:
+        merged = {**contact.attributes, **attributes}
+        if merged != contact.attributes:
+            contact.attributes = merged
+            changed = True
+    if timezone and timezone != contact.timezone:
+        contact.timezone = timezone
+        changed = True
+    if changed:
+        contact.updated_at = now
+        contact.version += 1
+        session.add(contact)
+    return contact, False

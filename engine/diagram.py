@@ -1,0 +1,107 @@
+"""Drawing a workflow as a Mermaid flowchart, optionally with live counts per step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.spec import to_spec
+from engine.steps import (
+    Branch,
+    CallWebhook,
+    ChangeScore,
+    CreateCRMTask,
+    Exit,
+    MoveStage,
+    SendEmail,
+    SetAttribute,
+    Split,
+    Step,
+    Tag,
+    UpdateCRM,
+    Wait,
+    WaitForEvent,
+    WaitUntil,
+    WaitUntilDate,
+)
+from engine.workflow import (
+    ConditionMet,
+    EventReceived,
+    StageEntered,
+    StageLeft,
+    Trigger,
+    Workflow,
+)
+
+
+def describe_trigger(trigger: Trigger | object) -> str:
+    if isinstance(trigger, StageEntered):
+        return f"enters stage {trigger.stage}"
+    if isinstance(trigger, StageLeft):
+        return f"leaves stage {trigger.stage}"
+    if isinstance(trigger, EventReceived):
+        where = ", ".join(f"{k} {p.describe()}" for k, p in trigger.where.items())
+        return f"event {trigger.type}" + (f" where {where}" if where else "")
+    if isinstance(trigger, ConditionMet):
+        return trigger.name or f"when {trigger.condition.describe()}"
+    return str(to_spec(trigger))
+
+
+def describe_step(step: Step) -> str:
+    if isinstance(step, SendEmail):
+        return f"email {step.template}" + ("" if step.marketing else " (transactional)")
+    if isinstance(step, Wait):
+        return f"wait {step.duration}"
+    if isinstance(step, WaitUntil):
+        return f"wait until {step.time}" + (" on a weekday" if step.weekdays_only else "")
+    if isinstance(step, WaitUntilDate):
+        at = f" at {step.time}" if step.time else ""
+        return f"wait until {step.attribute} + {step.offset}{at}"
+    if isinstance(step, WaitForEvent):
+        return f"wait for {step.type} (up to {step.timeout})"
+    if isinstance(step, Branch):
+        return f"if {step.condition.describe()}"
+    if isinstance(step, Split):
+        return "A/B split " + ", ".join(f"{k} {w}%" for k, w in step.weights.items())
+    if isinstance(step, SetAttribute):
+        return f"set {step.name} = {step.value!r}"
+    if isinstance(step, Tag):
+        return f"{'remove' if step.remove else 'add'} tag {step.tag}"
+    if isinstance(step, ChangeScore):
+        return f"score {step.delta:+d}"
+    if isinstance(step, MoveStage):
+        return f"stage trigger {step.trigger}"
+    if isinstance(step, UpdateCRM):
+        return "update CRM " + ", ".join(step.properties)
+    if isinstance(step, CreateCRMTask):
+        return f"CRM task: {step.subject}"
+    if isinstance(step, CallWebhook):
+        return f"webhook {step.url}"
+    if isinstance(step, Exit):
+        return f"exit: {step.reason}"
+    return type(step).__name__
+
+
+def mermaid(workflow: Workflow, counts: Mapping[int, int] | None = None) -> str:
+    """A ``flowchart TD``; ``counts`` maps program positions to live enrollments there."""
+    counts = counts or {}
+
+    def label(text: str) -> str:
+        return text.replace('"', "'")
+
+    lines = ["flowchart TD", f'  start(["{label(describe_trigger(workflow.trigger))}"])']
+    program = workflow.program
+    for i, node in enumerate(program):
+        here = counts.get(i)
+        suffix = f"<br/>{here} here" if here else ""
+        lines.append(f'  n{i}["{label(node.id)}: {label(describe_step(node.step))}{suffix}"]')
+    ended = counts.get(len(program))
+    lines.append('  done(["done' + (f"<br/>{ended} finishing" if ended else "") + '"])')
+    if program:
+        lines.append("  start --> n0")
+    for i, node in enumerate(program):
+        if node.targets:
+            for key, target in node.targets.items():
+                lines.append(f"  n{i} -- {key} --> {'done' if target is None else f'n{target}'}")
+        elif not isinstance(node.step, Exit):
+            lines.append(f"  n{i} --> {'done' if node.next is None else f'n{node.next}'}")
+    return "\n".join(lines)

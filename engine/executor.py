@@ -1,0 +1,504 @@
+"""Running workflow enrollments: enter, walk the compiled program, wait, resume, end.
+
+All of it happens inside the caller's transaction (DESIGN.md section 3): the enrollment's new
+position and the action rows its steps write commit together, so a step runs once. Every
+decision (a branch taken, a variant drawn, a step skipped) is written to the enrollment's
+``context["trail"]``, and every action's ``reason`` says which workflow, version, step and
+event caused it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from engine.conditions import EvalContext
+from engine.localtime import next_time_of_day, parse_hhmm, parse_instant, zone
+from engine.models import (
+    Action,
+    ActionStatus,
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    WorkflowVersion,
+)
+from engine.registry import Registry
+from engine.spec import from_spec
+from engine.steps import (
+    Branch,
+    CallWebhook,
+    ChangeScore,
+    CreateCRMTask,
+    Exit,
+    MoveStage,
+    Node,
+    SendEmail,
+    SetAttribute,
+    Split,
+    Tag,
+    UpdateCRM,
+    Wait,
+    WaitForEvent,
+    WaitUntil,
+    WaitUntilDate,
+)
+from engine.workflow import Workflow
+
+log = logging.getLogger(__name__)
+
+# The sweeper re-dispatches a pending action only after this; the normal path is faster.
+DISPATCH_LEASE = timedelta(minutes=5)
+LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+
+
+@dataclass
+class Effects:
+    """What a transaction asks to be enqueued once it has committed."""
+
+    actions: list[int] = field(default_factory=list)
+    transactional: list[int] = field(default_factory=list)  # jump the marketing queue
+    contacts: list[int] = field(default_factory=list)  # with pending events left to process
+
+    def extend(self, other: Effects) -> None:
+        self.actions.extend(other.actions)
+        self.transactional.extend(other.transactional)
+        self.contacts.extend(other.contacts)
+
+
+def workflow_for(session: Session, registry: Registry, name: str, version: str) -> Workflow | None:
+    """The definition an enrollment runs on: the current one, or its own older version."""
+    current = registry.workflows.get(name)
+    if current is not None and current.version == version:
+        return current
+    cache: dict[tuple[str, str], Workflow] = registry.__dict__.setdefault("_versions", {})
+    if (name, version) not in cache:
+        row = session.exec(
+            select(WorkflowVersion).where(
+                WorkflowVersion.workflow == name, WorkflowVersion.version == version
+            )
+        ).first()
+        if row is None:
+            return None
+        cache[(name, version)] = from_spec(row.spec)
+    return cache[(name, version)]
+
+
+def remember_version(
+    session: Session, registry: Registry, workflow: Workflow, now: datetime
+) -> None:
+    """Store this version's spec once, so enrollments on it can finish after the code moves
+    on. Checked once per process per version; concurrent writers meet the unique key."""
+    seen: set[tuple[str, str]] = registry.__dict__.setdefault("_stored_versions", set())
+    key = (workflow.name, workflow.version)
+    if key in seen:
+        return
+    exists = session.exec(
+        select(WorkflowVersion.id).where(
+            WorkflowVersion.workflow == workflow.name, WorkflowVersion.version == workflow.version
+        )
+    ).first()
+    if exists is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    WorkflowVersion(
+                        workflow=workflow.name,
+                        version=workflow.version,
+                        spec=workflow.spec,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            pass  # another worker stored the same version first: that is the goal
+    seen.add(key)
+
+
+def start_enrollment(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    workflow: Workflow,
+    *,
+    now: datetime,
+    cause_event_id: int | None,
+    why: str,
+) -> Effects:
+    """Enter ``contact`` into ``workflow`` if its entry rules allow, and run to the first wait."""
+    previous = session.exec(
+        select(Enrollment)
+        .where(Enrollment.contact_id == contact.id, Enrollment.workflow == workflow.name)
+        .order_by(col(Enrollment.entry).desc())
+    ).first()
+    if previous is not None:
+        if previous.status in LIVE:
+            return Effects()  # already in it: a workflow holds a contact once at a time
+        policy = workflow.reentry
+        if policy.policy == "never":
+            return Effects()
+        if (
+            policy.policy == "after"
+            and policy.after is not None
+            and now < previous.started_at + policy.after
+        ):
+            return Effects()
+    ctx = EvalContext(session, contact, now)
+    if workflow.entry_if is not None and not workflow.entry_if.evaluate(ctx):
+        log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
+        return Effects()
+    if (
+        workflow.exit_on_unsubscribe
+        and workflow.sends_marketing
+        and contact.subscription_status != "subscribed"
+    ):
+        return Effects()
+    remember_version(session, registry, workflow, now)
+    enrollment = Enrollment(
+        contact_id=contact.id,  # type: ignore[arg-type]
+        workflow=workflow.name,
+        version=workflow.version,
+        entry=(previous.entry + 1) if previous else 1,
+        status=EnrollmentStatus.ACTIVE,
+        cause_event_id=cause_event_id,
+        context={"trigger": why, "trail": []},
+        started_at=now,
+        updated_at=now,
+    )
+    session.add(enrollment)
+    session.flush()
+    return advance(session, registry, contact, enrollment, now=now)
+
+
+def advance(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    *,
+    now: datetime,
+) -> Effects:
+    """Run from ``enrollment.position`` until a wait, an exit or the end."""
+    effects = Effects()
+    workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+    if workflow is None:
+        end_enrollment(session, enrollment, now=now, reason="workflow version no longer known")
+        return effects
+    program = workflow.program
+    enrollment.status = EnrollmentStatus.ACTIVE
+    enrollment.wake_at = None
+    enrollment.claimed_until = None
+    position: int | None = enrollment.position
+    while position is not None and position < len(program):
+        node = program[position]
+        step = node.step
+        if isinstance(step, Wait | WaitUntil | WaitUntilDate):
+            wake = _wake_time(step, contact, now)
+            position = node.next
+            if wake is not None and wake > now:
+                _park(enrollment, position, wake, now)
+                return effects
+            _trail(enrollment, node, now, "wait already over: went on")
+            continue
+        if isinstance(step, WaitForEvent):
+            enrollment.context = {
+                **enrollment.context,
+                "waiting_for": {"type": step.type, "step": node.id},
+            }
+            _park(enrollment, position, now + step.timeout, now)
+            return effects
+        if isinstance(step, Exit):
+            end_enrollment(session, enrollment, now=now, reason=step.reason)
+            return effects
+        position = _run(session, registry, contact, enrollment, workflow, node, now, effects)
+        if enrollment.status not in LIVE:  # a step (move_stage) ended this enrollment
+            return effects
+    enrollment.position = len(program)
+    end_enrollment(
+        session, enrollment, now=now, reason="completed", status=EnrollmentStatus.COMPLETED
+    )
+    return effects
+
+
+def resume_on_event(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    *,
+    now: datetime,
+    event_id: int | None,
+) -> Effects:
+    """The event a ``wait_for_event`` waited for arrived first: take its path."""
+    workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+    if workflow is None:
+        end_enrollment(session, enrollment, now=now, reason="workflow version no longer known")
+        return Effects()
+    node = workflow.program[enrollment.position]
+    _trail(enrollment, node, now, f"event arrived first (event {event_id})")
+    return _jump(session, registry, contact, enrollment, node.targets["event"], now)
+
+
+def wake(
+    session: Session, registry: Registry, contact: Contact, enrollment: Enrollment, *, now: datetime
+) -> Effects:
+    """A wait is over: a plain wait goes on; a wait for an event takes its timeout path."""
+    workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+    if workflow is None:
+        end_enrollment(session, enrollment, now=now, reason="workflow version no longer known")
+        return Effects()
+    if "waiting_for" in enrollment.context and enrollment.position < len(workflow.program):
+        node = workflow.program[enrollment.position]
+        _trail(enrollment, node, now, "timed out waiting for the event")
+        return _jump(session, registry, contact, enrollment, node.targets["timeout"], now)
+    return advance(session, registry, contact, enrollment, now=now)
+
+
+def end_enrollment(
+    session: Session,
+    enrollment: Enrollment,
+    *,
+    now: datetime,
+    reason: str,
+    status: str = EnrollmentStatus.EXITED,
+) -> None:
+    enrollment.status = status
+    enrollment.wake_at = None
+    enrollment.claimed_until = None
+    enrollment.ended_at = now
+    enrollment.updated_at = now
+    context = {k: v for k, v in enrollment.context.items() if k != "waiting_for"}
+    enrollment.context = {**context, "end_reason": reason}
+    session.add(enrollment)
+
+
+# --- internals --------------------------------------------------------------------------
+
+
+def _jump(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    target: int | None,
+    now: datetime,
+) -> Effects:
+    enrollment.context = {k: v for k, v in enrollment.context.items() if k != "waiting_for"}
+    if target is None:
+        enrollment.position = 10**6  # past the end: advance completes it
+    else:
+        enrollment.position = target
+    return advance(session, registry, contact, enrollment, now=now)
+
+
+def _park(enrollment: Enrollment, position: int | None, wake_at: datetime, now: datetime) -> None:
+    enrollment.position = 10**6 if position is None else position
+    enrollment.status = EnrollmentStatus.WAITING
+    enrollment.wake_at = wake_at
+    enrollment.updated_at = now
+
+
+def _trail(enrollment: Enrollment, node: Node, now: datetime, note: str) -> None:
+    trail = [
+        *enrollment.context.get("trail", []),
+        {"step": node.id, "at": now.isoformat(), "note": note},
+    ]
+    enrollment.context = {**enrollment.context, "trail": trail[-50:]}
+
+
+def _wake_time(
+    step: Wait | WaitUntil | WaitUntilDate, contact: Contact, now: datetime
+) -> datetime | None:
+    if isinstance(step, Wait):
+        return now + step.duration
+    if isinstance(step, WaitUntil):
+        return next_time_of_day(now, contact.timezone, step.time, weekdays_only=step.weekdays_only)
+    instant = parse_instant(contact.attributes.get(step.attribute), contact.timezone)
+    if instant is None:
+        return None  # no such date: nothing to wait for
+    target = instant + step.offset
+    if step.time:
+        tz = zone(contact.timezone)
+        local_day = (instant.astimezone(tz) + step.offset).date()
+        from engine.localtime import at_local
+
+        target = at_local(local_day, parse_hhmm(step.time), tz)
+    return target
+
+
+def _run(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    workflow: Workflow,
+    node: Node,
+    now: datetime,
+    effects: Effects,
+) -> int | None:
+    """Run one non-waiting step; return the next position."""
+    step = node.step
+    if isinstance(step, Branch):
+        ctx = EvalContext(session, contact, now, enrollment=enrollment)
+        taken = "then" if step.condition.evaluate(ctx) else "else"
+        _trail(enrollment, node, now, f"{step.condition.describe()}: {taken}")
+        return node.targets[taken]
+    if isinstance(step, Split):
+        variant = choose_variant(step.weights, f"{contact.id}:{workflow.name}:{node.id}")
+        variants = {**enrollment.context.get("variants", {}), node.id: variant}
+        enrollment.context = {**enrollment.context, "variants": variants}
+        _trail(enrollment, node, now, f"variant {variant}")
+        return node.targets[variant]
+    if isinstance(step, SetAttribute):
+        contact.attributes = {**contact.attributes, step.name: step.value}
+    elif isinstance(step, Tag):
+        tags = [t for t in (contact.attributes.get("tags") or []) if t != step.tag]
+        if not step.remove:
+            tags.append(step.tag)
+        contact.attributes = {**contact.attributes, "tags": sorted(tags)}
+    elif isinstance(step, ChangeScore):
+        contact.score += step.delta
+    elif isinstance(step, MoveStage):
+        _move(session, registry, contact, enrollment, node, step, now, effects)
+    else:
+        action = _action(contact, enrollment, workflow, node, now)
+        session.add(action)
+        session.flush()
+        marketing = bool(action.payload.get("marketing", False))
+        (effects.actions if marketing else effects.transactional).append(action.id)  # type: ignore[arg-type]
+    contact.updated_at = now
+    session.add(contact)
+    return node.next
+
+
+def _move(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    node: Node,
+    step: MoveStage,
+    now: datetime,
+    effects: Effects,
+) -> None:
+    from engine.pipeline import change_stage
+
+    if not registry.machine.allows(contact.stage, step.trigger):
+        _trail(
+            enrollment, node, now, f"stage {contact.stage} does not allow {step.trigger}: skipped"
+        )
+        return
+    move = registry.machine.fire(
+        email=contact.email,
+        stage=contact.stage,
+        trigger=step.trigger,
+        score=contact.score,
+        attributes=contact.attributes,
+    )
+    if not move.moved:
+        _trail(enrollment, node, now, f"{step.trigger} held by guard {move.refused_by}")
+        return
+    enrollment.position = node.next if node.next is not None else 10**6
+    effects.extend(
+        change_stage(
+            session,
+            registry,
+            contact,
+            move.dest,
+            trigger=step.trigger,
+            now=now,
+            event_id=None,
+            cause=f"workflow {enrollment.workflow}",
+        )
+    )
+
+
+def choose_variant(weights: dict[str, int] | Any, key: str) -> str:
+    """Deterministic weighted choice: the same contact always lands in the same variant."""
+    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % sum(weights.values())
+    for name, weight in sorted(weights.items()):
+        if bucket < weight:
+            return str(name)
+        bucket -= weight
+    raise AssertionError("unreachable: buckets cover the total weight")
+
+
+def _action(
+    contact: Contact, enrollment: Enrollment, workflow: Workflow, node: Node, now: datetime
+) -> Action:
+    step = node.step
+    kind: str
+    payload: dict[str, Any]
+    if isinstance(step, SendEmail):
+        kind, payload = (
+            "email",
+            {"template": step.template, "marketing": step.marketing, "data": dict(step.data)},
+        )
+    elif isinstance(step, UpdateCRM):
+        kind, payload = (
+            "crm.update",
+            {"properties": dict(step.properties), "stage": contact.stage, "score": contact.score},
+        )
+    elif isinstance(step, CreateCRMTask):
+        due = (now + step.due_in).isoformat() if step.due_in else None
+        kind, payload = "crm.task", {"subject": step.subject, "body": step.body, "due_at": due}
+    elif isinstance(step, CallWebhook):
+        kind, payload = "webhook", {"url": step.url, "payload": dict(step.payload)}
+    else:
+        raise AssertionError(f"not an action step: {step!r}")
+    return Action(
+        contact_id=contact.id,  # type: ignore[arg-type]
+        enrollment_id=enrollment.id,
+        kind=kind,
+        payload=payload,
+        # Derived from the intent: this enrollment, at this step. A retry, a redelivered
+        # message or a second worker computes the same key and the unique constraint holds.
+        idempotency_key=f"enrollment:{enrollment.id}:step:{node.id}",
+        status=ActionStatus.PENDING,
+        reason={
+            "workflow": workflow.name,
+            "version": enrollment.version,
+            "step": node.id,
+            "trigger": enrollment.context.get("trigger", ""),
+            "cause_event_id": enrollment.cause_event_id,
+            "variants": enrollment.context.get("variants", {}),
+        },
+        next_attempt_at=now,
+        lease_until=now + DISPATCH_LEASE,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def exit_unsubscribed(
+    session: Session, registry: Registry, contact: Contact, *, now: datetime
+) -> None:
+    """The contact unsubscribed: end their marketing workflows (receipts carry on)."""
+    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
+        workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+        if workflow is not None and workflow.exit_on_unsubscribe and workflow.sends_marketing:
+            end_enrollment(session, enrollment, now=now, reason="unsubscribed")
+
+
+def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:
+    return list(
+        session.exec(
+            select(Enrollment)
+            .where(Enrollment.contact_id == contact_id, col(Enrollment.status).in_(LIVE))
+            .order_by(col(Enrollment.id))
+        ).all()
+    )
+
+
+def count_at_steps(session: Session, workflow: str) -> dict[tuple[str, int], int]:
+    """(version, position) -> live enrollments, for diagrams and migrations."""
+    rows = session.exec(
+        select(Enrollment.version, Enrollment.position, func.count())
+        .where(Enrollment.workflow == workflow, col(Enrollment.status).in_(LIVE))
+        .group_by(Enrollment.version, Enrollment.position)
+    ).all()
+    return {(v, p): n for v, p, n in rows}

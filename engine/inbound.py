@@ -1,0 +1,196 @@
+"""Delivery and engagement feedback from email providers, into the one event path.
+
+``record_sendgrid_events`` takes the parsed JSON array of a SendGrid Event Webhook POST (the
+signature is checked by the HTTP layer first) and, per event, in one transaction:
+
+- dedupes on ``sg_event_id`` (or its fallback key): a redelivered batch records nothing twice;
+- records it as an ``email.*`` event on the contact (``email.opened`` carries ``action_id``
+  from our ``custom_args``, so ``opened()`` conditions and reports can use it);
+- makes bounces, drops and spam reports a suppression, and unsubscribes an unsubscription,
+  effective for every workflow at once (sends re-check them at the moment of sending);
+- reconciles an action left ``unknown`` (a send that timed out): SendGrid's word that it
+  was processed or delivered marks it sent, a drop marks it failed.
+
+Events for addresses we do not know are not turned into contacts; they are counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from connectors.webhooks.dedupe import sendgrid_event_key
+from engine.contacts import normalize_email
+from engine.db import transaction
+from engine.errors import ValidationError
+from engine.executor import exit_unsubscribed
+from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
+from engine.pipeline import record_event
+
+log = logging.getLogger(__name__)
+
+SENDGRID_EVENTS = {
+    "processed": "email.processed",
+    "delivered": "email.delivered",
+    "deferred": "email.deferred",
+    "open": "email.opened",
+    "click": "email.clicked",
+    "bounce": "email.bounced",
+    "dropped": "email.dropped",
+    "spamreport": "email.spam_reported",
+    "unsubscribe": "email.unsubscribed",
+    "group_unsubscribe": "email.group_unsubscribed",
+    "group_resubscribe": "email.group_resubscribed",
+}
+_DELIVERED = {
+    "processed",
+    "delivered",
+    "deferred",
+    "open",
+    "click",
+    "bounce",
+    "spamreport",
+    "unsubscribe",
+    "group_unsubscribe",
+}
+
+
+@dataclass
+class InboundResult:
+    recorded: int = 0
+    duplicates: int = 0
+    unknown_contacts: int = 0
+    rejected: list[str] = field(default_factory=list)  # "index N: why"
+    contacts: set[int] = field(default_factory=set)  # to process after commit
+
+
+def record_sendgrid_events(runtime: Any, events: Sequence[Any]) -> InboundResult:
+    """Record a batch; enqueue processing for the contacts it touched."""
+    result = InboundResult()
+    for index, raw in enumerate(events):
+        try:
+            _one(runtime, raw, result)
+        except ValidationError as exc:
+            result.rejected.append(f"index {index}: {exc}")
+            log.warning("SendGrid event %s rejected: %s", index, exc)
+    for contact_id in sorted(result.contacts):
+        runtime.jobs.process_contact.send(contact_id)
+    return result
+
+
+def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
+    if not isinstance(raw, Mapping):
+        raise ValidationError("an event must be a JSON object", field="event")
+    kind = raw.get("event")
+    if kind not in SENDGRID_EVENTS:
+        raise ValidationError(f"unknown SendGrid event {kind!r}", field="event")
+    key = sendgrid_event_key(raw)
+    email = normalize_email(str(raw.get("email", "")))
+    now = runtime.clock.now()
+    with transaction(runtime.db) as session:
+        contact = session.exec(select(Contact).where(Contact.email == email)).first()
+        if contact is None:
+            result.unknown_contacts += 1
+            log.info("SendGrid %s for unknown address %s: not recorded", kind, email)
+            return
+        properties = _properties(raw)
+        recorded = record_event(
+            session,
+            runtime.registry,
+            now=now,
+            email=email,
+            event_type=SENDGRID_EVENTS[kind],
+            properties=properties,
+            source="sendgrid",
+            idempotency_key=key,
+            occurred_at=_timestamp(raw.get("timestamp"), now),
+        )
+        if recorded.duplicate:
+            result.duplicates += 1
+            return
+        _apply(session, contact, kind, raw, now=now)
+        if contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
+            exit_unsubscribed(session, runtime.registry, contact, now=now)
+        _reconcile(session, properties.get("action_id"), kind, raw, now=now)
+        result.recorded += 1
+        result.contacts.add(contact.id)  # type: ignore[arg-type]
+
+
+def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:
+    keep = (
+        "sg_message_id",
+        "sg_event_id",
+        "url",
+        "reason",
+        "type",
+        "status",
+        "category",
+        "asm_group_id",
+        "useragent",
+        "ip",
+    )
+    properties: dict[str, Any] = {k: raw[k] for k in keep if k in raw}
+    if "jl_action_id" in raw:
+        properties["action_id"] = str(raw["jl_action_id"])
+    return properties
+
+
+def _apply(
+    session: Session, contact: Contact, kind: str, raw: Mapping[str, Any], *, now: datetime
+) -> None:
+    suppress = {
+        "bounce": "bounce" if raw.get("type", "bounce") == "bounce" else None,
+        "dropped": f"dropped: {raw.get('reason', 'no reason given')}",
+        "spamreport": "spam report",
+    }.get(kind)
+    if suppress:
+        exists = session.exec(select(Suppression).where(Suppression.email == contact.email))
+        if exists.first() is None:
+            session.add(
+                Suppression(email=contact.email, reason=suppress, source="sendgrid", created_at=now)
+            )
+    status = {
+        "unsubscribe": SubscriptionStatus.UNSUBSCRIBED,
+        "group_unsubscribe": SubscriptionStatus.UNSUBSCRIBED,
+        "spamreport": SubscriptionStatus.UNSUBSCRIBED,
+        "group_resubscribe": SubscriptionStatus.SUBSCRIBED,
+    }.get(kind)
+    if status is not None and contact.subscription_status != status:
+        contact.subscription_status = status
+        contact.version += 1
+        contact.updated_at = now
+        session.add(contact)
+
+
+def _reconcile(
+    session: Session, action_id: Any, kind: str, raw: Mapping[str, Any], *, now: datetime
+) -> None:
+    if action_id is None or not str(action_id).isdigit():
+        return
+    action = session.get(Action, int(action_id))
+    if action is None or action.status != ActionStatus.UNKNOWN:
+        return
+    if kind in _DELIVERED:
+        action.status = ActionStatus.SENT
+        action.provider_id = str(raw.get("sg_message_id") or action.provider_id or "")
+        action.error = f"reconciled: SendGrid reported {kind}"
+    elif kind == "dropped":
+        action.status = ActionStatus.FAILED
+        action.error = f"reconciled: SendGrid dropped it ({raw.get('reason', '')})"
+    else:
+        return
+    action.updated_at = now
+    action.completed_at = now
+    session.add(action)
+
+
+def _timestamp(value: Any, fallback: datetime) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError):
+        return fallback

@@ -1,0 +1,176 @@
+"""CRM webhooks in: HubSpot contact events become events on our contacts.
+
+``record_hubspot_events`` takes the parsed JSON array of a HubSpot webhook POST (signature
+already checked by the HTTP layer), and per event:
+
+- ``contact.propertyChange`` on ``email`` links the HubSpot object to our contact (creating
+  it if new) by storing ``external_ids["hubspot"]``;
+- ``contact.propertyChange`` on ``lifecyclestage`` records a ``crm.lifecycle_changed`` event
+  whose processing moves the contact *forward* through the stage machine to the mapped stage,
+  firing each trigger on the way (guards included). HubSpot delivers out of order and twice:
+  duplicates are dropped by key, and a late, older stage finds no forward path and changes
+  nothing, so newer state is never undone;
+- ``contact.deletion`` / ``contact.privacyDeletion`` erase the contact and everything about it;
+- ``contact.creation`` carries no email, so it waits for the ``email`` property change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from connectors.webhooks.dedupe import hubspot_event_key
+from engine.contacts import normalize_email
+from engine.db import transaction
+from engine.errors import ValidationError
+from engine.inbound import InboundResult
+from engine.models import Contact
+from engine.pipeline import record_event
+from engine.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LIFECYCLE_CHANGED = "crm.lifecycle_changed"
+
+# HubSpot's default lifecyclestage values, read as the furthest stage of ours they imply.
+HUBSPOT_TO_STAGE: dict[str, str] = {
+    "subscriber": "awareness",
+    "lead": "awareness",
+    "marketingqualifiedlead": "consideration",
+    "salesqualifiedlead": "decision",
+    "opportunity": "decision",
+    "customer": "onboarding",
+    "evangelist": "advocacy",
+}
+
+
+def record_hubspot_events(
+    runtime: Any, events: Sequence[Any], *, mapping: Mapping[str, str] | None = None
+) -> InboundResult:
+    result = InboundResult()
+    for index, raw in enumerate(events):
+        try:
+            _one(runtime, raw, result, mapping or HUBSPOT_TO_STAGE)
+        except ValidationError as exc:
+            result.rejected.append(f"index {index}: {exc}")
+            log.warning("HubSpot event %s rejected: %s", index, exc)
+    for contact_id in sorted(result.contacts):
+        runtime.jobs.process_contact.send(contact_id)
+    return result
+
+
+def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, str]) -> None:
+    if not isinstance(raw, Mapping):
+        raise ValidationError("an event must be a JSON object", field="event")
+    key = hubspot_event_key(raw)
+    kind = str(raw["subscriptionType"])
+    object_id = str(raw["objectId"])
+    now = runtime.clock.now()
+    occurred = _millis(raw.get("occurredAt"), now)
+    with transaction(runtime.db) as session:
+        contact = _by_hubspot_id(session, object_id)
+        if kind == "contact.propertyChange" and raw.get("propertyName") == "email":
+            # Recorded through the one event path, so a new contact enters its first stage.
+            email = normalize_email(str(raw.get("propertyValue", "")))
+            recorded = record_event(
+                session,
+                runtime.registry,
+                now=now,
+                email=email,
+                event_type="crm.contact_changed",
+                source="hubspot",
+                idempotency_key=key,
+                occurred_at=occurred,
+                properties={
+                    "object_id": object_id,
+                    "subscription": kind,
+                    "property": "email",
+                    "value": email,
+                },
+            )
+            if recorded.duplicate:
+                result.duplicates += 1
+                return
+            linked = session.get(Contact, recorded.contact_id)
+            assert linked is not None
+            if linked.external_ids.get("hubspot") != object_id:
+                linked.external_ids = {**linked.external_ids, "hubspot": object_id}
+                session.add(linked)
+            result.recorded += 1
+            result.contacts.add(recorded.contact_id)
+            return
+        if contact is None:
+            result.unknown_contacts += 1
+            log.info(
+                "HubSpot %s for object %s we have not linked (no email seen yet)", kind, object_id
+            )
+            return
+        if kind in ("contact.deletion", "contact.privacyDeletion"):
+            session.delete(contact)
+            result.recorded += 1
+            return
+        properties: dict[str, Any] = {"object_id": object_id, "subscription": kind}
+        event_type = "crm.contact_changed"
+        if kind == "contact.propertyChange":
+            properties["property"] = raw.get("propertyName")
+            properties["value"] = raw.get("propertyValue")
+            if raw.get("propertyName") == "lifecyclestage":
+                event_type = LIFECYCLE_CHANGED
+                properties["stage"] = mapping.get(str(raw.get("propertyValue", "")).lower())
+        recorded = record_event(
+            session,
+            runtime.registry,
+            now=now,
+            email=contact.email,
+            event_type=event_type,
+            properties=properties,
+            source="hubspot",
+            idempotency_key=key,
+            occurred_at=occurred,
+        )
+        if recorded.duplicate:
+            result.duplicates += 1
+            return
+        result.recorded += 1
+        result.contacts.add(contact.id)  # type: ignore[arg-type]
+
+
+def _by_hubspot_id(session: Session, object_id: str) -> Contact | None:
+    return session.exec(
+        select(Contact).where(col(Contact.external_ids)["hubspot"].as_string() == object_id)
+    ).first()
+
+
+def _millis(value: Any, fallback: datetime) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError):
+        return fallback
+
+
+def forward_path(registry: Registry, stage: str, target: str) -> list[str] | None:
+    """The shortest list of triggers that moves ``stage`` to ``target`` going forward only;
+    [] if already there; None if ``target`` is behind or unreachable."""
+    if stage == target:
+        return []
+    journey = registry.journey
+    order = journey.order
+    seen = {stage}
+    queue: deque[tuple[str, list[str]]] = deque([(stage, [])])
+    while queue:
+        here, path = queue.popleft()
+        for transition in journey.transitions:
+            if here in transition.sources and not transition.backward:
+                there = transition.dest
+                if there in seen or order(there) > order(target):
+                    continue
+                if there == target:
+                    return [*path, transition.trigger]
+                seen.add(there)
+                queue.append((there, [*path, transition.trigger]))
+    return None

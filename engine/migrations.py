@@ -1,0 +1,86 @@
+"""Run Alembic migrations from Python: ``upgrade``, ``downgrade``, ``current``, ``check``.
+
+Alembic owns the schema. Its scripts live in ``alembic/`` beside ``alembic.ini`` at the
+repository root (the parent of the ``engine`` package), so these helpers work from a
+checkout or an editable install, not from a wheel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, pool
+
+from engine.errors import ConfigurationError
+from engine.models import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: holds ``alembic.ini`` and the ``alembic/`` scripts folder."""
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic ``Config`` pointing at our scripts and at ``database_url``."""
+    ini = ROOT / "alembic.ini"
+    scripts = ROOT / "alembic"
+    if not ini.is_file() or not (scripts / "env.py").is_file():
+        raise ConfigurationError(
+            f"Alembic migrations not found: expected {ini} and {scripts}/env.py. "
+            "Run Journeyline from a source checkout (pip install -e .) to migrate."
+        )
+    config = Config(str(ini))
+    config.set_main_option("script_location", str(scripts))
+    # ConfigParser interpolates '%': escape it, e.g. for a URL-encoded password.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    # The calling application owns logging; env.py leaves it alone.
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Migrate the database at ``database_url`` up to ``revision`` (default: the newest)."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``"base"`` removes every table)."""
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def head() -> str:
+    """The newest revision in ``alembic/versions`` (there must be exactly one head)."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    if len(heads) != 1:
+        raise ConfigurationError(f"migrations have {len(heads)} heads {heads}: merge them")
+    return str(heads[0])
+
+
+def current(database_url: str) -> str | None:
+    """The revision the database is at, or ``None`` if it was never migrated."""
+    db = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with db.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        db.dispose()
+
+
+def check(database_url: str) -> list[Any]:
+    """Differences between the models and the database, as Alembic autogenerate sees them.
+
+    Run ``upgrade`` first: an empty list then means the migrations build exactly the schema
+    the models describe; anything else needs a new revision.
+    """
+    db = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with db.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+    finally:
+        db.dispose()

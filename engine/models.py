@@ -1,0 +1,215 @@
+"""The tables. Alembic owns the schema (``alembic/versions``); only tests call ``create_all``.
+
+Model families follow SQLModel's pattern: ``ContactBase`` holds the fields a user may set,
+``Contact`` is the table, ``ContactCreate`` / ``ContactRead`` are the API shapes.
+All datetimes are stored as UTC (``UTCDateTime``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from engine.db import UTCDateTime
+
+
+class SubscriptionStatus(StrEnum):
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"  # recorded, not yet processed
+    PROCESSED = "processed"  # a rule or a workflow reacted to it
+    UNMAPPED = "unmapped"  # kept, but nothing knows this event type
+    FAILED = "failed"  # processing raised; see ``error``
+
+
+class EnrollmentStatus(StrEnum):
+    ACTIVE = "active"  # running steps now
+    WAITING = "waiting"  # asleep until ``wake_at``
+    COMPLETED = "completed"  # ran off the end of its steps
+    CONVERTED = "converted"  # reached one of the workflow's goals
+    EXITED = "exited"  # left early (exit condition, exit step, operator)
+
+
+class ActionStatus(StrEnum):
+    PENDING = "pending"  # written, waiting for a worker (or for its next attempt)
+    SENDING = "sending"  # a worker holds the lease and is calling the connector
+    SENT = "sent"  # the connector accepted it; ``provider_id`` says where
+    SKIPPED = "skipped"  # deliberately not performed; ``reason`` says why
+    FAILED = "failed"  # gave up; ``error`` says why (the operators' dead-letter view)
+    UNKNOWN = "unknown"  # a worker died mid-send and the connector cannot dedupe: check first
+
+
+# --- contacts ---------------------------------------------------------------------------
+
+
+class ContactBase(SQLModel):
+    email: str = Field(max_length=320, unique=True, index=True)
+    timezone: str = Field(default="UTC", max_length=64)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    external_ids: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+
+
+class Contact(ContactBase, table=True):
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    stage: str = Field(max_length=64, index=True)
+    score: int = Field(default=0)
+    subscription_status: str = Field(default=SubscriptionStatus.SUBSCRIBED, max_length=32)
+    version: int = Field(default=1, description="Bumped on every change (optimistic checks).")
+    stage_entered_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ContactCreate(ContactBase):
+    stage: str | None = None
+
+
+class ContactRead(ContactBase):
+    id: int
+    stage: str
+    score: int
+    subscription_status: str
+    version: int
+    stage_entered_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_contact_status", "contact_id", "status", "id"),
+        Index("ix_events_due", "status", "lease_until"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", ondelete="CASCADE")
+    type: str = Field(max_length=128)
+    properties: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    source: str = Field(default="api", max_length=64)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    status: str = Field(default=EventStatus.PENDING, max_length=16)
+    error: str | None = Field(default=None)
+    lease_until: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="The sweeper re-dispatches after this."
+    )
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- stage transitions ------------------------------------------------------------------
+
+
+class StageTransition(SQLModel, table=True):
+    __tablename__ = "stage_transitions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", ondelete="CASCADE", index=True)
+    from_stage: str = Field(max_length=64)
+    to_stage: str = Field(max_length=64)
+    trigger: str = Field(max_length=64)
+    event_id: int | None = Field(default=None, foreign_key="events.id", ondelete="SET NULL")
+    at: datetime = Field(sa_type=UTCDateTime)
+
+
+# --- workflow enrollments ---------------------------------------------------------------
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("contact_id", "workflow", "entry", name="uq_enrollments_entry"),
+        Index("ix_enrollments_due", "status", "wake_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", ondelete="CASCADE", index=True)
+    workflow: str = Field(max_length=128)
+    version: str = Field(max_length=32)
+    entry: int = Field(default=1, description="1 for the first entry, 2 for a re-entry...")
+    status: str = Field(default=EnrollmentStatus.ACTIVE, max_length=16)
+    position: int = Field(default=0, description="Index of the next step to run.")
+    wake_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    context: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    cause_event_id: int | None = Field(default=None, foreign_key="events.id", ondelete="SET NULL")
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+class Action(SQLModel, table=True):
+    __tablename__ = "actions"
+    __table_args__ = (Index("ix_actions_due", "status", "lease_until"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contacts.id", ondelete="CASCADE", index=True)
+    enrollment_id: int | None = Field(
+        default=None, foreign_key="enrollments.id", ondelete="SET NULL", index=True
+    )
+    kind: str = Field(max_length=32)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    status: str = Field(default=ActionStatus.PENDING, max_length=16)
+    reason: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSON, description="Why it was written, or why skipped."
+    )
+    attempts: int = Field(default=0)
+    provider_id: str | None = Field(default=None, max_length=255)
+    error: str | None = Field(default=None)
+    next_attempt_at: datetime = Field(sa_type=UTCDateTime)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- workflow versions ------------------------------------------------------------------
+
+
+class WorkflowVersion(SQLModel, table=True):
+    """Every version of every workflow that ever ran, as its spec: in-flight enrollments
+    finish on the version they started with, rebuilt from here after the code moved on."""
+
+    __tablename__ = "workflow_versions"
+    __table_args__ = (UniqueConstraint("workflow", "version", name="uq_workflow_versions"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow: str = Field(max_length=128)
+    version: str = Field(max_length=32)
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+# --- suppressions -----------------------------------------------------------------------
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must never receive marketing email (bounce, complaint, request)."""
+
+    __tablename__ = "suppressions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)
+    reason: str = Field(max_length=64)
+    source: str = Field(default="manual", max_length=64)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+metadata = SQLModel.metadata

@@ -1,0 +1,183 @@
+"""Performers: how each kind of action reaches its connector.
+
+A performer turns a claimed action row into one call of a connector. ``prepare`` runs inside
+the claim's transaction (render the template, read what it needs) and returns the call to
+make outside it; the call returns the provider's id. ``dedupes`` says whether repeating the
+call with the same idempotency key is harmless (see actions.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from connectors.crm import CRMConnector
+from connectors.email import EmailConnector, EmailMessage
+from connectors.webhooks.outgoing import WebhookSender
+from engine.errors import PermanentConnectorError, TransientConnectorError
+from engine.models import Action, Contact
+from engine.registry import Registry
+
+Call = Callable[[], str]
+
+
+class Performer(Protocol):
+    name: str
+    dedupes: bool
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call: ...
+
+
+class EmailPerformer:
+    def __init__(self, connector: EmailConnector, registry: Registry, *, sender: str) -> None:
+        self.connector = connector
+        self.registry = registry
+        self.sender = sender
+        self.name = f"email ({connector.name})"
+        self.dedupes = connector.dedupes
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
+        message = build_message(self.registry, action, contact, now=now, sender=self.sender)
+        return lambda: self.connector.send(message).provider_id
+
+
+def build_message(
+    registry: Registry, action: Action, contact: Contact, *, now: datetime, sender: str
+) -> EmailMessage:
+    template = action.payload["template"]
+    view = {
+        **contact.attributes,
+        "email": contact.email,
+        "stage": contact.stage,
+        "score": contact.score,
+    }
+    rendered = registry.templates.render(
+        template, contact=view, data=dict(action.payload.get("data", {}))
+    )
+    workflow = str(action.reason.get("workflow", "manual"))
+    step = str(action.reason.get("step", template))
+    return EmailMessage(
+        to=contact.email,
+        sender=sender,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        idempotency_key=action.idempotency_key,
+        sent_at=now,
+        categories=(workflow, f"{workflow}:{step}"),
+        custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
+        headers={"X-Journeyline-Template": template},
+    )
+
+
+class WebhookPerformer:
+    """``call_webhook`` steps: POST the step's payload plus who and why, signed."""
+
+    name = "webhook"
+
+    def __init__(self, sender: WebhookSender) -> None:
+        self.sender = sender
+        self.dedupes = sender.dedupes
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
+        url = str(action.payload["url"])
+        body = {
+            "action_id": action.id,
+            "contact": {
+                "email": contact.email,
+                "stage": contact.stage,
+                "score": contact.score,
+                "attributes": contact.attributes,
+            },
+            "workflow": action.reason.get("workflow"),
+            "step": action.reason.get("step"),
+            "sent_at": now.isoformat(),
+            "data": dict(action.payload.get("payload", {})),
+        }
+        return lambda: self.sender.post(url, body, idempotency_key=action.idempotency_key)
+
+
+class CRMOutboxPerformer:
+    """The embedded default for CRM steps: each update or task becomes a JSON file in
+    ``<directory>``, named by its idempotency key and created atomically (so it dedupes)."""
+
+    dedupes = True
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.name = f"crm outbox ({self.directory})"
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
+        record = {
+            "kind": action.kind,
+            "email": contact.email,
+            "external_ids": contact.external_ids,
+            "payload": action.payload,
+            "workflow": action.reason.get("workflow"),
+            "step": action.reason.get("step"),
+            "at": now.isoformat(),
+            "idempotency_key": action.idempotency_key,
+        }
+        digest = hashlib.sha256(action.idempotency_key.encode()).hexdigest()[:16]
+        path = self.directory / f"{action.kind}-{digest}.json"
+        return lambda: _write_once(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def _write_once(path: Path, text: str) -> str:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        pass  # written by an earlier attempt: the same record, once
+    except OSError as exc:
+        raise TransientConnectorError(f"cannot write {path}: {exc}") from exc
+    return path.name
+
+
+class CRMPerformer:
+    """CRM steps through a ``CRMConnector`` (HubSpot): ``crm.update`` upserts the contact with
+    the step's properties and mirrors our stage into the CRM's lifecycle stage (forward only);
+    ``crm.task`` creates a task on the contact. An upsert is idempotent; a task is not."""
+
+    def __init__(self, connector: CRMConnector, kind: str) -> None:
+        self.connector = connector
+        self.kind = kind
+        self.name = f"{kind} ({connector.name})"
+        self.dedupes = kind == "crm.update"
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
+        email, payload = contact.email, dict(action.payload)
+        if self.kind == "crm.update":
+            stage = str(payload.get("stage") or contact.stage)
+
+            def update() -> str:
+                record = self.connector.upsert_contact(email, payload.get("properties", {}))
+                self.connector.set_lifecycle_stage(email, stage)
+                return record.id
+
+            return update
+        due = datetime.fromisoformat(payload["due_at"]) if payload.get("due_at") else None
+        return lambda: self.connector.create_task(
+            email, str(payload["subject"]), str(payload.get("body", "")), due=due
+        )
+
+
+class Unconfigured:
+    """Stands in for a kind of action no connector is configured for: fails it clearly."""
+
+    dedupes = True
+
+    def __init__(self, kind: str, setting: str) -> None:
+        self.name = f"{kind} (not configured)"
+        self.kind = kind
+        self.setting = setting
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
+        raise PermanentConnectorError(
+            f"no connector is configured for {self.kind} actions: set {self.setting}"
+        )

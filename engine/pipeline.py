@@ -1,0 +1,559 @@
+"""The one path every input takes (DESIGN.md section 2).
+
+``record_event`` stores an event idempotently (keyed by its source's id). ``process_contact``
+takes the contact's row lock and applies its pending events in arrival order: rules and
+score, the stage machine, workflow exits and entries, and the action rows they write, all in
+the caller's transaction. ``wake_enrollment`` continues an enrollment whose wait is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from engine.conditions import EvalContext, matches
+from engine.contacts import (
+    find_or_create_contact,
+    normalize_email,
+    validate_event_type,
+    validate_properties,
+    validate_timezone,
+)
+from engine.executor import (
+    Effects,
+    end_enrollment,
+    live_enrollments,
+    resume_on_event,
+    start_enrollment,
+    wake,
+    workflow_for,
+)
+from engine.models import (
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    EventStatus,
+    StageTransition,
+)
+from engine.registry import BUILTIN_EVENTS, Registry
+from engine.steps import WaitForEvent
+from engine.workflow import ConditionMet, EventReceived, StageEntered
+
+log = logging.getLogger(__name__)
+
+EVENT_LEASE = timedelta(minutes=5)
+INTERNAL_SOURCE = "journeyline"
+CONTACT_CREATED = "contact.created"
+LIFECYCLE_CHANGED = "crm.lifecycle_changed"
+EVENTS_PER_PASS = 200
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: int
+    contact_id: int
+    duplicate: bool
+
+
+def record_event(
+    session: Session,
+    registry: Registry,
+    *,
+    now: datetime,
+    email: str,
+    event_type: str,
+    properties: Mapping[str, Any] | None = None,
+    source: str = "api",
+    idempotency_key: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    timezone: str | None = None,
+) -> Recorded:
+    """Validate and store one event (creating its contact if new). Nothing is written when
+    validation fails; a repeated ``idempotency_key`` from the same source returns the first."""
+    email = normalize_email(email)
+    event_type = validate_event_type(event_type)
+    properties = validate_properties(properties)
+    attributes = validate_properties(attributes, field="attributes")
+    if timezone is not None:
+        validate_timezone(timezone)
+    key = f"{source}:{idempotency_key}" if idempotency_key else f"{source}:auto:{uuid.uuid4()}"
+    existing = session.exec(select(Event).where(Event.idempotency_key == key)).first()
+    if existing is not None:
+        return Recorded(existing.id, existing.contact_id, duplicate=True)  # type: ignore[arg-type]
+    contact, created = find_or_create_contact(
+        session,
+        email=email,
+        journey=registry.journey,
+        now=now,
+        timezone=timezone,
+        attributes=attributes,
+    )
+    session.flush()
+    if created:
+        # Entering the first stage is an event like any other, so workflows for it start
+        # on the same path, in order, before the event that created the contact.
+        session.add(
+            Event(
+                contact_id=contact.id,  # type: ignore[arg-type]
+                type=CONTACT_CREATED,
+                source=INTERNAL_SOURCE,
+                idempotency_key=f"{INTERNAL_SOURCE}:created:{contact.id}",
+                occurred_at=occurred_at or now,
+                received_at=now,
+                lease_until=now + EVENT_LEASE,
+            )
+        )
+        session.flush()
+    event = Event(
+        contact_id=contact.id,  # type: ignore[arg-type]
+        type=event_type,
+        properties=properties,
+        source=source,
+        idempotency_key=key,
+        occurred_at=occurred_at or now,
+        received_at=now,
+        lease_until=now + EVENT_LEASE,
+    )
+    try:
+        with session.begin_nested():
+            session.add(event)
+    except IntegrityError:
+        # The same key raced in from another request: the first one stands.
+        existing = session.exec(select(Event).where(Event.idempotency_key == key)).one()
+        return Recorded(existing.id, existing.contact_id, duplicate=True)  # type: ignore[arg-type]
+    return Recorded(event.id, contact.id, duplicate=False)  # type: ignore[arg-type]
+
+
+def lock_contact(session: Session, contact_id: int) -> Contact | None:
+    """Load the contact holding its row lock until commit (PostgreSQL ``FOR UPDATE``;
+    SQLite's ``BEGIN IMMEDIATE`` already serialises writers)."""
+    return session.exec(select(Contact).where(Contact.id == contact_id).with_for_update()).first()
+
+
+def process_contact(
+    session: Session, registry: Registry, contact_id: int, *, now: datetime
+) -> Effects:
+    """Apply the contact's pending events in arrival order."""
+    effects = Effects()
+    contact = lock_contact(session, contact_id)
+    if contact is None:
+        return effects
+    pending = session.exec(
+        select(Event)
+        .where(Event.contact_id == contact_id, Event.status == EventStatus.PENDING)
+        .order_by(col(Event.id))
+        .limit(EVENTS_PER_PASS)
+    ).all()
+    for event in pending:
+        try:
+            with session.begin_nested():
+                effects.extend(apply_event(session, registry, contact, event, now=now))
+        except Exception as exc:  # a bug in a rule or workflow: keep the event, say why
+            log.exception("event %s for contact %s failed", event.id, contact_id)
+            session.refresh(contact)
+            event.status = EventStatus.FAILED
+            event.error = f"{type(exc).__name__}: {exc}"
+            event.processed_at = now
+            session.add(event)
+    if len(pending) == EVENTS_PER_PASS:
+        effects.contacts.append(contact_id)  # more are waiting: continue in a new job
+    return effects
+
+
+def apply_event(
+    session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
+) -> Effects:
+    """Everything one event does to one contact, in a fixed order:
+
+    1. note which condition triggers/goals/exits hold *before* the event;
+    2. rules: score, then triggers offered to the stage machine (stage moves end and start
+       stage-bound workflows);
+    3. live enrollments: a goal event converts, an exit event exits, an awaited event
+       resumes a ``wait_for_event``;
+    4. workflows triggered by this event start;
+    5. conditions that turned true (score, attribute, segment) convert, exit or start.
+    """
+    effects = Effects()
+    if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
+        effects.extend(enter_first_stage(session, registry, contact, event, now=now))
+        return effects
+    before = _conditions_now(session, registry, contact, now)
+    reacted = False
+    if event.type == LIFECYCLE_CHANGED:
+        reacted = True
+        effects.extend(_follow_crm_stage(session, registry, contact, event, now=now))
+    rules = registry.rules.matching(event.type, event.properties)
+    score_delta = sum(r.score for r in rules)
+    if score_delta:
+        contact.score += score_delta
+    for rule in rules:
+        for trigger in rule.triggers:
+            if not registry.machine.allows(contact.stage, trigger):
+                continue
+            move = registry.machine.fire(
+                email=contact.email,
+                stage=contact.stage,
+                trigger=trigger,
+                score=contact.score,
+                attributes=contact.attributes,
+            )
+            if move.moved:
+                effects.extend(
+                    change_stage(
+                        session,
+                        registry,
+                        contact,
+                        move.dest,
+                        trigger=trigger,
+                        now=now,
+                        event_id=event.id,
+                        cause=f"event {event.type}",
+                    )
+                )
+    reacted |= bool(rules)
+    live_before = live_enrollments(session, contact.id)  # type: ignore[arg-type]
+    for enrollment in live_before:
+        outcome, step_effects = _react_to_event(
+            session, registry, contact, enrollment, event, now=now
+        )
+        effects.extend(step_effects)
+        reacted |= outcome
+    for workflow in registry.triggered_by_event(event.type):
+        trigger = workflow.trigger
+        assert isinstance(trigger, EventReceived)
+        if matches(event.properties, trigger.where):
+            reacted = True
+            effects.extend(
+                start_enrollment(
+                    session,
+                    registry,
+                    contact,
+                    workflow,
+                    now=now,
+                    cause_event_id=event.id,
+                    why=f"event {event.type}",
+                )
+            )
+    effects.extend(
+        _conditions_turned_true(session, registry, contact, before, now=now, event_id=event.id)
+    )
+    if reacted or event.type in BUILTIN_EVENTS:
+        event.status = EventStatus.PROCESSED
+    else:
+        log.warning(
+            "event type %r has no rule and no workflow waits for it: kept as unmapped "
+            "(event %s, contact %s)",
+            event.type,
+            event.id,
+            contact.id,
+        )
+        event.status = EventStatus.UNMAPPED
+    event.processed_at = now
+    contact.updated_at = now
+    contact.version += 1
+    session.add(event)
+    session.add(contact)
+    return effects
+
+
+def _follow_crm_stage(
+    session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
+) -> Effects:
+    """The CRM says the contact reached a stage: walk there forward, trigger by trigger."""
+    from engine.inbound_crm import forward_path
+
+    effects = Effects()
+    target = event.properties.get("stage")
+    if target not in registry.journey.stage_names:
+        log.info("CRM stage %r maps to no stage of ours: ignored", event.properties.get("value"))
+        return effects
+    path = forward_path(registry, contact.stage, target)
+    if not path:
+        log.info(
+            "CRM says %s for contact %s, already at or past it (%s): no move",
+            target,
+            contact.id,
+            contact.stage,
+        )
+        return effects
+    for trigger in path:
+        move = registry.machine.fire(
+            email=contact.email,
+            stage=contact.stage,
+            trigger=trigger,
+            score=contact.score,
+            attributes=contact.attributes,
+        )
+        if not move.moved:
+            log.info(
+                "CRM move of contact %s held at %s by %s",
+                contact.id,
+                contact.stage,
+                move.refused_by,
+            )
+            break
+        effects.extend(
+            change_stage(
+                session,
+                registry,
+                contact,
+                move.dest,
+                trigger=trigger,
+                now=now,
+                event_id=event.id,
+                cause=f"{event.source} CRM",
+            )
+        )
+    return effects
+
+
+def _react_to_event(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    enrollment: Enrollment,
+    event: Event,
+    *,
+    now: datetime,
+) -> tuple[bool, Effects]:
+    if enrollment.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING):
+        return False, Effects()  # ended earlier in this same event
+    workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+    if workflow is None:
+        return False, Effects()
+    for goal in workflow.goals:
+        if (
+            isinstance(goal, EventReceived)
+            and goal.type == event.type
+            and matches(event.properties, goal.where)
+        ):
+            end_enrollment(
+                session,
+                enrollment,
+                now=now,
+                status=EnrollmentStatus.CONVERTED,
+                reason=f"goal reached: {event.type} (event {event.id})",
+            )
+            return True, Effects()
+    for exit_rule in workflow.exit_when:
+        if (
+            isinstance(exit_rule, EventReceived)
+            and exit_rule.type == event.type
+            and matches(event.properties, exit_rule.where)
+        ):
+            end_enrollment(
+                session, enrollment, now=now, reason=f"exit on {event.type} (event {event.id})"
+            )
+            return True, Effects()
+    waiting = enrollment.context.get("waiting_for")
+    if enrollment.status == EnrollmentStatus.WAITING and waiting and waiting["type"] == event.type:
+        node = workflow.program[enrollment.position]
+        step = node.step
+        if isinstance(step, WaitForEvent) and matches(event.properties, step.where):
+            return True, resume_on_event(
+                session, registry, contact, enrollment, now=now, event_id=event.id
+            )
+    return False, Effects()
+
+
+def _conditions_now(
+    session: Session, registry: Registry, contact: Contact, now: datetime
+) -> dict[tuple[str, str, int], bool]:
+    """Every condition-based trigger, goal and exit, evaluated for this contact now."""
+    ctx = EvalContext(session, contact, now)
+    state: dict[tuple[str, str, int], bool] = {}
+    for workflow in registry.workflows.values():
+        for role, items in (
+            ("trigger", (workflow.trigger,)),
+            ("goal", workflow.goals),
+            ("exit", workflow.exit_when),
+        ):
+            for index, item in enumerate(items):
+                if isinstance(item, ConditionMet):
+                    state[(workflow.name, role, index)] = item.condition.evaluate(ctx)
+    return state
+
+
+def _conditions_turned_true(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    before: dict[tuple[str, str, int], bool],
+    *,
+    now: datetime,
+    event_id: int | None,
+) -> Effects:
+    if not before:
+        return Effects()
+    after = _conditions_now(session, registry, contact, now)
+    turned = {key for key, value in after.items() if value and not before.get(key, False)}
+    effects = Effects()
+    if not turned:
+        return effects
+    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
+        for name, role, index in turned:
+            if name != enrollment.workflow or role == "trigger":
+                continue
+            workflow = registry.workflows[name]
+            item = (workflow.goals if role == "goal" else workflow.exit_when)[index]
+            assert isinstance(item, ConditionMet)
+            if role == "goal":
+                end_enrollment(
+                    session,
+                    enrollment,
+                    now=now,
+                    status=EnrollmentStatus.CONVERTED,
+                    reason=f"goal reached: {item.condition.describe()}",
+                )
+            else:
+                end_enrollment(
+                    session, enrollment, now=now, reason=f"exit: {item.condition.describe()}"
+                )
+            break
+    for name, role, _index in sorted(turned):
+        if role == "trigger":
+            workflow = registry.workflows[name]
+            assert isinstance(workflow.trigger, ConditionMet)
+            why = workflow.trigger.name or workflow.trigger.condition.describe()
+            effects.extend(
+                start_enrollment(
+                    session, registry, contact, workflow, now=now, cause_event_id=event_id, why=why
+                )
+            )
+    return effects
+
+
+def enter_first_stage(
+    session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
+) -> Effects:
+    session.add(
+        StageTransition(
+            contact_id=contact.id,
+            from_stage="",
+            to_stage=contact.stage,  # type: ignore[arg-type]
+            trigger="created",
+            event_id=event.id,
+            at=now,
+        )
+    )
+    event.status = EventStatus.PROCESSED
+    event.processed_at = now
+    session.add(event)
+    effects = Effects()
+    for workflow in registry.triggered_by_stage(contact.stage):
+        effects.extend(
+            start_enrollment(
+                session,
+                registry,
+                contact,
+                workflow,
+                now=now,
+                cause_event_id=event.id,
+                why=f"entered stage {contact.stage}",
+            )
+        )
+    return effects
+
+
+def change_stage(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    dest: str,
+    *,
+    trigger: str,
+    now: datetime,
+    event_id: int | None,
+    cause: str = "",
+) -> Effects:
+    """Record a stage change and let workflows react: stage-bound enrollments of the old
+    stage exit, goals and exits on the new stage end theirs, and workflows for leaving the
+    old stage and entering the new one start."""
+    source = contact.stage
+    contact.stage = dest
+    contact.stage_entered_at = now
+    session.add(
+        StageTransition(
+            contact_id=contact.id,
+            from_stage=source,
+            to_stage=dest,  # type: ignore[arg-type]
+            trigger=trigger,
+            event_id=event_id,
+            at=now,
+        )
+    )
+    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
+        workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+        if workflow is None:
+            continue
+        if any(isinstance(g, StageEntered) and g.stage == dest for g in workflow.goals):
+            end_enrollment(
+                session,
+                enrollment,
+                now=now,
+                status=EnrollmentStatus.CONVERTED,
+                reason=f"goal reached: entered {dest}",
+            )
+        elif any(isinstance(x, StageEntered) and x.stage == dest for x in workflow.exit_when):
+            end_enrollment(session, enrollment, now=now, reason=f"exit: entered {dest}")
+        elif (
+            workflow.exit_on_stage_left
+            and isinstance(workflow.trigger, StageEntered)
+            and workflow.trigger.stage == source
+        ):
+            end_enrollment(session, enrollment, now=now, reason=f"left stage {source}")
+    effects = Effects()
+    why = f"{trigger}: {source} -> {dest}" + (f" ({cause})" if cause else "")
+    for workflow in registry.triggered_by_stage_left(source):
+        effects.extend(
+            start_enrollment(
+                session,
+                registry,
+                contact,
+                workflow,
+                now=now,
+                cause_event_id=event_id,
+                why=f"left {source}; {why}",
+            )
+        )
+    for workflow in registry.triggered_by_stage(dest):
+        effects.extend(
+            start_enrollment(
+                session,
+                registry,
+                contact,
+                workflow,
+                now=now,
+                cause_event_id=event_id,
+                why=f"entered {dest}; {why}",
+            )
+        )
+    return effects
+
+
+def wake_enrollment(
+    session: Session, registry: Registry, enrollment_id: int, *, now: datetime
+) -> Effects:
+    """Continue a waiting enrollment if its time has come; a no-op for a duplicate wake."""
+    enrollment = session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        return Effects()
+    contact = lock_contact(session, enrollment.contact_id)
+    session.refresh(enrollment)  # re-read under the contact's lock
+    if (
+        contact is None
+        or enrollment.status != EnrollmentStatus.WAITING
+        or enrollment.wake_at is None
+        or enrollment.wake_at > now
+    ):
+        return Effects()
+    return wake(session, registry, contact, enrollment, now=now)

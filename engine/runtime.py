@@ -1,0 +1,452 @@
+"""The runtime: settings, database, clock, broker, connectors and workflows, wired together.
+
+``Runtime`` is what the CLI, the HTTP service, the demo, the worker processes and the tests
+all use, so there is one behaviour to trust. Its jobs are declared on its own broker:
+
+    process_contact(contact_id)    apply the contact's pending events
+    perform_action(action_id)      send one action through its connector
+    wake_enrollment(enrollment_id) continue an enrollment whose wait is over
+
+With ``stub://`` the runtime runs a Dramatiq worker in threads of this process (``start``,
+``drain``); with Redis or RabbitMQ, ``journeyline worker`` processes consume the same jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import dramatiq
+from dramatiq import Broker, Worker
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from connectors.crm import CRMConnector, HubSpotConnector, HubSpotRateLimiter
+from connectors.email import EmailConnector, build_email_connector
+from connectors.webhooks.outgoing import WebhookSender
+from engine import pipeline
+from engine.actions import Outcome, RetryPolicy, perform_action
+from engine.broker import build_broker
+from engine.clock import Clock, SystemClock
+from engine.contacts import (
+    find_or_create_contact,
+    normalize_email,
+    validate_properties,
+    validate_stage,
+    validate_timezone,
+)
+from engine.db import make_engine, transaction
+from engine.errors import ConfigurationError, ValidationError
+from engine.executor import Effects
+from engine.inline_broker import InlineBroker
+from engine.machine import Move
+from engine.models import Contact, StageTransition
+from engine.performers import (
+    CRMOutboxPerformer,
+    CRMPerformer,
+    EmailPerformer,
+    Performer,
+    Unconfigured,
+    WebhookPerformer,
+)
+from engine.registry import Registry, load_registry
+from engine.scheduler import Due, claim_due
+from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUE = "journeyline"
+TRANSACTIONAL_QUEUE = "journeyline_transactional"
+
+
+@dataclass(frozen=True)
+class Jobs:
+    process_contact: dramatiq.Actor[[int], None]
+    perform_action: dramatiq.Actor[[int], None]
+    perform_transactional: dramatiq.Actor[[int], None]
+    wake_enrollment: dramatiq.Actor[[int], None]
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        registry: Registry | None = None,
+        email: EmailConnector | None = None,
+        db: Engine | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.clock: Clock = clock or SystemClock()
+        self.registry = registry or load_registry(
+            self.settings.workflows, templates_dir=self.settings.templates_dir
+        )
+        self.email = email or build_email_connector(
+            self.settings.email_connector,
+            outbox_dir=self.settings.outbox_dir,
+            sendgrid_api_key=self.settings.sendgrid_api_key,
+            sendgrid_host=self.settings.sendgrid_host,
+            sendgrid_timeout_s=self.settings.sendgrid_timeout_seconds,
+            sendgrid_sandbox=self.settings.sendgrid_sandbox,
+        )
+        self.db = db or make_engine(self.settings.database_url)
+        self.broker = broker or build_broker(self.settings.broker_url)
+        self._webhooks: WebhookSender | None = None
+        self._crm: CRMConnector | None = None
+        self.policy = RetryPolicy(
+            max_attempts=self.settings.max_attempts,
+            backoff=timedelta(seconds=self.settings.retry_backoff_seconds),
+        )
+        self.lease = timedelta(seconds=self.settings.action_lease_seconds)
+        self.jobs = self._declare_jobs()
+        # Connectors for actions other than email (CRM, outgoing webhooks), by action kind.
+        self.extra_performers: dict[str, Performer] = self._configured_performers()
+        self._worker: Worker | None = None
+        self._versions_synced = False
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def track(
+        self,
+        email: str,
+        event_type: str,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        source: str = "api",
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        timezone: str | None = None,
+    ) -> pipeline.Recorded:
+        """Record one event (idempotently) and enqueue its processing after commit."""
+        with transaction(self.db) as session:
+            recorded = pipeline.record_event(
+                session,
+                self.registry,
+                now=self.clock.now(),
+                email=email,
+                event_type=event_type,
+                properties=properties,
+                source=source,
+                idempotency_key=idempotency_key,
+                occurred_at=occurred_at,
+                attributes=attributes,
+                timezone=timezone,
+            )
+        if not recorded.duplicate:
+            self.jobs.process_contact.send(recorded.contact_id)
+        return recorded
+
+    def upsert_contact(
+        self,
+        email: str,
+        *,
+        stage: str | None = None,
+        timezone: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Contact:
+        """Create or update a contact without an event (an import, a CRM sync).
+
+        ``stage`` only applies to a new contact (existing ones move through the stage
+        machine); it is recorded as an ``imported`` transition and starts no workflow, so an
+        import never sends a burst of emails.
+        """
+        email = normalize_email(email)
+        if stage is not None:
+            validate_stage(self.registry.journey, stage)
+        if timezone is not None:
+            validate_timezone(timezone)
+        attributes = validate_properties(attributes, field="attributes")
+        now = self.clock.now()
+        with transaction(self.db) as session:
+            contact, created = find_or_create_contact(
+                session,
+                email=email,
+                journey=self.registry.journey,
+                now=now,
+                timezone=timezone,
+                attributes=attributes,
+                stage=stage,
+            )
+            if created:
+                session.flush()
+                session.add(
+                    StageTransition(
+                        contact_id=contact.id,
+                        from_stage="",  # type: ignore[arg-type]
+                        to_stage=contact.stage,
+                        trigger="imported",
+                        at=now,
+                    )
+                )
+        return contact
+
+    def fire(self, email: str, trigger: str) -> Move:
+        """Move a contact by an explicit trigger (an operator's or an API's decision).
+
+        Raises ``InvalidTransition`` and changes nothing when the stage does not allow it.
+        """
+        email = normalize_email(email)
+        self.sync_versions()
+        with transaction(self.db) as session:
+            contact = session.exec(select(Contact).where(Contact.email == email)).first()
+            if contact is None:
+                raise ValidationError(f"no contact with email {email!r}", field="email")
+            contact = pipeline.lock_contact(session, contact.id)  # type: ignore[arg-type]
+            assert contact is not None
+            move = self.registry.machine.fire(
+                email=contact.email,
+                stage=contact.stage,
+                trigger=trigger,
+                score=contact.score,
+                attributes=contact.attributes,
+            )
+            effects = Effects()
+            if move.moved:
+                now = self.clock.now()
+                effects = pipeline.change_stage(
+                    session,
+                    self.registry,
+                    contact,
+                    move.dest,
+                    trigger=trigger,
+                    now=now,
+                    event_id=None,
+                )
+                contact.updated_at = now
+                contact.version += 1
+                session.add(contact)
+        self.dispatch(effects)
+        return move
+
+    # --- job bodies ---------------------------------------------------------------------
+
+    def sync_versions(self) -> None:
+        """Store the spec of every current workflow version (once per process), so that an
+        enrollment can always finish on the version it started with."""
+        if self._versions_synced:
+            return
+        from engine.executor import remember_version
+
+        with transaction(self.db) as session:
+            for workflow in self.registry.workflows.values():
+                remember_version(session, self.registry, workflow, self.clock.now())
+        self._versions_synced = True
+
+    def process_contact(self, contact_id: int) -> Effects:
+        self.sync_versions()
+        with transaction(self.db) as session:
+            effects = pipeline.process_contact(
+                session, self.registry, contact_id, now=self.clock.now()
+            )
+        self.dispatch(effects)
+        return effects
+
+    def performers(self) -> dict[str, Performer]:
+        """Who performs each kind of action (built on demand: connectors may be swapped)."""
+        found: dict[str, Performer] = {
+            "email": EmailPerformer(self.email, self.registry, sender=self.settings.from_email),
+        }
+        found.update(self.extra_performers)
+        return found
+
+    def _configured_performers(self) -> dict[str, Performer]:
+        settings = self.settings
+        found: dict[str, Performer] = {}
+        if settings.crm_connector == "outbox":
+            crm: Performer = CRMOutboxPerformer(
+                settings.crm_outbox_dir or settings.outbox_dir / "crm"
+            )
+        elif settings.crm_connector == "hubspot":
+            if not settings.hubspot_token:
+                raise ConfigurationError(
+                    "JOURNEYLINE_CRM_CONNECTOR=hubspot needs JOURNEYLINE_HUBSPOT_TOKEN"
+                )
+            self._crm = HubSpotConnector(
+                token=settings.hubspot_token,
+                base_url=settings.hubspot_base_url,
+                timeout_s=settings.hubspot_timeout_seconds,
+                lifecycle_map=settings.hubspot_lifecycle_map or None,
+                limiter=HubSpotRateLimiter(max_per_interval=settings.hubspot_max_per_interval),
+                max_retries=settings.hubspot_max_retries,
+            )
+            found["crm.update"] = CRMPerformer(self._crm, "crm.update")
+            found["crm.task"] = CRMPerformer(self._crm, "crm.task")
+            crm = found["crm.update"]
+        elif settings.crm_connector == "none":
+            crm = Unconfigured("CRM", "JOURNEYLINE_CRM_CONNECTOR")
+        else:
+            raise ConfigurationError(
+                f"unknown CRM connector {settings.crm_connector!r}; "
+                "choose one of: outbox, hubspot, none"
+            )
+        found.setdefault("crm.update", crm)
+        found.setdefault("crm.task", crm)
+        if settings.webhook_secret:
+            self._webhooks = WebhookSender(
+                secret=settings.webhook_secret, timeout_s=settings.webhook_timeout_seconds
+            )
+            found["webhook"] = WebhookPerformer(self._webhooks)
+        else:
+            found["webhook"] = Unconfigured("webhook", "JOURNEYLINE_WEBHOOK_SECRET")
+        return found
+
+    def perform(self, action_id: int) -> Outcome:
+        return perform_action(
+            self.db,
+            self.registry,
+            self.performers(),
+            action_id,
+            now=self.clock.now(),
+            lease=self.lease,
+            policy=self.policy,
+        )
+
+    def wake(self, enrollment_id: int) -> Effects:
+        self.sync_versions()
+        with transaction(self.db) as session:
+            effects = pipeline.wake_enrollment(
+                session, self.registry, enrollment_id, now=self.clock.now()
+            )
+        self.dispatch(effects)
+        return effects
+
+    def tick(self) -> Due:
+        """One scheduler pass: claim what is due or stuck and enqueue it."""
+        due = claim_due(
+            self.db,
+            now=self.clock.now(),
+            lease=self.lease,
+            batch_size=self.settings.scheduler_batch_size,
+        )
+        for enrollment_id in due.enrollments:
+            self.jobs.wake_enrollment.send(enrollment_id)
+        for contact_id in due.contacts:
+            self.jobs.process_contact.send(contact_id)
+        for action_id in due.actions:
+            self.jobs.perform_action.send(action_id)
+        return due
+
+    def dispatch(self, effects: Effects) -> None:
+        """Enqueue what a committed transaction asked for. A lost message is found again by
+        the sweeper once its lease runs out."""
+        for action_id in effects.actions:
+            self.jobs.perform_action.send(action_id)
+        for action_id in effects.transactional:
+            self.jobs.perform_transactional.send(action_id)
+        for contact_id in effects.contacts:
+            self.jobs.process_contact.send(contact_id)
+
+    # --- the in-process worker (stub://) ------------------------------------------------
+
+    @property
+    def in_process(self) -> bool:
+        return isinstance(self.broker, StubBroker)
+
+    def start(self) -> None:
+        """Start worker threads in this process (only for the stub broker)."""
+        if isinstance(self.broker, InlineBroker):
+            return  # jobs run in the caller's thread, in drain()
+        if self._worker is None and self.in_process:
+            self._worker = Worker(
+                self.broker, worker_threads=self.settings.worker_threads, worker_timeout=100
+            )
+            self._worker.start()
+
+    def drain(self, *, timeout_ms: int = 60_000) -> None:
+        """Wait until every queued job, and every job those jobs queued, has finished."""
+        if isinstance(self.broker, InlineBroker):
+            self.broker.run_all()
+            return
+        if not isinstance(self.broker, StubBroker):
+            raise RuntimeError("drain() waits for the in-process stub broker only")
+        if self._worker is None:
+            self.start()
+        assert self._worker is not None
+        while True:
+            for queue_name in (QUEUE, TRANSACTIONAL_QUEUE):
+                self.broker.join(queue_name, timeout=timeout_ms, fail_fast=True)
+            self._worker.join()
+            if all(
+                self.broker.queues[name].unfinished_tasks == 0
+                for name in (QUEUE, TRANSACTIONAL_QUEUE)
+                if name in self.broker.queues
+            ):
+                return
+
+    def run_until_idle(self, *, max_rounds: int = 1000) -> None:
+        """Drain, tick, and drain again until a tick finds nothing due (virtual-time runs)."""
+        for _ in range(max_rounds):
+            self.drain()
+            if not len(self.tick()):
+                self.drain()
+                return
+        raise RuntimeError(f"still finding due work after {max_rounds} rounds")
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self.email.close()
+        if self._webhooks is not None:
+            self._webhooks.close()
+        if self._crm is not None:
+            self._crm.close()
+        self.broker.close()
+        self.db.dispose()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- wiring -------------------------------------------------------------------------
+
+    def _declare_jobs(self) -> Jobs:
+        def process_contact(contact_id: int) -> None:
+            self.process_contact(contact_id)
+
+        def perform_action_job(action_id: int) -> None:
+            self.perform(action_id)
+
+        def perform_transactional_job(action_id: int) -> None:
+            self.perform(action_id)
+
+        def wake_enrollment(enrollment_id: int) -> None:
+            self.wake(enrollment_id)
+
+        options: dict[str, Any] = {
+            "max_retries": 10,
+            "min_backoff": 1_000,
+            "max_backoff": 300_000,
+            "time_limit": 600_000,
+        }
+
+        def declare(fn: Any, name: str, queue: str = QUEUE) -> dramatiq.Actor[[int], None]:
+            fn.__module__ = __name__
+            return dramatiq.Actor(
+                fn,
+                broker=self.broker,
+                actor_name=name,
+                queue_name=queue,
+                priority=0,
+                options=dict(options),
+            )
+
+        return Jobs(
+            process_contact=declare(process_contact, "process_contact"),
+            perform_action=declare(perform_action_job, "perform_action"),
+            # Receipts and other transactional mail have their own queue, so they are never
+            # held behind a marketing backlog.
+            perform_transactional=declare(
+                perform_transactional_job, "perform_transactional", TRANSACTIONAL_QUEUE
+            ),
+            wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
+        )

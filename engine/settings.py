@@ -1,0 +1,89 @@
+"""Settings, read from ``JOURNEYLINE_*`` environment variables (and a ``.env`` file).
+
+Every field here is documented in README.md under "Configuration".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JOURNEYLINE_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///journeyline.db",
+        description="SQLAlchemy URL. SQLite is the embedded default; use postgresql+psycopg:// "
+        "in production.",
+    )
+    broker_url: str = Field(
+        default="stub://",
+        description="stub:// (in-process broker and worker threads), redis://..., amqp://...",
+    )
+    workflows: str = Field(
+        default="workflows",
+        description="Python module holding STAGES, RULES and WORKFLOWS.",
+    )
+    templates_dir: Path | None = Field(
+        default=None,
+        description="Folder of Jinja2 email templates; default: the templates/ folder beside "
+        "the workflows module.",
+    )
+    email_connector: str = Field(default="outbox", description="outbox, recording or sendgrid.")
+    outbox_dir: Path = Field(default=Path("outbox"), description="Where the outbox writes .eml.")
+    sendgrid_api_key: str | None = Field(
+        default=None, description="SendGrid API key; required when email_connector=sendgrid."
+    )
+    sendgrid_host: str = Field(
+        default="https://api.sendgrid.com", description="SendGrid API base URL (a fake in tests)."
+    )
+    sendgrid_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Per-request timeout; a read timeout marks a send unknown."
+    )
+    sendgrid_sandbox: bool = Field(
+        default=False, description="Send with mail_settings.sandbox_mode: validated, not delivered."
+    )
+    crm_connector: str = Field(
+        default="outbox",
+        description="outbox (CRM updates and tasks as JSON files), hubspot, or none (CRM "
+        "steps fail with a clear error).",
+    )
+    hubspot_token: str | None = Field(default=None, description="HubSpot private app token.")
+    hubspot_base_url: str = Field(default="https://api.hubapi.com")
+    hubspot_max_per_interval: int = Field(
+        default=100, ge=1, description="Requests per 10 s (190 Pro/Enterprise, 250 add-on)."
+    )
+    hubspot_timeout_seconds: float = Field(default=10.0, gt=0)
+    hubspot_max_retries: int = Field(default=3, ge=0)
+    hubspot_lifecycle_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON overrides of stage -> lifecyclestage, e.g. {"decision":"opportunity"}.',
+    )
+    hubspot_client_secret: str | None = Field(
+        default=None, description="HubSpot app client secret: verifies inbound webhooks."
+    )
+    crm_outbox_dir: Path | None = Field(
+        default=None, description="Where the CRM outbox writes; default: <outbox_dir>/crm."
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="Shared secret that signs outgoing webhook steps."
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    from_email: str = Field(default="Journeyline <hello@journeyline.example>")
+    worker_threads: int = Field(default=4, ge=1, description="Threads of the in-process worker.")
+    max_attempts: int = Field(default=5, ge=1, description="Tries per action before 'failed'.")
+    retry_backoff_seconds: float = Field(
+        default=5.0, gt=0, description="First retry delay; doubles per attempt (with jitter)."
+    )
+    action_lease_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="How long a worker owns an action or wake-up before the "
+        "sweeper may hand it to another.",
+    )
+    scheduler_interval_seconds: float = Field(default=5.0, gt=0)
+    scheduler_batch_size: int = Field(default=500, ge=1)
+    log_level: str = Field(default="INFO")

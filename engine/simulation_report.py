@@ -1,0 +1,175 @@
+"""Showing simulation results: rich tables for the terminal, one HTML page with SVG charts."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.simulator import SimulationResult
+
+COLOURS = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _days(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_results(results: Sequence[SimulationResult], console: Console) -> None:
+    """One result, or several side by side (``--compare``)."""
+    labels = [r.label or "run" for r in results]
+    funnel = Table(title="Funnel: contacts reaching each stage")
+    funnel.add_column("stage")
+    for label in labels:
+        funnel.add_column(f"{label}: reached", justify="right")
+        funnel.add_column("conversion", justify="right")
+        funnel.add_column("median days in stage", justify="right")
+    for i, stage in enumerate(results[0].stages):
+        row = [stage]
+        for result in results:
+            item = result.funnel[i]
+            row += [str(item.reached), _pct(item.conversion), _days(item.median_days_in_stage)]
+        funnel.add_row(*row)
+    console.print(funnel)
+
+    emails = Table(title="Emails sent per workflow step")
+    emails.add_column("workflow:step")
+    for label in labels:
+        emails.add_column(label, justify="right")
+    for key in sorted({k for r in results for k in r.emails}):
+        emails.add_row(key, *(str(r.emails.get(key, 0)) for r in results))
+    console.print(emails)
+
+    goals = Table(title="Goal conversions per workflow (converted / entered)")
+    goals.add_column("workflow")
+    for label in labels:
+        goals.add_column(label, justify="right")
+    for key in sorted({k for r in results for k in r.goals}):
+        cells = []
+        for r in results:
+            entered, converted = r.goals.get(key, (0, 0))
+            cells.append(
+                f"{converted}/{entered} ({_pct(converted / entered if entered else None)})"
+            )
+        goals.add_row(key, *cells)
+    console.print(goals)
+
+    if any(r.variants for r in results):
+        variants = Table(title="A/B variants (converted / entered)")
+        variants.add_column("workflow:split=variant")
+        for label in labels:
+            variants.add_column(label, justify="right")
+        for key in sorted({k for r in results for k in r.variants}):
+            cells = []
+            for r in results:
+                entered, converted = r.variants.get(key, (0, 0))
+                rate = converted / entered if entered else None
+                cells.append(f"{converted}/{entered} ({_pct(rate)})")
+            variants.add_row(key, *cells)
+        console.print(variants)
+    for r in results:
+        console.print(
+            f"{r.label or 'run'}: {r.contacts} contacts, {r.days} days, seed {r.seed}: "
+            f"{r.events} events in {r.seconds:.1f} s"
+        )
+
+
+def html_report(results: Sequence[SimulationResult]) -> str:
+    sections = []
+    for result in results:
+        title = html.escape(result.label or "Simulation")
+        sections.append(
+            f"<section><h2>{title}</h2>"
+            f"<p>{result.contacts} contacts, {result.days} days, seed {result.seed}, "
+            f"{result.events} events.</p>"
+            f"<h3>Funnel</h3>{_funnel_svg(result)}"
+            f"<h3>Contacts per stage over time</h3>{_flow_svg(result)}"
+            f"<h3>Goal conversions</h3>{_goals_table(result)}</section>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Journeyline simulation"
+        "</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "section{margin-bottom:3em}table{border-collapse:collapse}"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}</style></head><body>"
+        "<h1>Journeyline simulation</h1>" + "".join(sections) + "</body></html>"
+    )
+
+
+def _funnel_svg(result: SimulationResult) -> str:
+    top = max((row.reached for row in result.funnel), default=1) or 1
+    bar, gap, width = 26, 8, 520
+    rows = []
+    for i, row in enumerate(result.funnel):
+        y = i * (bar + gap)
+        w = int(width * row.reached / top)
+        rows.append(
+            f"<text x='0' y='{y + 18}' font-size='13'>{html.escape(row.stage)}</text>"
+            f"<rect x='120' y='{y}' width='{w}' height='{bar}' "
+            f"fill='{COLOURS[i % len(COLOURS)]}'></rect>"
+            f"<text x='{126 + w}' y='{y + 18}' font-size='13'>{row.reached} "
+            f"({_pct(row.conversion)})</text>"
+        )
+    height = len(result.funnel) * (bar + gap)
+    return f"<svg width='760' height='{height}' role='img'>{''.join(rows)}</svg>"
+
+
+def _flow_svg(result: SimulationResult) -> str:
+    width, height = 720, 260
+    days = max(len(result.daily), 1)
+    total = max((sum(d.values()) for d in result.daily), default=1) or 1
+    layers = []
+    bottoms = [0.0] * days
+    for i, stage in enumerate(result.stages):
+        tops = [bottoms[d] + result.daily[d].get(stage, 0) for d in range(days)]
+        if not any(result.daily[d].get(stage, 0) for d in range(days)):
+            continue
+
+        def point(d: int, value: float) -> str:
+            x = d * width / max(days - 1, 1)
+            return f"{x:.1f},{height - value * height / total:.1f}"
+
+        upper = [point(d, tops[d]) for d in range(days)]
+        lower = [point(d, bottoms[d]) for d in reversed(range(days))]
+        colour = COLOURS[i % len(COLOURS)]
+        layers.append(
+            f"<polygon points='{' '.join(upper + lower)}' fill='{colour}'>"
+            f"<title>{html.escape(stage)}</title></polygon>"
+        )
+        bottoms = tops
+    legend = "".join(
+        f"<span style='color:{COLOURS[i % len(COLOURS)]}'>&#9632; {html.escape(s)}</span> "
+        for i, s in enumerate(result.stages)
+    )
+    return (
+        f"<svg width='{width}' height='{height}' role='img'>{''.join(layers)}</svg><p>{legend}</p>"
+    )
+
+
+def _goals_table(result: SimulationResult) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>{converted}</td>"
+        f"<td>{_pct(converted / entered if entered else None)}</td></tr>"
+        for name, (entered, converted) in result.goals.items()
+    )
+    return (
+        "<table><tr><th>workflow</th><th>entered</th><th>converted</th><th>rate</th></tr>"
+        f"{rows}</table>"
+    )

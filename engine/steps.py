@@ -1,0 +1,330 @@
+"""Workflow steps, and their compilation into a flat program an enrollment walks.
+
+Steps nest (a branch holds two lists of steps, a split one list per variant, a wait for an
+event one list per outcome). ``compile_steps`` flattens them into ``Node``s with explicit
+jumps, so an enrollment's position is one integer and every node runs at most once per
+enrollment: the program only ever jumps forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from engine.conditions import Condition, Predicate, as_predicate
+from engine.spec import vocabulary
+
+
+@vocabulary("send_email")
+@dataclass(frozen=True)
+class SendEmail:
+    template: str
+    id: str = ""
+    marketing: bool = True  # transactional mail skips caps and quiet hours, never suppression
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@vocabulary("wait")
+@dataclass(frozen=True)
+class Wait:
+    duration: timedelta
+    id: str = ""
+
+
+@vocabulary("wait_until")
+@dataclass(frozen=True)
+class WaitUntil:
+    """Until the next time of day in the contact's time zone (optionally weekdays only)."""
+
+    time: str  # "HH:MM"
+    weekdays_only: bool = False
+    id: str = ""
+
+
+@vocabulary("wait_until_date")
+@dataclass(frozen=True)
+class WaitUntilDate:
+    """Until a date attribute plus an offset (negative: before), at a time of day if given."""
+
+    attribute: str
+    offset: timedelta = timedelta(0)
+    time: str = ""  # "HH:MM" in the contact's time zone; empty keeps the attribute's time
+    id: str = ""
+
+
+@vocabulary("wait_for_event")
+@dataclass(frozen=True)
+class WaitForEvent:
+    """Until ``type`` arrives (matching ``where``) or ``timeout`` passes, whichever is first."""
+
+    type: str
+    timeout: timedelta
+    on_event: tuple[Step, ...] = ()
+    on_timeout: tuple[Step, ...] = ()
+    where: Mapping[str, Predicate] = field(default_factory=dict)
+    id: str = ""
+
+
+@vocabulary("branch")
+@dataclass(frozen=True)
+class Branch:
+    condition: Condition
+    then: tuple[Step, ...] = ()
+    otherwise: tuple[Step, ...] = ()
+    id: str = ""
+
+
+@vocabulary("split")
+@dataclass(frozen=True)
+class Split:
+    """A/B/n test: each contact lands in one variant, deterministically, by weight."""
+
+    variants: Mapping[str, tuple[Step, ...]]
+    weights: Mapping[str, int]
+    id: str = ""
+
+
+@vocabulary("set_attribute")
+@dataclass(frozen=True)
+class SetAttribute:
+    name: str
+    value: Any
+    id: str = ""
+
+
+@vocabulary("tag")
+@dataclass(frozen=True)
+class Tag:
+    tag: str
+    remove: bool = False
+    id: str = ""
+
+
+@vocabulary("change_score")
+@dataclass(frozen=True)
+class ChangeScore:
+    delta: int
+    id: str = ""
+
+
+@vocabulary("move_stage")
+@dataclass(frozen=True)
+class MoveStage:
+    trigger: str
+    id: str = ""
+
+
+@vocabulary("update_crm")
+@dataclass(frozen=True)
+class UpdateCRM:
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+
+@vocabulary("crm_task")
+@dataclass(frozen=True)
+class CreateCRMTask:
+    subject: str
+    body: str = ""
+    due_in: timedelta | None = None
+    id: str = ""
+
+
+@vocabulary("webhook")
+@dataclass(frozen=True)
+class CallWebhook:
+    url: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+
+@vocabulary("exit")
+@dataclass(frozen=True)
+class Exit:
+    reason: str = "exit step"
+    id: str = ""
+
+
+Step = (
+    SendEmail
+    | Wait
+    | WaitUntil
+    | WaitUntilDate
+    | WaitForEvent
+    | Branch
+    | Split
+    | SetAttribute
+    | Tag
+    | ChangeScore
+    | MoveStage
+    | UpdateCRM
+    | CreateCRMTask
+    | CallWebhook
+    | Exit
+)
+WAITS = (Wait, WaitUntil, WaitUntilDate, WaitForEvent)
+
+
+# --- builders (the readable vocabulary) -------------------------------------------------
+
+
+def send_email(
+    template: str, *, id: str = "", marketing: bool = True, data: Mapping[str, Any] | None = None
+) -> SendEmail:
+    return SendEmail(template, id=id, marketing=marketing, data=dict(data or {}))
+
+
+def wait(
+    duration: timedelta | None = None,
+    *,
+    days: float = 0,
+    hours: float = 0,
+    minutes: float = 0,
+    id: str = "",
+) -> Wait:
+    return Wait(duration or timedelta(days=days, hours=hours, minutes=minutes), id=id)
+
+
+def wait_until(time: str, *, weekdays_only: bool = False, id: str = "") -> WaitUntil:
+    return WaitUntil(time, weekdays_only=weekdays_only, id=id)
+
+
+def wait_until_date(
+    attribute: str, *, days_before: float = 0, days_after: float = 0, time: str = "", id: str = ""
+) -> WaitUntilDate:
+    return WaitUntilDate(attribute, timedelta(days=days_after - days_before), time, id=id)
+
+
+def wait_for_event(
+    type: str,
+    *,
+    timeout: timedelta,
+    on_event: Sequence[Step] = (),
+    on_timeout: Sequence[Step] = (),
+    id: str = "",
+    **where: Any,
+) -> WaitForEvent:
+    return WaitForEvent(
+        type,
+        timeout,
+        tuple(on_event),
+        tuple(on_timeout),
+        {k: as_predicate(v) for k, v in where.items()},
+        id=id,
+    )
+
+
+def branch(
+    condition: Condition, *, then: Sequence[Step] = (), otherwise: Sequence[Step] = (), id: str = ""
+) -> Branch:
+    return Branch(condition, tuple(then), tuple(otherwise), id=id)
+
+
+def split(
+    *, id: str = "", weights: Mapping[str, int] | None = None, **variants: Sequence[Step]
+) -> Split:
+    """``split(A=[...], B=[...], weights={"A": 80, "B": 20})``; equal weights by default."""
+    weights = dict(weights) if weights is not None else dict.fromkeys(variants, 1)
+    return Split({k: tuple(v) for k, v in variants.items()}, weights, id=id)
+
+
+def set_attribute(name: str, value: Any, *, id: str = "") -> SetAttribute:
+    return SetAttribute(name, value, id=id)
+
+
+def add_tag(tag: str, *, id: str = "") -> Tag:
+    return Tag(tag, id=id)
+
+
+def remove_tag(tag: str, *, id: str = "") -> Tag:
+    return Tag(tag, remove=True, id=id)
+
+
+def change_score(delta: int, *, id: str = "") -> ChangeScore:
+    return ChangeScore(delta, id=id)
+
+
+def move_stage(trigger: str, *, id: str = "") -> MoveStage:
+    return MoveStage(trigger, id=id)
+
+
+def update_crm(*, id: str = "", **properties: Any) -> UpdateCRM:
+    return UpdateCRM(properties, id=id)
+
+
+def create_crm_task(
+    subject: str, *, body: str = "", due_in: timedelta | None = None, id: str = ""
+) -> CreateCRMTask:
+    return CreateCRMTask(subject, body, due_in, id=id)
+
+
+def call_webhook(
+    url: str, *, payload: Mapping[str, Any] | None = None, id: str = ""
+) -> CallWebhook:
+    return CallWebhook(url, dict(payload or {}), id=id)
+
+
+def exit_workflow(reason: str = "exit step", *, id: str = "") -> Exit:
+    return Exit(reason, id=id)
+
+
+# --- compilation ------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    id: str
+    step: Step
+    next: int | None = None  # None: the end of the workflow
+    targets: dict[str, int | None] = field(default_factory=dict)  # branch outcomes
+
+
+def step_kind(step: Step) -> str:
+    return str(type(step).kind)  # type: ignore[attr-defined]
+
+
+def compile_steps(steps: Sequence[Step]) -> list[Node]:
+    nodes: list[Node] = []
+
+    def emit(block: Sequence[Step], prefix: str) -> tuple[int | None, list[tuple[int, str]]]:
+        entry: int | None = None
+        dangling: list[tuple[int, str]] = []
+        for position, step in enumerate(block):
+            index = len(nodes)
+            node = Node(step.id or f"{prefix}{position + 1}-{step_kind(step)}", step)
+            nodes.append(node)
+            for at, key in dangling:
+                _patch(nodes, at, key, index)
+            entry = index if entry is None else entry
+            outcomes = _outcomes(step)
+            if outcomes is None:
+                dangling = [] if isinstance(step, Exit) else [(index, "next")]
+                continue
+            dangling = []
+            for key, sub in outcomes.items():
+                sub_entry, sub_dangling = emit(sub, f"{node.id}/{key}/")
+                node.targets[key] = sub_entry
+                dangling += sub_dangling if sub_entry is not None else [(index, key)]
+        return entry, dangling
+
+    _entry, _dangling = emit(steps, "")  # what dangles at the top level ends the workflow
+    return nodes
+
+
+def _outcomes(step: Step) -> dict[str, Sequence[Step]] | None:
+    if isinstance(step, Branch):
+        return {"then": step.then, "else": step.otherwise}
+    if isinstance(step, Split):
+        return dict(step.variants)
+    if isinstance(step, WaitForEvent):
+        return {"event": step.on_event, "timeout": step.on_timeout}
+    return None
+
+
+def _patch(nodes: list[Node], at: int, key: str, target: int) -> None:
+    if key == "next":
+        nodes[at].next = target
+    else:
+        nodes[at].targets[key] = target

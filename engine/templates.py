@@ -1,0 +1,79 @@
+"""Email templates: one Jinja2 file per template with ``subject``, ``text`` and ``html`` blocks.
+
+    {# workflows/templates/welcome.j2 #}
+    {% block subject %}Welcome, {{ contact.first_name | default("there") }}{% endblock %}
+    {% block text %}Hi {{ contact.first_name | default("there") }}, ...{% endblock %}
+    {% block html %}<p>Hi {{ contact.first_name | default("there") }}, ...</p>{% endblock %}
+
+``contact`` is the contact's attributes plus ``email``, ``stage`` and ``score``; ``data`` is
+the step's own data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, TemplateNotFound, select_autoescape
+from jinja2 import TemplateError as JinjaTemplateError
+
+from engine.errors import PermanentConnectorError
+
+REQUIRED_BLOCKS = ("subject",)
+BODY_BLOCKS = ("text", "html")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+class TemplateRenderer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._env = Environment(
+            loader=FileSystemLoader(str(directory)),
+            autoescape=select_autoescape(enabled_extensions=("j2", "html"), default=True),
+            keep_trailing_newline=False,
+        )
+
+    def names(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.stem for p in self.directory.glob("*.j2"))
+
+    def problems(self, name: str) -> list[str]:
+        """What is wrong with template ``name`` (empty when it can be rendered)."""
+        try:
+            template = self._env.get_template(f"{name}.j2")
+        except TemplateNotFound:
+            return [f"template {name!r} not found in {self.directory} (expected {name}.j2)"]
+        except JinjaTemplateError as exc:
+            return [f"template {name!r} does not parse: {exc}"]
+        found = [
+            f"template {name!r} has no {{% block {b} %}}"
+            for b in REQUIRED_BLOCKS
+            if b not in template.blocks
+        ]
+        if not any(b in template.blocks for b in BODY_BLOCKS):
+            found.append(f"template {name!r} needs a text or html block")
+        return found
+
+    def render(self, name: str, *, contact: dict[str, Any], data: dict[str, Any]) -> RenderedEmail:
+        try:
+            template = self._env.get_template(f"{name}.j2")
+            context = template.new_context({"contact": contact, "data": data})
+            parts = {
+                block: "".join(template.blocks[block](context)).strip()
+                if block in template.blocks
+                else ""
+                for block in ("subject", *BODY_BLOCKS)
+            }
+        except JinjaTemplateError as exc:
+            raise PermanentConnectorError(f"template {name!r} failed to render: {exc}") from exc
+        # A subject is one line, whatever the template's whitespace.
+        subject = " ".join(parts["subject"].split())
+        return RenderedEmail(subject=subject, text=parts["text"], html=parts["html"])

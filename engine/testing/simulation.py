@@ -1,0 +1,305 @@
+"""``Simulation``: the real pipeline in virtual time, for testing workflows.
+
+It runs the same stage machine, workflow executor and action path as production, on a
+throw-away SQLite database, the in-process broker, a recording email connector and a
+``VirtualClock``. ``advance`` jumps from one due wake-up to the next, so months of waits
+cost milliseconds; expectations that fail print the contact's whole timeline.
+
+    sim = Simulation()                      # the workflows module from settings
+    sim.track("ana@example.com", "trial.started", timezone="Europe/Madrid",
+              attributes={"trial_ends_at": "2026-03-20"})
+    sim.advance(days=10)
+    sim.expect_email("ana@example.com", "trial_reminder", times=1, at_local="09:00")
+    sim.expect_stage("ana@example.com", "decision")
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, SQLModel, col, select
+
+from connectors.email import EmailMessage, RecordingEmailConnector
+from engine.clock import VirtualClock
+from engine.contacts import normalize_email
+from engine.db import make_engine
+from engine.localtime import zone
+from engine.models import Action, ActionStatus, Contact, Enrollment, EnrollmentStatus
+from engine.pipeline import Recorded
+from engine.registry import Registry, load_registry, registry_from_module
+from engine.runtime import Runtime
+from engine.settings import Settings
+from engine.timeline import Timeline, contact_timeline
+
+DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
+
+
+class JourneyAssertionError(AssertionError):
+    """An expectation about a contact's journey failed; the message holds their timeline."""
+
+
+@dataclass(frozen=True)
+class SentEmail:
+    to: str
+    workflow: str
+    step: str
+    subject: str
+    sent_at: datetime
+    message: EmailMessage
+
+    @property
+    def template_step(self) -> str:
+        return f"{self.workflow}:{self.step}"
+
+
+class Simulation:
+    def __init__(
+        self,
+        workflows: str | ModuleType | Registry = "workflows",
+        *,
+        start: datetime = DEFAULT_START,
+        templates_dir: Path | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="journeyline-sim-"))
+        if isinstance(workflows, Registry):
+            registry = workflows
+        elif isinstance(workflows, ModuleType):
+            registry = registry_from_module(workflows, templates_dir=templates_dir)
+        else:
+            registry = load_registry(workflows, templates_dir=templates_dir)
+        url = f"sqlite:///{self._folder / 'sim.db'}"
+        db = make_engine(url)
+        SQLModel.metadata.create_all(db)
+        self.clock = VirtualClock(start)
+        self.email = RecordingEmailConnector()
+        options = {"outbox_dir": self._folder / "outbox", **(settings or {})}
+        self.runtime = Runtime(
+            Settings(database_url=url, broker_url="inline://", **options),
+            clock=self.clock,
+            registry=registry,
+            email=self.email,
+            db=db,
+        )
+        self.runtime.start()
+
+    # --- driving ------------------------------------------------------------------------
+
+    def track(
+        self,
+        email: str,
+        event_type: str,
+        properties: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Recorded:
+        """Record an event now (virtual time) and process everything it causes."""
+        recorded = self.runtime.track(email, event_type, properties, **options)
+        self.runtime.run_until_idle()
+        return recorded
+
+    def contact_import(self, email: str, **options: Any) -> Contact:
+        contact = self.runtime.upsert_contact(email, **options)
+        self.runtime.run_until_idle()
+        return contact
+
+    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
+        """Move virtual time forward, stopping at every due wake-up and deferred send on the
+        way, so each happens at its own instant."""
+        target = self.clock.now() + (delta if delta is not None else timedelta(**kwargs))
+        self.runtime.run_until_idle()
+        while True:
+            due = self._next_due()
+            if due is None or due > target:
+                break
+            self.clock.set(max(due, self.clock.now()))
+            self.runtime.run_until_idle()
+        self.clock.set(target)
+        self.runtime.run_until_idle()
+        return target
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def _next_due(self) -> datetime | None:
+        with Session(self.runtime.db) as session:
+            wake = session.exec(
+                select(func.min(Enrollment.wake_at)).where(
+                    Enrollment.status == EnrollmentStatus.WAITING
+                )
+            ).one()
+            retry = session.exec(
+                select(func.min(Action.lease_until)).where(Action.status == ActionStatus.PENDING)
+            ).one()
+        candidates = [t for t in (wake, retry) if t is not None]
+        if not candidates:
+            return None
+        return min(_aware(t) for t in candidates)
+
+    # --- looking ------------------------------------------------------------------------
+
+    def contact(self, email: str) -> Contact:
+        address = normalize_email(email)
+        with Session(self.runtime.db) as session:
+            found = session.exec(select(Contact).where(Contact.email == address)).first()
+        if found is None:
+            raise JourneyAssertionError(f"no contact {address!r} in this simulation")
+        return found
+
+    def emails(
+        self, to: str | None = None, *, workflow: str | None = None, step: str | None = None
+    ) -> list[SentEmail]:
+        found = []
+        for message in self.email.sent:
+            wf, _, st = (
+                message.categories[1].partition(":")
+                if len(message.categories) > 1
+                else ("manual", "", "")
+            )
+            if to is not None and message.to != normalize_email(to):
+                continue
+            if workflow is not None and wf != workflow:
+                continue
+            if step is not None and st != step and message.subject != step:
+                continue
+            found.append(SentEmail(message.to, wf, st, message.subject, message.sent_at, message))
+        return found
+
+    def timeline(self, email: str) -> Timeline | None:
+        with Session(self.runtime.db) as session:
+            return contact_timeline(session, email)
+
+    def explain(self, email: str) -> str:
+        """The contact's timeline as text, times in UTC and in their own zone."""
+        timeline = self.timeline(email)
+        if timeline is None:
+            return f"(no contact {email!r})"
+        tz = zone(timeline.contact.timezone)
+        head = (
+            f"{timeline.contact.email}: stage {timeline.contact.stage}, score "
+            f"{timeline.contact.score}, {timeline.contact.subscription_status}, "
+            f"time zone {timeline.contact.timezone}"
+        )
+        lines = [head]
+        for entry in timeline.entries:
+            local = entry.at.astimezone(tz)
+            lines.append(
+                f"  {entry.at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} local)  "
+                f"{entry.kind:<10} {entry.summary}"
+            )
+        return "\n".join(lines)
+
+    # --- expecting ----------------------------------------------------------------------
+
+    def fail(self, email: str, message: str) -> None:
+        raise JourneyAssertionError(f"{message}\n\nTimeline of {email}:\n{self.explain(email)}")
+
+    def expect_email(
+        self,
+        to: str,
+        step: str,
+        *,
+        times: int = 1,
+        workflow: str | None = None,
+        at_local: str | None = None,
+    ) -> list[SentEmail]:
+        """``step`` is a step id (or a subject); ``at_local`` "HH:MM" in the contact's zone."""
+        found = self.emails(to, workflow=workflow, step=step)
+        if len(found) != times:
+            self.fail(to, f"expected {times} email(s) {step!r} to {to}, found {len(found)}")
+        if at_local is not None:
+            tz = zone(self.contact(to).timezone)
+            for sent in found:
+                local = sent.sent_at.astimezone(tz).strftime("%H:%M")
+                if local != at_local:
+                    self.fail(to, f"email {step!r} went out at {local} local, not {at_local}")
+        return found
+
+    def expect_no_email(self, to: str, step: str | None = None) -> None:
+        found = self.emails(to, step=step)
+        if found:
+            what = f"{step!r} " if step else ""
+            self.fail(
+                to, f"expected no email {what}to {to}, found {[s.template_step for s in found]}"
+            )
+
+    def expect_stage(self, email: str, stage: str) -> None:
+        actual = self.contact(email).stage
+        if actual != stage:
+            self.fail(email, f"expected {email} in stage {stage!r}, found {actual!r}")
+
+    def expect_enrollment(self, email: str, workflow: str, status: str) -> Enrollment:
+        contact = self.contact(email)
+        with Session(self.runtime.db) as session:
+            found = session.exec(
+                select(Enrollment)
+                .where(Enrollment.contact_id == contact.id, Enrollment.workflow == workflow)
+                .order_by(col(Enrollment.entry).desc())
+            ).first()
+        if found is None:
+            self.fail(email, f"expected {email} to have entered {workflow!r}; never did")
+        assert found is not None
+        if found.status != status:
+            self.fail(
+                email,
+                f"expected {email} {status} in {workflow!r}, found {found.status}"
+                f" ({found.context.get('end_reason', 'still running')})",
+            )
+        return found
+
+    # --- golden journeys ----------------------------------------------------------------
+
+    def journey(self, email: str) -> list[dict[str, Any]]:
+        """The contact's timeline, reduced to what behaviour is (no row ids), for goldens."""
+        timeline = self.timeline(email)
+        if timeline is None:
+            return []
+        return [
+            {"at": e.at.isoformat(), "kind": e.kind, "summary": e.summary} for e in timeline.entries
+        ]
+
+    def close(self) -> None:
+        self.runtime.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def check_golden(journey: Sequence[Mapping[str, Any]], path: Path, *, update: bool) -> None:
+    """Compare a journey with its golden file, writing it when missing or ``update``."""
+    import difflib
+    import json
+
+    text = json.dumps(list(journey), indent=2, sort_keys=True) + "\n"
+    if update or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    expected = path.read_text()
+    if expected != text:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(True),
+                text.splitlines(True),
+                fromfile=f"{path} (golden)",
+                tofile="this run",
+            )
+        )
+        raise JourneyAssertionError(
+            f"the journey differs from {path} (set JOURNEYLINE_UPDATE_GOLDEN=1 to accept):\n{diff}"
+        )

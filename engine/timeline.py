@@ -1,0 +1,238 @@
+"""A contact's timeline: everything that happened to one contact, in one chronological list.
+
+Events, stage transitions, workflow enrollments and actions each become ``Entry`` rows
+(kind, instant, one-line summary, details) merged by time, so an operator can answer "why
+did this person get that email?" with one query (DESIGN.md section 9). The result is plain
+dataclasses; ``to_dict()`` gives a JSON-ready view for the CLI and the HTTP API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from engine.contacts import normalize_email
+from engine.models import Action, Contact, Enrollment, Event, StageTransition
+
+# Entries at the same instant sort in causal order: grouped by the event that caused them,
+# then the event, the stage change it caused, the enrollment that change started, the action
+# that enrollment wrote. Entries with no known cause (an exit) come last in their instant.
+_KIND_ORDER = {"event": 0, "stage": 1, "enrollment": 2, "action": 3}
+_NO_CAUSE = 2**62
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # "event", "stage", "enrollment" or "action"
+    at: datetime
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    cause_event_id: int | None = field(default=None, repr=False)
+    row_id: int = field(default=0, repr=False)
+
+    @property
+    def sort_key(self) -> tuple[datetime, int, int, int]:
+        cause = _NO_CAUSE if self.cause_event_id is None else self.cause_event_id
+        return (self.at, cause, _KIND_ORDER.get(self.kind, 9), self.row_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "at": self.at.isoformat(),
+            "summary": self.summary,
+            "details": _jsonable(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class ContactSummary:
+    id: int
+    email: str
+    stage: str
+    score: int
+    subscription_status: str
+    timezone: str
+    attributes: dict[str, Any]
+    stage_entered_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    contact: ContactSummary
+    entries: list[Entry]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contact": self.contact.to_dict(),
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+
+def contact_timeline(session: Session, email: str) -> Timeline | None:
+    """The timeline of the contact with ``email``, or None if there is no such contact.
+
+    Raises ``ValidationError`` when ``email`` is not an address at all.
+    """
+    email = normalize_email(email)
+    contact = session.exec(select(Contact).where(Contact.email == email)).first()
+    if contact is None or contact.id is None:
+        return None
+    cid = contact.id
+    entries: list[Entry] = []
+    events = session.exec(select(Event).where(Event.contact_id == cid)).all()
+    entries.extend(_event_entry(e) for e in events)
+    transitions = session.exec(
+        select(StageTransition).where(StageTransition.contact_id == cid)
+    ).all()
+    entries.extend(_stage_entry(t) for t in transitions)
+    enrollments = session.exec(select(Enrollment).where(Enrollment.contact_id == cid)).all()
+    for enrollment in enrollments:
+        entries.extend(_enrollment_entries(enrollment))
+    actions = session.exec(
+        select(Action).where(Action.contact_id == cid).order_by(col(Action.id))
+    ).all()
+    entries.extend(_action_entry(a) for a in actions)
+    entries.sort(key=lambda e: e.sort_key)
+    return Timeline(contact=_summary(contact), entries=entries)
+
+
+def _summary(contact: Contact) -> ContactSummary:
+    assert contact.id is not None
+    return ContactSummary(
+        id=contact.id,
+        email=contact.email,
+        stage=contact.stage,
+        score=contact.score,
+        subscription_status=str(contact.subscription_status),
+        timezone=contact.timezone,
+        attributes=dict(contact.attributes),
+        stage_entered_at=contact.stage_entered_at,
+        created_at=contact.created_at,
+        updated_at=contact.updated_at,
+    )
+
+
+def _event_entry(event: Event) -> Entry:
+    summary = f"{event.type} ({event.status})"
+    if event.properties:
+        shown = ", ".join(f"{k}={v}" for k, v in list(event.properties.items())[:3])
+        summary = f"{event.type} {shown} ({event.status})"
+    return Entry(
+        kind="event",
+        at=event.occurred_at,
+        summary=summary,
+        details={
+            "id": event.id,
+            "type": event.type,
+            "status": str(event.status),
+            "source": event.source,
+            "properties": event.properties,
+            "received_at": event.received_at,
+            "processed_at": event.processed_at,
+            "error": event.error,
+        },
+        cause_event_id=event.id,
+        row_id=event.id or 0,
+    )
+
+
+def _stage_entry(transition: StageTransition) -> Entry:
+    source = transition.from_stage or "(new)"
+    return Entry(
+        kind="stage",
+        at=transition.at,
+        summary=f"{source} -> {transition.to_stage} by {transition.trigger}",
+        details={
+            "id": transition.id,
+            "from": transition.from_stage,
+            "to": transition.to_stage,
+            "trigger": transition.trigger,
+            "event_id": transition.event_id,
+        },
+        cause_event_id=transition.event_id,
+        row_id=transition.id or 0,
+    )
+
+
+def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
+    details = {
+        "id": enrollment.id,
+        "workflow": enrollment.workflow,
+        "version": enrollment.version,
+        "entry": enrollment.entry,
+        "status": str(enrollment.status),
+        "position": enrollment.position,
+        "wake_at": enrollment.wake_at,
+        "cause_event_id": enrollment.cause_event_id,
+    }
+    found = [
+        Entry(
+            kind="enrollment",
+            at=enrollment.started_at,
+            summary=f"entered workflow {enrollment.workflow}",
+            details=details,
+            cause_event_id=enrollment.cause_event_id,
+            row_id=enrollment.id or 0,
+        )
+    ]
+    if enrollment.ended_at is not None:
+        why = enrollment.context.get("end_reason")
+        verb = f"{enrollment.status}" + (f": {why}" if why else "")
+        found.append(
+            Entry(
+                kind="enrollment",
+                at=enrollment.ended_at,
+                summary=f"workflow {enrollment.workflow} {verb}",
+                details={**details, "end_reason": why},
+                row_id=enrollment.id or 0,
+            )
+        )
+    return found
+
+
+def _action_entry(action: Action) -> Entry:
+    workflow = action.reason.get("workflow", "manual")
+    step = action.reason.get("step", action.payload.get("template", "?"))
+    summary = f"{action.kind} {workflow}/{step}: {action.status}"
+    if action.reason.get("skipped"):
+        summary += f" ({action.reason['skipped']})"
+    elif action.error:
+        summary += f" ({action.error})"
+    return Entry(
+        kind="action",
+        at=action.completed_at or action.updated_at,
+        summary=summary,
+        details={
+            "id": action.id,
+            "kind": action.kind,
+            "status": str(action.status),
+            "template": action.payload.get("template"),
+            "workflow": workflow,
+            "step": step,
+            "attempts": action.attempts,
+            "provider_id": action.provider_id,
+            "error": action.error,
+            "created_at": action.created_at,
+            "completed_at": action.completed_at,
+        },
+        cause_event_id=action.reason.get("cause_event_id"),
+        row_id=action.id or 0,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,75 @@
+"""Builders shared by the tests: a runtime on a given database with a recording connector."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, pool, text
+from sqlmodel import Session, SQLModel, select
+
+from connectors import RecordingEmailConnector
+from engine import Settings, VirtualClock
+from engine.db import make_engine
+from engine.models import Action, Contact, Enrollment, Event, StageTransition
+from engine.runtime import Runtime
+
+
+def make_runtime(
+    database_url: str,
+    *,
+    broker_url: str = "stub://",
+    create_schema: bool = True,
+    clock: VirtualClock | None = None,
+    **settings: object,
+) -> tuple[Runtime, VirtualClock, RecordingEmailConnector]:
+    db = make_engine(database_url)
+    if create_schema:
+        SQLModel.metadata.create_all(db)
+    clock = clock or VirtualClock()
+    email = RecordingEmailConnector()
+    runtime = Runtime(
+        Settings(database_url=database_url, broker_url=broker_url, **settings),  # type: ignore[arg-type]
+        clock=clock,
+        email=email,
+        db=db,
+    )
+    return runtime, clock, email
+
+
+def contact(runtime: Runtime, email: str) -> Contact:
+    with Session(runtime.db) as session:
+        return session.exec(select(Contact).where(Contact.email == email)).one()
+
+
+def rows(runtime: Runtime, model: type) -> list:
+    with Session(runtime.db) as session:
+        return list(session.exec(select(model).order_by(model.id)).all())
+
+
+def events(runtime: Runtime) -> list[Event]:
+    return rows(runtime, Event)
+
+
+def actions(runtime: Runtime) -> list[Action]:
+    return rows(runtime, Action)
+
+
+def enrollments(runtime: Runtime) -> list[Enrollment]:
+    return rows(runtime, Enrollment)
+
+
+def transitions(runtime: Runtime) -> list[StageTransition]:
+    return rows(runtime, StageTransition)
+
+
+def reset_postgres(url: str, *, create_tables: bool) -> None:
+    """Drop every table (and Alembic's bookkeeping) in ``url``; create them anew if asked."""
+    db = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with db.begin() as conn:
+            # A connection a previous test leaked would block DROP forever; fail instead.
+            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+            SQLModel.metadata.drop_all(conn)
+            if create_tables:
+                SQLModel.metadata.create_all(conn)
+    finally:
+        db.dispose()

@@ -1,0 +1,36 @@
+"""The benchmarks run in smoke mode and produce figures; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import common, machine, scheduler
+
+
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def _check(rows: list[common.Result], json_path: Path) -> None:
+    assert rows
+    for r in rows:
+        assert r.value > 0 and r.baseline > 0 and r.ratio > 0, r
+    data = json.loads(json_path.read_text())
+    assert len(data["results"]) == len(rows)
+    assert data["machine"]["python"]
+
+
+def test_bench_machine_smoke(results_in_tmp: Path) -> None:
+    rows = machine.main(["--smoke"])
+    _check(rows, results_in_tmp / "machine.json")
+
+
+def test_bench_scheduler_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:
+    rows = scheduler.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
+    _check(rows, results_in_tmp / "scheduler.json")
+    assert json.loads((results_in_tmp / "scheduler.json").read_text())["due"] == 200

@@ -1,0 +1,171 @@
+"""The ``journeyline`` command line, driven through typer's CliRunner on real SQLite files."""
+
+from __future__ import annotations
+
+import email
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from engine.cli import app, parse_value
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """A migrated SQLite database, stub broker and an outbox folder, all under tmp_path."""
+    monkeypatch.chdir(tmp_path)  # no stray .env, and the demo's default folder stays here
+    monkeypatch.setenv("JOURNEYLINE_BROKER_URL", "stub://")
+    monkeypatch.setenv("JOURNEYLINE_EMAIL_CONNECTOR", "outbox")
+    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables must not truncate emails
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    return {"url": url, "outbox": tmp_path / "outbox", "tmp": tmp_path}
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_track_then_contact_shows_stage_and_timeline(env: dict) -> None:
+    url = env["url"]
+    # Given a new contact tracked from the command line
+    result = invoke(
+        "--database-url", url, "track", "Ana@Example.com", "page.viewed",
+        "--prop", "url=/pricing", "--prop", "pages=3", "--attr", "first_name=Ana",
+        "--timezone", "Europe/Madrid",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "recorded" in result.output
+    # When the same trial is tracked twice with one idempotency key
+    first = invoke(
+        "track", "ana@example.com", "trial.started", "--key", "t1", "--database-url", url
+    )
+    again = invoke(
+        "track", "ana@example.com", "trial.started", "--key", "t1", "--database-url", url
+    )
+    assert first.exit_code == 0 and again.exit_code == 0
+    assert "duplicate" not in first.output
+    assert "duplicate" in again.output
+
+    # Then the contact is in decision, with both welcome and trial offer emails sent
+    shown = invoke("contact", "ana@example.com", "--database-url", url)
+    assert shown.exit_code == 0, shown.output
+    assert "stage decision" in shown.output
+    assert "score 27" in shown.output
+    assert "subscribed" in shown.output
+    assert "awareness -> decision by evaluate" in shown.output
+    assert "awareness_nurture/welcome: sent" in shown.output
+    assert "decision_trial/offer: sent" in shown.output
+    assert len(list(env["outbox"].glob("*.eml"))) == 2
+
+    as_json = invoke("--database-url", url, "contact", "ana@example.com", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    timeline = json.loads(as_json.stdout)
+    assert timeline["contact"]["attributes"] == {"first_name": "Ana"}
+    assert timeline["contact"]["timezone"] == "Europe/Madrid"
+    page_view = next(e for e in timeline["entries"] if e["details"].get("type") == "page.viewed")
+    assert page_view["details"]["properties"] == {"url": "/pricing", "pages": 3}
+    times = [e["at"] for e in timeline["entries"]]
+    assert times == sorted(times)
+    kinds = {e["kind"] for e in timeline["entries"]}
+    assert kinds == {"event", "stage", "enrollment", "action"}
+    trial_events = [e for e in timeline["entries"] if e["details"].get("type") == "trial.started"]
+    assert len(trial_events) == 1
+
+
+def test_invalid_email_exits_2_naming_it(env: dict) -> None:
+    result = invoke("--database-url", env["url"], "track", "not-an-email", "page.viewed")
+    assert result.exit_code == 2
+    assert "not-an-email" in result.output
+    assert "Traceback" not in result.output
+    assert not env["outbox"].exists()
+
+
+def test_unknown_contact_exits_1(env: dict) -> None:
+    result = invoke("--database-url", env["url"], "contact", "nobody@example.com")
+    assert result.exit_code == 1
+    assert "nobody@example.com" in result.output
+
+
+def test_actions_failed_lists_dead_letters_only(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = env["url"]
+    ok = invoke("--database-url", url, "track", "ok@example.com", "page.viewed")
+    assert ok.exit_code == 0, ok.output
+    # Given an outbox that cannot be written (a file where its folder should be) and one try
+    blocked = env["tmp"] / "blocked"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(blocked))
+    monkeypatch.setenv("JOURNEYLINE_MAX_ATTEMPTS", "1")
+    tracked = invoke("--database-url", url, "track", "stuck@example.com", "page.viewed")
+    assert tracked.exit_code == 0, tracked.output
+
+    # When an operator looks at the dead letters
+    result = invoke("--database-url", url, "actions", "--failed")
+
+    # Then the failed send is listed with its reason, and the sent one is not
+    assert result.exit_code == 0, result.output
+    assert "stuck@example.com" in result.output
+    assert "awareness_nurture/welcome" in result.output
+    assert "failed" in result.output
+    assert "cannot write to outbox" in result.output
+    assert "ok@example.com" not in result.output
+    everything = invoke("--database-url", url, "actions")
+    assert "ok@example.com" in everything.output and "sent" in everything.output
+    bad = invoke("--database-url", url, "actions", "--status", "lost")
+    assert bad.exit_code == 2
+
+
+def test_demo_runs_and_writes_parseable_emails(env: dict) -> None:
+    output = env["tmp"] / "demo"
+    result = invoke("demo", "--contacts", "30", "--days", "10", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    assert "Contacts per stage" in result.output
+    assert "Emails per workflow step" in result.output
+    assert "awareness_nurture" in result.output
+    assert "journeyline contact " in result.output
+    files = list((output / "outbox").glob("*.eml"))
+    assert len(files) >= 30  # at least every contact's welcome
+    assert f"holds {len(files)} .eml files" in result.output
+    for path in files:
+        message = email.message_from_bytes(path.read_bytes())
+        assert message["Subject"], path
+        assert message["To"].endswith("@example.com")
+    assert (output / "journeyline.db").is_file()
+
+
+def test_demo_refuses_to_delete_a_foreign_folder(env: dict) -> None:
+    precious = env["tmp"] / "work"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    result = invoke("demo", "--contacts", "2", "--days", "1", "--output", str(precious))
+    assert result.exit_code == 2
+    assert (precious / "thesis.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3", 3), ("2.5", 2.5), ("true", True), ("null", None), ("hello", "hello"), ("NaN", "NaN")],
+)
+def test_values_parse_as_json_when_they_can(text: str, value: object) -> None:
+    assert parse_value(text) == value
+
+
+def test_events_lists_unmapped_ones_for_operators(env: dict) -> None:
+    url = env["url"]
+    # Given one event a rule knows and one nobody knows
+    assert invoke("--database-url", url, "track", "bo@example.com", "page.viewed").exit_code == 0
+    odd = invoke("--database-url", url, "track", "bo@example.com", "survey.mystery")
+    assert odd.exit_code == 0, odd.output
+    # When an operator lists the unmapped events
+    listed = invoke("--database-url", url, "events", "--unmapped")
+    # Then only the unknown one shows, kept with its contact
+    assert listed.exit_code == 0, listed.output
+    assert "survey.mystery" in listed.output
+    assert "bo@example.com" in listed.output
+    assert "page.viewed" not in listed.output
+    everything = invoke("--database-url", url, "events")
+    assert "page.viewed" in everything.output and "contact.created" in everything.output
