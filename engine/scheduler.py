@@ -81,6 +81,7 @@ def claim_due(db: Engine, *, now: datetime, lease: timedelta, batch_size: int) -
                     col(Action.status).in_([ActionStatus.PENDING, ActionStatus.SENDING]),
                     col(Action.lease_until) <= now,
                 )
+                .order_by(col(Action.lease_until), col(Action.id))  # oldest first, in order
                 .limit(batch_size)
                 .with_for_update(skip_locked=True)
             ).all()

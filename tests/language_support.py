@@ -36,7 +36,10 @@ def running(
     )
     clock = VirtualClock(start or datetime(2026, 3, 2, 10, 0, tzinfo=UTC))  # a Monday
     runtime, clock, email = make_runtime(
-        f"sqlite:///{tmp_path}/jl.db", clock=clock, outbox_dir=tmp_path / "outbox"
+        f"sqlite:///{tmp_path}/jl.db",
+        broker_url="inline://",
+        clock=clock,
+        outbox_dir=tmp_path / "outbox",
     )
     runtime.registry = registry
     runtime.start()

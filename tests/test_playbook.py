@@ -37,7 +37,10 @@ def playbook(
         guardrails=GUARDRAILS,
     )
     runtime, clock, email = make_runtime(
-        f"sqlite:///{tmp_path}/jl.db", clock=VirtualClock(start), outbox_dir=tmp_path / "outbox"
+        f"sqlite:///{tmp_path}/jl.db",
+        broker_url="inline://",  # one job after another, as in the simulator: deterministic
+        clock=VirtualClock(start),
+        outbox_dir=tmp_path / "outbox",
     )
     runtime.registry = registry
     runtime.start()
