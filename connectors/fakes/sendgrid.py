@@ -93,8 +93,9 @@ class FakeSendGrid:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> FakeSendGrid:
-        server = _Server(("127.0.0.1", 0), _Handler)
+    def start(self, *, host: str = "127.0.0.1", port: int = 0) -> FakeSendGrid:
+        """Serve on ``host:port`` (port 0: any free port; read it back from ``url``)."""
+        server = _Server((host, port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(

@@ -1,0 +1,77 @@
+"""``journeyline fake sendgrid|hubspot``: the local fake providers as standalone servers.
+
+For trying the connectors by hand or from another language's tests: point
+``JOURNEYLINE_SENDGRID_HOST`` / ``JOURNEYLINE_HUBSPOT_BASE_URL`` at the printed URL. Every
+request is logged to the console as it is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from connectors.fakes import FakeHubSpot, FakeSendGrid
+from engine.cli import app, console
+
+fake_app = typer.Typer(
+    help="Run the fake SendGrid or HubSpot HTTP server (for local trials and tests).",
+    no_args_is_help=True,
+)
+app.add_typer(fake_app, name="fake")
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+Port = Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")]
+
+
+def _serve(fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, env: str) -> None:
+    console.print(f"fake {what} listening on [bold]{fake.url}[/] ({credential})", soft_wrap=True)
+    console.print(f"point the connector at it: export {env}={fake.url}", soft_wrap=True)
+    console.print("Ctrl-C to stop")
+    seen = 0
+
+    def log_new() -> None:
+        nonlocal seen
+        requests = fake.requests
+        for request in requests[seen:]:
+            console.print(f"{request.method} {request.path} -> {request.status}")
+        seen = len(requests)
+
+    try:
+        while True:
+            log_new()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.close()
+        log_new()  # what came in since the last look
+
+
+@fake_app.command("sendgrid")
+def fake_sendgrid(
+    host: Host = "127.0.0.1",
+    port: Port = 8025,
+    api_key: Annotated[str, typer.Option(help="The API key it accepts.")] = "SG.fake-key",
+) -> None:
+    """A fake SendGrid v3 Mail Send API: validates, records, answers 202/400/401/413/429."""
+    fake = FakeSendGrid(api_key=api_key).start(host=host, port=port)
+    _serve(fake, "SendGrid", f"API key {api_key}", "JOURNEYLINE_SENDGRID_HOST")
+
+
+@fake_app.command("hubspot")
+def fake_hubspot(
+    host: Host = "127.0.0.1",
+    port: Port = 8026,
+    token: Annotated[str, typer.Option(help="The private app token it accepts.")] = (
+        "pat-fake-token"
+    ),
+    max_per_interval: Annotated[
+        int, typer.Option(min=0, help="Requests per 10 s before 429 (0: no limit).")
+    ] = 100,
+) -> None:
+    """A fake HubSpot CRM API: contacts, batch upsert, tasks and notes, 10-second rate windows."""
+    fake = FakeHubSpot(token=token, max_per_interval=max_per_interval or None)
+    fake.start(host=host, port=port)
+    _serve(fake, "HubSpot", f"token {token}", "JOURNEYLINE_HUBSPOT_BASE_URL")
