@@ -9,6 +9,7 @@ from engine.steps import (
     Branch,
     CallWebhook,
     ChangeScore,
+    CreateCRMNote,
     CreateCRMTask,
     Exit,
     MoveStage,
@@ -74,6 +75,8 @@ def describe_step(step: Step) -> str:
         return "update CRM " + ", ".join(step.properties)
     if isinstance(step, CreateCRMTask):
         return f"CRM task: {step.subject}"
+    if isinstance(step, CreateCRMNote):
+        return "CRM note"
     if isinstance(step, CallWebhook):
         return f"webhook {step.url}"
     if isinstance(step, Exit):

@@ -34,6 +34,7 @@ from engine.steps import (
     Branch,
     CallWebhook,
     ChangeScore,
+    CreateCRMNote,
     CreateCRMTask,
     Exit,
     MoveStage,
@@ -441,11 +442,18 @@ def _action(
     elif isinstance(step, UpdateCRM):
         kind, payload = (
             "crm.update",
-            {"properties": dict(step.properties), "stage": contact.stage, "score": contact.score},
+            {
+                "properties": dict(step.properties),
+                "stage": contact.stage,
+                "score": contact.score,
+                "workflow": workflow.name,
+            },
         )
     elif isinstance(step, CreateCRMTask):
         due = (now + step.due_in).isoformat() if step.due_in else None
         kind, payload = "crm.task", {"subject": step.subject, "body": step.body, "due_at": due}
+    elif isinstance(step, CreateCRMNote):
+        kind, payload = "crm.note", {"body": step.body}
     elif isinstance(step, CallWebhook):
         kind, payload = "webhook", {"url": step.url, "payload": dict(step.payload)}
     else:

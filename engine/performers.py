@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -141,12 +141,17 @@ def _write_once(path: Path, text: str) -> str:
 
 class CRMPerformer:
     """CRM steps through a ``CRMConnector`` (HubSpot): ``crm.update`` upserts the contact with
-    the step's properties and mirrors our stage into the CRM's lifecycle stage (forward only);
-    ``crm.task`` creates a task on the contact. An upsert is idempotent; a task is not."""
+    the step's properties, plus our score and the workflow in the properties named by
+    ``mirrored`` (an empty name skips one), and mirrors our stage into the CRM's lifecycle
+    stage (forward only); ``crm.task`` creates a task and ``crm.note`` a note on the contact.
+    An upsert is idempotent; a task or a note is not (a timeout leaves it ``unknown``)."""
 
-    def __init__(self, connector: CRMConnector, kind: str) -> None:
+    def __init__(
+        self, connector: CRMConnector, kind: str, *, mirrored: Mapping[str, str] | None = None
+    ) -> None:
         self.connector = connector
         self.kind = kind
+        self.mirrored = {k: v for k, v in (mirrored or {}).items() if v}
         self.name = f"{kind} ({connector.name})"
         self.dedupes = kind == "crm.update"
 
@@ -154,13 +159,19 @@ class CRMPerformer:
         email, payload = contact.email, dict(action.payload)
         if self.kind == "crm.update":
             stage = str(payload.get("stage") or contact.stage)
+            properties = dict(payload.get("properties", {}))
+            for field, name in self.mirrored.items():
+                if payload.get(field) is not None:
+                    properties.setdefault(name, payload[field])
 
             def update() -> str:
-                record = self.connector.upsert_contact(email, payload.get("properties", {}))
+                record = self.connector.upsert_contact(email, properties)
                 self.connector.set_lifecycle_stage(email, stage)
                 return record.id
 
             return update
+        if self.kind == "crm.note":
+            return lambda: self.connector.create_note(email, str(payload["body"]))
         due = datetime.fromisoformat(payload["due_at"]) if payload.get("due_at") else None
         return lambda: self.connector.create_task(
             email, str(payload["subject"]), str(payload.get("body", "")), due=due

@@ -276,8 +276,12 @@ class Runtime:
                 limiter=HubSpotRateLimiter(max_per_interval=settings.hubspot_max_per_interval),
                 max_retries=settings.hubspot_max_retries,
             )
-            found["crm.update"] = CRMPerformer(self._crm, "crm.update")
-            found["crm.task"] = CRMPerformer(self._crm, "crm.task")
+            mirrored = {
+                "score": settings.hubspot_score_property,
+                "workflow": settings.hubspot_workflow_property,
+            }
+            for kind in ("crm.update", "crm.task", "crm.note"):
+                found[kind] = CRMPerformer(self._crm, kind, mirrored=mirrored)
             crm = found["crm.update"]
         elif settings.crm_connector == "none":
             crm = Unconfigured("CRM", "JOURNEYLINE_CRM_CONNECTOR")
@@ -288,6 +292,7 @@ class Runtime:
             )
         found.setdefault("crm.update", crm)
         found.setdefault("crm.task", crm)
+        found.setdefault("crm.note", crm)
         if settings.webhook_secret:
             self._webhooks = WebhookSender(
                 secret=settings.webhook_secret, timeout_s=settings.webhook_timeout_seconds

@@ -62,8 +62,35 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON overrides of stage -> lifecyclestage, e.g. {"decision":"opportunity"}.',
     )
+    hubspot_score_property: str = Field(
+        default="journeyline_score",
+        description="HubSpot contact property that mirrors our lead score ('' to skip).",
+    )
+    hubspot_workflow_property: str = Field(
+        default="journeyline_last_workflow",
+        description="HubSpot contact property naming the last workflow to update it ('' to skip).",
+    )
     hubspot_client_secret: str | None = Field(
         default=None, description="HubSpot app client secret: verifies inbound webhooks."
+    )
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None,
+        description="SendGrid Event Webhook verification key (base64, from Mail Settings): "
+        "verifies POST /v1/webhooks/sendgrid.",
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="Signed inbound webhooks older or newer than this are refused as stale.",
+    )
+    inbound_sources: str | None = Field(
+        default=None,
+        description="Python module whose SOURCES declare generic inbound webhooks "
+        "(POST /v1/webhooks/{source}); default: <workflows>.inbound, if it exists.",
+    )
+    inbound_webhook_secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON of source -> HMAC-SHA256 secret of generic inbound webhooks.",
     )
     crm_outbox_dir: Path | None = Field(
         default=None, description="Where the CRM outbox writes; default: <outbox_dir>/crm."

@@ -132,6 +132,13 @@ class CreateCRMTask:
     id: str = ""
 
 
+@vocabulary("crm_note")
+@dataclass(frozen=True)
+class CreateCRMNote:
+    body: str
+    id: str = ""
+
+
 @vocabulary("webhook")
 @dataclass(frozen=True)
 class CallWebhook:
@@ -161,6 +168,7 @@ Step = (
     | MoveStage
     | UpdateCRM
     | CreateCRMTask
+    | CreateCRMNote
     | CallWebhook
     | Exit
 )
@@ -258,6 +266,11 @@ def create_crm_task(
     subject: str, *, body: str = "", due_in: timedelta | None = None, id: str = ""
 ) -> CreateCRMTask:
     return CreateCRMTask(subject, body, due_in, id=id)
+
+
+def create_crm_note(body: str, *, id: str = "") -> CreateCRMNote:
+    """A note on the contact's CRM record, for sales to read (HubSpot: an associated note)."""
+    return CreateCRMNote(body, id=id)
 
 
 def call_webhook(

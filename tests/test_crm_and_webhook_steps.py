@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from connectors.webhooks import JOURNEYLINE_SIGNATURE_HEADER, verify_hmac
-from engine import Workflow, call_webhook, create_crm_task, on_event, update_crm
+from engine import (
+    Workflow,
+    call_webhook,
+    create_crm_note,
+    create_crm_task,
+    on_event,
+    update_crm,
+)
 from tests.language_support import running
 from tests.support import actions
 
@@ -55,22 +62,29 @@ def test_crm_steps_land_in_the_crm_outbox_once(tmp_path: Path) -> None:
         steps=[
             update_crm(lead_status="demo requested"),
             create_crm_task("Call this lead", body="Asked for a demo"),
+            create_crm_note("Asked for a demo from the pricing page"),
         ],
     )
     with running(tmp_path, [flow]) as (rt, _clock, _email):
         rt.track("lead@example.com", "demo.requested")
         rt.drain()
         kinds = {a.kind: a for a in actions(rt)}
-        assert {k: a.status for k, a in kinds.items()} == {"crm.update": "sent", "crm.task": "sent"}
+        assert {k: a.status for k, a in kinds.items()} == {
+            "crm.update": "sent",
+            "crm.task": "sent",
+            "crm.note": "sent",
+        }
         files = sorted((tmp_path / "outbox" / "crm").glob("*.json"))
-        assert len(files) == 2
+        assert len(files) == 3
+        note = json.loads(next(f for f in files if f.name.startswith("crm.note")).read_text())
+        assert note["payload"]["body"] == "Asked for a demo from the pricing page"
         task = json.loads(next(f for f in files if f.name.startswith("crm.task")).read_text())
         assert task["email"] == "lead@example.com"
         assert task["payload"]["subject"] == "Call this lead"
         # performing again writes nothing new
         for action in kinds.values():
             rt.perform(action.id)
-        assert len(list((tmp_path / "outbox" / "crm").glob("*.json"))) == 2
+        assert len(list((tmp_path / "outbox" / "crm").glob("*.json"))) == 3
 
 
 def test_a_crm_step_without_a_crm_connector_fails_clearly(tmp_path: Path) -> None:
@@ -152,6 +166,7 @@ def test_crm_steps_reach_hubspot_over_http(tmp_path: Path) -> None:
         steps=[
             update_crm(lead_source="journeyline"),
             create_crm_task("Call this trial", body="Started a trial"),
+            create_crm_note("Started a trial from the pricing page"),
         ],
     )
     with FakeHubSpot(token="pat-test", max_per_interval=None) as hubspot:
@@ -176,15 +191,22 @@ def test_crm_steps_reach_hubspot_over_http(tmp_path: Path) -> None:
             assert {a.kind: a.status for a in actions(rt)} == {
                 "crm.update": "sent",
                 "crm.task": "sent",
+                "crm.note": "sent",
             }
+            score = next(a.payload["score"] for a in actions(rt) if a.kind == "crm.update")
         finally:
             rt.close()
         mirrored = hubspot.contact("trial@example.com")
         assert mirrored is not None
         assert mirrored["lead_source"] == "journeyline"
         assert mirrored["lifecyclestage"] == "salesqualifiedlead"
+        # our score and the workflow land in the default mirror properties
+        assert mirrored["journeyline_last_workflow"] == "sales_handoff"
+        assert str(mirrored["journeyline_score"]) == str(score)
         (task,) = hubspot.tasks()
         assert "Call this trial" in str(task)
+        (note,) = hubspot.notes()
+        assert "Started a trial from the pricing page" in str(note)
 
 
 def test_hubspot_without_a_token_is_a_configuration_error(tmp_path: Path) -> None:

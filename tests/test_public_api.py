@@ -21,7 +21,7 @@ ENGINE_API = {
     "on_event", "on_segment_joined", "on_stage_entered", "on_stage_left", "quiet_hours",
     "reenter_after", "reenter_always", "reenter_never", "send_window",
     # steps
-    "add_tag", "branch", "call_webhook", "change_score", "create_crm_task", "exit_workflow",
+    "add_tag", "branch", "call_webhook", "change_score", "create_crm_note", "create_crm_task", "exit_workflow",
     "move_stage", "remove_tag", "send_email", "set_attribute", "split", "update_crm", "wait",
     "wait_for_event", "wait_until", "wait_until_date",
     # conditions and predicates
