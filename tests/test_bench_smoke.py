@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, machine, scheduler
+from bench import common, machine, pipeline, scheduler
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +34,9 @@ def test_bench_scheduler_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -
     rows = scheduler.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
     _check(rows, results_in_tmp / "scheduler.json")
     assert json.loads((results_in_tmp / "scheduler.json").read_text())["due"] == 200
+
+
+def test_bench_pipeline_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:
+    rows = pipeline.main(["--smoke", "--database", "sqlite", "--work-dir", str(tmp_path)])
+    _check(rows, results_in_tmp / "pipeline.json")
+    assert json.loads((results_in_tmp / "pipeline.json").read_text())["contacts"] == 30
