@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, machine, pipeline, scheduler
+from bench import common, ingest, machine, pipeline, scheduler
+from bench.services import redis_db_url
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +41,25 @@ def test_bench_pipeline_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) ->
     rows = pipeline.main(["--smoke", "--database", "sqlite", "--work-dir", str(tmp_path)])
     _check(rows, results_in_tmp / "pipeline.json")
     assert json.loads((results_in_tmp / "pipeline.json").read_text())["contacts"] == 30
+
+
+# The benchmarks on real services use their own Redis database, never the test suite's.
+SMOKE_REDIS_DB = 14
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_ingest_smoke(results_in_tmp: Path, postgres_url: str, redis_url: str) -> None:
+    rows = ingest.main(
+        [
+            "--smoke",
+            "--database-url",
+            postgres_url,
+            "--redis-url",
+            redis_db_url(redis_url, SMOKE_REDIS_DB),
+        ]
+    )
+    _check(rows, results_in_tmp / "ingest.json")
+    data = json.loads((results_in_tmp / "ingest.json").read_text())
+    assert data["journeyline"]["stored"] == data["events"] + 200
