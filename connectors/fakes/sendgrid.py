@@ -11,11 +11,24 @@ Point ``SendGridEmailConnector(host=fake.url)`` at it to test workflows without 
 It checks the Bearer key, validates payloads against the documented limits (answering 400
 with SendGrid's ``{"errors": [...]}`` body), answers 202 with an ``X-Message-Id``, 200 in
 sandbox mode, and can be scripted to fail (``fail_next``) or stall (``delay_next``).
+
+It also plays SendGrid's signed Event Webhook: ``event(kind, message)`` builds an event
+about a message it accepted (``custom_args`` echoed as top-level keys, as SendGrid does) and
+``post_events(url, events)`` POSTs a batch signed with the fake's own P-256 key, retrying a
+non-2xx answer and, if asked, delivering the same batch again (both happen in production).
+Configure the receiver with ``webhook_public_key``::
+
+    settings.sendgrid_webhook_public_key = fake.webhook_public_key
+    (message,) = fake.sent_messages()
+    fake.post_events(url, [fake.event("delivered", message), fake.event("open", message)])
+
+Retries are immediate here (SendGrid spaces them over 24 hours).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import secrets
 import socket
@@ -28,6 +41,15 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+import httpx
+
+from connectors.webhooks.signatures import (
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    generate_sendgrid_key_pair,
+    sign_sendgrid,
+)
 
 MAX_BYTES = 30 * 1024 * 1024
 MAX_PERSONALIZATIONS = 1000
@@ -90,6 +112,10 @@ class FakeSendGrid:
         self._sockets: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        # webhook_public_key: the Event Webhook verification key, base64 DER as SendGrid shows it
+        self._signing_key, self.webhook_public_key = generate_sendgrid_key_pair()
+        self._event_numbers = itertools.count(1)
+        self._deliveries: list[httpx.Response] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -190,6 +216,80 @@ class FakeSendGrid:
                         )
                     )
         return sent
+
+    # -- the signed Event Webhook ----------------------------------------------------------
+
+    def event(
+        self, kind: str, message: SentMessage, *, timestamp: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """One Event Webhook event about ``message`` (from ``sent_messages``): ``kind`` is
+        delivered, open, click, bounce, dropped, spamreport, unsubscribe...; ``extra`` adds
+        or overrides fields (``url=`` for a click, ``type="blocked"`` for a bounce)."""
+        number = next(self._event_numbers)
+        event: dict[str, Any] = {
+            "email": message.to,
+            "timestamp": timestamp if timestamp is not None else int(time.time()),
+            "event": kind,
+            "sg_event_id": secrets.token_urlsafe(16),
+            "sg_message_id": f"{message.message_id}.filter0001.{number}.0",
+            "category": list(message.categories),
+            **message.custom_args,
+        }
+        if kind == "bounce":
+            event.update(type="bounce", status="5.1.1", reason="550 5.1.1 no such user")
+        elif kind == "dropped":
+            event.update(reason="Bounced Address")
+        event.update(extra)
+        return event
+
+    def post_events(
+        self,
+        url: str,
+        events: list[dict[str, Any]],
+        *,
+        timestamp: int | None = None,
+        max_attempts: int = 1,
+        duplicates: int = 0,
+        client: httpx.Client | None = None,
+        timeout_s: float = 5.0,
+    ) -> httpx.Response:
+        """POST ``events`` as one signed batch to ``url``; return the last answer.
+
+        A non-2xx answer is retried, up to ``max_attempts`` POSTs in all; after a 2xx the
+        same signed request is sent ``duplicates`` more times. ``timestamp`` (unix seconds,
+        default now) is what is signed: pass an old one to test the receiver's window.
+        """
+        body = json.dumps(events, separators=(",", ":")).encode("utf-8")
+        stamp = timestamp if timestamp is not None else int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "SendGrid Event API",
+            SENDGRID_SIGNATURE_HEADER: sign_sendgrid(self._signing_key, body, stamp),
+            SENDGRID_TIMESTAMP_HEADER: str(stamp),
+        }
+        own = client is None
+        http = client or httpx.Client(timeout=timeout_s)
+        try:
+            response = http.post(url, content=body, headers=headers)
+            self._deliveries.append(response)
+            for _ in range(max_attempts - 1):
+                if response.is_success:
+                    break
+                response = http.post(url, content=body, headers=headers)
+                self._deliveries.append(response)
+            if response.is_success:
+                for _ in range(duplicates):
+                    response = http.post(url, content=body, headers=headers)
+                    self._deliveries.append(response)
+        finally:
+            if own:
+                http.close()
+        return response
+
+    @property
+    def deliveries(self) -> list[httpx.Response]:
+        """Every Event Webhook POST's answer, in order."""
+        return list(self._deliveries)
 
     # -- called from handler threads ---------------------------------------------------------
 

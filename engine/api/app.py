@@ -15,8 +15,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api import contacts, events, health, metrics
+from engine.api import contacts, events, health, metrics, webhooks
 from engine.api.errors import error_response, install_error_handlers
+from engine.inbound_generic import load_sources
 from engine.runtime import Runtime
 
 MIB = 1024 * 1024
@@ -40,6 +41,11 @@ class ApiSettings(BaseSettings):
 
     max_body_bytes: int = Field(
         default=MIB, ge=1, description="Larger request bodies are refused with 413."
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The service's public base URL (https://jl.example.com), when a proxy "
+        "stands in front: HubSpot signs the URL it called, not the one we see.",
     )
 
 
@@ -101,8 +107,18 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     registry = CollectorRegistry(auto_describe=True)
     registry.register(metrics.DatabaseCollector(runtime.db))
     app.state.metrics_registry = registry
+    # Declared generic webhook sources, validated now so a bad declaration fails at start.
+    app.state.webhook_sources = load_sources(
+        runtime.settings.inbound_sources, workflows=runtime.settings.workflows
+    )
     install_error_handlers(app)
-    for router in (events.router, contacts.router, health.router, metrics.router):
+    for router in (
+        events.router,
+        contacts.router,
+        health.router,
+        metrics.router,
+        webhooks.router,
+    ):
         app.include_router(router)
     # The last added runs first: time everything, including refusals of oversized bodies.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,402 @@
+"""Inbound webhooks: ``POST /v1/webhooks/sendgrid``, ``/hubspot`` and ``/{source}``.
+
+Webhooks authenticate by their signature alone (no API key), checked over the raw body
+exactly as received, before anything is parsed. Then, in order, every request goes through:
+
+    body over JOURNEYLINE_API_MAX_BODY_BYTES        413 (BodyLimit middleware, before us)
+    no signature or timestamp header                401
+    malformed, wrong or stale signature             403  (stale: outside the tolerance window)
+    no key or secret configured for the endpoint    503  (the operator's fault, logged; the
+                                                          sender retries until it is fixed)
+    body not JSON, or an event missing a field      422  naming every field at fault
+    otherwise                                       200  with what was recorded
+
+Nothing is recorded unless the whole request passed. Deliveries are deduplicated (SendGrid
+on ``sg_event_id``, HubSpot on its event identity, generic sources on the declared key), so
+a retried or replayed request is answered 200 and records nothing new. Events of kinds we do
+not handle (a HubSpot ``deal.*`` subscription, a SendGrid event type added after this code)
+are acknowledged and counted as ``ignored``, so the provider does not retry them for a day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from connectors.webhooks.dedupe import hubspot_event_key, sendgrid_event_key
+from connectors.webhooks.signatures import (
+    HUBSPOT_SIGNATURE_HEADER,
+    HUBSPOT_SIGNATURE_V3_HEADER,
+    HUBSPOT_SIGNATURE_VERSION_HEADER,
+    HUBSPOT_TIMESTAMP_HEADER,
+    JOURNEYLINE_SIGNATURE_HEADER,
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    SignatureError,
+    verify_hmac,
+    verify_hubspot,
+    verify_sendgrid,
+)
+from engine.api.deps import RuntimeDep
+from engine.api.errors import ErrorResponse, Invalid, Problem, field_path
+from engine.contacts import normalize_email
+from engine.errors import ConfigurationError, ValidationError
+from engine.inbound import SENDGRID_EVENTS, InboundResult, record_sendgrid_events
+from engine.inbound_crm import record_hubspot_events
+from engine.inbound_generic import (
+    MappingProblems,
+    WebhookSource,
+    map_payload,
+    record_generic_events,
+)
+from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+MAX_HUBSPOT_BATCH = 100
+"""HubSpot sends at most 100 events per request; a larger batch is not HubSpot's."""
+
+
+# --- what the endpoints take and give (also the OpenAPI document) --------------------------
+
+
+class SendGridEvent(BaseModel):
+    """One SendGrid Event Webhook event; other keys (your ``custom_args``) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    email: str = Field(min_length=1, max_length=320)
+    event: str = Field(description="delivered, open, click, bounce, dropped, spamreport...")
+    timestamp: int | None = Field(default=None, description="Unix seconds.")
+    sg_event_id: str | None = Field(default=None, description="SendGrid's id: the dedupe key.")
+    sg_message_id: str | None = None
+
+
+class HubSpotEvent(BaseModel):
+    """One HubSpot webhook event."""
+
+    model_config = ConfigDict(extra="allow")
+
+    subscriptionType: str = Field(examples=["contact.propertyChange"])
+    objectId: int | str
+    occurredAt: int = Field(description="Milliseconds since the epoch.")
+    eventId: int | str | None = None
+    portalId: int | str | None = None
+    propertyName: str | None = None
+    propertyValue: str | None = None
+
+
+SENDGRID_BATCH = TypeAdapter(list[SendGridEvent])
+HUBSPOT_BATCH = TypeAdapter(Annotated[list[HubSpotEvent], Field(max_length=MAX_HUBSPOT_BATCH)])
+
+
+class WebhookResult(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "recorded": 2,
+                    "duplicates": 0,
+                    "ignored": 0,
+                    "unknown_contacts": 0,
+                    "rejected": [],
+                }
+            ]
+        }
+    )
+
+    recorded: int = Field(description="Events recorded now.")
+    duplicates: int = Field(description="Events recorded by an earlier delivery.")
+    ignored: int = Field(description="Events of a kind Journeyline does not act on.")
+    unknown_contacts: int = Field(description="Events about contacts we do not know.")
+    rejected: list[str] = Field(default_factory=list, description="Events refused, and why.")
+
+    @classmethod
+    def of(cls, result: InboundResult, *, ignored: int = 0) -> WebhookResult:
+        return cls(
+            recorded=result.recorded,
+            duplicates=result.duplicates,
+            ignored=ignored,
+            unknown_contacts=result.unknown_contacts,
+            rejected=result.rejected,
+        )
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("No signature (or no timestamp) header."),
+    403: _error("The signature is malformed, does not match the body, or is stale."),
+    413: _error("The body is larger than JOURNEYLINE_API_MAX_BODY_BYTES."),
+    422: _error("The body is not JSON of the expected shape; every field at fault named."),
+    503: _error("The endpoint's verification key or secret is not configured."),
+}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    # The body is read raw (its signature is over the bytes), so describe it by hand.
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+# --- shared steps --------------------------------------------------------------------------
+
+
+def _tolerance(runtime: Runtime) -> timedelta:
+    return timedelta(seconds=runtime.settings.webhook_tolerance_seconds)
+
+
+def _refused(exc: SignatureError) -> HTTPException:
+    status = 401 if exc.reason == "missing" else 403
+    log.warning("webhook refused (%s, %s): %s", exc.scheme, exc.reason, exc)
+    return HTTPException(status, f"{exc.scheme} signature refused ({exc.reason}): {exc}")
+
+
+def _unconfigured(what: str) -> HTTPException:
+    log.error("webhook refused: %s is not configured", what)
+    return HTTPException(503, f"this webhook endpoint is not configured: set {what}")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise Invalid([Problem(field="body", message=f"body is not valid JSON: {exc}")]) from exc
+
+
+def _shape_problems(exc: PydanticValidationError) -> Invalid:
+    return Invalid(
+        [
+            Problem(field=field_path(("body", *e["loc"])) or "body", message=e["msg"])
+            for e in exc.errors()
+        ]
+    )
+
+
+# --- SendGrid ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/sendgrid",
+    summary="SendGrid Event Webhook (signed)",
+    description="Delivery and engagement events, verified with the Event Webhook's ECDSA "
+    "signature (`JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY`) and timestamp window. Bounces, "
+    "drops and spam reports suppress the contact; unsubscribes end its marketing.",
+    responses=WEBHOOK_RESPONSES,
+    openapi_extra=_json_body(
+        {"type": "array", "items": SendGridEvent.model_json_schema(ref_template="{model}")}
+    ),
+)
+async def sendgrid_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    signature: Annotated[
+        str | None,
+        Header(alias=SENDGRID_SIGNATURE_HEADER, description="Base64 DER ECDSA signature."),
+    ] = None,
+    timestamp: Annotated[
+        str | None, Header(alias=SENDGRID_TIMESTAMP_HEADER, description="Unix seconds.")
+    ] = None,
+) -> WebhookResult:
+    body = await request.body()
+    key = runtime.settings.sendgrid_webhook_public_key
+    if not key:
+        raise _unconfigured("JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY")
+    try:
+        verify_sendgrid(
+            public_key_b64=key,
+            body=body,
+            signature=signature,
+            timestamp=timestamp,
+            now=runtime.clock.now(),
+            tolerance=_tolerance(runtime),
+        )
+    except SignatureError as exc:
+        raise _refused(exc) from exc
+    except ConfigurationError as exc:
+        raise _unconfigured(f"a valid JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY ({exc})") from exc
+    events = _parse_json(body)
+    try:
+        SENDGRID_BATCH.validate_python(events)
+    except PydanticValidationError as exc:
+        raise _shape_problems(exc) from exc
+    problems: list[Problem] = []
+    known: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        try:
+            normalize_email(event["email"])
+        except ValidationError as exc:
+            problems.append(Problem(field=f"[{index}].email", message=str(exc)))
+        try:
+            sendgrid_event_key(event)
+        except ValidationError as exc:
+            problems.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
+        if event["event"] in SENDGRID_EVENTS:
+            known.append(event)
+    if problems:
+        raise Invalid(problems)
+    result = await run_in_threadpool(record_sendgrid_events, runtime, known)
+    return WebhookResult.of(result, ignored=len(events) - len(known))
+
+
+# --- HubSpot -------------------------------------------------------------------------------
+
+
+def _signed_uri(request: Request) -> str:
+    """The URI HubSpot signed: ``JOURNEYLINE_API_PUBLIC_URL`` + path when set (behind a
+    proxy the URL we see is not the one HubSpot called), else the URL as requested."""
+    public_url = request.app.state.api_settings.public_url
+    if not public_url:
+        return str(request.url)
+    query = request.url.query
+    return public_url.rstrip("/") + request.url.path + (f"?{query}" if query else "")
+
+
+@router.post(
+    "/hubspot",
+    summary="HubSpot app webhooks (signed)",
+    description="Batches of up to 100 contact events, verified with signature v3 "
+    "(`X-HubSpot-Signature-v3`, 5-minute window) or v1/v2, keyed with the app's client "
+    "secret (`JOURNEYLINE_HUBSPOT_CLIENT_SECRET`). `lifecyclestage` changes move the contact "
+    "forward through the stage machine; deletions erase it. Non-contact events are ignored.",
+    responses=WEBHOOK_RESPONSES,
+    openapi_extra=_json_body(
+        {
+            "type": "array",
+            "maxItems": MAX_HUBSPOT_BATCH,
+            "items": HubSpotEvent.model_json_schema(ref_template="{model}"),
+        }
+    ),
+)
+async def hubspot_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    signature_v3: Annotated[
+        str | None,
+        Header(alias=HUBSPOT_SIGNATURE_V3_HEADER, description="Base64 HMAC-SHA256 (v3)."),
+    ] = None,
+    request_timestamp: Annotated[
+        str | None,
+        Header(alias=HUBSPOT_TIMESTAMP_HEADER, description="Milliseconds (v3)."),
+    ] = None,
+    signature: Annotated[
+        str | None, Header(alias=HUBSPOT_SIGNATURE_HEADER, description="Hex SHA-256 (v1/v2).")
+    ] = None,
+    signature_version: Annotated[
+        str | None, Header(alias=HUBSPOT_SIGNATURE_VERSION_HEADER, description="v1 or v2.")
+    ] = None,
+) -> WebhookResult:
+    body = await request.body()
+    secret = runtime.settings.hubspot_client_secret
+    if not secret:
+        raise _unconfigured("JOURNEYLINE_HUBSPOT_CLIENT_SECRET")
+    try:
+        verify_hubspot(
+            client_secret=secret,
+            method=request.method,
+            uri=_signed_uri(request),
+            body=body,
+            headers=request.headers,
+            now=runtime.clock.now(),
+            tolerance=_tolerance(runtime),
+        )
+    except SignatureError as exc:
+        raise _refused(exc) from exc
+    events = _parse_json(body)
+    try:
+        HUBSPOT_BATCH.validate_python(events)
+    except PydanticValidationError as exc:
+        raise _shape_problems(exc) from exc
+    problems: list[Problem] = []
+    contact_events: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        try:
+            hubspot_event_key(event)
+        except ValidationError as exc:
+            problems.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
+        if not str(event["subscriptionType"]).startswith("contact."):
+            continue
+        if event.get("propertyName") == "email":
+            try:
+                normalize_email(str(event.get("propertyValue") or ""))
+            except ValidationError as exc:
+                problems.append(Problem(field=f"[{index}].propertyValue", message=str(exc)))
+        contact_events.append(event)
+    if problems:
+        raise Invalid(problems)
+    result = await run_in_threadpool(record_hubspot_events, runtime, contact_events)
+    return WebhookResult.of(result, ignored=len(events) - len(contact_events))
+
+
+# --- generic HMAC sources ------------------------------------------------------------------
+
+
+def _source(request: Request, name: str) -> WebhookSource:
+    sources: dict[str, WebhookSource] = request.app.state.webhook_sources
+    source = sources.get(name)
+    if source is None:
+        raise HTTPException(404, f"no webhook source {name!r} is declared")
+    return source
+
+
+@router.post(
+    "/{source}",
+    summary="A generic webhook source (HMAC-SHA256 signed)",
+    description="Any JSON payload from a declared source (`SOURCES` in `workflows/inbound.py`),"
+    " signed with `X-Journeyline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "
+    '"<t>." + body>` and the source\'s secret from `JOURNEYLINE_INBOUND_WEBHOOK_SECRETS`. '
+    "The source's rules map the payload to events; a payload no rule matches is ignored.",
+    responses={**WEBHOOK_RESPONSES, 404: _error("No such source is declared.")},
+    openapi_extra=_json_body({"type": "object", "description": "The source's own payload."}),
+)
+async def generic_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    source: Annotated[str, Path(description="The declared source's name.", examples=["pipedrive"])],
+    signature: Annotated[
+        str | None,
+        Header(alias=JOURNEYLINE_SIGNATURE_HEADER, description="t=<unix seconds>,v1=<hex>"),
+    ] = None,
+) -> WebhookResult:
+    declared = _source(request, source)
+    body = await request.body()
+    secret = runtime.settings.inbound_webhook_secrets.get(declared.name)
+    if not secret:
+        raise _unconfigured(
+            f'a secret for "{declared.name}" in JOURNEYLINE_INBOUND_WEBHOOK_SECRETS'
+        )
+    try:
+        verify_hmac(
+            secret=secret,
+            body=body,
+            signature=signature,
+            now=runtime.clock.now(),
+            tolerance=_tolerance(runtime),
+        )
+    except SignatureError as exc:
+        raise _refused(exc) from exc
+    payload = _parse_json(body)
+    try:
+        events = map_payload(declared, payload)
+    except MappingProblems as exc:
+        raise Invalid([Problem(field=f, message=m) for f, m in exc.problems]) from exc
+    if not events:
+        return WebhookResult(recorded=0, duplicates=0, ignored=1, unknown_contacts=0)
+    result = await run_in_threadpool(record_generic_events, runtime, declared, events)
+    return WebhookResult.of(result)
