@@ -27,6 +27,7 @@ from engine.steps import (
 from engine.workflow import (
     ConditionMet,
     EventReceived,
+    Scheduled,
     StageEntered,
     StageLeft,
     Trigger,
@@ -44,6 +45,13 @@ def describe_trigger(trigger: Trigger | object) -> str:
         return f"event {trigger.type}" + (f" where {where}" if where else "")
     if isinstance(trigger, ConditionMet):
         return trigger.name or f"when {trigger.condition.describe()}"
+    if isinstance(trigger, Scheduled):
+        from engine.schedules import explain
+
+        text = f"schedule {trigger.cron} ({explain(trigger.cron)}, contact's time zone)"
+        if trigger.condition is not None:
+            text += f" for {trigger.name or trigger.condition.describe()}"
+        return text
     return str(to_spec(trigger))
 
 

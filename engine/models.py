@@ -58,6 +58,9 @@ class ContactBase(SQLModel):
 
 class Contact(ContactBase, table=True):
     __tablename__ = "contacts"
+    # Schedule triggers fan out per time zone: list the zones in use and walk one zone's
+    # contacts in id order without scanning the others.
+    __table_args__ = (Index("ix_contacts_timezone_id", "timezone", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     stage: str = Field(max_length=64, index=True)
@@ -195,6 +198,55 @@ class WorkflowVersion(SQLModel, table=True):
     version: str = Field(max_length=32)
     spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+# --- schedule triggers ------------------------------------------------------------------
+
+
+class ScheduleSlotStatus(StrEnum):
+    PENDING = "pending"  # due at ``slot_at``; contacts not all enrolled yet
+    DONE = "done"  # every contact of the time zone was offered the workflow
+    SKIPPED = "skipped"  # not fired: found too late, or a later slot superseded it
+
+
+class ScheduleSlot(SQLModel, table=True):
+    """One firing of a schedule trigger for the contacts of one time zone.
+
+    The unique key makes a slot happen once however many schedulers plan it; the cursor
+    (``after_contact_id``) advances in the same transaction as the enrollments it starts, so
+    each contact is offered the workflow once per slot even if a worker dies mid-way.
+    """
+
+    __tablename__ = "schedule_slots"
+    __table_args__ = (
+        UniqueConstraint("workflow", "timezone", "slot_at", name="uq_schedule_slots"),
+        Index("ix_schedule_slots_due", "status", "slot_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow: str = Field(max_length=128)
+    timezone: str = Field(max_length=64)
+    slot_at: datetime = Field(sa_type=UTCDateTime, description="The local slot time, in UTC.")
+    status: str = Field(default=ScheduleSlotStatus.PENDING, max_length=16)
+    after_contact_id: int = Field(default=0, description="Contacts up to this id are done.")
+    contacts_seen: int = Field(default=0)
+    errors: int = Field(default=0)
+    last_error: str | None = Field(default=None)
+    note: str = Field(default="", max_length=255, description="Why it was skipped.")
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class PeriodicTick(SQLModel, table=True):
+    """When a self-re-enqueuing periodic job (``scheduler_tick``) should next run: a copy
+    that finds the next run already booked stops, so duplicate chains die out."""
+
+    __tablename__ = "periodic_ticks"
+
+    name: str = Field(primary_key=True, max_length=64)
+    next_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
 
 
 # --- suppressions -----------------------------------------------------------------------

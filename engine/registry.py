@@ -44,6 +44,7 @@ from engine.workflow import (
     ConditionMet,
     EventReceived,
     Guardrails,
+    Scheduled,
     StageEntered,
     StageLeft,
     Window,
@@ -93,6 +94,9 @@ class Registry:
 
     def triggered_by_condition(self) -> list[Workflow]:
         return [w for w in self.workflows.values() if isinstance(w.trigger, ConditionMet)]
+
+    def triggered_by_schedule(self) -> list[Workflow]:
+        return [w for w in self.workflows.values() if isinstance(w.trigger, Scheduled)]
 
     def knows_event(self, event_type: str) -> bool:
         return self.rules.knows(event_type) or event_type in self.events
@@ -153,6 +157,8 @@ def _conditions(wf: Workflow) -> Iterator[Condition]:
     for item in (wf.trigger, *wf.goals, *wf.exit_when):
         if isinstance(item, ConditionMet):
             yield item.condition
+    if isinstance(wf.trigger, Scheduled) and wf.trigger.condition is not None:
+        yield wf.trigger.condition
     for step in _walk(wf.steps):
         if isinstance(step, Branch):
             yield step.condition
@@ -175,6 +181,8 @@ def _workflow_problems(
             for s in condition.stages()
             if s not in stages
         ]
+    if isinstance(wf.trigger, Scheduled):
+        found += _schedule_problems(where, wf.trigger)
     if not wf.steps:
         found.append(f"{where}: has no steps")
     if wf.reentry.policy not in ("never", "always", "after"):
@@ -244,6 +252,20 @@ def _block_problems(
             found += _block_problems(wf, step.on_timeout, journey, renderer, events, top=False)
     if top and steps and isinstance(steps[-1], WAITS) and not isinstance(steps[-1], WaitForEvent):
         found.append(f"{where}: a wait as the last step does nothing")
+    return found
+
+
+def _schedule_problems(where: str, trigger: Scheduled) -> list[str]:
+    from engine.schedules import cron_problem
+
+    found = []
+    problem = cron_problem(trigger.cron)
+    if problem:
+        found.append(
+            f"{where}: schedule {trigger.cron!r} is not a valid cron expression ({problem})"
+        )
+    if trigger.max_delay is not None and trigger.max_delay.total_seconds() <= 0:
+        found.append(f"{where}: a schedule's max_delay must be positive")
     return found
 
 

@@ -6,6 +6,8 @@ all use, so there is one behaviour to trust. Its jobs are declared on its own br
     process_contact(contact_id)    apply the contact's pending events
     perform_action(action_id)      send one action through its connector
     wake_enrollment(enrollment_id) continue an enrollment whose wait is over
+    fire_schedule(slot_id)         offer a schedule slot's workflow to its time zone's contacts
+    scheduler_tick()               one scheduler pass, then itself again after the interval
 
 With ``stub://`` the runtime runs a Dramatiq worker in threads of this process (``start``,
 ``drain``); with Redis or RabbitMQ, ``journeyline worker`` processes consume the same jobs.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,14 +55,29 @@ from engine.performers import (
     Unconfigured,
     WebhookPerformer,
 )
+from engine.periodic import take_turn
 from engine.registry import Registry, load_registry
 from engine.scheduler import Due, claim_due
+from engine.schedules import Fired, SchedulePlanner, fire_slot, plan_and_claim
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
+# The periodic scheduler job lives apart: drain() never waits for a chain that never ends.
+SCHEDULER_QUEUE = "journeyline_scheduler"
+SCHEDULER_TICK = "scheduler_tick"
+
+
+@dataclass
+class Tick(Due):
+    """What one scheduler pass found: ``Due`` plus the schedule slots it claimed."""
+
+    schedule_slots: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self.schedule_slots)
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,8 @@ class Jobs:
     perform_action: dramatiq.Actor[[int], None]
     perform_transactional: dramatiq.Actor[[int], None]
     wake_enrollment: dramatiq.Actor[[int], None]
+    fire_schedule: dramatiq.Actor[[int], None]
+    scheduler_tick: dramatiq.Actor[[], None]
 
 
 class Runtime:
@@ -109,6 +128,7 @@ class Runtime:
         self.extra_performers: dict[str, Performer] = self._configured_performers()
         self._worker: Worker | None = None
         self._versions_synced = False
+        self.schedules = SchedulePlanner()
 
     # --- inputs -------------------------------------------------------------------------
 
@@ -322,8 +342,9 @@ class Runtime:
         self.dispatch(effects)
         return effects
 
-    def tick(self) -> Due:
-        """One scheduler pass: claim what is due or stuck and enqueue it."""
+    def tick(self) -> Tick:
+        """One scheduler pass: claim what is due or stuck and enqueue it, and fire the
+        schedule slots that have come due."""
         due = claim_due(
             self.db,
             now=self.clock.now(),
@@ -336,7 +357,42 @@ class Runtime:
             self.jobs.process_contact.send(contact_id)
         for action_id in due.actions:
             self.jobs.perform_action.send(action_id)
-        return due
+        slots = plan_and_claim(
+            self.db,
+            self.registry,
+            self.schedules,
+            now=self.clock.now(),
+            lease=self.lease,
+            batch_size=self.settings.scheduler_batch_size,
+        )
+        for slot_id in slots:
+            self.jobs.fire_schedule.send(slot_id)
+        return Tick(**vars(due), schedule_slots=slots)
+
+    def fire_schedule(self, slot_id: int) -> Fired:
+        """Offer a schedule slot's workflow to the next batch of its time zone's contacts;
+        continue in a new job while contacts remain."""
+        self.sync_versions()
+        with transaction(self.db) as session:
+            fired = fire_slot(
+                session, self.registry, slot_id, now=self.clock.now(), lease=self.lease
+            )
+        self.dispatch(fired.effects)
+        if fired.more:
+            self.jobs.fire_schedule.send(slot_id)
+        return fired
+
+    def periodic_tick(self) -> bool:
+        """The ``scheduler_tick`` job: one pass, then itself again after the interval.
+        Returns False (and ends this copy of the chain) when another copy ran recently."""
+        interval = timedelta(seconds=self.settings.scheduler_interval_seconds)
+        if not take_turn(self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval):
+            return False
+        try:
+            self.tick()
+        finally:  # a failed pass must not end the chain: the next one may succeed
+            self.jobs.scheduler_tick.send_with_options(delay=int(interval.total_seconds() * 1000))
+        return True
 
     def dispatch(self, effects: Effects) -> None:
         """Enqueue what a committed transaction asked for. A lost message is found again by
@@ -427,6 +483,12 @@ class Runtime:
         def wake_enrollment(enrollment_id: int) -> None:
             self.wake(enrollment_id)
 
+        def fire_schedule(slot_id: int) -> None:
+            self.fire_schedule(slot_id)
+
+        def scheduler_tick() -> None:
+            self.periodic_tick()
+
         options: dict[str, Any] = {
             "max_retries": 10,
             "min_backoff": 1_000,
@@ -454,4 +516,18 @@ class Runtime:
                 perform_transactional_job, "perform_transactional", TRANSACTIONAL_QUEUE
             ),
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
+            fire_schedule=declare(fire_schedule, "fire_schedule"),
+            scheduler_tick=self._declare_scheduler_tick(scheduler_tick),
+        )
+
+    def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[[], None]:
+        fn.__module__ = __name__
+        return dramatiq.Actor(
+            fn,
+            broker=self.broker,
+            actor_name=SCHEDULER_TICK,
+            queue_name=SCHEDULER_QUEUE,
+            priority=0,
+            # No retries: the chain re-enqueues itself even when a pass fails.
+            options={"max_retries": 0, "time_limit": 600_000},
         )

@@ -61,7 +61,23 @@ class ConditionMet:
     name: str = ""
 
 
-Trigger = StageEntered | StageLeft | EventReceived | ConditionMet
+@vocabulary("schedule")
+@dataclass(frozen=True)
+class Scheduled:
+    """Fires at each time ``cron`` matches in each contact's own time zone, for contacts that
+    meet ``condition`` then (see engine/schedules.py for how slots are planned and fired).
+
+    ``max_delay``: a slot found later than this after its time (the schedulers were down) is
+    skipped instead of fired late; by default the latest missed slot fires once.
+    """
+
+    cron: str
+    condition: Condition | None = None
+    name: str = ""
+    max_delay: timedelta | None = None
+
+
+Trigger = StageEntered | StageLeft | EventReceived | ConditionMet | Scheduled
 
 
 def on_stage_entered(stage: str) -> StageEntered:
@@ -92,6 +108,25 @@ class Segment:
 
 def on_segment_joined(segment: Segment) -> ConditionMet:
     return ConditionMet(segment.condition, name=f"segment {segment.name}")
+
+
+def on_schedule(
+    cron: str,
+    *,
+    when: Condition | Segment | None = None,
+    max_delay: timedelta | None = None,
+) -> Scheduled:
+    """A cron schedule in each contact's own time zone, e.g. ``on_schedule("0 9 * * MON")``
+    for Mondays at 09:00 local, optionally only for a segment or a condition::
+
+        on_schedule("0 10 1 * *", when=ACTIVE_CUSTOMERS)   # the 1st of the month, 10:00
+
+    Each slot offers the workflow once to every contact in the zone; the workflow's re-entry
+    policy decides who enrolls again (a contact still enrolled is never enrolled twice).
+    """
+    if isinstance(when, Segment):
+        return Scheduled(cron, when.condition, f"segment {when.name}", max_delay)
+    return Scheduled(cron, when, "", max_delay)
 
 
 # --- entry and guard rails --------------------------------------------------------------

@@ -18,12 +18,12 @@ ENGINE_API = {
     "score_at_least",
     # rules, workflows, triggers, guard rails
     "EventRule", "Guardrails", "RuleSet", "Segment", "Workflow", "at_most", "on_condition",
-    "on_event", "on_segment_joined", "on_stage_entered", "on_stage_left", "quiet_hours",
-    "reenter_after", "reenter_always", "reenter_never", "send_window",
+    "on_event", "on_schedule", "on_segment_joined", "on_stage_entered", "on_stage_left",
+    "quiet_hours", "reenter_after", "reenter_always", "reenter_never", "send_window",
     # steps
-    "add_tag", "branch", "call_webhook", "change_score", "create_crm_note", "create_crm_task", "exit_workflow",
-    "move_stage", "remove_tag", "send_email", "set_attribute", "split", "update_crm", "wait",
-    "wait_for_event", "wait_until", "wait_until_date",
+    "add_tag", "branch", "call_webhook", "change_score", "create_crm_note", "create_crm_task",
+    "exit_workflow", "move_stage", "remove_tag", "send_email", "set_attribute", "split",
+    "update_crm", "wait", "wait_for_event", "wait_until", "wait_until_date",
     # conditions and predicates
     "all_of", "any_of", "attribute", "clicked", "did_event", "eq", "exists", "gt", "gte",
     "has_tag", "lt", "lte", "not_", "one_of", "opened", "score", "stage_in", "subscribed",
