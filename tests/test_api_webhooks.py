@@ -7,10 +7,12 @@ record nothing; every accepted delivery is checked to record once however often 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +33,13 @@ from connectors.webhooks import (
 from engine import VirtualClock
 from engine.api import ApiSettings, create_app
 from engine.errors import WorkflowDefinitionError
-from engine.inbound_generic import PRESENT, MapEvent, WebhookSource, validate_sources
+from engine.inbound_generic import (
+    PRESENT,
+    MapEvent,
+    WebhookSource,
+    map_payload,
+    validate_sources,
+)
 from engine.models import Event, Suppression
 from engine.runtime import Runtime
 from tests.support import contact, events, make_runtime
@@ -574,3 +582,40 @@ def test_the_webhooks_are_in_the_openapi_document_without_api_keys(hooks: Hooks)
         assert {"401", "403", "413", "422", "503"} <= operation["responses"].keys()
     headers = [p["name"] for p in document["paths"]["/v1/webhooks/sendgrid"]["post"]["parameters"]]
     assert headers == [SENDGRID_SIGNATURE_HEADER, SENDGRID_TIMESTAMP_HEADER]
+
+
+# --- the README's examples are real code ---------------------------------------------------
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_block(first_line: str) -> dict[str, Any]:
+    text = README.read_text()
+    block = re.search(r"```python\n(" + re.escape(first_line) + r"\n.*?)```", text, re.S)
+    assert block, f"the README lost its example starting {first_line!r}"
+    namespace: dict[str, Any] = {}
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_readme_relay_signs_what_the_service_accepts(hooks: Hooks) -> None:
+    post_signed = readme_block(
+        "# relay.py: sign and forward a payload to a Journeyline generic source"
+    )["post_signed"]
+    response = post_signed(
+        f"{hooks.url}/v1/webhooks/pipedrive", deal_change(9, "relay@example.com"), PIPEDRIVE_SECRET
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 1
+
+
+def test_the_readme_source_declaration_is_valid_and_maps_a_pipedrive_change() -> None:
+    sources = readme_block(
+        "# workflows/inbound.py (excerpt): Pipedrive webhooks v2, a deal moved to another stage"
+    )["SOURCES"]
+    (mapped,) = map_payload(validate_sources(sources)["pipedrive"], deal_change(9, "R@Example.com"))
+    assert (mapped.email, mapped.type, mapped.properties) == (
+        "r@example.com",
+        "deal.stage_changed",
+        {"deal_id": 9, "stage_id": 3},
+    )
