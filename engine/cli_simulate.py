@@ -6,12 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from engine.cli import app, console, fail
 from engine.errors import WorkflowDefinitionError
 from engine.simulation_report import html_report, print_results
-from engine.simulator import Profile, SimulationResult, load_workflows, simulate
+from engine.simulator import SHARD_CONTACTS, Profile, SimulationResult, load_workflows, simulate
 
 
 @app.command("simulate")
@@ -26,6 +33,14 @@ def simulate_command(
         Path | None, typer.Option(help="JSON behaviour profile (see engine.simulator.Profile).")
     ] = None,
     html: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes (shards of 2,000 contacts run in parallel); the result "
+            "does not depend on it.",
+        ),
+    ] = 1,
     compare: Annotated[
         tuple[str, str] | None,
         typer.Option(
@@ -46,14 +61,18 @@ def simulate_command(
         except (WorkflowDefinitionError, FileNotFoundError, ModuleNotFoundError) as exc:
             fail(f"workflows {source}: {exc}")
         with Progress(
-            TextColumn(f"simulating {source}"),
+            TextColumn(f"simulating {source} (shard-days)"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=True,
         ) as progress:
-            task = progress.add_task("days", total=days)
+            task = progress.add_task("days", total=-(-contacts // SHARD_CONTACTS) * days)
+
+            def advance(done: int, total: int, task: TaskID = task) -> None:
+                progress.update(task, completed=done, total=total)
+
             results.append(
                 simulate(
                     registry,
@@ -62,7 +81,8 @@ def simulate_command(
                     seed=seed,
                     profile=behaviour,
                     label=str(source),
-                    on_day=lambda _day, task=task: progress.advance(task),
+                    processes=processes,
+                    on_progress=advance,
                 )
             )
     print_results(results, console)

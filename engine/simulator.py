@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import multiprocessing as mp
 import random
 import shutil
 import statistics
@@ -24,14 +25,15 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, SQLModel, col, select
 
-from connectors.email import RecordingEmailConnector
+from connectors.email import EmailConnector, EmailMessage, SendResult
 from engine.clock import VirtualClock
 from engine.db import make_engine
 from engine.models import Action, Contact, Enrollment, StageTransition
@@ -155,6 +157,9 @@ def load_workflows(source: str | Path) -> Registry:
     return registry_from_module(module, templates_dir=path / "templates")
 
 
+SHARD_CONTACTS = 2_000
+
+
 def simulate(
     registry: Registry,
     *,
@@ -163,31 +168,149 @@ def simulate(
     seed: int = 7,
     profile: Profile | None = None,
     label: str = "",
-    on_day: Callable[[int], None] | None = None,
+    processes: int = 1,
+    shard_contacts: int = SHARD_CONTACTS,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
+    """Run ``contacts`` synthetic contacts through ``days`` of virtual time.
+
+    Contacts never interact, so the population is cut into shards of ``shard_contacts``,
+    each with its own database and its own random stream seeded from ``seed`` and the
+    shard's number; ``processes`` > 1 runs shards in parallel worker processes. The result
+    depends on the seed, the sizes and the profile, never on ``processes``.
+    ``on_progress(done, total)`` counts shard-days.
+    """
+    if contacts < 1 or days < 1 or shard_contacts < 1:
+        raise ValueError("contacts, days and shard_contacts must be at least 1")
     profile = profile or Profile()
     started = time.perf_counter()
+    shards = [
+        (first, min(shard_contacts, contacts - first))
+        for first in range(0, contacts, shard_contacts)
+    ]
+    total = len(shards) * days
+    parts: list[_Part]
+    if processes <= 1 or len(shards) == 1 or "fork" not in mp.get_all_start_methods():
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+
+        parts = [
+            _run_shard(registry, profile, seed, n, first, count, days, tick)
+            for n, (first, count) in enumerate(shards)
+        ]
+    else:
+        parts = _run_in_processes(registry, profile, seed, shards, days, processes, on_progress)
+    return _merge(parts, registry, label, contacts, days, seed, time.perf_counter() - started)
+
+
+# The state forked worker processes inherit (a registry holds callables: never pickled).
+_FORKED: dict[str, Any] = {}
+
+
+def _run_in_processes(
+    registry: Registry,
+    profile: Profile,
+    seed: int,
+    shards: list[tuple[int, int]],
+    days: int,
+    processes: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[_Part]:
+    context = mp.get_context("fork")
+    days_done = context.SimpleQueue()
+    _FORKED.update(registry=registry, profile=profile, queue=days_done)
+    total = len(shards) * days
+    done = 0
+    try:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = [
+                pool.submit(_forked_shard, seed, n, first, count, days)
+                for n, (first, count) in enumerate(shards)
+            ]
+            while done < total and not any(f.done() and f.exception() for f in futures):
+                if days_done.empty():
+                    time.sleep(0.05)
+                    continue
+                days_done.get()
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+            return [f.result() for f in futures]
+    finally:
+        _FORKED.clear()
+
+
+def _forked_shard(seed: int, shard: int, first: int, count: int, days: int) -> _Part:
+    queue = _FORKED["queue"]
+    return _run_shard(
+        _FORKED["registry"],
+        _FORKED["profile"],
+        seed,
+        shard,
+        first,
+        count,
+        days,
+        lambda: queue.put(1),
+    )
+
+
+class _Mailbox(EmailConnector):
+    """Keeps only what the population has not reacted to yet (so memory stays flat in
+    simulated days): the recipient, the action and the template of each email."""
+
+    name = "simulation"
+
+    def __init__(self) -> None:
+        self.unread: list[tuple[str, str, str]] = []
+        self.count = 0
+
+    def send(self, message: EmailMessage) -> SendResult:
+        self.count += 1
+        self.unread.append(
+            (
+                message.to,
+                message.custom_args.get("jl_action_id", ""),
+                message.headers.get("X-Journeyline-Template", ""),
+            )
+        )
+        return SendResult(f"sim-{self.count}")
+
+
+def _run_shard(
+    registry: Registry,
+    profile: Profile,
+    seed: int,
+    shard: int,
+    first: int,
+    count: int,
+    days: int,
+    day_done: Callable[[], None],
+) -> _Part:
     folder = Path(tempfile.mkdtemp(prefix="journeyline-simulate-"))
-    rng = random.Random(seed)
+    rng = random.Random(f"{seed}:{shard}")
     url = f"sqlite:///{folder / 'sim.db'}"
     db = make_engine(url)
     SQLModel.metadata.create_all(db)
     clock = VirtualClock(datetime(2026, 1, 5, 0, 0, tzinfo=UTC))
-    email = RecordingEmailConnector()
+    mailbox = _Mailbox()
     runtime = Runtime(
         Settings(database_url=url, broker_url="inline://", outbox_dir=folder / "outbox"),
         clock=clock,
         registry=registry,
-        email=email,
+        email=mailbox,
         db=db,
     )
-    people = _population(rng, contacts, days, profile)
+    people = _population(rng, first, count, days, profile)
     boosts: dict[str, dict[str, tuple[float, int]]] = defaultdict(
         dict
     )  # email -> event -> (x, until)
     events = 0
-    seen_emails = 0
-    daily: list[dict[str, int]] = []
+    daily: list[Counter[str]] = []
     try:
         for day in range(days):
             stages = _stages(runtime)
@@ -205,15 +328,15 @@ def simulate(
                     clock.advance(hours=hour - hour_done)
                     hour_done = hour
                     runtime.run_until_idle()
-                first = stages.get(person["email"]) is None and not person["seen"]
+                first_event = stages.get(person["email"]) is None and not person["seen"]
                 runtime.track(
                     person["email"],
                     event_type,
                     props,
                     source="simulation",
                     idempotency_key=f"sim:{events}",
-                    attributes=person["attributes"] if first else None,
-                    timezone=person["timezone"] if first else None,
+                    attributes=person["attributes"] if first_event else None,
+                    timezone=person["timezone"] if first_event else None,
                 )
                 person["seen"] = True
                 events += 1
@@ -221,35 +344,23 @@ def simulate(
             clock.advance(hours=24 - hour_done)
             runtime.run_until_idle()
             # What the workflows sent today: contacts open, click, and react.
-            for message in email.sent[seen_emails:]:
-                events += _react(rng, runtime, message, day, profile, boosts)
-            seen_emails = len(email.sent)
+            unread, mailbox.unread = mailbox.unread, []
+            for to, action_id, template in unread:
+                events += _react(rng, runtime, to, action_id, template, day, profile, boosts)
             runtime.run_until_idle()
             daily.append(Counter(_stages(runtime).values()))
-            if on_day is not None:
-                on_day(day)
-        return _result(
-            runtime,
-            registry,
-            label,
-            contacts,
-            days,
-            seed,
-            events,
-            time.perf_counter() - started,
-            email,
-            daily,
-        )
+            day_done()
+        return _part(runtime, registry, events, daily)
     finally:
         runtime.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _population(
-    rng: random.Random, count: int, days: int, profile: Profile
+    rng: random.Random, first: int, count: int, days: int, profile: Profile
 ) -> list[dict[str, Any]]:
     people = []
-    for n in range(count):
+    for n in range(first, first + count):
         plan = rng.choice(PLANS)
         arrives = 0 if rng.random() < profile.new_contacts_share_day0 else rng.randrange(days)
         people.append(
@@ -312,29 +423,30 @@ def _props(
 def _react(
     rng: random.Random,
     runtime: Runtime,
-    message: Any,
+    to: str,
+    action_id: str,
+    template: str,
     day: int,
     profile: Profile,
     boosts: dict[str, dict[str, tuple[float, int]]],
 ) -> int:
-    action_id = message.custom_args.get("jl_action_id")
     made = 0
     if rng.random() < profile.open_rate:
         runtime.track(
-            message.to,
+            to,
             "email.opened",
             {"action_id": action_id},
             source="simulation",
             idempotency_key=f"open:{action_id}",
         )
         made += 1
-        reaction = profile.reactions.get(message.headers.get("X-Journeyline-Template", ""))
+        reaction = profile.reactions.get(template)
         if reaction:
             for event_type, factor in reaction["boost"].items():
-                boosts[message.to][event_type] = (float(factor), day + int(reaction["days"]))
+                boosts[to][event_type] = (float(factor), day + int(reaction["days"]))
         if rng.random() < profile.click_rate / max(profile.open_rate, 1e-9):
             runtime.track(
-                message.to,
+                to,
                 "email.clicked",
                 {"action_id": action_id},
                 source="simulation",
@@ -352,24 +464,29 @@ def _stages(runtime: Runtime) -> dict[str, str]:
 # --- the report -------------------------------------------------------------------------------
 
 
-def _result(
-    runtime: Runtime,
-    registry: Registry,
-    label: str,
-    contacts: int,
-    days: int,
-    seed: int,
-    events: int,
-    seconds: float,
-    email: RecordingEmailConnector,
-    daily: list[Counter[str]],
-) -> SimulationResult:
+@dataclass
+class _Part:
+    """What one shard found, in a form shards add up from (and a process can return)."""
+
+    events: int
+    furthest: Counter[int]  # furthest stage rank (journey order) -> contacts
+    exits: Counter[str]  # exit stage (churned) -> contacts who reached it
+    durations: dict[str, list[float]]  # stage -> days spent there, per completed stay
+    emails: Counter[str]  # "workflow:step" -> sent
+    goals: dict[str, list[int]]  # workflow -> [entered, converted]
+    variants: dict[str, list[int]]  # "workflow:split=variant" -> [entered, converted]
+    daily: list[Counter[str]]
+
+
+def _part(runtime: Runtime, registry: Registry, events: int, daily: list[Counter[str]]) -> _Part:
     stages = list(registry.journey.stage_names)
     with Session(runtime.db) as session:
         moves = session.exec(
             select(
                 StageTransition.contact_id, StageTransition.to_stage, StageTransition.at
-            ).order_by(StageTransition.contact_id, StageTransition.at, StageTransition.id)
+            ).order_by(
+                col(StageTransition.contact_id), col(StageTransition.at), col(StageTransition.id)
+            )
         ).all()
         enrollments = session.exec(
             select(Enrollment.workflow, Enrollment.status, Enrollment.context)
@@ -377,11 +494,9 @@ def _result(
         sent = session.exec(
             select(Action.reason).where(Action.kind == "email", Action.status == "sent")
         ).all()
-    reached: dict[str, set[int]] = defaultdict(set)
     durations: dict[str, list[float]] = defaultdict(list)
     by_contact: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
     for contact_id, stage, at in moves:
-        reached[stage].add(contact_id)
         by_contact[contact_id].append((stage, at))
     for path in by_contact.values():
         for (stage, entered), (_next, left) in itertools.pairwise(path):
@@ -389,24 +504,14 @@ def _result(
     # A funnel counts a contact at every stage up to the furthest they reached: skipping
     # consideration on the way to a trial still passed through it, as funnels are read.
     order = {stage: i for i, stage in enumerate(stages)}
-    exits = {s.name for s in registry.journey.stages if s.journey == "exit"}
-    furthest: dict[int, int] = {}
-    for contact_id, path in by_contact.items():
-        ranks = [order[stage] for stage, _ in path if stage not in exits]
+    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
+    furthest: Counter[int] = Counter()
+    exits: Counter[str] = Counter()
+    for path in by_contact.values():
+        ranks = [order[stage] for stage, _ in path if stage not in exit_stages]
         if ranks:
-            furthest[contact_id] = max(ranks)
-    funnel = []
-    previous: int | None = None
-    for stage in stages:
-        if stage in exits:
-            funnel.append(FunnelRow(stage, len(reached.get(stage, ())), None, None))
-            continue
-        count = sum(1 for rank in furthest.values() if rank >= order[stage])
-        conversion = (count / previous) if previous else None
-        median = statistics.median(durations[stage]) if durations[stage] else None
-        funnel.append(FunnelRow(stage, count, conversion, median))
-        previous = count
-    emails = Counter(f"{r.get('workflow')}:{r.get('step')}" for r in sent)
+            furthest[max(ranks)] += 1
+        exits.update({stage for stage, _ in path if stage in exit_stages})
     goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for workflow, status, context in enrollments:
@@ -416,12 +521,66 @@ def _result(
             key = f"{workflow}:{split_id}={variant}"
             variants[key][0] += 1
             variants[key][1] += status == "converted"
+    return _Part(
+        events=events,
+        furthest=furthest,
+        exits=exits,
+        durations=dict(durations),
+        emails=Counter(f"{r.get('workflow')}:{r.get('step')}" for r in sent),
+        goals=dict(goals),
+        variants=dict(variants),
+        daily=daily,
+    )
+
+
+def _merge(
+    parts: list[_Part],
+    registry: Registry,
+    label: str,
+    contacts: int,
+    days: int,
+    seed: int,
+    seconds: float,
+) -> SimulationResult:
+    stages = list(registry.journey.stage_names)
+    order = {stage: i for i, stage in enumerate(stages)}
+    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
+    furthest: Counter[int] = Counter()
+    exits: Counter[str] = Counter()
+    durations: dict[str, list[float]] = defaultdict(list)
+    emails: Counter[str] = Counter()
+    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    daily: list[Counter[str]] = [Counter() for _ in range(days)]
+    for part in parts:
+        furthest.update(part.furthest)
+        exits.update(part.exits)
+        for stage, spans in part.durations.items():
+            durations[stage].extend(spans)
+        emails.update(part.emails)
+        for into, found in ((goals, part.goals), (variants, part.variants)):
+            for key, (entered, converted) in found.items():
+                into[key][0] += entered
+                into[key][1] += converted
+        for total, today in zip(daily, part.daily, strict=True):
+            total.update(today)
+    funnel = []
+    previous: int | None = None
+    for stage in stages:
+        if stage in exit_stages:
+            funnel.append(FunnelRow(stage, exits.get(stage, 0), None, None))
+            continue
+        count = sum(n for rank, n in furthest.items() if rank >= order[stage])
+        conversion = (count / previous) if previous else None
+        median = statistics.median(durations[stage]) if durations[stage] else None
+        funnel.append(FunnelRow(stage, count, conversion, median))
+        previous = count
     return SimulationResult(
         label=label,
         contacts=contacts,
         days=days,
         seed=seed,
-        events=events,
+        events=sum(p.events for p in parts),
         seconds=seconds,
         funnel=funnel,
         emails=dict(sorted(emails.items())),

@@ -30,6 +30,31 @@ def test_the_same_seed_gives_the_same_run() -> None:
     assert len(first.daily) == 8
 
 
+def test_shards_in_parallel_processes_give_the_same_run_as_one_process() -> None:
+    registry = load_workflows("workflows")
+    ticks: list[tuple[int, int]] = []
+    alone = simulate(registry, contacts=30, days=4, seed=5, shard_contacts=10)
+    forked = simulate(
+        registry,
+        contacts=30,
+        days=4,
+        seed=5,
+        shard_contacts=10,
+        processes=2,
+        on_progress=lambda done, total: ticks.append((done, total)),
+    )
+    assert alone.events > 0 and alone.emails
+    assert (alone.events, alone.funnel, alone.emails, alone.goals, alone.daily) == (
+        forked.events,
+        forked.funnel,
+        forked.emails,
+        forked.goals,
+        forked.daily,
+    )
+    assert ticks[-1] == (12, 12)  # three shards of four days each
+    assert [done for done, _ in ticks] == list(range(1, 13))
+
+
 def test_reactions_to_emails_change_behaviour() -> None:
     registry = load_workflows("workflows")
     deaf = Profile(open_rate=0.0, click_rate=0.0)
