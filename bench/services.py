@@ -94,9 +94,10 @@ class FakeSendGridProcess:
     def count(self) -> int:
         return int(self._client.get(STATS_PATH, params={"since": 1 << 62}).json()["count"])
 
-    def sent(self) -> list[tuple[float, str]]:
-        """Every (arrival time, recipient) so far."""
-        return [(t, e) for t, e in self._client.get(STATS_PATH).json()["sent"]]
+    def sent(self, since: int = 0) -> list[tuple[float, str]]:
+        """Every (arrival time, recipient) from the ``since``-th on."""
+        answer = self._client.get(STATS_PATH, params={"since": since}).json()
+        return [(t, e) for t, e in answer["sent"]]
 
     def wait_for(self, n: int, *, timeout_s: float, poll_s: float = 0.05) -> int:
         """Wait until ``n`` emails arrived (or the timeout passed); return how many did."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, ingest, machine, pipeline, scheduler
+from bench import common, end_to_end, ingest, machine, memory, pipeline, scheduler
 from bench.services import redis_db_url
 
 
@@ -63,3 +63,28 @@ def test_bench_ingest_smoke(results_in_tmp: Path, postgres_url: str, redis_url: 
     _check(rows, results_in_tmp / "ingest.json")
     data = json.loads((results_in_tmp / "ingest.json").read_text())
     assert data["journeyline"]["stored"] == data["events"] + 200
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_end_to_end_smoke(results_in_tmp: Path, postgres_url: str, redis_url: str) -> None:
+    smoke_redis = redis_db_url(redis_url, SMOKE_REDIS_DB)
+    rows = end_to_end.main(["--smoke", "--database-url", postgres_url, "--redis-url", smoke_redis])
+    _check(rows, results_in_tmp / "end_to_end.json")
+    data = json.loads((results_in_tmp / "end_to_end.json").read_text())
+    assert set(data["targets"]) == {
+        "sustained >= 2x (b)",
+        "sustained >= 1/4 (a)",
+        "p99 < 1 s at 50%",
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_memory_smoke(results_in_tmp: Path, postgres_url: str, redis_url: str) -> None:
+    smoke_redis = redis_db_url(redis_url, SMOKE_REDIS_DB)
+    rows = memory.main(["--smoke", "--database-url", postgres_url, "--redis-url", smoke_redis])
+    _check(rows, results_in_tmp / "memory.json")
+    assert json.loads((results_in_tmp / "memory.json").read_text())["large"] == 200
