@@ -20,7 +20,7 @@ import pytest
 from sqlmodel import Session, select
 
 import engine.api_keys  # noqa: F401  (registers the api_keys table before create_all)
-from connectors.fakes import hubspot_webhook_event, send_hubspot_webhook
+from connectors.fakes import FakeSendGrid, hubspot_webhook_event, send_hubspot_webhook
 from connectors.webhooks import (
     JOURNEYLINE_SIGNATURE_HEADER,
     SENDGRID_SIGNATURE_HEADER,
@@ -266,8 +266,8 @@ def test_a_malformed_sendgrid_batch_names_each_field_and_records_nothing(hooks: 
     response = hooks.sendgrid(body_of(batch))
     assert response.status_code == 422, response.text
     fields = [p["field"] for p in response.json()["error"]["problems"]]
-    assert fields == ["[1].email"]
-    # Once the shape is right, each value is checked, and all problems are listed at once
+    assert fields == ["[1].email", "[2].email", "[3].sg_message_id"]
+    # With the first fixed, its missing identity is named too
     batch[1]["email"] = "ana@example.com"
     response = hooks.sendgrid(body_of(batch))
     assert response.status_code == 422, response.text
@@ -277,7 +277,11 @@ def test_a_malformed_sendgrid_batch_names_each_field_and_records_nothing(hooks: 
 
 
 def test_sendgrid_bodies_that_are_not_an_array_of_events_are_422(hooks: Hooks) -> None:
-    for body, field in [(b"{not json", "body"), (b'{"event": "open"}', "body")]:
+    for body, field in [
+        (b"{not json", "body"),
+        (b'{"event": "open"}', "body"),
+        (b'[{"event": "open"}, "open"]', "[0].email"),
+    ]:
         response = hooks.sendgrid(body)
         assert response.status_code == 422, response.text
         assert response.json()["error"]["field"] == field
@@ -291,7 +295,7 @@ def test_sendgrid_event_types_we_do_not_handle_are_acknowledged_and_ignored(
     response = hooks.sendgrid(
         body_of(
             [
-                sg_event("machine_opened", "ana@example.com", 1),
+                {"event": "account_status_change", "type": "compliance_suspend"},
                 sg_event("open", "ana@example.com", 2),
             ]
         )
@@ -619,3 +623,60 @@ def test_the_readme_source_declaration_is_valid_and_maps_a_pipedrive_change() ->
         "deal.stage_changed",
         {"deal_id": 9, "stage_id": 3},
     )
+
+
+# --- retries and duplicates, as the providers send them ------------------------------------
+
+
+def configured_after_first_answer(
+    runtime: Runtime, statuses: list[int], **settings: Any
+) -> httpx.Client:
+    """A client whose first request finds the endpoint unconfigured (503), and every later
+    one configured: a provider's retry after an outage on our side. Answers go to
+    ``statuses``."""
+
+    def configure(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+        for name, value in settings.items():
+            setattr(runtime.settings, name, value)
+
+    return httpx.Client(timeout=30, event_hooks={"response": [configure]})
+
+
+def test_a_hubspot_retry_after_a_failure_and_a_duplicate_record_each_event_once(
+    hooks: Hooks,
+) -> None:
+    hooks.runtime.settings.hubspot_client_secret = None
+    batch = lifecycle(601, "retry@example.com", 1_700_000_000_000)
+    statuses: list[int] = []
+    with configured_after_first_answer(
+        hooks.runtime, statuses, hubspot_client_secret=HUBSPOT_SECRET
+    ) as client:
+        last = send_hubspot_webhook(
+            f"{hooks.url}/v1/webhooks/hubspot",
+            batch,
+            client_secret=HUBSPOT_SECRET,
+            client=client,
+            max_attempts=3,
+            duplicates=1,
+        )
+    # the retry (attemptNumber 1) recorded both; the duplicate found them
+    assert statuses == [503, 200, 200]
+    assert (last.status_code, last.json()["duplicates"], last.json()["recorded"]) == (200, 2, 0)
+    assert len(by_source(hooks.runtime, "hubspot")) == 2
+
+
+def test_a_sendgrid_retry_after_a_failure_records_each_event_once(hooks: Hooks) -> None:
+    hooks.runtime.upsert_contact("ana@example.com")
+    fake = FakeSendGrid()  # not started: only its webhook signing is used
+    hooks.runtime.settings.sendgrid_webhook_public_key = None
+    events_ = [sg_event("delivered", "ana@example.com", 1), sg_event("open", "ana@example.com", 2)]
+    with configured_after_first_answer(
+        hooks.runtime, [], sendgrid_webhook_public_key=fake.webhook_public_key
+    ) as client:
+        last = fake.post_events(
+            f"{hooks.url}/v1/webhooks/sendgrid", events_, client=client, max_attempts=2
+        )
+    assert [d.status_code for d in fake.deliveries] == [503, 200]
+    assert last.json()["recorded"] == 2
+    assert len(by_source(hooks.runtime, "sendgrid")) == 2

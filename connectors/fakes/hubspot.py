@@ -629,13 +629,47 @@ def send_webhook(
     timestamp_ms: int | None = None,
     client: httpx.Client | None = None,
     timeout_s: float = 5.0,
+    max_attempts: int = 1,
+    duplicates: int = 0,
 ) -> httpx.Response:
     """POST ``events`` to ``url`` as one HubSpot webhook batch, signed with ``client_secret``.
 
     The body is the compact JSON array; the signed URI is ``url`` as it goes on the wire.
     ``timestamp_ms`` (v3 only) defaults to now; pass an old one to test replay protection.
+    As HubSpot does, a 4xx or 5xx answer is retried (immediately here, up to ``max_attempts``
+    POSTs in all) with each event's ``attemptNumber`` raised by one and signed anew; after a
+    2xx, ``duplicates`` more identical deliveries follow. Returns the last answer.
     """
-    body = json.dumps(list(events), separators=(",", ":")).encode("utf-8")
+    batch = [dict(event) for event in events]
+    response = _post_webhook(
+        url, batch, client_secret, signature_version, timestamp_ms, client, timeout_s
+    )
+    for _ in range(max_attempts - 1):
+        if response.is_success:
+            break
+        for event in batch:
+            event["attemptNumber"] = int(event.get("attemptNumber", 0)) + 1
+        response = _post_webhook(
+            url, batch, client_secret, signature_version, timestamp_ms, client, timeout_s
+        )
+    if response.is_success:
+        for _ in range(duplicates):
+            response = _post_webhook(
+                url, batch, client_secret, signature_version, timestamp_ms, client, timeout_s
+            )
+    return response
+
+
+def _post_webhook(
+    url: str,
+    events: list[dict[str, Any]],
+    client_secret: str,
+    signature_version: str,
+    timestamp_ms: int | None,
+    client: httpx.Client | None,
+    timeout_s: float,
+) -> httpx.Response:
+    body = json.dumps(events, separators=(",", ":")).encode("utf-8")
     target = httpx.URL(url)
     uri = str(target)
     headers = {"Content-Type": "application/json"}

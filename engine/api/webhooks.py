@@ -13,7 +13,10 @@ exactly as received, before anything is parsed. Then, in order, every request go
 
 Nothing is recorded unless the whole request passed. Deliveries are deduplicated (SendGrid
 on ``sg_event_id``, HubSpot on its event identity, generic sources on the declared key), so
-a retried or replayed request is answered 200 and records nothing new. Events of kinds we do
+a retried or replayed request is answered 200 and records nothing new. SendGrid and HubSpot
+events are then committed one by one (``record_sendgrid_events``, ``record_hubspot_events``):
+if the process dies midway, no answer goes out, the provider retries, and the retry records
+only what is missing. A generic source's events commit in one transaction. Events of kinds we do
 not handle (a HubSpot ``deal.*`` subscription, a SendGrid event type added after this code)
 are acknowledged and counted as ``ignored``, so the provider does not retry them for a day.
 """
@@ -26,7 +29,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -93,11 +96,7 @@ class HubSpotEvent(BaseModel):
     eventId: int | str | None = None
     portalId: int | str | None = None
     propertyName: str | None = None
-    propertyValue: str | None = None
-
-
-SENDGRID_BATCH = TypeAdapter(list[SendGridEvent])
-HUBSPOT_BATCH = TypeAdapter(Annotated[list[HubSpotEvent], Field(max_length=MAX_HUBSPOT_BATCH)])
+    propertyValue: str | int | float | bool | None = None
 
 
 class WebhookResult(BaseModel):
@@ -180,13 +179,31 @@ def _parse_json(body: bytes) -> Any:
         raise Invalid([Problem(field="body", message=f"body is not valid JSON: {exc}")]) from exc
 
 
-def _shape_problems(exc: PydanticValidationError) -> Invalid:
-    return Invalid(
-        [
-            Problem(field=field_path(("body", *e["loc"])) or "body", message=e["msg"])
+def _array(events: Any, *, max_items: int | None = None) -> list[Any]:
+    if not isinstance(events, list):
+        raise Invalid([Problem(field="body", message="body must be a JSON array of events")])
+    if max_items is not None and len(events) > max_items:
+        raise Invalid(
+            [
+                Problem(
+                    field="body",
+                    message=f"{len(events)} events in one request; at most {max_items}",
+                )
+            ]
+        )
+    return events
+
+
+def _shape(model: type[BaseModel], index: int, event: Any) -> list[Problem]:
+    """Every problem with one event's shape, each named like ``[3].email``."""
+    try:
+        model.model_validate(event)
+    except PydanticValidationError as exc:
+        return [
+            Problem(field=field_path(("body", index, *e["loc"])), message=e["msg"])
             for e in exc.errors()
         ]
-    )
+    return []
 
 
 # --- SendGrid ------------------------------------------------------------------------------
@@ -231,24 +248,27 @@ async def sendgrid_webhook(
         raise _refused(exc) from exc
     except ConfigurationError as exc:
         raise _unconfigured(f"a valid JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY ({exc})") from exc
-    events = _parse_json(body)
-    try:
-        SENDGRID_BATCH.validate_python(events)
-    except PydanticValidationError as exc:
-        raise _shape_problems(exc) from exc
+    events = _array(_parse_json(body))
     problems: list[Problem] = []
     known: list[dict[str, Any]] = []
     for index, event in enumerate(events):
-        try:
-            normalize_email(event["email"])
-        except ValidationError as exc:
-            problems.append(Problem(field=f"[{index}].email", message=str(exc)))
-        try:
-            sendgrid_event_key(event)
-        except ValidationError as exc:
-            problems.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
-        if event["event"] in SENDGRID_EVENTS:
-            known.append(event)
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            problems += _shape(SendGridEvent, index, event)
+            continue
+        if event["event"] not in SENDGRID_EVENTS:
+            continue  # a kind we do not handle (SendGrid adds some): acknowledged, ignored
+        known.append(event)
+        found = _shape(SendGridEvent, index, event)
+        if not found:
+            try:
+                normalize_email(event["email"])
+            except ValidationError as exc:
+                found.append(Problem(field=f"[{index}].email", message=str(exc)))
+            try:
+                sendgrid_event_key(event)
+            except ValidationError as exc:
+                found.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
+        problems += found
     if problems:
         raise Invalid(problems)
     result = await run_in_threadpool(record_sendgrid_events, runtime, known)
@@ -318,26 +338,28 @@ async def hubspot_webhook(
         )
     except SignatureError as exc:
         raise _refused(exc) from exc
-    events = _parse_json(body)
-    try:
-        HUBSPOT_BATCH.validate_python(events)
-    except PydanticValidationError as exc:
-        raise _shape_problems(exc) from exc
+    events = _array(_parse_json(body), max_items=MAX_HUBSPOT_BATCH)
     problems: list[Problem] = []
     contact_events: list[dict[str, Any]] = []
     for index, event in enumerate(events):
-        try:
-            hubspot_event_key(event)
-        except ValidationError as exc:
-            problems.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
-        if not str(event["subscriptionType"]).startswith("contact."):
+        if not isinstance(event, dict) or not isinstance(event.get("subscriptionType"), str):
+            problems += _shape(HubSpotEvent, index, event)
             continue
-        if event.get("propertyName") == "email":
-            try:
-                normalize_email(str(event.get("propertyValue") or ""))
-            except ValidationError as exc:
-                problems.append(Problem(field=f"[{index}].propertyValue", message=str(exc)))
+        if not event["subscriptionType"].startswith("contact."):
+            continue  # deals, companies...: acknowledged, ignored
         contact_events.append(event)
+        found = _shape(HubSpotEvent, index, event)
+        if not found:
+            try:
+                hubspot_event_key(event)
+            except ValidationError as exc:
+                found.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
+            if event.get("propertyName") == "email":
+                try:
+                    normalize_email(str(event.get("propertyValue") or ""))
+                except ValidationError as exc:
+                    found.append(Problem(field=f"[{index}].propertyValue", message=str(exc)))
+        problems += found
     if problems:
         raise Invalid(problems)
     result = await run_in_threadpool(record_hubspot_events, runtime, contact_events)
