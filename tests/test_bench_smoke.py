@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, end_to_end, ingest, machine, memory, pipeline, scheduler
+from bench import common, end_to_end, ingest, machine, memory, pipeline, scheduler, simulator
 from bench.services import redis_db_url
 
 
@@ -88,3 +88,10 @@ def test_bench_memory_smoke(results_in_tmp: Path, postgres_url: str, redis_url: 
     rows = memory.main(["--smoke", "--database-url", postgres_url, "--redis-url", smoke_redis])
     _check(rows, results_in_tmp / "memory.json")
     assert json.loads((results_in_tmp / "memory.json").read_text())["large"] == 200
+
+
+def test_bench_simulator_smoke(results_in_tmp: Path) -> None:
+    rows = simulator.main(["--smoke"])
+    _check(rows, results_in_tmp / "simulator.json")
+    runs = json.loads((results_in_tmp / "simulator.json").read_text())["runs"]
+    assert runs["large"]["events"] > 0 and runs["large"]["peak_rss_kib"] > 0

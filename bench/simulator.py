@@ -1,0 +1,145 @@
+"""The lifecycle simulator: wall time of N contacts x 90 virtual days, and memory by days.
+
+``python -m bench.simulator [--contacts 10000] [--days 90] [--processes 2]
+[--small-contacts 1000] [--smoke]``
+
+Each run is a fresh child process (``--child``), so its peak RSS (``ru_maxrss`` of the
+process and of the worker processes it forked) is its own. Three runs, default playbook,
+default profile, seed 7:
+
+- large: ``--contacts`` x ``--days`` on ``--processes`` worker processes;
+- small: ``--small-contacts`` x ``--days`` in one process (one shard): the baseline cost
+  per contact-day, and the peak RSS after ``--days`` simulated days;
+- short: ``--small-contacts`` x ``--short-days`` (30) in one process: the memory baseline.
+
+Figures: the large run's wall time against the small run's cost per contact-day scaled to
+the large size (ratio < 1: the parallel shards paid off; > 1: cost grows faster than the
+population), and the small run's peak RSS at ``--days`` against ``--short-days`` (ratio
+~1: memory does not grow with simulated days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.common import Result, add_smoke_flag, print_results, write_json
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one simulation in this process and report its size, time and peak memory."""
+    from engine.simulator import load_workflows, simulate
+
+    registry = load_workflows("workflows")
+    started = time.perf_counter()
+    result = simulate(
+        registry,
+        contacts=spec["contacts"],
+        days=spec["days"],
+        seed=spec.get("seed", 7),
+        processes=spec.get("processes", 1),
+    )
+    seconds = time.perf_counter() - started
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    forked = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        **spec,
+        "seconds": seconds,
+        "events": result.events,
+        "emails": sum(result.emails.values()),
+        "peak_rss_kib": max(own, forked),  # Linux reports KiB
+    }
+
+
+def measure(contacts: int, days: int, processes: int) -> dict[str, Any]:
+    spec = json.dumps({"contacts": contacts, "days": days, "processes": processes})
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.simulator", "--child", spec],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"simulation {spec} failed:\n{done.stderr[-4000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def run(
+    contacts: int, days: int, processes: int, small: int, short_days: int
+) -> tuple[list[Result], dict[str, Any]]:
+    runs = {
+        "short": measure(small, short_days, 1),
+        "small": measure(small, days, 1),
+        "large": measure(contacts, days, processes),
+    }
+    for name, r in runs.items():
+        print(
+            f"{name}: {r['contacts']:,} contacts x {r['days']} days, {r['processes']} process(es):"
+            f" {r['seconds']:.1f} s, {r['events']:,} events, {r['emails']:,} emails,"
+            f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB"
+        )
+    small_cost = runs["small"]["seconds"] / (small * days)  # seconds per contact-day
+    large = runs["large"]
+    rows = [
+        Result.of(
+            f"wall time, {contacts:,} contacts x {days} days, {processes} process(es)"
+            f" (baseline: {small:,}-contact cost per contact-day, scaled)",
+            large["seconds"],
+            "s",
+            small_cost * contacts * days,
+        ),
+        Result.of(
+            f"cost per contact-day at {contacts:,} (baseline: at {small:,}, one process)",
+            large["seconds"] / (contacts * days) * 1e6,
+            "µs",
+            small_cost * 1e6,
+        ),
+        Result.of(
+            f"events/s at {contacts:,} (baseline: at {small:,}, one process)",
+            large["events"] / large["seconds"],
+            "events/s",
+            runs["small"]["events"] / runs["small"]["seconds"],
+        ),
+        Result.of(
+            f"peak RSS, {small:,} contacts, {days} days (baseline: {short_days} days)",
+            runs["small"]["peak_rss_kib"] / 1024,
+            "MiB",
+            runs["short"]["peak_rss_kib"] / 1024,
+        ),
+    ]
+    return rows, runs
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(prog="python -m bench.simulator", description=__doc__)
+    parser.add_argument("--contacts", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--small-contacts", type=int, default=1_000)
+    parser.add_argument("--short-days", type=int, default=30)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_smoke_flag(parser)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return []
+    if args.smoke:
+        contacts, days, processes, small, short_days = 30, 2, 2, 10, 1
+    else:
+        contacts, days, processes = args.contacts, args.days, args.processes
+        small, short_days = args.small_contacts, args.short_days
+    rows, runs = run(contacts, days, processes, small, short_days)
+    print_results(f"bench.simulator ({contacts:,} contacts x {days} days)", rows)
+    path = write_json("simulator", rows, runs=runs, smoke=args.smoke)
+    print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
