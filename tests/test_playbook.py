@@ -15,6 +15,7 @@ from connectors import RecordingEmailConnector
 from engine import VirtualClock, build_registry
 from engine.models import Action, Enrollment
 from engine.runtime import Runtime
+from engine.testing import Simulation
 from tests.language_support import TEMPLATES
 from tests.support import actions, contact, enrollments, make_runtime
 from workflows import EVENTS, GUARDRAILS, JOURNEY, RULES, WORKFLOWS
@@ -588,3 +589,47 @@ def test_the_weekly_cap_defers_the_4th_marketing_email_and_says_why(tmp_path: Pa
         assert sent_at(email, "bea@example.com", "decision_trial", "offer") == MONDAY + timedelta(
             days=7
         )
+
+
+# --- with the harness, as you would write them in your own repository --------------------
+#
+# The tests above drive a ``Runtime`` by hand; these use the ``journeyline_sim`` fixture
+# that ships with the package (``engine.testing``): the same pipeline in virtual time,
+# starting Monday 5 January 2026, 09:00 UTC. A failed expectation prints the timeline.
+
+
+def test_an_order_with_a_renewal_date_brings_the_notice_and_flags_an_idle_account(
+    journeyline_sim: Simulation,
+) -> None:
+    sim = journeyline_sim
+    # Given two customers in New York whose orders say they renew on 10 February
+    for who in ("uma@example.com", "vic@example.com"):
+        sim.contact_import(who, stage="engagement", timezone="America/New_York")
+        sim.track(who, "order.completed", {"total": 149}, attributes={"renews_at": "2026-02-10"})
+    # When Vic uses the product in the meantime and Uma does not
+    sim.advance(days=20)
+    sim.track("vic@example.com", "product.used", {"sessions": 3})
+    sim.advance(days=30)
+    # Then both get the renewal notice two weeks ahead, at 09:00 their time
+    for who in ("uma@example.com", "vic@example.com"):
+        (notice,) = sim.expect_email(
+            who, "reminder", workflow="retention_renewal_after_order", at_local="09:00"
+        )
+        assert notice.sent_at.date().isoformat() == "2026-01-27"
+        sim.expect_enrollment(who, "retention_renewal_after_order", "completed")
+
+    # And only Uma's account team gets an at-risk task, three days before the renewal
+    def tasks(who: str) -> list[str]:
+        timeline = sim.timeline(who)
+        assert timeline is not None
+        return [e.summary for e in timeline.entries if e.summary.startswith("crm.task")]
+
+    assert tasks("uma@example.com") == ["crm.task retention_renewal_after_order/at_risk_task: sent"]
+    assert tasks("vic@example.com") == []
+
+
+def test_every_shipped_workflow_has_a_test_here() -> None:
+    """A workflow added to ``workflows/`` without a test of its behaviour fails this."""
+    source = Path(__file__).read_text()
+    untested = [w.name for w in WORKFLOWS if f'"{w.name}"' not in source]
+    assert untested == [], f"workflows with no test in {Path(__file__).name}: {untested}"
