@@ -153,17 +153,7 @@ def _claim(
 
     deferral = defer_until(session, registry, action, contact, now=now)
     if deferral is not None:
-        until, rule = deferral
-        held = [
-            *action.reason.get("held", []),
-            {"rule": rule, "at": now.isoformat(), "until": until.isoformat()},
-        ]
-        action.reason = {**action.reason, "held": held[-20:]}
-        action.next_attempt_at = until
-        action.lease_until = until  # the sweeper hands it out again when it is due
-        action.updated_at = now
-        session.add(action)
-        return Outcome(ActionStatus.PENDING, retry_at=until)
+        return hold_until(session, action, *deferral, now=now)
 
     try:
         call = performer.prepare(action, contact, now=now)
@@ -184,13 +174,37 @@ def _claim(
     return _Claim(call, performer.name)
 
 
+def hold_until(
+    session: Session, action: Action, until: datetime, rule: str, *, now: datetime
+) -> Outcome:
+    """Defer a marketing email held by a guard rail; its reason keeps the rule and until when."""
+    held = [
+        *action.reason.get("held", []),
+        {"rule": rule, "at": now.isoformat(), "until": until.isoformat()},
+    ]
+    action.reason = {**action.reason, "held": held[-20:]}
+    action.next_attempt_at = until
+    action.lease_until = until  # the sweeper hands it out again when it is due
+    action.updated_at = now
+    session.add(action)
+    return Outcome(ActionStatus.PENDING, retry_at=until)
+
+
 def _held_back(session: Session, action: Action, contact: Contact) -> str | None:
     """Why this email must not go out at all, or None. Checked at send time, every time."""
     if action.kind != "email":
         return None  # suppression and consent are about email; a CRM update still happens
     suppressed = session.exec(select(Suppression).where(Suppression.email == contact.email)).first()
-    if suppressed is not None:
-        return f"suppressed ({suppressed.reason})"
+    return hold_reason(action, contact, suppressed.reason if suppressed is not None else None)
+
+
+def hold_reason(action: Action, contact: Contact, suppression: str | None) -> str | None:
+    """The rule behind ``_held_back`` given the contact's suppression reason (if any), for
+    callers that looked suppressions up for many contacts at once (batch_send.py)."""
+    if action.kind != "email":
+        return None
+    if suppression is not None:
+        return f"suppressed ({suppression})"
     marketing = bool(action.payload.get("marketing", True))
     if marketing and contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
         return f"contact is {contact.subscription_status}"
@@ -203,33 +217,41 @@ def _record_failure(
     with transaction(db) as session:
         action = session.get(Action, action_id)
         assert action is not None
-        error = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, DeliveryUnknownError):
-            log.error("action %s: delivery unknown, not re-sent: %s", action_id, error)
-            _finish(session, action, ActionStatus.UNKNOWN, now=now, error=error)
-            return Outcome(ActionStatus.UNKNOWN)
-        permanent = isinstance(exc, PermanentConnectorError)
-        if permanent or action.attempts >= policy.max_attempts:
-            why = "permanent error" if permanent else f"gave up after {action.attempts} attempts"
-            log.error("action %s failed (%s): %s", action_id, why, error)
-            _finish(session, action, ActionStatus.FAILED, now=now, error=f"{why}: {error}")
-            return Outcome(ActionStatus.FAILED)
-        hint = exc.retry_after if isinstance(exc, TransientConnectorError) else None
-        retry_at = now + policy.delay(action.attempts, hint)
-        log.warning(
-            "action %s attempt %s failed, retrying at %s: %s",
-            action_id,
-            action.attempts,
-            retry_at.isoformat(),
-            error,
-        )
-        action.status = ActionStatus.PENDING
-        action.error = error
-        action.next_attempt_at = retry_at
-        action.lease_until = retry_at  # no delayed message: the sweeper dispatches it when due
-        action.updated_at = now
-        session.add(action)
-        return Outcome(ActionStatus.PENDING, retry_at=retry_at)
+        return record_failure_on(session, action, exc, now=now, policy=policy)
+
+
+def record_failure_on(
+    session: Session, action: Action, exc: Exception, *, now: datetime, policy: RetryPolicy
+) -> Outcome:
+    """Record a failed attempt on a claimed action: unknown, failed, or pending a retry."""
+    action_id = action.id
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, DeliveryUnknownError):
+        log.error("action %s: delivery unknown, not re-sent: %s", action_id, error)
+        _finish(session, action, ActionStatus.UNKNOWN, now=now, error=error)
+        return Outcome(ActionStatus.UNKNOWN)
+    permanent = isinstance(exc, PermanentConnectorError)
+    if permanent or action.attempts >= policy.max_attempts:
+        why = "permanent error" if permanent else f"gave up after {action.attempts} attempts"
+        log.error("action %s failed (%s): %s", action_id, why, error)
+        _finish(session, action, ActionStatus.FAILED, now=now, error=f"{why}: {error}")
+        return Outcome(ActionStatus.FAILED)
+    hint = exc.retry_after if isinstance(exc, TransientConnectorError) else None
+    retry_at = now + policy.delay(action.attempts, hint)
+    log.warning(
+        "action %s attempt %s failed, retrying at %s: %s",
+        action_id,
+        action.attempts,
+        retry_at.isoformat(),
+        error,
+    )
+    action.status = ActionStatus.PENDING
+    action.error = error
+    action.next_attempt_at = retry_at
+    action.lease_until = retry_at  # no delayed message: the sweeper dispatches it when due
+    action.updated_at = now
+    session.add(action)
+    return Outcome(ActionStatus.PENDING, retry_at=retry_at)
 
 
 def _finish(

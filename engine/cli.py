@@ -167,21 +167,44 @@ def worker(
 def scheduler(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="One tick, print counts, exit.")] = False,
+    periodic: Annotated[
+        bool,
+        typer.Option(
+            "--periodic",
+            help="Start the periodic scheduler_tick job on the shared broker and exit: the "
+            "workers then run the scheduler (extra copies of the job stop themselves).",
+        ),
+    ] = False,
     database_url: DatabaseUrl = None,
     broker_url: BrokerUrl = None,
 ) -> None:
-    """Wake due enrollments and re-dispatch stuck events and actions, every interval."""
+    """Wake due enrollments, fire due schedule triggers and re-dispatch stuck events and
+    actions, every interval."""
     from engine.runtime import Runtime
 
     settings = settings_for(ctx, database_url, broker_url)
     log.setLevel(settings.log_level.upper())
+    if periodic:
+        if settings.broker_url.startswith("stub:"):
+            fail(
+                "--periodic needs a shared broker (redis:// or amqp://) and running workers; "
+                "with stub:// run `journeyline scheduler` itself"
+            )
+        with friendly_errors(settings), Runtime(settings) as runtime:
+            runtime.jobs.scheduler_tick.send()
+        console.print(
+            "scheduler_tick enqueued: workers tick every "
+            f"{settings.scheduler_interval_seconds:g} s from now on"
+        )
+        return
     with friendly_errors(settings), Runtime(settings) as runtime:
         runtime.start()  # a no-op unless the broker is stub://, whose jobs run here
         while True:
             due = runtime.tick()
             counts = (
                 f"{len(due.enrollments)} enrollments woken, {len(due.contacts)} contacts and "
-                f"{len(due.actions)} actions re-dispatched"
+                f"{len(due.actions)} actions re-dispatched, "
+                f"{len(due.schedule_slots)} schedule slots fired"
             )
             if once:
                 if runtime.in_process:

@@ -6,6 +6,7 @@ all use, so there is one behaviour to trust. Its jobs are declared on its own br
     process_contact(contact_id)    apply the contact's pending events
     perform_action(action_id)      send one action through its connector
     wake_enrollment(enrollment_id) continue an enrollment whose wait is over
+    perform_email_batch(action_ids) send email actions of one step together (batch_send.py)
     fire_schedule(slot_id)         offer a schedule slot's workflow to its time zone's contacts
     scheduler_tick()               one scheduler pass, then itself again after the interval
 
@@ -32,6 +33,14 @@ from connectors.email import EmailConnector, build_email_connector
 from connectors.webhooks.outgoing import WebhookSender
 from engine import pipeline
 from engine.actions import Outcome, RetryPolicy, perform_action
+from engine.batch_send import (
+    BatchOutcome,
+    batch_size_of,
+    group_for_batches,
+    perform_email_batch,
+)
+from engine.broadcast import BroadcastResult
+from engine.broadcast import broadcast as run_broadcast
 from engine.broker import build_broker
 from engine.clock import Clock, SystemClock
 from engine.contacts import (
@@ -86,6 +95,7 @@ class Jobs:
     perform_action: dramatiq.Actor[[int], None]
     perform_transactional: dramatiq.Actor[[int], None]
     wake_enrollment: dramatiq.Actor[[int], None]
+    perform_email_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
     scheduler_tick: dramatiq.Actor[[], None]
 
@@ -113,6 +123,7 @@ class Runtime:
             sendgrid_host=self.settings.sendgrid_host,
             sendgrid_timeout_s=self.settings.sendgrid_timeout_seconds,
             sendgrid_sandbox=self.settings.sendgrid_sandbox,
+            sendgrid_batch_size=self.settings.sendgrid_batch_size,
         )
         self.db = db or make_engine(self.settings.database_url)
         self.broker = broker or build_broker(self.settings.broker_url)
@@ -333,6 +344,49 @@ class Runtime:
             policy=self.policy,
         )
 
+    def perform_batch(self, action_ids: list[int]) -> BatchOutcome:
+        """Send email actions together (one request per identical rendering); a connector
+        that cannot batch sends them one by one through ``perform``."""
+        if batch_size_of(self.email) <= 1:
+            outcome = BatchOutcome()
+            for action_id in action_ids:
+                outcome.statuses[self.perform(action_id).status] += 1
+            return outcome
+        return perform_email_batch(
+            self.db,
+            self.registry,
+            self.email,  # type: ignore[arg-type]
+            action_ids,
+            now=self.clock.now(),
+            lease=self.lease,
+            policy=self.policy,
+            sender=self.settings.from_email,
+        )
+
+    def broadcast(self, workflow: str) -> BroadcastResult:
+        """Start ``workflow`` now for every contact in its audience (broadcast.py); its
+        first-step emails go out in batches of ``sendgrid_batch_size``."""
+        self.sync_versions()
+        return run_broadcast(
+            self.db,
+            self.registry,
+            workflow,
+            now=self.clock.now(),
+            dispatch=self._dispatch_emails,
+            page_size=max(batch_size_of(self.email), 100),
+        )
+
+    def _dispatch_emails(self, action_ids: list[int], marketing: bool) -> None:
+        """Enqueue email actions of one step: batched when the connector can, else singly."""
+        size = batch_size_of(self.email)
+        if marketing and size > 1 and len(action_ids) > 1:
+            for start in range(0, len(action_ids), size):
+                self.jobs.perform_email_batch.send(action_ids[start : start + size])
+            return
+        job = self.jobs.perform_action if marketing else self.jobs.perform_transactional
+        for action_id in action_ids:
+            job.send(action_id)
+
     def wake(self, enrollment_id: int) -> Effects:
         self.sync_versions()
         with transaction(self.db) as session:
@@ -355,7 +409,12 @@ class Runtime:
             self.jobs.wake_enrollment.send(enrollment_id)
         for contact_id in due.contacts:
             self.jobs.process_contact.send(contact_id)
-        for action_id in due.actions:
+        # Due email actions of one step (a broadcast whose message was lost, a retry after a
+        # 429) go out batched again; everything else one by one.
+        batches, singles = group_for_batches(self.db, due.actions, size=batch_size_of(self.email))
+        for batch in batches:
+            self.jobs.perform_email_batch.send(batch)
+        for action_id in singles:
             self.jobs.perform_action.send(action_id)
         slots = plan_and_claim(
             self.db,
@@ -397,7 +456,12 @@ class Runtime:
     def dispatch(self, effects: Effects) -> None:
         """Enqueue what a committed transaction asked for. A lost message is found again by
         the sweeper once its lease runs out."""
-        for action_id in effects.actions:
+        actions, size = effects.actions, batch_size_of(self.email)
+        if len(actions) > 1 and size > 1:  # many contacts at one step (a schedule's batch)
+            batches, actions = group_for_batches(self.db, actions, size=size)
+            for batch in batches:
+                self.jobs.perform_email_batch.send(batch)
+        for action_id in actions:
             self.jobs.perform_action.send(action_id)
         for action_id in effects.transactional:
             self.jobs.perform_transactional.send(action_id)
@@ -483,6 +547,9 @@ class Runtime:
         def wake_enrollment(enrollment_id: int) -> None:
             self.wake(enrollment_id)
 
+        def perform_email_batch_job(action_ids: list[int]) -> None:
+            self.perform_batch(action_ids)
+
         def fire_schedule(slot_id: int) -> None:
             self.fire_schedule(slot_id)
 
@@ -516,6 +583,7 @@ class Runtime:
                 perform_transactional_job, "perform_transactional", TRANSACTIONAL_QUEUE
             ),
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
+            perform_email_batch=declare(perform_email_batch_job, "perform_email_batch"),
             fire_schedule=declare(fire_schedule, "fire_schedule"),
             scheduler_tick=self._declare_scheduler_tick(scheduler_tick),
         )

@@ -63,9 +63,7 @@ def cron_problem(expression: str) -> str | None:
     """Why ``expression`` is not a usable five-field cron expression, or None."""
     fields = expression.split()
     if len(fields) != 5:
-        return (
-            f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
-        )
+        return f"needs 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
     try:
         CronSim(expression, datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:
@@ -196,9 +194,9 @@ def _record_slot(
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     result = session.execute(
-        insert(ScheduleSlot).values(**values).on_conflict_do_nothing(
-            index_elements=["workflow", "timezone", "slot_at"]
-        )
+        insert(ScheduleSlot)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["workflow", "timezone", "slot_at"])
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False  # another scheduler planned it first

@@ -112,5 +112,10 @@ class Settings(BaseSettings):
         "sweeper may hand it to another.",
     )
     scheduler_interval_seconds: float = Field(default=5.0, gt=0)
+    scheduler_in_workers: bool = Field(
+        default=False,
+        description="Each worker process starts the periodic scheduler_tick job at boot, so no "
+        "separate `journeyline scheduler` process is needed.",
+    )
     scheduler_batch_size: int = Field(default=500, ge=1)
     log_level: str = Field(default="INFO")

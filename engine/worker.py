@@ -22,5 +22,9 @@ logging.getLogger("transitions").setLevel(logging.WARNING)
 runtime = Runtime(Settings())
 broker = runtime.broker
 dramatiq.set_broker(broker)
+if runtime.settings.scheduler_in_workers:
+    # Start (or rejoin) the periodic scheduler chain; every process sends one, the copies
+    # beyond the first stop themselves at their first turn (engine/periodic.py).
+    runtime.jobs.scheduler_tick.send()
 
 __all__ = ["broker", "runtime"]

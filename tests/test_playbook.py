@@ -501,10 +501,21 @@ def test_a_loyal_promoter_is_invited_to_refer_and_review(tmp_path: Path) -> None
 
 
 def _surveyed(rt: Runtime, clock: VirtualClock, *people: str) -> None:
+    """Customers using the product on Monday: Tuesday's 10:00 check surveys them."""
     for who in people:
         customer(rt, who, "engagement")
         rt.track(who, "product.used", {"sessions": 1})
-    run_for(rt, clock, days=8)
+    run_for(rt, clock, days=2)
+
+
+def test_the_nps_check_passes_by_customers_not_using_the_product(tmp_path: Path) -> None:
+    with playbook(tmp_path) as (rt, clock, email):
+        customer(rt, "idle@example.com", "engagement")  # imported, never used the product
+        rt.track("lead@example.com", "product.used")  # uses it, but is no customer
+        _surveyed(rt, clock, "busy@example.com")
+        assert steps(email, "busy@example.com", "nps_survey") == ["survey"]
+        assert steps(email, "idle@example.com", "nps_survey") == []
+        assert steps(email, "lead@example.com", "nps_survey") == []
 
 
 def test_nps_answers_branch_into_promoter_passive_and_detractor_paths(tmp_path: Path) -> None:
@@ -512,10 +523,10 @@ def test_nps_answers_branch_into_promoter_passive_and_detractor_paths(tmp_path: 
         people = ("wes@example.com", "xia@example.com", "yan@example.com", "zed@example.com")
         _surveyed(rt, clock, *people)
         for who in people:
-            # a week after the use that enrolled them, on a weekday morning
+            # at the first weekly check, Tuesday 10:00 in their time zone
             assert steps(email, who, "nps_survey") == ["survey"]
         assert sent_at(email, people[0], "nps_survey", "survey") == datetime(
-            2026, 3, 9, 10, 0, tzinfo=UTC
+            2026, 3, 3, 10, 0, tzinfo=UTC
         )
         # When they answer 6, 9 and 7 (the edges of each group), and Zed does not answer
         rt.track("wes@example.com", "nps.answered", {"score": 6})
@@ -545,23 +556,27 @@ def test_nps_answers_branch_into_promoter_passive_and_detractor_paths(tmp_path: 
 def test_the_nps_survey_comes_back_every_90_days_not_sooner(tmp_path: Path) -> None:
     with playbook(tmp_path) as (rt, clock, email):
         _surveyed(rt, clock, "amy@example.com")
+        clock.advance(hours=3)
         rt.track("amy@example.com", "nps.answered", {"score": 8})
         rt.run_until_idle()
-        answered = clock.now()
-        # A month later she is still using the product: not asked again yet
+        answered = clock.now()  # Wednesday 4 March, 13:00
+        # A month later she is still using the product: the weekly checks pass her by
         clock.advance(days=30)
         rt.track("amy@example.com", "product.used", {"sessions": 4})
         run_for(rt, clock, days=10)
         assert steps(email, "amy@example.com", "nps_survey") == ["survey", "passive_thanks"]
-        # 89 days after her answer: still not; 90 days after it, the next use enrols her again
-        clock.set(answered + timedelta(days=89))
-        rt.track("amy@example.com", "product.used", {"sessions": 1})
-        rt.run_until_idle()
-        assert [e.entry for e in enrollments(rt) if e.workflow == "nps_survey"] == [1]
-        clock.set(answered + timedelta(days=90, minutes=1))
+        # She goes on using it: the first check once 90 days have passed since her answer
+        # (Tuesday 2 June 13:00) asks again, Tuesday 9 June at 10:00, not the one before
+        clock.set(answered + timedelta(days=85, hours=-3))  # Thursday 28 May, 10:00
         rt.track("amy@example.com", "product.used", {"sessions": 2})
-        run_for(rt, clock, days=10)
-        assert steps(email, "amy@example.com", "nps_survey")[2] == "survey"
+        run_for(rt, clock, days=14)
+        surveys = [
+            m.sent_at for m in email.to("amy@example.com") if m.categories[1] == "nps_survey:survey"
+        ]
+        assert surveys == [
+            datetime(2026, 3, 3, 10, 0, tzinfo=UTC),
+            datetime(2026, 6, 9, 10, 0, tzinfo=UTC),
+        ]
         assert [e.entry for e in enrollments(rt) if e.workflow == "nps_survey"] == [1, 2]
 
 

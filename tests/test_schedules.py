@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
 from connectors import RecordingEmailConnector
 from engine import (
@@ -25,6 +26,7 @@ from engine import (
     send_email,
     wait,
 )
+from engine.cli import app
 from engine.db import transaction
 from engine.diagram import mermaid
 from engine.models import Enrollment, PeriodicTick, ScheduleSlot
@@ -425,3 +427,80 @@ def test_the_scheduler_tick_job_ticks_and_books_its_next_run(tmp_path: Path) -> 
         # A later run ticks again
         clock.advance(seconds=rt.settings.scheduler_interval_seconds)
         assert rt.periodic_tick() is True
+
+
+def _cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"]).exit_code == 0
+    return url
+
+
+def test_scheduler_periodic_refuses_the_in_process_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _cli_env(tmp_path, monkeypatch)
+    result = CliRunner().invoke(
+        app, ["--database-url", url, "--broker-url", "stub://", "scheduler", "--periodic"]
+    )
+    assert result.exit_code == 2
+    assert "--periodic needs a shared broker" in result.output
+
+
+@pytest.mark.redis
+def test_scheduler_periodic_enqueues_the_tick_job_on_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import redis
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/11"  # a queue no other test's worker consumes
+    client = redis.Redis.from_url(own_db)
+    keys = ["dramatiq:journeyline_scheduler", "dramatiq:journeyline_scheduler.msgs"]
+    client.delete(*keys)
+    try:
+        url = _cli_env(tmp_path, monkeypatch)
+        result = CliRunner().invoke(
+            app, ["--database-url", url, "--broker-url", own_db, "scheduler", "--periodic"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "scheduler_tick enqueued" in result.output
+        (body,) = client.hvals("dramatiq:journeyline_scheduler.msgs")
+        assert b'"actor_name":"scheduler_tick"' in body
+    finally:
+        client.delete(*keys)
+        client.close()
+
+
+@pytest.mark.redis
+def test_workers_start_the_tick_job_at_boot_when_told_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    import redis
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/11"
+    client = redis.Redis.from_url(own_db)
+    keys = ["dramatiq:journeyline_scheduler", "dramatiq:journeyline_scheduler.msgs"]
+    client.delete(*keys)
+    try:
+        url = _cli_env(tmp_path, monkeypatch)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "JOURNEYLINE_DATABASE_URL": url,
+            "JOURNEYLINE_BROKER_URL": own_db,
+            "JOURNEYLINE_OUTBOX_DIR": str(tmp_path / "outbox"),
+        }
+        boot = [sys.executable, "-c", "import engine.worker"]
+        cwd = Path(__file__).parent.parent
+        subprocess.run(boot, env=env, cwd=cwd, check=True, timeout=60)
+        assert client.hlen("dramatiq:journeyline_scheduler.msgs") == 0  # off by default
+        env["JOURNEYLINE_SCHEDULER_IN_WORKERS"] = "true"
+        subprocess.run(boot, env=env, cwd=cwd, check=True, timeout=60)
+        (body,) = client.hvals("dramatiq:journeyline_scheduler.msgs")
+        assert b'"actor_name":"scheduler_tick"' in body
+    finally:
+        client.delete(*keys)
+        client.close()

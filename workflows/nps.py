@@ -1,7 +1,8 @@
 """NPS: a periodic "how likely are you to recommend us?" for active customers.
 
-An active customer using the product is asked at most every 90 days (and not within 90 days
-of an answer), a week after the use that enrolled them, on a weekday morning. The answer
+Every Tuesday at 10:00 in each customer's own time zone, active customers who used the
+product in the last 30 days are asked, at most every 90 days and not within 90 days of an
+answer (a schedule trigger: one check per time zone, not one per contact). The answer
 decides what follows:
 
 - promoters (9-10): tagged; loyal customers move to advocacy through the ``nps.answered``
@@ -16,6 +17,7 @@ No answer after five days brings one reminder; a late answer is handled the same
 from datetime import timedelta
 
 from engine import (
+    Segment,
     Workflow,
     add_tag,
     all_of,
@@ -25,7 +27,7 @@ from engine import (
     gte,
     lte,
     not_,
-    on_event,
+    on_schedule,
     on_stage_entered,
     reenter_after,
     remove_tag,
@@ -33,9 +35,16 @@ from engine import (
     stage_in,
     wait_for_event,
 )
-from workflows.common import ACTIVE_CUSTOMER_STAGES, later
+from workflows.common import ACTIVE_CUSTOMER_STAGES
 
 SURVEY_EVERY = timedelta(days=90)
+USING_THE_PRODUCT = Segment(
+    "active customers using the product",
+    all_of(
+        stage_in(*ACTIVE_CUSTOMER_STAGES),
+        did_event("product.used", within=timedelta(days=30)),
+    ),
+)
 
 
 def answer_paths(suffix: str = "") -> list:
@@ -79,15 +88,12 @@ def answer_paths(suffix: str = "") -> list:
 NPS = Workflow(
     "nps_survey",
     description="NPS every 90 days for active customers; promoters, passives, detractors.",
-    trigger=on_event("product.used"),
-    entry_if=all_of(
-        stage_in(*ACTIVE_CUSTOMER_STAGES),
-        not_(did_event("nps.answered", within=SURVEY_EVERY)),
-    ),
+    # Tuesdays 10:00 local: a weekday morning, away from Monday's inbox.
+    trigger=on_schedule("0 10 * * TUE", when=USING_THE_PRODUCT),
+    entry_if=not_(did_event("nps.answered", within=SURVEY_EVERY)),
     reentry=reenter_after(days=SURVEY_EVERY.days),
     exit_when=[on_stage_entered("churned")],
     steps=[
-        *later(7, id="survey_morning"),
         send_email("nps_survey", id="survey"),
         wait_for_event(
             "nps.answered",

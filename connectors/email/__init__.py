@@ -29,6 +29,7 @@ def build_email_connector(
     sendgrid_host: str = "https://api.sendgrid.com",
     sendgrid_timeout_s: float = 10.0,
     sendgrid_sandbox: bool = False,
+    sendgrid_batch_size: int = 1000,
 ) -> EmailConnector:
     """The connector named in settings (``JOURNEYLINE_EMAIL_CONNECTOR``)."""
     if name == "outbox":
@@ -45,6 +46,7 @@ def build_email_connector(
             host=sendgrid_host,
             timeout_s=sendgrid_timeout_s,
             sandbox=sendgrid_sandbox,
+            batch_size=sendgrid_batch_size,
         )
     raise ConfigurationError(
         f"unknown email connector {name!r}; choose one of: outbox, recording, sendgrid"

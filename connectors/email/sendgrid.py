@@ -7,6 +7,11 @@ connection per request (about 30 emails/s against ~1,300 with keep-alive).
 SendGrid has no idempotency key, so ``dedupes`` is False: the action id travels in
 ``custom_args`` (echoed on every delivery event) and a timeout after the request went out
 becomes ``DeliveryUnknownError``, to be reconciled from events rather than re-sent.
+
+``send_batch`` posts one message to many recipients in one request: one personalization per
+recipient (at most ``batch_size``, SendGrid's limit is 1,000), each with its own
+``custom_args`` so every delivery event still names the action that caused it. A request
+succeeds or fails as a whole, so one outcome applies to every recipient in it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,7 +43,16 @@ from engine.errors import (
 )
 
 MAX_CATEGORIES = 10
+MAX_PERSONALIZATIONS = 1000
 _DEFAULT_RETRY_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One personalization of a batched send: who, and the ids its events must carry."""
+
+    to: str
+    custom_args: Mapping[str, str]
 
 
 class SendGridEmailConnector(EmailConnector):
@@ -52,7 +68,11 @@ class SendGridEmailConnector(EmailConnector):
         sandbox: bool = False,
         client: httpx.Client | None = None,
         asm_group_id: int | None = None,
+        batch_size: int = MAX_PERSONALIZATIONS,
     ) -> None:
+        if not 1 <= batch_size <= MAX_PERSONALIZATIONS:
+            raise ValueError(f"batch_size must be 1..{MAX_PERSONALIZATIONS}, got {batch_size}")
+        self.batch_size = batch_size
         self.url = f"{host.rstrip('/')}/v3/mail/send"
         self.sandbox = sandbox
         self.asm_group_id = asm_group_id
@@ -88,6 +108,26 @@ class SendGridEmailConnector(EmailConnector):
         body: dict[str, Any] = mail.get()
         return body
 
+    def batch_payload(
+        self, message: EmailMessage, recipients: Sequence[Recipient]
+    ) -> dict[str, Any]:
+        """The v3 body sending ``message``'s content to every recipient, one personalization
+        each. The shared part is built by the ``sendgrid`` package; the personalizations are
+        plain dicts in the documented shape (building 1,000 helper objects buys nothing)."""
+        if not recipients:
+            raise PermanentConnectorError("a batched send needs at least one recipient")
+        if len(recipients) > self.batch_size:
+            raise PermanentConnectorError(
+                f"{len(recipients)} recipients in one request; at most {self.batch_size}"
+            )
+        body = self.payload(message)
+        body.pop("custom_args", None)  # per personalization instead
+        body["personalizations"] = [
+            {"to": [{"email": r.to}], "custom_args": {k: str(v) for k, v in r.custom_args.items()}}
+            for r in recipients
+        ]
+        return body
+
     def send(self, message: EmailMessage) -> SendResult:
         if not (message.text or message.html):
             raise PermanentConnectorError("an email needs a text or an html body")
@@ -95,6 +135,23 @@ class SendGridEmailConnector(EmailConnector):
             body = self.payload(message)
         except Exception as exc:  # the helper raises KeyError/ValueError on a malformed address
             raise PermanentConnectorError(f"cannot build a sendgrid payload: {exc!r}") from exc
+        return self._post(body, f"jl_action_id={message.custom_args.get('jl_action_id', '?')}")
+
+    def send_batch(self, message: EmailMessage, recipients: Sequence[Recipient]) -> SendResult:
+        """Send ``message`` (its subject, bodies, categories, headers; its ``to`` and
+        ``custom_args`` are ignored) to every recipient in one request."""
+        if not (message.text or message.html):
+            raise PermanentConnectorError("an email needs a text or an html body")
+        try:
+            body = self.batch_payload(message, recipients)
+        except PermanentConnectorError:
+            raise
+        except Exception as exc:  # the helper raises KeyError/ValueError on a malformed address
+            raise PermanentConnectorError(f"cannot build a sendgrid payload: {exc!r}") from exc
+        ids = [r.custom_args.get("jl_action_id", "?") for r in recipients]
+        return self._post(body, f"the {len(ids)} actions jl_action_id={ids[0]}..{ids[-1]}")
+
+    def _post(self, body: dict[str, Any], what: str) -> SendResult:
         try:
             response = self.client.post(
                 self.url, json=body, headers=self._headers, timeout=self._timeout
@@ -105,8 +162,7 @@ class SendGridEmailConnector(EmailConnector):
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
             raise DeliveryUnknownError(
                 f"sendgrid did not answer after the request was sent ({exc!r}); "
-                f"reconcile jl_action_id={message.custom_args.get('jl_action_id', '?')} "
-                "from delivery events before sending again"
+                f"reconcile {what} from delivery events before sending again"
             ) from exc
         except httpx.HTTPError as exc:
             raise DeliveryUnknownError(f"sendgrid request failed mid-flight: {exc!r}") from exc

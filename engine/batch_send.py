@@ -1,0 +1,485 @@
+"""Batched email sends: many email actions of one step in one provider request.
+
+``perform_email_batch`` is ``perform_action`` (actions.py) for a group of email actions, with
+the same three phases and the same exactly-once rules, done set-based:
+
+1. **claim** (one transaction): lock the action rows and their contacts; skip what is done,
+   leased by a live worker or not yet due; mark ``unknown`` what a dead worker left mid-send
+   (the provider cannot dedupe); re-check suppression and consent for every contact *now*
+   (one query for all suppressions); apply the guard rails (caps, quiet hours, send windows)
+   per contact where they can bind; render each message; mark every claimed row ``sending``
+   with a lease and count the attempt.
+2. **send**, outside any transaction: one request per group of identical rendered content,
+   up to the connector's ``batch_size`` recipients (SendGrid: 1,000 personalizations), each
+   recipient carrying its own ``jl_action_id`` / ``jl_contact_id`` in ``custom_args``.
+3. **record** (one transaction per request): the request succeeds or fails as a whole, so
+   its outcome goes on every action in it: ``sent`` with the request's message id, or the
+   single-send failure rule applied to each row (transient: retried with backoff by the
+   sweeper; permanent: ``failed`` with the provider's reason; timeout: ``unknown``).
+
+Which sends batch: actions are *grouped* by (workflow, version, step, template, data) when
+they are dispatched together (a broadcast, a sweep); a request then carries the actions of
+a group whose *rendered* subject and bodies are identical. A template that uses contact
+fields (``{{ contact.first_name }}``) renders differently per contact, and those contacts
+get requests of their own (one per distinct rendering): the batch never sends one contact
+another contact's text. SendGrid-hosted dynamic templates (``dynamic_template_data`` per
+personalization) are not supported: Journeyline renders its Jinja templates itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from jinja2 import Environment, TemplateSyntaxError, meta
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from connectors.email import EmailMessage, SendResult
+from connectors.email.sendgrid import Recipient
+from engine.actions import RetryPolicy, _finish, hold_reason, hold_until, record_failure_on
+from engine.db import transaction
+from engine.errors import ConnectorError
+from engine.guardrails import defer_until
+from engine.models import Action, ActionStatus, Contact, Suppression
+from engine.performers import build_message
+from engine.registry import Registry
+
+log = logging.getLogger(__name__)
+
+_DONE = (ActionStatus.SENT, ActionStatus.SKIPPED, ActionStatus.FAILED, ActionStatus.UNKNOWN)
+_IN_CHUNKS_OF = 1000  # ids per IN (...) list
+
+
+@runtime_checkable
+class BatchEmailConnector(Protocol):
+    """An email connector that can send one message to many recipients in one request."""
+
+    name: str
+    dedupes: bool
+    batch_size: int
+
+    def send_batch(self, message: EmailMessage, recipients: Sequence[Recipient]) -> SendResult: ...
+
+
+def batch_size_of(connector: object) -> int:
+    """How many recipients ``connector`` takes per request (1: it cannot batch)."""
+    if isinstance(connector, BatchEmailConnector):
+        return max(1, int(connector.batch_size))
+    return 1
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch job did: requests made and the resulting status of each action."""
+
+    requests: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+# --- grouping ---------------------------------------------------------------------------
+
+
+def batch_key(kind: str, payload: Mapping[str, Any], reason: Mapping[str, Any]) -> tuple | None:
+    """Actions with the same key may share a request; None: this one always goes alone.
+    Transactional email keeps its own queue and is never held for a batch."""
+    if kind != "email" or not payload.get("marketing", True):
+        return None
+    data = json.dumps(payload.get("data", {}), sort_keys=True, default=str)
+    return (
+        reason.get("workflow"),
+        reason.get("version"),
+        reason.get("step"),
+        payload.get("template"),
+        data,
+    )
+
+
+def group_for_batches(
+    db: Engine, action_ids: Sequence[int], *, size: int
+) -> tuple[list[list[int]], list[int]]:
+    """Split due actions into batches (lists of at most ``size`` ids sharing a batch key)
+    and singles (everything else, sent one by one as before)."""
+    if size <= 1 or len(action_ids) < 2:
+        return [], list(action_ids)
+    groups: dict[tuple, list[int]] = {}
+    singles: list[int] = []
+    with Session(db) as session:
+        for chunk in _chunks_of(list(action_ids), _IN_CHUNKS_OF):
+            rows = session.exec(
+                select(Action.id, Action.kind, Action.payload, Action.reason).where(
+                    col(Action.id).in_(chunk)
+                )
+            ).all()
+            for action_id, kind, payload, reason in rows:
+                key = batch_key(kind, payload or {}, reason or {})
+                if key is None:
+                    singles.append(action_id)  # type: ignore[arg-type]
+                else:
+                    groups.setdefault(key, []).append(action_id)  # type: ignore[arg-type]
+    batches: list[list[int]] = []
+    for ids in groups.values():
+        if len(ids) == 1:
+            singles.extend(ids)
+        else:
+            batches.extend(_chunks_of(sorted(ids), size))
+    return batches, singles
+
+
+# --- performing a batch -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    action_id: int
+    message: EmailMessage
+
+
+def perform_email_batch(
+    db: Engine,
+    registry: Registry,
+    connector: BatchEmailConnector,
+    action_ids: Sequence[int],
+    *,
+    now: datetime,
+    lease: timedelta,
+    policy: RetryPolicy,
+    sender: str,
+) -> BatchOutcome:
+    outcome = BatchOutcome()
+    with transaction(db) as session:
+        claimed = _claim_batch(
+            session, registry, connector, action_ids, now=now, lease=lease, sender=sender
+        )
+        outcome.statuses.update(claimed.statuses)
+    for chunk in _requests(claimed.items, connector.batch_size):
+        outcome.requests += 1
+        recipients = [Recipient(c.message.to, c.message.custom_args) for c in chunk]
+        ids = [c.action_id for c in chunk]
+        try:
+            result = connector.send_batch(chunk[0].message, recipients)
+        except ConnectorError as exc:
+            outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
+            continue
+        except Exception as exc:  # a connector bug: retry like a transient error, loudly
+            log.exception("%s raised unexpectedly for %s actions", connector.name, len(ids))
+            outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
+            continue
+        with transaction(db) as session:
+            session.execute(
+                update(Action)  # type: ignore[arg-type]
+                .where(col(Action.id).in_(ids), Action.status == ActionStatus.SENDING)
+                .values(
+                    status=ActionStatus.SENT,
+                    provider_id=result.provider_id,
+                    error=None,
+                    lease_until=None,
+                    completed_at=now,
+                    updated_at=now,
+                )
+            )
+        outcome.statuses[ActionStatus.SENT] += len(ids)
+    return outcome
+
+
+@dataclass
+class _ClaimResult:
+    items: list[_Claimed] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+# Columns the claim reads: rows, not ORM objects (a batch reads a thousand of each).
+_ACTION_COLUMNS = (
+    col(Action.id),
+    col(Action.contact_id),
+    col(Action.kind),
+    col(Action.status),
+    col(Action.lease_until),
+    col(Action.next_attempt_at),
+    col(Action.payload),
+    col(Action.reason),
+    col(Action.idempotency_key),
+)
+_CONTACT_COLUMNS = (
+    col(Contact.id),
+    col(Contact.email),
+    col(Contact.stage),
+    col(Contact.score),
+    col(Contact.attributes),
+    col(Contact.subscription_status),
+)
+
+
+def _claim_batch(
+    session: Session,
+    registry: Registry,
+    connector: BatchEmailConnector,
+    action_ids: Sequence[int],
+    *,
+    now: datetime,
+    lease: timedelta,
+    sender: str,
+) -> _ClaimResult:
+    """The rules of ``actions._claim`` for many rows: the common case (claim and render) on
+    plain rows in a few statements; the rare ones (skip, hold, unknown, fail) on the ORM row
+    through the single path's own helpers."""
+    result = _ClaimResult()
+    rows = session.execute(
+        select(*_ACTION_COLUMNS)
+        .where(col(Action.id).in_(list(action_ids)))
+        .order_by(col(Action.id))
+        .with_for_update()
+    ).all()
+    if len(rows) < len(set(action_ids)):
+        result.statuses["missing"] += len(set(action_ids)) - len(rows)
+    contact_ids = sorted({r.contact_id for r in rows})
+    # Contacts are locked in id order, like the single path locks one: caps stay serialised.
+    contacts = {
+        c.id: c
+        for c in session.execute(
+            select(*_CONTACT_COLUMNS)
+            .where(col(Contact.id).in_(contact_ids))
+            .order_by(col(Contact.id))
+            .with_for_update()
+        ).all()
+    }
+    suppressed: dict[str, str] = dict(
+        session.execute(
+            select(Suppression.email, Suppression.reason).where(
+                col(Suppression.email).in_([c.email for c in contacts.values()])
+            )
+        ).all()  # type: ignore[arg-type]
+    )
+    needs_guardrails = _contacts_needing_guardrails(session, registry, rows, contact_ids)
+    renders = _Renders(registry, sender=sender, now=now)
+    claimed: list[int] = []
+    for row in rows:
+        if row.kind != "email":  # grouping only batches email; the sweeper sends the rest
+            log.error("action %s (%s) reached an email batch: left alone", row.id, row.kind)
+            result.statuses["not email"] += 1
+            continue
+        if row.status in _DONE:
+            result.statuses[row.status] += 1
+            continue
+        if row.status == ActionStatus.SENDING:
+            if row.lease_until and row.lease_until > now:
+                result.statuses[ActionStatus.SENDING] += 1  # another worker is on it
+                continue
+            if not connector.dedupes:
+                _finish(
+                    session,
+                    _orm(session, row.id),
+                    ActionStatus.UNKNOWN,
+                    now=now,
+                    error="a worker stopped during the send and the connector cannot dedupe: "
+                    "check delivery events before sending again",
+                )
+                result.statuses[ActionStatus.UNKNOWN] += 1
+                continue
+        elif row.next_attempt_at > now:
+            result.statuses[ActionStatus.PENDING] += 1
+            continue
+        contact = contacts.get(row.contact_id)
+        if contact is None:
+            _finish(
+                session,
+                _orm(session, row.id),
+                ActionStatus.SKIPPED,
+                now=now,
+                error="contact erased",
+            )
+            result.statuses[ActionStatus.SKIPPED] += 1
+            continue
+        held = hold_reason(row, contact, suppressed.get(contact.email))  # type: ignore[arg-type]
+        if held:
+            action = _orm(session, row.id)
+            action.reason = {**action.reason, "skipped": held}
+            _finish(session, action, ActionStatus.SKIPPED, now=now)
+            result.statuses[ActionStatus.SKIPPED] += 1
+            continue
+        if contact.id in needs_guardrails:
+            action = _orm(session, row.id)
+            full = session.get(Contact, contact.id)
+            assert full is not None
+            deferral = defer_until(session, registry, action, full, now=now)
+            if deferral is not None:
+                hold_until(session, action, *deferral, now=now)
+                result.statuses[ActionStatus.PENDING] += 1
+                continue
+        try:
+            message = renders.message(row, contact)
+        except ConnectorError as exc:  # cannot even be built (a broken template)
+            _finish(
+                session,
+                _orm(session, row.id),
+                ActionStatus.FAILED,
+                now=now,
+                error=f"permanent error: {type(exc).__name__}: {exc}",
+            )
+            result.statuses[ActionStatus.FAILED] += 1
+            continue
+        claimed.append(row.id)
+        result.items.append(_Claimed(row.id, message))
+    if claimed:
+        session.flush()  # the rare ORM changes above first
+        session.execute(
+            update(Action)  # type: ignore[arg-type]
+            .where(col(Action.id).in_(claimed))
+            .values(
+                status=ActionStatus.SENDING,
+                attempts=col(Action.attempts) + 1,
+                lease_until=now + lease,
+                updated_at=now,
+            )
+        )
+    return result
+
+
+class _Renders:
+    """Messages for a batch. A template that never reads ``contact`` renders the same for
+    everyone: it is rendered once per (template, data, workflow, step) and addressed per
+    action; any other template is rendered for each contact, exactly as the single path."""
+
+    def __init__(self, registry: Registry, *, sender: str, now: datetime) -> None:
+        self.registry = registry
+        self.sender = sender
+        self.now = now
+        self._shared: dict[tuple, EmailMessage] = {}
+
+    def message(self, action: Any, contact: Any) -> EmailMessage:
+        template = str(action.payload["template"])
+        if reads_contact(self.registry, template):
+            return build_message(self.registry, action, contact, now=self.now, sender=self.sender)
+        key = (
+            template,
+            json.dumps(action.payload.get("data", {}), sort_keys=True, default=str),
+            action.reason.get("workflow"),
+            action.reason.get("step"),
+        )
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = build_message(self.registry, action, contact, now=self.now, sender=self.sender)
+            self._shared[key] = shared
+        return replace(
+            shared,
+            to=contact.email,
+            idempotency_key=action.idempotency_key,
+            custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
+        )
+
+
+def reads_contact(registry: Registry, template: str) -> bool:
+    """Whether ``template`` (or anything it extends or includes) may read ``contact``:
+    parsed once per process and template; when unsure, assume it does."""
+    cache: dict[str, bool] = registry.__dict__.setdefault("_template_reads_contact", {})
+    if template not in cache:
+        cache[template] = _reads_contact(registry.templates.directory / f"{template}.j2")
+    return cache[template]
+
+
+def _reads_contact(path: Path) -> bool:
+    try:
+        source = path.read_text(encoding="utf-8")
+        parsed = Environment().parse(source)
+    except (OSError, TemplateSyntaxError):
+        return True
+    if list(meta.find_referenced_templates(parsed)):
+        return True  # the parent or an include may read it: render per contact
+    return "contact" in meta.find_undeclared_variables(parsed)
+
+
+def _orm(session: Session, action_id: int) -> Action:
+    action = session.get(Action, action_id)
+    assert action is not None  # locked by this transaction
+    return action
+
+
+def _contacts_needing_guardrails(
+    session: Session, registry: Registry, actions: Sequence[Action], contact_ids: Sequence[int]
+) -> set[int]:
+    """Contacts for whom ``defer_until`` could hold the email, checked in one query.
+
+    Quiet hours and send windows can hold anyone: then every contact is checked. Otherwise
+    only a contact with another email action can be held: behind a pending (held) one, or
+    by a frequency cap counting sent ones. Everyone else skips its per-contact queries."""
+    workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
+    if registry.guardrails.quiet_hours is not None or any(
+        w is not None and w.send_window is not None for w in workflows
+    ):
+        return set(contact_ids)
+    capped = registry.guardrails.cap is not None or any(
+        w is not None and w.cap is not None for w in workflows
+    )
+    statuses = [ActionStatus.PENDING]
+    if capped:
+        statuses += [ActionStatus.SENT, ActionStatus.SENDING]
+    rows = session.exec(
+        select(Action.contact_id, func.count())
+        .where(
+            col(Action.contact_id).in_(contact_ids),
+            Action.kind == "email",
+            col(Action.status).in_(statuses),
+        )
+        .group_by(col(Action.contact_id))
+    ).all()
+    in_batch = Counter(a.contact_id for a in actions if a.status == ActionStatus.PENDING)
+    # A count above the contact's own pending actions in this batch means another email.
+    return {contact_id for contact_id, count in rows if count > in_batch.get(contact_id, 0)} | {
+        contact_id for contact_id, count in in_batch.items() if count > 1
+    }
+
+
+def _requests(items: Sequence[_Claimed], size: int) -> Iterator[list[_Claimed]]:
+    """Requests of at most ``size`` recipients with identical rendered content, each address
+    at most once per request (SendGrid refuses a request naming an address twice)."""
+    groups: dict[tuple, list[_Claimed]] = {}
+    for item in items:
+        m = item.message
+        key = (m.sender, m.subject, m.text, m.html, m.categories, tuple(sorted(m.headers.items())))
+        groups.setdefault(key, []).append(item)
+    for group in groups.values():
+        pending = group
+        while pending:
+            chunk: list[_Claimed] = []
+            seen: set[str] = set()
+            rest: list[_Claimed] = []
+            for item in pending:
+                address = item.message.to.lower()
+                if len(chunk) < size and address not in seen:
+                    chunk.append(item)
+                    seen.add(address)
+                else:
+                    rest.append(item)
+            yield chunk
+            pending = rest
+
+
+def _record_failures(
+    db: Engine, ids: Sequence[int], exc: Exception, *, now: datetime, policy: RetryPolicy
+) -> Counter[str]:
+    """The single-send failure rule, applied to every action of a failed request."""
+    statuses: Counter[str] = Counter()
+    with transaction(db) as session:
+        for action in _load(session, ids):
+            statuses[record_failure_on(session, action, exc, now=now, policy=policy).status] += 1
+    return statuses
+
+
+def _load(session: Session, ids: Sequence[int]) -> list[Action]:
+    return list(
+        session.exec(
+            select(Action).where(col(Action.id).in_(list(ids))).order_by(col(Action.id))
+        ).all()
+    )
+
+
+def _chunks_of(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

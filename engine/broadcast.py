@@ -1,0 +1,438 @@
+"""Broadcasts: start a workflow now for every contact in its audience (``journeyline
+broadcast WORKFLOW``), in pages, with memory flat in the number of contacts.
+
+The audience is the workflow's trigger read as a segment: ``on_condition`` /
+``on_segment_joined`` give their condition, ``on_stage_entered(s)`` gives "in stage s";
+``entry_if`` narrows it, and a marketing workflow leaves out unsubscribed contacts. Event
+triggers have no audience and are refused. Conditions on columns (``stage_in``, ``score``,
+``subscribed`` and their ``all_of`` / ``any_of`` / ``not_``) are evaluated in SQL; any other
+part (attributes, tags, events, engagement) is evaluated in Python over each page of
+contacts the SQL part let through.
+
+Each page of up to ``page_size`` contacts is one transaction (DESIGN.md section 3): the
+re-entry rules are checked for the page in one query, then
+
+- **fast path**, when the workflow's first step is ``send_email``: the enrollments and their
+  email actions are bulk-inserted (one multi-row INSERT each) with exactly the rows and
+  idempotency keys the executor would write; the enrollment is parked at its next step (a
+  plain ``wait`` parks it until then; any other step is left to the scheduler, due now);
+- **general path**, any other first step: ``start_enrollment`` per contact, as if the trigger
+  had fired for each (correct for every workflow, and about as slow as one event each).
+
+The action ids of a committed page go to ``dispatch`` (the runtime enqueues them as one
+batched send per page when the email connector batches). Running a broadcast twice enrolls
+nobody twice: live enrollments and the re-entry policy are respected, and the unique
+``(contact, workflow, entry)`` key stops a concurrent second run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, String, and_, case, cast, false, func, insert, literal, not_, or_, true
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, col, select
+
+from engine.conditions import (
+    AllOf,
+    AnyOf,
+    Compare,
+    Condition,
+    Eq,
+    EvalContext,
+    Exists,
+    Not,
+    OneOf,
+    Predicate,
+    Score,
+    StageIn,
+    Subscribed,
+)
+from engine.db import UTCDateTime, transaction
+from engine.errors import ValidationError
+from engine.executor import (
+    DISPATCH_LEASE,
+    Effects,
+    remember_version,
+    start_enrollment,
+)
+from engine.models import (
+    Action,
+    ActionStatus,
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    SubscriptionStatus,
+)
+from engine.registry import Registry
+from engine.steps import SendEmail, Wait
+from engine.workflow import ConditionMet, StageEntered, Workflow
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+_PAST_THE_END = 10**6  # the executor's position for "nothing left to run"
+
+Dispatch = Callable[[list[int], bool], None]  # (action ids, marketing) after each commit
+
+
+@dataclass
+class BroadcastResult:
+    workflow: str
+    scanned: int = 0  # contacts the SQL part of the audience let through
+    matched: int = 0  # ...and that met the whole audience condition
+    enrolled: int = 0
+    skipped: int = 0  # matched, but already enrolled or barred by the re-entry policy
+    actions: int = 0
+    pages: int = 0
+    fast_path: bool = False
+
+
+def audience_of(workflow: Workflow) -> Condition:
+    """The condition a broadcast of ``workflow`` selects contacts with."""
+    trigger = workflow.trigger
+    if isinstance(trigger, ConditionMet):
+        audience: Condition = trigger.condition
+    elif isinstance(trigger, StageEntered):
+        audience = StageIn((trigger.stage,))
+    else:
+        raise ValidationError(
+            f"workflow {workflow.name!r} is triggered by {type(trigger).kind} "  # type: ignore[attr-defined]
+            "and has no audience to broadcast to: use on_condition, on_segment_joined or "
+            "on_stage_entered",
+            field="workflow",
+        )
+    parts = [audience]
+    if workflow.entry_if is not None:
+        parts.append(workflow.entry_if)
+    if workflow.exit_on_unsubscribe and workflow.sends_marketing:
+        parts.append(Subscribed())
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+
+def broadcast(
+    db: Engine,
+    registry: Registry,
+    name: str,
+    *,
+    now: datetime,
+    dispatch: Dispatch,
+    page_size: int = PAGE_SIZE,
+) -> BroadcastResult:
+    workflow = registry.workflows.get(name)
+    if workflow is None:
+        known = ", ".join(sorted(registry.workflows)) or "none"
+        raise ValidationError(f"no workflow named {name!r} (known: {known})", field="workflow")
+    audience = audience_of(workflow)
+    clause, exact = sql_filter(audience)
+    program = workflow.program
+    fast = bool(program) and isinstance(program[0].step, SendEmail)
+    result = BroadcastResult(workflow=name, fast_path=fast)
+    with transaction(db) as session:
+        remember_version(session, registry, workflow, now)
+    why = f"broadcast ({audience.describe()})"
+    after_id = 0
+    while True:
+        to_dispatch: list[tuple[list[int], bool]] = []
+        with transaction(db) as session:
+            page, after_id = _next_page(
+                session, audience, clause, exact, after_id, page_size, now, result
+            )
+            if after_id < 0:
+                break
+            entries = _entries(session, workflow, page, now)
+            result.skipped += len(page) - len(entries)
+            if fast:
+                action_ids = _enroll_fast(session, workflow, entries, now=now, why=why)
+                to_dispatch.append((action_ids, bool(program[0].step.marketing)))  # type: ignore[union-attr]
+            else:
+                effects = _enroll_each(session, registry, workflow, entries, now=now, why=why)
+                to_dispatch += [(effects.actions, True), (effects.transactional, False)]
+        # Committed: now the jobs may be enqueued (a lost one is found again by the sweeper).
+        result.pages += 1
+        result.enrolled += len(entries)
+        for action_ids, marketing in to_dispatch:
+            result.actions += len(action_ids)
+            if action_ids:
+                dispatch(action_ids, marketing)
+    return result
+
+
+# --- the audience in SQL ----------------------------------------------------------------
+
+
+def sql_filter(condition: Condition) -> tuple[ColumnElement[bool] | None, bool]:
+    """A SQL clause selecting (a superset of) the contacts ``condition`` holds for, and
+    whether it is exact (no Python evaluation needed). None: no SQL part at all."""
+    if isinstance(condition, StageIn):
+        return col(Contact.stage).in_(list(condition.names)), True
+    if isinstance(condition, Subscribed):
+        return col(Contact.subscription_status) == SubscriptionStatus.SUBSCRIBED, True
+    if isinstance(condition, Score):
+        clause = _predicate_sql(col(Contact.score), condition.predicate)
+        return (clause, True) if clause is not None else (None, False)
+    if isinstance(condition, AllOf):
+        parts = [sql_filter(c) for c in condition.conditions]
+        clauses = [c for c, _ in parts if c is not None]
+        exact = all(e for _, e in parts)
+        return (and_(*clauses) if clauses else None), exact
+    if isinstance(condition, AnyOf):
+        parts = [sql_filter(c) for c in condition.conditions]
+        if any(c is None for c, _ in parts):
+            return None, False  # one part may hold for anyone: no SQL narrowing
+        return or_(*[c for c, _ in parts if c is not None]), all(e for _, e in parts)
+    if isinstance(condition, Not):
+        inner, exact = sql_filter(condition.condition)
+        return (not_(inner), True) if inner is not None and exact else (None, False)
+    return None, False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _predicate_sql(column: Any, predicate: Predicate) -> ColumnElement[bool] | None:
+    """A predicate on a numeric column, where SQL and ``Predicate.test`` agree."""
+    if isinstance(predicate, Compare):
+        return {  # type: ignore[no-any-return]
+            ">": column > predicate.value,
+            ">=": column >= predicate.value,
+            "<": column < predicate.value,
+            "<=": column <= predicate.value,
+        }[predicate.op]
+    if isinstance(predicate, Eq) and _is_number(predicate.value):
+        return column == predicate.value  # type: ignore[no-any-return]
+    if isinstance(predicate, Eq):
+        return false()  # an int column never equals a string, a bool or None in Python
+    if isinstance(predicate, OneOf) and all(_is_number(v) for v in predicate.values):
+        return column.in_(list(predicate.values))  # type: ignore[no-any-return]
+    if isinstance(predicate, Exists):
+        return true()
+    return None
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+def _next_page(
+    session: Session,
+    audience: Condition,
+    clause: ColumnElement[bool] | None,
+    exact: bool,
+    after_id: int,
+    page_size: int,
+    now: datetime,
+    result: BroadcastResult,
+) -> tuple[list[Contact] | list[int], int]:
+    """The next page of matching contacts after ``after_id`` and the id to continue from
+    (-1: no more). Exact audiences read ids only; others read rows to evaluate."""
+    where = [col(Contact.id) > after_id]
+    if clause is not None:
+        where.append(clause)
+    if exact:
+        ids = list(
+            session.exec(
+                select(Contact.id).where(*where).order_by(col(Contact.id)).limit(page_size)
+            ).all()
+        )
+        if not ids:
+            return [], -1
+        result.scanned += len(ids)
+        result.matched += len(ids)
+        return ids, ids[-1]  # type: ignore[return-value]
+    contacts = list(
+        session.exec(select(Contact).where(*where).order_by(col(Contact.id)).limit(page_size))
+    )
+    if not contacts:
+        return [], -1
+    result.scanned += len(contacts)
+    last = contacts[-1].id
+    matched = [c for c in contacts if audience.evaluate(EvalContext(session, c, now))]
+    result.matched += len(matched)
+    return matched, last  # type: ignore[return-value]
+
+
+def _entries(
+    session: Session, workflow: Workflow, page: Sequence[Contact] | Sequence[int], now: datetime
+) -> list[tuple[Any, int]]:
+    """(contact or id, entry number) for each contact the re-entry rules let in."""
+    ids = [p if isinstance(p, int) else p.id for p in page]
+    if not ids:
+        return []
+    live = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+    rows = session.exec(
+        select(
+            Enrollment.contact_id,
+            func.max(Enrollment.entry),
+            func.max(Enrollment.started_at),
+            func.sum(case((col(Enrollment.status).in_(live), 1), else_=0)),
+        )
+        .where(Enrollment.workflow == workflow.name, col(Enrollment.contact_id).in_(ids))
+        .group_by(col(Enrollment.contact_id))
+    ).all()
+    previous = {contact_id: (entry, started, n_live) for contact_id, entry, started, n_live in rows}
+    policy = workflow.reentry
+    entries: list[tuple[Any, int]] = []
+    for item, contact_id in zip(page, ids, strict=True):
+        if contact_id not in previous:
+            entries.append((item, 1))
+            continue
+        entry, started, n_live = previous[contact_id]
+        if n_live or policy.policy == "never":
+            continue  # a workflow holds a contact once at a time
+        if policy.policy == "after" and policy.after is not None and now < started + policy.after:
+            continue
+        entries.append((item, entry + 1))
+    return entries
+
+
+def _enroll_fast(
+    session: Session,
+    workflow: Workflow,
+    entries: list[tuple[Any, int]],
+    *,
+    now: datetime,
+    why: str,
+) -> list[int]:
+    """Insert the enrollments and their first-step email actions for one page, set-based
+    (``INSERT ... SELECT``, one statement per table and entry number)."""
+    if not entries:
+        return []
+    program = workflow.program
+    first = program[0]
+    step = first.step
+    assert isinstance(step, SendEmail)
+    context: dict[str, Any] = {"trigger": why, "trail": []}
+    status, position, wake_at, ended_at = EnrollmentStatus.WAITING, first.next, now, None
+    if first.next is None:
+        status, position, wake_at, ended_at = EnrollmentStatus.COMPLETED, len(program), None, now
+        context = {**context, "end_reason": "completed"}
+    elif isinstance(program[first.next].step, Wait):
+        after_wait = program[first.next]
+        position = _PAST_THE_END if after_wait.next is None else after_wait.next
+        wake_at = now + after_wait.step.duration  # type: ignore[union-attr]
+    # else: due now at the next step; the scheduler runs it per contact, as after any wait.
+    payload = {"template": step.template, "marketing": step.marketing, "data": dict(step.data)}
+    reason = {
+        "workflow": workflow.name,
+        "version": workflow.version,
+        "step": first.id,
+        "trigger": why,
+        "cause_event_id": None,
+        "variants": {},
+    }
+    by_entry: dict[int, list[int]] = {}
+    for item, entry in entries:
+        by_entry.setdefault(entry, []).append(item if isinstance(item, int) else item.id)
+    enrollments = Enrollment.__table__  # type: ignore[attr-defined]
+    actions = Action.__table__  # type: ignore[attr-defined]
+    action_ids: list[int] = []
+    for entry, contact_ids in by_entry.items():
+        session.execute(
+            insert(enrollments).from_select(
+                [
+                    "contact_id",
+                    "workflow",
+                    "version",
+                    "entry",
+                    "status",
+                    "position",
+                    "wake_at",
+                    "context",
+                    "started_at",
+                    "updated_at",
+                    "ended_at",
+                ],
+                select(
+                    col(Contact.id),
+                    literal(workflow.name),
+                    literal(workflow.version),
+                    literal(entry),
+                    literal(str(status)),
+                    literal(position),
+                    literal(wake_at, UTCDateTime),
+                    literal(context, JSON),
+                    literal(now, UTCDateTime),
+                    literal(now, UTCDateTime),
+                    literal(ended_at, UTCDateTime),
+                ).where(col(Contact.id).in_(contact_ids)),
+            )
+        )
+        started = select(col(Enrollment.id)).where(
+            Enrollment.workflow == workflow.name,
+            Enrollment.entry == entry,
+            Enrollment.started_at == now,
+            col(Enrollment.contact_id).in_(contact_ids),
+        )
+        session.execute(
+            insert(actions).from_select(
+                [
+                    "contact_id",
+                    "enrollment_id",
+                    "kind",
+                    "payload",
+                    "idempotency_key",
+                    "status",
+                    "reason",
+                    "attempts",
+                    "next_attempt_at",
+                    "lease_until",
+                    "created_at",
+                    "updated_at",
+                ],
+                select(
+                    col(Enrollment.contact_id),
+                    col(Enrollment.id),
+                    literal("email"),
+                    literal(payload, JSON),
+                    # The executor's key for this intent: this enrollment, at this step.
+                    literal("enrollment:")
+                    + cast(col(Enrollment.id), String)
+                    + literal(f":step:{first.id}"),
+                    literal(str(ActionStatus.PENDING)),
+                    literal(reason, JSON),
+                    literal(0),
+                    literal(now, UTCDateTime),
+                    literal(now + DISPATCH_LEASE, UTCDateTime),
+                    literal(now, UTCDateTime),
+                    literal(now, UTCDateTime),
+                ).where(col(Enrollment.id).in_(started)),
+            )
+        )
+        action_ids += session.exec(
+            select(Action.id).where(col(Action.enrollment_id).in_(started)).order_by(col(Action.id))
+        ).all()  # type: ignore[arg-type]
+    return action_ids
+
+
+def _enroll_each(
+    session: Session,
+    registry: Registry,
+    workflow: Workflow,
+    entries: list[tuple[Any, int]],
+    *,
+    now: datetime,
+    why: str,
+) -> Effects:
+    """The general path: the executor's own entry, one contact at a time."""
+    effects = Effects()
+    for item, _entry in entries:
+        contact_id = item if isinstance(item, int) else item.id
+        # Locked like the event pipeline locks it: one writer per contact at a time.
+        contact = session.exec(
+            select(Contact).where(Contact.id == contact_id).with_for_update()
+        ).first()
+        if contact is None:
+            continue
+        effects.extend(
+            start_enrollment(
+                session, registry, contact, workflow, now=now, cause_event_id=None, why=why
+            )
+        )
+        session.add(contact)
+    return effects
