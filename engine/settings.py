@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     sendgrid_sandbox: bool = Field(
         default=False, description="Send with mail_settings.sandbox_mode: validated, not delivered."
     )
+    sendgrid_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Recipients per SendGrid request for broadcast sends (personalizations); "
+        "1 turns batching off.",
+    )
     crm_connector: str = Field(
         default="outbox",
         description="outbox (CRM updates and tasks as JSON files), hubspot, or none (CRM "
