@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     hubspot_client_secret: str | None = Field(
         default=None, description="HubSpot app client secret: verifies inbound webhooks."
     )
+    hubspot_inbound_stage_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON overrides of HubSpot lifecyclestage value -> our stage, for inbound "
+        'webhooks, e.g. {"customer":"purchase","trialuser":"decision"}.',
+    )
     sendgrid_webhook_public_key: str | None = Field(
         default=None,
         description="SendGrid Event Webhook verification key (base64, from Mail Settings): "
