@@ -32,7 +32,7 @@ from connectors.webhooks import (
 )
 from engine import VirtualClock
 from engine.api import ApiSettings, create_app
-from engine.errors import WorkflowDefinitionError
+from engine.errors import ConfigurationError, WorkflowDefinitionError
 from engine.inbound_generic import (
     PRESENT,
     MapEvent,
@@ -680,3 +680,41 @@ def test_a_sendgrid_retry_after_a_failure_records_each_event_once(hooks: Hooks) 
     assert [d.status_code for d in fake.deliveries] == [503, 200]
     assert last.json()["recorded"] == 2
     assert len(by_source(hooks.runtime, "sendgrid")) == 2
+
+
+# --- HubSpot lifecyclestage values of your own -------------------------------------------
+
+
+def test_a_custom_lifecyclestage_mapping_places_the_contact_where_it_says(
+    sqlite_url: str,
+) -> None:
+    runtime, _clock, _email = make_runtime(
+        sqlite_url,
+        clock=VirtualClock(datetime.now(UTC)),
+        hubspot_client_secret=HUBSPOT_SECRET,
+        hubspot_inbound_stage_map={"Customer": "purchase"},
+    )
+    try:
+        with LiveServer(create_app(runtime)) as url:
+            response = send_hubspot_webhook(
+                f"{url}/v1/webhooks/hubspot",
+                lifecycle(701, "own@example.com", 1_700_000_000_000),
+                client_secret=HUBSPOT_SECRET,
+            )
+            assert response.status_code == 200, response.text
+            runtime.drain()
+        assert contact(runtime, "own@example.com").stage == "purchase"
+    finally:
+        runtime.close()
+
+
+def test_a_lifecyclestage_mapping_to_an_unknown_stage_fails_at_start(sqlite_url: str) -> None:
+    runtime, _clock, _email = make_runtime(
+        sqlite_url, hubspot_inbound_stage_map={"customer": "paying", "lead": "nowhere"}
+    )
+    try:
+        with pytest.raises(ConfigurationError) as raised:
+            create_app(runtime)
+        assert "'paying'" in str(raised.value) and "'nowhere'" in str(raised.value)
+    finally:
+        runtime.close()

@@ -111,6 +111,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     app.state.webhook_sources = load_sources(
         runtime.settings.inbound_sources, workflows=runtime.settings.workflows
     )
+    app.state.hubspot_stage_map = webhooks.hubspot_stage_map(runtime)
     install_error_handlers(app)
     for router in (
         events.router,

@@ -50,10 +50,10 @@ from connectors.webhooks.signatures import (
 )
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ErrorResponse, Invalid, Problem, field_path
-from engine.contacts import normalize_email
+from engine.contacts import normalize_email, validate_stage
 from engine.errors import ConfigurationError, ValidationError
 from engine.inbound import SENDGRID_EVENTS, InboundResult, record_sendgrid_events
-from engine.inbound_crm import record_hubspot_events
+from engine.inbound_crm import HUBSPOT_TO_STAGE, record_hubspot_events
 from engine.inbound_generic import (
     MappingProblems,
     WebhookSource,
@@ -278,6 +278,24 @@ async def sendgrid_webhook(
 # --- HubSpot -------------------------------------------------------------------------------
 
 
+def hubspot_stage_map(runtime: Runtime) -> dict[str, str]:
+    """HubSpot ``lifecyclestage`` value -> our stage: the defaults, then
+    ``JOURNEYLINE_HUBSPOT_INBOUND_STAGE_MAP`` (accounts customise their values). Raises
+    ``ConfigurationError`` naming every stage the journey does not have."""
+    overrides = {
+        k.strip().lower(): v for k, v in runtime.settings.hubspot_inbound_stage_map.items()
+    }
+    wrong = []
+    for value, stage in overrides.items():
+        try:
+            validate_stage(runtime.registry.journey, stage)
+        except ValidationError as exc:
+            wrong.append(f"{value!r} -> {exc}")
+    if wrong:
+        raise ConfigurationError("JOURNEYLINE_HUBSPOT_INBOUND_STAGE_MAP: " + "; ".join(wrong))
+    return {**HUBSPOT_TO_STAGE, **overrides}
+
+
 def _signed_uri(request: Request) -> str:
     """The URI HubSpot signed: ``JOURNEYLINE_API_PUBLIC_URL`` + path when set (behind a
     proxy the URL we see is not the one HubSpot called), else the URL as requested."""
@@ -362,7 +380,10 @@ async def hubspot_webhook(
         problems += found
     if problems:
         raise Invalid(problems)
-    result = await run_in_threadpool(record_hubspot_events, runtime, contact_events)
+    mapping = request.app.state.hubspot_stage_map
+    result = await run_in_threadpool(
+        lambda: record_hubspot_events(runtime, contact_events, mapping=mapping)
+    )
     return WebhookResult.of(result, ignored=len(events) - len(contact_events))
 
 
