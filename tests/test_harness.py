@@ -12,6 +12,8 @@ from engine import (
     build_registry,
     lifecycle_journey,
     on_event,
+    on_schedule,
+    reenter_always,
     send_email,
     wait,
     wait_until,
@@ -53,6 +55,31 @@ def test_advance_lands_each_wake_up_at_its_own_local_time() -> None:
         (follow_up,) = sim.expect_email("kai@example.com", "follow_up", at_local="09:00")
         assert follow_up.sent_at == datetime(2026, 1, 12, 0, 0, tzinfo=UTC)
         assert sim.now() == datetime(2026, 1, 17, 15, 0, tzinfo=UTC)
+
+
+WEEKLY = Workflow(
+    "weekly_digest",
+    trigger=on_schedule("0 10 * * TUE"),  # Tuesdays, 10:00 in each contact's time zone
+    reentry=reenter_always(),
+    steps=[send_email("guide", id="digest")],
+)
+
+
+def test_advance_fires_every_schedule_slot_at_its_own_local_time() -> None:
+    with Simulation(_registry(WEEKLY)) as sim:  # from Monday 5 January, 09:00 UTC
+        sim.contact_import("kai@example.com", timezone="Asia/Tokyo")
+        sim.contact_import("ned@example.com", timezone="America/New_York")
+        sim.advance(days=10)
+        tokyo = sim.expect_email("kai@example.com", "digest", times=2, at_local="10:00")
+        new_york = sim.expect_email("ned@example.com", "digest", times=2, at_local="10:00")
+        assert [s.sent_at for s in tokyo] == [
+            datetime(2026, 1, 6, 1, 0, tzinfo=UTC),
+            datetime(2026, 1, 13, 1, 0, tzinfo=UTC),
+        ]
+        assert [s.sent_at for s in new_york] == [
+            datetime(2026, 1, 6, 15, 0, tzinfo=UTC),
+            datetime(2026, 1, 13, 15, 0, tzinfo=UTC),
+        ]
 
 
 def test_a_failed_expectation_prints_the_timeline() -> None:

@@ -36,8 +36,10 @@ from engine.models import Action, ActionStatus, Contact, Enrollment, EnrollmentS
 from engine.pipeline import Recorded
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
+from engine.schedules import next_slot, zones_in_use
 from engine.settings import Settings
 from engine.timeline import Timeline, contact_timeline
+from engine.workflow import Scheduled
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
 
@@ -138,10 +140,25 @@ class Simulation:
             retry = session.exec(
                 select(func.min(Action.lease_until)).where(Action.status == ActionStatus.PENDING)
             ).one()
-        candidates = [t for t in (wake, retry) if t is not None]
+            slots = self._next_schedule_slots(session)
+        candidates = [t for t in (wake, retry, *slots) if t is not None]
         if not candidates:
             return None
         return min(_aware(t) for t in candidates)
+
+    def _next_schedule_slots(self, session: Session) -> list[datetime]:
+        """The next slot of each schedule trigger in each time zone in use, so ``advance``
+        fires every slot at its own instant rather than only the latest one at the end."""
+        scheduled = self.runtime.registry.triggered_by_schedule()
+        if not scheduled:
+            return []
+        now = self.clock.now()
+        zones = zones_in_use(session)
+        slots = []
+        for workflow in scheduled:
+            assert isinstance(workflow.trigger, Scheduled)
+            slots += [next_slot(workflow.trigger.cron, tz_name, now) for tz_name in zones]
+        return slots
 
     # --- looking ------------------------------------------------------------------------
 
