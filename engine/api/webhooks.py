@@ -3,11 +3,12 @@
 Webhooks authenticate by their signature alone (no API key), checked over the raw body
 exactly as received, before anything is parsed. Then, in order, every request goes through:
 
-    body over JOURNEYLINE_API_MAX_BODY_BYTES        413 (BodyLimit middleware, before us)
-    no signature or timestamp header                401
-    malformed, wrong or stale signature             403  (stale: outside the tolerance window)
+    body over JOURNEYLINE_API_MAX_BODY_BYTES        413  (BodyLimit middleware, before us)
+    /v1/webhooks/<name> for an undeclared source    404
     no key or secret configured for the endpoint    503  (the operator's fault, logged; the
                                                           sender retries until it is fixed)
+    no signature or timestamp header                401
+    malformed, wrong or stale signature             403  (stale: outside the tolerance window)
     body not JSON, or an event missing a field      422  naming every field at fault
     otherwise                                       200  with what was recorded
 
