@@ -1,7 +1,7 @@
 """The lifecycle simulator: wall time of N contacts x 90 virtual days, and memory by days.
 
 ``python -m bench.simulator [--contacts 10000] [--days 90] [--processes 2]
-[--small-contacts 1000] [--smoke]``
+[--small-contacts 1000] [--shard-contacts N] [--smoke]``
 
 Each run is a fresh child process (``--child``), so its peak RSS (``ru_maxrss`` of the
 process and of the worker processes it forked) is its own. Three runs, default playbook,
@@ -33,7 +33,7 @@ from bench.common import Result, add_smoke_flag, print_results, write_json
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one simulation in this process and report its size, time and peak memory."""
-    from engine.simulator import load_workflows, simulate
+    from engine.simulator import SHARD_CONTACTS, load_workflows, simulate
 
     registry = load_workflows("workflows")
     started = time.perf_counter()
@@ -43,6 +43,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         days=spec["days"],
         seed=spec.get("seed", 7),
         processes=spec.get("processes", 1),
+        shard_contacts=spec.get("shard_contacts", SHARD_CONTACTS),
     )
     seconds = time.perf_counter() - started
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -56,8 +57,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def measure(contacts: int, days: int, processes: int) -> dict[str, Any]:
-    spec = json.dumps({"contacts": contacts, "days": days, "processes": processes})
+def measure(contacts: int, days: int, processes: int, shard: int | None = None) -> dict[str, Any]:
+    options = {"contacts": contacts, "days": days, "processes": processes}
+    spec = json.dumps({**options, "shard_contacts": shard} if shard else options)
     done = subprocess.run(
         [sys.executable, "-m", "bench.simulator", "--child", spec],
         capture_output=True,
@@ -71,12 +73,12 @@ def measure(contacts: int, days: int, processes: int) -> dict[str, Any]:
 
 
 def run(
-    contacts: int, days: int, processes: int, small: int, short_days: int
+    contacts: int, days: int, processes: int, small: int, short_days: int, shard: int | None
 ) -> tuple[list[Result], dict[str, Any]]:
     runs = {
         "short": measure(small, short_days, 1),
         "small": measure(small, days, 1),
-        "large": measure(contacts, days, processes),
+        "large": measure(contacts, days, processes, shard),
     }
     for name, r in runs.items():
         print(
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--small-contacts", type=int, default=1_000)
     parser.add_argument("--short-days", type=int, default=30)
+    parser.add_argument(
+        "--shard-contacts", type=int, help="contacts per shard of the large run (default 2,000)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
@@ -131,10 +136,11 @@ def main(argv: list[str] | None = None) -> list[Result]:
         return []
     if args.smoke:
         contacts, days, processes, small, short_days = 30, 2, 2, 10, 1
+        args.shard_contacts = 15  # two shards: the parallel path runs too
     else:
         contacts, days, processes = args.contacts, args.days, args.processes
         small, short_days = args.small_contacts, args.short_days
-    rows, runs = run(contacts, days, processes, small, short_days)
+    rows, runs = run(contacts, days, processes, small, short_days, args.shard_contacts)
     print_results(f"bench.simulator ({contacts:,} contacts x {days} days)", rows)
     path = write_json("simulator", rows, runs=runs, smoke=args.smoke)
     print(f"wrote {path}")
