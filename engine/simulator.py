@@ -314,34 +314,35 @@ def _run_shard(
     try:
         for day in range(days):
             stages = _stages(runtime)
-            plans = []
+            # Today's events, by the hour (UTC) they happen, in a fixed order for the seed.
+            by_hour: dict[int, list[tuple[dict[str, Any], str, dict[str, Any]]]] = defaultdict(list)
             for person in people:
                 if person["arrives"] > day:
                     continue
                 stage = stages.get(person["email"])
                 for event_type, props in _plan(rng, person, stage, day, profile, boosts):
-                    plans.append((rng.randrange(8, 21), person, event_type, props))
-            plans.sort(key=lambda p: p[0])
-            hour_done = 0
-            for hour, person, event_type, props in plans:
-                if hour > hour_done:
-                    clock.advance(hours=hour - hour_done)
-                    hour_done = hour
-                    runtime.run_until_idle()
-                first_event = stages.get(person["email"]) is None and not person["seen"]
-                runtime.track(
-                    person["email"],
-                    event_type,
-                    props,
-                    source="simulation",
-                    idempotency_key=f"sim:{events}",
-                    attributes=person["attributes"] if first_event else None,
-                    timezone=person["timezone"] if first_event else None,
-                )
-                person["seen"] = True
-                events += 1
+                    by_hour[rng.randrange(8, 21)].append((person, event_type, props))
+            # Every hour ticks, so wake-ups, held emails and schedule slots fire within the
+            # hour they fall due, whether or not anyone does anything then.
+            for hour in range(24):
+                if hour:
+                    clock.advance(hours=1)
+                runtime.run_until_idle()
+                for person, event_type, props in by_hour.get(hour, ()):
+                    first_event = stages.get(person["email"]) is None and not person["seen"]
+                    runtime.track(
+                        person["email"],
+                        event_type,
+                        props,
+                        source="simulation",
+                        idempotency_key=f"sim:{events}",
+                        attributes=person["attributes"] if first_event else None,
+                        timezone=person["timezone"] if first_event else None,
+                    )
+                    person["seen"] = True
+                    events += 1
             runtime.run_until_idle()
-            clock.advance(hours=24 - hour_done)
+            clock.advance(hours=1)  # midnight
             runtime.run_until_idle()
             # What the workflows sent today: contacts open, click, and react.
             unread, mailbox.unread = mailbox.unread, []
