@@ -31,11 +31,12 @@ from cronsim import CronSim, CronSimError
 from sqlalchemy import text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from engine.conditions import EvalContext
 from engine.db import transaction
-from engine.executor import Effects, remember_version, start_enrollment
+from engine.executor import Effects, start_enrollment
 from engine.localtime import zone
 from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus, WorkflowVersion
 from engine.registry import Registry
@@ -158,13 +159,25 @@ class SchedulePlanner:
     ) -> datetime:
         key = (workflow.name, workflow.version)
         if key not in self._since:
-            remember_version(session, registry, workflow, now)
-            created = session.exec(
-                select(WorkflowVersion.created_at).where(
-                    WorkflowVersion.workflow == workflow.name,
-                    WorkflowVersion.version == workflow.version,
-                )
-            ).one()
+            query = select(WorkflowVersion.created_at).where(
+                WorkflowVersion.workflow == workflow.name,
+                WorkflowVersion.version == workflow.version,
+            )
+            created = session.exec(query).first()
+            if created is None:
+                try:
+                    with session.begin_nested():
+                        session.add(
+                            WorkflowVersion(
+                                workflow=workflow.name,
+                                version=workflow.version,
+                                spec=workflow.spec,
+                                created_at=now,
+                            )
+                        )
+                    created = now
+                except IntegrityError:  # another process stored it a moment ago
+                    created = session.exec(query).one()
             self._since[key] = created
         return self._since[key]
 

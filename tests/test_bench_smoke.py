@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, end_to_end, ingest, machine, memory, pipeline, scheduler, simulator
+from bench import (
+    common,
+    end_to_end,
+    ingest,
+    machine,
+    memory,
+    pipeline,
+    scheduler,
+    schedules,
+    simulator,
+)
 from bench.services import redis_db_url
 
 
@@ -35,6 +45,13 @@ def test_bench_scheduler_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -
     rows = scheduler.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
     _check(rows, results_in_tmp / "scheduler.json")
     assert json.loads((results_in_tmp / "scheduler.json").read_text())["due"] == 200
+
+
+def test_bench_schedules_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:
+    rows = schedules.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
+    _check(rows, results_in_tmp / "schedules.json")
+    data = json.loads((results_in_tmp / "schedules.json").read_text())
+    assert (data["contacts"], data["zones"]) == (2_000, 40)
 
 
 def test_bench_pipeline_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from engine import (
     send_email,
     wait,
 )
-from engine.cli import app
+from engine.cli import _register_subcommands, app
 from engine.db import transaction
 from engine.diagram import mermaid
 from engine.models import Enrollment, PeriodicTick, ScheduleSlot
@@ -504,3 +504,19 @@ def test_workers_start_the_tick_job_at_boot_when_told_to(
     finally:
         client.delete(*keys)
         client.close()
+
+
+def test_workflows_list_and_show_draw_the_nps_schedule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _register_subcommands()
+    url = _cli_env(tmp_path, monkeypatch)
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(app, ["--database-url", url, "workflows", "show", "nps_survey"])
+    assert shown.exit_code == 0, shown.output
+    assert (
+        "start([\"schedule 0 10 * * TUE (At 10:00 on Tuesday, contact's time zone) for segment "
+        'active customers using the product"])'
+    ) in shown.output
+    listed = CliRunner().invoke(app, ["--database-url", url, "workflows", "list"])
+    assert "schedule 0 10 * * TUE" in listed.output
