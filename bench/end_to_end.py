@@ -14,7 +14,7 @@ different contact, which moves it to ``decision``, enrolls it in ``decision_tria
 its ``trial_offer`` email: one email per event. Phases:
 
 1. worker drain: events posted while no worker runs, then the workers start; the rate is
-   taken between the 10% and the 90% email (startup and tail left out);
+   events / (last email - every worker process ready);
 2. sustained: events posted in batches of 100 from 4 connections as fast as the API takes
    them while the workers run: events / (last email - first request);
 3. latency: open-loop load at 50% and then 90% of that sustained rate, a batch every 50 ms,
@@ -64,6 +64,8 @@ PREFIX = "lead"
 EVENT_TYPE = "trial.started"
 SEED_BATCH = 10_000
 TICK_MS = 50
+STALL_S = 60
+QUEUES = ("journeyline", "journeyline_transactional", baselines.NOOP_QUEUE, baselines.HAND_QUEUE)
 
 
 class Run:
@@ -94,18 +96,24 @@ class Run:
         )
 
     def wait_emails(self, total: int, what: str, workers: Workers | None = None) -> None:
-        """Wait until the fake has ``total`` emails; fail loudly when they do not come."""
-        timeout = 120 + total / 50
-        deadline = time.monotonic() + timeout
-        count = self.fake.count()
-        while count < total and time.monotonic() < deadline:
+        """Wait until the fake has ``total`` emails; fail loudly when they stop coming (none
+        for ``STALL_S``: emails come only once the jobs queued ahead of them are done)."""
+        count, last_change = self.fake.count(), time.monotonic()
+        while count < total:
             if workers is not None:
                 workers.check_alive()
+            if time.monotonic() - last_change > STALL_S and self.backlog() == 0:
+                log = workers.log_path.read_text()[-3000:] if workers else ""
+                raise RuntimeError(f"{what}: {count} of {total} emails, nothing queued\n{log}")
+            if time.monotonic() - last_change > 10 * STALL_S:
+                raise RuntimeError(f"{what}: {count} of {total} emails, stalled")
             time.sleep(0.1)
-            count = self.fake.count()
-        if count < total:
-            log = workers.log_path.read_text()[-3000:] if workers else ""
-            raise RuntimeError(f"{what}: {count} of {total} emails after {timeout:.0f} s\n{log}")
+            now = self.fake.count()
+            if now != count:
+                count, last_change = now, time.monotonic()
+
+    def backlog(self) -> int:
+        return queue_backlog(self.redis_url, QUEUES)
 
     def arrivals(self, indices: range, since: int) -> dict[str, float]:
         """When each contact of ``indices`` got its first email after the ``since``-th."""
@@ -115,15 +123,6 @@ class Run:
             if email in wanted and email not in first:
                 first[email] = t
         return first
-
-
-def middle_rate(times: list[float]) -> float:
-    """Items/s between the 10% and the 90% item (startup and tail left out)."""
-    times = sorted(times)
-    lo, hi = int(len(times) * 0.1), int(len(times) * 0.9) - 1
-    if hi <= lo or times[hi] <= times[lo]:
-        raise RuntimeError(f"too few items ({len(times)}) to take a rate")
-    return (hi - lo) / (times[hi] - times[lo])
 
 
 def latencies(accepted: dict[str, float], arrived: dict[str, float]) -> dict[str, float]:
@@ -220,8 +219,9 @@ def journeyline(run: Run, sizes: dict[str, int]) -> dict[str, Any]:
         base = run.fake.count()
         workers = run.workers("engine.worker", env, "journeyline-workers")
         try:
+            ready = workers.wait_ready(args.processes)
             run.wait_emails(base + len(drain), "journeyline drain", workers)
-            out["drain_per_s"] = middle_rate(list(run.arrivals(drain, base).values()))
+            out["drain_per_s"] = len(drain) / (max(run.arrivals(drain, base).values()) - ready)
             # 2. sustained, with the workers running.
             sustained = run.take(sizes["events"])
             base = run.fake.count()
@@ -278,26 +278,23 @@ def enqueue(broker: RedisBroker, queue: str, actor: str, args: tuple[Any, ...]) 
 
 
 def noop_drain(run: Run, broker: RedisBroker, n: int) -> float:
-    """Pre-enqueue ``n`` no-op messages, start workers, rate between 10% and 90% drained."""
+    """Pre-enqueue ``n`` no-op messages, start workers: n / (drained - workers ready)."""
     broker.declare_queue(baselines.NOOP_QUEUE)
     for i in range(n):
         enqueue(broker, baselines.NOOP_QUEUE, "noop", (i,))
     workers = run.workers("bench.baselines", baseline_env(run), "noop-workers")
     try:
-        marks: dict[float, float] = {}
-        deadline = time.monotonic() + 120 + n / 500
-        while len(marks) < 2 and time.monotonic() < deadline:
+        ready = workers.wait_ready(run.args.processes)
+        deadline = time.monotonic() + 120 + n / 100
+        while queue_backlog(run.redis_url, (baselines.NOOP_QUEUE,)) and time.monotonic() < deadline:
             workers.check_alive()
-            left = queue_backlog(run.redis_url, (baselines.NOOP_QUEUE,))
-            for mark in (0.9, 0.1):
-                if mark not in marks and left <= n * mark:
-                    marks[mark] = time.time()
             time.sleep(0.01)
+        done = time.time()
     finally:
         workers.close()
-    if len(marks) < 2:
+    if queue_backlog(run.redis_url, (baselines.NOOP_QUEUE,)):
         raise RuntimeError("the no-op messages were not drained in time")
-    return n * 0.8 / (marks[0.1] - marks[0.9])
+    return n / (done - ready)
 
 
 def hand_written(
@@ -331,8 +328,9 @@ def hand_written(
     base = run.fake.count()
     workers = run.workers("bench.baselines", baseline_env(run), "hand-workers")
     try:
+        ready = workers.wait_ready(run.args.processes)
         run.wait_emails(base + len(drain), "baseline (b) drain", workers)
-        out["drain_per_s"] = middle_rate(list(run.arrivals(drain, base).values()))
+        out["drain_per_s"] = len(drain) / (max(run.arrivals(drain, base).values()) - ready)
         for share, rate in rates.items():
             indices = run.take(int(rate * run.args.latency_seconds))
             base = run.fake.count()
@@ -382,7 +380,7 @@ def open_loop(rate: float, indices: range, send: Callable[[int], None]) -> dict[
 
 def measure(args: Any) -> dict[str, Any]:
     events = args.events
-    drain = args.drain_events or events
+    drain = args.drain_events
     latency_events = int(args.latency_seconds * 1.4 * 2_000)  # room for rates up to 2,000/s
     sizes = {"events": events, "drain": drain, "contacts": drain + events + latency_events}
     with (
@@ -452,7 +450,7 @@ def verdicts(m: dict[str, Any]) -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(prog="python -m bench.end_to_end", description=__doc__)
     parser.add_argument("--events", type=int, default=20_000, help="sustained phase (>= 20,000)")
-    parser.add_argument("--drain-events", type=int, default=None, help="default: --events")
+    parser.add_argument("--drain-events", type=int, default=5_000, help="worker drain phase")
     parser.add_argument("--noop-messages", type=int, default=None, help="default: 20,000")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--processes", type=int, default=2)

@@ -243,6 +243,16 @@ class Workers:
             stderr=subprocess.STDOUT,
         )
 
+    def wait_ready(self, processes: int, *, timeout_s: float = 120) -> float:
+        """Wait until every worker process said it is ready; when that was (``time.time()``)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if self.log_path.read_text().count("ready for action") >= processes:
+                return time.time()
+            time.sleep(0.05)
+        raise RuntimeError(f"workers not ready after {timeout_s} s")
+
     def check_alive(self) -> None:
         if self._proc.poll() is not None:
             raise RuntimeError(
