@@ -451,6 +451,7 @@ def events(
 def _register_subcommands() -> None:
     # Sub-commands in their own modules register themselves on the app when imported.
     import engine.cli_api
+    import engine.cli_broadcast
     import engine.cli_fakes
     import engine.cli_simulate
     import engine.cli_workflows  # noqa: F401

@@ -112,3 +112,25 @@ def test_bench_simulator_smoke(results_in_tmp: Path) -> None:
     _check(rows, results_in_tmp / "simulator.json")
     runs = json.loads((results_in_tmp / "simulator.json").read_text())["runs"]
     assert runs["large"]["events"] > 0 and runs["large"]["peak_rss_kib"] > 0
+
+
+def test_bench_sendgrid_client_smoke(results_in_tmp: Path) -> None:
+    from bench import sendgrid_client
+
+    rows = sendgrid_client.main(["--smoke"])
+    _check(rows, results_in_tmp / "sendgrid_client.json")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_campaign_smoke(results_in_tmp: Path, postgres_url: str, redis_url: str) -> None:
+    from bench import campaign
+
+    # Its own Redis database: its workers must not take another benchmark's jobs.
+    smoke_redis = redis_db_url(redis_url, 10)
+    rows = campaign.main(["--smoke", "--database-url", postgres_url, "--redis-url", smoke_redis])
+    _check(rows, results_in_tmp / "campaign.json")
+    data = json.loads((results_in_tmp / "campaign.json").read_text())
+    assert data["runs"]["large"]["requests"] == 3  # 2,100 emails in requests of 1,000
+    assert data["runs"]["baseline"]["requests"] == 50  # batching off: one per email

@@ -437,3 +437,32 @@ def test_sql_filters_are_exact_only_where_sql_and_python_agree() -> None:
     assert clause is not None and not exact  # SQL narrows, Python decides
     assert sql_filter(any_of(stage_in("a"), attribute("plan", "pro"))) == (None, False)
     assert sql_filter(not_(attribute("plan", "pro"))) == (None, False)
+
+
+def test_the_cli_broadcasts_a_shipped_workflow_to_its_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import engine.cli_broadcast  # noqa: F401 - registers the command, as main() does
+    from engine.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOURNEYLINE_BROKER_URL", "stub://")
+    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"]).exit_code == 0
+    with Runtime(Settings(database_url=url)) as runtime:
+        for name in ("ana", "ben", "cy"):
+            runtime.upsert_contact(f"{name}@example.com", stage="awareness")
+        runtime.upsert_contact("dee@example.com", stage="decision")
+
+    result = CliRunner().invoke(app, ["broadcast", "awareness_nurture", "--database-url", url])
+    again = CliRunner().invoke(app, ["broadcast", "awareness_nurture", "--database-url", url])
+    refused = CliRunner().invoke(app, ["broadcast", "nope", "--database-url", url])
+
+    assert result.exit_code == 0, result.output
+    assert "3 contacts matched, 3 enrolled" in result.output
+    assert "3 emails queued" in result.output
+    assert "3 contacts matched, 0 enrolled, 3 already enrolled" in again.output
+    assert refused.exit_code == 2 and "no workflow named 'nope'" in refused.output
