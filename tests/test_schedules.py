@@ -3,6 +3,7 @@ parallel schedulers, catch-up after downtime, and the periodic scheduler job."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -520,3 +521,54 @@ def test_workflows_list_and_show_draw_the_nps_schedule(
     ) in shown.output
     listed = CliRunner().invoke(app, ["--database-url", url, "workflows", "list"])
     assert "schedule 0 10 * * TUE" in listed.output
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_on_redis_three_started_chains_of_the_tick_job_become_one(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Real Redis delays, a real worker, the wall clock: the only test here that waits."""
+    import time
+
+    import redis
+    from dramatiq import Worker
+
+    from engine import SystemClock
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/11"
+    client = redis.Redis.from_url(own_db)
+    client.flushdb()
+    interval = 0.4
+    rt, _, _ = make_runtime(
+        f"sqlite:///{tmp_path}/jl.db",
+        broker_url=own_db,
+        clock=SystemClock(),  # type: ignore[arg-type]
+        scheduler_interval_seconds=interval,
+    )
+    ticks: list[float] = []
+    real_tick = rt.tick
+
+    def counted_tick():  # type: ignore[no-untyped-def]
+        ticks.append(time.monotonic())
+        return real_tick()
+
+    rt.tick = counted_tick  # type: ignore[method-assign]
+    worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
+    try:
+        for _ in range(3):  # three operators each started it
+            rt.jobs.scheduler_tick.send()
+        worker.start()
+        deadline = time.monotonic() + 60
+        while len(ticks) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ticks) >= 8, ticks
+        # Ticks keep coming, one chain's worth: never closer than half an interval
+        # (three live chains would tick three times per interval)
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert min(gaps) >= interval / 2 - 0.05, gaps
+    finally:
+        worker.stop()
+        rt.close()
+        client.flushdb()
+        client.close()
