@@ -29,6 +29,8 @@ ENGINE_API = {
     "has_tag", "lt", "lte", "not_", "one_of", "opened", "score", "stage_in", "subscribed",
     # loading and configuration
     "Registry", "Settings", "build_registry", "load_registry",
+    # generic inbound webhook sources
+    "MapEvent", "PRESENT", "WebhookSource",
 }  # fmt: skip
 
 

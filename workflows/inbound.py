@@ -7,7 +7,7 @@ Neither Pipedrive nor Salesforce can sign that way on their own: see README.md, 
 for the small relay each needs, and for what it must add to the payload.
 """
 
-from engine.inbound_generic import PRESENT, MapEvent, WebhookSource
+from engine import PRESENT, MapEvent, WebhookSource
 
 # Pipedrive webhooks v2, `change.deal`: a deal moved to another stage. Pipedrive names the
 # deal's person only by `person_id`; the relay that signs the request looks the person up
