@@ -48,6 +48,7 @@ from bench.services import (
     API_KEY,
     ApiServer,
     FakeSendGridProcess,
+    Scheduler,
     Workers,
     bench_env,
     percentile,
@@ -102,18 +103,44 @@ class Run:
         while count < total:
             if workers is not None:
                 workers.check_alive()
-            if time.monotonic() - last_change > STALL_S and self.backlog() == 0:
+            stalled = time.monotonic() - last_change
+            if (stalled > STALL_S and self.backlog() == 0) or stalled > 10 * STALL_S:
                 log = workers.log_path.read_text()[-3000:] if workers else ""
-                raise RuntimeError(f"{what}: {count} of {total} emails, nothing queued\n{log}")
-            if time.monotonic() - last_change > 10 * STALL_S:
-                raise RuntimeError(f"{what}: {count} of {total} emails, stalled")
+                raise RuntimeError(
+                    f"{what}: {count} of {total} emails, none for {stalled:.0f} s, "
+                    f"{self.backlog()} messages queued; {self.statuses()}\n{log}"
+                )
             time.sleep(0.1)
             now = self.fake.count()
             if now != count:
                 count, last_change = now, time.monotonic()
 
     def backlog(self) -> int:
-        return queue_backlog(self.redis_url, QUEUES)
+        """Messages not yet acknowledged, counting those waiting to be retried (``.DQ``)."""
+        return queue_backlog(self.redis_url, QUEUES + tuple(f"{q}.DQ" for q in QUEUES))
+
+    def statuses(self) -> str:
+        """What became of the events and actions, to say why emails are missing."""
+        db = make_engine(self.db_url)
+        try:
+            with db.connect() as conn:
+                found = {
+                    table: dict(
+                        conn.execute(
+                            text(f"SELECT status, count(*) FROM {table} GROUP BY status")
+                        ).all()
+                    )
+                    for table in ("events", "actions")
+                }
+                errors = conn.execute(
+                    text(
+                        "SELECT error, count(*) FROM actions WHERE error IS NOT NULL "
+                        "GROUP BY error ORDER BY 2 DESC LIMIT 3"
+                    )
+                ).all()
+        finally:
+            db.dispose()
+        return f"{found}; action errors: {[tuple(e) for e in errors]}"
 
     def arrivals(self, indices: range, since: int) -> dict[str, float]:
         """When each contact of ``indices`` got its first email after the ``since``-th."""
@@ -218,6 +245,8 @@ def journeyline(run: Run, sizes: dict[str, int]) -> dict[str, Any]:
         post(run, server, key, drain)
         base = run.fake.count()
         workers = run.workers("engine.worker", env, "journeyline-workers")
+        # Retries and expired leases are re-dispatched by the scheduler, as in production.
+        scheduler = Scheduler(env, log=run.tmp / "scheduler.log")
         try:
             ready = workers.wait_ready(args.processes)
             run.wait_emails(base + len(drain), "journeyline drain", workers)
@@ -255,6 +284,7 @@ def journeyline(run: Run, sizes: dict[str, int]) -> dict[str, Any]:
                 }
         finally:
             log = workers.close()
+            scheduler.close()
     finally:
         server.close()
     if "Traceback" in log:

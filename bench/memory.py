@@ -42,6 +42,7 @@ from bench.services import (
     API_KEY,
     REPO,
     FakeSendGridProcess,
+    Scheduler,
     bench_env,
     queue_backlog,
     redis_for,
@@ -149,6 +150,8 @@ def measure(args: Any, count: int, fake: FakeSendGridProcess, tmp: Path) -> dict
             JOURNEYLINE_LOG_LEVEL="WARNING",
             BENCH_THREADS=str(args.threads),
         )
+        # Retries and expired leases are re-dispatched by the scheduler, as in production.
+        scheduler = Scheduler(env, log=tmp / f"scheduler-{count}.log")
         before = fake.count()
         start = time.perf_counter()
         logs = [(tmp / f"worker-{count}-{n}.log").open("w") for n in range(args.processes)]
@@ -170,6 +173,7 @@ def measure(args: Any, count: int, fake: FakeSendGridProcess, tmp: Path) -> dict
                 stop(p)
             for log in logs:
                 log.close()
+            scheduler.close()
         seconds = time.perf_counter() - start
         for n, p in enumerate(procs):
             if p.returncode != 0:
@@ -196,7 +200,8 @@ def worker_main() -> None:
         idle = 0
         while idle < 3:  # empty three times in a row, 0.3 s apart: done
             time.sleep(0.3)
-            empty = queue_backlog(redis_url, (QUEUE, TRANSACTIONAL_QUEUE)) == 0
+            queues = (QUEUE, TRANSACTIONAL_QUEUE, f"{QUEUE}.DQ", f"{TRANSACTIONAL_QUEUE}.DQ")
+            empty = queue_backlog(redis_url, queues) == 0
             idle = idle + 1 if empty else 0
     finally:
         consumer.stop()

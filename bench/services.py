@@ -218,6 +218,24 @@ def _wait_http(url: str, proc: subprocess.Popen[Any], log: Path, timeout_s: floa
     raise RuntimeError(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
+class Scheduler:
+    """``journeyline scheduler``: re-dispatches retries, wake-ups and expired leases."""
+
+    def __init__(self, env: Mapping[str, str], *, log: Path) -> None:
+        self._log = log.open("w")
+        self._proc = subprocess.Popen(
+            [*JOURNEYLINE, "scheduler"],
+            cwd=REPO,
+            env={**env, "JOURNEYLINE_SCHEDULER_INTERVAL_SECONDS": "1"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def close(self) -> None:
+        stop(self._proc)
+        self._log.close()
+
+
 class Workers:
     """``dramatiq MODULE --processes P --threads T``; its log goes to ``log``."""
 
