@@ -145,17 +145,34 @@ def broadcast(
             )
             if after_id < 0:
                 break
-            entries = _entries(session, workflow, page, now)
-            result.skipped += len(page) - len(entries)
-            if fast:
-                action_ids = _enroll_fast(session, workflow, entries, now=now, why=why)
-                to_dispatch.append((action_ids, bool(program[0].step.marketing)))  # type: ignore[union-attr]
+            marketing = fast and bool(program[0].step.marketing)  # type: ignore[union-attr]
+            if fast and exact and workflow.reentry.policy == "never":
+                # The whole page in SQL: the id range, the audience, and "never enrolled".
+                first, last = int(page[0]), int(page[-1])  # type: ignore[arg-type]
+                enrolled = _never_enrolled(workflow, clause, first, last)
+                action_ids = _enroll_fast(
+                    session,
+                    workflow,
+                    {1: (enrolled, col(Enrollment.contact_id).between(first, last))},
+                    now=now,
+                    why=why,
+                )
+                entered = len(action_ids)
+                to_dispatch.append((action_ids, marketing))
+            elif fast:
+                entries = _entries(session, workflow, page, now)
+                action_ids = _enroll_fast(session, workflow, _by_entry(entries), now=now, why=why)
+                entered = len(entries)
+                to_dispatch.append((action_ids, marketing))
             else:
+                entries = _entries(session, workflow, page, now)
                 effects = _enroll_each(session, registry, workflow, entries, now=now, why=why)
+                entered = len(entries)
                 to_dispatch += [(effects.actions, True), (effects.transactional, False)]
+            result.skipped += len(page) - entered
         # Committed: now the jobs may be enqueued (a lost one is found again by the sweeper).
         result.pages += 1
-        result.enrolled += len(entries)
+        result.enrolled += entered
         for action_ids, marketing in to_dispatch:
             result.actions += len(action_ids)
             if action_ids:
@@ -291,17 +308,46 @@ def _entries(
     return entries
 
 
+def _never_enrolled(
+    workflow: Workflow, clause: ColumnElement[bool] | None, first: int, last: int
+) -> ColumnElement[bool]:
+    """Contacts with ids in [first, last] in the audience and never in ``workflow``."""
+    earlier = (
+        select(col(Enrollment.id))
+        .where(Enrollment.contact_id == Contact.id, Enrollment.workflow == workflow.name)
+        .exists()
+    )
+    parts = [col(Contact.id).between(first, last), not_(earlier)]
+    if clause is not None:
+        parts.append(clause)
+    return and_(*parts)
+
+
+def _by_entry(
+    entries: list[tuple[Any, int]],
+) -> dict[int, tuple[ColumnElement[bool], ColumnElement[bool]]]:
+    """entry number -> (which contacts, which of their enrollments) for ``_enroll_fast``."""
+    ids: dict[int, list[int]] = {}
+    for item, entry in entries:
+        ids.setdefault(entry, []).append(item if isinstance(item, int) else item.id)
+    return {
+        entry: (col(Contact.id).in_(group), col(Enrollment.contact_id).in_(group))
+        for entry, group in ids.items()
+    }
+
+
 def _enroll_fast(
     session: Session,
     workflow: Workflow,
-    entries: list[tuple[Any, int]],
+    selection: dict[int, tuple[ColumnElement[bool], ColumnElement[bool]]],
     *,
     now: datetime,
     why: str,
 ) -> list[int]:
     """Insert the enrollments and their first-step email actions for one page, set-based
-    (``INSERT ... SELECT``, one statement per table and entry number)."""
-    if not entries:
+    (``INSERT ... SELECT``, one statement per table and entry number). ``selection`` maps an
+    entry number to the contacts to enroll with it and to the same contacts' enrollments."""
+    if not selection:
         return []
     program = workflow.program
     first = program[0]
@@ -326,13 +372,10 @@ def _enroll_fast(
         "cause_event_id": None,
         "variants": {},
     }
-    by_entry: dict[int, list[int]] = {}
-    for item, entry in entries:
-        by_entry.setdefault(entry, []).append(item if isinstance(item, int) else item.id)
     enrollments = Enrollment.__table__  # type: ignore[attr-defined]
     actions = Action.__table__  # type: ignore[attr-defined]
     action_ids: list[int] = []
-    for entry, contact_ids in by_entry.items():
+    for entry, (contacts_where, enrollments_where) in selection.items():
         session.execute(
             insert(enrollments).from_select(
                 [
@@ -360,17 +403,21 @@ def _enroll_fast(
                     literal(now, UTCDateTime),
                     literal(now, UTCDateTime),
                     literal(ended_at, UTCDateTime),
-                ).where(col(Contact.id).in_(contact_ids)),
+                ).where(contacts_where),
             )
         )
+        # The enrollments just written: this entry, this instant, and no action yet (a
+        # virtual clock may run two broadcasts at one instant).
         started = select(col(Enrollment.id)).where(
             Enrollment.workflow == workflow.name,
             Enrollment.entry == entry,
             Enrollment.started_at == now,
-            col(Enrollment.contact_id).in_(contact_ids),
+            enrollments_where,
+            not_(select(col(Action.id)).where(Action.enrollment_id == Enrollment.id).exists()),
         )
-        session.execute(
-            insert(actions).from_select(
+        inserted = session.execute(
+            insert(actions)
+            .from_select(
                 [
                     "contact_id",
                     "enrollment_id",
@@ -403,10 +450,9 @@ def _enroll_fast(
                     literal(now, UTCDateTime),
                 ).where(col(Enrollment.id).in_(started)),
             )
+            .returning(actions.c.id)
         )
-        action_ids += session.exec(
-            select(Action.id).where(col(Action.enrollment_id).in_(started)).order_by(col(Action.id))
-        ).all()  # type: ignore[arg-type]
+        action_ids += sorted(inserted.scalars())
     return action_ids
 
 

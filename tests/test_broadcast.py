@@ -466,3 +466,24 @@ def test_the_cli_broadcasts_a_shipped_workflow_to_its_stage(
     assert "3 emails queued" in result.output
     assert "3 contacts matched, 0 enrolled, 3 already enrolled" in again.output
     assert refused.exit_code == 2 and "no workflow named 'nope'" in refused.output
+
+
+def test_a_workflow_that_allows_reentry_enrolls_finished_contacts_again(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    from engine import reenter_always
+
+    once = sale(name="weekly", steps=[send_email("spring_sale", id="s")], reentry=reenter_always())
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [once]) as (runtime, clock):
+        add_contacts(runtime, 5)
+        runtime.broadcast("weekly")
+        runtime.drain()
+        clock.advance(days=7)
+        again = runtime.broadcast("weekly")
+        runtime.drain()
+        with Session(runtime.db) as session:
+            entries = sorted(e.entry for e in session.exec(select(Enrollment)))
+        keys = {a.idempotency_key for a in email_actions(runtime)}
+    assert (again.enrolled, again.actions) == (5, 5)
+    assert entries == [1] * 5 + [2] * 5 and len(keys) == 10
+    assert [len(r.body["personalizations"]) for r in fake.requests] == [5, 5]
