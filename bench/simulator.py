@@ -75,16 +75,18 @@ def measure(contacts: int, days: int, processes: int, shard: int | None = None) 
 def run(
     contacts: int, days: int, processes: int, small: int, short_days: int, shard: int | None
 ) -> tuple[list[Result], dict[str, Any]]:
-    runs = {
-        "short": measure(small, short_days, 1),
-        "small": measure(small, days, 1),
-        "large": measure(contacts, days, processes, shard),
-    }
-    for name, r in runs.items():
+    runs: dict[str, dict[str, Any]] = {}
+    for name, size, length, workers, shards in (
+        ("short", small, short_days, 1, None),
+        ("small", small, days, 1, None),
+        ("large", contacts, days, processes, shard),
+    ):
+        r = runs[name] = measure(size, length, workers, shards)
         print(
             f"{name}: {r['contacts']:,} contacts x {r['days']} days, {r['processes']} process(es):"
             f" {r['seconds']:.1f} s, {r['events']:,} events, {r['emails']:,} emails,"
-            f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB"
+            f" peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB",
+            flush=True,
         )
     small_cost = runs["small"]["seconds"] / (small * days)  # seconds per contact-day
     large = runs["large"]
