@@ -239,12 +239,13 @@ class ScheduleSlot(SQLModel, table=True):
 
 
 class PeriodicTick(SQLModel, table=True):
-    """When a self-re-enqueuing periodic job (``scheduler_tick``) should next run: a copy
-    that finds the next run already booked stops, so duplicate chains die out."""
+    """When a self-re-enqueuing periodic job (``scheduler_tick``) should next run, and which
+    chain of it owns that run (engine/periodic.py): other copies stop."""
 
     __tablename__ = "periodic_ticks"
 
     name: str = Field(primary_key=True, max_length=64)
+    token: str = Field(default="", max_length=32, description="The chain that owns next_at.")
     next_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
 

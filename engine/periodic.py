@@ -2,15 +2,23 @@
 
 ``scheduler_tick`` runs one scheduler pass and sends itself again with a delay. Anything may
 start such a chain (``journeyline scheduler --periodic``, each worker process at boot with
-``JOURNEYLINE_SCHEDULER_IN_WORKERS=true``), so several chains can exist at once. Each run
-first takes its turn here: the ``periodic_ticks`` row books the next run, and a run that
-finds it booked more than half an interval ahead stops without ticking or re-enqueueing.
-Duplicate chains therefore die out after one interval, and even before they do the tick
-itself is safe to run in parallel (leases, ``SKIP LOCKED``, unique slot keys).
+``JOURNEYLINE_SCHEDULER_IN_WORKERS=true``), so starters must not multiply it. The
+``periodic_ticks`` row books the next run and names the chain that owns it (a token the
+chain's next message carries):
+
+- the owner's message ticks, books the next run with a fresh token and sends it on;
+- any other run stops, unless the booked run is overdue by more than an interval (its
+  message was lost): then it takes the chain over;
+- a starter that finds a live chain looks once more two intervals later, so a chain lost a
+  moment before a worker booted is still picked up.
+
+So one chain lives, and even while copies overlap the pass itself is safe to run in
+parallel (leases, ``SKIP LOCKED``, unique slot keys).
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -20,9 +28,16 @@ from sqlmodel import select
 from engine.db import transaction
 from engine.models import PeriodicTick
 
+START = ""  # the token of a message that starts a chain
+PROBE = "probe"  # the token of a starter's second look; never owns a chain
 
-def take_turn(db: Engine, *, name: str, now: datetime, interval: timedelta) -> bool:
-    """Whether this run of the periodic job ``name`` should tick (and book the next run)."""
+
+def take_turn(
+    db: Engine, *, name: str, now: datetime, interval: timedelta, token: str = START
+) -> str | None:
+    """The token to carry in the next message when this run of ``name`` should tick now;
+    None when it should stop."""
+    fresh = secrets.token_hex(8)
     with transaction(db) as session:
         row = session.exec(
             select(PeriodicTick).where(PeriodicTick.name == name).with_for_update()
@@ -30,13 +45,21 @@ def take_turn(db: Engine, *, name: str, now: datetime, interval: timedelta) -> b
         if row is None:
             try:
                 with session.begin_nested():
-                    session.add(PeriodicTick(name=name, next_at=now + interval, updated_at=now))
-                return True
-            except IntegrityError:  # another run booked the first turn a moment ago
-                return False
-        if row.next_at > now + interval / 2:
-            return False  # another chain ran recently and has booked the next run
+                    session.add(
+                        PeriodicTick(name=name, token=fresh, next_at=now + interval, updated_at=now)
+                    )
+                return fresh
+            except IntegrityError:  # another starter booked the first run a moment ago
+                return None
+        # Not before half an interval ahead of the booking: a broker that ignores delays
+        # (inline://) must not spin the chain in a loop.
+        owner = token not in (START, PROBE) and token == row.token
+        owner = owner and now >= row.next_at - interval / 2
+        lost = now > row.next_at + interval
+        if not (owner or lost):
+            return None
+        row.token = fresh
         row.next_at = now + interval
         row.updated_at = now
         session.add(row)
-    return True
+    return fresh

@@ -64,7 +64,7 @@ from engine.performers import (
     Unconfigured,
     WebhookPerformer,
 )
-from engine.periodic import take_turn
+from engine.periodic import PROBE, START, take_turn
 from engine.registry import Registry, load_registry
 from engine.scheduler import Due, claim_due
 from engine.schedules import Fired, SchedulePlanner, fire_slot, plan_and_claim
@@ -97,7 +97,7 @@ class Jobs:
     wake_enrollment: dramatiq.Actor[[int], None]
     perform_email_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
-    scheduler_tick: dramatiq.Actor[[], None]
+    scheduler_tick: dramatiq.Actor[[str], None]
 
 
 class Runtime:
@@ -441,16 +441,23 @@ class Runtime:
             self.jobs.fire_schedule.send(slot_id)
         return fired
 
-    def periodic_tick(self) -> bool:
+    def periodic_tick(self, token: str = START) -> bool:
         """The ``scheduler_tick`` job: one pass, then itself again after the interval.
-        Returns False (and ends this copy of the chain) when another copy ran recently."""
+        Returns False, ending this copy, when another chain owns the schedule
+        (engine/periodic.py); a starter that finds one looks again two intervals later."""
         interval = timedelta(seconds=self.settings.scheduler_interval_seconds)
-        if not take_turn(self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval):
+        delay_ms = int(interval.total_seconds() * 1000)
+        turn = take_turn(
+            self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval, token=token
+        )
+        if turn is None:
+            if token == START:
+                self.jobs.scheduler_tick.send_with_options(args=(PROBE,), delay=2 * delay_ms)
             return False
         try:
             self.tick()
         finally:  # a failed pass must not end the chain: the next one may succeed
-            self.jobs.scheduler_tick.send_with_options(delay=int(interval.total_seconds() * 1000))
+            self.jobs.scheduler_tick.send_with_options(args=(turn,), delay=delay_ms)
         return True
 
     def dispatch(self, effects: Effects) -> None:
@@ -553,8 +560,8 @@ class Runtime:
         def fire_schedule(slot_id: int) -> None:
             self.fire_schedule(slot_id)
 
-        def scheduler_tick() -> None:
-            self.periodic_tick()
+        def scheduler_tick(token: str = START) -> None:
+            self.periodic_tick(token)
 
         options: dict[str, Any] = {
             "max_retries": 10,
@@ -588,7 +595,7 @@ class Runtime:
             scheduler_tick=self._declare_scheduler_tick(scheduler_tick),
         )
 
-    def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[[], None]:
+    def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[[str], None]:
         fn.__module__ = __name__
         return dramatiq.Actor(
             fn,

@@ -31,7 +31,7 @@ from engine.cli import _register_subcommands, app
 from engine.db import transaction
 from engine.diagram import mermaid
 from engine.models import Enrollment, PeriodicTick, ScheduleSlot
-from engine.periodic import take_turn
+from engine.periodic import PROBE, START, take_turn
 from engine.runtime import Runtime
 from engine.schedules import fire_slot, latest_slot, next_slot, zones_in_use
 from engine.spec import from_spec
@@ -386,16 +386,26 @@ def test_the_spec_and_the_diagram_know_the_schedule() -> None:
 def test_take_turn_lets_one_chain_of_the_periodic_job_live(tmp_path: Path) -> None:
     rt, clock, _ = make_runtime(f"sqlite:///{tmp_path}/jl.db", broker_url="inline://")
     interval = timedelta(seconds=10)
+
+    def turn(seconds: float, token: str = START) -> str | None:
+        at = clock.now() + timedelta(seconds=seconds)
+        return take_turn(rt.db, name="t", now=at, interval=interval, token=token)
+
     try:
-        now = clock.now()
-        assert take_turn(rt.db, name="t", now=now, interval=interval)
-        # a second chain started 3 s later finds the next run booked: it stops
-        assert not take_turn(rt.db, name="t", now=now + timedelta(seconds=3), interval=interval)
-        # the first chain's next run (a little late) goes on
-        assert take_turn(rt.db, name="t", now=now + timedelta(seconds=10.2), interval=interval)
-        # a chain started 6 s after that runs: the other one will be the copy that stops
-        assert take_turn(rt.db, name="t", now=now + timedelta(seconds=16.3), interval=interval)
-        assert not take_turn(rt.db, name="t", now=now + timedelta(seconds=20.2), interval=interval)
+        first = turn(0)  # the first starter owns the chain
+        assert first
+        assert turn(3) is None  # a second starter finds it alive
+        second = turn(10.2, first)  # the owner's next run (a little late) goes on
+        assert second and second != first
+        assert turn(12, first) is None  # a stale copy of the owner's message stops
+        assert turn(12, PROBE) is None  # a starter's second look: still alive
+        assert turn(12, second) is None  # too early for the booked run (a delay ignored)
+        # the owner's message is lost: once the booked run is an interval overdue, a probe
+        # takes over, and the old chain, should its message turn up, stops
+        third = turn(31, PROBE)
+        assert third and third not in (first, second)
+        assert turn(31.5, second) is None
+        assert turn(41, third)
     finally:
         rt.close()
 
@@ -425,8 +435,14 @@ def test_the_scheduler_tick_job_ticks_and_books_its_next_run(tmp_path: Path) -> 
         with Session(rt.db) as session:
             (booked,) = session.exec(select(PeriodicTick)).all()
         assert booked.next_at == clock.now() + timedelta(milliseconds=interval_ms)
-        # A later run ticks again
-        clock.advance(seconds=rt.settings.scheduler_interval_seconds)
+        # A starter arriving while the chain is alive stops, booking one look later
+        delays.clear()
+        assert rt.periodic_tick() is False
+        assert delays == [2 * interval_ms]
+        rt.broker.pending.clear()  # type: ignore[attr-defined]
+        # Here the chain's message was lost (inline ran it too early): two intervals on, a
+        # starter finds the booked run overdue and takes the chain over
+        clock.advance(seconds=2 * rt.settings.scheduler_interval_seconds + 1)
         assert rt.periodic_tick() is True
 
 
@@ -563,10 +579,13 @@ def test_on_redis_three_started_chains_of_the_tick_job_become_one(
         while len(ticks) < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(ticks) >= 8, ticks
-        # Ticks keep coming, one chain's worth: never closer than half an interval
-        # (three live chains would tick three times per interval)
+        # Ticks keep coming, one chain's worth: about one per interval, where three live
+        # chains would tick three times per interval
         gaps = [b - a for a, b in itertools.pairwise(ticks)]
-        assert min(gaps) >= interval / 2 - 0.05, gaps
+        assert sorted(gaps)[len(gaps) // 2] >= interval * 0.9, gaps
+        with Session(rt.db) as session:
+            (booking,) = session.exec(select(PeriodicTick)).all()
+        assert booking.token not in (START, PROBE)
     finally:
         worker.stop()
         rt.close()

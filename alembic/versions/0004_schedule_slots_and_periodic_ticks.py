@@ -26,6 +26,7 @@ def upgrade() -> None:
     op.create_table(
         "periodic_ticks",
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("token", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("next_at", engine.db.UTCDateTime(), nullable=False),
         sa.Column("updated_at", engine.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
