@@ -463,4 +463,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Under `python -m engine.cli` this module runs as __main__, while the sub-command
+    # modules register on the importable engine.cli: run that one.
+    import engine.cli as importable
+
+    importable.main()
