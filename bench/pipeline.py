@@ -13,13 +13,18 @@ workflow step -> ``perform_action`` through the recording email connector):
    ``bench_decision`` workflow: one email;
 3. ``bench.visit`` only scores.
 
-So 3 events and 2 emails per contact; the run fails loudly if any email is missing.
+So 3 events and 2 emails per contact; the run fails loudly if any email is missing. Three
+figures per database: events/s; this process's CPU time per event (steadier than wall time
+on a shared machine); SQL statements and commits per event (exact, counted with
+SQLAlchemy's cursor events: PostgreSQL's implicit BEGIN and pool pings are not included).
 
-Baseline, in the same run on the same kind of database: a minimal hand-written pipeline with
+Baseline, in the same run on the same kind of database (run before and after the engine,
+the mean of the two taken): a minimal hand-written pipeline with
 SQLAlchemy Core on the same tables, one transaction per event (insert the event, read or
 insert the contact, update stage and score, insert the action) and one per email (mark it
 sent after the same connector call). The ratio engine / baseline is what to compare across
-runs on a noisy machine. ``--profile FILE`` writes a cProfile of each engine run to ``FILE.<database>.prof``.
+runs on a noisy machine. ``--profile FILE`` writes a cProfile of each engine run to
+``FILE.<database>.prof``.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
@@ -80,6 +86,37 @@ def bench_registry() -> Registry:
     )
 
 
+@dataclass
+class Measured:
+    events_per_s: float
+    cpu_ms_per_event: float  # this process's CPU time: less sensitive to a busy machine
+    statements_per_event: float  # SQL statements + commits: deterministic
+
+
+class _Counter:
+    """Counts SQL statements and commits sent through ``db`` while ``on``."""
+
+    def __init__(self, db: Engine) -> None:
+        self.on = False
+        self.count = 0
+        event.listen(db, "before_cursor_execute", self._hit)
+        event.listen(db, "commit", self._hit)
+
+    def _hit(self, *_args: Any) -> None:
+        if self.on:
+            self.count += 1
+
+
+@contextmanager
+def _timed(counter: _Counter, events: int, out: list[Measured]) -> Iterator[None]:
+    counter.on = True
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    counter.on = False
+    out.append(Measured(events / wall, cpu * 1000 / events, counter.count / events))
+
+
 def _email(i: int) -> str:
     return f"contact{i}@bench.example.com"
 
@@ -87,10 +124,12 @@ def _email(i: int) -> str:
 # --- the engine ---------------------------------------------------------------------------
 
 
-def run_engine(url: str, contacts: int, *, profile: Path | None = None) -> float:
-    """Events/s of the whole pipeline for ``contacts`` x 3 events (schema made fresh)."""
+def run_engine(url: str, contacts: int, *, profile: Path | None = None) -> Measured:
+    """The whole pipeline for ``contacts`` x 3 events (schema made fresh)."""
     db = make_engine(url)
     SQLModel.metadata.create_all(db)
+    counter = _Counter(db)
+    measured: list[Measured] = []
     email = RecordingEmailConnector()
     runtime = Runtime(
         Settings(database_url=url, broker_url="inline://"),
@@ -107,12 +146,11 @@ def run_engine(url: str, contacts: int, *, profile: Path | None = None) -> float
         sent_before = len(email.sent)
         if profiler:
             profiler.enable()
-        start = time.perf_counter()
-        for event_type in ROUNDS:
-            for i in range(contacts):
-                runtime.track(_email(i), event_type)
-            runtime.drain()
-        seconds = time.perf_counter() - start
+        with _timed(counter, contacts * len(ROUNDS), measured):
+            for event_type in ROUNDS:
+                for i in range(contacts):
+                    runtime.track(_email(i), event_type)
+                runtime.drain()
         if profiler:
             profiler.disable()
             profiler.dump_stats(str(profile))
@@ -121,31 +159,32 @@ def run_engine(url: str, contacts: int, *, profile: Path | None = None) -> float
         runtime.close()
     if sent != contacts * EMAILS_PER_CONTACT:
         raise RuntimeError(f"engine sent {sent} emails, expected {contacts * EMAILS_PER_CONTACT}")
-    return contacts * len(ROUNDS) / seconds
+    return measured[0]
 
 
 # --- the baseline: a minimal hand-written pipeline -----------------------------------------
 
 
-def run_baseline(url: str, contacts: int) -> float:
-    """Events/s of one Core transaction per event and one per email, same tables."""
+def run_baseline(url: str, contacts: int) -> Measured:
+    """One Core transaction per event and one per email, same tables."""
     db = make_engine(url)
     SQLModel.metadata.create_all(db)
+    counter = _Counter(db)
+    measured: list[Measured] = []
     email = RecordingEmailConnector()
     try:
         _baseline_event(db, email, "warmup@bench.example.com", "bench.signup", 0)
-        start = time.perf_counter()
         seq = 1
-        for event_type in ROUNDS:
-            for i in range(contacts):
-                _baseline_event(db, email, _email(i), event_type, seq)
-                seq += 1
-        seconds = time.perf_counter() - start
+        with _timed(counter, contacts * len(ROUNDS), measured):
+            for event_type in ROUNDS:
+                for i in range(contacts):
+                    _baseline_event(db, email, _email(i), event_type, seq)
+                    seq += 1
     finally:
         db.dispose()
     if len(email.sent) - 1 != contacts * EMAILS_PER_CONTACT:
         raise RuntimeError(f"baseline sent {len(email.sent) - 1} emails")
-    return contacts * len(ROUNDS) / seconds
+    return measured[0]
 
 
 def _baseline_event(
@@ -260,20 +299,43 @@ def _database(kind: str, url: str | None, work_dir: Path, name: str) -> Iterator
 def run(
     kind: str, contacts: int, *, url: str | None, work_dir: Path, profile: Path | None
 ) -> list[Result]:
-    with _database(kind, url, work_dir, "bench_pipeline_baseline") as db_url:
-        baseline = run_baseline(db_url, contacts)
-    with _database(kind, url, work_dir, "bench_pipeline_engine") as db_url:
-        engine = run_engine(
-            db_url, contacts, profile=profile.with_suffix(f".{kind}.prof") if profile else None
-        )
+    # The baseline runs before and after the engine and its mean is used, so a change in
+    # the machine's load during the run shifts both sides alike.
+    baselines = []
+    for turn in ("before", "after"):
+        if turn == "after":
+            with _database(kind, url, work_dir, "bench_pipeline_engine") as db_url:
+                engine = run_engine(
+                    db_url,
+                    contacts,
+                    profile=profile.with_suffix(f".{kind}.prof") if profile else None,
+                )
+        with _database(kind, url, work_dir, f"bench_pipeline_baseline_{turn}") as db_url:
+            baselines.append(run_baseline(db_url, contacts))
+    label = f"{kind}, {contacts:,} contacts x {len(ROUNDS)} events"
+
+    def mean(pick: Callable[[Measured], float]) -> float:
+        return sum(pick(b) for b in baselines) / len(baselines)
+
     return [
         Result.of(
-            f"{kind}: events/s, {contacts:,} contacts x {len(ROUNDS)} events "
-            "(baseline: hand-written Core pipeline)",
-            engine,
+            f"{label}: events/s (baseline: hand-written Core pipeline)",
+            engine.events_per_s,
             "events/s",
-            baseline,
-        )
+            mean(lambda m: m.events_per_s),
+        ),
+        Result.of(
+            f"{label}: CPU of this process per event (baseline: the same)",
+            engine.cpu_ms_per_event,
+            "ms",
+            mean(lambda m: m.cpu_ms_per_event),
+        ),
+        Result.of(
+            f"{label}: SQL statements + commits per event (baseline: the same)",
+            engine.statements_per_event,
+            "statements",
+            mean(lambda m: m.statements_per_event),
+        ),
     ]
 
 

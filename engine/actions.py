@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from engine.db import transaction
 from engine.errors import (
@@ -89,15 +90,21 @@ def perform_action(
         log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
         return _record_failure(db, action_id, exc, now=now, policy=policy)
     with transaction(db) as session:
-        action = session.get(Action, action_id)
-        assert action is not None
-        action.status = ActionStatus.SENT
-        action.provider_id = provider_id
-        action.error = None
-        action.lease_until = None
-        action.completed_at = now
-        action.updated_at = now
-        session.add(action)
+        # One UPDATE, no read: the lease taken in the claim makes this worker the only one
+        # finishing the row.
+        session.execute(
+            update(Action)
+            .where(col(Action.id) == action_id)
+            .values(
+                status=ActionStatus.SENT,
+                provider_id=provider_id,
+                error=None,
+                lease_until=None,
+                completed_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
     return Outcome(ActionStatus.SENT)
 
 
@@ -138,14 +145,19 @@ def _claim(
     elif action.next_attempt_at > now:
         return Outcome(ActionStatus.PENDING, retry_at=action.next_attempt_at)
 
-    # The contact's row lock serialises the cap check below with other sends to them.
-    contact = session.exec(
-        select(Contact).where(Contact.id == action.contact_id).with_for_update()
+    # The contact's row lock serialises the cap check below with other sends to them; their
+    # suppression (if any) comes with it, read now, not when the step was scheduled.
+    found = session.exec(
+        select(Contact, Suppression.reason)
+        .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
+        .where(Contact.id == action.contact_id)
+        .with_for_update(of=Contact)
     ).first()
-    if contact is None:
+    if found is None:
         _finish(session, action, ActionStatus.SKIPPED, now=now, error="contact erased")
         return Outcome(ActionStatus.SKIPPED)
-    held = _held_back(session, action, contact)
+    contact, suppression = found
+    held = hold_reason(action, contact, suppression)
     if held:
         action.reason = {**action.reason, "skipped": held}
         _finish(session, action, ActionStatus.SKIPPED, now=now)
@@ -190,17 +202,10 @@ def hold_until(
     return Outcome(ActionStatus.PENDING, retry_at=until)
 
 
-def _held_back(session: Session, action: Action, contact: Contact) -> str | None:
-    """Why this email must not go out at all, or None. Checked at send time, every time."""
-    if action.kind != "email":
-        return None  # suppression and consent are about email; a CRM update still happens
-    suppressed = session.exec(select(Suppression).where(Suppression.email == contact.email)).first()
-    return hold_reason(action, contact, suppressed.reason if suppressed is not None else None)
-
-
 def hold_reason(action: Action, contact: Contact, suppression: str | None) -> str | None:
-    """The rule behind ``_held_back`` given the contact's suppression reason (if any), for
-    callers that looked suppressions up for many contacts at once (batch_send.py)."""
+    """Why this email must not go out at all, or None, given the contact's suppression
+    reason (if any). Checked at send time, every time; callers look the suppression up with
+    the contact (``_claim``) or for many contacts at once (batch_send.py)."""
     if action.kind != "email":
         return None
     if suppression is not None:

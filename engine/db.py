@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import DateTime, TypeDecorator
@@ -76,6 +77,42 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def skip_commit_flush(session: Session) -> None:
+    """Let this PostgreSQL transaction's COMMIT return before its WAL reaches disk.
+
+    For state changes whose only consequences are later jobs (``process_contact``,
+    ``wake_enrollment``): nothing outside the database acts on them until an action is
+    claimed, and a claim commits synchronously, which flushes every earlier commit in WAL
+    order first. A server crash can therefore only lose such a transaction before anything
+    was sent on its behalf; its events and wake-ups are still pending and the sweeper runs
+    them again. Saves one disk flush per job. A no-op on SQLite (already
+    ``synchronous=NORMAL`` in WAL mode).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def insert_new(
+    session: Session, table: Table, values: dict[str, Any], *, unique: tuple[str, ...]
+) -> int | None:
+    """Insert one row unless one with the same ``unique`` columns exists; return its new id,
+    or None when it already existed.
+
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on SQLite and PostgreSQL: one round
+    trip, and no savepoint to catch a unique violation from a concurrent writer.
+    """
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        stmt: Any = postgresql.insert(table)
+    elif name == "sqlite":
+        stmt = sqlite.insert(table)
+    else:
+        raise NotImplementedError(f"insert_new supports SQLite and PostgreSQL, not {name}")
+    stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=list(unique))
+    row = session.execute(stmt.returning(table.c.id)).first()
+    return None if row is None else int(row[0])
 
 
 @contextmanager

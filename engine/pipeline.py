@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine.conditions import EvalContext, matches
@@ -26,6 +26,7 @@ from engine.contacts import (
     validate_properties,
     validate_timezone,
 )
+from engine.db import insert_new, skip_commit_flush, transaction
 from engine.executor import (
     Effects,
     end_enrollment,
@@ -85,10 +86,13 @@ def record_event(
     attributes = validate_properties(attributes, field="attributes")
     if timezone is not None:
         validate_timezone(timezone)
-    key = f"{source}:{idempotency_key}" if idempotency_key else f"{source}:auto:{uuid.uuid4()}"
-    existing = session.exec(select(Event).where(Event.idempotency_key == key)).first()
-    if existing is not None:
-        return Recorded(existing.id, existing.contact_id, duplicate=True)  # type: ignore[arg-type]
+    if idempotency_key:
+        key = f"{source}:{idempotency_key}"
+        existing = _event_with_key(session, key)
+        if existing is not None:
+            return existing
+    else:
+        key = f"{source}:auto:{uuid.uuid4()}"  # new by construction: nothing to look up
     contact, created = find_or_create_contact(
         session,
         email=email,
@@ -98,39 +102,55 @@ def record_event(
         attributes=attributes,
     )
     session.flush()
+    events: Any = Event.__table__
+    row = {
+        "contact_id": contact.id,
+        "properties": {},
+        "status": EventStatus.PENDING.value,
+        "error": None,
+        "occurred_at": occurred_at or now,
+        "received_at": now,
+        "lease_until": now + EVENT_LEASE,
+        "processed_at": None,
+    }
     if created:
         # Entering the first stage is an event like any other, so workflows for it start
         # on the same path, in order, before the event that created the contact.
-        session.add(
-            Event(
-                contact_id=contact.id,  # type: ignore[arg-type]
+        session.execute(
+            events.insert().values(
+                **row,
                 type=CONTACT_CREATED,
                 source=INTERNAL_SOURCE,
                 idempotency_key=f"{INTERNAL_SOURCE}:created:{contact.id}",
-                occurred_at=occurred_at or now,
-                received_at=now,
-                lease_until=now + EVENT_LEASE,
             )
         )
-        session.flush()
-    event = Event(
-        contact_id=contact.id,  # type: ignore[arg-type]
-        type=event_type,
-        properties=properties,
-        source=source,
-        idempotency_key=key,
-        occurred_at=occurred_at or now,
-        received_at=now,
-        lease_until=now + EVENT_LEASE,
+    event_id = insert_new(
+        session,
+        events,
+        {
+            **row,
+            "type": event_type,
+            "properties": properties,
+            "source": source,
+            "idempotency_key": key,
+        },
+        unique=("idempotency_key",),
     )
-    try:
-        with session.begin_nested():
-            session.add(event)
-    except IntegrityError:
+    if event_id is None:
         # The same key raced in from another request: the first one stands.
-        existing = session.exec(select(Event).where(Event.idempotency_key == key)).one()
-        return Recorded(existing.id, existing.contact_id, duplicate=True)  # type: ignore[arg-type]
-    return Recorded(event.id, contact.id, duplicate=False)  # type: ignore[arg-type]
+        existing = _event_with_key(session, key)
+        assert existing is not None, f"event {key} conflicted but cannot be found"
+        return existing
+    return Recorded(event_id, contact.id, duplicate=False)  # type: ignore[arg-type]
+
+
+def _event_with_key(session: Session, key: str) -> Recorded | None:
+    found = session.exec(
+        select(Event.id, Event.contact_id).where(Event.idempotency_key == key)
+    ).first()
+    if found is None:
+        return None
+    return Recorded(found[0], found[1], duplicate=True)  # type: ignore[arg-type]
 
 
 def lock_contact(session: Session, contact_id: int) -> Contact | None:
@@ -139,10 +159,40 @@ def lock_contact(session: Session, contact_id: int) -> Contact | None:
     return session.exec(select(Contact).where(Contact.id == contact_id).with_for_update()).first()
 
 
-def process_contact(
-    session: Session, registry: Registry, contact_id: int, *, now: datetime
+def process_contact_job(
+    db: Engine, registry: Registry, contact_id: int, *, now: datetime
 ) -> Effects:
-    """Apply the contact's pending events in arrival order."""
+    """Apply the contact's pending events, committed; what to enqueue afterwards.
+
+    The common case (no event raises) runs in one transaction with no savepoint per event.
+    If one raises, that transaction is rolled back whole and the events are applied again,
+    each in its own savepoint, so only the failing one is marked failed (``process_contact``
+    with ``isolate=True``).
+    """
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return process_contact(session, registry, contact_id, now=now, isolate=False)
+    except Exception as exc:
+        log.warning(
+            "contact %s: an event failed (%s: %s); applying the events again one by one",
+            contact_id,
+            type(exc).__name__,
+            exc,
+        )
+    with transaction(db) as session:
+        skip_commit_flush(session)
+        return process_contact(session, registry, contact_id, now=now, isolate=True)
+
+
+def process_contact(
+    session: Session, registry: Registry, contact_id: int, *, now: datetime, isolate: bool = True
+) -> Effects:
+    """Apply the contact's pending events in arrival order.
+
+    With ``isolate`` each event runs in a savepoint: one that raises is rolled back alone and
+    kept as ``failed`` with its error. Without, the first error propagates to the caller.
+    """
     effects = Effects()
     contact = lock_contact(session, contact_id)
     if contact is None:
@@ -154,6 +204,9 @@ def process_contact(
         .limit(EVENTS_PER_PASS)
     ).all()
     for event in pending:
+        if not isolate:
+            effects.extend(apply_event(session, registry, contact, event, now=now))
+            continue
         try:
             with session.begin_nested():
                 effects.extend(apply_event(session, registry, contact, event, now=now))
@@ -187,6 +240,10 @@ def apply_event(
         effects.extend(enter_first_stage(session, registry, contact, event, now=now))
         return effects
     before = _conditions_now(session, registry, contact, now)
+    # Marked changed before anything below reads the database, so the score, stage and
+    # version reach it in one UPDATE at the next autoflush rather than one each.
+    contact.updated_at = now
+    contact.version += 1
     reacted = False
     if event.type == LIFECYCLE_CHANGED:
         reacted = True
@@ -258,8 +315,6 @@ def apply_event(
         )
         event.status = EventStatus.UNMAPPED
     event.processed_at = now
-    contact.updated_at = now
-    contact.version += 1
     session.add(event)
     session.add(contact)
     return effects
@@ -543,7 +598,11 @@ def change_stage(
 def wake_enrollment(
     session: Session, registry: Registry, enrollment_id: int, *, now: datetime
 ) -> Effects:
-    """Continue a waiting enrollment if its time has come; a no-op for a duplicate wake."""
+    """Continue a waiting enrollment if its time has come; a no-op for a duplicate wake.
+
+    Meant for the ``wake_enrollment`` job's own transaction: its commit skips the disk flush
+    (see ``skip_commit_flush``)."""
+    skip_commit_flush(session)
     enrollment = session.get(Enrollment, enrollment_id)
     if enrollment is None:
         return Effects()

@@ -272,10 +272,9 @@ class Runtime:
 
     def process_contact(self, contact_id: int) -> Effects:
         self.sync_versions()
-        with transaction(self.db) as session:
-            effects = pipeline.process_contact(
-                session, self.registry, contact_id, now=self.clock.now()
-            )
+        effects = pipeline.process_contact_job(
+            self.db, self.registry, contact_id, now=self.clock.now()
+        )
         self.dispatch(effects)
         return effects
 
