@@ -26,9 +26,6 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free
 
 
 def _serve(fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, env: str) -> None:
-    console.print(f"fake {what} listening on [bold]{fake.url}[/] ({credential})", soft_wrap=True)
-    console.print(f"point the connector at it: export {env}={fake.url}", soft_wrap=True)
-    console.print("Ctrl-C to stop")
     seen = 0
 
     def log_new() -> None:
@@ -38,7 +35,12 @@ def _serve(fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, env: st
             console.print(f"{request.method} {request.path} -> {request.status}")
         seen = len(requests)
 
-    try:
+    try:  # Ctrl-C (SIGINT) may come at any point from here on: always a clean stop
+        console.print(
+            f"fake {what} listening on [bold]{fake.url}[/] ({credential})", soft_wrap=True
+        )
+        console.print(f"point the connector at it: export {env}={fake.url}", soft_wrap=True)
+        console.print("Ctrl-C to stop")
         while True:
             log_new()
             time.sleep(0.2)

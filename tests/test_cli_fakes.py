@@ -14,6 +14,9 @@ import pytest
 JOURNEYLINE = str(Path(sys.executable).parent / "journeyline")
 
 
+TIMEOUT = httpx.Timeout(60.0)
+
+
 def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [JOURNEYLINE, "fake", *args, "--port", "0"],
@@ -32,7 +35,7 @@ def _start(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    out, _ = proc.communicate(timeout=120)  # generous: CI machines can be loaded
     assert proc.returncode == 0, out
     return out
 
@@ -47,10 +50,16 @@ def test_the_fake_sendgrid_serves_accepts_a_valid_send_and_logs_each_request() -
             "content": [{"type": "text/plain", "value": "Hello"}],
         }
         ok = httpx.post(
-            f"{url}/v3/mail/send", json=mail, headers={"Authorization": "Bearer SG.cli"}
+            timeout=TIMEOUT,
+            url=f"{url}/v3/mail/send",
+            json=mail,
+            headers={"Authorization": "Bearer SG.cli"},
         )
         bad_key = httpx.post(
-            f"{url}/v3/mail/send", json=mail, headers={"Authorization": "Bearer x"}
+            timeout=TIMEOUT,
+            url=f"{url}/v3/mail/send",
+            json=mail,
+            headers={"Authorization": "Bearer x"},
         )
     finally:
         out = _stop(proc)
@@ -63,12 +72,15 @@ def test_the_fake_hubspot_serves_and_checks_its_token() -> None:
     proc, url = _start("hubspot", "--token", "pat-cli")
     try:
         created = httpx.post(
-            f"{url}/crm/v3/objects/contacts",
+            timeout=TIMEOUT,
+            url=f"{url}/crm/v3/objects/contacts",
             json={"properties": {"email": "ana@example.com"}},
             headers={"Authorization": "Bearer pat-cli"},
         )
         refused = httpx.get(
-            f"{url}/crm/v3/objects/contacts/1", headers={"Authorization": "Bearer no"}
+            timeout=TIMEOUT,
+            url=f"{url}/crm/v3/objects/contacts/1",
+            headers={"Authorization": "Bearer no"},
         )
     finally:
         out = _stop(proc)
