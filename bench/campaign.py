@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     API_KEY,
@@ -237,16 +236,6 @@ def run(
         "worker_peak_rss_mib": workers_peak,
         "seed_seconds": seed_s,
     }
-
-
-def peak_rss_kib() -> int:
-    """This process's peak RSS. Not ``ru_maxrss``: Linux carries it over ``fork`` + ``exec``,
-    so a child started from a big parent reports the parent's size; ``VmHWM`` belongs to
-    the process's own address space."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best we have
 
 
 def broadcast_main() -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,3 +63,15 @@ def write_json(name: str, rows: list[Result], **extra: object) -> Path:
     payload["results"] = [asdict(r) for r in rows]
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS in KiB. Not ``ru_maxrss``: Linux carries it over ``fork`` +
+    ``exec``, so a child started from a big parent reports the parent's size; ``VmHWM``
+    belongs to the process's own address space."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best we have

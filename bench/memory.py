@@ -9,7 +9,7 @@ database (``--redis-url``, flushed before and after). Then ``--processes`` worke
 (each ``engine.worker``'s runtime under a Dramatiq ``Worker`` with ``--threads`` threads,
 what ``dramatiq engine.worker`` runs per process) process them all: stage change, enrollment,
 the ``trial_offer`` email through the SendGrid connector to ``FakeSendGrid`` in another
-process. Each worker reports its peak RSS (``getrusage`` ``ru_maxrss``) once the queues are
+process. Each worker reports its peak RSS (``VmHWM``) once the queues are
 empty; the figure is the largest. The baseline is the same with ``--small`` contacts.
 Target: the large run's peak within 10% of the small one's (no per-contact state in memory).
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import insert, text
 
 from bench import loadgen
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     API_KEY,
@@ -207,7 +206,7 @@ def worker_main() -> None:
     finally:
         consumer.stop()
         worker.runtime.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = peak_rss_kib()  # VmHWM: this worker's own peak, not its parent's
     print(json.dumps({"maxrss_kib": peak, "threads": threading.active_count()}))
 
 
