@@ -78,8 +78,7 @@ def record_sendgrid_events(runtime: Any, events: Sequence[Any]) -> InboundResult
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("SendGrid event %s rejected: %s", index, exc)
-    for contact_id in sorted(result.contacts):
-        runtime.jobs.process_contact.send(contact_id)
+    runtime.enqueue_contacts(sorted(result.contacts))
     return result
 
 

@@ -59,8 +59,7 @@ def record_hubspot_events(
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("HubSpot event %s rejected: %s", index, exc)
-    for contact_id in sorted(result.contacts):
-        runtime.jobs.process_contact.send(contact_id)
+    runtime.enqueue_contacts(sorted(result.contacts))
     return result
 
 

@@ -345,6 +345,5 @@ def record_generic_events(
             else:
                 result.recorded += 1
                 result.contacts.add(recorded.contact_id)
-    for contact_id in sorted(result.contacts):
-        runtime.jobs.process_contact.send(contact_id)
+    runtime.enqueue_contacts(sorted(result.contacts))
     return result

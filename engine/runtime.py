@@ -17,7 +17,7 @@ With ``stub://`` the runtime runs a Dramatiq worker in threads of this process (
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
+CONTACTS_PER_JOB = 10
+"""Contacts per ``process_contacts`` job when a batch of events is enqueued."""
 # The periodic scheduler job lives apart: drain() never waits for a chain that never ends.
 SCHEDULER_QUEUE = "journeyline_scheduler"
 SCHEDULER_TICK = "scheduler_tick"
@@ -92,6 +94,7 @@ class Tick(Due):
 @dataclass(frozen=True)
 class Jobs:
     process_contact: dramatiq.Actor[[int], None]
+    process_contacts: dramatiq.Actor[[list[int]], None]
     perform_action: dramatiq.Actor[[int], None]
     perform_transactional: dramatiq.Actor[[int], None]
     wake_enrollment: dramatiq.Actor[[int], None]
@@ -269,6 +272,31 @@ class Runtime:
             for workflow in self.registry.workflows.values():
                 remember_version(session, self.registry, workflow, self.clock.now())
         self._versions_synced = True
+
+    def enqueue_contacts(self, contact_ids: Iterable[int]) -> None:
+        """Enqueue the processing of these contacts' pending events: one job per
+        ``CONTACTS_PER_JOB`` contacts, which saves a broker round trip per contact on a batch
+        (a few contacts per job keep the latency of the last one low)."""
+        ids = list(dict.fromkeys(contact_ids))
+        for start in range(0, len(ids), CONTACTS_PER_JOB):
+            chunk = ids[start : start + CONTACTS_PER_JOB]
+            if len(chunk) == 1:
+                self.jobs.process_contact.send(chunk[0])
+            else:
+                self.jobs.process_contacts.send(chunk)
+
+    def process_contacts(self, contact_ids: list[int]) -> None:
+        """Each contact in turn. One that raises does not stop the others; the first error is
+        raised at the end so the job is retried, and contacts already done are no-ops then."""
+        failure: Exception | None = None
+        for contact_id in contact_ids:
+            try:
+                self.process_contact(contact_id)
+            except Exception as exc:
+                log.exception("processing contact %s failed", contact_id)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def process_contact(self, contact_id: int) -> Effects:
         self.sync_versions()
@@ -544,6 +572,9 @@ class Runtime:
         def process_contact(contact_id: int) -> None:
             self.process_contact(contact_id)
 
+        def process_contacts(contact_ids: list[int]) -> None:
+            self.process_contacts(contact_ids)
+
         def perform_action_job(action_id: int) -> None:
             self.perform(action_id)
 
@@ -582,6 +613,7 @@ class Runtime:
 
         return Jobs(
             process_contact=declare(process_contact, "process_contact"),
+            process_contacts=declare(process_contacts, "process_contacts"),
             perform_action=declare(perform_action_job, "perform_action"),
             # Receipts and other transactional mail have their own queue, so they are never
             # held behind a marketing backlog.

@@ -178,8 +178,7 @@ def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
             recorded = record_batch(session, runtime.registry, items, now=now)
         else:
             recorded = [record_one(session, runtime.registry, item, now=now) for item in items]
-    for contact_id in dict.fromkeys(r.contact_id for r in recorded if not r.duplicate):
-        runtime.jobs.process_contact.send(contact_id)
+    runtime.enqueue_contacts(r.contact_id for r in recorded if not r.duplicate)
     return [
         RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
         for r in recorded
