@@ -43,8 +43,10 @@ from bench.services import (
     REPO,
     FakeSendGridProcess,
     bench_env,
+    contact_row,
     queue_backlog,
     redis_for,
+    spawn_workers,
     stop,
     workdir,
 )
@@ -91,19 +93,7 @@ def seed(db_url: str, count: int) -> float:
     try:
         for lo in range(0, count, SEED_BATCH):
             rows = [
-                {
-                    "email": f"campaign-{i}@example.com",
-                    "timezone": "UTC",
-                    "attributes": {},
-                    "external_ids": {},
-                    "stage": "consideration",
-                    "score": 0,
-                    "subscription_status": "subscribed",
-                    "version": 1,
-                    "stage_entered_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                contact_row(f"campaign-{i}@example.com", now=now, stage="consideration")
                 for i in range(lo, min(lo + SEED_BATCH, count))
             ]
             with db.begin() as conn:
@@ -175,17 +165,7 @@ def run(
         )
         before = fake.count()
         logs = [(tmp / f"worker-{label}-{n}.log").open("w") for n in range(args.processes)]
-        workers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.campaign", "--worker"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-            for log in logs
-        ]
+        workers = spawn_workers("bench.campaign", env, logs)
         broadcast_log = (tmp / f"broadcast-{label}.log").open("w")
         try:
             broadcaster = subprocess.run(

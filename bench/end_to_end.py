@@ -51,6 +51,7 @@ from bench.services import (
     Scheduler,
     Workers,
     bench_env,
+    contact_row,
     percentile,
     queue_backlog,
     redis_for,
@@ -171,19 +172,9 @@ def seed_contacts(db_url: str, count: int) -> None:
     try:
         for lo in range(0, count, SEED_BATCH):
             rows = [
-                {
-                    "email": loadgen.email(PREFIX, i),
-                    "timezone": "UTC",
-                    "attributes": {"first_name": f"Lead {i}"},
-                    "external_ids": {},
-                    "stage": "awareness",
-                    "score": 0,
-                    "subscription_status": "subscribed",
-                    "version": 1,
-                    "stage_entered_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                contact_row(
+                    loadgen.email(PREFIX, i), now=now, attributes={"first_name": f"Lead {i}"}
+                )
                 for i in range(lo, min(lo + SEED_BATCH, count))
             ]
             with db.begin() as conn:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -40,12 +38,13 @@ from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, wr
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     API_KEY,
-    REPO,
     FakeSendGridProcess,
     Scheduler,
     bench_env,
+    contact_row,
     queue_backlog,
     redis_for,
+    spawn_workers,
     stop,
     workdir,
 )
@@ -70,19 +69,9 @@ def seed(db_url: str, count: int) -> list[int]:
     try:
         for lo in range(0, count, SEED_BATCH):
             rows = [
-                {
-                    "email": loadgen.email(PREFIX, i),
-                    "timezone": "UTC",
-                    "attributes": {"first_name": f"Contact {i}"},
-                    "external_ids": {},
-                    "stage": "awareness",
-                    "score": 0,
-                    "subscription_status": "subscribed",
-                    "version": 1,
-                    "stage_entered_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                contact_row(
+                    loadgen.email(PREFIX, i), now=now, attributes={"first_name": f"Contact {i}"}
+                )
                 for i in range(lo, min(lo + SEED_BATCH, count))
             ]
             with db.begin() as conn:
@@ -155,17 +144,7 @@ def measure(args: Any, count: int, fake: FakeSendGridProcess, tmp: Path) -> dict
         before = fake.count()
         start = time.perf_counter()
         logs = [(tmp / f"worker-{count}-{n}.log").open("w") for n in range(args.processes)]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.memory", "--worker"],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-            for log in logs
-        ]
+        procs = spawn_workers("bench.memory", env, logs)
         try:
             outputs = [p.communicate(timeout=3600)[0] for p in procs]
         finally:

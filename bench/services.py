@@ -345,3 +345,39 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["fake-sendgrid"]:
         sys.exit("usage: python -m bench.services fake-sendgrid")
     _serve_fake()
+
+
+def contact_row(
+    email: str, *, now: Any, stage: str = "awareness", attributes: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A ``contacts`` row for seeding by Core ``insert`` (a subscribed contact, score 0)."""
+    return {
+        "email": email,
+        "timezone": "UTC",
+        "attributes": attributes or {},
+        "external_ids": {},
+        "stage": stage,
+        "score": 0,
+        "subscription_status": "subscribed",
+        "version": 1,
+        "stage_entered_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def spawn_workers(
+    module: str, env: Mapping[str, str], logs: list[IO[str]]
+) -> list[subprocess.Popen[str]]:
+    """One ``python -m <module> --worker`` process per log file, reporting on stdout."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", module, "--worker"],
+            cwd=REPO,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        for log in logs
+    ]
