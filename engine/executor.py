@@ -99,25 +99,31 @@ def remember_version(
     key = (workflow.name, workflow.version)
     if key in seen:
         return
-    exists = session.exec(
-        select(WorkflowVersion.id).where(
-            WorkflowVersion.workflow == workflow.name, WorkflowVersion.version == workflow.version
-        )
-    ).first()
-    if exists is None:
-        try:
-            with session.begin_nested():
-                session.add(
-                    WorkflowVersion(
-                        workflow=workflow.name,
-                        version=workflow.version,
-                        spec=workflow.spec,
-                        created_at=now,
-                    )
-                )
-        except IntegrityError:
-            pass  # another worker stored the same version first: that is the goal
+    store_version(session, workflow, now)
     seen.add(key)
+
+
+def store_version(session: Session, workflow: Workflow, now: datetime) -> datetime:
+    """Store this version's spec unless it is stored already; return when it first was."""
+    query = select(WorkflowVersion.created_at).where(
+        WorkflowVersion.workflow == workflow.name, WorkflowVersion.version == workflow.version
+    )
+    created = session.exec(query).first()
+    if created is not None:
+        return created
+    try:
+        with session.begin_nested():
+            session.add(
+                WorkflowVersion(
+                    workflow=workflow.name,
+                    version=workflow.version,
+                    spec=workflow.spec,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:  # another worker stored the same version a moment ago
+        return session.exec(query).one()
+    return now
 
 
 def start_enrollment(

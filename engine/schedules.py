@@ -31,14 +31,13 @@ from cronsim import CronSim, CronSimError
 from sqlalchemy import text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from engine.conditions import EvalContext
 from engine.db import transaction
-from engine.executor import Effects, start_enrollment
+from engine.executor import Effects, start_enrollment, store_version
 from engine.localtime import zone
-from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus, WorkflowVersion
+from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus
 from engine.registry import Registry
 from engine.workflow import Scheduled, Workflow
 
@@ -159,26 +158,7 @@ class SchedulePlanner:
     ) -> datetime:
         key = (workflow.name, workflow.version)
         if key not in self._since:
-            query = select(WorkflowVersion.created_at).where(
-                WorkflowVersion.workflow == workflow.name,
-                WorkflowVersion.version == workflow.version,
-            )
-            created = session.exec(query).first()
-            if created is None:
-                try:
-                    with session.begin_nested():
-                        session.add(
-                            WorkflowVersion(
-                                workflow=workflow.name,
-                                version=workflow.version,
-                                spec=workflow.spec,
-                                created_at=now,
-                            )
-                        )
-                    created = now
-                except IntegrityError:  # another process stored it a moment ago
-                    created = session.exec(query).one()
-            self._since[key] = created
+            self._since[key] = store_version(session, workflow, now)
         return self._since[key]
 
 
