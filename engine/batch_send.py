@@ -22,8 +22,9 @@ they are dispatched together (a broadcast, a sweep); a request then carries the 
 a group whose *rendered* subject and bodies are identical. A template that uses contact
 fields (``{{ contact.first_name }}``) renders differently per contact, and those contacts
 get requests of their own (one per distinct rendering): the batch never sends one contact
-another contact's text. SendGrid-hosted dynamic templates (``dynamic_template_data`` per
-personalization) are not supported: Journeyline renders its Jinja templates itself.
+another contact's text. A SendGrid dynamic template step (``sendgrid_template``) batches
+by template id: one request carries up to ``batch_size`` contacts, each personalization with
+its own ``dynamic_template_data``, since SendGrid does the rendering.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def batch_key(kind: str, payload: Mapping[str, Any], reason: Mapping[str, Any]) 
         reason.get("version"),
         reason.get("step"),
         payload.get("template"),
+        payload.get("sendgrid_template"),
         data,
     )
 
@@ -161,7 +163,9 @@ def perform_email_batch(
         outcome.statuses.update(claimed.statuses)
     for chunk in _requests(claimed.items, connector.batch_size):
         outcome.requests += 1
-        recipients = [Recipient(c.message.to, c.message.custom_args) for c in chunk]
+        recipients = [
+            Recipient(c.message.to, c.message.custom_args, c.message.template_data) for c in chunk
+        ]
         ids = [c.action_id for c in chunk]
         try:
             result = connector.send_batch(chunk[0].message, recipients)
@@ -355,7 +359,8 @@ class _Renders:
 
     def message(self, action: Any, contact: Any) -> EmailMessage:
         template = str(action.payload["template"])
-        if reads_contact(self.registry, template):
+        # A SendGrid dynamic template is not rendered here: its per-contact data is the message.
+        if action.payload.get("sendgrid_template") or reads_contact(self.registry, template):
             return build_message(self.registry, action, contact, now=self.now, sender=self.sender)
         key = (
             template,
@@ -437,12 +442,22 @@ def _contacts_needing_guardrails(
 
 
 def _requests(items: Sequence[_Claimed], size: int) -> Iterator[list[_Claimed]]:
-    """Requests of at most ``size`` recipients with identical rendered content, each address
-    at most once per request (SendGrid refuses a request naming an address twice)."""
+    """Requests of at most ``size`` recipients with identical rendered content (or the same
+    dynamic template), each address at most once per request (SendGrid refuses a request
+    naming an address twice)."""
     groups: dict[tuple, list[_Claimed]] = {}
     for item in items:
         m = item.message
-        key = (m.sender, m.subject, m.text, m.html, m.categories, tuple(sorted(m.headers.items())))
+        key = (
+            m.sender,
+            m.subject,
+            m.text,
+            m.html,
+            m.template_id,
+            m.marketing,
+            m.categories,
+            tuple(sorted(m.headers.items())),
+        )
         groups.setdefault(key, []).append(item)
     for group in groups.values():
         pending = group

@@ -363,7 +363,7 @@ def _enroll_fast(
         position = _PAST_THE_END if after_wait.next is None else after_wait.next
         wake_at = now + after_wait.step.duration  # type: ignore[union-attr]
     # else: due now at the next step; the scheduler runs it per contact, as after any wait.
-    payload = {"template": step.template, "marketing": step.marketing, "data": dict(step.data)}
+    payload = step.payload()
     reason = {
         "workflow": workflow.name,
         "version": workflow.version,

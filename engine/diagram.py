@@ -57,7 +57,8 @@ def describe_trigger(trigger: Trigger | object) -> str:
 
 def describe_step(step: Step) -> str:
     if isinstance(step, SendEmail):
-        return f"email {step.template}" + ("" if step.marketing else " (transactional)")
+        hosted = f" (SendGrid {step.sendgrid_template})" if step.sendgrid_template else ""
+        return f"email {step.template}{hosted}" + ("" if step.marketing else " (transactional)")
     if isinstance(step, Wait):
         return f"wait {step.duration}"
     if isinstance(step, WaitUntil):

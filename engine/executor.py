@@ -441,10 +441,7 @@ def _action(
     kind: str
     payload: dict[str, Any]
     if isinstance(step, SendEmail):
-        kind, payload = (
-            "email",
-            {"template": step.template, "marketing": step.marketing, "data": dict(step.data)},
-        )
+        kind, payload = "email", step.payload()
     elif isinstance(step, UpdateCRM):
         kind, payload = (
             "crm.update",

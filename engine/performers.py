@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from connectors.crm import CRMConnector
 from connectors.email import EmailConnector, EmailMessage
@@ -55,23 +55,33 @@ def build_message(
         "stage": contact.stage,
         "score": contact.score,
     }
-    rendered = registry.templates.render(
-        template, contact=view, data=dict(action.payload.get("data", {}))
-    )
+    data = dict(action.payload.get("data", {}))
     workflow = str(action.reason.get("workflow", "manual"))
     step = str(action.reason.get("step", template))
-    return EmailMessage(
-        to=contact.email,
-        sender=sender,
-        subject=rendered.subject,
-        text=rendered.text,
-        html=rendered.html,
-        idempotency_key=action.idempotency_key,
-        sent_at=now,
-        categories=(workflow, f"{workflow}:{step}"),
-        custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
-        headers={"X-Journeyline-Template": template},
-    )
+    common: dict[str, Any] = {
+        "to": contact.email,
+        "sender": sender,
+        "idempotency_key": action.idempotency_key,
+        "sent_at": now,
+        "categories": (workflow, f"{workflow}:{step}"),
+        "custom_args": {"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
+        "headers": {"X-Journeyline-Template": template},
+        "marketing": bool(action.payload.get("marketing", True)),
+    }
+    hosted = action.payload.get("sendgrid_template")
+    if hosted:
+        # SendGrid renders it: send the contact's fields flat (``{{first_name}}`` in its
+        # editor), the step's data on top.
+        return EmailMessage(
+            subject="",
+            text="",
+            html="",
+            template_id=str(hosted),
+            template_data={**view, **data},
+            **common,
+        )
+    rendered = registry.templates.render(template, contact=view, data=data)
+    return EmailMessage(subject=rendered.subject, text=rendered.text, html=rendered.html, **common)
 
 
 class WebhookPerformer:

@@ -59,6 +59,7 @@ BUILTIN_EVENTS = frozenset({
     "email.group_unsubscribed", "email.group_resubscribed",
 })  # fmt: skip
 _TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_SENDGRID_TEMPLATE = re.compile(r"^d-[0-9a-f]{32}$")
 
 
 @dataclass
@@ -215,7 +216,13 @@ def _block_problems(
         label = f"{where}, step {step.id or position + 1} ({type(step).__name__})"
         if position > 0 and isinstance(steps[position - 1], Exit):
             found.append(f"{label}: unreachable, it follows an exit step")
-        if isinstance(step, SendEmail):
+        if isinstance(step, SendEmail) and step.sendgrid_template:
+            if not _SENDGRID_TEMPLATE.match(step.sendgrid_template):
+                found.append(
+                    f"{label}: sendgrid_template {step.sendgrid_template!r} is not a SendGrid "
+                    "dynamic template id ('d-' and 32 lowercase hex digits)"
+                )
+        elif isinstance(step, SendEmail):
             found += [f"{label}: {p}" for p in renderer.problems(step.template)]
         elif isinstance(step, Wait) and step.duration.total_seconds() <= 0:
             found.append(f"{label}: a wait must be longer than zero")

@@ -127,6 +127,7 @@ class Runtime:
             sendgrid_timeout_s=self.settings.sendgrid_timeout_seconds,
             sendgrid_sandbox=self.settings.sendgrid_sandbox,
             sendgrid_batch_size=self.settings.sendgrid_batch_size,
+            sendgrid_unsubscribe_group=self.settings.sendgrid_unsubscribe_group,
         )
         self.db = db or make_engine(self.settings.database_url)
         self.broker = broker or build_broker(self.settings.broker_url)

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="Recipients per SendGrid request for broadcast sends (personalizations); "
         "1 turns batching off.",
     )
+    sendgrid_unsubscribe_group: int | None = Field(
+        default=None,
+        ge=1,
+        description="SendGrid unsubscribe group id (asm.group_id) put on marketing email only; "
+        "transactional email never carries it.",
+    )
     crm_connector: str = Field(
         default="outbox",
         description="outbox (CRM updates and tasks as JSON files), hubspot, or none (CRM "

@@ -38,8 +38,14 @@ def to_spec(value: Any) -> Any:
             raise TypeError(f"{type(value).__name__} is not workflow vocabulary")
         out: dict[str, Any] = {"kind": kind}
         for f in dataclasses.fields(value):
-            if f.metadata.get("spec", True):
-                out[f.name] = to_spec(getattr(value, f.name))
+            if not f.metadata.get("spec", True):
+                continue
+            field_value = getattr(value, f.name)
+            # A field added later is left out while at its default, so that definitions
+            # which do not use it keep their spec, and their version, unchanged.
+            if f.metadata.get("omit_default") and field_value == f.default:
+                continue
+            out[f.name] = to_spec(field_value)
         return out
     if isinstance(value, timedelta):
         return {"kind": "timedelta", "seconds": value.total_seconds()}

@@ -20,10 +20,26 @@ from engine.spec import vocabulary
 @vocabulary("send_email")
 @dataclass(frozen=True)
 class SendEmail:
+    """``template`` names the email: a Jinja template in ``templates/``, or, with
+    ``sendgrid_template`` (a SendGrid dynamic template id, ``d-`` + 32 hex), only a label
+    for the diagram, the timeline and the ``X-Journeyline-Template`` header."""
+
     template: str
     id: str = ""
     marketing: bool = True  # transactional mail skips caps and quiet hours, never suppression
     data: Mapping[str, Any] = field(default_factory=dict)
+    sendgrid_template: str = field(default="", metadata={"omit_default": True})
+
+    def payload(self) -> dict[str, Any]:
+        """The email action's payload (the executor and the broadcast fast path)."""
+        out: dict[str, Any] = {
+            "template": self.template,
+            "marketing": self.marketing,
+            "data": dict(self.data),
+        }
+        if self.sendgrid_template:
+            out["sendgrid_template"] = self.sendgrid_template
+        return out
 
 
 @vocabulary("wait")
@@ -179,9 +195,23 @@ WAITS = (Wait, WaitUntil, WaitUntilDate, WaitForEvent)
 
 
 def send_email(
-    template: str, *, id: str = "", marketing: bool = True, data: Mapping[str, Any] | None = None
+    template: str,
+    *,
+    id: str = "",
+    marketing: bool = True,
+    data: Mapping[str, Any] | None = None,
+    sendgrid_template: str = "",
 ) -> SendEmail:
-    return SendEmail(template, id=id, marketing=marketing, data=dict(data or {}))
+    """Send ``templates/<template>.j2``; or, with ``sendgrid_template="d-..."``, that SendGrid
+    dynamic template, filled with the contact's attributes, email and stage plus ``data``
+    (``template`` is then only the email's name)."""
+    return SendEmail(
+        template,
+        id=id,
+        marketing=marketing,
+        data=dict(data or {}),
+        sendgrid_template=sendgrid_template,
+    )
 
 
 def wait(

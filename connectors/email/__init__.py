@@ -30,6 +30,7 @@ def build_email_connector(
     sendgrid_timeout_s: float = 10.0,
     sendgrid_sandbox: bool = False,
     sendgrid_batch_size: int = 1000,
+    sendgrid_unsubscribe_group: int | None = None,
 ) -> EmailConnector:
     """The connector named in settings (``JOURNEYLINE_EMAIL_CONNECTOR``)."""
     if name == "outbox":
@@ -47,6 +48,7 @@ def build_email_connector(
             timeout_s=sendgrid_timeout_s,
             sandbox=sendgrid_sandbox,
             batch_size=sendgrid_batch_size,
+            asm_group_id=sendgrid_unsubscribe_group,
         )
     raise ConfigurationError(
         f"unknown email connector {name!r}; choose one of: outbox, recording, sendgrid"

@@ -5,6 +5,12 @@ A connector takes one rendered ``EmailMessage`` and either returns a ``SendResul
 True guarantee that a repeated ``idempotency_key`` never produces a second email, so the
 engine may safely re-send after a worker died mid-send; for the others it marks the action
 ``unknown`` instead of risking a duplicate.
+
+A message either carries its own content (``subject``, ``text``, ``html``, rendered by
+Journeyline) or names a provider-hosted template (``template_id``, e.g. a SendGrid dynamic
+template ``d-...``) with the data to fill it (``template_data``); then its subject and bodies
+are empty and the provider renders it. ``marketing`` is False for transactional mail, which
+must not carry the marketing unsubscribe group.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,14 @@ class EmailMessage:
     categories: tuple[str, ...] = ()
     custom_args: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    template_id: str = ""
+    template_data: Mapping[str, Any] = field(default_factory=dict)
+    marketing: bool = True
+
+    @property
+    def has_content(self) -> bool:
+        """Whether there is something to send: a body, or a provider template to render."""
+        return bool(self.text or self.html or self.template_id)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ becomes ``DeliveryUnknownError``, to be reconciled from events rather than re-se
 recipient (at most ``batch_size``, SendGrid's limit is 1,000), each with its own
 ``custom_args`` so every delivery event still names the action that caused it. A request
 succeeds or fails as a whole, so one outcome applies to every recipient in it.
+
+A message naming a dynamic template (``template_id``) is sent as ``template_id`` plus
+``dynamic_template_data`` in each personalization, with no subject or content: SendGrid
+renders it. ``asm_group_id`` (the marketing unsubscribe group) goes on marketing messages
+only; transactional ones carry no ``asm``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +58,7 @@ class Recipient:
 
     to: str
     custom_args: Mapping[str, str]
+    template_data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class SendGridEmailConnector(EmailConnector):
@@ -84,13 +90,18 @@ class SendGridEmailConnector(EmailConnector):
 
     def payload(self, message: EmailMessage) -> dict[str, Any]:
         """The v3 JSON body for one message, as built by the ``sendgrid`` package."""
-        mail = Mail(
-            from_email=message.sender,
-            to_emails=message.to,
-            subject=message.subject,
-            plain_text_content=message.text or None,
-            html_content=message.html or None,
-        )
+        if message.template_id:
+            mail = Mail(from_email=message.sender, to_emails=message.to)
+            mail.template_id = message.template_id
+            mail.dynamic_template_data = dict(message.template_data)
+        else:
+            mail = Mail(
+                from_email=message.sender,
+                to_emails=message.to,
+                subject=message.subject,
+                plain_text_content=message.text or None,
+                html_content=message.html or None,
+            )
         categories = list(dict.fromkeys(message.categories))[:MAX_CATEGORIES]
         # The helper prepends each category; add them reversed to keep the caller's order.
         for category in reversed(categories):
@@ -99,7 +110,7 @@ class SendGridEmailConnector(EmailConnector):
             mail.custom_arg = [CustomArg(str(k), str(v)) for k, v in message.custom_args.items()]
         if message.headers:
             mail.header = [Header(k, v) for k, v in message.headers.items()]
-        if self.asm_group_id is not None:
+        if self.asm_group_id is not None and message.marketing:
             mail.asm = Asm(self.asm_group_id)
         if self.sandbox:
             settings = MailSettings()
@@ -126,11 +137,14 @@ class SendGridEmailConnector(EmailConnector):
             {"to": [{"email": r.to}], "custom_args": {k: str(v) for k, v in r.custom_args.items()}}
             for r in recipients
         ]
+        if message.template_id:
+            for personalization, r in zip(body["personalizations"], recipients, strict=True):
+                personalization["dynamic_template_data"] = dict(r.template_data)
         return body
 
     def send(self, message: EmailMessage) -> SendResult:
-        if not (message.text or message.html):
-            raise PermanentConnectorError("an email needs a text or an html body")
+        if not message.has_content:
+            raise PermanentConnectorError("an email needs a text or an html body, or a template")
         try:
             body = self.payload(message)
         except Exception as exc:  # the helper raises KeyError/ValueError on a malformed address
@@ -138,10 +152,11 @@ class SendGridEmailConnector(EmailConnector):
         return self._post(body, f"jl_action_id={message.custom_args.get('jl_action_id', '?')}")
 
     def send_batch(self, message: EmailMessage, recipients: Sequence[Recipient]) -> SendResult:
-        """Send ``message`` (its subject, bodies, categories, headers; its ``to`` and
-        ``custom_args`` are ignored) to every recipient in one request."""
-        if not (message.text or message.html):
-            raise PermanentConnectorError("an email needs a text or an html body")
+        """Send ``message`` (its subject, bodies or template id, categories, headers; its
+        ``to``, ``custom_args`` and ``template_data`` are ignored) to every recipient in one
+        request, each with its own ``custom_args`` and ``template_data``."""
+        if not message.has_content:
+            raise PermanentConnectorError("an email needs a text or an html body, or a template")
         try:
             body = self.batch_payload(message, recipients)
         except PermanentConnectorError:

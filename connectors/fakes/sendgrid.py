@@ -371,6 +371,12 @@ def validate_mail(body: Any) -> list[dict[str, Any]]:
         if not (has_template or body.get("subject") or p.get("subject")):
             problems.append(_problem("The subject is required.", "subject"))
         problems += _check_custom_args(p.get("custom_args"), f"{where}.custom_args")
+        if "dynamic_template_data" in p and not isinstance(p["dynamic_template_data"], dict):
+            problems.append(
+                _problem(
+                    "dynamic_template_data must be an object.", f"{where}.dynamic_template_data"
+                )
+            )
         problems += _check_send_at(p.get("send_at"), f"{where}.send_at")
     if recipients > MAX_RECIPIENTS:
         problems.append(_problem("Too many recipients (at most 1000).", "personalizations"))
