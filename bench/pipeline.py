@@ -45,6 +45,7 @@ from sqlmodel import SQLModel
 
 from bench.common import Result, add_smoke_flag, print_results, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
+from bench.services import contact_row
 from connectors.email import RecordingEmailConnector
 from connectors.email.base import EmailMessage
 from engine.clock import VirtualClock
@@ -203,21 +204,7 @@ def _baseline_event(
         ).first()
         if row is None:
             contact_id = conn.execute(
-                insert(contacts)
-                .values(
-                    email=address,
-                    timezone="UTC",
-                    attributes={},
-                    external_ids={},
-                    stage="awareness",
-                    score=0,
-                    subscription_status="subscribed",
-                    version=1,
-                    stage_entered_at=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(contacts.c.id)
+                insert(contacts).values(**contact_row(address, now=now)).returning(contacts.c.id)
             ).scalar_one()
             stage, score = "awareness", 0
         else:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.services import contact_row
 from engine.db import make_engine
 from engine.models import Contact, Enrollment, EnrollmentStatus
 from engine.scheduler import claim_due
@@ -65,19 +66,7 @@ def fill(db: Engine, *, waiting: int, due: int) -> float:
     with db.begin() as conn:
         contact_id = conn.execute(
             insert(Contact.__table__)  # type: ignore[arg-type]
-            .values(
-                email="bench@example.com",
-                timezone="UTC",
-                attributes={},
-                external_ids={},
-                stage="awareness",
-                score=0,
-                subscription_status="subscribed",
-                version=1,
-                stage_entered_at=NOW,
-                created_at=NOW,
-                updated_at=NOW,
-            )
+            .values(**contact_row("bench@example.com", now=NOW))
             .returning(Contact.__table__.c.id)  # type: ignore[attr-defined]
         ).scalar_one()
     past, future = NOW - timedelta(minutes=5), NOW + timedelta(days=3)

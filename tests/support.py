@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from sqlalchemy import create_engine, pool, text
 from sqlmodel import Session, SQLModel, select
 
@@ -73,3 +75,16 @@ def reset_postgres(url: str, *, create_tables: bool) -> None:
                 SQLModel.metadata.create_all(conn)
     finally:
         db.dispose()
+
+
+def stop_processes(processes: list[subprocess.Popen[str]]) -> list[str]:
+    """Terminate each process (kill it after 30 s) and return what it printed."""
+    outputs = []
+    for process in processes:
+        process.terminate()
+        try:
+            outputs.append(process.communicate(timeout=30)[0])
+        except subprocess.TimeoutExpired:
+            process.kill()
+            outputs.append(process.communicate()[0])
+    return outputs

@@ -33,6 +33,7 @@ from engine.db import make_engine
 from engine.models import Action, Contact, Enrollment
 from engine.runtime import Runtime
 from engine.testing import Simulation
+from tests.support import stop_processes
 
 REPO = Path(__file__).parent.parent
 TEMPLATES = REPO / "workflows" / "templates"
@@ -133,18 +134,6 @@ def _settled(db: Engine) -> bool:
     return started is not None and running is None and busy is None
 
 
-def _stop(processes: list[subprocess.Popen[str]]) -> list[str]:
-    outputs = []
-    for process in processes:
-        process.terminate()
-        try:
-            outputs.append(process.communicate(timeout=30)[0])
-        except subprocess.TimeoutExpired:
-            process.kill()
-            outputs.append(process.communicate()[0])
-    return outputs
-
-
 def real_run(pg_db_url: str, redis_url: str, flows: Path, outbox: Path) -> dict[str, list[str]]:
     env = {
         **os.environ,
@@ -178,7 +167,7 @@ def real_run(pg_db_url: str, redis_url: str, flows: Path, outbox: Path) -> dict[
         deadline = time.monotonic() + 90
         while not _settled(db):
             if time.monotonic() > deadline:
-                outputs = _stop(processes)
+                outputs = stop_processes(processes)
                 raise AssertionError(
                     f"the real run did not settle in 90 s; sent so far {emails_by_contact(db)};"
                     f" processes said:\n" + "\n---\n".join(o[-3000:] for o in outputs)
@@ -189,7 +178,7 @@ def real_run(pg_db_url: str, redis_url: str, flows: Path, outbox: Path) -> dict[
     finally:
         producer.close()
         db.dispose()
-        for output in _stop(processes):
+        for output in stop_processes(processes):
             assert "Traceback" not in output, output
 
 

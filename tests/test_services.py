@@ -21,6 +21,7 @@ from engine import Settings, SystemClock
 from engine.db import make_engine
 from engine.models import Action, Contact
 from engine.runtime import Runtime
+from tests.support import stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -222,13 +223,6 @@ def test_two_workers_and_two_schedulers_send_each_email_exactly_once(
         producer.close()
     finally:
         sys.path.remove(str(tmp_path))
-        outputs = []
-        for process in processes:
-            process.terminate()
-            try:
-                outputs.append(process.communicate(timeout=30)[0])
-            except subprocess.TimeoutExpired:
-                process.kill()
-                outputs.append(process.communicate()[0])
+        outputs = stop_processes(processes)
     for output in outputs:
         assert "Traceback" not in output, output
