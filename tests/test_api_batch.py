@@ -4,6 +4,7 @@ same order."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -37,8 +38,13 @@ BATCH = [
     EventIn(email="cy@example.com", type="page.viewed", idempotency_key="k1"),
     # the key of an event stored before: a duplicate, and dee is never created
     EventIn(email="dee@example.com", type="page.viewed", idempotency_key="old"),
-    # a new contact without a key
-    EventIn(email="eve@example.com", type="content.downloaded", timezone="Asia/Tokyo"),
+    # a new contact without a key, at a time given with an offset (stored as UTC)
+    EventIn(
+        email="eve@example.com",
+        type="content.downloaded",
+        timezone="Asia/Tokyo",
+        occurred_at=datetime(2026, 11, 20, 9, 0, tzinfo=timezone(timedelta(hours=2))),
+    ),
 ]
 
 
@@ -82,6 +88,7 @@ def snapshot(runtime: Runtime) -> dict[str, Any]:
                     e.idempotency_key
                     if "k1" in e.idempotency_key or "old" in e.idempotency_key
                     else "",
+                    e.occurred_at if by_id[e.contact_id] == "eve@example.com" else None,
                 )
                 for e in events
             ],
@@ -142,3 +149,6 @@ def test_a_batch_in_bulk_records_what_one_by_one_records(
         "bo@example.com",
         "eve@example.com",
     ]
+    # And eve's events (contact.created and hers) occurred when she said, in UTC
+    eve = {e[-1] for e in got["events"] if e[0] == "eve@example.com"}
+    assert eve == {datetime(2026, 11, 20, 7, 0, tzinfo=UTC)}

@@ -12,16 +12,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
-from sqlalchemy import insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import object_session
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from engine import pipeline
+from engine.api import bulk
 from engine.api.auth import require
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
@@ -33,7 +33,7 @@ from engine.contacts import (
 )
 from engine.db import transaction
 from engine.errors import ValidationError
-from engine.models import Contact, Event, EventStatus, SubscriptionStatus
+from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
 from engine.runtime import Runtime
 
@@ -149,12 +149,17 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
     return Accepted(events=record_all(runtime, items))
 
 
+_normalized_email = lru_cache(maxsize=4 * MAX_BATCH)(normalize_email)
+"""``normalize_email`` remembered: a batch is checked before it is recorded, and both need
+each address, which ``email_validator`` takes ~0.1 ms to parse (a failure is not cached)."""
+
+
 def check(item: EventIn, prefix: str, index: int) -> list[Problem]:
     """Every problem with one event, each naming its field (``events[3].email``)."""
     found: list[Problem] = []
     where = f"{prefix}[{index}]." if prefix else ""
     checks = [
-        lambda: normalize_email(item.email),
+        lambda: _normalized_email(item.email),
         lambda: validate_event_type(item.type),
         lambda: validate_properties(item.properties),
         lambda: validate_properties(item.attributes, field="attributes"),
@@ -209,10 +214,11 @@ def record_one(
 # create the contact, insert the events); for a batch of 100 that dominated the request.
 # ``record_batch`` does what it does, item by item in order, with one statement per step for
 # the whole batch: look up the keys, load the contacts, insert the new contacts, insert their
-# ``contact.created`` events, insert the events. Conflicts with concurrent requests (the same
-# address or key arriving at once) are resolved by the unique constraints, as there.
+# ``contact.created`` events, insert the events (``bulk`` holds the statements of each
+# database). Conflicts with concurrent requests (the same address or key arriving at once)
+# are resolved by the unique constraints, as there.
 
-BULK_DIALECTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+BULK_DIALECTS = frozenset({"postgresql", "sqlite"})
 
 
 @dataclass
@@ -231,7 +237,9 @@ def record_batch(
     session: Session, registry: Registry, items: list[EventIn], *, now: datetime
 ) -> list[pipeline.Recorded]:
     """``pipeline.record_event`` for each item, in order, in a few statements in all."""
-    insert_into = BULK_DIALECTS[session.get_bind().dialect.name]
+    writer = bulk.writer_for(session)
+    if writer is None:
+        raise ValueError(f"no bulk writer for {session.get_bind().dialect.name}")
     batch = [_prepare(item) for item in items]
     first_with_key: dict[str, int] = {}
     for index, item in enumerate(batch):
@@ -241,10 +249,9 @@ def record_batch(
     explicit = [i.key for i in batch if ":auto:" not in i.key]
     stored: dict[str, pipeline.Recorded] = {}
     if explicit:
-        stored = _stored_events(session, explicit)
+        stored = _stored_events(writer, session, explicit)
     fresh = [i for i in batch if i.same_as is None and i.key not in stored]
-    contacts, created = _contacts_for(session, registry, insert_into, fresh, now=now)
-    events: Any = Event.__table__  # type: ignore[attr-defined]
+    contacts, created = _contacts_for(session, registry, writer, fresh, now=now)
     common = {
         "status": EventStatus.PENDING.value,
         "error": None,
@@ -257,45 +264,43 @@ def record_batch(
         first_event: dict[str, _Item] = {}
         for item in fresh:
             first_event.setdefault(item.email, item)
-        session.execute(
-            insert(events),
+        writer.insert_events(
+            session,
             [
                 {
-                    **common,
                     "contact_id": contact_id,
-                    "type": pipeline.CONTACT_CREATED,
-                    "properties": {},
-                    "source": pipeline.INTERNAL_SOURCE,
                     "idempotency_key": f"{pipeline.INTERNAL_SOURCE}:created:{contact_id}",
                     "occurred_at": first_event[email].occurred_at or now,
                 }
                 for email, contact_id in contacts.items()
                 if contact_id in created
             ],
+            {
+                **common,
+                "type": pipeline.CONTACT_CREATED,
+                "properties": {},
+                "source": pipeline.INTERNAL_SOURCE,
+            },
+            skip_taken_keys=False,
         )
     new_ids: dict[str, int] = {}
     if fresh:
-        statement = (
-            insert_into(events)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(events.c.idempotency_key, events.c.id)
-        )
         rows = [
             {
-                **common,
                 "contact_id": contacts[item.email],
                 "type": item.type,
                 "properties": item.properties,
-                "source": SOURCE,
                 "idempotency_key": item.key,
                 "occurred_at": item.occurred_at or now,
             }
             for item in fresh
         ]
-        new_ids = dict(session.execute(statement, rows).all())
+        new_ids = writer.insert_events(
+            session, rows, {**common, "source": SOURCE}, skip_taken_keys=True
+        )
         raced = [i.key for i in fresh if i.key not in new_ids]
         if raced:  # the same keys came in from another request meanwhile: the first stands
-            stored.update(_stored_events(session, raced))
+            stored.update(_stored_events(writer, session, raced))
     results: list[pipeline.Recorded] = []
     for item in batch:
         if item.same_as is not None:
@@ -310,7 +315,12 @@ def record_batch(
 
 
 def _contacts_for(
-    session: Session, registry: Registry, insert_into: Any, fresh: list[_Item], *, now: datetime
+    session: Session,
+    registry: Registry,
+    writer: bulk.BatchWriter,
+    fresh: list[_Item],
+    *,
+    now: datetime,
 ) -> tuple[dict[str, int], set[int]]:
     """The contact id of every address in ``fresh`` and which of them are new, as
     ``find_or_create_contact`` would make them item by item: a new contact takes the first
@@ -318,9 +328,7 @@ def _contacts_for(
     emails = list(dict.fromkeys(item.email for item in fresh))
     if not emails:
         return {}, set()
-    existing = {
-        c.email: c for c in session.exec(select(Contact).where(col(Contact.email).in_(emails)))
-    }
+    existing = {c.email: c for c in writer.find_contacts(session, emails)}
     new_rows: dict[str, dict[str, Any]] = {}
     for item in fresh:
         if item.email in existing:
@@ -332,30 +340,26 @@ def _contacts_for(
                 "email": item.email,
                 "timezone": item.timezone or "UTC",
                 "attributes": dict(item.attributes),
-                "external_ids": {},
-                "stage": registry.journey.initial,
-                "score": 0,
-                "subscription_status": SubscriptionStatus.SUBSCRIBED.value,
                 "version": 1,
-                "stage_entered_at": now,
-                "created_at": now,
                 "updated_at": now,
             }
     ids: dict[str, int] = {email: c.id for email, c in existing.items()}  # type: ignore[misc]
     created: set[int] = set()
     if new_rows:
-        table: Any = Contact.__table__  # type: ignore[attr-defined]
-        statement = (
-            insert_into(table)
-            .on_conflict_do_nothing(index_elements=["email"])
-            .returning(table.c.email, table.c.id)
-        )
-        inserted = dict(session.execute(statement, list(new_rows.values())).all())
+        common = {
+            "external_ids": {},
+            "stage": registry.journey.initial,
+            "score": 0,
+            "subscription_status": SubscriptionStatus.SUBSCRIBED.value,
+            "stage_entered_at": now,
+            "created_at": now,
+        }
+        inserted = writer.insert_contacts(session, list(new_rows.values()), common)
         ids.update(inserted)
         created = set(inserted.values())
         raced = [email for email in new_rows if email not in inserted]
         if raced:  # created by a concurrent request meanwhile: merge into it instead
-            for contact in session.exec(select(Contact).where(col(Contact.email).in_(raced))):
+            for contact in writer.find_contacts(session, raced):
                 ids[contact.email] = contact.id  # type: ignore[assignment]
                 for item in fresh:
                     if item.email == contact.email:
@@ -401,7 +405,7 @@ def _prepare(item: EventIn) -> _Item:
         else f"{SOURCE}:auto:{uuid.uuid4()}"
     )
     return _Item(
-        email=normalize_email(item.email),
+        email=_normalized_email(item.email),
         key=key,
         properties=validate_properties(item.properties),
         attributes=validate_properties(item.attributes, field="attributes"),
@@ -411,13 +415,10 @@ def _prepare(item: EventIn) -> _Item:
     )
 
 
-def _stored_events(session: Session, keys: list[str]) -> dict[str, pipeline.Recorded]:
-    found = session.exec(
-        select(Event.idempotency_key, Event.id, Event.contact_id).where(
-            col(Event.idempotency_key).in_(keys)
-        )
-    ).all()
+def _stored_events(
+    writer: bulk.BatchWriter, session: Session, keys: list[str]
+) -> dict[str, pipeline.Recorded]:
     return {
-        key: pipeline.Recorded(event_id, contact_id, duplicate=True)  # type: ignore[arg-type]
-        for key, event_id, contact_id in found
+        key: pipeline.Recorded(event_id, contact_id, duplicate=True)
+        for key, event_id, contact_id in writer.find_events(session, keys)
     }
