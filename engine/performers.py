@@ -154,29 +154,43 @@ class CRMPerformer:
     the step's properties, plus our score and the workflow in the properties named by
     ``mirrored`` (an empty name skips one), and mirrors our stage into the CRM's lifecycle
     stage (forward only); ``crm.task`` creates a task and ``crm.note`` a note on the contact.
-    An upsert is idempotent; a task or a note is not (a timeout leaves it ``unknown``)."""
+    An upsert is idempotent; a task or a note is not (a timeout leaves it ``unknown``).
+    A lifecycle move backwards is skipped unless ``allow_backward`` (then the CRM's value is
+    cleared first). Many ``crm.update`` actions due together go through HubSpot's batch
+    endpoints instead (engine/crm_batch.py), with the same properties and stage rules."""
 
     def __init__(
-        self, connector: CRMConnector, kind: str, *, mirrored: Mapping[str, str] | None = None
+        self,
+        connector: CRMConnector,
+        kind: str,
+        *,
+        mirrored: Mapping[str, str] | None = None,
+        allow_backward: bool = False,
     ) -> None:
         self.connector = connector
         self.kind = kind
         self.mirrored = {k: v for k, v in (mirrored or {}).items() if v}
+        self.allow_backward = allow_backward
         self.name = f"{kind} ({connector.name})"
         self.dedupes = kind == "crm.update"
+
+    def update_of(self, payload: Mapping[str, Any], stage: str) -> tuple[str, dict[str, Any]]:
+        """A ``crm.update`` action's stage to mirror and the properties to write: the step's,
+        plus our score and the workflow in the ``mirrored`` properties."""
+        properties = dict(payload.get("properties", {}))
+        for field, name in self.mirrored.items():
+            if payload.get(field) is not None:
+                properties.setdefault(name, payload[field])
+        return str(payload.get("stage") or stage), properties
 
     def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
         email, payload = contact.email, dict(action.payload)
         if self.kind == "crm.update":
-            stage = str(payload.get("stage") or contact.stage)
-            properties = dict(payload.get("properties", {}))
-            for field, name in self.mirrored.items():
-                if payload.get(field) is not None:
-                    properties.setdefault(name, payload[field])
+            stage, properties = self.update_of(payload, contact.stage)
 
             def update() -> str:
                 record = self.connector.upsert_contact(email, properties)
-                self.connector.set_lifecycle_stage(email, stage)
+                self.connector.set_lifecycle_stage(email, stage, allow_backward=self.allow_backward)
                 return record.id
 
             return update

@@ -7,6 +7,7 @@ all use, so there is one behaviour to trust. Its jobs are declared on its own br
     perform_action(action_id)      send one action through its connector
     wake_enrollment(enrollment_id) continue an enrollment whose wait is over
     perform_email_batch(action_ids) send email actions of one step together (batch_send.py)
+    perform_crm_batch(action_ids)  crm.update actions through HubSpot's batch calls (crm_batch.py)
     fire_schedule(slot_id)         offer a schedule slot's workflow to its time zone's contacts
     scheduler_tick()               one scheduler pass, then itself again after the interval
 
@@ -50,6 +51,7 @@ from engine.contacts import (
     validate_stage,
     validate_timezone,
 )
+from engine.crm_batch import batching_performer, crm_batches, perform_crm_batch
 from engine.db import make_engine, transaction
 from engine.errors import ConfigurationError, ValidationError
 from engine.executor import Effects
@@ -99,6 +101,7 @@ class Jobs:
     perform_transactional: dramatiq.Actor[[int], None]
     wake_enrollment: dramatiq.Actor[[int], None]
     perform_email_batch: dramatiq.Actor[[list[int]], None]
+    perform_crm_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
     scheduler_tick: dramatiq.Actor[[str], None]
 
@@ -340,7 +343,12 @@ class Runtime:
                 "workflow": settings.hubspot_workflow_property,
             }
             for kind in ("crm.update", "crm.task", "crm.note"):
-                found[kind] = CRMPerformer(self._crm, kind, mirrored=mirrored)
+                found[kind] = CRMPerformer(
+                    self._crm,
+                    kind,
+                    mirrored=mirrored,
+                    allow_backward=settings.hubspot_allow_backward,
+                )
             crm = found["crm.update"]
         elif settings.crm_connector == "none":
             crm = Unconfigured("CRM", "JOURNEYLINE_CRM_CONNECTOR")
@@ -391,6 +399,35 @@ class Runtime:
             sender=self.settings.from_email,
         )
 
+    def perform_crm_batch(self, action_ids: list[int]) -> BatchOutcome:
+        """``crm.update`` actions together through HubSpot's batch calls (crm_batch.py);
+        with another CRM connector, one by one through ``perform``."""
+        performer = batching_performer(self.extra_performers)
+        if performer is None:
+            outcome = BatchOutcome()
+            for action_id in action_ids:
+                outcome.statuses[self.perform(action_id).status] += 1
+            return outcome
+        return perform_crm_batch(
+            self.db,
+            performer,
+            action_ids,
+            now=self.clock.now(),
+            lease=self.lease,
+            policy=self.policy,
+            perform_one=self.perform,
+        )
+
+    def _batch_crm(self, action_ids: list[int]) -> list[int]:
+        """Enqueue due ``crm.update`` actions in batches when HubSpot takes them; return the
+        others. CRM tasks and notes stay single (no idempotency key: see crm_batch.py)."""
+        if batching_performer(self.extra_performers) is None:
+            return action_ids
+        batches, rest = crm_batches(self.db, action_ids)
+        for batch in batches:
+            self.jobs.perform_crm_batch.send(batch)
+        return rest
+
     def broadcast(self, workflow: str) -> BroadcastResult:
         """Start ``workflow`` now for every contact in its audience (broadcast.py); its
         first-step emails go out in batches of ``sendgrid_batch_size``."""
@@ -406,6 +443,7 @@ class Runtime:
 
     def _dispatch_emails(self, action_ids: list[int], marketing: bool) -> None:
         """Enqueue email actions of one step: batched when the connector can, else singly."""
+        action_ids = self._batch_crm(action_ids)  # a page whose first step is update_crm
         size = batch_size_of(self.email)
         if marketing and size > 1 and len(action_ids) > 1:
             for start in range(0, len(action_ids), size):
@@ -442,6 +480,7 @@ class Runtime:
         batches, singles = group_for_batches(self.db, due.actions, size=batch_size_of(self.email))
         for batch in batches:
             self.jobs.perform_email_batch.send(batch)
+        singles = self._batch_crm(singles)
         for action_id in singles:
             self.jobs.perform_action.send(action_id)
         slots = plan_and_claim(
@@ -498,7 +537,8 @@ class Runtime:
                 self.jobs.perform_email_batch.send(batch)
         for action_id in actions:
             self.jobs.perform_action.send(action_id)
-        for action_id in effects.transactional:
+        # CRM actions are not marketing: many contacts at one update_crm step land here.
+        for action_id in self._batch_crm(effects.transactional):
             self.jobs.perform_transactional.send(action_id)
         for contact_id in effects.contacts:
             self.jobs.process_contact.send(contact_id)
@@ -588,6 +628,9 @@ class Runtime:
         def perform_email_batch_job(action_ids: list[int]) -> None:
             self.perform_batch(action_ids)
 
+        def perform_crm_batch_job(action_ids: list[int]) -> None:
+            self.perform_crm_batch(action_ids)
+
         def fire_schedule(slot_id: int) -> None:
             self.fire_schedule(slot_id)
 
@@ -623,6 +666,10 @@ class Runtime:
             ),
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
             perform_email_batch=declare(perform_email_batch_job, "perform_email_batch"),
+            # On the queue single CRM actions take (they are not marketing).
+            perform_crm_batch=declare(
+                perform_crm_batch_job, "perform_crm_batch", TRANSACTIONAL_QUEUE
+            ),
             fire_schedule=declare(fire_schedule, "fire_schedule"),
             scheduler_tick=self._declare_scheduler_tick(scheduler_tick),
         )

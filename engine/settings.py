@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON overrides of stage -> lifecyclestage, e.g. {"decision":"opportunity"}.',
     )
+    hubspot_allow_backward: bool = Field(
+        default=False,
+        description="update_crm steps may move lifecyclestage backwards (cleared, then set); "
+        "by default a backward move is skipped.",
+    )
     hubspot_score_property: str = Field(
         default="journeyline_score",
         description="HubSpot contact property that mirrors our lead score ('' to skip).",

@@ -646,6 +646,7 @@ def test_the_crm_package_and_the_fakes_export_these_names() -> None:
 
     assert sorted(connectors.crm.__all__) == sorted(
         [
+            "CRMBatchResult",
             "CRMConnector",
             "CRMRecord",
             "DEFAULT_LIFECYCLE_MAP",

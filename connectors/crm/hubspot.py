@@ -41,10 +41,12 @@ from typing import Any
 import httpx
 
 from connectors.crm.base import CRMConnector, CRMRecord, LifecycleUpdate, PropertyValue
+from connectors.crm.batch import SPLITTABLE_STATUSES, CRMBatchResult, attribute
 from connectors.crm.rate_limit import HubSpotRateLimiter
 from engine.clock import Clock, SystemClock
 from engine.errors import (
     ConfigurationError,
+    ConnectorError,
     DeliveryUnknownError,
     PermanentConnectorError,
     TransientConnectorError,
@@ -204,6 +206,167 @@ class HubSpotConnector(CRMConnector):
             f"hubspot answered {len(results)} result(s) for {len(chunk)} upserted contacts"
         )
 
+    # -- batches with an outcome per input (connectors/crm/batch.py) -------------------------
+
+    def batch_read_contacts(
+        self,
+        ids: Sequence[str],
+        properties: Sequence[str] = (),
+        *,
+        id_property: str | None = "email",
+    ) -> CRMBatchResult:
+        """Read many contacts with the ``properties`` asked for (``POST .../batch/read``,
+        100 a call), by email (``id_property="email"``) or by HubSpot id (``None``).
+        Contacts HubSpot does not know are in ``missing``."""
+        keys, result = self._batch_keys(ids, id_property)
+        names = sorted({*properties, "email", LIFECYCLE_PROPERTY})
+
+        def body(chunk: Sequence[str]) -> dict[str, Any]:
+            request: dict[str, Any] = {
+                "inputs": [{"id": key} for key in chunk],
+                "properties": names,
+            }
+            if id_property:
+                request["idProperty"] = id_property
+            return request
+
+        result.merge(
+            self._batch_each(
+                "read", keys, body, by_email=id_property == "email", missing_is_error=False
+            )
+        )
+        return result
+
+    def batch_update_contacts(
+        self,
+        updates: Sequence[tuple[str, Mapping[str, PropertyValue]]],
+        *,
+        id_property: str | None = None,
+    ) -> CRMBatchResult:
+        """Set properties of existing contacts (``POST .../batch/update``, 100 a call), by
+        HubSpot id (default) or by email; a contact named twice gets its properties merged,
+        later values winning. A contact HubSpot does not know fails alone."""
+        return self._batch_write("update", updates, id_property=id_property)
+
+    def batch_upsert_contacts_each(
+        self, contacts: Sequence[tuple[str, Mapping[str, PropertyValue]]]
+    ) -> CRMBatchResult:
+        """:meth:`batch_upsert_contacts` with an outcome per contact instead of one error
+        for all: a contact HubSpot refuses fails alone, keyed by its email."""
+        return self._batch_write("upsert", contacts, id_property="email")
+
+    def property_strings(self, properties: Mapping[str, PropertyValue]) -> dict[str, str]:
+        """``properties`` as HubSpot stores them (strings), to compare with what it holds."""
+        return _properties(properties)
+
+    def _batch_write(
+        self,
+        verb: str,
+        items: Sequence[tuple[str, Mapping[str, PropertyValue]]],
+        *,
+        id_property: str | None,
+    ) -> CRMBatchResult:
+        keys, result = self._batch_keys([key for key, _ in items], id_property)
+        merged: dict[str, dict[str, str]] = {key: {} for key in keys}
+        for raw, properties in items:
+            key = _batch_key(raw, id_property)
+            if key in merged:  # HubSpot refuses a batch naming one id twice
+                merged[key].update(_properties(properties))
+
+        def body(chunk: Sequence[str]) -> dict[str, Any]:
+            inputs = []
+            for key in chunk:
+                item: dict[str, Any] = {"id": key, "properties": merged[key]}
+                if id_property:
+                    item["idProperty"] = id_property
+                inputs.append(item)
+            return {"inputs": inputs}
+
+        result.merge(
+            self._batch_each(
+                verb, keys, body, by_email=id_property == "email", missing_is_error=True
+            )
+        )
+        return result
+
+    def _batch_keys(
+        self, ids: Sequence[str], id_property: str | None
+    ) -> tuple[list[str], CRMBatchResult]:
+        """Distinct keys in input order; an input that is not a key at all fails alone."""
+        result = CRMBatchResult()
+        keys: list[str] = []
+        for raw in ids:
+            try:
+                key = _batch_key(raw, id_property)
+            except PermanentConnectorError as exc:
+                result.errors[str(raw)] = exc
+                key = str(raw)
+            else:
+                keys.append(key)
+            result.keys.append(key)
+        keys = list(dict.fromkeys(keys))
+        result.keys = list(dict.fromkeys(result.keys))
+        return keys, result
+
+    def _batch_each(
+        self,
+        verb: str,
+        keys: list[str],
+        body: Callable[[Sequence[str]], Any],
+        *,
+        by_email: bool,
+        missing_is_error: bool,
+    ) -> CRMBatchResult:
+        result = CRMBatchResult()
+        for start in range(0, len(keys), BATCH_LIMIT):
+            chunk = keys[start : start + BATCH_LIMIT]
+            result.merge(self._batch_call(verb, chunk, body, by_email, missing_is_error))
+        return result
+
+    def _batch_call(
+        self,
+        verb: str,
+        chunk: list[str],
+        body: Callable[[Sequence[str]], Any],
+        by_email: bool,
+        missing_is_error: bool,
+    ) -> CRMBatchResult:
+        out = CRMBatchResult(requests=1)
+        call = _Call(
+            "POST",
+            f"/crm/v3/objects/contacts/batch/{verb}",
+            what=f"{verb} {len(chunk)} contact(s)",
+            idempotent=True,  # reads, and writes that set values: repeating one is harmless
+            json=body(chunk),
+        )
+        try:
+            response = self._request(call, not_found_ok=False, answer_statuses=SPLITTABLE_STATUSES)
+        except ConnectorError as exc:  # for every input of the call (transient: retried)
+            out.errors.update(dict.fromkeys(chunk, exc))
+            return out
+        assert response is not None  # a 404 raised: not_found_ok is False
+        if response.status_code in SPLITTABLE_STATUSES:
+            if len(chunk) == 1:
+                out.errors[chunk[0]] = _refused(call, response)
+                return out
+            # HubSpot applied nothing; usually one input is at fault: find it by halves.
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                out.merge(self._batch_call(verb, part, body, by_email, missing_is_error))
+            return out
+        results, errors = attribute(
+            _json(response),
+            chunk,
+            key_of="email" if by_email else "id",
+            what=verb,
+            missing_is_error=missing_is_error,
+        )
+        for key, found in results.items():
+            address = key if by_email else str((found.get("properties") or {}).get("email") or "")
+            out.records[key] = _record(found, address.lower())
+        out.errors.update(errors)
+        return out
+
     def find_contact(self, email: str, *properties: str) -> CRMRecord | None:
         """The contact with this email and the ``properties`` asked for, or None."""
         address = _normalise_email(email)
@@ -281,7 +444,7 @@ class HubSpotConnector(CRMConnector):
         )
         if previous == value:
             return replace(result, outcome="unchanged")
-        backward = self._is_backward(previous, value)
+        backward = self.backward_reason(previous, value)
         if backward and not allow_backward:
             return replace(result, outcome="skipped", reason=backward)
         if backward:
@@ -291,7 +454,7 @@ class HubSpotConnector(CRMConnector):
         self._patch_contact(current.id, {LIFECYCLE_PROPERTY: value})
         return replace(result, cleared_first=bool(backward))
 
-    def _is_backward(self, previous: str, value: str) -> str:
+    def backward_reason(self, previous: str, value: str) -> str:
         """Why ``previous -> value`` is not a forward move, or "" if it is one."""
         if not previous:
             return ""
@@ -382,8 +545,15 @@ class HubSpotConnector(CRMConnector):
             raise PermanentConnectorError(f"hubspot found nothing to {call.what}")
         return response
 
-    def _request(self, call: _Call, *, not_found_ok: bool) -> httpx.Response | None:
-        """A 2xx answer, None for a 404 when ``not_found_ok``, or a ``ConnectorError``."""
+    def _request(
+        self,
+        call: _Call,
+        *,
+        not_found_ok: bool,
+        answer_statuses: frozenset[int] = frozenset(),
+    ) -> httpx.Response | None:
+        """A 2xx answer (or one whose status is in ``answer_statuses``), None for a 404 when
+        ``not_found_ok``, or a ``ConnectorError``."""
         url = self.base_url + call.path
         attempt = 0
         while True:
@@ -450,9 +620,9 @@ class HubSpotConnector(CRMConnector):
                 raise TransientConnectorError(
                     f"hubspot server error {status} ({call.what}): {_describe(response)}"
                 )
-            raise PermanentConnectorError(
-                f"hubspot refused to {call.what} ({status}): {_describe(response)}"
-            )
+            if status in answer_statuses:
+                return response
+            raise _refused(call, response)
 
     def _backoff(self, attempt: int, *, jitter: bool = True) -> float:
         """Exponential, capped, with "equal jitter": half fixed, half random."""
@@ -461,6 +631,21 @@ class HubSpotConnector(CRMConnector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _refused(call: _Call, response: httpx.Response) -> PermanentConnectorError:
+    return PermanentConnectorError(
+        f"hubspot refused to {call.what} ({response.status_code}): {_describe(response)}"
+    )
+
+
+def _batch_key(raw: str, id_property: str | None) -> str:
+    if id_property == "email":
+        return _normalise_email(raw)
+    key = str(raw).strip()
+    if not key:
+        raise PermanentConnectorError("an empty HubSpot id")
+    return key
 
 
 def _normalise_email(value: str) -> str:

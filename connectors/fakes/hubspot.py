@@ -7,11 +7,19 @@ Point ``HubSpotConnector(base_url=fake.url)`` at it::
         crm.upsert_contact("ada@example.com", {"firstname": "Ada"})
         assert fake.contact("ada@example.com")["firstname"] == "Ada"
 
-What it serves: contacts (create, read and update by id or ``?idProperty=email``, batch
-upsert by email, at most 100 inputs, duplicates refused), tasks and notes with their
-association to a contact. It checks the Bearer token, keeps a rolling rate window (100
-requests per 10 s unless told otherwise; a 429 ``RATE_LIMIT`` / ``TEN_SECONDLY_ROLLING``
-when full) and puts the ``X-HubSpot-RateLimit-*`` headers on every answer.
+What it serves: contacts (create, read and update by id or ``?idProperty=email``; batch
+upsert by email, batch read and batch update by id or email, at most 100 inputs a call,
+a duplicate id refusing the batch), tasks and notes with their association to a contact.
+Batch answers follow HubSpot: a validation error anywhere fails the whole batch with 400 and
+applies nothing; ids it does not know make a 207 multi-status answer (``errors`` with
+``OBJECT_NOT_FOUND`` and ``context.ids``) while the rest are read or updated.
+:meth:`FakeHubSpot.refuse_contact` makes one contact's writes fail validation, to test
+that one bad input does not fail its batch; :meth:`FakeHubSpot.request_counts` counts the
+requests per endpoint, to test batching.
+
+It checks the Bearer token, keeps a rolling rate window (100 requests per 10 s unless told
+otherwise; a 429 ``RATE_LIMIT`` / ``TEN_SECONDLY_ROLLING`` when full) and puts the
+``X-HubSpot-RateLimit-*`` headers on every answer.
 
 ``lifecyclestage`` only moves forward. This fake answers a backward set with **400
 VALIDATION_ERROR** (for a batch, the whole batch), so a connector that forgets to clear the
@@ -155,6 +163,7 @@ class FakeHubSpot:
         self._by_email: dict[str, str] = {}
         self._history: dict[tuple[str, str], list[str]] = {}
         self._engagements: dict[str, HubSpotEngagement] = {}
+        self._refused: dict[str, str] = {}  # email -> the validation message its writes get
         self._requests: list[HubSpotRequest] = []
         self._failures: deque[_Script] = deque()
         self._delays: deque[_Script] = deque()
@@ -241,6 +250,12 @@ class FakeHubSpot:
         with self._lock:
             self._delays.append(_Script(0, {}, seconds, method, path))
 
+    def refuse_contact(self, email: str, message: str = "") -> None:
+        """Fail validation for every write naming this contact (by email or id) from now on,
+        as HubSpot does for a value it will not take: a batch containing it fails whole."""
+        with self._lock:
+            self._refused[email.lower()] = message or f"Property values were not valid for {email}"
+
     def add_contact(self, email: str, **properties: str) -> str:
         """Seed a contact (no request recorded, no rate limit); return its id."""
         with self._lock:
@@ -266,6 +281,15 @@ class FakeHubSpot:
         with self._lock:
             contact_id = self._by_email.get(email.lower())
             return None if contact_id is None else dict(self._contacts[contact_id]["properties"])
+
+    def request_counts(self) -> dict[str, int]:
+        """How many requests reached each endpoint, e.g. ``{"POST batch/upsert": 3}``
+        (``contacts/{id}`` for a single contact; 429s and scripted failures included)."""
+        counts: dict[str, int] = {}
+        for request in self.requests:
+            name = f"{request.method} {_endpoint(request.path)}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def contact_count(self) -> int:
         with self._lock:
@@ -370,6 +394,10 @@ class FakeHubSpot:
         if kind == "contacts":
             if rest == ["batch", "upsert"] and method == "POST":
                 return 200, self._batch_upsert(body)
+            if rest == ["batch", "read"] and method == "POST":
+                return self._batch_read(body)
+            if rest == ["batch", "update"] and method == "POST":
+                return self._batch_update(body)
             if not rest and method == "POST":
                 return 201, self._create_contact(body)
             if len(rest) == 1 and method in ("GET", "PATCH"):
@@ -437,7 +465,10 @@ class FakeHubSpot:
         # All or nothing: validate every input before applying any.
         for key, item in zip(keys, inputs, strict=True):
             existing = self._by_email.get(key)
-            self._validate(self._contacts[existing] if existing else None, _input_properties(item))
+            self._validate(
+                self._contacts[existing] if existing else None,
+                {**_input_properties(item), "email": key},
+            )
         started = _now_iso()
         results = []
         for key, item in zip(keys, inputs, strict=True):
@@ -449,6 +480,52 @@ class FakeHubSpot:
             "startedAt": started,
             "completedAt": _now_iso(),
         }
+
+    def _batch_read(self, body: Any) -> tuple[int, dict[str, Any]]:
+        inputs = _batch_inputs(body)
+        id_property = body.get("idProperty")
+        keys = [str((item or {}).get("id") or "") for item in inputs]
+        _refuse_duplicates([k.lower() if id_property == "email" else k for k in keys])
+        wanted = body.get("properties") or list(_DEFAULT_PROPERTIES)
+        started = _now_iso()
+        results, unknown = [], []
+        for key in keys:
+            try:
+                results.append(_contact_json(self._find(key, id_property), wanted))
+            except HubSpotError as error:
+                if error.status != 404:
+                    raise
+                unknown.append(key)
+        return _batch_answer(results, unknown, started, "get")
+
+    def _batch_update(self, body: Any) -> tuple[int, dict[str, Any]]:
+        inputs = _batch_inputs(body)
+        found: list[tuple[dict[str, Any], dict[str, str]]] = []
+        unknown: list[str] = []
+        keys = []
+        for item in inputs:
+            if not isinstance(item, dict):
+                raise HubSpotError(400, "each input must be an object", "VALIDATION_ERROR")
+            id_property = item.get("idProperty")
+            key = str(item.get("id") or "")
+            keys.append(key.lower() if id_property == "email" else key)
+            try:
+                contact = self._find(key, id_property)
+            except HubSpotError as error:
+                if error.status != 404:
+                    raise
+                unknown.append(key)
+                continue
+            found.append((contact, _input_properties(item)))
+        _refuse_duplicates(keys)
+        # All or nothing for what it can validate: every input before any is applied.
+        for contact, properties in found:
+            self._validate(contact, properties)
+        started = _now_iso()
+        for contact, properties in found:
+            self._update(contact, properties, validated=True)
+        results = [_contact_json(contact) for contact, _ in found]
+        return _batch_answer(results, unknown, started, "update")
 
     def _upsert(self, email: str | None, properties: Mapping[str, str]) -> tuple[dict, bool]:
         contact_id = self._by_email.get(email) if email else None
@@ -490,6 +567,11 @@ class FakeHubSpot:
         contact["updatedAt"] = now
 
     def _validate(self, contact: dict[str, Any] | None, properties: Mapping[str, str]) -> None:
+        email = str(
+            (contact or {}).get("properties", {}).get("email") or properties.get("email") or ""
+        ).lower()
+        if email in self._refused:
+            raise HubSpotError(400, self._refused[email], "VALIDATION_ERROR")
         stage = properties.get("lifecyclestage")
         if stage is None or stage == "":
             return
@@ -537,6 +619,59 @@ class FakeHubSpot:
         )
         self._engagements[engagement.id] = engagement
         return _engagement_json(engagement)
+
+
+def _batch_inputs(body: Any) -> list[Any]:
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise HubSpotError(400, "inputs must be a non-empty array", "VALIDATION_ERROR")
+    if len(inputs) > BATCH_LIMIT:
+        raise HubSpotError(
+            400,
+            f"Batch input limit exceeded: {len(inputs)} inputs, at most {BATCH_LIMIT}",
+            "VALIDATION_ERROR",
+        )
+    return inputs
+
+
+def _refuse_duplicates(keys: Sequence[str]) -> None:
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise HubSpotError(
+            400, f"Duplicate IDs found in batch input: {duplicates}", "VALIDATION_ERROR"
+        )
+
+
+def _batch_answer(
+    results: list[dict[str, Any]], unknown: list[str], started: str, verb: str
+) -> tuple[int, dict[str, Any]]:
+    """200 when every input was found, else 207 multi-status naming the unknown ids."""
+    answer: dict[str, Any] = {
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": started,
+        "completedAt": _now_iso(),
+    }
+    if not unknown:
+        return 200, answer
+    answer["numErrors"] = 1
+    answer["errors"] = [
+        {
+            "status": "error",
+            "category": "OBJECT_NOT_FOUND",
+            "message": f"Could not {verb} some CONTACT objects, they may be deleted or not "
+            "exist. Check that ids are valid.",
+            "context": {"ids": unknown},
+        }
+    ]
+    return 207, answer
+
+
+def _endpoint(path: str) -> str:
+    rest = path.removeprefix(_CONTACTS).strip("/")
+    if path.startswith(_CONTACTS) and rest and not rest.startswith("batch/"):
+        return "contacts/{id}"
+    return rest if path.startswith(_CONTACTS) and rest else path
 
 
 def _input_properties(body: Any) -> dict[str, str]:
