@@ -70,8 +70,9 @@ def crm_batches(
     db: Engine, action_ids: Sequence[int], *, size: int = CRM_BATCH_SIZE
 ) -> tuple[list[list[int]], list[int]]:
     """Split due actions into batches of ``crm.update`` actions (at most ``size`` each) and
-    the rest; fewer than two ``crm.update`` actions are not worth a batch."""
-    if len(action_ids) < 2:
+    the rest; fewer than two ``crm.update`` actions are not worth a batch, and ``size`` 1
+    turns batching off."""
+    if len(action_ids) < 2 or size <= 1:
         return [], list(action_ids)
     ids = list(action_ids)
     crm: list[int] = []

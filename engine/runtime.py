@@ -423,7 +423,8 @@ class Runtime:
         others. CRM tasks and notes stay single (no idempotency key: see crm_batch.py)."""
         if batching_performer(self.extra_performers) is None:
             return action_ids
-        batches, rest = crm_batches(self.db, action_ids)
+        size = self.settings.hubspot_batch_size
+        batches, rest = crm_batches(self.db, action_ids, size=size)
         for batch in batches:
             self.jobs.perform_crm_batch.send(batch)
         return rest

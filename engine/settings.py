@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON overrides of stage -> lifecyclestage, e.g. {"decision":"opportunity"}.',
     )
+    hubspot_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="update_crm actions per HubSpot batch job (HubSpot takes 100 inputs a "
+        "call); 1 turns batching off.",
+    )
     hubspot_allow_backward: bool = Field(
         default=False,
         description="update_crm steps may move lifecyclestage backwards (cleared, then set); "

@@ -134,3 +134,19 @@ def test_bench_campaign_smoke(results_in_tmp: Path, postgres_url: str, redis_url
     data = json.loads((results_in_tmp / "campaign.json").read_text())
     assert data["runs"]["large"]["requests"] == 3  # 2,100 emails in requests of 1,000
     assert data["runs"]["baseline"]["requests"] == 50  # batching off: one per email
+
+
+def test_bench_crm_batch_smoke(results_in_tmp: Path) -> None:
+    from bench import crm_batch
+
+    rows = crm_batch.main(["--smoke"])
+    _check(rows, results_in_tmp / "crm_batch.json")
+    requests = json.loads((results_in_tmp / "crm_batch.json").read_text())["requests"]
+    # 30 contacts: a read and an upsert (and, for existing ones, an update) in all, against
+    # 3 requests per contact one by one
+    assert requests == {
+        "new contacts: batched": 2,
+        "new contacts: one per action": 90,
+        "existing contacts: batched": 3,
+        "existing contacts: one per action": 90,
+    }
