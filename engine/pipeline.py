@@ -44,7 +44,7 @@ from engine.models import (
     EventStatus,
     StageTransition,
 )
-from engine.registry import BUILTIN_EVENTS, Registry
+from engine.registry import Registry
 from engine.steps import WaitForEvent
 from engine.workflow import ConditionMet, EventReceived, StageEntered
 
@@ -185,6 +185,77 @@ def process_contact_job(
         return process_contact(session, registry, contact_id, now=now, isolate=True)
 
 
+def process_contacts_job(
+    db: Engine, registry: Registry, contact_ids: list[int], *, now: datetime
+) -> Effects:
+    """Several contacts' pending events in one transaction, committed; what to enqueue.
+
+    The contacts are locked in one statement, in id order (two jobs sharing contacts lock
+    them in the same order, so they queue rather than deadlock), and their pending events
+    are read in one statement. If anything raises, the transaction is rolled back whole and
+    each contact is done again on its own (``process_contact_job``), so one bad event costs
+    only its own contact a retry.
+    """
+    ids = sorted(set(contact_ids))
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return _process_together(session, registry, ids, now=now)
+    except Exception as exc:
+        log.warning(
+            "contacts %s: processing together failed (%s: %s); one by one instead",
+            ids,
+            type(exc).__name__,
+            exc,
+        )
+    effects = Effects()
+    failure: Exception | None = None
+    for contact_id in ids:
+        try:
+            effects.extend(process_contact_job(db, registry, contact_id, now=now))
+        except Exception as exc:  # the others still go ahead; the job is retried for this one
+            log.exception("processing contact %s failed", contact_id)
+            failure = failure or exc
+    if failure is not None:
+        raise PartlyFailed(effects, failure) from failure
+    return effects
+
+
+class PartlyFailed(Exception):
+    """Part of a batch (contacts or enrollments) failed; ``effects`` holds what the rest
+    committed."""
+
+    def __init__(self, effects: Effects, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.effects = effects
+        self.cause = cause
+
+
+def _process_together(
+    session: Session, registry: Registry, ids: list[int], *, now: datetime
+) -> Effects:
+    contacts = session.exec(
+        select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id)).with_for_update()
+    ).all()
+    limit = EVENTS_PER_PASS * len(ids)
+    pending = session.exec(
+        select(Event)
+        .where(col(Event.contact_id).in_(ids), Event.status == EventStatus.PENDING)
+        .order_by(col(Event.id))
+        .limit(limit)
+    ).all()
+    by_contact: dict[int, list[Event]] = {}
+    for event in pending:
+        by_contact.setdefault(event.contact_id, []).append(event)
+    effects = Effects()
+    for contact in contacts:
+        mine = by_contact.get(contact.id, [])  # type: ignore[arg-type]
+        effects.extend(_apply_pending(session, registry, contact, mine[:EVENTS_PER_PASS], now=now))
+        if len(mine) > EVENTS_PER_PASS or len(pending) == limit:
+            effects.contacts.append(contact.id)  # type: ignore[arg-type]  # more may wait
+    return effects
+
+
 def process_contact(
     session: Session, registry: Registry, contact_id: int, *, now: datetime, isolate: bool = True
 ) -> Effects:
@@ -193,16 +264,31 @@ def process_contact(
     With ``isolate`` each event runs in a savepoint: one that raises is rolled back alone and
     kept as ``failed`` with its error. Without, the first error propagates to the caller.
     """
-    effects = Effects()
     contact = lock_contact(session, contact_id)
     if contact is None:
-        return effects
+        return Effects()
     pending = session.exec(
         select(Event)
         .where(Event.contact_id == contact_id, Event.status == EventStatus.PENDING)
         .order_by(col(Event.id))
         .limit(EVENTS_PER_PASS)
     ).all()
+    effects = _apply_pending(session, registry, contact, list(pending), now=now, isolate=isolate)
+    if len(pending) == EVENTS_PER_PASS:
+        effects.contacts.append(contact_id)  # more are waiting: continue in a new job
+    return effects
+
+
+def _apply_pending(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    pending: list[Event],
+    *,
+    now: datetime,
+    isolate: bool = False,
+) -> Effects:
+    effects = Effects()
     for event in pending:
         if not isolate:
             effects.extend(apply_event(session, registry, contact, event, now=now))
@@ -211,14 +297,12 @@ def process_contact(
             with session.begin_nested():
                 effects.extend(apply_event(session, registry, contact, event, now=now))
         except Exception as exc:  # a bug in a rule or workflow: keep the event, say why
-            log.exception("event %s for contact %s failed", event.id, contact_id)
+            log.exception("event %s for contact %s failed", event.id, contact.id)
             session.refresh(contact)
             event.status = EventStatus.FAILED
             event.error = f"{type(exc).__name__}: {exc}"
             event.processed_at = now
             session.add(event)
-    if len(pending) == EVENTS_PER_PASS:
-        effects.contacts.append(contact_id)  # more are waiting: continue in a new job
     return effects
 
 
@@ -303,7 +387,9 @@ def apply_event(
     effects.extend(
         _conditions_turned_true(session, registry, contact, before, now=now, event_id=event.id)
     )
-    if reacted or event.type in BUILTIN_EVENTS:
+    if reacted or registry.knows_event(event.type):
+        # A known type that changed nothing this time (an NPS 7 that no rule scores) is
+        # processed all the same; "unmapped" is for types nothing in the registry names.
         event.status = EventStatus.PROCESSED
     else:
         log.warning(
@@ -616,3 +702,76 @@ def wake_enrollment(
     ):
         return Effects()
     return wake(session, registry, contact, enrollment, now=now)
+
+
+def wake_enrollments_job(
+    db: Engine, registry: Registry, enrollment_ids: list[int], *, now: datetime
+) -> Effects:
+    """Continue several due enrollments in one transaction, committed; what to enqueue.
+
+    Their contacts are locked in one statement in id order and the enrollments re-read under
+    those locks, so a duplicate or stale wake is a no-op as in ``wake_enrollment``. If
+    anything raises, the transaction is rolled back whole and each enrollment is woken in a
+    transaction of its own; the first error is raised after the others committed.
+    """
+    ids = sorted(set(enrollment_ids))
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return _wake_together(session, registry, ids, now=now)
+    except Exception as exc:
+        log.warning(
+            "enrollments %s: waking together failed (%s: %s); one by one instead",
+            ids,
+            type(exc).__name__,
+            exc,
+        )
+    effects = Effects()
+    failure: Exception | None = None
+    for enrollment_id in ids:
+        try:
+            with transaction(db) as session:
+                effects.extend(wake_enrollment(session, registry, enrollment_id, now=now))
+        except Exception as exc:
+            log.exception("waking enrollment %s failed", enrollment_id)
+            failure = failure or exc
+    if failure is not None:
+        raise PartlyFailed(effects, failure) from failure
+    return effects
+
+
+def _wake_together(
+    session: Session, registry: Registry, ids: list[int], *, now: datetime
+) -> Effects:
+    owners = sorted(
+        set(session.exec(select(Enrollment.contact_id).where(col(Enrollment.id).in_(ids))).all())
+    )
+    if not owners:
+        return Effects()
+    contacts = {
+        c.id: c
+        for c in session.exec(
+            select(Contact)
+            .where(col(Contact.id).in_(owners))
+            .order_by(col(Contact.id))
+            .with_for_update()
+        ).all()
+    }
+    enrollments = session.exec(
+        select(Enrollment)
+        .where(col(Enrollment.id).in_(ids))
+        .order_by(col(Enrollment.id))
+        .execution_options(populate_existing=True)  # as they are under the locks
+    ).all()
+    effects = Effects()
+    for enrollment in enrollments:
+        contact = contacts.get(enrollment.contact_id)
+        if (
+            contact is None
+            or enrollment.status != EnrollmentStatus.WAITING
+            or enrollment.wake_at is None
+            or enrollment.wake_at > now
+        ):
+            continue
+        effects.extend(wake(session, registry, contact, enrollment, now=now))
+    return effects

@@ -6,6 +6,7 @@ all use, so there is one behaviour to trust. Its jobs are declared on its own br
     process_contact(contact_id)    apply the contact's pending events
     perform_action(action_id)      send one action through its connector
     wake_enrollment(enrollment_id) continue an enrollment whose wait is over
+    wake_enrollments(ids)          continue several, in one transaction (a scheduler pass)
     perform_email_batch(action_ids) send email actions of one step together (batch_send.py)
     perform_crm_batch(action_ids)  crm.update actions through HubSpot's batch calls (crm_batch.py)
     fire_schedule(slot_id)         offer a schedule slot's workflow to its time zone's contacts
@@ -78,6 +79,8 @@ QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
 CONTACTS_PER_JOB = 10
 """Contacts per ``process_contacts`` job when a batch of events is enqueued."""
+WAKES_PER_JOB = 20
+"""Due enrollments per ``wake_enrollments`` job when a scheduler pass finds several."""
 # The periodic scheduler job lives apart: drain() never waits for a chain that never ends.
 SCHEDULER_QUEUE = "journeyline_scheduler"
 SCHEDULER_TICK = "scheduler_tick"
@@ -100,6 +103,7 @@ class Jobs:
     perform_action: dramatiq.Actor[[int], None]
     perform_transactional: dramatiq.Actor[[int], None]
     wake_enrollment: dramatiq.Actor[[int], None]
+    wake_enrollments: dramatiq.Actor[[list[int]], None]
     perform_email_batch: dramatiq.Actor[[list[int]], None]
     perform_crm_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
@@ -289,18 +293,20 @@ class Runtime:
             else:
                 self.jobs.process_contacts.send(chunk)
 
-    def process_contacts(self, contact_ids: list[int]) -> None:
-        """Each contact in turn. One that raises does not stop the others; the first error is
-        raised at the end so the job is retried, and contacts already done are no-ops then."""
-        failure: Exception | None = None
-        for contact_id in contact_ids:
-            try:
-                self.process_contact(contact_id)
-            except Exception as exc:
-                log.exception("processing contact %s failed", contact_id)
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+    def process_contacts(self, contact_ids: list[int]) -> Effects:
+        """Several contacts in one transaction (``pipeline.process_contacts_job``). If one
+        fails, the others are still done and dispatched, and the job raises so it is retried
+        (contacts already done are no-ops then)."""
+        self.sync_versions()
+        try:
+            effects = pipeline.process_contacts_job(
+                self.db, self.registry, contact_ids, now=self.clock.now()
+            )
+        except pipeline.PartlyFailed as failed:
+            self.dispatch(failed.effects)
+            raise failed.cause from failed
+        self.dispatch(effects)
+        return effects
 
     def process_contact(self, contact_id: int) -> Effects:
         self.sync_versions()
@@ -463,6 +469,20 @@ class Runtime:
         self.dispatch(effects)
         return effects
 
+    def wake_many(self, enrollment_ids: list[int]) -> Effects:
+        """Several due enrollments in one transaction (``pipeline.wake_enrollments_job``);
+        their actions are dispatched together, so emails of one step can share a request."""
+        self.sync_versions()
+        try:
+            effects = pipeline.wake_enrollments_job(
+                self.db, self.registry, enrollment_ids, now=self.clock.now()
+            )
+        except pipeline.PartlyFailed as failed:
+            self.dispatch(failed.effects)
+            raise failed.cause from failed
+        self.dispatch(effects)
+        return effects
+
     def tick(self) -> Tick:
         """One scheduler pass: claim what is due or stuck and enqueue it, and fire the
         schedule slots that have come due."""
@@ -472,10 +492,13 @@ class Runtime:
             lease=self.lease,
             batch_size=self.settings.scheduler_batch_size,
         )
-        for enrollment_id in due.enrollments:
-            self.jobs.wake_enrollment.send(enrollment_id)
-        for contact_id in due.contacts:
-            self.jobs.process_contact.send(contact_id)
+        for start in range(0, len(due.enrollments), WAKES_PER_JOB):
+            chunk = due.enrollments[start : start + WAKES_PER_JOB]
+            if len(chunk) == 1:
+                self.jobs.wake_enrollment.send(chunk[0])
+            else:
+                self.jobs.wake_enrollments.send(chunk)
+        self.enqueue_contacts(due.contacts)
         # Due email actions of one step (a broadcast whose message was lost, a retry after a
         # 429) go out batched again; everything else one by one.
         batches, singles = group_for_batches(self.db, due.actions, size=batch_size_of(self.email))
@@ -626,6 +649,9 @@ class Runtime:
         def wake_enrollment(enrollment_id: int) -> None:
             self.wake(enrollment_id)
 
+        def wake_enrollments(enrollment_ids: list[int]) -> None:
+            self.wake_many(enrollment_ids)
+
         def perform_email_batch_job(action_ids: list[int]) -> None:
             self.perform_batch(action_ids)
 
@@ -666,6 +692,7 @@ class Runtime:
                 perform_transactional_job, "perform_transactional", TRANSACTIONAL_QUEUE
             ),
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
+            wake_enrollments=declare(wake_enrollments, "wake_enrollments"),
             perform_email_batch=declare(perform_email_batch_job, "perform_email_batch"),
             # On the queue single CRM actions take (they are not marketing).
             perform_crm_batch=declare(

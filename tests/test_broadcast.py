@@ -30,6 +30,7 @@ from engine import (
     lifecycle_journey,
     on_event,
     on_segment_joined,
+    pipeline,
     send_email,
     stage_in,
     wait,
@@ -46,7 +47,7 @@ from engine.models import (
     Suppression,
     metadata,
 )
-from engine.runtime import Runtime
+from engine.runtime import WAKES_PER_JOB, Runtime
 from engine.steps import add_tag
 
 KEY = "SG.broadcast-test"
@@ -228,6 +229,62 @@ def test_after_the_broadcast_the_scheduler_carries_each_enrollment_on(
     assert len(reminders) == 12
     assert {a.status for a in reminders} == {ActionStatus.SENT}
     assert ended == {EnrollmentStatus.COMPLETED}
+
+
+def test_the_step_after_a_wait_goes_out_in_batches_too(
+    database_url: str, tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    """Enrollments that wake at the same instant are woken a job's worth at a time, in one
+    transaction, and the emails they reach share requests like the broadcast's own."""
+    with running(database_url, tmp_path, fake, [sale()]) as (runtime, clock):
+        add_contacts(runtime, 50)
+        runtime.broadcast("spring_sale")
+        runtime.drain()
+        before = len(fake.requests)
+        clock.advance(days=3, minutes=1)
+        runtime.run_until_idle()
+        sizes = [len(r.body["personalizations"]) for r in fake.requests[before:]]
+        reminders = [a for a in email_actions(runtime) if a.reason["step"] == "reminder"]
+        runtime.run_until_idle()  # nothing left to do, nothing sent again
+        with Session(runtime.db) as session:
+            woken = [e.id for e in session.exec(select(Enrollment))]
+        again = runtime.wake_many(woken)  # a redelivered wake_enrollments job
+        runtime.drain()
+        assert (again.actions, len(fake.requests)) == ([], before + len(sizes))
+    per_job = WAKES_PER_JOB
+    assert sizes == [per_job, per_job, 50 - 2 * per_job]
+    assert len(reminders) == 50
+    assert {a.status for a in reminders} == {ActionStatus.SENT}
+    assert {a.attempts for a in reminders} == {1}
+
+
+def test_one_enrollment_that_cannot_wake_does_not_hold_up_the_others(
+    tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [sale()]) as (runtime, clock):
+        add_contacts(runtime, 5)
+        runtime.broadcast("spring_sale")
+        runtime.drain()
+        with Session(runtime.db) as session:
+            ids = sorted(e.id for e in session.exec(select(Enrollment)))  # type: ignore[type-var]
+        bad = ids[2]
+        real = pipeline.wake
+
+        def wake(session, registry, contact, enrollment, *, now):  # type: ignore[no-untyped-def]
+            if enrollment.id == bad:
+                raise RuntimeError("database went away")
+            return real(session, registry, contact, enrollment, now=now)
+
+        monkeypatch.setattr(pipeline, "wake", wake)
+        clock.advance(days=3, minutes=1)
+        with pytest.raises(RuntimeError, match="database went away"):
+            runtime.wake_many(ids)
+        runtime.drain()
+        with Session(runtime.db) as session:
+            waiting = {e.id for e in session.exec(select(Enrollment)) if e.status == "waiting"}
+        reminders = [a for a in email_actions(runtime) if a.reason["step"] == "reminder"]
+        assert waiting == {bad}  # kept for the retry; the other four went on and were sent
+        assert len(reminders) == 4 and {a.status for a in reminders} == {ActionStatus.SENT}
 
 
 def test_broadcasting_twice_enrolls_and_sends_nobody_twice(

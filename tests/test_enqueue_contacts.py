@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, select
 
+from engine import pipeline
 from engine.api.events import EventIn, record_all
-from engine.models import Event, EventStatus
+from engine.models import Contact, Event, EventStatus
 from engine.runtime import CONTACTS_PER_JOB, Runtime
 from tests.support import make_runtime
 
@@ -44,17 +46,89 @@ def test_a_batch_of_events_for_many_contacts_is_processed_through_few_jobs(
     assert statuses == {EventStatus.PROCESSED}
 
 
-def test_one_failing_contact_does_not_stop_the_others_and_the_job_raises(
+def test_a_job_of_contacts_runs_in_one_transaction(runtime: Runtime) -> None:
+    items = [EventIn(email=f"c{i}@example.com", type="page.viewed") for i in range(10)]
+    record_all(runtime, items)
+    runtime.broker.pending.clear()  # type: ignore[attr-defined]
+    ids = sorted(contact_ids(runtime))
+    runtime.sync_versions()  # once per process, in a transaction of its own
+    begins: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith("BEGIN"):
+            begins.append(statement)
+
+    event.listen(runtime.db, "before_cursor_execute", count)
+    try:
+        runtime.process_contacts(ids)
+    finally:
+        event.remove(runtime.db, "before_cursor_execute", count)
+    assert len(begins) == 1  # one transaction for the ten contacts, not ten
+    assert statuses(runtime) == {EventStatus.PROCESSED}
+
+
+def test_a_workflow_error_on_one_contact_fails_that_event_only(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    done: list[int] = []
+    items = [EventIn(email=f"c{i}@example.com", type="page.viewed") for i in range(3)]
+    record_all(runtime, items)
+    runtime.broker.pending.clear()  # type: ignore[attr-defined]
+    bad = contact_id_of(runtime, "c1@example.com")
+    real = pipeline.apply_event
 
-    def process(contact_id: int) -> None:
-        if contact_id == 2:
+    def apply(session, registry, contact, ev, *, now):  # type: ignore[no-untyped-def]
+        if contact.id == bad and ev.type == "page.viewed":
+            raise RuntimeError("a rule divided by zero")
+        return real(session, registry, contact, ev, now=now)
+
+    monkeypatch.setattr(pipeline, "apply_event", apply)
+    runtime.process_contacts(sorted(contact_ids(runtime)))  # does not raise
+    with Session(runtime.db) as session:
+        rows = session.exec(select(Event).where(Event.type == "page.viewed")).all()
+    by_contact = {e.contact_id: e for e in rows}
+    assert by_contact[bad].status == EventStatus.FAILED
+    assert "a rule divided by zero" in (by_contact[bad].error or "")
+    assert {e.status for c, e in by_contact.items() if c != bad} == {EventStatus.PROCESSED}
+
+
+def test_a_contact_that_cannot_be_processed_does_not_stop_the_others_and_the_job_raises(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [EventIn(email=f"c{i}@example.com", type="page.viewed") for i in range(3)]
+    record_all(runtime, items)
+    runtime.broker.pending.clear()  # type: ignore[attr-defined]
+    bad = contact_id_of(runtime, "c1@example.com")
+    real_lock = pipeline.lock_contact
+
+    def together(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database went away")
+
+    def lock(session, contact_id):  # type: ignore[no-untyped-def]
+        if contact_id == bad:
             raise RuntimeError("database went away")
-        done.append(contact_id)
+        return real_lock(session, contact_id)
 
-    monkeypatch.setattr(runtime, "process_contact", process)
+    monkeypatch.setattr(pipeline, "_process_together", together)
+    monkeypatch.setattr(pipeline, "lock_contact", lock)
     with pytest.raises(RuntimeError, match="database went away"):
-        runtime.process_contacts([1, 2, 3])
-    assert done == [1, 3]
+        runtime.process_contacts(sorted(contact_ids(runtime)))
+    with Session(runtime.db) as session:
+        rows = session.exec(select(Event).where(Event.type == "page.viewed")).all()
+    left = {e.contact_id for e in rows if e.status == EventStatus.PENDING}
+    assert left == {bad}  # the others were processed and committed; the retry does this one
+
+
+def contact_ids(rt: Runtime) -> set[int]:
+    with Session(rt.db) as session:
+        return set(session.exec(select(Contact.id)).all())  # type: ignore[arg-type]
+
+
+def contact_id_of(rt: Runtime, email: str) -> int:
+    with Session(rt.db) as session:
+        found = session.exec(select(Contact.id).where(Contact.email == email)).one()
+    return found  # type: ignore[return-value]
+
+
+def statuses(rt: Runtime) -> set[str]:
+    with Session(rt.db) as session:
+        return {e.status for e in session.exec(select(Event)).all()}

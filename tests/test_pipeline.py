@@ -129,6 +129,15 @@ def test_unknown_event_types_are_kept_as_unmapped_and_logged(rt, caplog) -> None
     assert "mystery.happened" in caplog.text
 
 
+def test_a_known_event_that_changes_nothing_is_processed_without_a_warning(rt, caplog) -> None:
+    runtime, _clock, _email = rt
+    runtime.track("pat@example.com", "nps.answered", {"score": 7})  # a passive: no rule scores it
+    runtime.drain()
+    answer = next(e for e in events(runtime) if e.type == "nps.answered")
+    assert answer.status == "processed"
+    assert "unmapped" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field", "words"),
     [

@@ -24,7 +24,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import func
 from sqlmodel import Session, SQLModel, col, select
 
 from connectors.email import EmailMessage, RecordingEmailConnector
@@ -32,14 +31,13 @@ from engine.clock import VirtualClock
 from engine.contacts import normalize_email
 from engine.db import make_engine
 from engine.localtime import zone
-from engine.models import Action, ActionStatus, Contact, Enrollment, EnrollmentStatus
+from engine.models import Contact, Enrollment
 from engine.pipeline import Recorded
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
-from engine.schedules import next_slot, zones_in_use
 from engine.settings import Settings
 from engine.timeline import Timeline, contact_timeline
-from engine.workflow import Scheduled
+from engine.virtual_time import advance_to
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
 
@@ -116,49 +114,10 @@ class Simulation:
         """Move virtual time forward, stopping at every due wake-up and deferred send on the
         way, so each happens at its own instant."""
         target = self.clock.now() + (delta if delta is not None else timedelta(**kwargs))
-        self.runtime.run_until_idle()
-        while True:
-            due = self._next_due()
-            if due is None or due > target:
-                break
-            self.clock.set(max(due, self.clock.now()))
-            self.runtime.run_until_idle()
-        self.clock.set(target)
-        self.runtime.run_until_idle()
-        return target
+        return advance_to(self.runtime, self.clock, target)
 
     def now(self) -> datetime:
         return self.clock.now()
-
-    def _next_due(self) -> datetime | None:
-        with Session(self.runtime.db) as session:
-            wake = session.exec(
-                select(func.min(Enrollment.wake_at)).where(
-                    Enrollment.status == EnrollmentStatus.WAITING
-                )
-            ).one()
-            retry = session.exec(
-                select(func.min(Action.lease_until)).where(Action.status == ActionStatus.PENDING)
-            ).one()
-            slots = self._next_schedule_slots(session)
-        candidates = [t for t in (wake, retry, *slots) if t is not None]
-        if not candidates:
-            return None
-        return min(_aware(t) for t in candidates)
-
-    def _next_schedule_slots(self, session: Session) -> list[datetime]:
-        """The next slot of each schedule trigger in each time zone in use, so ``advance``
-        fires every slot at its own instant rather than only the latest one at the end."""
-        scheduled = self.runtime.registry.triggered_by_schedule()
-        if not scheduled:
-            return []
-        now = self.clock.now()
-        zones = zones_in_use(session)
-        slots = []
-        for workflow in scheduled:
-            assert isinstance(workflow.trigger, Scheduled)
-            slots += [next_slot(workflow.trigger.cron, tz_name, now) for tz_name in zones]
-        return slots
 
     # --- looking ------------------------------------------------------------------------
 
@@ -291,10 +250,6 @@ class Simulation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def check_golden(journey: Sequence[Mapping[str, Any]], path: Path, *, update: bool) -> None:

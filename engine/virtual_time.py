@@ -1,0 +1,70 @@
+"""Moving a virtual clock through due work, for the test harness and the simulator.
+
+Virtual time must not cost wall time: rather than ticking the scheduler at every virtual
+minute or hour, ``advance_to`` asks the database when the next thing falls due (a wake-up,
+a deferred or retried action, a schedule slot), jumps straight there, runs everything due,
+and repeats until the target. A quiet week costs a few queries.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from engine.clock import VirtualClock
+from engine.models import Action, ActionStatus, Enrollment, EnrollmentStatus
+from engine.runtime import Runtime
+from engine.schedules import next_slot, zones_in_use
+from engine.workflow import Scheduled
+
+
+def next_due(runtime: Runtime, now: datetime) -> datetime | None:
+    """The earliest instant at which the scheduler will find work, or None if none waits."""
+    with Session(runtime.db) as session:
+        wake = session.exec(
+            select(func.min(Enrollment.wake_at)).where(
+                Enrollment.status == EnrollmentStatus.WAITING
+            )
+        ).one()
+        retry = session.exec(
+            select(func.min(Action.lease_until)).where(Action.status == ActionStatus.PENDING)
+        ).one()
+        slots = _next_schedule_slots(runtime, session, now)
+    candidates = [t for t in (wake, retry, *slots) if t is not None]
+    if not candidates:
+        return None
+    return min(_aware(t) for t in candidates)
+
+
+def advance_to(runtime: Runtime, clock: VirtualClock, target: datetime) -> datetime:
+    """Run everything due up to ``target``, each at its own instant, and stop the clock there."""
+    runtime.run_until_idle()
+    while True:
+        due = next_due(runtime, clock.now())
+        if due is None or due > target:
+            break
+        clock.set(max(due, clock.now()))
+        runtime.run_until_idle()
+    clock.set(target)
+    runtime.run_until_idle()
+    return target
+
+
+def _next_schedule_slots(runtime: Runtime, session: Session, now: datetime) -> list[datetime]:
+    """The next slot of each schedule trigger in each time zone in use, so every slot fires at
+    its own instant rather than only the latest one at the end."""
+    scheduled = runtime.registry.triggered_by_schedule()
+    if not scheduled:
+        return []
+    zones = zones_in_use(session)
+    slots = []
+    for workflow in scheduled:
+        assert isinstance(workflow.trigger, Scheduled)
+        slots += [next_slot(workflow.trigger.cron, tz_name, now) for tz_name in zones]
+    return slots
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
