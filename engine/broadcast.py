@@ -153,7 +153,7 @@ def broadcast(
                 action_ids = _enroll_fast(
                     session,
                     workflow,
-                    {1: (enrolled, col(Enrollment.contact_id).between(first, last))},
+                    {1: (enrolled, _in_range(first, last))},
                     now=now,
                     why=why,
                 )
@@ -312,9 +312,17 @@ def _never_enrolled(
     workflow: Workflow, clause: ColumnElement[bool] | None, first: int, last: int
 ) -> ColumnElement[bool]:
     """Contacts with ids in [first, last] in the audience and never in ``workflow``."""
+    # The range is repeated inside: with statistics from before the broadcast (an empty
+    # enrollments table), PostgreSQL may answer NOT EXISTS with a hash anti-join over every
+    # enrollment in the workflow, which grows with each page (at 1,000,000 contacts a page
+    # took 300 ms instead of 10). Bounded, the worst plan reads one page's enrollments.
     earlier = (
         select(col(Enrollment.id))
-        .where(Enrollment.contact_id == Contact.id, Enrollment.workflow == workflow.name)
+        .where(
+            Enrollment.contact_id == Contact.id,
+            Enrollment.workflow == workflow.name,
+            col(Enrollment.contact_id).between(first, last),
+        )
         .exists()
     )
     parts = [col(Contact.id).between(first, last), not_(earlier)]
@@ -323,30 +331,38 @@ def _never_enrolled(
     return and_(*parts)
 
 
-def _by_entry(
-    entries: list[tuple[Any, int]],
-) -> dict[int, tuple[ColumnElement[bool], ColumnElement[bool]]]:
-    """entry number -> (which contacts, which of their enrollments) for ``_enroll_fast``."""
+Selection = dict[int, tuple[ColumnElement[bool], Callable[[Any], ColumnElement[bool]]]]
+"""entry number -> (which contacts to enroll, and the same contacts as a condition on any
+table's ``contact_id`` column) for ``_enroll_fast``."""
+
+
+def _in_range(first: int, last: int) -> Callable[[Any], ColumnElement[bool]]:
+    return lambda contact_id: contact_id.between(first, last)  # type: ignore[no-any-return]
+
+
+def _in_list(ids: list[int]) -> Callable[[Any], ColumnElement[bool]]:
+    return lambda contact_id: contact_id.in_(ids)  # type: ignore[no-any-return]
+
+
+def _by_entry(entries: list[tuple[Any, int]]) -> Selection:
     ids: dict[int, list[int]] = {}
     for item, entry in entries:
         ids.setdefault(entry, []).append(item if isinstance(item, int) else item.id)
-    return {
-        entry: (col(Contact.id).in_(group), col(Enrollment.contact_id).in_(group))
-        for entry, group in ids.items()
-    }
+    return {entry: (col(Contact.id).in_(group), _in_list(group)) for entry, group in ids.items()}
 
 
 def _enroll_fast(
     session: Session,
     workflow: Workflow,
-    selection: dict[int, tuple[ColumnElement[bool], ColumnElement[bool]]],
+    selection: Selection,
     *,
     now: datetime,
     why: str,
 ) -> list[int]:
     """Insert the enrollments and their first-step email actions for one page, set-based
     (``INSERT ... SELECT``, one statement per table and entry number). ``selection`` maps an
-    entry number to the contacts to enroll with it and to the same contacts' enrollments."""
+    entry number to the contacts to enroll with it, and to a condition on ``contact_id``
+    selecting the same contacts' rows in other tables."""
     if not selection:
         return []
     program = workflow.program
@@ -375,7 +391,7 @@ def _enroll_fast(
     enrollments = Enrollment.__table__  # type: ignore[attr-defined]
     actions = Action.__table__  # type: ignore[attr-defined]
     action_ids: list[int] = []
-    for entry, (contacts_where, enrollments_where) in selection.items():
+    for entry, (contacts_where, same_contacts) in selection.items():
         session.execute(
             insert(enrollments).from_select(
                 [
@@ -407,13 +423,19 @@ def _enroll_fast(
             )
         )
         # The enrollments just written: this entry, this instant, and no action yet (a
-        # virtual clock may run two broadcasts at one instant).
+        # virtual clock may run two broadcasts at one instant). Both sides are bounded to the
+        # page's contacts, so no plan reads the whole table (see ``_never_enrolled``).
+        no_action_yet = not_(
+            select(col(Action.id))
+            .where(Action.enrollment_id == Enrollment.id, same_contacts(col(Action.contact_id)))
+            .exists()
+        )
         started = select(col(Enrollment.id)).where(
             Enrollment.workflow == workflow.name,
             Enrollment.entry == entry,
             Enrollment.started_at == now,
-            enrollments_where,
-            not_(select(col(Action.id)).where(Action.enrollment_id == Enrollment.id).exists()),
+            same_contacts(col(Enrollment.contact_id)),
+            no_action_yet,
         )
         inserted = session.execute(
             insert(actions)
