@@ -131,7 +131,7 @@ def broadcast(
     audience = audience_of(workflow)
     clause, exact = sql_filter(audience)
     program = workflow.program
-    fast = bool(program) and isinstance(program[0].step, SendEmail)
+    fast = starts_with_email(workflow)
     result = BroadcastResult(workflow=name, fast_path=fast)
     with transaction(db) as session:
         remember_version(session, registry, workflow, now)
@@ -272,6 +272,22 @@ def _next_page(
     matched = [c for c in contacts if audience.evaluate(EvalContext(session, c, now))]
     result.matched += len(matched)
     return matched, last  # type: ignore[return-value]
+
+
+def starts_with_email(workflow: Workflow) -> bool:
+    """Whether entering ``workflow`` can be written set-based (``enroll_starting_with_email``)."""
+    return bool(workflow.program) and isinstance(workflow.program[0].step, SendEmail)
+
+
+def enroll_starting_with_email(
+    session: Session, workflow: Workflow, contacts: Sequence[Contact], *, now: datetime, why: str
+) -> list[int]:
+    """Enter ``contacts`` (already found eligible) into a workflow whose first step is an
+    email, set-based: the re-entry rules for all of them in one query, then the enrollments
+    and first-step actions in one ``INSERT ... SELECT`` each. Returns the new action ids.
+    Schedule slots use it for each batch of a time zone's contacts."""
+    entries = _entries(session, workflow, contacts, now)
+    return _enroll_fast(session, workflow, _by_entry(entries), now=now, why=why)
 
 
 def _entries(

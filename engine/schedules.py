@@ -24,6 +24,7 @@ done per time zone, never per contact per minute:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,12 +34,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import transaction
-from engine.executor import Effects, start_enrollment, store_version
+from engine.executor import Effects, remember_version, start_enrollment, store_version
 from engine.localtime import zone
 from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus
 from engine.registry import Registry
+from engine.steps import SendEmail
 from engine.workflow import Scheduled, Workflow
 
 log = logging.getLogger(__name__)
@@ -279,13 +282,43 @@ def fire_slot(
     why = f"schedule {trigger.cron} at {local:%Y-%m-%d %H:%M} {slot.timezone}"
     if trigger.name:
         why += f" ({trigger.name})"
+    if starts_with_email(workflow):
+        fired.effects.extend(_fire_set_based(session, registry, slot, workflow, contacts, now, why))
+    else:
+        fired.effects.extend(_fire_each(session, registry, slot, workflow, contacts, now, why))
+    if contacts:
+        slot.after_contact_id = contacts[-1].id  # type: ignore[assignment]
+    fired.contacts = len(contacts)
+    slot.contacts_seen += len(contacts)
+    if len(contacts) < batch_size:
+        _finish(slot, now, ScheduleSlotStatus.DONE, "")
+    else:
+        slot.claimed_until = now + lease
+        fired.more = True
+    session.add(slot)
+    return fired
+
+
+def _fire_each(
+    session: Session,
+    registry: Registry,
+    slot: ScheduleSlot,
+    workflow: Workflow,
+    contacts: Sequence[Contact],
+    now: datetime,
+    why: str,
+) -> Effects:
+    """The general path: the executor's own entry, contact by contact, each in a savepoint."""
+    trigger = workflow.trigger
+    assert isinstance(trigger, Scheduled)
+    effects = Effects()
     for contact in contacts:
         try:
             with session.begin_nested():
                 if trigger.condition is None or trigger.condition.evaluate(
                     EvalContext(session, contact, now)
                 ):
-                    fired.effects.extend(
+                    effects.extend(
                         start_enrollment(
                             session,
                             registry,
@@ -299,18 +332,56 @@ def fire_slot(
         except Exception as exc:  # one contact's bad data must not stop the zone's slot
             log.exception("schedule slot %s: contact %s failed", slot.id, contact.id)
             session.refresh(contact)
-            slot.errors += 1
-            slot.last_error = f"contact {contact.id}: {type(exc).__name__}: {exc}"
-        slot.after_contact_id = contact.id  # type: ignore[assignment]
-    fired.contacts = len(contacts)
-    slot.contacts_seen += len(contacts)
-    if len(contacts) < batch_size:
-        _finish(slot, now, ScheduleSlotStatus.DONE, "")
-    else:
-        slot.claimed_until = now + lease
-        fired.more = True
-    session.add(slot)
-    return fired
+            _count_error(slot, contact, exc)
+    return effects
+
+
+def _fire_set_based(
+    session: Session,
+    registry: Registry,
+    slot: ScheduleSlot,
+    workflow: Workflow,
+    contacts: Sequence[Contact],
+    now: datetime,
+    why: str,
+) -> Effects:
+    """A workflow that starts with an email: decide in Python who enters (the ``when``
+    condition, the entry rule, the subscription), then write the batch's enrollments and
+    first emails set-based, exactly as ``start_enrollment`` would have (broadcast.py)."""
+    offered: list[Contact] = []
+    for contact in contacts:
+        try:
+            if _may_enter(session, workflow, contact, now):
+                offered.append(contact)
+        except Exception as exc:  # a condition that cannot read this contact's data
+            log.exception("schedule slot %s: contact %s failed", slot.id, contact.id)
+            _count_error(slot, contact, exc)
+    remember_version(session, registry, workflow, now)
+    action_ids = enroll_starting_with_email(session, workflow, offered, now=now, why=why)
+    step = workflow.program[0].step
+    assert isinstance(step, SendEmail)
+    return Effects(actions=action_ids) if step.marketing else Effects(transactional=action_ids)
+
+
+def _may_enter(session: Session, workflow: Workflow, contact: Contact, now: datetime) -> bool:
+    """The checks ``start_enrollment`` makes before the re-entry rules, in its order."""
+    trigger = workflow.trigger
+    assert isinstance(trigger, Scheduled)
+    ctx = EvalContext(session, contact, now)
+    if trigger.condition is not None and not trigger.condition.evaluate(ctx):
+        return False
+    if workflow.entry_if is not None and not workflow.entry_if.evaluate(ctx):
+        return False
+    return not (
+        workflow.exit_on_unsubscribe
+        and workflow.sends_marketing
+        and contact.subscription_status != "subscribed"
+    )
+
+
+def _count_error(slot: ScheduleSlot, contact: Contact, exc: Exception) -> None:
+    slot.errors += 1
+    slot.last_error = f"contact {contact.id}: {type(exc).__name__}: {exc}"
 
 
 def _finish(slot: ScheduleSlot, now: datetime, status: ScheduleSlotStatus, note: str) -> None:

@@ -24,17 +24,19 @@ from engine import (
     on_schedule,
     reenter_after,
     reenter_always,
+    schedules,
     send_email,
     wait,
 )
 from engine.cli import _register_subcommands, app
 from engine.db import transaction
 from engine.diagram import mermaid
-from engine.models import Enrollment, PeriodicTick, ScheduleSlot
+from engine.models import Action, Contact, Enrollment, PeriodicTick, ScheduleSlot
 from engine.periodic import PROBE, START, take_turn
 from engine.runtime import Runtime
 from engine.schedules import fire_slot, latest_slot, next_slot, zones_in_use
 from engine.spec import from_spec
+from engine.steps import add_tag
 from tests.language_support import TEMPLATES, running
 from tests.support import enrollments, make_runtime, rows
 from workflows.rules import RULES
@@ -45,11 +47,12 @@ MONDAY = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 def weekly(**options: object) -> Workflow:
     trigger = options.pop("trigger", on_schedule("0 9 * * MON"))
     reentry = options.pop("reentry", reenter_always())
+    steps = options.pop("steps", [send_email("engagement_tips", id="tips")])
     return Workflow(
         "monday_tips",
         trigger=trigger,  # type: ignore[arg-type]
         reentry=reentry,  # type: ignore[arg-type]
-        steps=[send_email("engagement_tips", id="tips")],
+        steps=steps,  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
     )
 
@@ -591,3 +594,56 @@ def test_on_redis_three_started_chains_of_the_tick_job_become_one(
         rt.close()
         client.flushdb()
         client.close()
+
+
+# --- how a slot enrolls its contacts ------------------------------------------------------
+
+
+def _fired_rows(tmp_path: Path, workflow: Workflow, *, set_based: bool) -> list[tuple]:
+    """Fire two weekly slots for six contacts (one unsubscribed, one outside the segment)."""
+    tmp_path.mkdir()
+    with running(tmp_path, [workflow], start=MONDAY) as (rt, clock, email):
+        for n in range(6):
+            rt.upsert_contact(
+                f"p{n}@example.com", timezone="UTC", attributes={"plan": "team" if n else "x"}
+            )
+        with transaction(rt.db) as session:
+            for contact in session.exec(select(Contact).where(Contact.email == "p5@example.com")):
+                contact.subscription_status = "unsubscribed"
+        run_hourly(rt, clock, MONDAY + timedelta(days=14))
+        assert bool(schedules.starts_with_email(workflow)) == set_based
+        found = [
+            (e.contact_id, e.entry, e.status, e.position, e.wake_at, e.context["trigger"])
+            for e in enrollments(rt)
+        ]
+        keys = sorted(a.idempotency_key for a in rows(rt, Action) if a.kind == "email")
+        return [*sorted(found), *keys, *sorted((m.to, m.sent_at) for m in email.sent)]
+
+
+def test_a_slot_writes_the_same_rows_set_based_as_contact_by_contact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workflow that starts with an email is enrolled a batch at a time in SQL; the rows
+    (enrollments, action keys) and the emails are those the executor writes one by one."""
+    team = Segment("team", attribute("plan", "team"))
+    workflow = weekly(
+        trigger=on_schedule("0 9 * * MON", when=team),
+        steps=[send_email("engagement_tips", id="tips"), wait(days=2), send_email("guide")],
+        reentry=reenter_after(days=5),
+    )
+    set_based = _fired_rows(tmp_path / "a", workflow, set_based=True)
+    monkeypatch.setattr(schedules, "starts_with_email", lambda _workflow: False)
+    one_by_one = _fired_rows(tmp_path / "b", workflow, set_based=False)
+    assert set_based == one_by_one
+    assert len([r for r in set_based if isinstance(r, tuple) and len(r) == 6]) == 8  # 4 x 2
+
+
+def test_a_slot_whose_workflow_starts_with_another_step_enrolls_contact_by_contact(
+    tmp_path: Path,
+) -> None:
+    workflow = weekly(steps=[add_tag("weekly"), send_email("engagement_tips", id="tips")])
+    with running(tmp_path, [workflow], start=MONDAY) as (rt, clock, email):
+        people(rt, ("a@example.com", "UTC"), ("b@example.com", "UTC"))
+        run_hourly(rt, clock, MONDAY + timedelta(days=7))
+        assert sorted(m.to for m in email.sent) == ["a@example.com", "b@example.com"]
+        assert {tuple(c.attributes.get("tags", [])) for c in rows(rt, Contact)} == {("weekly",)}
