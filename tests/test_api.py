@@ -25,6 +25,7 @@ import engine.api_keys  # noqa: F401  (registers the api_keys table before creat
 from connectors import RecordingEmailConnector
 from engine import VirtualClock, migrations
 from engine.api import ApiSettings, create_app
+from engine.api.auth import VerifiedKeys
 from engine.api.events import MAX_BATCH
 from engine.api_keys import create_key, revoke
 from engine.db import make_engine, transaction
@@ -66,6 +67,7 @@ class Api:
     email: RecordingEmailConnector
     http: httpx.Client
     keys: dict[str, str]  # name -> plaintext
+    app: FastAPI
 
     def auth(self, name: str = "all") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[name]}"}
@@ -89,7 +91,7 @@ def serve(runtime: Runtime, clock: VirtualClock, email: RecordingEmailConnector,
     }
     app = create_app(runtime, settings=ApiSettings(**settings))
     with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as http:
-        yield Api(runtime, clock, email, http, keys)
+        yield Api(runtime, clock, email, http, keys, app)
 
 
 @pytest.fixture
@@ -325,6 +327,26 @@ def test_a_revoked_key_is_401(api: Api) -> None:
     prefix = api.keys["reader"].split("_")[1]
     with transaction(api.runtime.db) as session:
         revoke(session, prefix, api.clock.now())
+    response = api.get_contact("ana@example.com", key="reader")
+    assert response.status_code == 401
+    assert f"API key {prefix} was revoked" in response.json()["error"]["message"]
+
+
+def test_a_key_revoked_after_use_is_refused_once_this_process_forgets_it(api: Api) -> None:
+    # Given a key this server verified a moment ago (its cache on a clock we move)
+    seconds = [100.0]
+    api.app.state.verified_keys = VerifiedKeys(ttl_s=5, clock=lambda: seconds[0])
+    assert api.get_contact("ana@example.com", key="reader").status_code == 404
+    # When it is revoked, requests within the cache's time are still let in, and a scope
+    # the key lacks is refused without the database
+    prefix = api.keys["reader"].split("_")[1]
+    with transaction(api.runtime.db) as session:
+        revoke(session, prefix, api.clock.now())
+    seconds[0] += 4.9
+    assert api.get_contact("ana@example.com", key="reader").status_code == 404
+    assert api.post_events(event("ana@example.com"), key="reader").status_code == 403
+    # Then once the cache's time is over, the revocation holds
+    seconds[0] += 0.1
     response = api.get_contact("ana@example.com", key="reader")
     assert response.status_code == 401
     assert f"API key {prefix} was revoked" in response.json()["error"]["message"]

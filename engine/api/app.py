@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import contacts, events, health, metrics, webhooks
+from engine.api.auth import VerifiedKeys
 from engine.api.errors import error_response, install_error_handlers
 from engine.inbound_generic import load_sources
 from engine.runtime import Runtime
@@ -104,6 +105,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     )
     app.state.runtime = runtime
     app.state.api_settings = settings
+    app.state.verified_keys = VerifiedKeys()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(metrics.DatabaseCollector(runtime.db))
     app.state.metrics_registry = registry
