@@ -9,6 +9,7 @@ confirmations) is never held by these rules.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -25,25 +26,7 @@ def defer_until(
     if action.kind != "email" or not action.payload.get("marketing", True):
         return None
     workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
-    held: list[tuple[datetime, str]] = []
-    quiet = registry.guardrails.quiet_hours
-    if quiet is not None and in_window(now, contact.timezone, quiet.start, quiet.end):
-        held.append(
-            (
-                next_time_of_day(now, contact.timezone, quiet.end),
-                f"quiet hours {quiet.start}-{quiet.end} ({contact.timezone})",
-            )
-        )
-    window = workflow.send_window if workflow is not None else None
-    if window is not None and not _inside(window, now, contact.timezone):
-        held.append(
-            (
-                next_time_of_day(
-                    now, contact.timezone, window.start, weekdays_only=window.weekdays_only
-                ),
-                f"send window {window.start}-{window.end} ({contact.timezone})",
-            )
-        )
+    held = window_holds(registry, action, contact.timezone, now=now)
     behind = _behind_a_held_email(session, action, contact, now=now)
     if behind is not None:
         held.append((behind, "queued behind an earlier held email to this contact"))
@@ -59,6 +42,35 @@ def defer_until(
     if not held:
         return None
     return max(held, key=lambda item: item[0])
+
+
+def window_holds(
+    registry: Registry, action: Any, timezone: str, *, now: datetime
+) -> list[tuple[datetime, str]]:
+    """The rules that depend only on the clock and the contact's time zone (quiet hours, the
+    workflow's send window): no query, so a batch can check every contact cheaply. Each
+    hold is (until when, which rule). ``action`` needs ``kind``, ``payload`` and ``reason``."""
+    if action.kind != "email" or not action.payload.get("marketing", True):
+        return []
+    workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
+    held: list[tuple[datetime, str]] = []
+    quiet = registry.guardrails.quiet_hours
+    if quiet is not None and in_window(now, timezone, quiet.start, quiet.end):
+        held.append(
+            (
+                next_time_of_day(now, timezone, quiet.end),
+                f"quiet hours {quiet.start}-{quiet.end} ({timezone})",
+            )
+        )
+    window = workflow.send_window if workflow is not None else None
+    if window is not None and not _inside(window, now, timezone):
+        held.append(
+            (
+                next_time_of_day(now, timezone, window.start, weekdays_only=window.weekdays_only),
+                f"send window {window.start}-{window.end} ({timezone})",
+            )
+        )
+    return held
 
 
 def _behind_a_held_email(
