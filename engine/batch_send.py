@@ -46,7 +46,7 @@ from sqlmodel import Session, col, select
 from connectors.email import EmailMessage, SendResult
 from connectors.email.sendgrid import Recipient
 from engine.actions import RetryPolicy, _finish, hold_reason, hold_until, record_failure_on
-from engine.db import transaction
+from engine.db import one_of, transaction
 from engine.errors import ConnectorError
 from engine.guardrails import defer_until
 from engine.models import Action, ActionStatus, Contact, Suppression
@@ -179,7 +179,9 @@ def perform_email_batch(
         with transaction(db) as session:
             session.execute(
                 update(Action)  # type: ignore[arg-type]
-                .where(col(Action.id).in_(ids), Action.status == ActionStatus.SENDING)
+                .where(
+                    one_of(session, col(Action.id), ids), col(Action.status) == ActionStatus.SENDING
+                )
                 .values(
                     status=ActionStatus.SENT,
                     provider_id=result.provider_id,
@@ -237,7 +239,7 @@ def _claim_batch(
     result = _ClaimResult()
     rows = session.execute(
         select(*_ACTION_COLUMNS)
-        .where(col(Action.id).in_(list(action_ids)))
+        .where(one_of(session, col(Action.id), action_ids))
         .order_by(col(Action.id))
         .with_for_update()
     ).all()
@@ -249,7 +251,7 @@ def _claim_batch(
         c.id: c
         for c in session.execute(
             select(*_CONTACT_COLUMNS)
-            .where(col(Contact.id).in_(contact_ids))
+            .where(one_of(session, col(Contact.id), contact_ids))
             .order_by(col(Contact.id))
             .with_for_update()
         ).all()
@@ -257,7 +259,7 @@ def _claim_batch(
     suppressed: dict[str, str] = dict(
         session.execute(
             select(Suppression.email, Suppression.reason).where(
-                col(Suppression.email).in_([c.email for c in contacts.values()])
+                one_of(session, col(Suppression.email), [c.email for c in contacts.values()])
             )
         ).all()  # type: ignore[arg-type]
     )
@@ -335,7 +337,7 @@ def _claim_batch(
         session.flush()  # the rare ORM changes above first
         session.execute(
             update(Action)  # type: ignore[arg-type]
-            .where(col(Action.id).in_(claimed))
+            .where(one_of(session, col(Action.id), claimed))
             .values(
                 status=ActionStatus.SENDING,
                 attempts=col(Action.attempts) + 1,
@@ -428,7 +430,7 @@ def _contacts_needing_guardrails(
     rows = session.exec(
         select(Action.contact_id, func.count())
         .where(
-            col(Action.contact_id).in_(contact_ids),
+            one_of(session, col(Action.contact_id), contact_ids),
             Action.kind == "email",
             col(Action.status).in_(statuses),
         )
@@ -490,7 +492,7 @@ def _record_failures(
 def _load(session: Session, ids: Sequence[int]) -> list[Action]:
     return list(
         session.exec(
-            select(Action).where(col(Action.id).in_(list(ids))).order_by(col(Action.id))
+            select(Action).where(one_of(session, col(Action.id), ids)).order_by(col(Action.id))
         ).all()
     )
 

@@ -7,15 +7,16 @@ PostgreSQL serialises per contact with ``SELECT ... FOR UPDATE`` (see ``lock_con
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, any_, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine
 
@@ -73,6 +74,16 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN (values)`` for a long list. On PostgreSQL ``column = ANY(:array)``: one
+    array parameter, so the statement's text stays short and cached whatever the length,
+    instead of a placeholder per value that SQLAlchemy renders and psycopg parses on every
+    execution (about a fifth of a 1,000-email batch's CPU). Elsewhere a plain ``IN``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(values), postgresql.ARRAY(column.type)))  # type: ignore[no-any-return]
+    return column.in_(list(values))  # type: ignore[no-any-return]
 
 
 def is_postgres(engine: Engine) -> bool:

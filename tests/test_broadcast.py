@@ -301,9 +301,9 @@ def test_broadcasting_twice_enrolls_and_sends_nobody_twice(
 
 
 def test_a_suppressed_contact_inside_a_batch_is_skipped_with_its_reason(
-    tmp_path: Path, fake: FakeSendGrid
+    database_url: str, tmp_path: Path, fake: FakeSendGrid
 ) -> None:
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [sale()]) as (runtime, _):
+    with running(database_url, tmp_path, fake, [sale()]) as (runtime, _):
         add_contacts(runtime, 10)
         runtime.broadcast("spring_sale")
         # The contact bounces after the broadcast was written, before its batch is sent.
@@ -320,8 +320,10 @@ def test_a_suppressed_contact_inside_a_batch_is_skipped_with_its_reason(
     assert skipped[0].reason["skipped"] == "suppressed (bounce)"
 
 
-def test_a_redelivered_batch_job_sends_nothing_twice(tmp_path: Path, fake: FakeSendGrid) -> None:
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [sale()]) as (runtime, _):
+def test_a_redelivered_batch_job_sends_nothing_twice(
+    database_url: str, tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    with running(database_url, tmp_path, fake, [sale()]) as (runtime, _):
         add_contacts(runtime, 20)
         runtime.broadcast("spring_sale")
         runtime.drain()
@@ -355,9 +357,9 @@ def test_a_batch_a_dead_worker_left_mid_send_becomes_unknown_not_resent(
 
 
 def test_a_429_leaves_the_batch_pending_and_it_goes_out_again_as_a_batch(
-    tmp_path: Path, fake: FakeSendGrid
+    database_url: str, tmp_path: Path, fake: FakeSendGrid
 ) -> None:
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [sale()]) as (runtime, clock):
+    with running(database_url, tmp_path, fake, [sale()]) as (runtime, clock):
         add_contacts(runtime, 50)
         fake.fail_next(429)
         runtime.broadcast("spring_sale")
