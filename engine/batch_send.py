@@ -48,7 +48,7 @@ from connectors.email.sendgrid import Recipient
 from engine.actions import RetryPolicy, _finish, hold_reason, hold_until, record_failure_on
 from engine.db import one_of, transaction
 from engine.errors import ConnectorError
-from engine.guardrails import defer_until
+from engine.guardrails import defer_until, window_holds
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.performers import build_message
 from engine.registry import Registry
@@ -220,6 +220,7 @@ _CONTACT_COLUMNS = (
     col(Contact.score),
     col(Contact.attributes),
     col(Contact.subscription_status),
+    col(Contact.timezone),
 )
 
 
@@ -263,9 +264,13 @@ def _claim_batch(
             )
         ).all()  # type: ignore[arg-type]
     )
-    needs_guardrails = _contacts_needing_guardrails(session, registry, rows, contact_ids)
+    # Quiet hours and send windows are checked for everyone in Python; the rules that read
+    # the contact's other emails (caps, held ones) only where such emails exist.
+    windows = _window_rules_apply(registry, rows)
+    needs_history = _contacts_with_other_emails(session, registry, rows, contact_ids)
     renders = _Renders(registry, sender=sender, now=now)
     claimed: list[int] = []
+    holds_due: dict[int, tuple[datetime, str]] = {}
     for row in rows:
         if row.kind != "email":  # grouping only batches email; the sweeper sends the rest
             log.error("action %s (%s) reached an email batch: left alone", row.id, row.kind)
@@ -310,15 +315,17 @@ def _claim_batch(
             _finish(session, action, ActionStatus.SKIPPED, now=now)
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
-        if contact.id in needs_guardrails:
-            action = _orm(session, row.id)
+        deferral: tuple[datetime, str] | None = None
+        if contact.id in needs_history:
             full = session.get(Contact, contact.id)
             assert full is not None
-            deferral = defer_until(session, registry, action, full, now=now)
-            if deferral is not None:
-                hold_until(session, action, *deferral, now=now)
-                result.statuses[ActionStatus.PENDING] += 1
-                continue
+            deferral = defer_until(session, registry, _orm(session, row.id), full, now=now)
+        elif windows:
+            holds = window_holds(registry, row, contact.timezone, now=now)
+            deferral = max(holds, key=lambda hold: hold[0]) if holds else None
+        if deferral is not None:
+            holds_due[row.id] = deferral
+            continue
         try:
             message = renders.message(row, contact)
         except ConnectorError as exc:  # cannot even be built (a broken template)
@@ -333,6 +340,11 @@ def _claim_batch(
             continue
         claimed.append(row.id)
         result.items.append(_Claimed(row.id, message))
+    if holds_due:  # loaded in one query, written in one executemany at the flush below
+        held = session.exec(select(Action).where(col(Action.id).in_(list(holds_due)))).all()
+        for action in held:
+            hold_until(session, action, *holds_due[action.id], now=now)  # type: ignore[index]
+        result.statuses[ActionStatus.PENDING] += len(holds_due)
     if claimed:
         session.flush()  # the rare ORM changes above first
         session.execute(
@@ -408,19 +420,21 @@ def _orm(session: Session, action_id: int) -> Action:
     return action
 
 
-def _contacts_needing_guardrails(
+def _window_rules_apply(registry: Registry, actions: Sequence[Action]) -> bool:
+    """Whether quiet hours or a send window could hold any of these emails."""
+    workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
+    return registry.guardrails.quiet_hours is not None or any(
+        w is not None and w.send_window is not None for w in workflows
+    )
+
+
+def _contacts_with_other_emails(
     session: Session, registry: Registry, actions: Sequence[Action], contact_ids: Sequence[int]
 ) -> set[int]:
-    """Contacts for whom ``defer_until`` could hold the email, checked in one query.
-
-    Quiet hours and send windows can hold anyone: then every contact is checked. Otherwise
-    only a contact with another email action can be held: behind a pending (held) one, or
-    by a frequency cap counting sent ones. Everyone else skips its per-contact queries."""
+    """Contacts whose other email actions could hold this one, found in one query: behind a
+    pending (held) one, or by a frequency cap counting sent ones. Only they need
+    ``defer_until``'s per-contact queries; for everyone else the window rules suffice."""
     workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
-    if registry.guardrails.quiet_hours is not None or any(
-        w is not None and w.send_window is not None for w in workflows
-    ):
-        return set(contact_ids)
     capped = registry.guardrails.cap is not None or any(
         w is not None and w.cap is not None for w in workflows
     )
