@@ -21,6 +21,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -35,7 +36,7 @@ from engine.errors import (
 )
 from engine.guardrails import defer_until
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
-from engine.performers import Call, Performer, Unconfigured
+from engine.performers import Call, Performed, Performer, Unconfigured
 from engine.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Outcome:
 class _Claim:
     call: Call
     performer: str
+    reason: Mapping[str, Any]  # the row's, for notes the call adds (the lease keeps it ours)
 
 
 def perform_action(
@@ -83,12 +85,17 @@ def perform_action(
         if not isinstance(claimed, _Claim):
             return claimed
     try:
-        provider_id = claimed.call()
+        done = claimed.call()
     except ConnectorError as exc:
         return _record_failure(db, action_id, exc, now=now, policy=policy)
     except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
         log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
         return _record_failure(db, action_id, exc, now=now, policy=policy)
+    values: dict[str, Any] = {"provider_id": done}
+    if isinstance(done, Performed):
+        values = {"provider_id": done.provider_id}
+        if done.notes:
+            values["reason"] = {**claimed.reason, **done.notes}
     with transaction(db) as session:
         # One UPDATE, no read: the lease taken in the claim makes this worker the only one
         # finishing the row.
@@ -97,11 +104,11 @@ def perform_action(
             .where(col(Action.id) == action_id)
             .values(
                 status=ActionStatus.SENT,
-                provider_id=provider_id,
                 error=None,
                 lease_until=None,
                 completed_at=now,
                 updated_at=now,
+                **values,
             )
             .execution_options(synchronize_session=False)
         )
@@ -183,7 +190,7 @@ def _claim(
     action.lease_until = now + lease
     action.updated_at = now
     session.add(action)
-    return _Claim(call, performer.name)
+    return _Claim(call, performer.name, dict(action.reason))
 
 
 def hold_until(

@@ -14,14 +14,17 @@ connector is HubSpot, ``perform_crm_batch`` does up to 100 contacts in:
    ``batch/upsert`` for the contacts that are new or hold other values (a new contact gets
    its lifecycle stage in the same call), then ``batch/update`` of ``lifecyclestage`` for
    the existing contacts moving forward. A backward move is skipped, as on the single path,
-   unless the performer allows it: then one ``batch/update`` clears the value and the next
-   sets it. Reading first is what keeps a retried or re-claimed batch from writing twice: a
-   contact that already holds every value is not written again.
+   and noted in the action's ``reason["skipped"]``, unless the performer allows it: then one
+   ``batch/update`` clears the value and the next sets it. Reading first is what keeps a
+   retried or re-claimed batch from writing twice: a contact that already holds every value
+   is not written again. A contact new at the read that another writer created with a later
+   stage before our upsert makes HubSpot refuse that upsert: such contacts are read again
+   and treated as existing ones (their move skipped and noted, or cleared and set).
 3. **record** (one transaction): each action gets its own outcome: ``sent`` with the
-   HubSpot contact id, or the single path's failure rule applied to its own error (a
-   contact HubSpot refused fails alone: the connector splits a batch refused whole; a
-   429 or 5xx of a whole call leaves its actions pending for the sweeper, which batches
-   them again).
+   HubSpot contact id (and the note, if any), or the single path's failure rule applied to
+   its own error (a contact HubSpot refused fails alone: the connector splits a batch
+   refused whole; a 429 or 5xx of a whole call leaves its actions pending for the sweeper,
+   which batches them again).
 
 CRM tasks and notes are not batched: HubSpot's engagement batch endpoints would save little
 (workflows create few of them) and, with no idempotency key, a timed-out batch would leave
@@ -46,9 +49,9 @@ from connectors.crm.hubspot import LIFECYCLE_PROPERTY
 from engine.actions import Outcome, RetryPolicy, _finish, record_failure_on
 from engine.batch_send import BatchOutcome
 from engine.db import transaction
-from engine.errors import ConnectorError
+from engine.errors import ConnectorError, PermanentConnectorError
 from engine.models import Action, ActionStatus, Contact
-from engine.performers import CRMPerformer, Performer
+from engine.performers import CRMPerformer, Performer, lifecycle_skipped_note
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,10 @@ class _Item:
     email: str
     stage: str
     properties: dict[str, Any]
+    reason: dict[str, Any]  # the row's, for a note to be added to
     contact_id: str = ""  # HubSpot's, once known
     error: Exception | None = None
+    note: dict[str, str] = field(default_factory=dict)  # for reason: a skipped lifecycle move
 
 
 @dataclass
@@ -146,6 +151,7 @@ _ACTION_COLUMNS = (
     col(Action.lease_until),
     col(Action.next_attempt_at),
     col(Action.payload),
+    col(Action.reason),
 )
 
 
@@ -204,7 +210,9 @@ def _claim(
             continue
         seen.add(contact.id)
         stage, properties = performer.update_of(row.payload or {}, contact.stage)
-        claim.items.append(_Item(row.id, contact.email.lower(), stage, properties))
+        claim.items.append(
+            _Item(row.id, contact.email.lower(), stage, properties, dict(row.reason or {}))
+        )
     if claim.items:
         session.flush()  # the rare ORM changes above first
         session.execute(
@@ -226,65 +234,116 @@ def _claim(
 def _send(connector: HubSpotConnector, items: list[_Item], *, allow_backward: bool) -> int:
     """Mirror every item into HubSpot; each item ends with its contact id or its error.
     Returns the number of requests made."""
-    wanted: dict[str, dict[str, str]] = {}
-    values: dict[str, str] = {}
+    plan = _Plan(connector, allow_backward=allow_backward)
     for item in items:
         try:
-            wanted[item.email] = connector.property_strings(item.properties)
-            values[item.email] = connector.lifecycle_value(item.stage)
+            plan.wanted[item.email] = connector.property_strings(item.properties)
+            plan.values[item.email] = connector.lifecycle_value(item.stage)
         except ConnectorError as exc:  # a naive datetime, a stage HubSpot has no value for
             item.error = exc
     live = [i for i in items if i.error is None]
-    names = sorted({name for i in live for name in wanted[i.email]})
-    read = connector.batch_read_contacts([i.email for i in live], names)
-    requests = read.requests
+    plan.names = sorted({name for i in live for name in plan.wanted[i.email]})
+    read = connector.batch_read_contacts([i.email for i in live], plan.names)
+    plan.requests += read.requests
     _fail(live, read, key=lambda i: i.email)
 
-    upserts: list[tuple[str, dict[str, str]]] = []
-    moves: dict[str, list[_Item]] = {"forward": [], "backward": []}
+    new: list[_Item] = []
     for item in (i for i in live if i.error is None):
         current = read.records.get(item.email)
-        value = values[item.email]
         if current is None:  # new to HubSpot: its stage goes in the upsert
-            upserts.append((item.email, {**wanted[item.email], **_stage(value)}))
-            continue
-        item.contact_id = current.id
-        held = {k: str(v or "") for k, v in current.properties.items()}
-        if any(held.get(k, "") != v for k, v in wanted[item.email].items()):
-            upserts.append((item.email, wanted[item.email]))
-        previous = held.get(LIFECYCLE_PROPERTY, "")
-        if not value or previous == value:
-            continue
-        if not connector.backward_reason(previous, value):
-            moves["forward"].append(item)
-        elif allow_backward:
-            moves["backward"].append(item)
-        # else: skipped, as set_lifecycle_stage skips it on the single path
+            value = plan.values[item.email]
+            plan.upserts.append((item.email, {**plan.wanted[item.email], **_stage(value)}))
+            new.append(item)
+        else:
+            plan.existing(item, current.id, current.properties)
+    plan.upsert(live)
+    # Refused although new at the read: maybe another writer created it since, with a later
+    # stage HubSpot will not move back from. Read those again and treat them as existing.
+    raced = [
+        i for i in new if isinstance(i.error, PermanentConnectorError) and plan.values[i.email]
+    ]
+    if raced:
+        plan.retry_raced(raced)
 
-    if upserts:
-        upserted = connector.batch_upsert_contacts_each(upserts)
-        requests += upserted.requests
-        _fail(live, upserted, key=lambda i: i.email)
-        for item in live:
-            record = upserted.records.get(item.email)
-            if record is not None:
-                item.contact_id = record.id
-
-    backward = [i for i in moves["backward"] if i.error is None]
+    backward = [i for i in plan.backward if i.error is None]
     if backward:  # HubSpot only moves forward: empty the value first
         cleared = connector.batch_update_contacts(
             [(i.contact_id, {LIFECYCLE_PROPERTY: ""}) for i in backward]
         )
-        requests += cleared.requests
+        plan.requests += cleared.requests
         _fail(backward, cleared, key=lambda i: i.contact_id)
-    setting = [i for i in moves["forward"] + backward if i.error is None]
+    setting = [i for i in plan.forward + backward if i.error is None]
     if setting:
         moved = connector.batch_update_contacts(
-            [(i.contact_id, {LIFECYCLE_PROPERTY: values[i.email]}) for i in setting]
+            [(i.contact_id, {LIFECYCLE_PROPERTY: plan.values[i.email]}) for i in setting]
         )
-        requests += moved.requests
+        plan.requests += moved.requests
         _fail(setting, moved, key=lambda i: i.contact_id)
-    return requests
+    return plan.requests
+
+
+@dataclass
+class _Plan:
+    """What the send writes: the upserts due and the lifecycle moves, with what it read."""
+
+    connector: HubSpotConnector
+    allow_backward: bool
+    wanted: dict[str, dict[str, str]] = field(default_factory=dict)  # email -> properties
+    values: dict[str, str] = field(default_factory=dict)  # email -> lifecyclestage
+    names: list[str] = field(default_factory=list)  # the properties to read
+    upserts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    forward: list[_Item] = field(default_factory=list)
+    backward: list[_Item] = field(default_factory=list)
+    requests: int = 0
+
+    def existing(self, item: _Item, contact_id: str, properties: Mapping[str, Any]) -> None:
+        """Plan an item whose contact HubSpot holds: upsert what differs, move the stage."""
+        item.contact_id = contact_id
+        held = {k: str(v or "") for k, v in properties.items()}
+        if any(held.get(k, "") != v for k, v in self.wanted[item.email].items()):
+            self.upserts.append((item.email, self.wanted[item.email]))
+        previous, value = held.get(LIFECYCLE_PROPERTY, ""), self.values[item.email]
+        if not value or previous == value:
+            return
+        reason = self.connector.backward_reason(previous, value)
+        if not reason:
+            self.forward.append(item)
+        elif self.allow_backward:
+            self.backward.append(item)
+        else:  # skipped, as set_lifecycle_stage skips it on the single path
+            item.note = lifecycle_skipped_note(reason)
+
+    def upsert(self, items: Sequence[_Item]) -> None:
+        """Send the upserts planned so far; each item gets its contact id or its error."""
+        if not self.upserts:
+            return
+        upserted = self.connector.batch_upsert_contacts_each(self.upserts)
+        self.upserts = []
+        self.requests += upserted.requests
+        _fail(items, upserted, key=lambda i: i.email)
+        for item in items:
+            record = upserted.records.get(item.email)
+            if record is not None:
+                item.contact_id = record.id
+
+    def retry_raced(self, raced: Sequence[_Item]) -> None:
+        again = self.connector.batch_read_contacts([i.email for i in raced], self.names)
+        self.requests += again.requests
+        retried: list[_Item] = []
+        for item in raced:
+            if item.email in again.errors:  # e.g. a 5xx: the read's error is the one to retry
+                item.error = again.errors[item.email]
+                continue
+            current = again.records.get(item.email)
+            previous = str((current.properties if current else {}).get(LIFECYCLE_PROPERTY) or "")
+            if current is None or not self.connector.backward_reason(
+                previous, self.values[item.email]
+            ):
+                continue  # not that race: the upsert's own error stands
+            item.error = None
+            retried.append(item)
+            self.existing(item, current.id, current.properties)
+        self.upsert(retried)
 
 
 def _stage(value: str) -> dict[str, str]:
@@ -325,6 +384,14 @@ def _record(
                 ),
                 [{"b_id": i.action_id, "b_provider_id": i.contact_id} for i in done],
             )
+            noted = [i for i in done if i.note]
+            if noted:  # rare (a skipped lifecycle move): one more statement for those
+                session.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"))
+                    .values(reason=bindparam("b_reason")),
+                    [{"b_id": i.action_id, "b_reason": {**i.reason, **i.note}} for i in noted],
+                )
             statuses[ActionStatus.SENT] += len(done)
         if failed:
             actions = session.exec(select(Action).where(col(Action.id).in_(list(failed))))

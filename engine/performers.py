@@ -2,12 +2,14 @@
 
 A performer turns a claimed action row into one call of a connector. ``prepare`` runs inside
 the claim's transaction (render the template, read what it needs) and returns the call to
-make outside it; the call returns the provider's id. ``dedupes`` says whether repeating the
-call with the same idempotency key is harmless (see actions.py).
+make outside it; the call returns the provider's id, or a :class:`Performed` when there is
+more to keep on the row. ``dedupes`` says whether repeating the call with the same
+idempotency key is harmless (see actions.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -15,14 +17,30 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from connectors.crm import CRMConnector
+from connectors.crm import CRMConnector, LifecycleUpdate
 from connectors.email import EmailConnector, EmailMessage
 from connectors.webhooks.outgoing import WebhookSender
 from engine.errors import PermanentConnectorError, TransientConnectorError
 from engine.models import Action, Contact
 from engine.registry import Registry
 
-Call = Callable[[], str]
+
+@dataclasses.dataclass(frozen=True)
+class Performed:
+    """A call's result when it has more to say than the provider's id: ``notes`` are merged
+    into the action's ``reason`` (``skipped``: a part of the action the connector did not do,
+    shown by ``journeyline actions`` and the contact timeline)."""
+
+    provider_id: str
+    notes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Call = Callable[[], "str | Performed"]
+
+
+def lifecycle_skipped_note(reason: str) -> dict[str, str]:
+    """The ``reason`` note of a ``crm.update`` whose lifecycle move the CRM did not make."""
+    return {"skipped": f"lifecyclestage not moved: {reason}"}
 
 
 class Performer(Protocol):
@@ -156,8 +174,9 @@ class CRMPerformer:
     stage (forward only); ``crm.task`` creates a task and ``crm.note`` a note on the contact.
     An upsert is idempotent; a task or a note is not (a timeout leaves it ``unknown``).
     A lifecycle move backwards is skipped unless ``allow_backward`` (then the CRM's value is
-    cleared first). Many ``crm.update`` actions due together go through HubSpot's batch
-    endpoints instead (engine/crm_batch.py), with the same properties and stage rules."""
+    cleared first); a skipped move is noted in the action's ``reason["skipped"]``. Many
+    ``crm.update`` actions due together go through HubSpot's batch endpoints instead
+    (engine/crm_batch.py), with the same properties and stage rules."""
 
     def __init__(
         self,
@@ -188,9 +207,13 @@ class CRMPerformer:
         if self.kind == "crm.update":
             stage, properties = self.update_of(payload, contact.stage)
 
-            def update() -> str:
+            def update() -> str | Performed:
                 record = self.connector.upsert_contact(email, properties)
-                self.connector.set_lifecycle_stage(email, stage, allow_backward=self.allow_backward)
+                moved = self.connector.set_lifecycle_stage(
+                    email, stage, allow_backward=self.allow_backward
+                )
+                if _backward_skipped(moved):
+                    return Performed(record.id, lifecycle_skipped_note(moved.reason))
                 return record.id
 
             return update
@@ -200,6 +223,11 @@ class CRMPerformer:
         return lambda: self.connector.create_task(
             email, str(payload["subject"]), str(payload.get("body", "")), due=due
         )
+
+
+def _backward_skipped(moved: LifecycleUpdate) -> bool:
+    # A stage mapped to "" (not mirrored) is skipped by configuration: nothing to explain.
+    return moved.skipped and bool(moved.value)
 
 
 class Unconfigured:

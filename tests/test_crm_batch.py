@@ -35,6 +35,7 @@ from engine import (
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, metadata
 from engine.runtime import Runtime
+from engine.timeline import contact_timeline
 from tests.language_support import TEMPLATES
 
 TOKEN = "pat-batch-test"
@@ -320,6 +321,101 @@ def test_with_backward_moves_allowed_they_are_cleared_then_set_in_two_batch_call
         "",
         "marketingqualifiedlead",
     ]
+    assert all("skipped" not in a.reason for a in actions)  # nothing was skipped
+
+
+@pytest.mark.parametrize("batch_size", [100, 1], ids=["batched", "one_by_one"])
+def test_a_skipped_backward_move_is_noted_on_its_action_and_in_the_timeline(
+    tmp_path: Path, fake: FakeHubSpot, batch_size: int
+) -> None:
+    url = f"sqlite:///{tmp_path}/jl.db"
+    with running(url, tmp_path, fake, hubspot_batch_size=batch_size) as (runtime, _):
+        # Given c6-c9 are ahead of us in HubSpot (customer) and the others are not
+        emails = add_contacts(runtime, 10)
+        _mixed(fake, emails)
+        # When the update_crm step runs, batched or one by one
+        runtime.broadcast("sales_handoff")
+        runtime.run_until_idle()
+        actions = crm_actions(runtime)
+        with Session(runtime.db) as session:
+            timeline = contact_timeline(session, emails[9])
+    # Then every action is sent, and those whose move was skipped say why
+    assert {a.status for a in actions} == {ActionStatus.SENT}
+    noted = {a.contact_id: a.reason["skipped"] for a in actions if "skipped" in a.reason}
+    assert sorted(noted) == [7, 8, 9, 10]
+    assert noted[10].startswith(
+        "lifecyclestage not moved: 'customer' -> 'marketingqualifiedlead' is a backward move"
+    )
+    assert actions[9].reason["workflow"] == "sales_handoff"  # the note adds to the reason
+    # and the contact's timeline shows it (so does `journeyline actions`)
+    assert timeline is not None
+    (entry,) = [e for e in timeline.entries if e.kind == "action"]
+    assert "lifecyclestage not moved: 'customer' -> 'marketingqualifiedlead'" in entry.summary
+    assert fake.history(emails[9], "lifecyclestage") == ["customer"]
+
+
+@pytest.mark.parametrize("allow_backward", [False, True], ids=["skipped", "allowed"])
+def test_a_new_contact_another_writer_creates_ahead_of_us_before_our_upsert_is_not_failed(
+    database_url: str, tmp_path: Path, fake: FakeHubSpot, allow_backward: bool
+) -> None:
+    settings = {"hubspot_allow_backward": allow_backward}
+    with running(database_url, tmp_path, fake, **settings) as (runtime, _):
+        # Given 5 contacts unknown to HubSpot when the batch reads them
+        emails = add_contacts(runtime, 5)
+        # and another writer creates c2 as a customer right after that read
+        fake.after_next(
+            lambda hubspot: hubspot.add_contact(emails[2], lifecyclestage="customer"),
+            path="/crm/v3/objects/contacts/batch/read",
+        )
+        # When the batch upserts them with their stage (c2's move would be backward now)
+        runtime.broadcast("sales_handoff")
+        runtime.run_until_idle()
+        actions = crm_actions(runtime)
+    # Then c2 is not failed: it is read again and handled like an existing contact
+    assert {(a.status, a.attempts) for a in actions} == {(ActionStatus.SENT, 1)}
+    raced = fake.contact(emails[2]) or {}
+    assert raced["lead_source"] == "journeyline"  # its properties, upserted again
+    assert actions[2].provider_id == raced["hs_object_id"]
+    upserts = [r.body for r in fake.requests if r.path.endswith("/batch/upsert")]
+    again = upserts[-1]["inputs"]
+    assert [i["id"] for i in again] == [emails[2]]
+    assert "lifecyclestage" not in again[0]["properties"]
+    reads = [r.body for r in fake.requests if r.path.endswith("/batch/read")]
+    assert [[i["id"] for i in r["inputs"]] for r in reads] == [emails, [emails[2]]]
+    assert all(fake.history(e, "lead_source") == ["journeyline"] for e in emails)
+    if allow_backward:  # as on the single path: cleared, then set
+        assert fake.history(emails[2], "lifecyclestage") == [
+            "customer",
+            "",
+            "marketingqualifiedlead",
+        ]
+        assert "skipped" not in actions[2].reason
+    else:  # as on the single path: the move is skipped, and the action says why
+        assert fake.history(emails[2], "lifecyclestage") == ["customer"]
+        assert "'customer' -> 'marketingqualifiedlead'" in actions[2].reason["skipped"]
+    others = [a for i, a in enumerate(actions) if i != 2]
+    assert all("skipped" not in a.reason for a in others)
+    assert all(
+        (fake.contact(e) or {})["lifecyclestage"] == "marketingqualifiedlead"
+        for e in emails
+        if e != emails[2]
+    )
+
+
+def test_a_new_contact_refused_for_another_reason_still_fails_with_its_own_error(
+    tmp_path: Path, fake: FakeHubSpot
+) -> None:
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake) as (runtime, _):
+        emails = add_contacts(runtime, 4)
+        fake.refuse_contact(emails[1], "Property values were not valid: lead_source")
+        runtime.broadcast("sales_handoff")
+        runtime.run_until_idle()
+        actions = crm_actions(runtime)
+    # read again (it may have raced), found absent: the upsert's own error stands
+    assert [a.status for a in actions].count(ActionStatus.FAILED) == 1
+    assert "lead_source" in (actions[1].error or "")
+    reads = [r.body for r in fake.requests if r.path.endswith("/batch/read")]
+    assert [[i["id"] for i in r["inputs"]] for r in reads] == [emails, [emails[1]]]
 
 
 # --- partial failures -----------------------------------------------------------------------

@@ -14,8 +14,9 @@ Batch answers follow HubSpot: a validation error anywhere fails the whole batch 
 applies nothing; ids it does not know make a 207 multi-status answer (``errors`` with
 ``OBJECT_NOT_FOUND`` and ``context.ids``) while the rest are read or updated.
 :meth:`FakeHubSpot.refuse_contact` makes one contact's writes fail validation, to test
-that one bad input does not fail its batch; :meth:`FakeHubSpot.request_counts` counts the
-requests per endpoint, to test batching.
+that one bad input does not fail its batch; :meth:`FakeHubSpot.after_next` lets another
+writer act between two of the client's calls, to test races; :meth:`FakeHubSpot.request_counts`
+counts the requests per endpoint, to test batching.
 
 It checks the Bearer token, keeps a rolling rate window (100 requests per 10 s unless told
 otherwise; a 429 ``RATE_LIMIT`` / ``TEN_SECONDLY_ROLLING`` when full) and puts the
@@ -167,6 +168,7 @@ class FakeHubSpot:
         self._requests: list[HubSpotRequest] = []
         self._failures: deque[_Script] = deque()
         self._delays: deque[_Script] = deque()
+        self._after: deque[_Script] = deque()
         self._stopping = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -250,6 +252,19 @@ class FakeHubSpot:
         with self._lock:
             self._delays.append(_Script(0, {}, seconds, method, path))
 
+    def after_next(
+        self,
+        action: Callable[[FakeHubSpot], object],
+        *,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Run ``action(fake)`` once the next request (matching ``method`` / ``path`` prefix,
+        if given) has been processed, before it is answered: another writer changing HubSpot
+        between that call and the client's next one (e.g. ``fake.add_contact(...)``)."""
+        with self._lock:
+            self._after.append(_Script(0, {}, action, method, path))
+
     def refuse_contact(self, email: str, message: str = "") -> None:
         """Fail validation for every write naming this contact (by email or id) from now on,
         as HubSpot does for a value it will not take: a batch containing it fails whole."""
@@ -315,6 +330,16 @@ class FakeHubSpot:
         self, method: str, target: str, headers: Mapping[str, str], raw: bytes
     ) -> tuple[int, dict[str, str], Any, Any]:
         """(status, headers, response body, parsed request body) for one request."""
+        answer = self._answer(method, target, headers, raw)
+        with self._lock:
+            after = _take(self._after, method, urlsplit(target).path)
+        if after is not None:
+            after.body(self)
+        return answer
+
+    def _answer(
+        self, method: str, target: str, headers: Mapping[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], Any, Any]:
         parts = urlsplit(target)
         path = parts.path
         with self._lock:
