@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
+from engine import known_enrollments
 from engine.conditions import EvalContext
 from engine.localtime import next_time_of_day, parse_hhmm, parse_instant, zone
 from engine.models import (
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # The sweeper re-dispatches a pending action only after this; the normal path is faster.
 DISPATCH_LEASE = timedelta(minutes=5)
-LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+LIVE = known_enrollments.LIVE
 
 
 @dataclass
@@ -137,11 +138,7 @@ def start_enrollment(
     why: str,
 ) -> Effects:
     """Enter ``contact`` into ``workflow`` if its entry rules allow, and run to the first wait."""
-    previous = session.exec(
-        select(Enrollment)
-        .where(Enrollment.contact_id == contact.id, Enrollment.workflow == workflow.name)
-        .order_by(col(Enrollment.entry).desc())
-    ).first()
+    previous = _latest_entry(session, contact.id, workflow.name)  # type: ignore[arg-type]
     if previous is not None:
         if previous.status in LIVE:
             return Effects()  # already in it: a workflow holds a contact once at a time
@@ -178,7 +175,23 @@ def start_enrollment(
     )
     session.add(enrollment)
     session.flush()
+    known_enrollments.added(session, enrollment)
     return advance(session, registry, contact, enrollment, now=now)
+
+
+def _latest_entry(session: Session, contact_id: int, workflow: str) -> Enrollment | None:
+    known = known_enrollments.known_for(session, contact_id)
+    if known is not None:
+        return max((e for e in known if e.workflow == workflow), key=_entry, default=None)
+    return session.exec(
+        select(Enrollment)
+        .where(Enrollment.contact_id == contact_id, Enrollment.workflow == workflow)
+        .order_by(col(Enrollment.entry).desc())
+    ).first()
+
+
+def _entry(enrollment: Enrollment) -> int:
+    return enrollment.entry
 
 
 def advance(
@@ -496,6 +509,10 @@ def exit_unsubscribed(
 
 
 def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:
+    """The contact's active and waiting enrollments, in id order."""
+    known = known_enrollments.known_for(session, contact_id)
+    if known is not None:
+        return sorted((e for e in known if e.status in LIVE), key=_id)
     return list(
         session.exec(
             select(Enrollment)
@@ -503,6 +520,10 @@ def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:
             .order_by(col(Enrollment.id))
         ).all()
     )
+
+
+def _id(enrollment: Enrollment) -> int:
+    return enrollment.id  # type: ignore[return-value]
 
 
 def count_at_steps(session: Session, workflow: str) -> dict[tuple[str, int], int]:

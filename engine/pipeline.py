@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from engine import known_enrollments
 from engine.conditions import EvalContext, matches
 from engine.contacts import (
     find_or_create_contact,
@@ -237,6 +238,8 @@ def _process_together(
     contacts = session.exec(
         select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id)).with_for_update()
     ).all()
+    known_enrollments.keep_enrollments(session)
+    known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
     limit = EVENTS_PER_PASS * len(ids)
     pending = session.exec(
         select(Event)
@@ -267,6 +270,7 @@ def process_contact(
     contact = lock_contact(session, contact_id)
     if contact is None:
         return Effects()
+    known_enrollments.keep_enrollments(session)  # read once under the contact's lock
     pending = session.exec(
         select(Event)
         .where(Event.contact_id == contact_id, Event.status == EventStatus.PENDING)
@@ -694,6 +698,7 @@ def wake_enrollment(
         return Effects()
     contact = lock_contact(session, enrollment.contact_id)
     session.refresh(enrollment)  # re-read under the contact's lock
+    known_enrollments.keep_enrollments(session)
     if (
         contact is None
         or enrollment.status != EnrollmentStatus.WAITING
@@ -757,6 +762,7 @@ def _wake_together(
             .with_for_update()
         ).all()
     }
+    known_enrollments.keep_enrollments(session)
     enrollments = session.exec(
         select(Enrollment)
         .where(col(Enrollment.id).in_(ids))

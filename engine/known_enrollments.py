@@ -1,0 +1,100 @@
+"""A transaction's copy of its contacts' enrollments, read once per contact.
+
+Processing one event asks for the contact's live enrollments several times (before the
+event's reactions, on a stage change, when a condition turns true) and ``start_enrollment``
+asks for a workflow's latest entry. In a pipeline job the contact's row lock is held for the
+whole transaction and every enrollment it writes goes through this session, so those rows
+are read once, the first time they are needed, and kept in ``session.info``:
+
+- the contact's live enrollments and, per workflow, its latest entry (the re-entry rules
+  need nothing older), in id order;
+- ``start_enrollment`` appends the enrollment it creates;
+- statuses are read from the objects themselves when asked, so an enrollment ended in this
+  transaction is no longer live, as the query would have said after its autoflush;
+- any rollback (a savepoint included) forgets everything, so an enrollment written in a
+  rolled-back savepoint is never seen again.
+
+Only a transaction that opts in (``keep_enrollments``) uses it, and only until it ends; any
+other caller reads the database each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import bindparam, event, func, or_
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import SessionTransaction, aliased
+from sqlmodel import Session, col, select
+
+from engine.models import Enrollment, EnrollmentStatus
+
+LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+_KEY = "journeyline.known_enrollments"
+
+_older = aliased(Enrollment)
+_latest_entry = (
+    select(func.max(_older.entry))
+    .where(_older.contact_id == Enrollment.contact_id, _older.workflow == Enrollment.workflow)
+    .scalar_subquery()
+)
+# Built once: live enrollments and each workflow's latest entry for a set of contacts.
+_LOAD = (
+    select(Enrollment)
+    .where(
+        col(Enrollment.contact_id).in_(bindparam("contact_ids", expanding=True)),
+        or_(col(Enrollment.status).in_(LIVE), col(Enrollment.entry) == _latest_entry),
+    )
+    .order_by(col(Enrollment.id))
+)
+
+
+def keep_enrollments(session: Session) -> None:
+    """Opt this transaction in: its contacts' enrollments are read once and kept."""
+    session.info.setdefault(_KEY, {})
+
+
+def load(session: Session, contact_ids: Iterable[int]) -> None:
+    """Read the enrollments of these contacts in one statement (if the transaction opted in)."""
+    known: dict[int, list[Enrollment]] | None = session.info.get(_KEY)
+    if known is None:
+        return
+    missing = sorted({c for c in contact_ids if c not in known})
+    if not missing:
+        return
+    for contact_id in missing:
+        known[contact_id] = []
+    for enrollment in session.scalars(_LOAD, {"contact_ids": missing}):
+        known[enrollment.contact_id].append(enrollment)
+
+
+def known_for(session: Session, contact_id: int) -> list[Enrollment] | None:
+    """This contact's live enrollments and latest entry per workflow, in id order; None
+    when the transaction did not opt in."""
+    known: dict[int, list[Enrollment]] | None = session.info.get(_KEY)
+    if known is None:
+        return None
+    if contact_id not in known:
+        load(session, (contact_id,))
+    return known[contact_id]
+
+
+def added(session: Session, enrollment: Enrollment) -> None:
+    """``enrollment`` was just written (and flushed): keep it with its contact's."""
+    known: dict[int, list[Enrollment]] | None = session.info.get(_KEY)
+    if known is not None and enrollment.contact_id in known:
+        known[enrollment.contact_id].append(enrollment)
+
+
+@event.listens_for(OrmSession, "after_soft_rollback")
+def _forget_on_rollback(session: OrmSession, _previous: Any) -> None:
+    known: dict[int, list[Enrollment]] | None = session.info.get(_KEY)
+    if known:
+        known.clear()
+
+
+@event.listens_for(OrmSession, "after_transaction_end")
+def _end_with_the_transaction(session: OrmSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_KEY, None)
