@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -115,6 +115,17 @@ def perform_action(
     return Outcome(ActionStatus.SENT)
 
 
+# Built once (``perform_action`` runs per email).
+_ACTION = select(Action).where(col(Action.id) == bindparam("action_id")).with_for_update()
+_CLAIM = (
+    select(Action, Contact, Suppression.reason)
+    .join(Contact, col(Contact.id) == col(Action.contact_id))
+    .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
+    .where(col(Action.id) == bindparam("action_id"))
+    .with_for_update(of=[Action, Contact])
+)
+
+
 def _claim(
     session: Session,
     registry: Registry,
@@ -124,7 +135,16 @@ def _claim(
     now: datetime,
     lease: timedelta,
 ) -> _Claim | Outcome:
-    action = session.exec(select(Action).where(Action.id == action_id).with_for_update()).first()
+    # The action, its contact and the contact's suppression (if any) in one statement, both
+    # rows locked: the contact's lock serialises the cap check below with other sends to
+    # them, and the suppression is read now, not when the step was scheduled.
+    found = session.exec(_CLAIM, params={"action_id": action_id}).first()
+    contact: Contact | None
+    if found is None:  # no such action, or its contact was erased
+        action = session.exec(_ACTION, params={"action_id": action_id}).first()
+        contact, suppression = None, None
+    else:
+        action, contact, suppression = found
     if action is None:
         return Outcome("missing")
     if action.status in (
@@ -152,18 +172,9 @@ def _claim(
     elif action.next_attempt_at > now:
         return Outcome(ActionStatus.PENDING, retry_at=action.next_attempt_at)
 
-    # The contact's row lock serialises the cap check below with other sends to them; their
-    # suppression (if any) comes with it, read now, not when the step was scheduled.
-    found = session.exec(
-        select(Contact, Suppression.reason)
-        .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
-        .where(Contact.id == action.contact_id)
-        .with_for_update(of=Contact)
-    ).first()
-    if found is None:
+    if contact is None:
         _finish(session, action, ActionStatus.SKIPPED, now=now, error="contact erased")
         return Outcome(ActionStatus.SKIPPED)
-    contact, suppression = found
     held = hold_reason(action, contact, suppression)
     if held:
         action.reason = {**action.reason, "skipped": held}

@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import and_, bindparam, or_, select
+from sqlmodel import Session, col
 
+from engine.db import UTCDateTime
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
@@ -27,18 +29,21 @@ def defer_until(
         return None
     workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
     held = window_holds(registry, action, contact.timezone, now=now)
-    behind = _behind_a_held_email(session, action, contact, now=now)
+    caps: list[tuple[FrequencyCap, str | None]] = []
+    if registry.guardrails.cap is not None:
+        caps.append((registry.guardrails.cap, None))
+    if workflow is not None and workflow.cap is not None:
+        caps.append((workflow.cap, workflow.name))
+    since = min((now - cap.per for cap, _scope in caps), default=None)
+    others = _other_emails(session, action, contact, sent_since=since)
+    behind = _behind_a_held_email(others, action, now=now)
     if behind is not None:
         held.append((behind, "queued behind an earlier held email to this contact"))
-    caps = [(registry.guardrails.cap, None)]
-    if workflow is not None:
-        caps.append((workflow.cap, workflow.name))
     for cap, scope in caps:
-        if cap is not None:
-            freed = _cap_frees_at(session, action, contact, cap, scope, now=now)
-            if freed is not None:
-                label = "frequency cap" + (f" of {scope}" if scope else "")
-                held.append((freed, f"{label}: {cap.max} per {cap.per}"))
+        freed = _cap_frees_at(others, cap, scope, now=now)
+        if freed is not None:
+            label = "frequency cap" + (f" of {scope}" if scope else "")
+            held.append((freed, f"{label}: {cap.max} per {cap.per}"))
     if not held:
         return None
     return max(held, key=lambda item: item[0])
@@ -73,20 +78,57 @@ def window_holds(
     return held
 
 
-def _behind_a_held_email(
-    session: Session, action: Action, contact: Contact, *, now: datetime
-) -> datetime | None:
+_OTHER_EMAIL_COLUMNS: tuple[Any, ...] = (
+    Action.id,
+    Action.status,
+    Action.next_attempt_at,
+    Action.completed_at,
+    Action.updated_at,
+    Action.payload,
+    Action.reason,
+)
+_PENDING_BEFORE = and_(
+    col(Action.status) == ActionStatus.PENDING, col(Action.id) < bindparam("action_id")
+)
+_EMAILS_OF = (
+    col(Action.contact_id) == bindparam("contact_id"),
+    col(Action.kind) == "email",
+    col(Action.id) != bindparam("action_id"),
+)
+# Built once; one statement serves both the queue order and the frequency caps.
+_HELD_BEFORE = select(*_OTHER_EMAIL_COLUMNS).where(*_EMAILS_OF, _PENDING_BEFORE)
+_HELD_BEFORE_OR_SENT_SINCE = select(*_OTHER_EMAIL_COLUMNS).where(
+    *_EMAILS_OF,
+    or_(
+        _PENDING_BEFORE,
+        and_(
+            col(Action.status).in_([ActionStatus.SENT, ActionStatus.SENDING]),
+            col(Action.updated_at) >= bindparam("since", type_=UTCDateTime),
+        ),
+    ),
+)
+
+
+def _other_emails(
+    session: Session, action: Action, contact: Contact, *, sent_since: datetime | None
+) -> list[Any]:
+    """The contact's other email actions the rules below look at, in one query: pending
+    ones older than ``action``, and (with caps) those sent or sending since ``sent_since``."""
+    params: dict[str, Any] = {"contact_id": contact.id, "action_id": action.id}
+    if sent_since is None:
+        return list(session.execute(_HELD_BEFORE, params))
+    return list(session.execute(_HELD_BEFORE_OR_SENT_SINCE, {**params, "since": sent_since}))
+
+
+def _behind_a_held_email(others: list[Any], action: Action, *, now: datetime) -> datetime | None:
     """Keep held emails in order: while an earlier one to this contact is held, wait for it."""
-    rows = session.exec(
-        select(Action.next_attempt_at, Action.payload, Action.reason).where(
-            Action.contact_id == contact.id,
-            Action.kind == "email",
-            Action.status == ActionStatus.PENDING,
-            col(Action.id) < action.id,
-        )
-    ).all()
     waits = [
-        at for at, payload, reason in rows if payload.get("marketing", True) and reason.get("held")
+        row.next_attempt_at
+        for row in others
+        if row.status == ActionStatus.PENDING
+        and row.id < action.id  # type: ignore[operator]
+        and row.payload.get("marketing", True)
+        and row.reason.get("held")
     ]
     if not waits:
         return None
@@ -98,33 +140,18 @@ def _inside(window: Window, now: datetime, tz: str) -> bool:
 
 
 def _cap_frees_at(
-    session: Session,
-    action: Action,
-    contact: Contact,
-    cap: FrequencyCap,
-    scope: str | None,
-    *,
-    now: datetime,
+    others: list[Any], cap: FrequencyCap, scope: str | None, *, now: datetime
 ) -> datetime | None:
     """None if another marketing email fits in the window; else when the oldest one leaves."""
     since = now - cap.per
-    rows = session.exec(
-        select(
-            Action.completed_at, Action.updated_at, Action.payload, Action.reason, Action.status
-        ).where(
-            Action.contact_id == contact.id,
-            Action.kind == "email",
-            Action.id != action.id,
-            col(Action.status).in_([ActionStatus.SENT, ActionStatus.SENDING]),
-            col(Action.updated_at) >= since,
-        )
-    ).all()
     times = sorted(
-        (completed or updated)
-        for completed, updated, payload, reason, _status in rows
-        if payload.get("marketing", True)
-        and (scope is None or reason.get("workflow") == scope)
-        and (completed or updated) > since
+        (row.completed_at or row.updated_at)
+        for row in others
+        if row.status in (ActionStatus.SENT, ActionStatus.SENDING)
+        and row.updated_at >= since
+        and row.payload.get("marketing", True)
+        and (scope is None or row.reason.get("workflow") == scope)
+        and (row.completed_at or row.updated_at) > since
     )
     if len(times) < cap.max:
         return None

@@ -36,6 +36,12 @@ def test_performing_an_action_twice_sends_one_email(rt) -> None:
     assert len(email.sent) == 1
 
 
+def test_performing_an_action_that_does_not_exist_sends_nothing(rt) -> None:
+    runtime, _clock, email, action_id = rt
+    assert runtime.perform(action_id + 1000).status == "missing"
+    assert email.calls == 0
+
+
 def test_concurrent_performers_send_one_email(rt) -> None:
     runtime, _clock, email, action_id = rt
     outcomes: list[str] = []

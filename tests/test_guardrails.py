@@ -70,6 +70,24 @@ def test_a_per_workflow_cap_counts_only_that_workflow(tmp_path: Path) -> None:
         assert "capped:d2" in sent(email)
 
 
+def test_a_workflow_cap_and_the_global_cap_each_count_their_own_window(tmp_path: Path) -> None:
+    # Given at most 3 per 7 days overall and at most 1 per day from the drip
+    rails = Guardrails(cap=at_most(3, per_days=7))
+    capped = drip("capped", cap=at_most(1, per_days=1))
+    with running(tmp_path, [capped], guardrails=rails) as (rt, clock, email):
+        rt.track("a@example.com", "demo.requested")
+        rt.run_until_idle()
+        clock.advance(hours=1)
+        rt.run_until_idle()
+        # Then the second email waits for the drip's own day, not the week
+        assert sent(email) == ["capped:d1"]
+        second = next(a for a in actions(rt) if a.reason["step"] == "d2")
+        assert second.reason["held"][0]["rule"].startswith("frequency cap of capped: 1 per 1 day")
+        clock.advance(days=1)
+        rt.run_until_idle()
+        assert sent(email) == ["capped:d1", "capped:d2"]
+
+
 def test_quiet_hours_in_the_contacts_time_zone_defer_to_the_morning(tmp_path: Path) -> None:
     rails = Guardrails(quiet_hours=quiet_hours("21:00", "08:00"))
     one = Workflow(
