@@ -13,6 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from engine.db import insert_new
 from engine.errors import ValidationError
 from engine.models import Contact
 from engine.stages import Journey
@@ -107,6 +108,53 @@ def find_or_create_contact(
             return candidate, True
         except IntegrityError:
             contact = session.exec(select(Contact).where(Contact.email == email)).one()
+    if _merge(contact, now=now, timezone=timezone, attributes=attributes):
+        session.add(contact)
+    return contact, False
+
+
+def find_or_insert_contact_id(
+    session: Session,
+    *,
+    email: str,
+    journey: Journey,
+    now: datetime,
+    timezone: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> tuple[int, bool]:
+    """``find_or_create_contact`` for callers that need only the id (recording an event):
+    a new contact is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` instead of a
+    savepoint around an ORM insert."""
+    contact = session.exec(select(Contact).where(Contact.email == email)).first()
+    if contact is None:
+        row = Contact(
+            email=email,
+            timezone=timezone or "UTC",
+            attributes=dict(attributes or {}),
+            stage=journey.initial,
+            stage_entered_at=now,
+            created_at=now,
+            updated_at=now,
+        ).model_dump(exclude={"id"})
+        table: Any = Contact.__table__  # type: ignore[attr-defined]
+        new_id = insert_new(session, table, row, unique=("email",))
+        if new_id is not None:
+            return new_id, True
+        # Created by another writer a moment ago: theirs stands, ours merges into it.
+        contact = session.exec(select(Contact).where(Contact.email == email)).one()
+    if _merge(contact, now=now, timezone=timezone, attributes=attributes):
+        session.add(contact)
+    return contact.id, False  # type: ignore[return-value]
+
+
+def _merge(
+    contact: Contact,
+    *,
+    now: datetime,
+    timezone: str | None,
+    attributes: Mapping[str, Any] | None,
+) -> bool:
+    """Merge given attributes and time zone into an existing contact; whether it changed."""
     changed = False
     if attributes:
         merged = {**contact.attributes, **attributes}
@@ -119,5 +167,4 @@ def find_or_create_contact(
     if changed:
         contact.updated_at = now
         contact.version += 1
-        session.add(contact)
-    return contact, False
+    return changed

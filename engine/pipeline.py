@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from engine import known_enrollments
 from engine.conditions import EvalContext, matches
 from engine.contacts import (
-    find_or_create_contact,
+    find_or_insert_contact_id,
     normalize_email,
     validate_event_type,
     validate_properties,
@@ -94,7 +94,7 @@ def record_event(
             return existing
     else:
         key = f"{source}:auto:{uuid.uuid4()}"  # new by construction: nothing to look up
-    contact, created = find_or_create_contact(
+    contact_id, created = find_or_insert_contact_id(
         session,
         email=email,
         journey=registry.journey,
@@ -102,10 +102,9 @@ def record_event(
         timezone=timezone,
         attributes=attributes,
     )
-    session.flush()
     events: Any = Event.__table__
     row = {
-        "contact_id": contact.id,
+        "contact_id": contact_id,
         "properties": {},
         "status": EventStatus.PENDING.value,
         "error": None,
@@ -122,7 +121,7 @@ def record_event(
                 **row,
                 type=CONTACT_CREATED,
                 source=INTERNAL_SOURCE,
-                idempotency_key=f"{INTERNAL_SOURCE}:created:{contact.id}",
+                idempotency_key=f"{INTERNAL_SOURCE}:created:{contact_id}",
             )
         )
     event_id = insert_new(
@@ -142,7 +141,7 @@ def record_event(
         existing = _event_with_key(session, key)
         assert existing is not None, f"event {key} conflicted but cannot be found"
         return existing
-    return Recorded(event_id, contact.id, duplicate=False)  # type: ignore[arg-type]
+    return Recorded(event_id, contact_id, duplicate=False)
 
 
 def _event_with_key(session: Session, key: str) -> Recorded | None:
