@@ -342,33 +342,32 @@ def _run_shard(
             for hour in sorted(by_hour):
                 advance_to(runtime, clock, day_start + timedelta(hours=hour))
                 # The hour's events go in as one batch, as a busy track API would see them.
-                touched: list[int] = []
-                with transaction(runtime.db) as session:
-                    for person, event_type, props in by_hour[hour]:
-                        first_event = stages.get(person["email"]) is None and not person["seen"]
-                        recorded = record_event(
-                            session,
-                            registry,
-                            now=clock.now(),
-                            email=person["email"],
-                            event_type=event_type,
-                            properties=props,
-                            source="simulation",
-                            idempotency_key=f"sim:{events}",
+                batch: list[_Tracked] = []
+                for person, event_type, props in by_hour[hour]:
+                    first_event = stages.get(person["email"]) is None and not person["seen"]
+                    batch.append(
+                        _Tracked(
+                            person["email"],
+                            event_type,
+                            props,
+                            key=f"sim:{events}",
                             attributes=person["attributes"] if first_event else None,
                             timezone=person["timezone"] if first_event else None,
                         )
-                        touched.append(recorded.contact_id)
-                        person["seen"] = True
-                        events += 1
-                runtime.enqueue_contacts(touched)
+                    )
+                    person["seen"] = True
+                    events += 1
+                _track_all(runtime, batch)
                 runtime.run_until_idle()
             day_start += timedelta(days=1)
             advance_to(runtime, clock, day_start)  # midnight
             # What the workflows sent today: contacts open, click, and react.
             unread, mailbox.unread = mailbox.unread, []
+            reactions: list[_Tracked] = []
             for to, action_id, template in unread:
-                events += _react(rng, runtime, to, action_id, template, day, profile, boosts)
+                reactions += _react(rng, to, action_id, template, day, profile, boosts)
+            _track_all(runtime, reactions)
+            events += len(reactions)
             runtime.run_until_idle()
             daily.append(Counter(_stages(runtime).values()))
             day_done()
@@ -444,38 +443,60 @@ def _props(
 
 def _react(
     rng: random.Random,
-    runtime: Runtime,
     to: str,
     action_id: str,
     template: str,
     day: int,
     profile: Profile,
     boosts: dict[str, dict[str, tuple[float, int]]],
-) -> int:
-    made = 0
+) -> list[_Tracked]:
+    """The opens and clicks one delivered email gets, and the boosts an open gives."""
+    made: list[_Tracked] = []
     if rng.random() < profile.open_rate:
-        runtime.track(
-            to,
-            "email.opened",
-            {"action_id": action_id},
-            source="simulation",
-            idempotency_key=f"open:{action_id}",
-        )
-        made += 1
+        props = {"action_id": action_id}
+        made.append(_Tracked(to, "email.opened", props, key=f"open:{action_id}"))
         reaction = profile.reactions.get(template)
         if reaction:
             for event_type, factor in reaction["boost"].items():
                 boosts[to][event_type] = (float(factor), day + int(reaction["days"]))
         if rng.random() < profile.click_rate / max(profile.open_rate, 1e-9):
-            runtime.track(
-                to,
-                "email.clicked",
-                {"action_id": action_id},
-                source="simulation",
-                idempotency_key=f"click:{action_id}",
-            )
-            made += 1
+            made.append(_Tracked(to, "email.clicked", props, key=f"click:{action_id}"))
     return made
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    email: str
+    type: str
+    properties: dict[str, Any]
+    key: str
+    attributes: dict[str, Any] | None = None
+    timezone: str | None = None
+
+
+def _track_all(runtime: Runtime, batch: list[_Tracked]) -> None:
+    """Record a batch of events in one transaction and enqueue their contacts, as the track
+    API does with a POST of many events."""
+    if not batch:
+        return
+    touched: list[int] = []
+    with transaction(runtime.db) as session:
+        for item in batch:
+            recorded = record_event(
+                session,
+                runtime.registry,
+                now=runtime.clock.now(),
+                email=item.email,
+                event_type=item.type,
+                properties=item.properties,
+                source="simulation",
+                idempotency_key=item.key,
+                attributes=item.attributes,
+                timezone=item.timezone,
+            )
+            if not recorded.duplicate:
+                touched.append(recorded.contact_id)
+    runtime.enqueue_contacts(touched)
 
 
 def _stages(runtime: Runtime) -> dict[str, str]:
