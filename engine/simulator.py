@@ -42,7 +42,7 @@ from engine.pipeline import record_event
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
-from engine.virtual_time import advance_to
+from engine.virtual_time import advance_to, settle
 
 # --- the behaviour profile ----------------------------------------------------------------
 
@@ -358,7 +358,7 @@ def _run_shard(
                     person["seen"] = True
                     events += 1
                 _track_all(runtime, batch)
-                runtime.run_until_idle()
+                settle(runtime, clock)
             day_start += timedelta(days=1)
             advance_to(runtime, clock, day_start)  # midnight
             # What the workflows sent today: contacts open, click, and react.
@@ -368,7 +368,7 @@ def _run_shard(
                 reactions += _react(rng, to, action_id, template, day, profile, boosts)
             _track_all(runtime, reactions)
             events += len(reactions)
-            runtime.run_until_idle()
+            settle(runtime, clock)
             daily.append(Counter(_stages(runtime).values()))
             day_done()
         return _part(runtime, registry, events, daily)
