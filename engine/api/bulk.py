@@ -4,10 +4,11 @@
 
 - ``CoreWriter`` (SQLite, and the reference): SQLAlchemy Core ``INSERT ... ON CONFLICT DO
   NOTHING RETURNING`` over many rows and ``IN (...)`` lookups;
-- ``PostgresWriter``: the same statements with every varying column sent as one array
-  parameter and spread by ``unnest``. The SQL text is then the same short string whatever
-  the batch size, so neither SQLAlchemy nor psycopg re-renders and re-parses a statement of
-  hundreds of placeholders on each request (that parsing was ~40% of a request's CPU).
+- ``PostgresWriter``: the same statements with a short, fixed SQL text whatever the batch
+  size: the rows go as one JSON document spread by ``json_to_recordset`` and lookups are
+  ``= ANY(:array)``. Many-row statements with a placeholder per value were re-rendered by
+  SQLAlchemy and re-parsed by psycopg on each request (~40% of a request's CPU); one array
+  parameter per column cost ~15% more CPU than one ``json.dumps`` of the rows.
 
 Both return the same things in the same order; ``tests/test_api_batch.py`` checks a batch
 recorded in bulk against the same events recorded one by one on each database.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import String, any_, bindparam, insert, text
@@ -131,31 +133,45 @@ PG_TYPES = {
     "received_at": "timestamp",
     "processed_at": "timestamp",
 }
-# Arrays of json are sent as text and cast per element (a json[] parameter would need the
-# values quoted twice).
-_ARRAY_TYPES = {**PG_TYPES, "attributes": "text", "external_ids": "text", "properties": "text"}
 
 
-def _unnest_insert(table: str, varying: list[str], common: list[str], tail: str) -> Any:
-    """``INSERT INTO table (...) SELECT ... FROM unnest(:a, :b, ...)``: each varying column one
-    array parameter, each common column one scalar parameter."""
-    picks = [f"CAST(r.{c} AS json)" if PG_TYPES[c] == "json" else f"r.{c}" for c in varying] + [
-        f"CAST(:{c} AS {PG_TYPES[c]})" for c in common
-    ]
-    arrays = ", ".join(f"CAST(:{c} AS {_ARRAY_TYPES[c]}[])" for c in varying)
+def _recordset_insert(table: str, varying: list[str], common: list[str], tail: str) -> Any:
+    """``INSERT INTO table (...) SELECT ... FROM json_to_recordset(:rows)``: the varying
+    columns of every row in one JSON document, each common column one scalar parameter."""
+    picks = [f"r.{c}" for c in varying] + [f"CAST(:{c} AS {PG_TYPES[c]})" for c in common]
+    record = ", ".join(f"{c} {PG_TYPES[c]}" for c in varying)
     return text(
         f"INSERT INTO {table} ({', '.join(varying + common)}) "
-        f"SELECT {', '.join(picks)} FROM unnest({arrays}) AS r({', '.join(varying)}) {tail}"
+        f"SELECT {', '.join(picks)} FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
+        f"{tail}"
     )
 
 
-def _pg_value(column: str, value: Any) -> Any:
-    """``value`` as the database stores it: JSON as text, datetimes as naive UTC."""
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """What ``UTCDateTime`` stores."""
+    return None if value is None else ensure_utc(value).replace(tzinfo=None)
+
+
+def _scalar(column: str, value: Any) -> Any:
+    """A common value as a parameter: JSON as text, datetimes as naive UTC."""
     if PG_TYPES[column] == "json":
         return json.dumps(value)
-    if PG_TYPES[column] == "timestamp" and value is not None:
-        return ensure_utc(value).replace(tzinfo=None)
+    if PG_TYPES[column] == "timestamp":
+        return _naive_utc(value)
     return value
+
+
+def _rows_document(rows: list[dict[str, Any]], varying: list[str]) -> str:
+    """The rows as one JSON array (datetimes as naive-UTC ISO 8601, which PostgreSQL reads
+    back exactly): one ``json.dumps`` in C instead of a psycopg array dump per column."""
+    times = [c for c in varying if PG_TYPES[c] == "timestamp"]
+    if times:
+        rows = [dict(row) for row in rows]
+        for row in rows:
+            for c in times:
+                value = _naive_utc(row[c])
+                row[c] = None if value is None else value.isoformat()
+    return json.dumps(rows)
 
 
 _KEYS = bindparam("keys", type_=postgresql.ARRAY(String))
@@ -163,8 +179,8 @@ _EMAILS = bindparam("emails", type_=postgresql.ARRAY(String))
 
 
 class PostgresWriter:
-    """One short statement per step whatever the batch size: every varying column is one
-    array parameter spread by ``unnest``, and lookups are ``= ANY(array)``."""
+    """One short statement per step whatever the batch size: the rows go as one JSON
+    document spread by ``json_to_recordset``, and lookups are ``= ANY(array)``."""
 
     def __init__(self) -> None:
         self._statements: dict[tuple[Any, ...], Any] = {}
@@ -213,10 +229,10 @@ class PostgresWriter:
         shape = (table, tuple(varying), tuple(common), tail)
         statement = self._statements.get(shape)
         if statement is None:
-            statement = _unnest_insert(table, varying, list(common), tail)
+            statement = _recordset_insert(table, varying, list(common), tail)
             self._statements[shape] = statement
-        params = {c: [_pg_value(c, row[c]) for row in rows] for c in varying}
-        params.update({c: _pg_value(c, v) for c, v in common.items()})
+        params = {c: _scalar(c, v) for c, v in common.items()}
+        params["rows"] = _rows_document(rows, varying)
         return session.execute(statement, params)
 
 
