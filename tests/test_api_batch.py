@@ -32,7 +32,7 @@ BATCH = [
         email="bo@example.com",
         type="page.viewed",
         attributes={"b": 2},
-        properties={"path": "/pricing"},
+        properties={"path": "/pricing", "note": 'café "quoted" \\ \u2603'},
     ),
     # the key of an earlier event of this batch: a duplicate, and cy is never created
     EventIn(email="cy@example.com", type="page.viewed", idempotency_key="k1"),
