@@ -80,10 +80,20 @@ def _next_schedule_slots(runtime: Runtime, session: Session, now: datetime) -> l
     if not scheduled:
         return []
     zones = zones_in_use(session)
+    # (cron, zone) -> (after, slot): the next slot stays the same until ``now`` reaches it.
+    known: dict[tuple[str, str], tuple[datetime, datetime]] = runtime.__dict__.setdefault(
+        "_next_schedule_slots", {}
+    )
     slots = []
     for workflow in scheduled:
         assert isinstance(workflow.trigger, Scheduled)
-        slots += [next_slot(workflow.trigger.cron, tz_name, now) for tz_name in zones]
+        for tz_name in zones:
+            key = (workflow.trigger.cron, tz_name)
+            cached = known.get(key)
+            if cached is None or not cached[0] <= now < cached[1]:
+                cached = (now, next_slot(workflow.trigger.cron, tz_name, now))
+                known[key] = cached
+            slots.append(cached[1])
     return slots
 
 
