@@ -30,7 +30,7 @@ from engine.db import transaction
 from engine.errors import ValidationError
 from engine.executor import exit_unsubscribed
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
-from engine.pipeline import record_event
+from engine.recording import record_event
 
 log = logging.getLogger(__name__)
 

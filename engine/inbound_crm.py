@@ -30,7 +30,7 @@ from engine.db import transaction
 from engine.errors import ValidationError
 from engine.inbound import InboundResult
 from engine.models import Contact
-from engine.pipeline import record_event
+from engine.recording import record_event
 from engine.registry import Registry
 
 log = logging.getLogger(__name__)

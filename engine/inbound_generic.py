@@ -48,7 +48,7 @@ from engine.contacts import normalize_email, validate_event_type, validate_prope
 from engine.db import transaction
 from engine.errors import ValidationError, WorkflowDefinitionError
 from engine.inbound import InboundResult
-from engine.pipeline import record_event
+from engine.recording import record_event
 
 __all__ = [
     "PRESENT",

@@ -1,33 +1,23 @@
 """The one path every input takes (DESIGN.md section 2).
 
-``record_event`` stores an event idempotently (keyed by its source's id). ``process_contact``
-takes the contact's row lock and applies its pending events in arrival order: rules and
-score, the stage machine, workflow exits and entries, and the action rows they write, all in
-the caller's transaction. ``wake_enrollment`` continues an enrollment whose wait is over.
+``record_event`` (recording.py) stores an event idempotently (keyed by its source's id).
+``process_contact`` takes the contact's row lock and applies its pending events in arrival
+order: rules and score, the stage machine, workflow exits and entries, and the action rows
+they write, all in the caller's transaction. ``wake_enrollment`` continues an enrollment
+whose wait is over. The transactions jobs run these in, alone or in batches, are in
+pipeline_jobs.py.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.conditions import EvalContext, matches
-from engine.contacts import (
-    find_or_insert_contact_id,
-    normalize_email,
-    validate_event_type,
-    validate_properties,
-    validate_timezone,
-)
-from engine.db import insert_new, skip_commit_flush, transaction
+from engine.db import skip_commit_flush
 from engine.executor import (
     Effects,
     end_enrollment,
@@ -45,217 +35,24 @@ from engine.models import (
     EventStatus,
     StageTransition,
 )
+from engine.recording import (
+    CONTACT_CREATED,
+    INTERNAL_SOURCE,
+)
 from engine.registry import Registry
 from engine.steps import WaitForEvent
 from engine.workflow import ConditionMet, EventReceived, StageEntered
 
 log = logging.getLogger(__name__)
 
-EVENT_LEASE = timedelta(minutes=5)
-INTERNAL_SOURCE = "journeyline"
-CONTACT_CREATED = "contact.created"
 LIFECYCLE_CHANGED = "crm.lifecycle_changed"
 EVENTS_PER_PASS = 200
-
-
-@dataclass(frozen=True)
-class Recorded:
-    event_id: int
-    contact_id: int
-    duplicate: bool
-
-
-def record_event(
-    session: Session,
-    registry: Registry,
-    *,
-    now: datetime,
-    email: str,
-    event_type: str,
-    properties: Mapping[str, Any] | None = None,
-    source: str = "api",
-    idempotency_key: str | None = None,
-    occurred_at: datetime | None = None,
-    attributes: Mapping[str, Any] | None = None,
-    timezone: str | None = None,
-) -> Recorded:
-    """Validate and store one event (creating its contact if new). Nothing is written when
-    validation fails; a repeated ``idempotency_key`` from the same source returns the first."""
-    email = normalize_email(email)
-    event_type = validate_event_type(event_type)
-    properties = validate_properties(properties)
-    attributes = validate_properties(attributes, field="attributes")
-    if timezone is not None:
-        validate_timezone(timezone)
-    if idempotency_key:
-        key = f"{source}:{idempotency_key}"
-        existing = _event_with_key(session, key)
-        if existing is not None:
-            return existing
-    else:
-        key = f"{source}:auto:{uuid.uuid4()}"  # new by construction: nothing to look up
-    contact_id, created = find_or_insert_contact_id(
-        session,
-        email=email,
-        journey=registry.journey,
-        now=now,
-        timezone=timezone,
-        attributes=attributes,
-    )
-    events: Any = Event.__table__
-    row = {
-        "contact_id": contact_id,
-        "properties": {},
-        "status": EventStatus.PENDING.value,
-        "error": None,
-        "occurred_at": occurred_at or now,
-        "received_at": now,
-        "lease_until": now + EVENT_LEASE,
-        "processed_at": None,
-    }
-    if created:
-        # Entering the first stage is an event like any other, so workflows for it start
-        # on the same path, in order, before the event that created the contact.
-        session.execute(
-            events.insert().values(
-                **row,
-                type=CONTACT_CREATED,
-                source=INTERNAL_SOURCE,
-                idempotency_key=f"{INTERNAL_SOURCE}:created:{contact_id}",
-            )
-        )
-    event_id = insert_new(
-        session,
-        events,
-        {
-            **row,
-            "type": event_type,
-            "properties": properties,
-            "source": source,
-            "idempotency_key": key,
-        },
-        unique=("idempotency_key",),
-    )
-    if event_id is None:
-        # The same key raced in from another request: the first one stands.
-        existing = _event_with_key(session, key)
-        assert existing is not None, f"event {key} conflicted but cannot be found"
-        return existing
-    return Recorded(event_id, contact_id, duplicate=False)
-
-
-def _event_with_key(session: Session, key: str) -> Recorded | None:
-    found = session.exec(
-        select(Event.id, Event.contact_id).where(Event.idempotency_key == key)
-    ).first()
-    if found is None:
-        return None
-    return Recorded(found[0], found[1], duplicate=True)  # type: ignore[arg-type]
 
 
 def lock_contact(session: Session, contact_id: int) -> Contact | None:
     """Load the contact holding its row lock until commit (PostgreSQL ``FOR UPDATE``;
     SQLite's ``BEGIN IMMEDIATE`` already serialises writers)."""
     return session.exec(select(Contact).where(Contact.id == contact_id).with_for_update()).first()
-
-
-def process_contact_job(
-    db: Engine, registry: Registry, contact_id: int, *, now: datetime
-) -> Effects:
-    """Apply the contact's pending events, committed; what to enqueue afterwards.
-
-    The common case (no event raises) runs in one transaction with no savepoint per event.
-    If one raises, that transaction is rolled back whole and the events are applied again,
-    each in its own savepoint, so only the failing one is marked failed (``process_contact``
-    with ``isolate=True``).
-    """
-    try:
-        with transaction(db) as session:
-            skip_commit_flush(session)
-            return process_contact(session, registry, contact_id, now=now, isolate=False)
-    except Exception as exc:
-        log.warning(
-            "contact %s: an event failed (%s: %s); applying the events again one by one",
-            contact_id,
-            type(exc).__name__,
-            exc,
-        )
-    with transaction(db) as session:
-        skip_commit_flush(session)
-        return process_contact(session, registry, contact_id, now=now, isolate=True)
-
-
-def process_contacts_job(
-    db: Engine, registry: Registry, contact_ids: list[int], *, now: datetime
-) -> Effects:
-    """Several contacts' pending events in one transaction, committed; what to enqueue.
-
-    The contacts are locked in one statement, in id order (two jobs sharing contacts lock
-    them in the same order, so they queue rather than deadlock), and their pending events
-    are read in one statement. If anything raises, the transaction is rolled back whole and
-    each contact is done again on its own (``process_contact_job``), so one bad event costs
-    only its own contact a retry.
-    """
-    ids = sorted(set(contact_ids))
-    try:
-        with transaction(db) as session:
-            skip_commit_flush(session)
-            return _process_together(session, registry, ids, now=now)
-    except Exception as exc:
-        log.warning(
-            "contacts %s: processing together failed (%s: %s); one by one instead",
-            ids,
-            type(exc).__name__,
-            exc,
-        )
-    effects = Effects()
-    failure: Exception | None = None
-    for contact_id in ids:
-        try:
-            effects.extend(process_contact_job(db, registry, contact_id, now=now))
-        except Exception as exc:  # the others still go ahead; the job is retried for this one
-            log.exception("processing contact %s failed", contact_id)
-            failure = failure or exc
-    if failure is not None:
-        raise PartlyFailed(effects, failure) from failure
-    return effects
-
-
-class PartlyFailed(Exception):
-    """Part of a batch (contacts or enrollments) failed; ``effects`` holds what the rest
-    committed."""
-
-    def __init__(self, effects: Effects, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.effects = effects
-        self.cause = cause
-
-
-def _process_together(
-    session: Session, registry: Registry, ids: list[int], *, now: datetime
-) -> Effects:
-    contacts = session.exec(
-        select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id)).with_for_update()
-    ).all()
-    known_enrollments.keep_enrollments(session)
-    known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
-    limit = EVENTS_PER_PASS * len(ids)
-    pending = session.exec(
-        select(Event)
-        .where(col(Event.contact_id).in_(ids), Event.status == EventStatus.PENDING)
-        .order_by(col(Event.id))
-        .limit(limit)
-    ).all()
-    by_contact: dict[int, list[Event]] = {}
-    for event in pending:
-        by_contact.setdefault(event.contact_id, []).append(event)
-    effects = Effects()
-    for contact in contacts:
-        mine = by_contact.get(contact.id, [])  # type: ignore[arg-type]
-        effects.extend(_apply_pending(session, registry, contact, mine[:EVENTS_PER_PASS], now=now))
-        if len(mine) > EVENTS_PER_PASS or len(pending) == limit:
-            effects.contacts.append(contact.id)  # type: ignore[arg-type]  # more may wait
-    return effects
 
 
 def process_contact(
@@ -706,77 +503,3 @@ def wake_enrollment(
     ):
         return Effects()
     return wake(session, registry, contact, enrollment, now=now)
-
-
-def wake_enrollments_job(
-    db: Engine, registry: Registry, enrollment_ids: list[int], *, now: datetime
-) -> Effects:
-    """Continue several due enrollments in one transaction, committed; what to enqueue.
-
-    Their contacts are locked in one statement in id order and the enrollments re-read under
-    those locks, so a duplicate or stale wake is a no-op as in ``wake_enrollment``. If
-    anything raises, the transaction is rolled back whole and each enrollment is woken in a
-    transaction of its own; the first error is raised after the others committed.
-    """
-    ids = sorted(set(enrollment_ids))
-    try:
-        with transaction(db) as session:
-            skip_commit_flush(session)
-            return _wake_together(session, registry, ids, now=now)
-    except Exception as exc:
-        log.warning(
-            "enrollments %s: waking together failed (%s: %s); one by one instead",
-            ids,
-            type(exc).__name__,
-            exc,
-        )
-    effects = Effects()
-    failure: Exception | None = None
-    for enrollment_id in ids:
-        try:
-            with transaction(db) as session:
-                effects.extend(wake_enrollment(session, registry, enrollment_id, now=now))
-        except Exception as exc:
-            log.exception("waking enrollment %s failed", enrollment_id)
-            failure = failure or exc
-    if failure is not None:
-        raise PartlyFailed(effects, failure) from failure
-    return effects
-
-
-def _wake_together(
-    session: Session, registry: Registry, ids: list[int], *, now: datetime
-) -> Effects:
-    owners = sorted(
-        set(session.exec(select(Enrollment.contact_id).where(col(Enrollment.id).in_(ids))).all())
-    )
-    if not owners:
-        return Effects()
-    contacts = {
-        c.id: c
-        for c in session.exec(
-            select(Contact)
-            .where(col(Contact.id).in_(owners))
-            .order_by(col(Contact.id))
-            .with_for_update()
-        ).all()
-    }
-    known_enrollments.keep_enrollments(session)
-    enrollments = session.exec(
-        select(Enrollment)
-        .where(col(Enrollment.id).in_(ids))
-        .order_by(col(Enrollment.id))
-        .execution_options(populate_existing=True)  # as they are under the locks
-    ).all()
-    effects = Effects()
-    for enrollment in enrollments:
-        contact = contacts.get(enrollment.contact_id)
-        if (
-            contact is None
-            or enrollment.status != EnrollmentStatus.WAITING
-            or enrollment.wake_at is None
-            or enrollment.wake_at > now
-        ):
-            continue
-        effects.extend(wake(session, registry, contact, enrollment, now=now))
-    return effects

@@ -33,7 +33,7 @@ from sqlmodel import select
 from connectors.crm import CRMConnector, HubSpotConnector, HubSpotRateLimiter
 from connectors.email import EmailConnector, build_email_connector
 from connectors.webhooks.outgoing import WebhookSender
-from engine import pipeline
+from engine import pipeline, pipeline_jobs, recording
 from engine.actions import Outcome, RetryPolicy, perform_action
 from engine.batch_send import (
     BatchOutcome,
@@ -165,10 +165,10 @@ class Runtime:
         occurred_at: datetime | None = None,
         attributes: Mapping[str, Any] | None = None,
         timezone: str | None = None,
-    ) -> pipeline.Recorded:
+    ) -> recording.Recorded:
         """Record one event (idempotently) and enqueue its processing after commit."""
         with transaction(self.db) as session:
-            recorded = pipeline.record_event(
+            recorded = recording.record_event(
                 session,
                 self.registry,
                 now=self.clock.now(),
@@ -294,15 +294,15 @@ class Runtime:
                 self.jobs.process_contacts.send(chunk)
 
     def process_contacts(self, contact_ids: list[int]) -> Effects:
-        """Several contacts in one transaction (``pipeline.process_contacts_job``). If one
+        """Several contacts in one transaction (``pipeline_jobs.process_contacts_job``). If one
         fails, the others are still done and dispatched, and the job raises so it is retried
         (contacts already done are no-ops then)."""
         self.sync_versions()
         try:
-            effects = pipeline.process_contacts_job(
+            effects = pipeline_jobs.process_contacts_job(
                 self.db, self.registry, contact_ids, now=self.clock.now()
             )
-        except pipeline.PartlyFailed as failed:
+        except pipeline_jobs.PartlyFailed as failed:
             self.dispatch(failed.effects)
             raise failed.cause from failed
         self.dispatch(effects)
@@ -310,7 +310,7 @@ class Runtime:
 
     def process_contact(self, contact_id: int) -> Effects:
         self.sync_versions()
-        effects = pipeline.process_contact_job(
+        effects = pipeline_jobs.process_contact_job(
             self.db, self.registry, contact_id, now=self.clock.now()
         )
         self.dispatch(effects)
@@ -470,14 +470,14 @@ class Runtime:
         return effects
 
     def wake_many(self, enrollment_ids: list[int]) -> Effects:
-        """Several due enrollments in one transaction (``pipeline.wake_enrollments_job``);
+        """Several due enrollments in one transaction (``pipeline_jobs.wake_enrollments_job``);
         their actions are dispatched together, so emails of one step can share a request."""
         self.sync_versions()
         try:
-            effects = pipeline.wake_enrollments_job(
+            effects = pipeline_jobs.wake_enrollments_job(
                 self.db, self.registry, enrollment_ids, now=self.clock.now()
             )
-        except pipeline.PartlyFailed as failed:
+        except pipeline_jobs.PartlyFailed as failed:
             self.dispatch(failed.effects)
             raise failed.cause from failed
         self.dispatch(effects)

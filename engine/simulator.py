@@ -38,7 +38,7 @@ from connectors.email.sendgrid import Recipient
 from engine.clock import VirtualClock
 from engine.db import make_engine, transaction
 from engine.models import Action, Contact, Enrollment, StageTransition
-from engine.pipeline import record_event
+from engine.recording import record_event
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings

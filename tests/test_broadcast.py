@@ -31,6 +31,7 @@ from engine import (
     on_event,
     on_segment_joined,
     pipeline,
+    pipeline_jobs,
     send_email,
     stage_in,
     wait,
@@ -275,7 +276,8 @@ def test_one_enrollment_that_cannot_wake_does_not_hold_up_the_others(
                 raise RuntimeError("database went away")
             return real(session, registry, contact, enrollment, now=now)
 
-        monkeypatch.setattr(pipeline, "wake", wake)
+        monkeypatch.setattr(pipeline_jobs, "wake", wake)  # woken together
+        monkeypatch.setattr(pipeline, "wake", wake)  # then one by one
         clock.advance(days=3, minutes=1)
         with pytest.raises(RuntimeError, match="database went away"):
             runtime.wake_many(ids)

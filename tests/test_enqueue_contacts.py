@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import Session, select
 
-from engine import pipeline
+from engine import pipeline, pipeline_jobs
 from engine.api.events import EventIn, record_all
 from engine.models import Contact, Event, EventStatus
 from engine.runtime import CONTACTS_PER_JOB, Runtime
@@ -108,7 +108,7 @@ def test_a_contact_that_cannot_be_processed_does_not_stop_the_others_and_the_job
             raise RuntimeError("database went away")
         return real_lock(session, contact_id)
 
-    monkeypatch.setattr(pipeline, "_process_together", together)
+    monkeypatch.setattr(pipeline_jobs, "_process_together", together)
     monkeypatch.setattr(pipeline, "lock_contact", lock)
     with pytest.raises(RuntimeError, match="database went away"):
         runtime.process_contacts(sorted(contact_ids(runtime)))

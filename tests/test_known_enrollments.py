@@ -14,7 +14,7 @@ from engine import EventRule, build_registry
 from engine.executor import live_enrollments, start_enrollment
 from engine.known_enrollments import keep_enrollments
 from engine.models import Contact
-from engine.pipeline import process_contact_job
+from engine.pipeline_jobs import process_contact_job
 from engine.runtime import Runtime
 from engine.stages import Guard, Journey, Stage, Transition
 from engine.steps import send_email, wait

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from sqlalchemy.orm import object_session
 from sqlmodel import Session
 
-from engine import pipeline
+from engine import recording
 from engine.api import bulk
 from engine.api.auth import require
 from engine.api.deps import RuntimeDep
@@ -192,8 +192,8 @@ def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
 
 def record_one(
     session: Session, registry: Registry, item: EventIn, *, now: datetime
-) -> pipeline.Recorded:
-    return pipeline.record_event(
+) -> recording.Recorded:
+    return recording.record_event(
         session,
         registry,
         now=now,
@@ -210,7 +210,7 @@ def record_one(
 
 # --- a batch in a few statements ---------------------------------------------------------
 #
-# ``pipeline.record_event`` costs several round trips per event (look the key up, find or
+# ``recording.record_event`` costs several round trips per event (look the key up, find or
 # create the contact, insert the events); for a batch of 100 that dominated the request.
 # ``record_batch`` does what it does, item by item in order, with one statement per step for
 # the whole batch: look up the keys, load the contacts, insert the new contacts, insert their
@@ -235,8 +235,8 @@ class _Item:
 
 def record_batch(
     session: Session, registry: Registry, items: list[EventIn], *, now: datetime
-) -> list[pipeline.Recorded]:
-    """``pipeline.record_event`` for each item, in order, in a few statements in all."""
+) -> list[recording.Recorded]:
+    """``recording.record_event`` for each item, in order, in a few statements in all."""
     writer = bulk.writer_for(session)
     if writer is None:
         raise ValueError(f"no bulk writer for {session.get_bind().dialect.name}")
@@ -247,7 +247,7 @@ def record_batch(
         if item.same_as == index:
             item.same_as = None
     explicit = [i.key for i in batch if ":auto:" not in i.key]
-    stored: dict[str, pipeline.Recorded] = {}
+    stored: dict[str, recording.Recorded] = {}
     if explicit:
         stored = _stored_events(writer, session, explicit)
     fresh = [i for i in batch if i.same_as is None and i.key not in stored]
@@ -256,7 +256,7 @@ def record_batch(
         "status": EventStatus.PENDING.value,
         "error": None,
         "received_at": now,
-        "lease_until": now + pipeline.EVENT_LEASE,
+        "lease_until": now + recording.EVENT_LEASE,
         "processed_at": None,
     }
     if created:
@@ -269,7 +269,7 @@ def record_batch(
             [
                 {
                     "contact_id": contact_id,
-                    "idempotency_key": f"{pipeline.INTERNAL_SOURCE}:created:{contact_id}",
+                    "idempotency_key": f"{recording.INTERNAL_SOURCE}:created:{contact_id}",
                     "occurred_at": first_event[email].occurred_at or now,
                 }
                 for email, contact_id in contacts.items()
@@ -277,9 +277,9 @@ def record_batch(
             ],
             {
                 **common,
-                "type": pipeline.CONTACT_CREATED,
+                "type": recording.CONTACT_CREATED,
                 "properties": {},
-                "source": pipeline.INTERNAL_SOURCE,
+                "source": recording.INTERNAL_SOURCE,
             },
             skip_taken_keys=False,
         )
@@ -301,14 +301,14 @@ def record_batch(
         raced = [i.key for i in fresh if i.key not in new_ids]
         if raced:  # the same keys came in from another request meanwhile: the first stands
             stored.update(_stored_events(writer, session, raced))
-    results: list[pipeline.Recorded] = []
+    results: list[recording.Recorded] = []
     for item in batch:
         if item.same_as is not None:
             first = results[item.same_as]
-            results.append(pipeline.Recorded(first.event_id, first.contact_id, duplicate=True))
+            results.append(recording.Recorded(first.event_id, first.contact_id, duplicate=True))
         elif item.key in new_ids:
             contact_id = contacts[item.email]
-            results.append(pipeline.Recorded(new_ids[item.key], contact_id, duplicate=False))
+            results.append(recording.Recorded(new_ids[item.key], contact_id, duplicate=False))
         else:
             results.append(stored[item.key])
     return results
@@ -417,8 +417,8 @@ def _prepare(item: EventIn) -> _Item:
 
 def _stored_events(
     writer: bulk.BatchWriter, session: Session, keys: list[str]
-) -> dict[str, pipeline.Recorded]:
+) -> dict[str, recording.Recorded]:
     return {
-        key: pipeline.Recorded(event_id, contact_id, duplicate=True)
+        key: recording.Recorded(event_id, contact_id, duplicate=True)
         for key, event_id, contact_id in writer.find_events(session, keys)
     }

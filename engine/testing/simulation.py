@@ -32,7 +32,7 @@ from engine.contacts import normalize_email
 from engine.db import make_engine
 from engine.localtime import zone
 from engine.models import Contact, Enrollment
-from engine.pipeline import Recorded
+from engine.recording import Recorded
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings

@@ -1,0 +1,200 @@
+"""The transactions jobs run the pipeline in (pipeline.py holds what happens inside them).
+
+``process_contact_job`` applies one contact's pending events; ``process_contacts_job`` does
+several contacts in one transaction (locked in id order with one statement, their pending
+events read with another); ``wake_enrollments_job`` continues several due enrollments in one
+transaction. Each commits before the runtime enqueues what it asked for, and falls back to
+smaller transactions when something raises, so one bad event or enrollment holds up only
+its own contact.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from engine import known_enrollments, pipeline
+from engine.db import skip_commit_flush, transaction
+from engine.executor import Effects, wake
+from engine.models import Contact, Enrollment, EnrollmentStatus, Event, EventStatus
+from engine.pipeline import _apply_pending, process_contact, wake_enrollment
+from engine.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def process_contact_job(
+    db: Engine, registry: Registry, contact_id: int, *, now: datetime
+) -> Effects:
+    """Apply the contact's pending events, committed; what to enqueue afterwards.
+
+    The common case (no event raises) runs in one transaction with no savepoint per event.
+    If one raises, that transaction is rolled back whole and the events are applied again,
+    each in its own savepoint, so only the failing one is marked failed (``process_contact``
+    with ``isolate=True``).
+    """
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return process_contact(session, registry, contact_id, now=now, isolate=False)
+    except Exception as exc:
+        log.warning(
+            "contact %s: an event failed (%s: %s); applying the events again one by one",
+            contact_id,
+            type(exc).__name__,
+            exc,
+        )
+    with transaction(db) as session:
+        skip_commit_flush(session)
+        return process_contact(session, registry, contact_id, now=now, isolate=True)
+
+
+def process_contacts_job(
+    db: Engine, registry: Registry, contact_ids: list[int], *, now: datetime
+) -> Effects:
+    """Several contacts' pending events in one transaction, committed; what to enqueue.
+
+    The contacts are locked in one statement, in id order (two jobs sharing contacts lock
+    them in the same order, so they queue rather than deadlock), and their pending events
+    are read in one statement. If anything raises, the transaction is rolled back whole and
+    each contact is done again on its own (``process_contact_job``), so one bad event costs
+    only its own contact a retry.
+    """
+    ids = sorted(set(contact_ids))
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return _process_together(session, registry, ids, now=now)
+    except Exception as exc:
+        log.warning(
+            "contacts %s: processing together failed (%s: %s); one by one instead",
+            ids,
+            type(exc).__name__,
+            exc,
+        )
+    effects = Effects()
+    failure: Exception | None = None
+    for contact_id in ids:
+        try:
+            effects.extend(process_contact_job(db, registry, contact_id, now=now))
+        except Exception as exc:  # the others still go ahead; the job is retried for this one
+            log.exception("processing contact %s failed", contact_id)
+            failure = failure or exc
+    if failure is not None:
+        raise PartlyFailed(effects, failure) from failure
+    return effects
+
+
+class PartlyFailed(Exception):
+    """Part of a batch (contacts or enrollments) failed; ``effects`` holds what the rest
+    committed."""
+
+    def __init__(self, effects: Effects, cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.effects = effects
+        self.cause = cause
+
+
+def _process_together(
+    session: Session, registry: Registry, ids: list[int], *, now: datetime
+) -> Effects:
+    contacts = session.exec(
+        select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id)).with_for_update()
+    ).all()
+    known_enrollments.keep_enrollments(session)
+    known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
+    limit = pipeline.EVENTS_PER_PASS * len(ids)
+    pending = session.exec(
+        select(Event)
+        .where(col(Event.contact_id).in_(ids), Event.status == EventStatus.PENDING)
+        .order_by(col(Event.id))
+        .limit(limit)
+    ).all()
+    by_contact: dict[int, list[Event]] = {}
+    for event in pending:
+        by_contact.setdefault(event.contact_id, []).append(event)
+    effects = Effects()
+    for contact in contacts:
+        mine = by_contact.get(contact.id, [])  # type: ignore[arg-type]
+        per_pass = pipeline.EVENTS_PER_PASS
+        effects.extend(_apply_pending(session, registry, contact, mine[:per_pass], now=now))
+        if len(mine) > per_pass or len(pending) == limit:
+            effects.contacts.append(contact.id)  # type: ignore[arg-type]  # more may wait
+    return effects
+
+
+def wake_enrollments_job(
+    db: Engine, registry: Registry, enrollment_ids: list[int], *, now: datetime
+) -> Effects:
+    """Continue several due enrollments in one transaction, committed; what to enqueue.
+
+    Their contacts are locked in one statement in id order and the enrollments re-read under
+    those locks, so a duplicate or stale wake is a no-op as in ``wake_enrollment``. If
+    anything raises, the transaction is rolled back whole and each enrollment is woken in a
+    transaction of its own; the first error is raised after the others committed.
+    """
+    ids = sorted(set(enrollment_ids))
+    try:
+        with transaction(db) as session:
+            skip_commit_flush(session)
+            return _wake_together(session, registry, ids, now=now)
+    except Exception as exc:
+        log.warning(
+            "enrollments %s: waking together failed (%s: %s); one by one instead",
+            ids,
+            type(exc).__name__,
+            exc,
+        )
+    effects = Effects()
+    failure: Exception | None = None
+    for enrollment_id in ids:
+        try:
+            with transaction(db) as session:
+                effects.extend(wake_enrollment(session, registry, enrollment_id, now=now))
+        except Exception as exc:
+            log.exception("waking enrollment %s failed", enrollment_id)
+            failure = failure or exc
+    if failure is not None:
+        raise PartlyFailed(effects, failure) from failure
+    return effects
+
+
+def _wake_together(
+    session: Session, registry: Registry, ids: list[int], *, now: datetime
+) -> Effects:
+    owners = sorted(
+        set(session.exec(select(Enrollment.contact_id).where(col(Enrollment.id).in_(ids))).all())
+    )
+    if not owners:
+        return Effects()
+    contacts = {
+        c.id: c
+        for c in session.exec(
+            select(Contact)
+            .where(col(Contact.id).in_(owners))
+            .order_by(col(Contact.id))
+            .with_for_update()
+        ).all()
+    }
+    known_enrollments.keep_enrollments(session)
+    enrollments = session.exec(
+        select(Enrollment)
+        .where(col(Enrollment.id).in_(ids))
+        .order_by(col(Enrollment.id))
+        .execution_options(populate_existing=True)  # as they are under the locks
+    ).all()
+    effects = Effects()
+    for enrollment in enrollments:
+        contact = contacts.get(enrollment.contact_id)
+        if (
+            contact is None
+            or enrollment.status != EnrollmentStatus.WAITING
+            or enrollment.wake_at is None
+            or enrollment.wake_at > now
+        ):
+            continue
+        effects.extend(wake(session, registry, contact, enrollment, now=now))
+    return effects

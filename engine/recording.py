@@ -1,0 +1,127 @@
+"""Recording an event: the first step of the one path (DESIGN.md section 2).
+
+``record_event`` validates an event and stores it idempotently, keyed by its source's id, and
+creates its contact if new (with a ``contact.created`` event ahead of it, so entering the
+first stage starts workflows on the same path). Nothing is written when validation fails.
+Processing happens later, in a job (pipeline.py, pipeline_jobs.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, select
+
+from engine.contacts import (
+    find_or_insert_contact_id,
+    normalize_email,
+    validate_event_type,
+    validate_properties,
+    validate_timezone,
+)
+from engine.db import insert_new
+from engine.models import Event, EventStatus
+from engine.registry import Registry
+
+EVENT_LEASE = timedelta(minutes=5)
+INTERNAL_SOURCE = "journeyline"
+CONTACT_CREATED = "contact.created"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: int
+    contact_id: int
+    duplicate: bool
+
+
+def record_event(
+    session: Session,
+    registry: Registry,
+    *,
+    now: datetime,
+    email: str,
+    event_type: str,
+    properties: Mapping[str, Any] | None = None,
+    source: str = "api",
+    idempotency_key: str | None = None,
+    occurred_at: datetime | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    timezone: str | None = None,
+) -> Recorded:
+    """Validate and store one event (creating its contact if new). Nothing is written when
+    validation fails; a repeated ``idempotency_key`` from the same source returns the first."""
+    email = normalize_email(email)
+    event_type = validate_event_type(event_type)
+    properties = validate_properties(properties)
+    attributes = validate_properties(attributes, field="attributes")
+    if timezone is not None:
+        validate_timezone(timezone)
+    if idempotency_key:
+        key = f"{source}:{idempotency_key}"
+        existing = _event_with_key(session, key)
+        if existing is not None:
+            return existing
+    else:
+        key = f"{source}:auto:{uuid.uuid4()}"  # new by construction: nothing to look up
+    contact_id, created = find_or_insert_contact_id(
+        session,
+        email=email,
+        journey=registry.journey,
+        now=now,
+        timezone=timezone,
+        attributes=attributes,
+    )
+    events: Any = Event.__table__
+    row = {
+        "contact_id": contact_id,
+        "properties": {},
+        "status": EventStatus.PENDING.value,
+        "error": None,
+        "occurred_at": occurred_at or now,
+        "received_at": now,
+        "lease_until": now + EVENT_LEASE,
+        "processed_at": None,
+    }
+    if created:
+        # Entering the first stage is an event like any other, so workflows for it start
+        # on the same path, in order, before the event that created the contact.
+        session.execute(
+            events.insert().values(
+                **row,
+                type=CONTACT_CREATED,
+                source=INTERNAL_SOURCE,
+                idempotency_key=f"{INTERNAL_SOURCE}:created:{contact_id}",
+            )
+        )
+    event_id = insert_new(
+        session,
+        events,
+        {
+            **row,
+            "type": event_type,
+            "properties": properties,
+            "source": source,
+            "idempotency_key": key,
+        },
+        unique=("idempotency_key",),
+    )
+    if event_id is None:
+        # The same key raced in from another request: the first one stands.
+        existing = _event_with_key(session, key)
+        assert existing is not None, f"event {key} conflicted but cannot be found"
+        return existing
+    return Recorded(event_id, contact_id, duplicate=False)
+
+
+def _event_with_key(session: Session, key: str) -> Recorded | None:
+    found = session.exec(
+        select(Event.id, Event.contact_id).where(Event.idempotency_key == key)
+    ).first()
+    if found is None:
+        return None
+    return Recorded(found[0], found[1], duplicate=True)  # type: ignore[arg-type]
