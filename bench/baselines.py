@@ -131,9 +131,12 @@ def hand_send(email: str, stage: str) -> None:
         subject=f"Welcome to the {stage} stage",
         plain_text_content=f"Hello {email}, here is your offer.",
     ).get()
-    response = _http().post(
-        f"{os.environ['BENCH_SENDGRID_URL']}/v3/mail/send",
-        json=payload,
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
+    url = f"{os.environ['BENCH_SENDGRID_URL']}/v3/mail/send"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        response = _http().post(url, json=payload, headers=headers)
+    except httpx.TransportError:
+        # A pooled keep-alive connection the server had just closed ("connection reset by
+        # peer"): what any careful hand-written sender does, try once more on a fresh one.
+        response = _http().post(url, json=payload, headers=headers)
     response.raise_for_status()
