@@ -11,6 +11,7 @@ its own contact.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
@@ -63,29 +64,13 @@ def process_contacts_job(
     each contact is done again on its own (``process_contact_job``), so one bad event costs
     only its own contact a retry.
     """
-    ids = sorted(set(contact_ids))
-    try:
-        with transaction(db) as session:
-            skip_commit_flush(session)
-            return _process_together(session, registry, ids, now=now)
-    except Exception as exc:
-        log.warning(
-            "contacts %s: processing together failed (%s: %s); one by one instead",
-            ids,
-            type(exc).__name__,
-            exc,
-        )
-    effects = Effects()
-    failure: Exception | None = None
-    for contact_id in ids:
-        try:
-            effects.extend(process_contact_job(db, registry, contact_id, now=now))
-        except Exception as exc:  # the others still go ahead; the job is retried for this one
-            log.exception("processing contact %s failed", contact_id)
-            failure = failure or exc
-    if failure is not None:
-        raise PartlyFailed(effects, failure) from failure
-    return effects
+    return _together_or_one_by_one(
+        db,
+        "contacts",
+        sorted(set(contact_ids)),
+        together=lambda session, ids: _process_together(session, registry, ids, now=now),
+        alone=lambda contact_id: process_contact_job(db, registry, contact_id, now=now),
+    )
 
 
 class PartlyFailed(Exception):
@@ -136,26 +121,50 @@ def wake_enrollments_job(
     anything raises, the transaction is rolled back whole and each enrollment is woken in a
     transaction of its own; the first error is raised after the others committed.
     """
-    ids = sorted(set(enrollment_ids))
+    return _together_or_one_by_one(
+        db,
+        "enrollments",
+        sorted(set(enrollment_ids)),
+        together=lambda session, ids: _wake_together(session, registry, ids, now=now),
+        alone=lambda enrollment_id: _wake_alone(db, registry, enrollment_id, now=now),
+    )
+
+
+def _wake_alone(db: Engine, registry: Registry, enrollment_id: int, *, now: datetime) -> Effects:
+    with transaction(db) as session:
+        return wake_enrollment(session, registry, enrollment_id, now=now)
+
+
+def _together_or_one_by_one(
+    db: Engine,
+    what: str,
+    ids: list[int],
+    *,
+    together: Callable[[Session, list[int]], Effects],
+    alone: Callable[[int], Effects],
+) -> Effects:
+    """``together`` in one transaction; if it raises, roll it back and run ``alone`` for each
+    id, so one bad row holds up only itself. The first error is raised (``PartlyFailed``,
+    with what the others committed) after every other id is done."""
     try:
         with transaction(db) as session:
             skip_commit_flush(session)
-            return _wake_together(session, registry, ids, now=now)
+            return together(session, ids)
     except Exception as exc:
         log.warning(
-            "enrollments %s: waking together failed (%s: %s); one by one instead",
+            "%s %s: together failed (%s: %s); one by one instead",
+            what,
             ids,
             type(exc).__name__,
             exc,
         )
     effects = Effects()
     failure: Exception | None = None
-    for enrollment_id in ids:
+    for one in ids:
         try:
-            with transaction(db) as session:
-                effects.extend(wake_enrollment(session, registry, enrollment_id, now=now))
-        except Exception as exc:
-            log.exception("waking enrollment %s failed", enrollment_id)
+            effects.extend(alone(one))
+        except Exception as exc:  # the others still go ahead; the job is retried for this one
+            log.exception("%s %s failed", what, one)
             failure = failure or exc
     if failure is not None:
         raise PartlyFailed(effects, failure) from failure

@@ -19,7 +19,7 @@ With ``stub://`` the runtime runs a Dramatiq worker in threads of this process (
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -297,11 +297,14 @@ class Runtime:
         """Several contacts in one transaction (``pipeline_jobs.process_contacts_job``). If one
         fails, the others are still done and dispatched, and the job raises so it is retried
         (contacts already done are no-ops then)."""
+        return self._run_batch(pipeline_jobs.process_contacts_job, contact_ids)
+
+    def _run_batch(self, job: Callable[..., Effects], ids: list[int]) -> Effects:
+        """Run a batch job of ``pipeline_jobs`` and dispatch what it committed, also when part
+        of it failed (then the first error is raised, so the message is retried)."""
         self.sync_versions()
         try:
-            effects = pipeline_jobs.process_contacts_job(
-                self.db, self.registry, contact_ids, now=self.clock.now()
-            )
+            effects = job(self.db, self.registry, ids, now=self.clock.now())
         except pipeline_jobs.PartlyFailed as failed:
             self.dispatch(failed.effects)
             raise failed.cause from failed
@@ -472,16 +475,7 @@ class Runtime:
     def wake_many(self, enrollment_ids: list[int]) -> Effects:
         """Several due enrollments in one transaction (``pipeline_jobs.wake_enrollments_job``);
         their actions are dispatched together, so emails of one step can share a request."""
-        self.sync_versions()
-        try:
-            effects = pipeline_jobs.wake_enrollments_job(
-                self.db, self.registry, enrollment_ids, now=self.clock.now()
-            )
-        except pipeline_jobs.PartlyFailed as failed:
-            self.dispatch(failed.effects)
-            raise failed.cause from failed
-        self.dispatch(effects)
-        return effects
+        return self._run_batch(pipeline_jobs.wake_enrollments_job, enrollment_ids)
 
     def tick(self) -> Tick:
         """One scheduler pass: claim what is due or stuck and enqueue it, and fire the
