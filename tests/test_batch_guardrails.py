@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event
 from sqlmodel import Session, col, select
 
 from connectors import SendGridEmailConnector
@@ -28,7 +28,7 @@ from engine import (
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, metadata
 from engine.runtime import Runtime
-from tests.test_broadcast import KEY, TEMPLATES
+from tests.test_broadcast import KEY, TEMPLATES, add_contacts
 
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # 10:00 in London, 19:00 in Tokyo
 SALE = Workflow(
@@ -74,25 +74,7 @@ def world(tmp_path: Path, fake: FakeSendGrid) -> Iterator[tuple[Runtime, Virtual
 
 
 def add(runtime: Runtime, zone: str, count: int) -> None:
-    rows = [
-        {
-            "email": f"{zone.split('/')[-1].lower()}{i}@example.com",
-            "timezone": zone,
-            "attributes": {},
-            "external_ids": {},
-            "stage": "consideration",
-            "score": 0,
-            "subscription_status": "subscribed",
-            "version": 1,
-            "stage_entered_at": START,
-            "created_at": START,
-            "updated_at": START,
-        }
-        for i in range(count)
-    ]
-    with Session(runtime.db) as session:
-        session.execute(insert(Contact), rows)
-        session.commit()
+    add_contacts(runtime, count, prefix=zone.split("/")[-1].lower(), timezone=zone)
 
 
 def actions_by_zone(runtime: Runtime) -> dict[str, set[str]]:

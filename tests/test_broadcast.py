@@ -142,11 +142,12 @@ def add_contacts(
     stage: str = "consideration",
     prefix: str = "c",
     attributes: dict[str, Any] | None = None,
+    timezone: str = "UTC",
 ) -> None:
     rows = [
         {
             "email": f"{prefix}{i}@example.com",
-            "timezone": "UTC",
+            "timezone": timezone,
             "attributes": dict(attributes or {}),
             "external_ids": {},
             "stage": stage,
