@@ -522,54 +522,72 @@ class _Part:
 
 
 def _part(runtime: Runtime, registry: Registry, events: int, daily: list[Counter[str]]) -> _Part:
+    """Add up a finished shard, streaming its rows (a contact's path at a time), so the peak
+    memory of the report does not grow with the days simulated."""
     stages = list(registry.journey.stage_names)
-    with Session(runtime.db) as session:
-        moves = session.exec(
-            select(
-                StageTransition.contact_id, StageTransition.to_stage, StageTransition.at
-            ).order_by(
-                col(StageTransition.contact_id), col(StageTransition.at), col(StageTransition.id)
-            )
-        ).all()
-        enrollments = session.exec(
-            select(Enrollment.workflow, Enrollment.status, Enrollment.context)
-        ).all()
-        sent = session.exec(
-            select(Action.reason).where(Action.kind == "email", Action.status == "sent")
-        ).all()
-    durations: dict[str, list[float]] = defaultdict(list)
-    by_contact: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
-    for contact_id, stage, at in moves:
-        by_contact[contact_id].append((stage, at))
-    for path in by_contact.values():
-        for (stage, entered), (_next, left) in itertools.pairwise(path):
-            durations[stage].append((left - entered).total_seconds() / 86400)
-    # A funnel counts a contact at every stage up to the furthest they reached: skipping
-    # consideration on the way to a trial still passed through it, as funnels are read.
     order = {stage: i for i, stage in enumerate(stages)}
     exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
+    durations: dict[str, list[float]] = defaultdict(list)
     furthest: Counter[int] = Counter()
     exits: Counter[str] = Counter()
-    for path in by_contact.values():
+    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    emails: Counter[str] = Counter()
+
+    def add_path(path: list[tuple[str, datetime]]) -> None:
+        for (stage, entered), (_next, left) in itertools.pairwise(path):
+            durations[stage].append((left - entered).total_seconds() / 86400)
+        # A funnel counts a contact at every stage up to the furthest they reached: skipping
+        # consideration on the way to a trial still passed through it, as funnels are read.
         ranks = [order[stage] for stage, _ in path if stage not in exit_stages]
         if ranks:
             furthest[max(ranks)] += 1
         exits.update({stage for stage, _ in path if stage in exit_stages})
-    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for workflow, status, context in enrollments:
-        goals[workflow][0] += 1
-        goals[workflow][1] += status == "converted"
-        for split_id, variant in (context.get("variants") or {}).items():
-            key = f"{workflow}:{split_id}={variant}"
-            variants[key][0] += 1
-            variants[key][1] += status == "converted"
+
+    streamed = {"yield_per": 2000}
+    with Session(runtime.db) as session:
+        moves = session.execute(
+            select(StageTransition.contact_id, StageTransition.to_stage, StageTransition.at)
+            .order_by(
+                col(StageTransition.contact_id), col(StageTransition.at), col(StageTransition.id)
+            )
+            .execution_options(**streamed)
+        )
+        current: int | None = None
+        path: list[tuple[str, datetime]] = []
+        for contact_id, stage, at in moves:
+            if contact_id != current and path:
+                add_path(path)
+                path = []
+            current = contact_id
+            path.append((stage, at))
+        if path:
+            add_path(path)
+        enrollments = session.execute(
+            select(Enrollment.workflow, Enrollment.status, Enrollment.context).execution_options(
+                **streamed
+            )
+        )
+        for workflow, status, context in enrollments:
+            goals[workflow][0] += 1
+            goals[workflow][1] += status == "converted"
+            for split_id, variant in (context.get("variants") or {}).items():
+                key = f"{workflow}:{split_id}={variant}"
+                variants[key][0] += 1
+                variants[key][1] += status == "converted"
+        sent = session.execute(
+            select(Action.reason)
+            .where(Action.kind == "email", Action.status == "sent")
+            .execution_options(**streamed)
+        )
+        for (reason,) in sent:
+            emails[f"{reason.get('workflow')}:{reason.get('step')}"] += 1
     return _Part(
         events=events,
         furthest=furthest,
         exits=exits,
         durations=dict(durations),
-        emails=Counter(f"{r.get('workflow')}:{r.get('step')}" for r in sent),
+        emails=emails,
         goals=dict(goals),
         variants=dict(variants),
         daily=daily,
