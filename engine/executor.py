@@ -151,15 +151,7 @@ def start_enrollment(
             and now < previous.started_at + policy.after
         ):
             return Effects()
-    ctx = EvalContext(session, contact, now)
-    if workflow.entry_if is not None and not workflow.entry_if.evaluate(ctx):
-        log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
-        return Effects()
-    if (
-        workflow.exit_on_unsubscribe
-        and workflow.sends_marketing
-        and contact.subscription_status != "subscribed"
-    ):
+    if not meets_entry_rules(session, workflow, contact, now):
         return Effects()
     remember_version(session, registry, workflow, now)
     enrollment = Enrollment(
@@ -192,6 +184,24 @@ def _latest_entry(session: Session, contact_id: int, workflow: str) -> Enrollmen
 
 def _entry(enrollment: Enrollment) -> int:
     return enrollment.entry
+
+
+def meets_entry_rules(
+    session: Session, workflow: Workflow, contact: Contact, now: datetime
+) -> bool:
+    """The workflow's own entry checks, after its trigger and before its re-entry policy: the
+    ``entry_if`` condition, and for a marketing workflow that leaves on unsubscribe, a
+    subscribed contact."""
+    if workflow.entry_if is not None and not workflow.entry_if.evaluate(
+        EvalContext(session, contact, now)
+    ):
+        log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
+        return False
+    return not (
+        workflow.exit_on_unsubscribe
+        and workflow.sends_marketing
+        and contact.subscription_status != "subscribed"
+    )
 
 
 def advance(

@@ -37,7 +37,13 @@ from sqlmodel import Session, col, select
 from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import transaction
-from engine.executor import Effects, remember_version, start_enrollment, store_version
+from engine.executor import (
+    Effects,
+    meets_entry_rules,
+    remember_version,
+    start_enrollment,
+    store_version,
+)
 from engine.localtime import zone
 from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus
 from engine.registry import Registry
@@ -364,19 +370,15 @@ def _fire_set_based(
 
 
 def _may_enter(session: Session, workflow: Workflow, contact: Contact, now: datetime) -> bool:
-    """The checks ``start_enrollment`` makes before the re-entry rules, in its order."""
+    """The checks ``start_enrollment`` makes before the re-entry rules: the slot's ``when``
+    condition, then the workflow's entry rules."""
     trigger = workflow.trigger
     assert isinstance(trigger, Scheduled)
-    ctx = EvalContext(session, contact, now)
-    if trigger.condition is not None and not trigger.condition.evaluate(ctx):
+    if trigger.condition is not None and not trigger.condition.evaluate(
+        EvalContext(session, contact, now)
+    ):
         return False
-    if workflow.entry_if is not None and not workflow.entry_if.evaluate(ctx):
-        return False
-    return not (
-        workflow.exit_on_unsubscribe
-        and workflow.sends_marketing
-        and contact.subscription_status != "subscribed"
-    )
+    return meets_entry_rules(session, workflow, contact, now)
 
 
 def _count_error(slot: ScheduleSlot, contact: Contact, exc: Exception) -> None:
