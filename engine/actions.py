@@ -116,6 +116,19 @@ def perform_action(
 
 
 # Built once (``perform_action`` runs per email).
+CLAIM_COLUMNS = (
+    col(Action.id),
+    col(Action.contact_id),
+    col(Action.kind),
+    col(Action.status),
+    col(Action.lease_until),
+    col(Action.next_attempt_at),
+    col(Action.payload),
+    col(Action.reason),
+    col(Action.idempotency_key),
+)
+"""What a batch claim (emails, CRM updates) reads of each action: rows, not ORM objects."""
+
 _ACTION = select(Action).where(col(Action.id) == bindparam("action_id")).with_for_update()
 _CLAIM = (
     select(Action, Contact, Suppression.reason)

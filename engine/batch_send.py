@@ -45,7 +45,14 @@ from sqlmodel import Session, col, select
 
 from connectors.email import EmailMessage, SendResult
 from connectors.email.sendgrid import Recipient
-from engine.actions import RetryPolicy, _finish, hold_reason, hold_until, record_failure_on
+from engine.actions import (
+    CLAIM_COLUMNS,
+    RetryPolicy,
+    _finish,
+    hold_reason,
+    hold_until,
+    record_failure_on,
+)
 from engine.db import one_of, transaction
 from engine.errors import ConnectorError
 from engine.guardrails import defer_until, window_holds
@@ -201,18 +208,7 @@ class _ClaimResult:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
-# Columns the claim reads: rows, not ORM objects (a batch reads a thousand of each).
-_ACTION_COLUMNS = (
-    col(Action.id),
-    col(Action.contact_id),
-    col(Action.kind),
-    col(Action.status),
-    col(Action.lease_until),
-    col(Action.next_attempt_at),
-    col(Action.payload),
-    col(Action.reason),
-    col(Action.idempotency_key),
-)
+# Columns the claim reads of each contact: rows, not ORM objects (a batch reads a thousand).
 _CONTACT_COLUMNS = (
     col(Contact.id),
     col(Contact.email),
@@ -239,7 +235,7 @@ def _claim_batch(
     through the single path's own helpers."""
     result = _ClaimResult()
     rows = session.execute(
-        select(*_ACTION_COLUMNS)
+        select(*CLAIM_COLUMNS)
         .where(one_of(session, col(Action.id), action_ids))
         .order_by(col(Action.id))
         .with_for_update()

@@ -46,7 +46,7 @@ from sqlmodel import Session, col, select
 
 from connectors.crm import CRMBatchResult, HubSpotConnector
 from connectors.crm.hubspot import LIFECYCLE_PROPERTY
-from engine.actions import Outcome, RetryPolicy, _finish, record_failure_on
+from engine.actions import CLAIM_COLUMNS, Outcome, RetryPolicy, _finish, record_failure_on
 from engine.batch_send import BatchOutcome
 from engine.db import transaction
 from engine.errors import ConnectorError, PermanentConnectorError
@@ -142,19 +142,6 @@ def perform_crm_batch(
 # --- 1. claim ---------------------------------------------------------------------------
 
 
-# Columns the claim reads: rows, not ORM objects.
-_ACTION_COLUMNS = (
-    col(Action.id),
-    col(Action.contact_id),
-    col(Action.kind),
-    col(Action.status),
-    col(Action.lease_until),
-    col(Action.next_attempt_at),
-    col(Action.payload),
-    col(Action.reason),
-)
-
-
 def _claim(
     session: Session,
     performer: CRMPerformer,
@@ -165,7 +152,7 @@ def _claim(
 ) -> _Claim:
     claim = _Claim()
     rows = session.execute(
-        select(*_ACTION_COLUMNS)  # type: ignore[call-overload]
+        select(*CLAIM_COLUMNS)  # type: ignore[call-overload]
         .where(col(Action.id).in_(list(action_ids)))
         .order_by(col(Action.id))
         .with_for_update()
