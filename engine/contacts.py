@@ -93,15 +93,7 @@ def find_or_create_contact(
     """
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
-        candidate = Contact(
-            email=email,
-            timezone=timezone or "UTC",
-            attributes=dict(attributes or {}),
-            stage=stage or journey.initial,
-            stage_entered_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        candidate = _new_contact(email, journey, now, timezone, attributes, stage)
         try:
             with session.begin_nested():
                 session.add(candidate)
@@ -127,15 +119,7 @@ def find_or_insert_contact_id(
     savepoint around an ORM insert."""
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
-        row = Contact(
-            email=email,
-            timezone=timezone or "UTC",
-            attributes=dict(attributes or {}),
-            stage=journey.initial,
-            stage_entered_at=now,
-            created_at=now,
-            updated_at=now,
-        ).model_dump(exclude={"id"})
+        row = _new_contact(email, journey, now, timezone, attributes).model_dump(exclude={"id"})
         table: Any = Contact.__table__  # type: ignore[attr-defined]
         new_id = insert_new(session, table, row, unique=("email",))
         if new_id is not None:
@@ -145,6 +129,25 @@ def find_or_insert_contact_id(
     if _merge(contact, now=now, timezone=timezone, attributes=attributes):
         session.add(contact)
     return contact.id, False  # type: ignore[return-value]
+
+
+def _new_contact(
+    email: str,
+    journey: Journey,
+    now: datetime,
+    timezone: str | None,
+    attributes: Mapping[str, Any] | None,
+    stage: str | None = None,
+) -> Contact:
+    return Contact(
+        email=email,
+        timezone=timezone or "UTC",
+        attributes=dict(attributes or {}),
+        stage=stage or journey.initial,
+        stage_entered_at=now,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def _merge(
