@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from jinja2 import Environment, TemplateSyntaxError, meta
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -55,7 +55,7 @@ from engine.actions import (
 )
 from engine.db import one_of, transaction
 from engine.errors import ConnectorError
-from engine.guardrails import defer_until, window_holds
+from engine.guardrails import defer_until, email_history, history_since, window_holds
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.performers import build_message
 from engine.registry import Registry
@@ -168,38 +168,63 @@ def perform_email_batch(
             session, registry, connector, action_ids, now=now, lease=lease, sender=sender
         )
         outcome.statuses.update(claimed.statuses)
-    for chunk in _requests(claimed.items, connector.batch_size):
-        outcome.requests += 1
-        recipients = [
-            Recipient(c.message.to, c.message.custom_args, c.message.template_data) for c in chunk
-        ]
-        ids = [c.action_id for c in chunk]
-        try:
-            result = connector.send_batch(chunk[0].message, recipients)
-        except ConnectorError as exc:
-            outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
-            continue
-        except Exception as exc:  # a connector bug: retry like a transient error, loudly
-            log.exception("%s raised unexpectedly for %s actions", connector.name, len(ids))
-            outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
-            continue
-        with transaction(db) as session:
-            session.execute(
-                update(Action)  # type: ignore[arg-type]
-                .where(
-                    one_of(session, col(Action.id), ids), col(Action.status) == ActionStatus.SENDING
-                )
-                .values(
-                    status=ActionStatus.SENT,
-                    provider_id=result.provider_id,
-                    error=None,
-                    lease_until=None,
-                    completed_at=now,
-                    updated_at=now,
-                )
-            )
-        outcome.statuses[ActionStatus.SENT] += len(ids)
+    sent: list[tuple[int, str | None]] = []  # (action id, provider id) accepted so far
+    try:
+        for chunk in _requests(claimed.items, connector.batch_size):
+            outcome.requests += 1
+            recipients = [
+                Recipient(c.message.to, c.message.custom_args, c.message.template_data)
+                for c in chunk
+            ]
+            ids = [c.action_id for c in chunk]
+            try:
+                result = connector.send_batch(chunk[0].message, recipients)
+            except ConnectorError as exc:
+                outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
+                continue
+            except Exception as exc:  # a connector bug: retry like a transient error, loudly
+                log.exception("%s raised unexpectedly for %s actions", connector.name, len(ids))
+                outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
+                continue
+            sent.extend((action_id, result.provider_id) for action_id in ids)
+    finally:
+        # Every accepted request is recorded, in one transaction for the batch (personalised
+        # content makes a request per recipient). Until then the actions are ``sending``
+        # under their lease: a worker that dies here leaves them to the sweeper's rule for
+        # a stopped send, exactly as if it had died during the request.
+        if sent:
+            _record_sent(db, sent, now=now)
+            outcome.statuses[ActionStatus.SENT] += len(sent)
     return outcome
+
+
+_SENT = (
+    Action.__table__.update()  # type: ignore[attr-defined]
+    .where(
+        Action.__table__.c.id == bindparam("sent_id"),  # type: ignore[attr-defined]
+        Action.__table__.c.status == ActionStatus.SENDING,  # type: ignore[attr-defined]
+    )
+    .values(
+        status=ActionStatus.SENT,
+        provider_id=bindparam("sent_provider_id"),
+        error=None,
+        lease_until=None,
+        completed_at=bindparam("sent_at"),
+        updated_at=bindparam("sent_at"),
+    )
+)
+
+
+def _record_sent(db: Engine, sent: list[tuple[int, str | None]], *, now: datetime) -> None:
+    """Mark accepted actions sent: one UPDATE run for every row (an executemany)."""
+    with transaction(db) as session:
+        session.connection().execute(
+            _SENT,
+            [
+                {"sent_id": action_id, "sent_provider_id": provider_id, "sent_at": now}
+                for action_id, provider_id in sent
+            ],
+        )
 
 
 @dataclass
@@ -264,6 +289,14 @@ def _claim_batch(
     # the contact's other emails (caps, held ones) only where such emails exist.
     windows = _window_rules_apply(registry, rows)
     needs_history = _contacts_with_other_emails(session, registry, rows, contact_ids)
+    history = (
+        email_history(
+            session, sorted(needs_history), sent_since=history_since(registry, rows, now=now)
+        )
+        if needs_history
+        else {}
+    )
+    finished: set[int] = set()  # skipped or failed below: no longer pending for the others
     renders = _Renders(registry, sender=sender, now=now)
     claimed: list[int] = []
     holds_due: dict[int, tuple[datetime, str]] = {}
@@ -288,6 +321,7 @@ def _claim_batch(
                     error="a worker stopped during the send and the connector cannot dedupe: "
                     "check delivery events before sending again",
                 )
+                finished.add(row.id)
                 result.statuses[ActionStatus.UNKNOWN] += 1
                 continue
         elif row.next_attempt_at > now:
@@ -302,6 +336,7 @@ def _claim_batch(
                 now=now,
                 error="contact erased",
             )
+            finished.add(row.id)
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
         held = hold_reason(row, contact, suppressed.get(contact.email))  # type: ignore[arg-type]
@@ -309,13 +344,13 @@ def _claim_batch(
             action = _orm(session, row.id)
             action.reason = {**action.reason, "skipped": held}
             _finish(session, action, ActionStatus.SKIPPED, now=now)
+            finished.add(row.id)
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
         deferral: tuple[datetime, str] | None = None
         if contact.id in needs_history:
-            full = session.get(Contact, contact.id)
-            assert full is not None
-            deferral = defer_until(session, registry, _orm(session, row.id), full, now=now)
+            rows_of = [r for r in history.get(contact.id, []) if r.id not in finished]
+            deferral = defer_until(session, registry, row, contact, now=now, history=rows_of)
         elif windows:
             holds = window_holds(registry, row, contact.timezone, now=now)
             deferral = max(holds, key=lambda hold: hold[0]) if holds else None
@@ -332,6 +367,7 @@ def _claim_batch(
                 now=now,
                 error=f"permanent error: {type(exc).__name__}: {exc}",
             )
+            finished.add(row.id)
             result.statuses[ActionStatus.FAILED] += 1
             continue
         claimed.append(row.id)

@@ -8,13 +8,14 @@ confirmations) is never held by these rules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, or_, select
 from sqlmodel import Session, col
 
-from engine.db import UTCDateTime
+from engine.db import UTCDateTime, one_of
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
@@ -22,20 +23,28 @@ from engine.workflow import FrequencyCap, Window
 
 
 def defer_until(
-    session: Session, registry: Registry, action: Action, contact: Contact, *, now: datetime
+    session: Session,
+    registry: Registry,
+    action: Any,
+    contact: Any,
+    *,
+    now: datetime,
+    history: list[Any] | None = None,
 ) -> tuple[datetime, str] | None:
-    """When this action may go out, if not now, and the rule that holds it."""
+    """When this action may go out, if not now, and the rule that holds it.
+
+    ``action`` needs ``id``, ``kind``, ``payload`` and ``reason``; ``contact`` ``id`` and
+    ``timezone``. ``history`` is the contact's email rows from ``email_history`` when a
+    batch read them for many contacts at once; without it they are queried here."""
     if action.kind != "email" or not action.payload.get("marketing", True):
         return None
-    workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
     held = window_holds(registry, action, contact.timezone, now=now)
-    caps: list[tuple[FrequencyCap, str | None]] = []
-    if registry.guardrails.cap is not None:
-        caps.append((registry.guardrails.cap, None))
-    if workflow is not None and workflow.cap is not None:
-        caps.append((workflow.cap, workflow.name))
+    caps = _caps(registry, action)
     since = min((now - cap.per for cap, _scope in caps), default=None)
-    others = _other_emails(session, action, contact, sent_since=since)
+    if history is None:
+        others = _other_emails(session, action, contact, sent_since=since)
+    else:
+        others = _others_among(history, action, sent_since=since)
     behind = _behind_a_held_email(others, action, now=now)
     if behind is not None:
         held.append((behind, "queued behind an earlier held email to this contact"))
@@ -107,6 +116,69 @@ _HELD_BEFORE_OR_SENT_SINCE = select(*_OTHER_EMAIL_COLUMNS).where(
         ),
     ),
 )
+
+
+def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | None]]:
+    """The frequency caps over this email: the global one, then its workflow's."""
+    workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
+    caps: list[tuple[FrequencyCap, str | None]] = []
+    if registry.guardrails.cap is not None:
+        caps.append((registry.guardrails.cap, None))
+    if workflow is not None and workflow.cap is not None:
+        caps.append((workflow.cap, workflow.name))
+    return caps
+
+
+def history_since(registry: Registry, actions: Sequence[Any], *, now: datetime) -> datetime | None:
+    """How far back ``email_history`` must read for these actions' caps (None: no caps)."""
+    return min(
+        (now - cap.per for action in actions for cap, _scope in _caps(registry, action)),
+        default=None,
+    )
+
+
+def email_history(
+    session: Session, contact_ids: Sequence[int], *, sent_since: datetime | None
+) -> dict[int, list[Any]]:
+    """For many contacts in one query, every row ``defer_until`` may need of their email
+    actions: the pending ones, and (with caps) those sent or sending since ``sent_since``.
+    Each contact's rows go to ``defer_until(history=...)``, which keeps what its action's
+    own rules look at."""
+    wanted: Any = col(Action.status) == ActionStatus.PENDING
+    if sent_since is not None:
+        wanted = or_(
+            wanted,
+            and_(
+                col(Action.status).in_([ActionStatus.SENT, ActionStatus.SENDING]),
+                col(Action.updated_at) >= sent_since,
+            ),
+        )
+    query = select(col(Action.contact_id), *_OTHER_EMAIL_COLUMNS).where(
+        one_of(session, col(Action.contact_id), list(contact_ids)),
+        col(Action.kind) == "email",
+        wanted,
+    )
+    found: dict[int, list[Any]] = {}
+    for row in session.execute(query):
+        found.setdefault(row.contact_id, []).append(row)
+    return found
+
+
+def _others_among(history: list[Any], action: Any, *, sent_since: datetime | None) -> list[Any]:
+    """``_other_emails``, filtered from rows already read: the same conditions in Python."""
+    return [
+        row
+        for row in history
+        if row.id != action.id
+        and (
+            (row.status == ActionStatus.PENDING and row.id < action.id)
+            or (
+                sent_since is not None
+                and row.status in (ActionStatus.SENT, ActionStatus.SENDING)
+                and row.updated_at >= sent_since
+            )
+        )
+    ]
 
 
 def _other_emails(

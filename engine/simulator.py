@@ -38,7 +38,7 @@ from connectors.email.sendgrid import Recipient
 from engine.clock import VirtualClock
 from engine.db import make_engine, transaction
 from engine.models import Action, Contact, Enrollment, StageTransition
-from engine.recording import record_event
+from engine.recording_batch import record_batch
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
@@ -350,7 +350,7 @@ def _run_shard(
                             person["email"],
                             event_type,
                             props,
-                            key=f"sim:{events}",
+                            idempotency_key=f"sim:{events}",
                             attributes=person["attributes"] if first_event else None,
                             timezone=person["timezone"] if first_event else None,
                         )
@@ -454,49 +454,42 @@ def _react(
     made: list[_Tracked] = []
     if rng.random() < profile.open_rate:
         props = {"action_id": action_id}
-        made.append(_Tracked(to, "email.opened", props, key=f"open:{action_id}"))
+        made.append(_Tracked(to, "email.opened", props, idempotency_key=f"open:{action_id}"))
         reaction = profile.reactions.get(template)
         if reaction:
             for event_type, factor in reaction["boost"].items():
                 boosts[to][event_type] = (float(factor), day + int(reaction["days"]))
         if rng.random() < profile.click_rate / max(profile.open_rate, 1e-9):
-            made.append(_Tracked(to, "email.clicked", props, key=f"click:{action_id}"))
+            made.append(_Tracked(to, "email.clicked", props, idempotency_key=f"click:{action_id}"))
     return made
 
 
 @dataclass(frozen=True)
 class _Tracked:
+    """One event the population sends (a ``recording_batch.EventInput``)."""
+
     email: str
     type: str
     properties: dict[str, Any]
-    key: str
+    idempotency_key: str
     attributes: dict[str, Any] | None = None
     timezone: str | None = None
+    occurred_at: datetime | None = None
+
+
+SOURCE = "simulation"
 
 
 def _track_all(runtime: Runtime, batch: list[_Tracked]) -> None:
-    """Record a batch of events in one transaction and enqueue their contacts, as the track
-    API does with a POST of many events."""
+    """Record a batch of events in one transaction, in a few statements, and enqueue their
+    contacts, as the track API does with a POST of many events."""
     if not batch:
         return
-    touched: list[int] = []
     with transaction(runtime.db) as session:
-        for item in batch:
-            recorded = record_event(
-                session,
-                runtime.registry,
-                now=runtime.clock.now(),
-                email=item.email,
-                event_type=item.type,
-                properties=item.properties,
-                source="simulation",
-                idempotency_key=item.key,
-                attributes=item.attributes,
-                timezone=item.timezone,
-            )
-            if not recorded.duplicate:
-                touched.append(recorded.contact_id)
-    runtime.enqueue_contacts(touched)
+        recorded = record_batch(
+            session, runtime.registry, batch, now=runtime.clock.now(), source=SOURCE
+        )
+    runtime.enqueue_contacts(r.contact_id for r in recorded if not r.duplicate)
 
 
 def _stages(runtime: Runtime) -> dict[str, str]:

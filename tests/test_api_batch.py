@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from engine.api.events import EventIn, record_batch, record_one
+from engine.api.events import SOURCE, EventIn, record_one
+from engine.recording_batch import record_batch
 from engine.db import transaction
 from engine.models import Contact, Event
 from engine.runtime import Runtime
@@ -100,7 +101,7 @@ def run(runtime: Runtime, *, bulk: bool) -> tuple[list[Any], dict[str, Any]]:
     now = runtime.clock.now()
     with transaction(runtime.db) as session:
         if bulk:
-            recorded = record_batch(session, runtime.registry, BATCH, now=now)
+            recorded = record_batch(session, runtime.registry, BATCH, now=now, source=SOURCE)
         else:
             recorded = [record_one(session, runtime.registry, item, now=now) for item in BATCH]
     with Session(runtime.db) as session:

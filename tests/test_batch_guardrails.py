@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from engine import (
     Settings,
     VirtualClock,
     Workflow,
+    at_most,
     build_registry,
     lifecycle_journey,
     on_stage_entered,
@@ -46,15 +47,22 @@ def fake() -> Iterator[FakeSendGrid]:
 
 @pytest.fixture
 def world(tmp_path: Path, fake: FakeSendGrid) -> Iterator[tuple[Runtime, VirtualClock]]:
+    guardrails = Guardrails(quiet_hours=quiet_hours("18:00", "09:00"))
+    yield from _world(tmp_path, fake, [SALE], guardrails)
+
+
+def _world(
+    tmp_path: Path, fake: FakeSendGrid, workflows: list[Workflow], guardrails: Guardrails
+) -> Iterator[tuple[Runtime, VirtualClock]]:
     templates = tmp_path / "templates"
     templates.mkdir()
     for name, body in TEMPLATES.items():
         (templates / f"{name}.j2").write_text(body)
     registry = build_registry(
         journey=lifecycle_journey(),
-        workflows=[SALE],
+        workflows=workflows,
         templates_dir=templates,
-        guardrails=Guardrails(quiet_hours=quiet_hours("18:00", "09:00")),
+        guardrails=guardrails,
     )
     url = f"sqlite:///{tmp_path}/jl.db"
     db = make_engine(url)
@@ -141,3 +149,59 @@ def test_a_contact_with_a_held_email_keeps_its_order_inside_a_batch(
     clock.set(datetime(2026, 3, 3, 0, 1, tzinfo=UTC))
     runtime.run_until_idle()
     assert [len(r.body["personalizations"]) for r in fake.requests] == [3]
+
+
+def test_a_frequency_cap_holds_only_contacts_emailed_recently_with_one_history_query(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    """The cap reads every batched contact's recent emails in one query, not one each."""
+    summer = Workflow(
+        "summer_sale",
+        trigger=on_stage_entered("consideration"),
+        steps=[send_email("spring_sale", id="summer")],
+    )
+    worlds = _world(tmp_path, fake, [SALE, summer], Guardrails(cap=at_most(1, per_days=1)))
+    runtime, clock = next(worlds)
+    try:
+        add(runtime, "Europe/London", 10)
+        runtime.broadcast("spring_sale")
+        runtime.drain()
+        add_contacts(runtime, 5, prefix="late", timezone="Europe/London")
+        runtime.broadcast("summer_sale")  # the first 10 had an email today; "late" none
+        statements: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+            statements.append(statement)
+
+        event.listen(runtime.db, "before_cursor_execute", count)
+        try:
+            runtime.drain()
+        finally:
+            event.remove(runtime.db, "before_cursor_execute", count)
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [10, 5]
+        with Session(runtime.db) as session:
+            summer_actions = session.exec(
+                select(Contact.email, Action.status, Action.reason)
+                .join(Contact, col(Contact.id) == col(Action.contact_id))
+                .where(col(Action.idempotency_key).endswith(":step:summer"))
+            ).all()
+        held = {email for email, status, _ in summer_actions if status == ActionStatus.PENDING}
+        sent = {email for email, status, _ in summer_actions if status == ActionStatus.SENT}
+        assert held == {f"london{i}@example.com" for i in range(10)}
+        assert sent == {f"late{i}@example.com" for i in range(5)}
+        assert {r["held"][-1]["rule"] for _, s, r in summer_actions if s == "pending"} == {
+            "frequency cap: 1 per 1 day, 0:00:00"
+        }
+        history = [
+            s
+            for s in statements
+            if "actions.kind = " in s and "actions.contact_id" in s.split("WHERE")[-1]
+        ]
+        history = [s for s in history if "GROUP BY" not in s]
+        assert len(history) == 1, history  # one read of recent emails for the whole batch
+
+        clock.set(clock.now() + timedelta(days=1, minutes=1))
+        runtime.run_until_idle()
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [10, 5, 10]
+    finally:
+        next(worlds, None)

@@ -432,6 +432,36 @@ def test_per_contact_renderings_are_not_batched_together(
     assert subjects == [("Hello Ada", 3), ("Hello Bob", 2)]
 
 
+def test_each_personalised_request_is_recorded_by_its_own_outcome(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    """Requests of one batch are recorded together at its end: the accepted ones sent with
+    their own provider id, a refused one failed alone."""
+    hello = sale(name="hello", steps=[send_email("hello_name", id="hello")])
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+        add_contacts(runtime, 3, prefix="ada", attributes={"first_name": "Ada"})
+        add_contacts(runtime, 2, prefix="bob", attributes={"first_name": "Bob"})
+        add_contacts(runtime, 2, prefix="cy", attributes={"first_name": "Cy"})
+        fake.fail_next(400, body={"errors": [{"message": "Invalid from address."}]})
+        runtime.broadcast("hello")
+        runtime.drain()
+        with Session(runtime.db) as session:
+            rows = session.exec(
+                select(Contact.email, Action.status, Action.provider_id)
+                .join(Contact, col(Contact.id) == col(Action.contact_id))
+                .where(Action.kind == "email")
+            ).all()
+    assert [r.status for r in fake.requests] == [400, 202, 202]
+    by_name: dict[str, set[tuple[str, str | None]]] = {}
+    for email, status, provider_id in rows:
+        by_name.setdefault(email[:2], set()).add((status, provider_id))
+    assert by_name["ad"] == {(ActionStatus.FAILED, None)}
+    (bob,) = by_name["bo"]
+    (cy,) = by_name["cy"]
+    assert bob[0] == cy[0] == ActionStatus.SENT
+    assert bob[1] and cy[1] and bob[1] != cy[1]  # each request's own message id
+
+
 def test_with_batching_off_each_email_is_its_own_request(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:

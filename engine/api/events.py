@@ -9,31 +9,25 @@ SQLite a batch is written in a few statements (``record_batch``), not several pe
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
-from sqlalchemy.orm import object_session
 from sqlmodel import Session
 
 from engine import recording
-from engine.api import bulk
 from engine.api.auth import require
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
 from engine.contacts import (
-    normalize_email,
     validate_event_type,
     validate_properties,
     validate_timezone,
 )
 from engine.db import transaction
 from engine.errors import ValidationError
-from engine.models import Contact, EventStatus, SubscriptionStatus
+from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
 
@@ -149,17 +143,12 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
     return Accepted(events=record_all(runtime, items))
 
 
-_normalized_email = lru_cache(maxsize=4 * MAX_BATCH)(normalize_email)
-"""``normalize_email`` remembered: a batch is checked before it is recorded, and both need
-each address, which ``email_validator`` takes ~0.1 ms to parse (a failure is not cached)."""
-
-
 def check(item: EventIn, prefix: str, index: int) -> list[Problem]:
     """Every problem with one event, each naming its field (``events[3].email``)."""
     found: list[Problem] = []
     where = f"{prefix}[{index}]." if prefix else ""
     checks = [
-        lambda: _normalized_email(item.email),
+        lambda: normalized_email(item.email),
         lambda: validate_event_type(item.type),
         lambda: validate_properties(item.properties),
         lambda: validate_properties(item.attributes, field="attributes"),
@@ -180,7 +169,7 @@ def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
     now = runtime.clock.now()
     with transaction(runtime.db) as session:
         if session.get_bind().dialect.name in BULK_DIALECTS:
-            recorded = record_batch(session, runtime.registry, items, now=now)
+            recorded = record_batch(session, runtime.registry, items, now=now, source=SOURCE)
         else:
             recorded = [record_one(session, runtime.registry, item, now=now) for item in items]
     runtime.enqueue_contacts(r.contact_id for r in recorded if not r.duplicate)
@@ -206,219 +195,3 @@ def record_one(
         attributes=item.attributes,
         timezone=item.timezone,
     )
-
-
-# --- a batch in a few statements ---------------------------------------------------------
-#
-# ``recording.record_event`` costs several round trips per event (look the key up, find or
-# create the contact, insert the events); for a batch of 100 that dominated the request.
-# ``record_batch`` does what it does, item by item in order, with one statement per step for
-# the whole batch: look up the keys, load the contacts, insert the new contacts, insert their
-# ``contact.created`` events, insert the events (``bulk`` holds the statements of each
-# database). Conflicts with concurrent requests (the same address or key arriving at once)
-# are resolved by the unique constraints, as there.
-
-BULK_DIALECTS = frozenset({"postgresql", "sqlite"})
-
-
-@dataclass
-class _Item:
-    email: str
-    key: str
-    properties: dict[str, Any]
-    attributes: dict[str, Any]
-    timezone: str | None
-    occurred_at: datetime | None
-    type: str
-    same_as: int | None = None  # index of an earlier item of this batch with the same key
-
-
-def record_batch(
-    session: Session, registry: Registry, items: list[EventIn], *, now: datetime
-) -> list[recording.Recorded]:
-    """``recording.record_event`` for each item, in order, in a few statements in all."""
-    writer = bulk.writer_for(session)
-    if writer is None:
-        raise ValueError(f"no bulk writer for {session.get_bind().dialect.name}")
-    batch = [_prepare(item) for item in items]
-    first_with_key: dict[str, int] = {}
-    for index, item in enumerate(batch):
-        item.same_as = first_with_key.setdefault(item.key, index)
-        if item.same_as == index:
-            item.same_as = None
-    explicit = [i.key for i in batch if ":auto:" not in i.key]
-    stored: dict[str, recording.Recorded] = {}
-    if explicit:
-        stored = _stored_events(writer, session, explicit)
-    fresh = [i for i in batch if i.same_as is None and i.key not in stored]
-    contacts, created = _contacts_for(session, registry, writer, fresh, now=now)
-    common = {
-        "status": EventStatus.PENDING.value,
-        "error": None,
-        "received_at": now,
-        "lease_until": now + recording.EVENT_LEASE,
-        "processed_at": None,
-    }
-    if created:
-        # Each new contact's first stage is entered by an event ahead of the batch's own.
-        first_event: dict[str, _Item] = {}
-        for item in fresh:
-            first_event.setdefault(item.email, item)
-        writer.insert_events(
-            session,
-            [
-                {
-                    "contact_id": contact_id,
-                    "idempotency_key": f"{recording.INTERNAL_SOURCE}:created:{contact_id}",
-                    "occurred_at": first_event[email].occurred_at or now,
-                }
-                for email, contact_id in contacts.items()
-                if contact_id in created
-            ],
-            {
-                **common,
-                "type": recording.CONTACT_CREATED,
-                "properties": {},
-                "source": recording.INTERNAL_SOURCE,
-            },
-            skip_taken_keys=False,
-        )
-    new_ids: dict[str, int] = {}
-    if fresh:
-        rows = [
-            {
-                "contact_id": contacts[item.email],
-                "type": item.type,
-                "properties": item.properties,
-                "idempotency_key": item.key,
-                "occurred_at": item.occurred_at or now,
-            }
-            for item in fresh
-        ]
-        new_ids = writer.insert_events(
-            session, rows, {**common, "source": SOURCE}, skip_taken_keys=True
-        )
-        raced = [i.key for i in fresh if i.key not in new_ids]
-        if raced:  # the same keys came in from another request meanwhile: the first stands
-            stored.update(_stored_events(writer, session, raced))
-    results: list[recording.Recorded] = []
-    for item in batch:
-        if item.same_as is not None:
-            first = results[item.same_as]
-            results.append(recording.Recorded(first.event_id, first.contact_id, duplicate=True))
-        elif item.key in new_ids:
-            contact_id = contacts[item.email]
-            results.append(recording.Recorded(new_ids[item.key], contact_id, duplicate=False))
-        else:
-            results.append(stored[item.key])
-    return results
-
-
-def _contacts_for(
-    session: Session,
-    registry: Registry,
-    writer: bulk.BatchWriter,
-    fresh: list[_Item],
-    *,
-    now: datetime,
-) -> tuple[dict[str, int], set[int]]:
-    """The contact id of every address in ``fresh`` and which of them are new, as
-    ``find_or_create_contact`` would make them item by item: a new contact takes the first
-    item's time zone and attributes, and later items merge theirs in."""
-    emails = list(dict.fromkeys(item.email for item in fresh))
-    if not emails:
-        return {}, set()
-    existing = {c.email: c for c in writer.find_contacts(session, emails)}
-    new_rows: dict[str, dict[str, Any]] = {}
-    for item in fresh:
-        if item.email in existing:
-            _merge_into_contact(existing[item.email], item, now)
-        elif item.email in new_rows:
-            _merge_into_row(new_rows[item.email], item, now)
-        else:
-            new_rows[item.email] = {
-                "email": item.email,
-                "timezone": item.timezone or "UTC",
-                "attributes": dict(item.attributes),
-                "version": 1,
-                "updated_at": now,
-            }
-    ids: dict[str, int] = {email: c.id for email, c in existing.items()}  # type: ignore[misc]
-    created: set[int] = set()
-    if new_rows:
-        common = {
-            "external_ids": {},
-            "stage": registry.journey.initial,
-            "score": 0,
-            "subscription_status": SubscriptionStatus.SUBSCRIBED.value,
-            "stage_entered_at": now,
-            "created_at": now,
-        }
-        inserted = writer.insert_contacts(session, list(new_rows.values()), common)
-        ids.update(inserted)
-        created = set(inserted.values())
-        raced = [email for email in new_rows if email not in inserted]
-        if raced:  # created by a concurrent request meanwhile: merge into it instead
-            for contact in writer.find_contacts(session, raced):
-                ids[contact.email] = contact.id  # type: ignore[assignment]
-                for item in fresh:
-                    if item.email == contact.email:
-                        _merge_into_contact(contact, item, now)
-    return ids, created
-
-
-def _merged(
-    attributes: dict[str, Any], timezone: str, item: _Item
-) -> tuple[dict[str, Any], str, bool]:
-    changed = False
-    if item.attributes:
-        merged = {**attributes, **item.attributes}
-        if merged != attributes:
-            attributes, changed = merged, True
-    if item.timezone and item.timezone != timezone:
-        timezone, changed = item.timezone, True
-    return attributes, timezone, changed
-
-
-def _merge_into_contact(contact: Contact, item: _Item, now: datetime) -> None:
-    attributes, timezone, changed = _merged(contact.attributes, contact.timezone, item)
-    if changed:
-        contact.attributes, contact.timezone = attributes, timezone
-        contact.updated_at = now
-        contact.version += 1
-        session = object_session(contact)
-        assert session is not None
-        session.add(contact)
-
-
-def _merge_into_row(row: dict[str, Any], item: _Item, now: datetime) -> None:
-    row["attributes"], row["timezone"], changed = _merged(row["attributes"], row["timezone"], item)
-    if changed:
-        row["updated_at"] = now
-        row["version"] += 1
-
-
-def _prepare(item: EventIn) -> _Item:
-    key = (
-        f"{SOURCE}:{item.idempotency_key}"
-        if item.idempotency_key
-        else f"{SOURCE}:auto:{uuid.uuid4()}"
-    )
-    return _Item(
-        email=_normalized_email(item.email),
-        key=key,
-        properties=validate_properties(item.properties),
-        attributes=validate_properties(item.attributes, field="attributes"),
-        timezone=item.timezone,
-        occurred_at=item.occurred_at,
-        type=validate_event_type(item.type),
-    )
-
-
-def _stored_events(
-    writer: bulk.BatchWriter, session: Session, keys: list[str]
-) -> dict[str, recording.Recorded]:
-    return {
-        key: recording.Recorded(event_id, contact_id, duplicate=True)
-        for key, event_id, contact_id in writer.find_events(session, keys)
-    }

@@ -1,6 +1,6 @@
 """The statements that write a batch of events, one per step, per database.
 
-``events.record_batch`` decides what to write; a ``BatchWriter`` writes it. Two writers:
+``recording_batch.record_batch`` decides what to write; a ``BatchWriter`` writes it. Two writers:
 
 - ``CoreWriter`` (SQLite, and the reference): SQLAlchemy Core ``INSERT ... ON CONFLICT DO
   NOTHING RETURNING`` over many rows and ``IN (...)`` lookups;
