@@ -11,9 +11,9 @@ import pytest
 from sqlmodel import Session, col, select
 
 from engine.api.events import SOURCE, EventIn, record_one
-from engine.recording_batch import record_batch
 from engine.db import transaction
 from engine.models import Contact, Event
+from engine.recording_batch import record_batch
 from engine.runtime import Runtime
 from tests.support import make_runtime, reset_postgres
 
