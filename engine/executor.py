@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import object_session
 from sqlmodel import Session, col, func, select
 
 from engine import known_enrollments
@@ -59,18 +61,57 @@ DISPATCH_LEASE = timedelta(minutes=5)
 LIVE = known_enrollments.LIVE
 
 
-@dataclass
 class Effects:
-    """What a transaction asks to be enqueued once it has committed."""
+    """What a transaction asks to be enqueued once it has committed: marketing actions,
+    transactional ones (they jump the marketing queue), and contacts with pending events
+    left to process.
 
-    actions: list[int] = field(default_factory=list)
-    transactional: list[int] = field(default_factory=list)  # jump the marketing queue
-    contacts: list[int] = field(default_factory=list)  # with pending events left to process
+    A step's new action is kept as the object, not flushed for its id there and then, so a
+    job's actions reach the database in one multi-row INSERT at its next flush. Reading
+    ``actions`` or ``transactional`` gives ids: after the commit from each object's identity;
+    inside the transaction, flushing the session first if some were not written yet."""
+
+    def __init__(
+        self,
+        actions: Iterable[int] = (),
+        transactional: Iterable[int] = (),
+        contacts: Iterable[int] = (),
+    ) -> None:
+        self._marketing: list[int | Action] = list(actions)
+        self._transactional: list[int | Action] = list(transactional)
+        self.contacts: list[int] = list(contacts)
+
+    def add_action(self, action: Action, *, marketing: bool) -> None:
+        (self._marketing if marketing else self._transactional).append(action)
+
+    @property
+    def actions(self) -> list[int]:
+        return _ids(self._marketing)
+
+    @property
+    def transactional(self) -> list[int]:
+        return _ids(self._transactional)
 
     def extend(self, other: Effects) -> None:
-        self.actions.extend(other.actions)
-        self.transactional.extend(other.transactional)
+        self._marketing.extend(other._marketing)
+        self._transactional.extend(other._transactional)
         self.contacts.extend(other.contacts)
+
+    def __repr__(self) -> str:
+        return (
+            f"Effects(actions={self.actions}, transactional={self.transactional}, "
+            f"contacts={self.contacts})"
+        )
+
+
+def _ids(items: list[int | Action]) -> list[int]:
+    unwritten = [i for i in items if not isinstance(i, int) and inspect(i).identity is None]
+    if unwritten:
+        session = object_session(unwritten[0])
+        if session is None:
+            raise RuntimeError("an action of these effects was never written (rolled back?)")
+        session.flush()
+    return [i if isinstance(i, int) else inspect(i).identity[0] for i in items]
 
 
 def workflow_for(session: Session, registry: Registry, name: str, version: str) -> Workflow | None:
@@ -396,10 +437,8 @@ def _run(
         _move(session, registry, contact, enrollment, node, step, now, effects)
     else:
         action = _action(contact, enrollment, workflow, node, now)
-        session.add(action)
-        session.flush()
-        marketing = bool(action.payload.get("marketing", False))
-        (effects.actions if marketing else effects.transactional).append(action.id)  # type: ignore[arg-type]
+        session.add(action)  # written with the job's next flush (see Effects)
+        effects.add_action(action, marketing=bool(action.payload.get("marketing", False)))
     contact.updated_at = now
     session.add(contact)
     return node.next
