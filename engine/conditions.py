@@ -268,6 +268,8 @@ class Engaged(Condition):
 
         if ctx.enrollment is None:
             return False
+        if ctx.enrollment.id is None:
+            ctx.session.flush()  # started in this transaction: its id is needed below
         query = select(Action.id).where(
             Action.enrollment_id == ctx.enrollment.id, Action.kind == "email"
         )

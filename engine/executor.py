@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session
+from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import Session, col, func, select
 
 from engine import known_enrollments
@@ -206,8 +207,7 @@ def start_enrollment(
         started_at=now,
         updated_at=now,
     )
-    session.add(enrollment)
-    session.flush()
+    session.add(enrollment)  # written at the next flush, with its actions (see action_key)
     known_enrollments.added(session, enrollment)
     return advance(session, registry, contact, enrollment, now=now)
 
@@ -523,14 +523,16 @@ def _action(
         kind, payload = "webhook", {"url": step.url, "payload": dict(step.payload)}
     else:
         raise AssertionError(f"not an action step: {step!r}")
-    return Action(
+    action = Action(
         contact_id=contact.id,  # type: ignore[arg-type]
         enrollment_id=enrollment.id,
         kind=kind,
         payload=payload,
         # Derived from the intent: this enrollment, at this step. A retry, a redelivered
         # message or a second worker computes the same key and the unique constraint holds.
-        idempotency_key=f"enrollment:{enrollment.id}:step:{node.id}",
+        idempotency_key=(
+            _AWAITS_ENROLLMENT_ID if enrollment.id is None else action_key(enrollment.id, node.id)
+        ),
         status=ActionStatus.PENDING,
         reason={
             "workflow": workflow.name,
@@ -545,6 +547,26 @@ def _action(
         created_at=now,
         updated_at=now,
     )
+    if enrollment.id is None:  # started in this flush: the unit of work fills the id in
+        set_attribute(action, "enrollment", enrollment)
+    return action
+
+
+def action_key(enrollment_id: int, step: str) -> str:
+    """The idempotency key of the action an enrollment's step writes."""
+    return f"enrollment:{enrollment_id}:step:{step}"
+
+
+_AWAITS_ENROLLMENT_ID = "enrollment:?"
+
+
+@event.listens_for(Action, "before_insert")
+def _key_of_a_new_enrollments_action(_mapper: Any, _connection: Any, action: Action) -> None:
+    """An action of an enrollment written in the same flush: the enrollment went first (the
+    ``Action.enrollment`` relationship orders them) and its id is known now."""
+    if action.idempotency_key == _AWAITS_ENROLLMENT_ID:
+        assert action.enrollment_id is not None, "the enrollment was not written first"
+        action.idempotency_key = action_key(action.enrollment_id, str(action.reason["step"]))
 
 
 def exit_unsubscribed(
@@ -571,8 +593,10 @@ def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:
     )
 
 
-def _id(enrollment: Enrollment) -> int:
-    return enrollment.id  # type: ignore[return-value]
+def _id(enrollment: Enrollment) -> tuple[bool, int]:
+    """Id order; enrollments not written yet last, in the order they were started (the
+    order their ids will follow)."""
+    return (enrollment.id is None, enrollment.id or 0)
 
 
 def count_at_steps(session: Session, workflow: str) -> dict[tuple[str, int], int]:

@@ -81,7 +81,7 @@ def known_for(session: Session, contact_id: int) -> list[Enrollment] | None:
 
 
 def added(session: Session, enrollment: Enrollment) -> None:
-    """``enrollment`` was just written (and flushed): keep it with its contact's."""
+    """``enrollment`` was just started (written at the next flush): keep it with its contact's."""
     known: dict[int, list[Enrollment]] | None = session.info.get(_KEY)
     if known is not None and enrollment.contact_id in known:
         known[enrollment.contact_id].append(enrollment)

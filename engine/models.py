@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Index, UniqueConstraint
+from sqlalchemy.orm import relationship
 from sqlmodel import Field, SQLModel
 
 from engine.db import UTCDateTime
@@ -181,6 +182,12 @@ class Action(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# Set only by the executor, on an action written in the same flush as its new enrollment:
+# the unit of work then inserts the enrollment first and fills in ``enrollment_id`` (see
+# ``executor.action_key``). Never loaded: reading it raises.
+Action.__mapper__.add_property("enrollment", relationship(Enrollment, lazy="raise"))
 
 
 # --- workflow versions ------------------------------------------------------------------
