@@ -16,6 +16,7 @@ from sqlalchemy import Table, any_, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine
@@ -59,6 +60,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
+    # A flush of many new rows of a table is one multi-row INSERT ... RETURNING, as on
+    # PostgreSQL, instead of one INSERT per row. SQLAlchemy matches the returned ids to the
+    # objects by sorting on the primary key; that is sound here because SQLite gives the rows
+    # of one INSERT ascending rowids in VALUES order (max(rowid) + 1 each), which SQLAlchemy
+    # does not assume for SQLite by default. ``tests/test_insert_new.py`` checks the mapping.
+    engine.dialect.insertmanyvalues_implicit_sentinel = InsertmanyvaluesSentinelOpts.AUTOINCREMENT
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's BEGIN below be the only transaction control.

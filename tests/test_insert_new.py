@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, select
 
 from engine.db import insert_new, make_engine, transaction
@@ -74,3 +75,45 @@ def test_a_second_row_with_the_same_key_is_not_inserted(db_url: str) -> None:
         assert stored[0].occurred_at == NOW  # UTC round-trips through the column type
     finally:
         db.dispose()
+
+
+def test_a_flush_of_many_new_rows_is_one_insert_and_each_object_gets_its_own_id(
+    db_url: str,
+) -> None:
+    """The ORM writes a job's new rows (actions, enrollments, transitions) in one multi-row
+    INSERT on both databases, and every object gets the id of its own row back."""
+    db = make_engine(db_url)
+    try:
+        with transaction(db) as session:  # ids with a gap below the new rows
+            for i in range(5):
+                session.add(Contact(email=f"old{i}@example.com", **_contact_times()))
+            session.flush()
+            session.delete(
+                session.exec(select(Contact).where(Contact.email == "old4@example.com")).one()
+            )
+        inserts: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+            if statement.startswith("INSERT"):
+                inserts.append(statement)
+
+        with transaction(db) as session:
+            new = [Contact(email=f"new{i}@example.com", **_contact_times()) for i in range(200)]
+            session.add_all(new)
+            event.listen(db, "before_cursor_execute", count)
+            try:
+                session.flush()
+            finally:
+                event.remove(db, "before_cursor_execute", count)
+            given = {c.email: c.id for c in new}
+        with Session(db) as session:
+            stored = dict(session.exec(select(Contact.email, Contact.id)).all())
+        assert len(inserts) == 1
+        assert all(stored[email] == contact_id for email, contact_id in given.items())
+        assert len(set(given.values())) == 200
+    finally:
+        db.dispose()
+
+
+def _contact_times() -> dict[str, Any]:
+    return {"stage": "awareness", "stage_entered_at": NOW, "created_at": NOW, "updated_at": NOW}
