@@ -66,6 +66,7 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
     # of one INSERT ascending rowids in VALUES order (max(rowid) + 1 each), which SQLAlchemy
     # does not assume for SQLite by default. ``tests/test_insert_new.py`` checks the mapping.
     engine.dialect.insertmanyvalues_implicit_sentinel = InsertmanyvaluesSentinelOpts.AUTOINCREMENT
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's BEGIN below be the only transaction control.
