@@ -112,27 +112,39 @@ def batch_key(kind: str, payload: Mapping[str, Any], reason: Mapping[str, Any]) 
 
 
 def group_for_batches(
-    db: Engine, action_ids: Sequence[int], *, size: int
+    db: Engine,
+    action_ids: Sequence[int],
+    *,
+    size: int,
+    described: Mapping[int, tuple[str, Mapping[str, Any], Mapping[str, Any]]] | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """Split due actions into batches (lists of at most ``size`` ids sharing a batch key)
-    and singles (everything else, sent one by one as before)."""
+    and singles (everything else, sent one by one as before). ``described`` gives the
+    (kind, payload, reason) of actions already known (``Effects.described``); the others
+    are read."""
     if size <= 1 or len(action_ids) < 2:
         return [], list(action_ids)
+    described = described or {}
+    rows: list[tuple[Any, ...]] = [
+        (action_id, *described[action_id]) for action_id in action_ids if action_id in described
+    ]
+    unknown = [action_id for action_id in action_ids if action_id not in described]
+    if unknown:
+        with Session(db) as session:
+            for chunk in _chunks_of(unknown, _IN_CHUNKS_OF):
+                rows += session.exec(
+                    select(Action.id, Action.kind, Action.payload, Action.reason).where(
+                        col(Action.id).in_(chunk)
+                    )
+                ).all()
     groups: dict[tuple, list[int]] = {}
     singles: list[int] = []
-    with Session(db) as session:
-        for chunk in _chunks_of(list(action_ids), _IN_CHUNKS_OF):
-            rows = session.exec(
-                select(Action.id, Action.kind, Action.payload, Action.reason).where(
-                    col(Action.id).in_(chunk)
-                )
-            ).all()
-            for action_id, kind, payload, reason in rows:
-                key = batch_key(kind, payload or {}, reason or {})
-                if key is None:
-                    singles.append(action_id)  # type: ignore[arg-type]
-                else:
-                    groups.setdefault(key, []).append(action_id)  # type: ignore[arg-type]
+    for action_id, kind, payload, reason in sorted(rows, key=lambda row: row[0]):
+        key = batch_key(kind, payload or {}, reason or {})
+        if key is None:
+            singles.append(action_id)
+        else:
+            groups.setdefault(key, []).append(action_id)
     batches: list[list[int]] = []
     for ids in groups.values():
         if len(ids) == 1:

@@ -241,12 +241,19 @@ class DidEvent(Condition):
 
         from engine.models import Event
 
-        query = select(Event).where(Event.contact_id == ctx.contact.id, Event.type == self.type)
+        query = select(Event.properties).where(
+            Event.contact_id == ctx.contact.id, Event.type == self.type
+        )
         if self.within is not None:
             query = query.where(col(Event.occurred_at) >= ctx.now - self.within)
         elif ctx.enrollment is not None:
             query = query.where(col(Event.received_at) >= ctx.enrollment.started_at)
-        return any(matches(e.properties, self.where) for e in ctx.session.exec(query))
+        # Processing only ever changes an event's status, never what is read here, and
+        # writes no events: no need to flush the job's pending writes first (which would
+        # cost a flush per contact instead of one per job).
+        with ctx.session.no_autoflush:
+            found = ctx.session.exec(query).all()
+        return any(matches(properties, self.where) for properties in found)
 
     def describe(self) -> str:
         when = f" within {self.within}" if self.within else " since entering"

@@ -62,6 +62,10 @@ DISPATCH_LEASE = timedelta(minutes=5)
 LIVE = known_enrollments.LIVE
 
 
+ActionFields = tuple[str, dict[str, Any], dict[str, Any]]
+"""An action's kind, payload and reason."""
+
+
 class Effects:
     """What a transaction asks to be enqueued once it has committed: marketing actions,
     transactional ones (they jump the marketing queue), and contacts with pending events
@@ -81,9 +85,17 @@ class Effects:
         self._marketing: list[int | Action] = list(actions)
         self._transactional: list[int | Action] = list(transactional)
         self.contacts: list[int] = list(contacts)
+        # What grouping into batches reads of a new action, kept as written: after the
+        # commit the objects' attributes are expired, and re-reading them costs a query.
+        self._described: list[tuple[Action, ActionFields]] = []
 
     def add_action(self, action: Action, *, marketing: bool) -> None:
         (self._marketing if marketing else self._transactional).append(action)
+        self._described.append((action, (action.kind, action.payload, action.reason)))
+
+    def described(self) -> dict[int, ActionFields]:
+        """Action id -> (kind, payload, reason) of the actions these effects wrote."""
+        return {inspect(action).identity[0]: fields for action, fields in self._described}
 
     @property
     def actions(self) -> list[int]:
@@ -97,6 +109,7 @@ class Effects:
         self._marketing.extend(other._marketing)
         self._transactional.extend(other._transactional)
         self.contacts.extend(other.contacts)
+        self._described.extend(other._described)
 
     def __repr__(self) -> str:
         return (

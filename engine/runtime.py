@@ -550,7 +550,9 @@ class Runtime:
         the sweeper once its lease runs out."""
         actions, size = effects.actions, batch_size_of(self.email)
         if len(actions) > 1 and size > 1:  # many contacts at one step (a schedule's batch)
-            batches, actions = group_for_batches(self.db, actions, size=size)
+            batches, actions = group_for_batches(
+                self.db, actions, size=size, described=effects.described()
+            )
             for batch in batches:
                 self.jobs.perform_email_batch.send(batch)
         for action_id in actions:
