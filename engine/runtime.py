@@ -138,6 +138,10 @@ class Runtime:
         )
         self.db = db or make_engine(self.settings.database_url)
         self.broker = broker or build_broker(self.settings.broker_url)
+        # Job sizes: small for latency in a service; the simulator, which only wants
+        # throughput, makes them larger.
+        self.contacts_per_job = CONTACTS_PER_JOB
+        self.wakes_per_job = WAKES_PER_JOB
         self._webhooks: WebhookSender | None = None
         self._crm: CRMConnector | None = None
         self.policy = RetryPolicy(
@@ -283,11 +287,11 @@ class Runtime:
 
     def enqueue_contacts(self, contact_ids: Iterable[int]) -> None:
         """Enqueue the processing of these contacts' pending events: one job per
-        ``CONTACTS_PER_JOB`` contacts, which saves a broker round trip per contact on a batch
+        ``contacts_per_job`` contacts, which saves a broker round trip per contact on a batch
         (a few contacts per job keep the latency of the last one low)."""
         ids = list(dict.fromkeys(contact_ids))
-        for start in range(0, len(ids), CONTACTS_PER_JOB):
-            chunk = ids[start : start + CONTACTS_PER_JOB]
+        for start in range(0, len(ids), self.contacts_per_job):
+            chunk = ids[start : start + self.contacts_per_job]
             if len(chunk) == 1:
                 self.jobs.process_contact.send(chunk[0])
             else:
@@ -486,8 +490,8 @@ class Runtime:
             lease=self.lease,
             batch_size=self.settings.scheduler_batch_size,
         )
-        for start in range(0, len(due.enrollments), WAKES_PER_JOB):
-            chunk = due.enrollments[start : start + WAKES_PER_JOB]
+        for start in range(0, len(due.enrollments), self.wakes_per_job):
+            chunk = due.enrollments[start : start + self.wakes_per_job]
             if len(chunk) == 1:
                 self.jobs.wake_enrollment.send(chunk[0])
             else:

@@ -161,6 +161,8 @@ def load_workflows(source: str | Path) -> Registry:
 
 
 SHARD_CONTACTS = 2_000
+JOB_SIZE = 200
+"""Contacts per ``process_contacts`` job and wake-ups per ``wake_enrollments`` job."""
 
 
 def simulate(
@@ -319,6 +321,9 @@ def _run_shard(
         email=mailbox,
         db=db,
     )
+    # Nobody waits on a simulated job: larger ones spread each job's fixed statements over
+    # more contacts (200 rather than the service's 10 and 20: about 1.3x the speed).
+    runtime.contacts_per_job = runtime.wakes_per_job = JOB_SIZE
     people = _population(rng, first, count, days, profile)
     boosts: dict[str, dict[str, tuple[float, int]]] = defaultdict(
         dict
