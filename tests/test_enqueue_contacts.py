@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from engine import pipeline, pipeline_jobs
 from engine.api.events import EventIn, record_all
-from engine.models import Contact, Event, EventStatus
+from engine.models import Action, Contact, Enrollment, Event, EventStatus
 from engine.runtime import CONTACTS_PER_JOB, Runtime
 from tests.support import make_runtime
 
@@ -132,3 +132,37 @@ def contact_id_of(rt: Runtime, email: str) -> int:
 def statuses(rt: Runtime) -> set[str]:
     with Session(rt.db) as session:
         return {e.status for e in session.exec(select(Event)).all()}
+
+
+def test_a_job_writes_one_insert_per_table_each_action_keyed_to_its_own_enrollment(
+    runtime: Runtime,
+) -> None:
+    items = [EventIn(email=f"c{i}@example.com", type="trial.started") for i in range(10)]
+    record_all(runtime, items)
+    runtime.broker.pending.clear()  # type: ignore[attr-defined]
+    runtime.sync_versions()
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT"):
+            inserts.append(statement.split("(")[0].strip())
+
+    event.listen(runtime.db, "before_cursor_execute", count)
+    try:
+        effects = runtime.process_contacts(sorted(contact_ids(runtime)))
+    finally:
+        event.remove(runtime.db, "before_cursor_execute", count)
+    assert sorted(inserts) == [
+        "INSERT INTO actions",
+        "INSERT INTO enrollments",
+        "INSERT INTO stage_transitions",
+    ]
+    with Session(runtime.db) as session:
+        actions = session.exec(select(Action)).all()
+        enrollments = {e.id: e for e in session.exec(select(Enrollment)).all()}
+    assert len(actions) == 20  # welcome (contact.created) and trial offer, for each
+    assert sorted(effects.actions + effects.transactional) == sorted(a.id for a in actions)
+    for action in actions:
+        enrollment = enrollments[action.enrollment_id]
+        assert enrollment.contact_id == action.contact_id
+        assert action.idempotency_key == f"enrollment:{enrollment.id}:step:{action.reason['step']}"
