@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Engine, create_engine, event, pool, text
 from sqlmodel import Session, SQLModel, select
 
 from connectors import RecordingEmailConnector
@@ -88,3 +90,18 @@ def stop_processes(processes: list[subprocess.Popen[str]]) -> list[str]:
             process.kill()
             outputs.append(process.communicate()[0])
     return outputs
+
+
+@contextmanager
+def statements(db: Engine) -> Iterator[list[str]]:
+    """Every SQL statement ``db`` runs inside the block, in order (BEGIN included)."""
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(db, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(db, "before_cursor_execute", note)

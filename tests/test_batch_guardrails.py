@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
 from sqlmodel import Session, col, select
 
 from connectors import SendGridEmailConnector
@@ -29,6 +28,7 @@ from engine import (
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, metadata
 from engine.runtime import Runtime
+from tests.support import statements
 from tests.test_broadcast import KEY, TEMPLATES, add_contacts
 
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # 10:00 in London, 19:00 in Tokyo
@@ -105,16 +105,8 @@ def test_quiet_hours_hold_only_the_contacts_in_them_and_cost_no_query_each(
     add(runtime, "Europe/London", 30)
     add(runtime, "Asia/Tokyo", 30)
     runtime.broadcast("spring_sale")  # enrolled and dispatched; sent in drain() below
-    statements: list[str] = []
-
-    def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    event.listen(runtime.db, "before_cursor_execute", count)
-    try:
+    with statements(runtime.db) as seen:
         runtime.drain()
-    finally:
-        event.remove(runtime.db, "before_cursor_execute", count)
     # London (10:00) is sent in one request; Tokyo (19:00) is held until 09:00 local.
     assert [len(r.body["personalizations"]) for r in fake.requests] == [30]
     assert actions_by_zone(runtime) == {
@@ -128,7 +120,7 @@ def test_quiet_hours_hold_only_the_contacts_in_them_and_cost_no_query_each(
     assert {a.next_attempt_at for a in held} == {datetime(2026, 3, 3, 0, 0, tzinfo=UTC)}
     assert {a.reason["held"][-1]["rule"] for a in held} == {"quiet hours 18:00-09:00 (Asia/Tokyo)"}
     # The whole claim was a handful of statements, not a few per contact.
-    assert len(statements) < 20, collections.Counter(s[:70] for s in statements)
+    assert len(seen) < 20, collections.Counter(s[:70] for s in seen)
 
     clock.set(datetime(2026, 3, 3, 0, 1, tzinfo=UTC))  # 09:01 in Tokyo
     runtime.run_until_idle()
@@ -168,16 +160,8 @@ def test_a_frequency_cap_holds_only_contacts_emailed_recently_with_one_history_q
         runtime.drain()
         add_contacts(runtime, 5, prefix="late", timezone="Europe/London")
         runtime.broadcast("summer_sale")  # the first 10 had an email today; "late" none
-        statements: list[str] = []
-
-        def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
-            statements.append(statement)
-
-        event.listen(runtime.db, "before_cursor_execute", count)
-        try:
+        with statements(runtime.db) as seen:
             runtime.drain()
-        finally:
-            event.remove(runtime.db, "before_cursor_execute", count)
         assert [len(r.body["personalizations"]) for r in fake.requests] == [10, 5]
         with Session(runtime.db) as session:
             summer_actions = session.exec(
@@ -194,7 +178,7 @@ def test_a_frequency_cap_holds_only_contacts_emailed_recently_with_one_history_q
         }
         history = [
             s
-            for s in statements
+            for s in seen
             if "actions.kind = " in s and "actions.contact_id" in s.split("WHERE")[-1]
         ]
         history = [s for s in history if "GROUP BY" not in s]

@@ -12,7 +12,7 @@ from engine import pipeline, pipeline_jobs
 from engine.api.events import EventIn, record_all
 from engine.models import Action, Contact, Enrollment, Event, EventStatus
 from engine.runtime import CONTACTS_PER_JOB, Runtime
-from tests.support import make_runtime
+from tests.support import make_runtime, statements
 
 
 @pytest.fixture
@@ -141,17 +141,9 @@ def test_a_job_writes_one_insert_per_table_each_action_keyed_to_its_own_enrollme
     record_all(runtime, items)
     runtime.broker.pending.clear()  # type: ignore[attr-defined]
     runtime.sync_versions()
-    inserts: list[str] = []
-
-    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT"):
-            inserts.append(statement.split("(")[0].strip())
-
-    event.listen(runtime.db, "before_cursor_execute", count)
-    try:
+    with statements(runtime.db) as seen:
         effects = runtime.process_contacts(sorted(contact_ids(runtime)))
-    finally:
-        event.remove(runtime.db, "before_cursor_execute", count)
+    inserts = [s.split("(")[0].strip() for s in seen if s.startswith("INSERT")]
     assert sorted(inserts) == [
         "INSERT INTO actions",
         "INSERT INTO enrollments",

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlmodel import Session, select
 
 from engine.db import insert_new, make_engine, transaction
 from engine.models import Contact, Event
+from tests.support import statements
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -91,21 +91,13 @@ def test_a_flush_of_many_new_rows_is_one_insert_and_each_object_gets_its_own_id(
             session.delete(
                 session.exec(select(Contact).where(Contact.email == "old4@example.com")).one()
             )
-        inserts: list[str] = []
-
-        def count(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
-            if statement.startswith("INSERT"):
-                inserts.append(statement)
-
         with transaction(db) as session:
             new = [Contact(email=f"new{i}@example.com", **_contact_times()) for i in range(200)]
             session.add_all(new)
-            event.listen(db, "before_cursor_execute", count)
-            try:
+            with statements(db) as seen:
                 session.flush()
-            finally:
-                event.remove(db, "before_cursor_execute", count)
             given = {c.email: c.id for c in new}
+        inserts = [s for s in seen if s.startswith("INSERT")]
         with Session(db) as session:
             stored = dict(session.exec(select(Contact.email, Contact.id)).all())
         assert len(inserts) == 1
