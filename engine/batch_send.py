@@ -281,22 +281,16 @@ def _claim_batch(
         result.statuses["missing"] += len(set(action_ids)) - len(rows)
     contact_ids = sorted({r.contact_id for r in rows})
     # Contacts are locked in id order, like the single path locks one: caps stay serialised.
-    contacts = {
-        c.id: c
-        for c in session.execute(
-            select(*_CONTACT_COLUMNS)
-            .where(one_of(session, col(Contact.id), contact_ids))
-            .order_by(col(Contact.id))
-            .with_for_update()
-        ).all()
-    }
-    suppressed: dict[str, str] = dict(
-        session.execute(
-            select(Suppression.email, Suppression.reason).where(
-                one_of(session, col(Suppression.email), [c.email for c in contacts.values()])
-            )
-        ).all()  # type: ignore[arg-type]
-    )
+    # With each contact its suppression, if any (at most one per address): one statement.
+    found = session.execute(
+        select(*_CONTACT_COLUMNS, col(Suppression.reason).label("suppressed"))
+        .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
+        .where(one_of(session, col(Contact.id), contact_ids))
+        .order_by(col(Contact.id))
+        .with_for_update(of=Contact)  # type: ignore[arg-type]
+    ).all()
+    contacts = {c.id: c for c in found}
+    suppressed: dict[str, str] = {c.email: c.suppressed for c in found if c.suppressed}
     # Quiet hours and send windows are checked for everyone in Python; the rules that read
     # the contact's other emails (caps, held ones) only where such emails exist.
     windows = _window_rules_apply(registry, rows)

@@ -19,18 +19,21 @@ from engine.runtime import Runtime
 from engine.schedules import next_slot, zones_in_use
 from engine.workflow import Scheduled
 
+# The earliest wake-up and the earliest pending action's lease, in one statement.
+_NEXT_WAKE_AND_RETRY = select(
+    select(func.min(Enrollment.wake_at))
+    .where(Enrollment.status == EnrollmentStatus.WAITING)
+    .scalar_subquery(),
+    select(func.min(Action.lease_until))
+    .where(Action.status == ActionStatus.PENDING)
+    .scalar_subquery(),
+)
+
 
 def next_due(runtime: Runtime, now: datetime) -> datetime | None:
     """The earliest instant at which the scheduler will find work, or None if none waits."""
     with Session(runtime.db) as session:
-        wake = session.exec(
-            select(func.min(Enrollment.wake_at)).where(
-                Enrollment.status == EnrollmentStatus.WAITING
-            )
-        ).one()
-        retry = session.exec(
-            select(func.min(Action.lease_until)).where(Action.status == ActionStatus.PENDING)
-        ).one()
+        wake, retry = session.execute(_NEXT_WAKE_AND_RETRY).one()
         slots = _next_schedule_slots(runtime, session, now)
     candidates = [t for t in (wake, retry, *slots) if t is not None]
     if not candidates:
