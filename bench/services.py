@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 
 from connectors.fakes.sendgrid import FakeSendGrid, RecordedRequest
+from engine.settings import WORKER_POLL_MS
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "SG.bench-key"
@@ -143,6 +144,9 @@ def free_port() -> int:
 def bench_env(**values: str) -> dict[str, str]:
     """The environment of a child: ours, the repo on the path, and ``values``."""
     env = {**os.environ, **values}
+    # What `journeyline worker` gives its Dramatiq processes (engine/cli.py), for every
+    # worker a benchmark starts, ours and the baselines' alike.
+    env.setdefault("dramatiq_worker_timeout", str(WORKER_POLL_MS))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 

@@ -157,6 +157,9 @@ def worker(
     # The worker processes build their settings from the environment.
     os.environ["JOURNEYLINE_DATABASE_URL"] = settings.database_url
     os.environ["JOURNEYLINE_BROKER_URL"] = settings.broker_url
+    # Read by Dramatiq at import: how long an idle consumer may sleep between polls (an
+    # explicit dramatiq_worker_timeout in the environment wins).
+    os.environ.setdefault("dramatiq_worker_timeout", str(settings.worker_poll_ms))
     argv = [sys.executable, "-m", "dramatiq", "engine.worker"]
     argv += ["--processes", str(processes), "--threads", str(threads)]
     sys.stdout.flush()

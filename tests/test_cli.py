@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,23 @@ def test_events_lists_unmapped_ones_for_operators(env: dict) -> None:
     assert "page.viewed" not in listed.output
     everything = invoke("--database-url", url, "events")
     assert "page.viewed" in everything.output and "contact.created" in everything.output
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "100"), ("250", "250")])
+def test_the_worker_command_starts_dramatiq_polling_idle_queues_every_100_ms(
+    monkeypatch: pytest.MonkeyPatch, preset: str | None, expected: str
+) -> None:
+    """Dramatiq's default idle backoff (up to 1 s) would add up to a second per job at light
+    load; an explicit dramatiq_worker_timeout in the environment is kept."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("engine.cli.os.execv", lambda _exe, argv: started.append(argv))
+    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)  # the command sets them: restored after
+    if preset is None:
+        monkeypatch.delenv("dramatiq_worker_timeout", raising=False)
+    else:
+        monkeypatch.setenv("dramatiq_worker_timeout", preset)
+    result = invoke("--broker-url", "redis://127.0.0.1:6379/0", "worker", "--processes", "1")
+    assert result.exit_code == 0, result.output
+    assert started and started[0][1:4] == ["-m", "dramatiq", "engine.worker"]
+    assert os.environ["dramatiq_worker_timeout"] == expected  # noqa: SIM112 (Dramatiq's name)
