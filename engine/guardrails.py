@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, or_, select
 from sqlmodel import Session, col
 
-from engine.db import UTCDateTime, one_of
+from engine.db import one_of
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
@@ -96,26 +96,6 @@ _OTHER_EMAIL_COLUMNS: tuple[Any, ...] = (
     Action.payload,
     Action.reason,
 )
-_PENDING_BEFORE = and_(
-    col(Action.status) == ActionStatus.PENDING, col(Action.id) < bindparam("action_id")
-)
-_EMAILS_OF = (
-    col(Action.contact_id) == bindparam("contact_id"),
-    col(Action.kind) == "email",
-    col(Action.id) != bindparam("action_id"),
-)
-# Built once; one statement serves both the queue order and the frequency caps.
-_HELD_BEFORE = select(*_OTHER_EMAIL_COLUMNS).where(*_EMAILS_OF, _PENDING_BEFORE)
-_HELD_BEFORE_OR_SENT_SINCE = select(*_OTHER_EMAIL_COLUMNS).where(
-    *_EMAILS_OF,
-    or_(
-        _PENDING_BEFORE,
-        and_(
-            col(Action.status).in_([ActionStatus.SENT, ActionStatus.SENDING]),
-            col(Action.updated_at) >= bindparam("since", type_=UTCDateTime),
-        ),
-    ),
-)
 
 
 def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | None]]:
@@ -165,7 +145,8 @@ def email_history(
 
 
 def _others_among(history: list[Any], action: Any, *, sent_since: datetime | None) -> list[Any]:
-    """``_other_emails``, filtered from rows already read: the same conditions in Python."""
+    """The rows of ``history`` the rules look at for ``action``: the contact's other pending
+    emails older than it, and (with caps) those sent or sending since ``sent_since``."""
     return [
         row
         for row in history
@@ -184,12 +165,11 @@ def _others_among(history: list[Any], action: Any, *, sent_since: datetime | Non
 def _other_emails(
     session: Session, action: Action, contact: Contact, *, sent_since: datetime | None
 ) -> list[Any]:
-    """The contact's other email actions the rules below look at, in one query: pending
-    ones older than ``action``, and (with caps) those sent or sending since ``sent_since``."""
-    params: dict[str, Any] = {"contact_id": contact.id, "action_id": action.id}
-    if sent_since is None:
-        return list(session.execute(_HELD_BEFORE, params))
-    return list(session.execute(_HELD_BEFORE_OR_SENT_SINCE, {**params, "since": sent_since}))
+    """The contact's other email actions the rules below look at: pending ones older than
+    ``action``, and (with caps) those sent or sending since ``sent_since``."""
+    assert contact.id is not None
+    rows = email_history(session, [contact.id], sent_since=sent_since).get(contact.id, [])
+    return _others_among(rows, action, sent_since=sent_since)
 
 
 def _behind_a_held_email(others: list[Any], action: Action, *, now: datetime) -> datetime | None:
