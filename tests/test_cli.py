@@ -180,11 +180,12 @@ def test_the_worker_command_starts_dramatiq_polling_idle_queues_every_100_ms(
     load; an explicit dramatiq_worker_timeout in the environment is kept."""
     started: list[list[str]] = []
     monkeypatch.setattr("engine.cli.os.execv", lambda _exe, argv: started.append(argv))
-    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL"):
-        monkeypatch.delenv(name, raising=False)  # the command sets them: restored after
-    if preset is None:
-        monkeypatch.delenv("dramatiq_worker_timeout", raising=False)
-    else:
+    # The command sets these in the environment: noted by monkeypatch first (setenv), so
+    # each is put back as it was after the test (delenv of an unset name notes nothing).
+    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL", "dramatiq_worker_timeout"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    if preset is not None:
         monkeypatch.setenv("dramatiq_worker_timeout", preset)
     result = invoke("--broker-url", "redis://127.0.0.1:6379/0", "worker", "--processes", "1")
     assert result.exit_code == 0, result.output
