@@ -1,4 +1,4 @@
-"""HubSpot HTTP transport: one pooled ``httpx.Client``, paced, retried, errors mapped.
+"""HubSpot HTTP transport: pooled ``httpx.Client``s (one per thread), paced, retried, errors mapped.
 
 Every HubSpot request goes through :meth:`HubSpotTransport.request`, which waits for the
 :class:`~connectors.crm.rate_limit.HubSpotRateLimiter` (100 per rolling 10 s by default)
@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from connectors.crm.rate_limit import HubSpotRateLimiter
+from connectors.http_clients import ClientPerThread
 from engine.errors import DeliveryUnknownError, PermanentConnectorError, TransientConnectorError
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
@@ -73,9 +74,14 @@ class HubSpotTransport:
         self._jitter = jitter
         self._headers = {"Authorization": f"Bearer {token.strip()}", "Accept": "application/json"}
         self._timeout = httpx.Timeout(timeout_s)
-        self._owns_client = client is None
-        # One pooled client per connector: a client per request costs a TLS handshake each.
-        self.client = client or httpx.Client(timeout=self._timeout)
+        # Pooled clients (a client per request costs a TLS handshake each), one per worker
+        # thread (see connectors/http_clients.py).
+        self._clients = ClientPerThread(lambda: httpx.Client(timeout=self._timeout), shared=client)
+
+    @property
+    def client(self) -> httpx.Client:
+        """The calling thread's client (or the one passed in, shared)."""
+        return self._clients.get()
 
     def send(self, call: Call) -> httpx.Response:
         """Send ``call``, retrying what may be retried; a 2xx answer or an error."""
@@ -164,8 +170,7 @@ class HubSpotTransport:
             raise refused(call, response)
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
+        self._clients.close()
 
     def _backoff(self, attempt: int, *, jitter: bool = True) -> float:
         """Exponential, capped, with "equal jitter": half fixed, half random."""

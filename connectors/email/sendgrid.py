@@ -1,7 +1,7 @@
-"""SendGrid v3 Mail Send through one pooled ``httpx.Client``.
+"""SendGrid v3 Mail Send through pooled ``httpx.Client``s, one per worker thread.
 
 The payload is built by the official ``sendgrid`` package (``Mail(...).get()``); the request
-goes through a long-lived ``httpx.Client`` because the package's own client opens a new
+goes through long-lived ``httpx.Client``s because the package's own client opens a new
 connection per request (about 30 emails/s against ~1,300 with keep-alive).
 
 SendGrid has no idempotency key, so ``dedupes`` is False: the action id travels in
@@ -41,6 +41,7 @@ from sendgrid.helpers.mail import (
 )
 
 from connectors.email.base import EmailConnector, EmailMessage, SendResult
+from connectors.http_clients import ClientPerThread
 from engine.errors import (
     DeliveryUnknownError,
     PermanentConnectorError,
@@ -83,10 +84,17 @@ class SendGridEmailConnector(EmailConnector):
         self.sandbox = sandbox
         self.asm_group_id = asm_group_id
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-        self._owns_client = client is None
-        # One client per process: a new client per request is as slow as the sendgrid package.
-        self.client = client or httpx.Client(timeout=httpx.Timeout(timeout_s))
+        # Pooled clients kept alive across requests (a new client per request is as slow as
+        # the sendgrid package), one per worker thread (see connectors/http_clients.py).
+        self._clients = ClientPerThread(
+            lambda: httpx.Client(timeout=httpx.Timeout(timeout_s)), shared=client
+        )
         self._timeout = httpx.Timeout(timeout_s)
+
+    @property
+    def client(self) -> httpx.Client:
+        """The calling thread's client (or the one passed in, shared)."""
+        return self._clients.get()
 
     def payload(self, message: EmailMessage) -> dict[str, Any]:
         """The v3 JSON body for one message, as built by the ``sendgrid`` package."""
@@ -186,8 +194,7 @@ class SendGridEmailConnector(EmailConnector):
         raise _error_for(response)
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
+        self._clients.close()
 
 
 def _error_for(response: httpx.Response) -> Exception:

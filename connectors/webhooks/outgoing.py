@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from connectors.http_clients import ClientPerThread
 from connectors.webhooks.signatures import JOURNEYLINE_SIGNATURE_HEADER, sign_hmac
 from engine.errors import DeliveryUnknownError, PermanentConnectorError, TransientConnectorError
 
@@ -28,8 +29,13 @@ class WebhookSender:
         self, *, secret: str, client: httpx.Client | None = None, timeout_s: float = 10.0
     ) -> None:
         self.secret = secret
-        self._own_client = client is None
-        self.client = client or httpx.Client(timeout=timeout_s)
+        # One pooled client per worker thread (see connectors/http_clients.py).
+        self._clients = ClientPerThread(lambda: httpx.Client(timeout=timeout_s), shared=client)
+
+    @property
+    def client(self) -> httpx.Client:
+        """The calling thread's client (or the one passed in, shared)."""
+        return self._clients.get()
 
     def post(self, url: str, body: Mapping[str, Any], *, idempotency_key: str) -> str:
         raw = json.dumps(body, sort_keys=True, default=str).encode()
@@ -61,8 +67,7 @@ class WebhookSender:
         raise PermanentConnectorError(f"webhook {url} answered {response.status_code}: {detail}")
 
     def close(self) -> None:
-        if self._own_client:
-            self.client.close()
+        self._clients.close()
 
 
 def _retry_after(value: str | None) -> timedelta | None:
