@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from engine.db import transaction
+from engine.db import keep, transaction
 from engine.errors import (
     ConnectorError,
     DeliveryUnknownError,
@@ -213,7 +213,7 @@ def _claim(
     action.attempts += 1
     action.lease_until = now + lease
     action.updated_at = now
-    session.add(action)
+    keep(session, action)
     return _Claim(call, performer.name, dict(action.reason))
 
 
@@ -229,7 +229,7 @@ def hold_until(
     action.next_attempt_at = until
     action.lease_until = until  # the sweeper hands it out again when it is due
     action.updated_at = now
-    session.add(action)
+    keep(session, action)
     return Outcome(ActionStatus.PENDING, retry_at=until)
 
 
@@ -286,7 +286,7 @@ def record_failure_on(
     action.next_attempt_at = retry_at
     action.lease_until = retry_at  # no delayed message: the sweeper dispatches it when due
     action.updated_at = now
-    session.add(action)
+    keep(session, action)
     return Outcome(ActionStatus.PENDING, retry_at=retry_at)
 
 
@@ -298,4 +298,4 @@ def _finish(
     action.lease_until = None
     action.completed_at = now
     action.updated_at = now
-    session.add(action)
+    keep(session, action)

@@ -17,9 +17,10 @@ the same three phases and the same exactly-once rules, done set-based:
    single-send failure rule applied to each row (transient: retried with backoff by the
    sweeper; permanent: ``failed`` with the provider's reason; timeout: ``unknown``).
 
-Which sends batch: actions are *grouped* by (workflow, version, step, template, data) when
-they are dispatched together (a broadcast, a sweep); a request then carries the actions of
-a group whose *rendered* subject and bodies are identical. A template that uses contact
+Which sends batch: marketing email actions dispatched together (a job's new actions, a
+broadcast's page, a sweep) go in batches of up to ``batch_size``, the actions of one
+(workflow, version, step, template, data) next to each other; a request then carries actions
+whose *rendered* subject and bodies are identical. A template that uses contact
 fields (``{{ contact.first_name }}``) renders differently per contact, and those contacts
 get requests of their own (one per distinct rendering): the batch never sends one contact
 another contact's text. A SendGrid dynamic template step (``sendgrid_template``) batches
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from jinja2 import Environment, TemplateSyntaxError, meta
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -55,7 +56,13 @@ from engine.actions import (
 )
 from engine.db import one_of, transaction
 from engine.errors import ConnectorError
-from engine.guardrails import defer_until, email_history, history_since, window_holds
+from engine.guardrails import (
+    HistoryRow,
+    defer_until,
+    email_history,
+    history_since,
+    window_holds,
+)
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.performers import build_message
 from engine.registry import Registry
@@ -96,7 +103,7 @@ class BatchOutcome:
 
 
 def batch_key(kind: str, payload: Mapping[str, Any], reason: Mapping[str, Any]) -> tuple | None:
-    """Actions with the same key may share a request; None: this one always goes alone.
+    """Actions with the same key are likely to share a request; None: this one goes alone.
     Transactional email keeps its own queue and is never held for a batch."""
     if kind != "email" or not payload.get("marketing", True):
         return None
@@ -118,8 +125,9 @@ def group_for_batches(
     size: int,
     described: Mapping[int, tuple[str, Mapping[str, Any], Mapping[str, Any]]] | None = None,
 ) -> tuple[list[list[int]], list[int]]:
-    """Split due actions into batches (lists of at most ``size`` ids sharing a batch key)
-    and singles (everything else, sent one by one as before). ``described`` gives the
+    """Split due actions into batches (lists of at most ``size`` marketing emails, those
+    sharing a batch key next to each other) and singles (everything else, and a lone
+    marketing email, sent one by one). ``described`` gives the
     (kind, payload, reason) of actions already known (``Effects.described``); the others
     are read."""
     if size <= 1 or len(action_ids) < 2:
@@ -145,13 +153,13 @@ def group_for_batches(
             singles.append(action_id)
         else:
             groups.setdefault(key, []).append(action_id)
-    batches: list[list[int]] = []
-    for ids in groups.values():
-        if len(ids) == 1:
-            singles.extend(ids)
-        else:
-            batches.extend(_chunks_of(sorted(ids), size))
-    return batches, singles
+    # Every marketing email goes in a batch, whatever its step: a request still carries only
+    # identical renderings (``_requests``), and a job per step would cost a claim per step.
+    # Groups stay together, so a step's emails share as few batches as they can.
+    batchable = [action_id for ids in groups.values() for action_id in ids]
+    if len(batchable) == 1:
+        return [], sorted(singles + batchable)
+    return list(_chunks_of(batchable, size)), singles
 
 
 # --- performing a batch -----------------------------------------------------------------
@@ -239,6 +247,11 @@ def _record_sent(db: Engine, sent: list[tuple[int, str | None]], *, now: datetim
         )
 
 
+# What the claim reads of each action: the single path's columns, and the two times the
+# cap rules read when a contact has two emails in the batch.
+_BATCH_COLUMNS = (*CLAIM_COLUMNS, col(Action.completed_at), col(Action.updated_at))
+
+
 @dataclass
 class _ClaimResult:
     items: list[_Claimed] = field(default_factory=list)
@@ -272,7 +285,7 @@ def _claim_batch(
     through the single path's own helpers."""
     result = _ClaimResult()
     rows = session.execute(
-        select(*CLAIM_COLUMNS)
+        select(*_BATCH_COLUMNS)
         .where(one_of(session, col(Action.id), action_ids))
         .order_by(col(Action.id))
         .with_for_update()
@@ -294,14 +307,7 @@ def _claim_batch(
     # Quiet hours and send windows are checked for everyone in Python; the rules that read
     # the contact's other emails (caps, held ones) only where such emails exist.
     windows = _window_rules_apply(registry, rows)
-    needs_history = _contacts_with_other_emails(session, registry, rows, contact_ids)
-    history = (
-        email_history(
-            session, sorted(needs_history), sent_since=history_since(registry, rows, now=now)
-        )
-        if needs_history
-        else {}
-    )
+    history = _history(session, registry, rows, contact_ids, now=now)
     finished: set[int] = set()  # skipped or failed below: no longer pending for the others
     renders = _Renders(registry, sender=sender, now=now)
     claimed: list[int] = []
@@ -354,14 +360,15 @@ def _claim_batch(
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
         deferral: tuple[datetime, str] | None = None
-        if contact.id in needs_history:
-            rows_of = [r for r in history.get(contact.id, []) if r.id not in finished]
+        if contact.id in history:
+            rows_of = [r for r in history[contact.id] if r.id not in finished]
             deferral = defer_until(session, registry, row, contact, now=now, history=rows_of)
         elif windows:
             holds = window_holds(registry, row, contact.timezone, now=now)
             deferral = max(holds, key=lambda hold: hold[0]) if holds else None
         if deferral is not None:
             holds_due[row.id] = deferral
+            _now_is(history, row, held=True, next_attempt_at=deferral[0])
             continue
         try:
             message = renders.message(row, contact)
@@ -377,6 +384,7 @@ def _claim_batch(
             result.statuses[ActionStatus.FAILED] += 1
             continue
         claimed.append(row.id)
+        _now_is(history, row, status=ActionStatus.SENDING, updated_at=now, completed_at=None)
         result.items.append(_Claimed(row.id, message))
     if holds_due:  # loaded in one query, written in one executemany at the flush below
         held = session.exec(select(Action).where(col(Action.id).in_(list(holds_due)))).all()
@@ -466,33 +474,43 @@ def _window_rules_apply(registry: Registry, actions: Sequence[Action]) -> bool:
     )
 
 
-def _contacts_with_other_emails(
-    session: Session, registry: Registry, actions: Sequence[Action], contact_ids: Sequence[int]
-) -> set[int]:
-    """Contacts whose other email actions could hold this one, found in one query: behind a
-    pending (held) one, or by a frequency cap counting sent ones. Only they need
-    ``defer_until``'s per-contact queries; for everyone else the window rules suffice."""
-    workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
-    capped = registry.guardrails.cap is not None or any(
-        w is not None and w.cap is not None for w in workflows
+def _history(
+    session: Session,
+    registry: Registry,
+    rows: Sequence[Any],
+    contact_ids: Sequence[int],
+    *,
+    now: datetime,
+) -> dict[int, list[Any]]:
+    """The other emails of the batch's contacts that could hold one of its actions, in one
+    query: pending (held) ones, and with caps those sent since the longest cap's window.
+    The batch's own actions are left out of the query (a campaign's batch would read back a
+    thousand rows to find nothing) and added back for a contact with more than one of them.
+    Only contacts with something here need ``defer_until``; the window rules do for the rest."""
+    history = email_history(
+        session,
+        contact_ids,
+        sent_since=history_since(registry, rows, now=now),
+        excluding=[row.id for row in rows],
     )
-    statuses = [ActionStatus.PENDING]
-    if capped:
-        statuses += [ActionStatus.SENT, ActionStatus.SENDING]
-    rows = session.exec(
-        select(Action.contact_id, func.count())
-        .where(
-            one_of(session, col(Action.contact_id), contact_ids),
-            Action.kind == "email",
-            col(Action.status).in_(statuses),
-        )
-        .group_by(col(Action.contact_id))
-    ).all()
-    in_batch = Counter(a.contact_id for a in actions if a.status == ActionStatus.PENDING)
-    # A count above the contact's own pending actions in this batch means another email.
-    return {contact_id for contact_id, count in rows if count > in_batch.get(contact_id, 0)} | {
-        contact_id for contact_id, count in in_batch.items() if count > 1
-    }
+    per_contact = Counter(row.contact_id for row in rows)
+    for row in rows:
+        if per_contact[row.contact_id] > 1 and row.kind == "email":
+            history.setdefault(row.contact_id, []).append(HistoryRow.of(row))
+    return history
+
+
+def _now_is(history: dict[int, list[Any]], row: Any, **changes: Any) -> None:
+    """What the claim just decided for ``row``, where its contact's later actions in this
+    batch read it: a claimed email counts against their caps, a held one keeps them behind
+    it (they are in the history only when the contact has more than one in the batch)."""
+    mine = history.get(row.contact_id)
+    if mine is None:
+        return
+    for n, other in enumerate(mine):
+        if other.id == row.id:
+            mine[n] = other._replace(**changes)
+            return
 
 
 def _requests(items: Sequence[_Claimed], size: int) -> Iterator[list[_Claimed]]:

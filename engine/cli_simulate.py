@@ -37,7 +37,7 @@ def simulate_command(
         int,
         typer.Option(
             min=1,
-            help="Worker processes (shards of 2,000 contacts run in parallel); the result "
+            help="Worker processes (shards of 5,000 contacts run in parallel); the result "
             "does not depend on it.",
         ),
     ] = 1,

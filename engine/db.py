@@ -98,6 +98,14 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def keep(session: Session, obj: object) -> None:
+    """Make sure the session writes ``obj``: ``add`` it unless the session already tracks it.
+    A changed object the session loaded is written at the next flush anyway, and ``add`` on
+    it still walks its cascades (about 4% of the pipeline's time when called per event)."""
+    if obj not in session:
+        session.add(obj)
+
+
 def skip_commit_flush(session: Session) -> None:
     """Let this PostgreSQL transaction's COMMIT return before its WAL reaches disk.
 

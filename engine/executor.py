@@ -23,6 +23,7 @@ from sqlmodel import Session, col, func, select
 
 from engine import known_enrollments
 from engine.conditions import EvalContext
+from engine.db import keep
 from engine.localtime import next_time_of_day, parse_hhmm, parse_instant, zone
 from engine.models import (
     Action,
@@ -32,6 +33,7 @@ from engine.models import (
     EnrollmentStatus,
     WorkflowVersion,
 )
+from engine.new_rows import new_row
 from engine.registry import Registry
 from engine.spec import from_spec
 from engine.steps import (
@@ -209,7 +211,8 @@ def start_enrollment(
     if not meets_entry_rules(session, workflow, contact, now):
         return Effects()
     remember_version(session, registry, workflow, now)
-    enrollment = Enrollment(
+    enrollment = new_row(
+        Enrollment,
         contact_id=contact.id,  # type: ignore[arg-type]
         workflow=workflow.name,
         version=workflow.version,
@@ -357,7 +360,7 @@ def end_enrollment(
     enrollment.updated_at = now
     context = {k: v for k, v in enrollment.context.items() if k != "waiting_for"}
     enrollment.context = {**context, "end_reason": reason}
-    session.add(enrollment)
+    keep(session, enrollment)
 
 
 # --- internals --------------------------------------------------------------------------
@@ -453,7 +456,7 @@ def _run(
         session.add(action)  # written with the job's next flush (see Effects)
         effects.add_action(action, marketing=bool(action.payload.get("marketing", False)))
     contact.updated_at = now
-    session.add(contact)
+    keep(session, contact)
     return node.next
 
 
@@ -536,7 +539,8 @@ def _action(
         kind, payload = "webhook", {"url": step.url, "payload": dict(step.payload)}
     else:
         raise AssertionError(f"not an action step: {step!r}")
-    action = Action(
+    action = new_row(
+        Action,
         contact_id=contact.id,  # type: ignore[arg-type]
         enrollment_id=enrollment.id,
         kind=kind,

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Index, UniqueConstraint
 from sqlalchemy.orm import relationship
+from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import Field, SQLModel
 
 from engine.db import UTCDateTime
@@ -47,6 +48,29 @@ class ActionStatus(StrEnum):
     UNKNOWN = "unknown"  # a worker died mid-send and the connector cannot dedupe: check first
 
 
+class ColumnsSetFast:
+    """Table models set a column attribute through SQLAlchemy alone.
+
+    SQLModel's ``__setattr__`` writes every assignment twice: SQLAlchemy's instrumented
+    attribute (history, the unit of work) and then pydantic's, which stores the same value
+    in the same ``__dict__`` and notes the field as set. Table models never validate on
+    assignment, so this does the first and only notes the second: about 2 µs instead of 9
+    for each of the hundreds of thousands of assignments a busy pipeline makes. Anything
+    that is not a column (a relationship, pydantic's own attributes) goes the usual way.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _COLUMNS.get(type(self), ()):
+            set_attribute(self, name, value)
+            self.__pydantic_fields_set__.add(name)  # type: ignore[attr-defined]
+        else:
+            super().__setattr__(name, value)
+
+
+_COLUMNS: dict[type, frozenset[str]] = {}
+"""Each table model's column attributes, filled in below once the classes exist."""
+
+
 # --- contacts ---------------------------------------------------------------------------
 
 
@@ -57,7 +81,7 @@ class ContactBase(SQLModel):
     external_ids: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
 
 
-class Contact(ContactBase, table=True):
+class Contact(ColumnsSetFast, ContactBase, table=True):
     __tablename__ = "contacts"
     # Schedule triggers fan out per time zone: list the zones in use and walk one zone's
     # contacts in id order without scanning the others.
@@ -91,7 +115,7 @@ class ContactRead(ContactBase):
 # --- events -----------------------------------------------------------------------------
 
 
-class Event(SQLModel, table=True):
+class Event(ColumnsSetFast, SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_contact_status", "contact_id", "status", "id"),
@@ -117,7 +141,7 @@ class Event(SQLModel, table=True):
 # --- stage transitions ------------------------------------------------------------------
 
 
-class StageTransition(SQLModel, table=True):
+class StageTransition(ColumnsSetFast, SQLModel, table=True):
     __tablename__ = "stage_transitions"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -132,7 +156,7 @@ class StageTransition(SQLModel, table=True):
 # --- workflow enrollments ---------------------------------------------------------------
 
 
-class Enrollment(SQLModel, table=True):
+class Enrollment(ColumnsSetFast, SQLModel, table=True):
     __tablename__ = "enrollments"
     __table_args__ = (
         UniqueConstraint("contact_id", "workflow", "entry", name="uq_enrollments_entry"),
@@ -158,7 +182,7 @@ class Enrollment(SQLModel, table=True):
 # --- actions ----------------------------------------------------------------------------
 
 
-class Action(SQLModel, table=True):
+class Action(ColumnsSetFast, SQLModel, table=True):
     __tablename__ = "actions"
     __table_args__ = (Index("ix_actions_due", "status", "lease_until"),)
 
@@ -193,7 +217,7 @@ Action.__mapper__.add_property("enrollment", relationship(Enrollment, lazy="rais
 # --- workflow versions ------------------------------------------------------------------
 
 
-class WorkflowVersion(SQLModel, table=True):
+class WorkflowVersion(ColumnsSetFast, SQLModel, table=True):
     """Every version of every workflow that ever ran, as its spec: in-flight enrollments
     finish on the version they started with, rebuilt from here after the code moved on."""
 
@@ -216,7 +240,7 @@ class ScheduleSlotStatus(StrEnum):
     SKIPPED = "skipped"  # not fired: found too late, or a later slot superseded it
 
 
-class ScheduleSlot(SQLModel, table=True):
+class ScheduleSlot(ColumnsSetFast, SQLModel, table=True):
     """One firing of a schedule trigger for the contacts of one time zone.
 
     The unique key makes a slot happen once however many schedulers plan it; the cursor
@@ -245,7 +269,7 @@ class ScheduleSlot(SQLModel, table=True):
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-class PeriodicTick(SQLModel, table=True):
+class PeriodicTick(ColumnsSetFast, SQLModel, table=True):
     """When a self-re-enqueuing periodic job (``scheduler_tick``) should next run, and which
     chain of it owns that run (engine/periodic.py): other copies stop."""
 
@@ -260,7 +284,7 @@ class PeriodicTick(SQLModel, table=True):
 # --- suppressions -----------------------------------------------------------------------
 
 
-class Suppression(SQLModel, table=True):
+class Suppression(ColumnsSetFast, SQLModel, table=True):
     """An address that must never receive marketing email (bounce, complaint, request)."""
 
     __tablename__ = "suppressions"
@@ -273,3 +297,17 @@ class Suppression(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+for _model in (
+    Contact,
+    Event,
+    StageTransition,
+    Enrollment,
+    Action,
+    WorkflowVersion,
+    ScheduleSlot,
+    PeriodicTick,
+    Suppression,
+):
+    _COLUMNS[_model] = frozenset(_model.__table__.columns.keys())  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.conditions import EvalContext, matches
-from engine.db import skip_commit_flush
+from engine.db import keep, skip_commit_flush
 from engine.executor import (
     Effects,
     end_enrollment,
@@ -35,6 +35,7 @@ from engine.models import (
     EventStatus,
     StageTransition,
 )
+from engine.new_rows import new_row
 from engine.recording import (
     CONTACT_CREATED,
     INTERNAL_SOURCE,
@@ -201,8 +202,8 @@ def apply_event(
         )
         event.status = EventStatus.UNMAPPED
     event.processed_at = now
-    session.add(event)
-    session.add(contact)
+    keep(session, event)
+    keep(session, contact)
     return effects
 
 
@@ -377,7 +378,8 @@ def enter_first_stage(
     session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
 ) -> Effects:
     session.add(
-        StageTransition(
+        new_row(
+            StageTransition,
             contact_id=contact.id,
             from_stage="",
             to_stage=contact.stage,  # type: ignore[arg-type]
@@ -388,7 +390,7 @@ def enter_first_stage(
     )
     event.status = EventStatus.PROCESSED
     event.processed_at = now
-    session.add(event)
+    keep(session, event)
     effects = Effects()
     for workflow in registry.triggered_by_stage(contact.stage):
         effects.extend(
@@ -423,7 +425,8 @@ def change_stage(
     contact.stage = dest
     contact.stage_entered_at = now
     session.add(
-        StageTransition(
+        new_row(
+            StageTransition,
             contact_id=contact.id,
             from_stage=source,
             to_stage=dest,  # type: ignore[arg-type]

@@ -160,7 +160,11 @@ def load_workflows(source: str | Path) -> Registry:
     return registry_from_module(module, templates_dir=path / "templates")
 
 
-SHARD_CONTACTS = 2_000
+SHARD_CONTACTS = 5_000
+"""Contacts per shard. Each shard pays the same per-instant costs (a scheduler pass, the
+next due instant) whatever its size, so larger shards are cheaper per contact (10,000 x 10
+days: 0.88x the CPU of shards of 2,000); 5,000 keeps two shards for 10,000 contacts, one per
+core of a 2-core machine."""
 JOB_SIZE = 200
 """Contacts per ``process_contacts`` job and wake-ups per ``wake_enrollments`` job."""
 

@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from connectors import SendGridEmailConnector
 from connectors.fakes import FakeSendGrid
 from engine import (
+    EventRule,
     Guardrails,
     Settings,
     VirtualClock,
@@ -52,7 +53,11 @@ def world(tmp_path: Path, fake: FakeSendGrid) -> Iterator[tuple[Runtime, Virtual
 
 
 def _world(
-    tmp_path: Path, fake: FakeSendGrid, workflows: list[Workflow], guardrails: Guardrails
+    tmp_path: Path,
+    fake: FakeSendGrid,
+    workflows: list[Workflow],
+    guardrails: Guardrails,
+    rules: tuple[EventRule, ...] = (),
 ) -> Iterator[tuple[Runtime, VirtualClock]]:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -60,6 +65,7 @@ def _world(
         (templates / f"{name}.j2").write_text(body)
     registry = build_registry(
         journey=lifecycle_journey(),
+        rules=rules,
         workflows=workflows,
         templates_dir=templates,
         guardrails=guardrails,
@@ -187,5 +193,82 @@ def test_a_frequency_cap_holds_only_contacts_emailed_recently_with_one_history_q
         clock.set(clock.now() + timedelta(days=1, minutes=1))
         runtime.run_until_idle()
         assert [len(r.body["personalizations"]) for r in fake.requests] == [10, 5, 10]
+    finally:
+        next(worlds, None)
+
+
+def test_emails_of_different_steps_from_one_job_share_a_batch_not_one_job_each(
+    tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workflows answer one stage change: their two emails go in one batch job (one
+    claim), and each still gets a request with its own content."""
+    reminder = Workflow(
+        "sale_reminder",
+        trigger=on_stage_entered("decision"),
+        steps=[send_email("sale_reminder", id="reminder")],
+    )
+    sale = Workflow(
+        "spring_sale",
+        trigger=on_stage_entered("decision"),
+        steps=[send_email("spring_sale", id="sale")],
+    )
+    trial = EventRule("trial.started", triggers=("evaluate",))
+    worlds = _world(tmp_path, fake, [sale, reminder], Guardrails(), rules=(trial,))
+    runtime, _clock = next(worlds)
+    try:
+        singles: list[int] = []
+        batches: list[list[int]] = []
+        monkeypatch.setattr(runtime, "perform", singles.append)
+        perform_batch = runtime.perform_batch
+        monkeypatch.setattr(
+            runtime, "perform_batch", lambda ids: (batches.append(ids), perform_batch(ids))[1]
+        )
+        runtime.track("ana@example.com", "trial.started")
+        runtime.drain()
+        assert singles == []
+        assert [len(batch) for batch in batches] == [2]
+        subjects = sorted(r.body["subject"] for r in fake.requests)
+        assert subjects == ["Last day of the sale", "Spring sale: 20% off"]
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [1, 1]
+        with Session(runtime.db) as session:
+            statuses = session.exec(select(Action.status).where(Action.kind == "email")).all()
+        assert statuses == [ActionStatus.SENT, ActionStatus.SENT]
+    finally:
+        next(worlds, None)
+
+
+def test_two_emails_to_one_contact_in_one_batch_still_respect_the_cap(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    """A cap of one a day holds the second of two emails a stage change causes, though both
+    are claimed in the same batch: the first one claimed counts for the second."""
+    reminder = Workflow(
+        "sale_reminder",
+        trigger=on_stage_entered("decision"),
+        steps=[send_email("sale_reminder", id="reminder")],
+    )
+    sale = Workflow(
+        "spring_sale",
+        trigger=on_stage_entered("decision"),
+        steps=[send_email("spring_sale", id="sale")],
+    )
+    trial = EventRule("trial.started", triggers=("evaluate",))
+    guardrails = Guardrails(cap=at_most(1, per_days=1))
+    worlds = _world(tmp_path, fake, [sale, reminder], guardrails, rules=(trial,))
+    runtime, clock = next(worlds)
+    try:
+        runtime.track("ana@example.com", "trial.started")
+        runtime.drain()
+        assert len(fake.requests) == 1
+        with Session(runtime.db) as session:
+            emails = session.exec(
+                select(Action).where(Action.kind == "email").order_by(col(Action.id))
+            ).all()
+        assert [a.status for a in emails] == [ActionStatus.SENT, ActionStatus.PENDING]
+        assert emails[1].reason["held"][-1]["rule"] == "frequency cap: 1 per 1 day, 0:00:00"
+
+        clock.set(clock.now() + timedelta(days=1, minutes=1))
+        runtime.run_until_idle()
+        assert len(fake.requests) == 2  # the held one, a day later
     finally:
         next(worlds, None)

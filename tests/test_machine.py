@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from engine import InvalidTransition, StageMachine, WorkflowDefinitionError, lifecycle_journey
-from engine.stages import Journey, Stage, Transition
+from engine.stages import Guard, Journey, Stage, Transition
 
 JOURNEY = lifecycle_journey(mql_threshold=20)
 MACHINE = StageMachine(JOURNEY)
@@ -62,9 +62,36 @@ def test_churn_is_reachable_from_every_customer_stage_and_reactivation_comes_bac
 
 
 def test_the_shared_machine_keeps_no_contact_attached() -> None:
-    for _ in range(100):
-        MACHINE.fire(email="a@example.com", stage="decision", trigger="purchase")
-    assert MACHINE._machine.models == []
+    for n in range(100):
+        MACHINE.fire(
+            email=f"c{n}@example.com",
+            stage="decision",
+            trigger="purchase",
+            score=n,
+            attributes={"plan": "pro"},
+        )
+    (subject,) = MACHINE._machine.models  # its one subject, emptied after each trigger
+    assert (subject.email, subject.score, subject.attributes) == ("", 0, {})
+
+
+def test_a_guard_that_raises_leaves_the_machine_ready_for_the_next_contact() -> None:
+    def explodes(subject: object) -> bool:
+        raise RuntimeError("guard bug")
+
+    journey = Journey(
+        stages=(Stage("a", "buyer"), Stage("b", "buyer")),
+        transitions=(
+            Transition("go", ("a",), "b", (Guard("explodes", explodes),)),
+            Transition("jump", ("a",), "b"),
+        ),
+        initial="a",
+    )
+    machine = StageMachine(journey)
+    with pytest.raises(RuntimeError, match="guard bug"):
+        machine.fire(email="x@example.com", stage="a", trigger="go", score=5)
+    (subject,) = machine._machine.models
+    assert (subject.email, subject.score) == ("", 0)
+    assert machine.fire(email="y@example.com", stage="a", trigger="jump").dest == "b"
 
 
 def test_a_journey_that_goes_backward_without_saying_so_is_rejected_with_every_problem() -> None:
