@@ -53,6 +53,7 @@ from engine import migrations
 from engine.db import make_engine
 from engine.models import Contact, Event
 from engine.runtime import CONTACTS_PER_JOB, QUEUE, TRANSACTIONAL_QUEUE
+from engine.testing import midday_zone
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 TARGET_RATIO = 1.10
@@ -63,6 +64,7 @@ PREFIX = "mem"
 def seed(db_url: str, count: int) -> list[int]:
     """``count`` contacts in awareness with a pending trial.started each; their ids."""
     now = datetime.now(UTC)
+    zone = midday_zone(now)  # quiet hours must not hold the emails of a night-time run
     db = make_engine(db_url)
     contacts: Any = Contact.__table__
     events: Any = Event.__table__
@@ -71,7 +73,10 @@ def seed(db_url: str, count: int) -> list[int]:
         for lo in range(0, count, SEED_BATCH):
             rows = [
                 contact_row(
-                    loadgen.email(PREFIX, i), now=now, attributes={"first_name": f"Contact {i}"}
+                    loadgen.email(PREFIX, i),
+                    now=now,
+                    attributes={"first_name": f"Contact {i}"},
+                    timezone=zone,
                 )
                 for i in range(lo, min(lo + SEED_BATCH, count))
             ]

@@ -352,12 +352,21 @@ if __name__ == "__main__":
 
 
 def contact_row(
-    email: str, *, now: Any, stage: str = "awareness", attributes: dict[str, Any] | None = None
+    email: str,
+    *,
+    now: Any,
+    stage: str = "awareness",
+    attributes: dict[str, Any] | None = None,
+    timezone: str = "UTC",
 ) -> dict[str, Any]:
-    """A ``contacts`` row for seeding by Core ``insert`` (a subscribed contact, score 0)."""
+    """A ``contacts`` row for seeding by Core ``insert`` (a subscribed contact, score 0).
+
+    A benchmark that sends the shipped workflows' marketing email on the wall clock passes
+    ``timezone=midday_zone(now)``: their quiet hours would hold it in a night-time run.
+    """
     return {
         "email": email,
-        "timezone": "UTC",
+        "timezone": timezone,
         "attributes": attributes or {},
         "external_ids": {},
         "stage": stage,

@@ -31,6 +31,7 @@ from engine.api_keys import create_key, revoke
 from engine.db import make_engine, transaction
 from engine.models import Action, Event, StageTransition
 from engine.runtime import Runtime
+from engine.testing import midday_zone
 from tests.support import contact, events, make_runtime
 
 
@@ -535,7 +536,7 @@ def test_journeyline_serve_records_processes_and_sends_then_stops_cleanly(
             # When a trial starts
             response = http.post(
                 "/v1/events",
-                json=event("ana@example.com", "trial.started"),
+                json=event("ana@example.com", "trial.started", timezone=midday_zone()),
                 headers={"Authorization": f"Bearer {plaintext}"},
             )
             assert response.status_code == 202, response.text

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from engine.cli import app, parse_value
+from engine.testing import midday_zone
 
 
 @pytest.fixture
@@ -33,11 +34,13 @@ def invoke(*args: str) -> Result:
 
 def test_track_then_contact_shows_stage_and_timeline(env: dict) -> None:
     url = env["url"]
-    # Given a new contact tracked from the command line
+    # Given a new contact tracked from the command line, where it is noon (the wall clock
+    # runs here: quiet hours would hold her emails at night)
+    zone = midday_zone()
     result = invoke(
         "--database-url", url, "track", "Ana@Example.com", "page.viewed",
         "--prop", "url=/pricing", "--prop", "pages=3", "--attr", "first_name=Ana",
-        "--timezone", "Europe/Madrid",
+        "--timezone", zone,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "recorded" in result.output
@@ -67,7 +70,7 @@ def test_track_then_contact_shows_stage_and_timeline(env: dict) -> None:
     assert as_json.exit_code == 0, as_json.output
     timeline = json.loads(as_json.stdout)
     assert timeline["contact"]["attributes"] == {"first_name": "Ana"}
-    assert timeline["contact"]["timezone"] == "Europe/Madrid"
+    assert timeline["contact"]["timezone"] == zone
     page_view = next(e for e in timeline["entries"] if e["details"].get("type") == "page.viewed")
     assert page_view["details"]["properties"] == {"url": "/pricing", "pages": 3}
     times = [e["at"] for e in timeline["entries"]]
@@ -94,14 +97,17 @@ def test_unknown_contact_exits_1(env: dict) -> None:
 
 def test_actions_failed_lists_dead_letters_only(env: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     url = env["url"]
-    ok = invoke("--database-url", url, "track", "ok@example.com", "page.viewed")
+    zone = midday_zone()  # the wall clock runs: no quiet hours
+    ok = invoke("--database-url", url, "track", "ok@example.com", "page.viewed", "--timezone", zone)
     assert ok.exit_code == 0, ok.output
     # Given an outbox that cannot be written (a file where its folder should be) and one try
     blocked = env["tmp"] / "blocked"
     blocked.write_text("not a folder")
     monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(blocked))
     monkeypatch.setenv("JOURNEYLINE_MAX_ATTEMPTS", "1")
-    tracked = invoke("--database-url", url, "track", "stuck@example.com", "page.viewed")
+    tracked = invoke(
+        "--database-url", url, "track", "stuck@example.com", "page.viewed", "--timezone", zone
+    )
     assert tracked.exit_code == 0, tracked.output
 
     # When an operator looks at the dead letters

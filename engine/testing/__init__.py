@@ -10,7 +10,9 @@
             sim.expect_email("ana@example.com", "reminder", at_local="09:00")
 
 With the package installed, pytest also offers the ``journeyline_sim`` and
-``journeyline_golden`` fixtures (see ``engine.testing.plugin``).
+``journeyline_golden`` fixtures (see ``engine.testing.plugin``). A test on the wall clock
+(real services, no virtual time) gives its contacts ``midday_zone()`` so that quiet hours
+never hold its emails, whatever the hour it runs.
 """
 
 from engine.testing.simulation import (
@@ -19,5 +21,6 @@ from engine.testing.simulation import (
     Simulation,
     check_golden,
 )
+from engine.testing.zones import midday_zone
 
-__all__ = ["JourneyAssertionError", "SentEmail", "Simulation", "check_golden"]
+__all__ = ["JourneyAssertionError", "SentEmail", "Simulation", "check_golden", "midday_zone"]
