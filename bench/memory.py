@@ -52,7 +52,8 @@ from bench.services import (
 from engine import migrations
 from engine.db import make_engine
 from engine.models import Contact, Event
-from engine.runtime import CONTACTS_PER_JOB, QUEUE, TRANSACTIONAL_QUEUE
+from engine.runtime import QUEUE, TRANSACTIONAL_QUEUE
+from engine.settings import CONTACTS_PER_JOB
 from engine.testing import midday_zone
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"

@@ -77,8 +77,6 @@ log = logging.getLogger(__name__)
 
 QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
-CONTACTS_PER_JOB = 10
-"""Contacts per ``process_contacts`` job when a batch of events is enqueued."""
 WAKES_PER_JOB = 20
 """Due enrollments per ``wake_enrollments`` job when a scheduler pass finds several."""
 # The periodic scheduler job lives apart: drain() never waits for a chain that never ends.
@@ -140,7 +138,7 @@ class Runtime:
         self.broker = broker or build_broker(self.settings.broker_url)
         # Job sizes: small for latency in a service; the simulator, which only wants
         # throughput, makes them larger.
-        self.contacts_per_job = CONTACTS_PER_JOB
+        self.contacts_per_job = self.settings.contacts_per_job
         self.wakes_per_job = WAKES_PER_JOB
         self._webhooks: WebhookSender | None = None
         self._crm: CRMConnector | None = None

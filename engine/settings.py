@@ -16,6 +16,11 @@ timeout (1 s) while a queue is empty; at moderate load that wait dominated the l
 event to its email (bench.end_to_end, 50% load: p50 618 -> 152 ms with 100)."""
 
 
+CONTACTS_PER_JOB = 10
+"""``Settings.contacts_per_job``'s default: contacts per ``process_contacts`` job when a batch
+of events is enqueued."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOURNEYLINE_", env_file=".env", extra="ignore")
 
@@ -143,6 +148,14 @@ class Settings(BaseSettings):
         description="Longest pause between a `journeyline worker` consumer's polls of an empty "
         "queue (Dramatiq's worker timeout, 1,000 ms by default): a lightly loaded worker picks "
         "up a job within this.",
+    )
+    contacts_per_job: int = Field(
+        default=CONTACTS_PER_JOB,
+        ge=1,
+        le=1000,
+        description="Contacts per `process_contacts` job when the API or a CRM webhook enqueues "
+        "a batch of events: more per job is fewer, larger transactions (throughput), fewer is "
+        "more jobs in parallel (latency of the batch's last contact).",
     )
     max_attempts: int = Field(default=5, ge=1, description="Tries per action before 'failed'.")
     retry_backoff_seconds: float = Field(

@@ -11,7 +11,8 @@ from sqlmodel import Session, select
 from engine import pipeline, pipeline_jobs
 from engine.api.events import EventIn, record_all
 from engine.models import Action, Contact, Enrollment, Event, EventStatus
-from engine.runtime import CONTACTS_PER_JOB, Runtime
+from engine.runtime import Runtime
+from engine.settings import CONTACTS_PER_JOB
 from tests.support import make_runtime, statements
 
 
@@ -32,6 +33,16 @@ def test_contacts_are_enqueued_in_chunks_and_a_lone_one_as_before(runtime: Runti
     assert [name for name, _ in jobs] == ["process_contacts", "process_contacts", "process_contact"]
     assert jobs[0][1] == (list(range(1, CONTACTS_PER_JOB + 1)),)
     assert jobs[2][1] == (2 * CONTACTS_PER_JOB + 1,)
+
+
+def test_contacts_per_job_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNEYLINE_CONTACTS_PER_JOB", "50")
+    rt, _, _ = make_runtime(f"sqlite:///{tmp_path}/jl.db", broker_url="inline://")
+    try:
+        rt.enqueue_contacts(range(1, 121))
+        assert [len(args[0]) for _, args in queued(rt)] == [50, 50, 20]
+    finally:
+        rt.close()
 
 
 def test_a_batch_of_events_for_many_contacts_is_processed_through_few_jobs(
