@@ -15,10 +15,14 @@ from engine.runtime import Runtime
 from engine.settings import CONTACTS_PER_JOB
 from tests.support import make_runtime, statements
 
+PER_JOB = 10  # small, so that a few dozen contacts make several jobs
+
 
 @pytest.fixture
 def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
-    rt, _, _ = make_runtime(f"sqlite:///{tmp_path}/jl.db", broker_url="inline://")
+    rt, _, _ = make_runtime(
+        f"sqlite:///{tmp_path}/jl.db", broker_url="inline://", contacts_per_job=PER_JOB
+    )
     yield rt
     rt.close()
 
@@ -28,11 +32,11 @@ def queued(rt: Runtime) -> list[tuple[str, tuple]]:
 
 
 def test_contacts_are_enqueued_in_chunks_and_a_lone_one_as_before(runtime: Runtime) -> None:
-    runtime.enqueue_contacts([*range(1, 2 * CONTACTS_PER_JOB + 2), 3, 5])  # repeats once each
+    runtime.enqueue_contacts([*range(1, 2 * PER_JOB + 2), 3, 5])  # repeats once each
     jobs = queued(runtime)
     assert [name for name, _ in jobs] == ["process_contacts", "process_contacts", "process_contact"]
-    assert jobs[0][1] == (list(range(1, CONTACTS_PER_JOB + 1)),)
-    assert jobs[2][1] == (2 * CONTACTS_PER_JOB + 1,)
+    assert jobs[0][1] == (list(range(1, PER_JOB + 1)),)
+    assert jobs[2][1] == (2 * PER_JOB + 1,)
 
 
 def test_contacts_per_job_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,6 +45,15 @@ def test_contacts_per_job_is_a_setting(tmp_path: Path, monkeypatch: pytest.Monke
     try:
         rt.enqueue_contacts(range(1, 121))
         assert [len(args[0]) for _, args in queued(rt)] == [50, 50, 20]
+    finally:
+        rt.close()
+
+
+def test_by_default_a_full_api_batch_is_one_job(tmp_path: Path) -> None:
+    rt, _, _ = make_runtime(f"sqlite:///{tmp_path}/jl.db", broker_url="inline://")
+    try:
+        rt.enqueue_contacts(range(1, CONTACTS_PER_JOB + 1))
+        assert [name for name, _ in queued(rt)] == ["process_contacts"]
     finally:
         rt.close()
 
