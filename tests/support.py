@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 from sqlalchemy import Engine, create_engine, event, pool, text
 from sqlmodel import Session, SQLModel, select
@@ -36,6 +37,13 @@ def make_runtime(
         db=db,
     )
     return runtime, clock, email
+
+
+def new_contact(email: str, at: datetime) -> Contact:
+    """A transient contact in awareness since ``at``, for tests that write rows directly."""
+    return Contact(
+        email=email, stage="awareness", stage_entered_at=at, created_at=at, updated_at=at
+    )
 
 
 def contact(runtime: Runtime, email: str) -> Contact:

@@ -197,23 +197,31 @@ def test_a_frequency_cap_holds_only_contacts_emailed_recently_with_one_history_q
         next(worlds, None)
 
 
+TRIAL = EventRule("trial.started", triggers=("evaluate",))
+
+
+def _two_emails_on_decision() -> list[Workflow]:
+    """Two workflows that each send one email when a contact enters decision."""
+    return [
+        Workflow(
+            "spring_sale",
+            trigger=on_stage_entered("decision"),
+            steps=[send_email("spring_sale", id="sale")],
+        ),
+        Workflow(
+            "sale_reminder",
+            trigger=on_stage_entered("decision"),
+            steps=[send_email("sale_reminder", id="reminder")],
+        ),
+    ]
+
+
 def test_emails_of_different_steps_from_one_job_share_a_batch_not_one_job_each(
     tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two workflows answer one stage change: their two emails go in one batch job (one
     claim), and each still gets a request with its own content."""
-    reminder = Workflow(
-        "sale_reminder",
-        trigger=on_stage_entered("decision"),
-        steps=[send_email("sale_reminder", id="reminder")],
-    )
-    sale = Workflow(
-        "spring_sale",
-        trigger=on_stage_entered("decision"),
-        steps=[send_email("spring_sale", id="sale")],
-    )
-    trial = EventRule("trial.started", triggers=("evaluate",))
-    worlds = _world(tmp_path, fake, [sale, reminder], Guardrails(), rules=(trial,))
+    worlds = _world(tmp_path, fake, _two_emails_on_decision(), Guardrails(), rules=(TRIAL,))
     runtime, _clock = next(worlds)
     try:
         singles: list[int] = []
@@ -242,19 +250,8 @@ def test_two_emails_to_one_contact_in_one_batch_still_respect_the_cap(
 ) -> None:
     """A cap of one a day holds the second of two emails a stage change causes, though both
     are claimed in the same batch: the first one claimed counts for the second."""
-    reminder = Workflow(
-        "sale_reminder",
-        trigger=on_stage_entered("decision"),
-        steps=[send_email("sale_reminder", id="reminder")],
-    )
-    sale = Workflow(
-        "spring_sale",
-        trigger=on_stage_entered("decision"),
-        steps=[send_email("spring_sale", id="sale")],
-    )
-    trial = EventRule("trial.started", triggers=("evaluate",))
     guardrails = Guardrails(cap=at_most(1, per_days=1))
-    worlds = _world(tmp_path, fake, [sale, reminder], guardrails, rules=(trial,))
+    worlds = _world(tmp_path, fake, _two_emails_on_decision(), guardrails, rules=(TRIAL,))
     runtime, clock = next(worlds)
     try:
         runtime.track("ana@example.com", "trial.started")

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from engine.db import make_engine
 from engine.models import Contact, metadata
+from tests.support import new_contact
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
@@ -18,13 +19,7 @@ def test_a_column_assignment_is_saved_and_noted_as_set() -> None:
     db = make_engine("sqlite://")
     metadata.create_all(db)
     with Session(db) as session:
-        contact = Contact(
-            email="ana@example.com",
-            stage="awareness",
-            stage_entered_at=NOW,
-            created_at=NOW,
-            updated_at=NOW,
-        )
+        contact = new_contact("ana@example.com", NOW)
         session.add(contact)
         session.commit()
         # When a loaded row's column is assigned
@@ -40,10 +35,7 @@ def test_a_column_assignment_is_saved_and_noted_as_set() -> None:
 
 
 def test_a_name_that_is_no_column_goes_the_usual_way() -> None:
-    contact = Contact(
-        email="ben@example.com", stage="awareness", stage_entered_at=NOW, created_at=NOW,
-        updated_at=NOW,
-    )  # fmt: skip
+    contact = new_contact("ben@example.com", NOW)
     # An unknown name is refused by pydantic, as without the fast setter
     with pytest.raises(ValueError, match='has no field "colour"'):
         contact.colour = "red"  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from engine.db import insert_new, make_engine, transaction
 from engine.models import Contact, Event
-from tests.support import statements
+from tests.support import new_contact, statements
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -39,13 +39,7 @@ def test_a_second_row_with_the_same_key_is_not_inserted(db_url: str) -> None:
     db = make_engine(db_url)
     try:
         with transaction(db) as session:
-            contact = Contact(
-                email="ana@example.com",
-                stage="awareness",
-                stage_entered_at=NOW,
-                created_at=NOW,
-                updated_at=NOW,
-            )
+            contact = new_contact("ana@example.com", NOW)
             session.add(contact)
             session.flush()
             contact_id = contact.id

@@ -12,8 +12,9 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from engine.db import make_engine
-from engine.models import Action, Contact, Enrollment, StageTransition, metadata
+from engine.models import Action, Enrollment, StageTransition, metadata
 from engine.new_rows import new_row
+from tests.support import new_contact
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
@@ -87,13 +88,7 @@ def test_the_database_gets_the_same_columns_from_both(tmp_path: Any) -> None:
     db = make_engine(f"sqlite:///{tmp_path}/rows.db")
     metadata.create_all(db)
     with Session(db) as session:
-        contact = Contact(
-            email="ana@example.com",
-            stage="awareness",
-            stage_entered_at=NOW,
-            created_at=NOW,
-            updated_at=NOW,
-        )
+        contact = new_contact("ana@example.com", NOW)
         session.add(contact)
         session.flush()
         assert contact.id is not None
