@@ -15,7 +15,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from engine.contacts import normalize_email
-from engine.models import Action, Contact, Enrollment, Event, StageTransition
+from engine.models import Action, ActionStatus, Contact, Enrollment, Event, StageTransition
 
 # Entries at the same instant sort in causal order: grouped by the event that caused them,
 # then the event, the stage change it caused, the enrollment that change started, the action
@@ -206,6 +206,10 @@ def _action_entry(action: Action) -> Entry:
         summary += f" ({action.reason['skipped']})"
     elif action.error:
         summary += f" ({action.error})"
+    elif action.status == ActionStatus.PENDING and action.reason.get("held"):
+        last = action.reason["held"][-1]  # a guard rail deferred it: say until when
+        until = datetime.fromisoformat(last["until"])
+        summary += f" (held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']})"
     return Entry(
         kind="action",
         at=action.completed_at or action.updated_at,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlmodel import Session
+
 from engine import (
     Guardrails,
     Workflow,
@@ -15,6 +17,7 @@ from engine import (
     send_window,
     wait,
 )
+from engine.timeline import contact_timeline
 from tests.language_support import running, sent
 from tests.support import actions
 
@@ -101,6 +104,15 @@ def test_quiet_hours_in_the_contacts_time_zone_defer_to_the_morning(tmp_path: Pa
         assert [m.to for m in email.sent] == ["ldn@example.com"]
         (held,) = [a for a in actions(rt) if a.status == "pending"]
         assert "quiet hours 21:00-08:00 (America/New_York)" in held.reason["held"][0]["rule"]
+        # And the timeline an operator reads says why and until when
+        with Session(rt.db) as session:
+            timeline = contact_timeline(session, "ny@example.com")
+        assert timeline is not None
+        lines = [e.summary for e in timeline.entries]
+        assert (
+            "email one/x: pending (held until 2026-03-02 13:00 UTC: "
+            "quiet hours 21:00-08:00 (America/New_York))"
+        ) in lines
         # 08:00 in New York is 13:00 UTC
         clock.set(datetime(2026, 3, 2, 13, 0, tzinfo=UTC))
         rt.run_until_idle()
