@@ -21,11 +21,14 @@ Which sends batch: marketing email actions dispatched together (a job's new acti
 broadcast's page, a sweep) go in batches of up to ``batch_size``, the actions of one
 (workflow, version, step, template, data) next to each other; a request then carries actions
 whose *rendered* subject and bodies are identical. A template that uses contact
-fields (``{{ contact.first_name }}``) renders differently per contact, and those contacts
-get requests of their own (one per distinct rendering): the batch never sends one contact
-another contact's text. A SendGrid dynamic template step (``sendgrid_template``) batches
-by template id: one request carries up to ``batch_size`` contacts, each personalization with
-its own ``dynamic_template_data``, since SendGrid does the rendering.
+fields (``{{ contact.first_name }}``) renders differently per contact; where the connector
+takes substitution tags (SendGrid), a contact whose rendering is the template's tagged
+skeleton with their own values put in shares the skeleton's request, the values in their
+personalization (engine/substitutions.py); the others get a request per distinct rendering.
+The batch never sends one contact another contact's text. A SendGrid dynamic template
+step (``sendgrid_template``) batches by template id: one request carries up to
+``batch_size`` contacts, each personalization with its own ``dynamic_template_data``, since
+SendGrid does the rendering.
 """
 
 from __future__ import annotations
@@ -64,8 +67,10 @@ from engine.guardrails import (
     window_holds,
 )
 from engine.models import Action, ActionStatus, Contact, Suppression
-from engine.performers import build_message
+from engine.performers import build_message, contact_view
 from engine.registry import Registry
+from engine.substitutions import Skeleton, skeleton, substitutions_for
+from engine.templates import RenderedEmail
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +174,7 @@ def group_for_batches(
 class _Claimed:
     action_id: int
     message: EmailMessage
+    substitutions: Mapping[str, str] = field(default_factory=dict)  # put into ``message``
 
 
 def perform_email_batch(
@@ -193,7 +199,9 @@ def perform_email_batch(
         for chunk in _requests(claimed.items, connector.batch_size):
             outcome.requests += 1
             recipients = [
-                Recipient(c.message.to, c.message.custom_args, c.message.template_data)
+                Recipient(
+                    c.message.to, c.message.custom_args, c.message.template_data, c.substitutions
+                )
                 for c in chunk
             ]
             ids = [c.action_id for c in chunk]
@@ -309,7 +317,9 @@ def _claim_batch(
     windows = _window_rules_apply(registry, rows)
     history = _history(session, registry, rows, contact_ids, now=now)
     finished: set[int] = set()  # skipped or failed below: no longer pending for the others
-    renders = _Renders(registry, sender=sender, now=now)
+    renders = _Renders(
+        registry, sender=sender, now=now, substitute=getattr(connector, "substitutions", False)
+    )
     claimed: list[int] = []
     holds_due: dict[int, tuple[datetime, str]] = {}
     for row in rows:
@@ -371,7 +381,7 @@ def _claim_batch(
             _now_is(history, row, held=True, next_attempt_at=deferral[0])
             continue
         try:
-            message = renders.message(row, contact)
+            message, substitutions = renders.message(row, contact)
         except ConnectorError as exc:  # cannot even be built (a broken template)
             _finish(
                 session,
@@ -385,7 +395,7 @@ def _claim_batch(
             continue
         claimed.append(row.id)
         _now_is(history, row, status=ActionStatus.SENDING, updated_at=now, completed_at=None)
-        result.items.append(_Claimed(row.id, message))
+        result.items.append(_Claimed(row.id, message, substitutions))
     if holds_due:  # loaded in one query, written in one executemany at the flush below
         held = session.exec(select(Action).where(col(Action.id).in_(list(holds_due)))).all()
         for action in held:
@@ -409,29 +419,69 @@ def _claim_batch(
 class _Renders:
     """Messages for a batch. A template that never reads ``contact`` renders the same for
     everyone: it is rendered once per (template, data, workflow, step) and addressed per
-    action; any other template is rendered for each contact, exactly as the single path."""
+    action; any other template is rendered for each contact, exactly as the single path.
+    With ``substitute`` (the connector takes substitution tags), a contact's rendering that
+    is a skeleton with their own values put in goes out as that skeleton plus the values
+    (engine/substitutions.py), so that such emails share requests."""
 
-    def __init__(self, registry: Registry, *, sender: str, now: datetime) -> None:
+    def __init__(
+        self, registry: Registry, *, sender: str, now: datetime, substitute: bool = False
+    ) -> None:
         self.registry = registry
         self.sender = sender
         self.now = now
+        self.substitute = substitute
         self._shared: dict[tuple, EmailMessage] = {}
+        self._skeletons: dict[tuple, Skeleton | None] = {}
 
-    def message(self, action: Any, contact: Any) -> EmailMessage:
+    def message(self, action: Any, contact: Any) -> tuple[EmailMessage, Mapping[str, str]]:
+        """The message for ``action`` and, when it is a skeleton, this contact's values."""
         template = str(action.payload["template"])
         # A SendGrid dynamic template is not rendered here: its per-contact data is the message.
-        if action.payload.get("sendgrid_template") or reads_contact(self.registry, template):
-            return build_message(self.registry, action, contact, now=self.now, sender=self.sender)
-        key = (
-            template,
-            json.dumps(action.payload.get("data", {}), sort_keys=True, default=str),
-            action.reason.get("workflow"),
-            action.reason.get("step"),
-        )
+        if action.payload.get("sendgrid_template"):
+            return self._own(action, contact), {}
+        data = json.dumps(action.payload.get("data", {}), sort_keys=True, default=str)
+        key = (template, data, action.reason.get("workflow"), action.reason.get("step"))
+        if reads_contact(self.registry, template):
+            own = self._own(action, contact)
+            if not self.substitute:
+                return own, {}
+            return self._personalised(action, contact, own, key)
         shared = self._shared.get(key)
         if shared is None:
             shared = build_message(self.registry, action, contact, now=self.now, sender=self.sender)
             self._shared[key] = shared
+        return self._addressed(shared, action, contact), {}
+
+    def _own(self, action: Any, contact: Any) -> EmailMessage:
+        return build_message(self.registry, action, contact, now=self.now, sender=self.sender)
+
+    def _personalised(
+        self, action: Any, contact: Any, own: EmailMessage, key: tuple
+    ) -> tuple[EmailMessage, Mapping[str, str]]:
+        view = contact_view(contact)
+        fields = tuple(sorted(view))
+        shape = (*key, fields)
+        if shape not in self._skeletons:
+            template, data = str(action.payload["template"]), action.payload.get("data", {})
+            self._skeletons[shape] = skeleton(
+                lambda tagged: self.registry.templates.render(
+                    template, contact=tagged, data=dict(data)
+                ),
+                fields,
+            )
+        shaped = self._skeletons[shape]
+        if shaped is None:
+            return own, {}
+        real = RenderedEmail(own.subject, own.text, own.html)
+        values = substitutions_for(shaped, view, real)
+        if values is None:
+            return own, {}
+        content = shaped.rendered
+        return replace(own, subject=content.subject, text=content.text, html=content.html), values
+
+    @staticmethod
+    def _addressed(shared: EmailMessage, action: Any, contact: Any) -> EmailMessage:
         return replace(
             shared,
             to=contact.email,

@@ -63,16 +63,21 @@ class EmailPerformer:
         return lambda: self.connector.send(message).provider_id
 
 
-def build_message(
-    registry: Registry, action: Action, contact: Contact, *, now: datetime, sender: str
-) -> EmailMessage:
-    template = action.payload["template"]
-    view = {
+def contact_view(contact: Contact) -> dict[str, Any]:
+    """What a template sees as ``contact``: the attributes, plus email, stage and score."""
+    return {
         **contact.attributes,
         "email": contact.email,
         "stage": contact.stage,
         "score": contact.score,
     }
+
+
+def build_message(
+    registry: Registry, action: Action, contact: Contact, *, now: datetime, sender: str
+) -> EmailMessage:
+    template = action.payload["template"]
+    view = contact_view(contact)
     data = dict(action.payload.get("data", {}))
     workflow = str(action.reason.get("workflow", "manual"))
     step = str(action.reason.get("step", template))

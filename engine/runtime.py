@@ -132,6 +132,7 @@ class Runtime:
             sendgrid_timeout_s=self.settings.sendgrid_timeout_seconds,
             sendgrid_sandbox=self.settings.sendgrid_sandbox,
             sendgrid_batch_size=self.settings.sendgrid_batch_size,
+            sendgrid_substitutions=self.settings.sendgrid_substitutions,
             sendgrid_unsubscribe_group=self.settings.sendgrid_unsubscribe_group,
         )
         self.db = db or make_engine(self.settings.database_url)

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="Recipients per SendGrid request for broadcast sends (personalizations); "
         "1 turns batching off.",
     )
+    sendgrid_substitutions: bool = Field(
+        default=True,
+        description="Personalised marketing emails of one step share batch requests, the "
+        "contact's fields going in as substitution tags; false: a request per distinct "
+        "rendering.",
+    )
     sendgrid_unsubscribe_group: int | None = Field(
         default=None,
         ge=1,

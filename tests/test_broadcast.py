@@ -67,6 +67,20 @@ TEMPLATES = {
         "{% block subject %}Hello {{ contact.first_name | default('there') }}{% endblock %}"
         "{% block text %}Hi {{ contact.first_name | default('there') }}.{% endblock %}"
     ),
+    "hello_plan": (
+        "{% block subject %}News for {{ contact.first_name }}{% endblock %}"
+        "{% block text %}{% if contact.plan == 'pro' %}Pro tips, {{ contact.first_name }}"
+        "{% else %}Hi {{ contact.first_name }}, see Pro{% endif %} ({{ contact.email }})"
+        "{% endblock %}"
+        "{% block html %}<p>Hi {{ contact.first_name }}</p><p>{{ contact.score + 1 }}</p>"
+        "{% endblock %}"
+    ),
+    "hello_html": (
+        "{% block subject %}Hello {{ contact.first_name }}{% endblock %}"
+        "{% block text %}Hi {{ contact.first_name }}, your plan: {{ contact.plan }}{% endblock %}"
+        "{% block html %}<p>Hi <b>{{ contact.first_name }}</b> ({{ contact.plan }})</p>"
+        "{% endblock %}"
+    ),
 }
 
 LEADS = Segment("leads", stage_in("consideration"))
@@ -108,6 +122,7 @@ def running(
     *,
     batch_size: int = 1000,
     timeout_s: float = 30.0,  # generous: a busy CI machine is slow to parse 1,000 recipients
+    substitutions: bool = True,
 ) -> Iterator[tuple[Runtime, VirtualClock]]:
     templates = tmp_path / "templates"
     templates.mkdir(exist_ok=True)
@@ -120,7 +135,11 @@ def running(
     metadata.create_all(db)
     clock = VirtualClock(START)
     connector = SendGridEmailConnector(
-        api_key=KEY, host=fake.url, timeout_s=timeout_s, batch_size=batch_size
+        api_key=KEY,
+        host=fake.url,
+        timeout_s=timeout_s,
+        batch_size=batch_size,
+        substitutions=substitutions,
     )
     runtime = Runtime(
         Settings(database_url=database_url, broker_url="inline://", outbox_dir=tmp_path / "outbox"),
@@ -419,11 +438,12 @@ def test_a_timed_out_batch_is_unknown_for_every_action_and_not_resent(
     assert all("reconcile the 8 actions" in (a.error or "") for a in actions)
 
 
-def test_per_contact_renderings_are_not_batched_together(
+def test_without_substitutions_per_contact_renderings_are_not_batched_together(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
     hello = sale(name="hello", steps=[send_email("hello_name", id="hello")])
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+    url = f"sqlite:///{tmp_path}/jl.db"
+    with running(url, tmp_path, fake, [hello], substitutions=False) as (runtime, _):
         add_contacts(runtime, 3, prefix="ada", attributes={"first_name": "Ada"})
         add_contacts(runtime, 2, prefix="bob", attributes={"first_name": "Bob"})
         runtime.broadcast("hello")
@@ -438,7 +458,8 @@ def test_each_personalised_request_is_recorded_by_its_own_outcome(
     """Requests of one batch are recorded together at its end: the accepted ones sent with
     their own provider id, a refused one failed alone."""
     hello = sale(name="hello", steps=[send_email("hello_name", id="hello")])
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+    url = f"sqlite:///{tmp_path}/jl.db"
+    with running(url, tmp_path, fake, [hello], substitutions=False) as (runtime, _):
         add_contacts(runtime, 3, prefix="ada", attributes={"first_name": "Ada"})
         add_contacts(runtime, 2, prefix="bob", attributes={"first_name": "Bob"})
         add_contacts(runtime, 2, prefix="cy", attributes={"first_name": "Cy"})

@@ -31,6 +31,7 @@ def build_email_connector(
     sendgrid_sandbox: bool = False,
     sendgrid_batch_size: int = 1000,
     sendgrid_unsubscribe_group: int | None = None,
+    sendgrid_substitutions: bool = True,
 ) -> EmailConnector:
     """The connector named in settings (``JOURNEYLINE_EMAIL_CONNECTOR``)."""
     if name == "outbox":
@@ -49,6 +50,7 @@ def build_email_connector(
             sandbox=sendgrid_sandbox,
             batch_size=sendgrid_batch_size,
             asm_group_id=sendgrid_unsubscribe_group,
+            substitutions=sendgrid_substitutions,
         )
     raise ConfigurationError(
         f"unknown email connector {name!r}; choose one of: outbox, recording, sendgrid"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import secrets
 import socket
 import threading
@@ -56,6 +57,7 @@ MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
 MAX_CATEGORIES = 10
 MAX_CUSTOM_ARGS_BYTES = 10_000
+MAX_SUBSTITUTION_BYTES = 10_000
 MAX_SEND_AHEAD = timedelta(hours=72)
 
 _STATUS_MESSAGES = {
@@ -84,12 +86,16 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class SentMessage:
+    """What one recipient got: the subject and bodies after their substitutions."""
+
     to: str
     subject: str
     custom_args: Mapping[str, str]
     categories: tuple[str, ...]
     message_id: str
     body: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    text: str = field(repr=False, default="")
+    html: str = field(repr=False, default="")
 
 
 @dataclass
@@ -201,18 +207,22 @@ class FakeSendGrid:
             if request.status != 202 or not isinstance(request.body, dict):
                 continue
             body = request.body
+            content = {c.get("type"): c.get("value", "") for c in body.get("content", [])}
             for personalization in body["personalizations"]:
                 args = {**body.get("custom_args", {}), **personalization.get("custom_args", {})}
+                subs = personalization.get("substitutions") or {}
                 subject = personalization.get("subject", body.get("subject", ""))
                 for recipient in personalization["to"]:
                     sent.append(
                         SentMessage(
                             to=recipient["email"],
-                            subject=subject,
+                            subject=apply_substitutions(subject, subs),
                             custom_args=args,
                             categories=tuple(body.get("categories", ())),
                             message_id=request.message_id or "",
                             body=body,
+                            text=apply_substitutions(content.get("text/plain", ""), subs),
+                            html=apply_substitutions(content.get("text/html", ""), subs),
                         )
                     )
         return sent
@@ -371,6 +381,7 @@ def validate_mail(body: Any) -> list[dict[str, Any]]:
         if not (has_template or body.get("subject") or p.get("subject")):
             problems.append(_problem("The subject is required.", "subject"))
         problems += _check_custom_args(p.get("custom_args"), f"{where}.custom_args")
+        problems += _check_substitutions(p.get("substitutions"), has_template, where)
         if "dynamic_template_data" in p and not isinstance(p["dynamic_template_data"], dict):
             problems.append(
                 _problem(
@@ -409,6 +420,28 @@ def _check_custom_args(args: Any, where: str) -> list[dict[str, Any]]:
     if len(json.dumps(args).encode()) >= MAX_CUSTOM_ARGS_BYTES:
         return [_problem("custom_args must be under 10,000 bytes.", where)]
     return []
+
+
+def _check_substitutions(subs: Any, has_template: bool, where: str) -> list[dict[str, Any]]:
+    if subs is None:
+        return []
+    where = f"{where}.substitutions"
+    if has_template:
+        return [_problem("Substitutions may not be used with dynamic templating.", where)]
+    if not isinstance(subs, dict) or any(not isinstance(v, str) for v in subs.values()):
+        return [_problem("substitutions must be an object of strings.", where)]
+    if sum(len(k.encode()) + len(v.encode()) for k, v in subs.items()) > MAX_SUBSTITUTION_BYTES:
+        return [_problem("substitutions must be at most 10,000 bytes.", where)]
+    return []
+
+
+def apply_substitutions(text: str, substitutions: Mapping[str, str]) -> str:
+    """``text`` with every tag replaced by its value in one pass, longest tag first (as
+    SendGrid does for a personalization's ``substitutions``)."""
+    if not substitutions:
+        return text
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(substitutions, key=len)[::-1]))
+    return pattern.sub(lambda m: substitutions[m.group(0)], text)
 
 
 def _check_send_at(send_at: Any, where: str) -> list[dict[str, Any]]:
