@@ -24,12 +24,13 @@ from markupsafe import escape
 from connectors.email.sendgrid import MAX_SUBSTITUTION_BYTES, substitutions_size
 from engine.templates import RenderedEmail
 
-_TAG = re.compile(r"-jl\d+-")
+_TAG = re.compile(r"-jl\d+h?-")
 
 
-def tag(index: int) -> str:
-    """The substitution tag of the contact view's ``index``-th field."""
-    return f"-jl{index}-"
+def tag(index: int, *, html: bool = False) -> str:
+    """The substitution tag of the contact view's ``index``-th field: one for the subject
+    and text body (the value as is), one for the HTML body (the value escaped)."""
+    return f"-jl{index}h-" if html else f"-jl{index}-"
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ def skeleton(
         return None
     whole = "\n".join((rendered.subject, rendered.text, rendered.html))
     found = {m.group(0) for m in _TAG.finditer(whole)}
-    known = {tag(i) for i in range(len(fields))}
-    if not found <= known:
-        return None
+    if not found <= {tag(i) for i in range(len(fields))}:
+        return None  # the template's own text holds something shaped like a tag
+    html = _TAG.sub(lambda m: m.group(0)[:-1] + "h-", rendered.html)
     used = tuple(i for i in range(len(fields)) if tag(i) in found)
-    return Skeleton(rendered, tuple(fields), used)
+    return Skeleton(RenderedEmail(rendered.subject, rendered.text, html), tuple(fields), used)
 
 
 def fill(text: str, substitutions: Mapping[str, str]) -> str:
@@ -72,20 +73,24 @@ def substitutions_for(
 ) -> dict[str, str] | None:
     """The tags and values that turn ``skeleton`` into ``real`` (this contact's own
     rendering), or None when no such substitution gives exactly that text."""
-    for escaped in (True, False):  # autoescaped output first: the default for .j2 files
-        substitutions = {
-            tag(i): str(escape(view[skeleton.fields[i]]) if escaped else view[skeleton.fields[i]])
-            for i in skeleton.used
-        }
-        if any(_TAG.search(value) for value in substitutions.values()):
-            return None  # a value that looks like a tag could be substituted again
-        if substitutions_size(substitutions) > MAX_SUBSTITUTION_BYTES:
-            return None
-        shaped = skeleton.rendered
-        if (
-            fill(shaped.subject, substitutions) == real.subject
-            and fill(shaped.text, substitutions) == real.text
-            and fill(shaped.html, substitutions) == real.html
-        ):
-            return substitutions
+    shaped = skeleton.rendered
+    in_html = {m.group(0) for m in _TAG.finditer(shaped.html)}
+    in_plain = {m.group(0) for m in _TAG.finditer(shaped.subject + "\n" + shaped.text)}
+    substitutions: dict[str, str] = {}
+    for i in skeleton.used:
+        value = view[skeleton.fields[i]]
+        if tag(i) in in_plain:
+            substitutions[tag(i)] = str(value)
+        if tag(i, html=True) in in_html:
+            substitutions[tag(i, html=True)] = str(escape(value))
+    if any(_TAG.search(value) for value in substitutions.values()):
+        return None  # a value that looks like a tag could be substituted again
+    if substitutions_size(substitutions) > MAX_SUBSTITUTION_BYTES:
+        return None
+    if (
+        fill(shaped.subject, substitutions) == real.subject
+        and fill(shaped.text, substitutions) == real.text
+        and fill(shaped.html, substitutions) == real.html
+    ):
+        return substitutions
     return None

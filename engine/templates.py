@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, TemplateNotFound, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Template, TemplateNotFound, select_autoescape
 from jinja2 import TemplateError as JinjaTemplateError
 
 from engine.errors import PermanentConnectorError
@@ -39,6 +39,9 @@ class TemplateRenderer:
             autoescape=select_autoescape(enabled_extensions=("j2", "html"), default=True),
             keep_trailing_newline=False,
         )
+        # The subject and the text body are plain text: a contact named O'Brien must not
+        # read "O&#39;Brien" there. They come from the same file compiled without escaping.
+        self._plain_env = self._env.overlay(autoescape=False)
 
     def names(self) -> list[str]:
         if not self.directory.is_dir():
@@ -63,13 +66,12 @@ class TemplateRenderer:
         return found
 
     def render(self, name: str, *, contact: dict[str, Any], data: dict[str, Any]) -> RenderedEmail:
+        variables = {"contact": contact, "data": data}
         try:
-            template = self._env.get_template(f"{name}.j2")
-            context = template.new_context({"contact": contact, "data": data})
+            html = self._env.get_template(f"{name}.j2")
+            plain = self._plain_env.get_template(f"{name}.j2")
             parts = {
-                block: "".join(template.blocks[block](context)).strip()
-                if block in template.blocks
-                else ""
+                block: _block(plain if block != "html" else html, block, variables)
                 for block in ("subject", *BODY_BLOCKS)
             }
         except JinjaTemplateError as exc:
@@ -77,3 +79,10 @@ class TemplateRenderer:
         # A subject is one line, whatever the template's whitespace.
         subject = " ".join(parts["subject"].split())
         return RenderedEmail(subject=subject, text=parts["text"], html=parts["html"])
+
+
+def _block(template: Template, block: str, variables: dict[str, Any]) -> str:
+    """One block of ``template`` rendered with ``variables`` ("" when it has none)."""
+    if block not in template.blocks:
+        return ""
+    return "".join(template.blocks[block](template.new_context(variables))).strip()

@@ -72,8 +72,11 @@ def test_markup_in_a_field_is_escaped_as_the_template_would(
         runtime.drain()
         assert _each_got_their_own_rendering(runtime, fake, "hello_html") == 4
     assert len(fake.requests) == 1
-    html = {m.to: m.html for m in fake.sent_messages()}
-    assert html["ann0@example.com"] == "<p>Hi <b>Ann &amp; &lt;Bo&gt;</b> (x)</p>"
+    got = {m.to: m for m in fake.sent_messages()}
+    assert got["ann0@example.com"].html == "<p>Hi <b>Ann &amp; &lt;Bo&gt;</b> (x)</p>"
+    # the subject and the text body are plain text: not escaped
+    assert got["ann0@example.com"].subject == "Hello Ann & <Bo>"
+    assert got["ann0@example.com"].text == "Hi Ann & <Bo>, your plan: x"
 
 
 def test_a_template_that_branches_or_computes_on_fields_is_rendered_per_contact(
@@ -101,12 +104,13 @@ def _render(subject: str, text: str, html: str = ""):  # type: ignore[no-untyped
 
 
 def test_a_skeleton_only_matches_the_rendering_it_reproduces() -> None:
-    render = _render("Hi {name}", "Dear {name}, you are {stage}")
+    render = _render("Hi {name}", "Dear {name}, you are {stage}", "<p>{name}</p>")
     shaped = skeleton(render, ["name", "stage"])
     assert shaped is not None and shaped.used == (0, 1)
+    assert shaped.rendered.html == "<p>-jl0h-</p>"
     real = render({"name": "Ada", "stage": "decision"})
     values = substitutions_for(shaped, {"name": "Ada", "stage": "decision"}, real)
-    assert values == {"-jl0-": "Ada", "-jl1-": "decision"}
+    assert values == {"-jl0-": "Ada", "-jl0h-": "Ada", "-jl1-": "decision"}
     assert fill(shaped.rendered.text, values) == real.text
     # A rendering that is not the skeleton filled in is refused
     other = RenderedEmail("Hi Ada", "Dear ADA, you are decision", "")
