@@ -42,6 +42,25 @@ def _each_got_their_own_rendering(runtime: Runtime, fake: FakeSendGrid, template
     return len(delivered)
 
 
+def _broadcast_to(
+    tmp_path: Path,
+    fake: FakeSendGrid,
+    template: str,
+    groups: dict[str, dict[str, str]],
+    *,
+    each: int,
+) -> int:
+    """Broadcast one email of ``template`` to ``each`` contacts per group (prefix ->
+    attributes); checks what everyone received and returns how many did."""
+    hello = sale(name="hello", steps=[send_email(template, id="hello")])
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+        for prefix, attributes in groups.items():
+            add_contacts(runtime, each, prefix=prefix, attributes=attributes)
+        runtime.broadcast("hello")
+        runtime.drain()
+        return _each_got_their_own_rendering(runtime, fake, template)
+
+
 def test_contacts_with_different_names_share_one_request(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
@@ -64,13 +83,9 @@ def test_contacts_with_different_names_share_one_request(
 def test_markup_in_a_field_is_escaped_as_the_template_would(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
-    hello = sale(name="hello", steps=[send_email("hello_html", id="hello")])
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
-        add_contacts(runtime, 2, prefix="ann", attributes={"first_name": "Ann & <Bo>", "plan": "x"})
-        add_contacts(runtime, 2, prefix="cy", attributes={"first_name": "Cy", "plan": "pro"})
-        runtime.broadcast("hello")
-        runtime.drain()
-        assert _each_got_their_own_rendering(runtime, fake, "hello_html") == 4
+    ann, cy = {"first_name": "Ann & <Bo>", "plan": "x"}, {"first_name": "Cy", "plan": "pro"}
+    groups = {"ann": ann, "cy": cy}
+    assert _broadcast_to(tmp_path, fake, "hello_html", groups, each=2) == 4
     assert len(fake.requests) == 1
     got = {m.to: m for m in fake.sent_messages()}
     assert got["ann0@example.com"].html == "<p>Hi <b>Ann &amp; &lt;Bo&gt;</b> (x)</p>"
@@ -82,15 +97,10 @@ def test_markup_in_a_field_is_escaped_as_the_template_would(
 def test_a_template_that_branches_or_computes_on_fields_is_rendered_per_contact(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
-    hello = sale(name="hello", steps=[send_email("hello_plan", id="hello")])
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
-        add_contacts(runtime, 3, prefix="pro", attributes={"first_name": "Pia", "plan": "pro"})
-        add_contacts(runtime, 2, prefix="free", attributes={"first_name": "Fay", "plan": "free"})
-        runtime.broadcast("hello")
-        runtime.drain()
-        # (the score arithmetic in the html makes every rendering differ: no skeleton)
-        assert _each_got_their_own_rendering(runtime, fake, "hello_plan") == 5
-    assert len(fake.requests) == 5
+    groups = {"pro": {"first_name": "Pia", "plan": "pro"}, "free": {"first_name": "Fay"}}
+    # (the score arithmetic in the html makes every rendering differ: no skeleton)
+    assert _broadcast_to(tmp_path, fake, "hello_plan", groups, each=3) == 6
+    assert len(fake.requests) == 6
     assert all("substitutions" not in p for r in fake.requests for p in r.body["personalizations"])
 
 
