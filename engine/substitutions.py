@@ -39,7 +39,8 @@ class Skeleton:
 
     rendered: RenderedEmail
     fields: tuple[str, ...]
-    used: tuple[int, ...]  # the fields whose tags appear somewhere in the rendered text
+    plain: tuple[int, ...]  # fields whose tag is in the subject or the text body
+    html: tuple[int, ...]  # fields whose (escaped) tag is in the HTML body
 
 
 def skeleton(
@@ -52,13 +53,17 @@ def skeleton(
         rendered = render(view)
     except Exception:  # e.g. arithmetic on a tag: this template is rendered per contact
         return None
-    whole = "\n".join((rendered.subject, rendered.text, rendered.html))
-    found = {m.group(0) for m in _TAG.finditer(whole)}
-    if not found <= {tag(i) for i in range(len(fields))}:
+    plain = {m.group(0) for m in _TAG.finditer(rendered.subject + "\n" + rendered.text)}
+    in_html = {m.group(0) for m in _TAG.finditer(rendered.html)}
+    if not plain | in_html <= {tag(i) for i in range(len(fields))}:
         return None  # the template's own text holds something shaped like a tag
     html = _TAG.sub(lambda m: m.group(0)[:-1] + "h-", rendered.html)
-    used = tuple(i for i in range(len(fields)) if tag(i) in found)
-    return Skeleton(RenderedEmail(rendered.subject, rendered.text, html), tuple(fields), used)
+    return Skeleton(
+        RenderedEmail(rendered.subject, rendered.text, html),
+        tuple(fields),
+        plain=tuple(i for i in range(len(fields)) if tag(i) in plain),
+        html=tuple(i for i in range(len(fields)) if tag(i) in in_html),
+    )
 
 
 def fill(text: str, substitutions: Mapping[str, str]) -> str:
@@ -73,16 +78,9 @@ def substitutions_for(
 ) -> dict[str, str] | None:
     """The tags and values that turn ``skeleton`` into ``real`` (this contact's own
     rendering), or None when no such substitution gives exactly that text."""
-    shaped = skeleton.rendered
-    in_html = {m.group(0) for m in _TAG.finditer(shaped.html)}
-    in_plain = {m.group(0) for m in _TAG.finditer(shaped.subject + "\n" + shaped.text)}
-    substitutions: dict[str, str] = {}
-    for i in skeleton.used:
-        value = view[skeleton.fields[i]]
-        if tag(i) in in_plain:
-            substitutions[tag(i)] = str(value)
-        if tag(i, html=True) in in_html:
-            substitutions[tag(i, html=True)] = str(escape(value))
+    shaped, fields = skeleton.rendered, skeleton.fields
+    substitutions = {tag(i): str(view[fields[i]]) for i in skeleton.plain}
+    substitutions.update({tag(i, html=True): str(escape(view[fields[i]])) for i in skeleton.html})
     if any(_TAG.search(value) for value in substitutions.values()):
         return None  # a value that looks like a tag could be substituted again
     if substitutions_size(substitutions) > MAX_SUBSTITUTION_BYTES:
