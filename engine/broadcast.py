@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
+from engine import known_events
 from engine.conditions import (
     AllOf,
     AnyOf,
@@ -505,6 +506,7 @@ def _enroll_each(
 ) -> Effects:
     """The general path: the executor's own entry, one contact at a time."""
     effects = Effects()
+    known_events.batch(session, [item if isinstance(item, int) else item.id for item, _ in entries])
     for item, _entry in entries:
         contact_id = item if isinstance(item, int) else item.id
         # Locked like the event pipeline locks it: one writer per contact at a time.

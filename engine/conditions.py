@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from engine import known_events
 from engine.spec import vocabulary
 
 if TYPE_CHECKING:
@@ -241,18 +242,28 @@ class DidEvent(Condition):
 
         from engine.models import Event
 
-        query = select(Event.properties).where(
-            Event.contact_id == ctx.contact.id, Event.type == self.type
-        )
+        when: known_events.When = "occurred_at"
+        since: datetime | None = None
         if self.within is not None:
-            query = query.where(col(Event.occurred_at) >= ctx.now - self.within)
+            since = ctx.now - self.within
         elif ctx.enrollment is not None:
-            query = query.where(col(Event.received_at) >= ctx.enrollment.started_at)
-        # Processing only ever changes an event's status, never what is read here, and
-        # writes no events: no need to flush the job's pending writes first (which would
-        # cost a flush per contact instead of one per job).
-        with ctx.session.no_autoflush:
-            found = ctx.session.exec(query).all()
+            when, since = "received_at", ctx.enrollment.started_at
+        assert ctx.contact.id is not None
+        # A batch job reads its contacts' events of this type in one statement.
+        found = known_events.properties_since(
+            ctx.session, ctx.contact.id, (self.type,), when=when, since=since
+        )
+        if found is None:
+            query = select(Event.properties).where(
+                Event.contact_id == ctx.contact.id, Event.type == self.type
+            )
+            if since is not None:
+                query = query.where(col(getattr(Event, when)) >= since)
+            # Processing only ever changes an event's status, never what is read here, and
+            # writes no events: no need to flush the job's pending writes first (which
+            # would cost a flush per contact instead of one per job).
+            with ctx.session.no_autoflush:
+                found = list(ctx.session.exec(query).all())
         return any(matches(properties, self.where) for properties in found)
 
     def describe(self) -> str:
@@ -286,11 +297,16 @@ class Engaged(Condition):
         if not sent:
             return False
         kinds = ("email.clicked",) if self.how == "clicked" else ("email.opened", "email.clicked")
-        engagement = ctx.session.exec(
-            select(Event.properties).where(
-                Event.contact_id == ctx.contact.id, col(Event.type).in_(kinds)
+        assert ctx.contact.id is not None
+        engagement = known_events.properties_since(ctx.session, ctx.contact.id, kinds)
+        if engagement is None:
+            engagement = list(
+                ctx.session.exec(
+                    select(Event.properties).where(
+                        Event.contact_id == ctx.contact.id, col(Event.type).in_(kinds)
+                    )
+                )
             )
-        )
         return any(str(p.get("action_id")) in sent for p in engagement)
 
     def describe(self) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from engine import known_enrollments, pipeline
+from engine import known_enrollments, known_events, pipeline
 from engine.db import skip_commit_flush, transaction
 from engine.executor import Effects, wake
 from engine.models import Contact, Enrollment, EnrollmentStatus, Event, EventStatus
@@ -91,6 +91,7 @@ def _process_together(
     ).all()
     known_enrollments.keep_enrollments(session)
     known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
+    known_events.batch(session, [c.id for c in contacts if c.id is not None])
     limit = pipeline.EVENTS_PER_PASS * len(ids)
     pending = session.exec(
         select(Event)
@@ -189,6 +190,7 @@ def _wake_together(
         ).all()
     }
     known_enrollments.keep_enrollments(session)
+    known_events.batch(session, contacts)
     enrollments = session.exec(
         select(Enrollment)
         .where(col(Enrollment.id).in_(ids))

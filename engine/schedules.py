@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from engine import known_events
 from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import transaction
@@ -318,6 +319,7 @@ def _fire_each(
     trigger = workflow.trigger
     assert isinstance(trigger, Scheduled)
     effects = Effects()
+    known_events.batch(session, [c.id for c in contacts if c.id is not None])
     for contact in contacts:
         try:
             with session.begin_nested():
