@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, any_, event, literal, text
+from sqlalchemy import Table, any_, bindparam, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.pool import StaticPool
@@ -93,6 +93,15 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(literal(list(values), postgresql.ARRAY(column.type)))  # type: ignore[no-any-return]
     return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def one_of_param(column: Any, name: str, *, dialect: str) -> ColumnElement[bool]:
+    """``column IN (:name)`` for a list bound when a prebuilt statement runs: on PostgreSQL
+    ``column = ANY(:name)``, one array parameter (psycopg re-parses a statement of more
+    than 50 parameters on every execution); elsewhere an expanding ``IN``."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))  # type: ignore[no-any-return]
+    return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
 
 
 def is_postgres(engine: Engine) -> bool:

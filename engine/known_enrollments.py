@@ -23,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, or_
+from sqlalchemy import event, func, or_
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction, aliased
 from sqlmodel import Session, col, select
 
+from engine.db import one_of_param
 from engine.models import Enrollment, EnrollmentStatus
 
 LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
@@ -39,15 +40,22 @@ _latest_entry = (
     .where(_older.contact_id == Enrollment.contact_id, _older.workflow == Enrollment.workflow)
     .scalar_subquery()
 )
-# Built once: live enrollments and each workflow's latest entry for a set of contacts.
-_LOAD = (
-    select(Enrollment)
-    .where(
-        col(Enrollment.contact_id).in_(bindparam("contact_ids", expanding=True)),
-        or_(col(Enrollment.status).in_(LIVE), col(Enrollment.entry) == _latest_entry),
+
+
+def _load_statement(dialect: str) -> Any:
+    """Live enrollments and each workflow's latest entry for a set of contacts."""
+    return (
+        select(Enrollment)
+        .where(
+            one_of_param(col(Enrollment.contact_id), "contact_ids", dialect=dialect),
+            or_(col(Enrollment.status).in_(LIVE), col(Enrollment.entry) == _latest_entry),
+        )
+        .order_by(col(Enrollment.id))
     )
-    .order_by(col(Enrollment.id))
-)
+
+
+# Built once per dialect.
+_LOAD = {dialect: _load_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def keep_enrollments(session: Session) -> None:
@@ -65,7 +73,11 @@ def load(session: Session, contact_ids: Iterable[int]) -> None:
         return
     for contact_id in missing:
         known[contact_id] = []
-    for enrollment in session.scalars(_LOAD, {"contact_ids": missing}):
+    dialect = session.get_bind().dialect.name
+    statement = _LOAD.get(dialect)
+    if statement is None:
+        statement = _load_statement(dialect)
+    for enrollment in session.scalars(statement, {"contact_ids": missing}):
         known[enrollment.contact_id].append(enrollment)
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session, col, select
 
+from engine.db import one_of_param
 from engine.models import Event
 
 _KEY = "journeyline.known_events"
@@ -95,33 +96,26 @@ def _covers(read_since: datetime | None, since: datetime | None) -> bool:
     return since is not None and since >= read_since
 
 
-def _statement(when: When) -> Any:
-    column = col(getattr(Event, when))
-    return (
-        select(col(Event.contact_id), column, col(Event.properties))
-        .where(
-            col(Event.contact_id).in_(bindparam("contact_ids", expanding=True)),
-            col(Event.type).in_(bindparam("types", expanding=True)),
-            column >= bindparam("since"),
-        )
-        .order_by(col(Event.id))
+def _statement(dialect: str, when: When | None) -> Any:
+    """The batch read, bounded by ``when`` (None: every event of the types)."""
+    query = select(
+        col(Event.contact_id), col(getattr(Event, when or "occurred_at")), col(Event.properties)
     )
-
-
-def _statement_unbounded() -> Any:
-    return (
-        select(col(Event.contact_id), col(Event.occurred_at), col(Event.properties))
-        .where(
-            col(Event.contact_id).in_(bindparam("contact_ids", expanding=True)),
-            col(Event.type).in_(bindparam("types", expanding=True)),
-        )
-        .order_by(col(Event.id))
+    query = query.where(
+        one_of_param(col(Event.contact_id), "contact_ids", dialect=dialect),
+        one_of_param(col(Event.type), "types", dialect=dialect),
     )
+    if when is not None:
+        query = query.where(col(getattr(Event, when)) >= bindparam("since"))
+    return query.order_by(col(Event.id))
 
 
-# Built once (statement construction is a visible share of a small job's CPU).
-_BOUNDED = {when: _statement(when) for when in ("occurred_at", "received_at")}
-_UNBOUNDED = _statement_unbounded()
+# Built once per dialect and bound (statement construction is a visible share of a job).
+_STATEMENTS = {
+    (dialect, when): _statement(dialect, when)
+    for dialect in ("postgresql", "sqlite")
+    for when in ("occurred_at", "received_at", None)
+}
 
 
 def _load(
@@ -132,11 +126,13 @@ def _load(
     since: datetime | None,
 ) -> _Read:
     params: dict[str, Any] = {"contact_ids": known.contacts, "types": list(types)}
-    if since is None:
-        statement = _UNBOUNDED
-    else:
-        statement = _BOUNDED[when]
+    bound: When | None = None if since is None else when
+    if since is not None:
         params["since"] = since
+    dialect = session.get_bind().dialect.name
+    statement = _STATEMENTS.get((dialect, bound))
+    if statement is None:
+        statement = _statement(dialect, bound)
     read = _Read(since=since)
     with session.no_autoflush:  # nothing this transaction writes is read here
         for contact_id, at, properties in session.execute(statement, params):

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments, known_events, pipeline
-from engine.db import skip_commit_flush, transaction
+from engine.db import one_of, skip_commit_flush, transaction
 from engine.executor import Effects, wake
 from engine.models import Contact, Enrollment, EnrollmentStatus, Event, EventStatus
 from engine.pipeline import _apply_pending, process_contact, wake_enrollment
@@ -87,7 +87,10 @@ def _process_together(
     session: Session, registry: Registry, ids: list[int], *, now: datetime
 ) -> Effects:
     contacts = session.exec(
-        select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id)).with_for_update()
+        select(Contact)
+        .where(one_of(session, col(Contact.id), ids))
+        .order_by(col(Contact.id))
+        .with_for_update()
     ).all()
     known_enrollments.keep_enrollments(session)
     known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
@@ -95,7 +98,7 @@ def _process_together(
     limit = pipeline.EVENTS_PER_PASS * len(ids)
     pending = session.exec(
         select(Event)
-        .where(col(Event.contact_id).in_(ids), Event.status == EventStatus.PENDING)
+        .where(one_of(session, col(Event.contact_id), ids), Event.status == EventStatus.PENDING)
         .order_by(col(Event.id))
         .limit(limit)
     ).all()
@@ -176,7 +179,11 @@ def _wake_together(
     session: Session, registry: Registry, ids: list[int], *, now: datetime
 ) -> Effects:
     owners = sorted(
-        set(session.exec(select(Enrollment.contact_id).where(col(Enrollment.id).in_(ids))).all())
+        set(
+            session.exec(
+                select(Enrollment.contact_id).where(one_of(session, col(Enrollment.id), ids))
+            ).all()
+        )
     )
     if not owners:
         return Effects()
@@ -184,7 +191,7 @@ def _wake_together(
         c.id: c
         for c in session.exec(
             select(Contact)
-            .where(col(Contact.id).in_(owners))
+            .where(one_of(session, col(Contact.id), owners))
             .order_by(col(Contact.id))
             .with_for_update()
         ).all()
@@ -193,7 +200,7 @@ def _wake_together(
     known_events.batch(session, contacts)
     enrollments = session.exec(
         select(Enrollment)
-        .where(col(Enrollment.id).in_(ids))
+        .where(one_of(session, col(Enrollment.id), ids))
         .order_by(col(Enrollment.id))
         .execution_options(populate_existing=True)  # as they are under the locks
     ).all()
