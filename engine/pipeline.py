@@ -202,7 +202,7 @@ def apply_event(
         )
         event.status = EventStatus.UNMAPPED
     event.processed_at = now
-    keep(session, event)
+    _keep_event(session, event)
     keep(session, contact)
     return effects
 
@@ -374,6 +374,13 @@ def _conditions_turned_true(
     return effects
 
 
+def _keep_event(session: Session, event: Event) -> None:
+    """Have the session write the event's new status, if it is an ORM row (a batch job
+    reads its events as plain rows and writes their statuses itself: pipeline_jobs.py)."""
+    if isinstance(event, Event):
+        keep(session, event)
+
+
 def enter_first_stage(
     session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
 ) -> Effects:
@@ -390,7 +397,7 @@ def enter_first_stage(
     )
     event.status = EventStatus.PROCESSED
     event.processed_at = now
-    keep(session, event)
+    _keep_event(session, event)
     effects = Effects()
     for workflow in registry.triggered_by_stage(contact.stage):
         effects.extend(

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -96,15 +99,18 @@ def _process_together(
     known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
     known_events.batch(session, [c.id for c in contacts if c.id is not None])
     limit = pipeline.EVENTS_PER_PASS * len(ids)
-    pending = session.exec(
-        select(Event)
-        .where(one_of(session, col(Event.contact_id), ids), Event.status == EventStatus.PENDING)
-        .order_by(col(Event.id))
-        .limit(limit)
-    ).all()
+    pending = [
+        PendingEvent(**row._mapping)
+        for row in session.execute(
+            select(*_PENDING_COLUMNS)
+            .where(one_of(session, col(Event.contact_id), ids), Event.status == EventStatus.PENDING)
+            .order_by(col(Event.id))
+            .limit(limit)
+        )
+    ]
     by_contact: dict[int, list[Event]] = {}
     for event in pending:
-        by_contact.setdefault(event.contact_id, []).append(event)
+        by_contact.setdefault(event.contact_id, []).append(event)  # type: ignore[arg-type]
     effects = Effects()
     for contact in contacts:
         mine = by_contact.get(contact.id, [])  # type: ignore[arg-type]
@@ -112,7 +118,41 @@ def _process_together(
         effects.extend(_apply_pending(session, registry, contact, mine[:per_pass], now=now))
         if len(mine) > per_pass or len(pending) == limit:
             effects.contacts.append(contact.id)  # type: ignore[arg-type]  # more may wait
+    done = [e for e in pending if e.status != EventStatus.PENDING]
+    if done:
+        session.execute(
+            _EVENT_DONE,
+            [{"done_id": e.id, "done_status": e.status, "done_at": e.processed_at} for e in done],
+        )
     return effects
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """A pending event as a batch job reads it: a plain row, not an ORM object (loading and
+    flushing a hundred of those was a visible share of a job). ``apply_event`` reads it
+    like an ``Event`` and sets its ``status`` and ``processed_at``; the job writes those back
+    in one statement."""
+
+    id: int
+    contact_id: int
+    type: str
+    properties: dict[str, Any]
+    source: str
+    idempotency_key: str
+    status: str
+    error: str | None
+    occurred_at: datetime
+    received_at: datetime
+    processed_at: datetime | None
+
+
+_PENDING_COLUMNS = tuple(col(getattr(Event, name)) for name in PendingEvent.__dataclass_fields__)
+_EVENT_DONE = (
+    update(Event.__table__)  # type: ignore[arg-type]
+    .where(Event.__table__.c.id == bindparam("done_id"))  # type: ignore[attr-defined]
+    .values(status=bindparam("done_status"), processed_at=bindparam("done_at"))
+)
 
 
 def wake_enrollments_job(

@@ -182,3 +182,28 @@ def test_a_job_writes_one_insert_per_table_each_action_keyed_to_its_own_enrollme
         enrollment = enrollments[action.enrollment_id]
         assert enrollment.contact_id == action.contact_id
         assert action.idempotency_key == f"enrollment:{enrollment.id}:step:{action.reason['step']}"
+
+
+def test_a_job_writes_each_event_status_and_time_in_one_statement(runtime: Runtime) -> None:
+    # Given pending events of three contacts: two known types and one nothing names
+    items = [
+        EventIn(email="k1@example.com", type="page.viewed"),
+        EventIn(email="k2@example.com", type="trial.started"),
+        EventIn(email="u@example.com", type="mystery.happened"),
+    ]
+    record_all(runtime, items)
+    runtime.broker.pending.clear()  # type: ignore[attr-defined]
+    runtime.sync_versions()
+    with statements(runtime.db) as seen:
+        runtime.process_contacts(sorted(contact_ids(runtime)))
+    # Then each event has its own outcome and the job's time
+    with Session(runtime.db) as session:
+        rows = session.exec(select(Event).where(Event.type != "contact.created")).all()
+    assert {e.type: e.status for e in rows} == {
+        "page.viewed": EventStatus.PROCESSED,
+        "trial.started": EventStatus.PROCESSED,
+        "mystery.happened": EventStatus.UNMAPPED,
+    }
+    assert {e.processed_at for e in rows} == {runtime.clock.now()}
+    # written together: one UPDATE of events for the job
+    assert len([s for s in seen if s.lstrip().startswith("UPDATE events")]) == 1
