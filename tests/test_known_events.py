@@ -10,13 +10,13 @@ import pytest
 from sqlmodel import Session, select
 
 from engine import EventRule, build_registry
-from engine.conditions import did_event, opened
+from engine.conditions import Condition, did_event, opened
 from engine.known_events import batch, properties_since, statements
 from engine.models import Contact
 from engine.pipeline_jobs import process_contact_job
 from engine.registry import Registry
 from engine.runtime import Runtime
-from engine.steps import branch, send_email, wait
+from engine.steps import Step, branch, send_email, wait
 from engine.workflow import Workflow, on_event
 from tests.support import actions, enrollments, make_runtime
 from tests.support import statements as sql_statements
@@ -45,6 +45,27 @@ ON_TRIAL = Workflow(
         )
     ],
 )
+
+
+def _a_day_later(
+    name: str, condition: Condition, *, yes: str, no: str, first: Step | None = None
+) -> Workflow:
+    """On ``x.go``: ``first`` (if any), a day's wait, then an email ``yes`` or ``no`` as
+    ``condition`` holds."""
+    return Workflow(
+        name,
+        trigger=on_event("x.go"),
+        steps=[
+            *([first] if first else []),
+            wait(days=1),
+            branch(
+                condition,
+                id="then?",
+                then=[send_email("guide", id=yes)],
+                otherwise=[send_email("guide", id=no)],
+            ),
+        ],
+    )
 
 
 def _event_reads(seen: list[str]) -> list[str]:
@@ -119,19 +140,7 @@ def test_one_contact_at_a_time_decides_the_same_reading_its_own_events(tmp_path:
 
 def test_waking_a_batch_reads_events_since_each_enrollment_began(tmp_path: Path) -> None:
     # Given a workflow that waits a day, then asks whether the contact bought since entering
-    later = Workflow(
-        "later",
-        trigger=on_event("x.go"),
-        steps=[
-            wait(days=1),
-            branch(
-                did_event("x.buy"),
-                id="bought?",
-                then=[send_email("guide", id="thanks")],
-                otherwise=[send_email("guide", id="nudge")],
-            ),
-        ],
-    )
+    later = _a_day_later("later", did_event("x.buy"), yes="thanks", no="nudge")
     runtime, clock, _email = make_runtime(f"sqlite:///{tmp_path}/jl.db")
     runtime.registry = _registry(later)
     runtime.start()
@@ -204,19 +213,8 @@ def test_the_batch_read_answers_later_bounds_reads_again_for_earlier_and_ends_wi
 @pytest.mark.parametrize("together", [True, False])
 def test_engaged_reads_opens_for_the_batch(tmp_path: Path, together: bool) -> None:
     # Given a workflow that sends an email, waits, and branches on whether it was opened
-    engaged = Workflow(
-        "engaged",
-        trigger=on_event("x.go"),
-        steps=[
-            send_email("guide", id="hello"),
-            wait(days=1),
-            branch(
-                opened("hello"),
-                id="opened?",
-                then=[send_email("guide", id="more")],
-                otherwise=[send_email("guide", id="again")],
-            ),
-        ],
+    engaged = _a_day_later(
+        "engaged", opened("hello"), yes="more", no="again", first=send_email("guide", id="hello")
     )
     runtime, clock, _email = make_runtime(f"sqlite:///{tmp_path}/jl.db")
     runtime.registry = _registry(engaged)
