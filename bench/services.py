@@ -248,6 +248,7 @@ class Workers:
     ) -> None:
         self.log_path = log
         self._log: IO[str] = log.open("w")
+        self.started = time.time()  # before any of them can take a message
         self._proc = subprocess.Popen(
             [
                 sys.executable,

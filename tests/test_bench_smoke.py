@@ -150,3 +150,11 @@ def test_bench_crm_batch_smoke(results_in_tmp: Path) -> None:
         "existing contacts: batched": 3,
         "existing contacts: one per action": 90,
     }
+
+
+def test_a_drain_is_timed_from_every_worker_ready_or_for_a_tiny_one_from_their_start() -> None:
+    arrived = {"a@x": 10.5, "b@x": 11.0}
+    # the usual case: both emails after every worker process was ready (at 10.0)
+    assert end_to_end.drain_rate(arrived, 10.0, 9.0) == 2 / 1.0
+    # one process did all of it before the other was ready (at 12.0): timed from the start
+    assert end_to_end.drain_rate(arrived, 12.0, 9.0) == 2 / 2.0
