@@ -238,10 +238,6 @@ class DidEvent(Condition):
     within: timedelta | None = None
 
     def evaluate(self, ctx: EvalContext) -> bool:
-        from sqlmodel import col, select
-
-        from engine.models import Event
-
         when: known_events.When = "occurred_at"
         since: datetime | None = None
         if self.within is not None:
@@ -253,17 +249,6 @@ class DidEvent(Condition):
         found = known_events.properties_since(
             ctx.session, ctx.contact.id, (self.type,), when=when, since=since
         )
-        if found is None:
-            query = select(Event.properties).where(
-                Event.contact_id == ctx.contact.id, Event.type == self.type
-            )
-            if since is not None:
-                query = query.where(col(getattr(Event, when)) >= since)
-            # Processing only ever changes an event's status, never what is read here, and
-            # writes no events: no need to flush the job's pending writes first (which
-            # would cost a flush per contact instead of one per job).
-            with ctx.session.no_autoflush:
-                found = list(ctx.session.exec(query).all())
         return any(matches(properties, self.where) for properties in found)
 
     def describe(self) -> str:
@@ -282,7 +267,7 @@ class Engaged(Condition):
     def evaluate(self, ctx: EvalContext) -> bool:
         from sqlmodel import col, select
 
-        from engine.models import Action, Event
+        from engine.models import Action
 
         if ctx.enrollment is None:
             return False
@@ -299,14 +284,6 @@ class Engaged(Condition):
         kinds = ("email.clicked",) if self.how == "clicked" else ("email.opened", "email.clicked")
         assert ctx.contact.id is not None
         engagement = known_events.properties_since(ctx.session, ctx.contact.id, kinds)
-        if engagement is None:
-            engagement = list(
-                ctx.session.exec(
-                    select(Event.properties).where(
-                        Event.contact_id == ctx.contact.id, col(Event.type).in_(kinds)
-                    )
-                )
-            )
         return any(str(p.get("action_id")) in sent for p in engagement)
 
     def describe(self) -> str:

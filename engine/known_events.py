@@ -15,8 +15,8 @@ that read:
   while the job runs are pending for a later job either way;
 - the read is forgotten when the transaction ends.
 
-A transaction that does not opt in, or a contact outside the batch, gets ``None``: the
-caller reads the database itself, as before.
+A transaction that does not opt in, or a contact outside the batch, gets the same read for
+that one contact.
 """
 
 from __future__ import annotations
@@ -72,18 +72,20 @@ def properties_since(
     *,
     when: When = "occurred_at",
     since: datetime | None = None,
-) -> list[dict[str, Any]] | None:
+) -> list[dict[str, Any]]:
     """The properties of this contact's events of ``types`` whose ``when`` is at or after
-    ``since`` (every one with None), in id order; None when the transaction did not opt in
-    or the contact is not in its batch (then read the database directly)."""
+    ``since`` (every one with None), in id order: from the batch's read when the transaction
+    opted in and the contact is in its batch, else read for this contact alone."""
+    key = (tuple(sorted(types)), when)
     known: _Known | None = session.info.get(_KEY)
     if known is None or contact_id not in known.members:
-        return None
-    key = (tuple(sorted(types)), when)
+        alone = _load(session, [contact_id], key[0], when, since)
+        return [properties for _at, properties in alone.rows.get(contact_id, ())]
     read = known.reads.get(key)
     if read is None or not _covers(read.since, since):
-        read = _load(session, known, key[0], when, since)
+        read = _load(session, known.contacts, key[0], when, since)
         known.reads[key] = read
+        known.statements += 1
     mine = read.rows.get(contact_id, ())
     if since is None:
         return [properties for _at, properties in mine]
@@ -120,12 +122,12 @@ _STATEMENTS = {
 
 def _load(
     session: Session,
-    known: _Known,
+    contact_ids: list[int],
     types: tuple[str, ...],
     when: When,
     since: datetime | None,
 ) -> _Read:
-    params: dict[str, Any] = {"contact_ids": known.contacts, "types": list(types)}
+    params: dict[str, Any] = {"contact_ids": contact_ids, "types": list(types)}
     bound: When | None = None if since is None else when
     if since is not None:
         params["since"] = since
@@ -137,7 +139,6 @@ def _load(
     with session.no_autoflush:  # nothing this transaction writes is read here
         for contact_id, at, properties in session.execute(statement, params):
             read.rows.setdefault(contact_id, []).append((at, properties))
-    known.statements += 1
     return read
 
 

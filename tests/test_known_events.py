@@ -133,7 +133,9 @@ def test_one_contact_at_a_time_decides_the_same_reading_its_own_events(tmp_path:
             for contact_id in ids:
                 process_contact_job(runtime.db, runtime.registry, contact_id, now=clock.now())
         assert _steps(runtime) == EXPECTED
-        assert not [s for s in _event_reads(seen) if "events.type IN" in s]
+        # each contact read its own events: no batch read
+        own = [s for s in _event_reads(seen) if "events.type IN" in s]
+        assert len(own) == len(ids) and all("events.contact_id IN (?)" in s for s in own), own
     finally:
         runtime.close()
 
@@ -184,10 +186,12 @@ def test_the_batch_read_answers_later_bounds_reads_again_for_earlier_and_ends_wi
         b = runtime.track("b@example.com", "x.trial", {"n": 3}).contact_id
         outsider = runtime.track("c@example.com", "x.trial", {"n": 4}).contact_id
         with Session(runtime.db) as session:
-            # not opted in: the caller reads the database itself
-            assert properties_since(session, a, ["x.trial"]) is None
+            # not opted in: the contact's own events, read for it alone
+            assert properties_since(session, a, ["x.trial"]) == [{"n": 1}, {"n": 2}]
+            assert statements(session) == 0
             batch(session, [a, b])
-            assert properties_since(session, outsider, ["x.trial"]) is None
+            assert properties_since(session, outsider, ["x.trial"]) == [{"n": 4}]
+            assert statements(session) == 0  # outside the batch: read alone too
             day = start + timedelta(days=1)
             assert properties_since(session, a, ["x.trial"], since=day) == [{"n": 2}]
             assert properties_since(session, b, ["x.trial"], since=day) == [{"n": 3}]
@@ -205,7 +209,8 @@ def test_the_batch_read_answers_later_bounds_reads_again_for_earlier_and_ends_wi
                 {"n": 3}
             ]
             session.commit()
-            assert properties_since(session, a, ["x.trial"]) is None  # forgotten
+            assert properties_since(session, a, ["x.trial"]) == [{"n": 1}, {"n": 2}]
+            assert statements(session) == 0  # the batch is forgotten with its transaction
     finally:
         runtime.close()
 
