@@ -443,23 +443,25 @@ class _Renders:
         data = json.dumps(action.payload.get("data", {}), sort_keys=True, default=str)
         key = (template, data, action.reason.get("workflow"), action.reason.get("step"))
         if reads_contact(self.registry, template):
-            own = self._own(action, contact)
             if not self.substitute:
-                return own, {}
-            return self._personalised(action, contact, own, key)
+                return self._own(action, contact), {}
+            return self._personalised(action, contact, key)
         shared = self._shared.get(key)
         if shared is None:
             shared = build_message(self.registry, action, contact, now=self.now, sender=self.sender)
             self._shared[key] = shared
         return self._addressed(shared, action, contact), {}
 
-    def _own(self, action: Any, contact: Any) -> EmailMessage:
-        return build_message(self.registry, action, contact, now=self.now, sender=self.sender)
+    def _own(self, action: Any, contact: Any, view: dict[str, Any] | None = None) -> EmailMessage:
+        return build_message(
+            self.registry, action, contact, now=self.now, sender=self.sender, view=view
+        )
 
     def _personalised(
-        self, action: Any, contact: Any, own: EmailMessage, key: tuple
+        self, action: Any, contact: Any, key: tuple
     ) -> tuple[EmailMessage, Mapping[str, str]]:
         view = contact_view(contact)
+        own = self._own(action, contact, view)
         fields = tuple(sorted(view))
         shape = (*key, fields)
         if shape not in self._skeletons:

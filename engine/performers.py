@@ -74,10 +74,18 @@ def contact_view(contact: Contact) -> dict[str, Any]:
 
 
 def build_message(
-    registry: Registry, action: Action, contact: Contact, *, now: datetime, sender: str
+    registry: Registry,
+    action: Action,
+    contact: Contact,
+    *,
+    now: datetime,
+    sender: str,
+    view: dict[str, Any] | None = None,
 ) -> EmailMessage:
+    """The email ``action`` sends ``contact``; ``view`` is ``contact_view(contact)`` when the
+    caller has it already."""
     template = action.payload["template"]
-    view = contact_view(contact)
+    view = contact_view(contact) if view is None else view
     data = dict(action.payload.get("data", {}))
     workflow = str(action.reason.get("workflow", "manual"))
     step = str(action.reason.get("step", template))

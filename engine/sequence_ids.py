@@ -30,7 +30,7 @@ MIN_ROWS = 4
 """Fewer new rows than this go the usual way: the statement is short enough to be cached,
 and drawing ids first would cost a round trip more."""
 
-_SEQUENCES: dict[tuple[str, str], str | None] = {}  # (database, table) -> its id sequence
+_SEQUENCES: dict[tuple[Any, str], str | None] = {}  # (database URL, table) -> its id sequence
 
 
 @event.listens_for(OrmSession, "before_flush")
@@ -44,8 +44,7 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
     wanted = {table: states for table, states in wanted.items() if len(states) >= MIN_ROWS}
     if not wanted:
         return
-    database = connection.engine.url.render_as_string(hide_password=True)
-    sequences = {table: _sequence(connection, database, table) for table in wanted}
+    sequences = {table: _sequence(connection, table) for table in wanted}
     tables = sorted((t for t in wanted if sequences[t]), key=lambda t: t.fullname)
     if not tables:
         return
@@ -60,25 +59,32 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
     drawn = connection.execute(text(f"SELECT {columns}"), params).one()
     for table, ids in zip(tables, drawn, strict=True):
         states = sorted(wanted[table], key=lambda state: state.insert_order)
-        key = states[0].mapper.get_property_by_column(_key_column(table)).key
+        key = _key_attribute(states[0].mapper)
         for state, new_id in zip(states, sorted(ids), strict=True):
-            setattr(state.obj(), key, new_id)
+            setattr(state.obj(), key, new_id)  # type: ignore[arg-type]
 
 
 def _new_rows_by_table(objects: Iterable[Any]) -> dict[Table, list[InstanceState[Any]]]:
     found: dict[Table, list[InstanceState[Any]]] = {}
     for obj in objects:
         state: InstanceState[Any] = inspect(obj)
-        table = state.mapper.local_table
-        if not isinstance(table, Table):
-            continue
-        column = _key_column(table)
-        if column is None:
-            continue
-        if state.dict.get(state.mapper.get_property_by_column(column).key) is not None:
-            continue  # the caller chose its id
-        found.setdefault(table, []).append(state)
+        key = _key_attribute(state.mapper)
+        if key is None or state.dict.get(key) is not None:
+            continue  # no sequence-backed key, or the caller chose its id
+        found.setdefault(state.mapper.local_table, []).append(state)  # type: ignore[arg-type]
     return found
+
+
+_KEYS: dict[Any, str | None] = {}  # mapper -> attribute of its sequence-backed key, or None
+
+
+def _key_attribute(mapper: Any) -> str | None:
+    """The attribute holding the mapper's lone sequence-backed integer key (once per mapper)."""
+    if mapper not in _KEYS:
+        table = mapper.local_table
+        column = _key_column(table) if isinstance(table, Table) else None
+        _KEYS[mapper] = None if column is None else mapper.get_property_by_column(column).key
+    return _KEYS[mapper]
 
 
 def _key_column(table: Table) -> Any:
@@ -97,9 +103,9 @@ def _key_column(table: Table) -> Any:
     return column
 
 
-def _sequence(connection: Any, database: str, table: Table) -> str | None:
+def _sequence(connection: Any, table: Table) -> str | None:
     """The sequence behind the table's key (None: it has none; it is left to the database)."""
-    key = (database, table.fullname)
+    key = (connection.engine.url, table.fullname)
     if key not in _SEQUENCES:
         _SEQUENCES[key] = connection.execute(
             text("SELECT pg_get_serial_sequence(:table, :column)"),

@@ -17,6 +17,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, Template, TemplateNotFound, select_autoescape
 from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.runtime import Context
 
 from engine.errors import PermanentConnectorError
 
@@ -70,9 +71,12 @@ class TemplateRenderer:
         try:
             html = self._env.get_template(f"{name}.j2")
             plain = self._plain_env.get_template(f"{name}.j2")
+            # One context per compiled template, shared by its blocks.
+            plain_context = plain.new_context(variables)
             parts = {
-                block: _block(plain if block != "html" else html, block, variables)
-                for block in ("subject", *BODY_BLOCKS)
+                "subject": _block(plain, "subject", plain_context),
+                "text": _block(plain, "text", plain_context),
+                "html": _block(html, "html", html.new_context(variables)),
             }
         except JinjaTemplateError as exc:
             raise PermanentConnectorError(f"template {name!r} failed to render: {exc}") from exc
@@ -81,8 +85,8 @@ class TemplateRenderer:
         return RenderedEmail(subject=subject, text=parts["text"], html=parts["html"])
 
 
-def _block(template: Template, block: str, variables: dict[str, Any]) -> str:
-    """One block of ``template`` rendered with ``variables`` ("" when it has none)."""
+def _block(template: Template, block: str, context: Context) -> str:
+    """One block of ``template`` rendered in ``context`` ("" when it has none)."""
     if block not in template.blocks:
         return ""
-    return "".join(template.blocks[block](template.new_context(variables))).strip()
+    return "".join(template.blocks[block](context)).strip()
