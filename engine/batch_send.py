@@ -18,7 +18,10 @@ the same three phases and the same exactly-once rules, done set-based:
    sweeper; permanent: ``failed`` with the provider's reason; timeout: ``unknown``).
 
 Which sends batch: marketing email actions dispatched together (a job's new actions, a
-broadcast's page, a sweep) go in batches of up to ``batch_size``, the actions of one
+broadcast's page, a sweep) go in batches of up to ``batch_size``; transactional email that
+one job dispatches together (receipts of many contacts processed in one transaction) goes
+in batches of its own, on the transactional queue, never mixed with marketing email and
+never held back for a batch. The actions of one
 (workflow, version, step, template, data) next to each other; a request then carries actions
 whose *rendered* subject and bodies are identical. A template that uses contact
 fields (``{{ contact.first_name }}``) renders differently per contact; where the connector
@@ -107,10 +110,18 @@ class BatchOutcome:
 # --- grouping ---------------------------------------------------------------------------
 
 
-def batch_key(kind: str, payload: Mapping[str, Any], reason: Mapping[str, Any]) -> tuple | None:
+def batch_key(
+    kind: str,
+    payload: Mapping[str, Any],
+    reason: Mapping[str, Any],
+    *,
+    transactional: bool = False,
+) -> tuple | None:
     """Actions with the same key are likely to share a request; None: this one goes alone.
-    Transactional email keeps its own queue and is never held for a batch."""
-    if kind != "email" or not payload.get("marketing", True):
+    Marketing and transactional email never share a batch: transactional email keeps its
+    own queue and batches only with transactional email dispatched at the same moment
+    (``transactional=True``); it is never held back to wait for one."""
+    if kind != "email" or bool(payload.get("marketing", True)) == transactional:
         return None
     data = json.dumps(payload.get("data", {}), sort_keys=True, default=str)
     return (
@@ -129,12 +140,13 @@ def group_for_batches(
     *,
     size: int,
     described: Mapping[int, tuple[str, Mapping[str, Any], Mapping[str, Any]]] | None = None,
+    transactional: bool = False,
 ) -> tuple[list[list[int]], list[int]]:
-    """Split due actions into batches (lists of at most ``size`` marketing emails, those
-    sharing a batch key next to each other) and singles (everything else, and a lone
-    marketing email, sent one by one). ``described`` gives the
-    (kind, payload, reason) of actions already known (``Effects.described``); the others
-    are read."""
+    """Split due actions into batches (lists of at most ``size`` marketing emails, or with
+    ``transactional`` of transactional ones, those sharing a batch key next to each other)
+    and singles (everything else, and a lone email, sent one by one). ``described`` gives
+    the (kind, payload, reason) of actions already known (``Effects.described``); the
+    others are read."""
     if size <= 1 or len(action_ids) < 2:
         return [], list(action_ids)
     described = described or {}
@@ -153,12 +165,12 @@ def group_for_batches(
     groups: dict[tuple, list[int]] = {}
     singles: list[int] = []
     for action_id, kind, payload, reason in sorted(rows, key=lambda row: row[0]):
-        key = batch_key(kind, payload or {}, reason or {})
+        key = batch_key(kind, payload or {}, reason or {}, transactional=transactional)
         if key is None:
             singles.append(action_id)
         else:
             groups.setdefault(key, []).append(action_id)
-    # Every marketing email goes in a batch, whatever its step: a request still carries only
+    # Every email of the kind goes in a batch, whatever its step: a request still carries only
     # identical renderings (``_requests``), and a job per step would cost a claim per step.
     # Groups stay together, so a step's emails share as few batches as they can.
     batchable = [action_id for ids in groups.values() for action_id in ids]

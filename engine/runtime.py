@@ -7,7 +7,9 @@ all use, so there is one behaviour to trust. Its jobs are declared on its own br
     perform_action(action_id)      send one action through its connector
     wake_enrollment(enrollment_id) continue an enrollment whose wait is over
     wake_enrollments(ids)          continue several, in one transaction (a scheduler pass)
-    perform_email_batch(action_ids) send email actions of one step together (batch_send.py)
+    perform_email_batch(action_ids) send marketing email actions together (batch_send.py)
+    perform_transactional_batch(action_ids)  transactional email one job wrote for several
+                                   contacts, together, on the transactional queue
     perform_crm_batch(action_ids)  crm.update actions through HubSpot's batch calls (crm_batch.py)
     fire_schedule(slot_id)         offer a schedule slot's workflow to its time zone's contacts
     scheduler_tick()               one scheduler pass, then itself again after the interval
@@ -103,6 +105,7 @@ class Jobs:
     wake_enrollment: dramatiq.Actor[[int], None]
     wake_enrollments: dramatiq.Actor[[list[int]], None]
     perform_email_batch: dramatiq.Actor[[list[int]], None]
+    perform_transactional_batch: dramatiq.Actor[[list[int]], None]
     perform_crm_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
     scheduler_tick: dramatiq.Actor[[str], None]
@@ -560,8 +563,18 @@ class Runtime:
                 self.jobs.perform_email_batch.send(batch)
         for action_id in actions:
             self.jobs.perform_action.send(action_id)
-        # CRM actions are not marketing: many contacts at one update_crm step land here.
-        for action_id in self._batch_crm(effects.transactional):
+        # Transactional email of many contacts (receipts of one job) shares requests too,
+        # on its own queue; CRM actions are not marketing either: many contacts at one
+        # update_crm step land here.
+        transactional = effects.transactional
+        if len(transactional) > 1 and size > 1:
+            batches, transactional = group_for_batches(
+                self.db, transactional, size=size, described=effects.described(),
+                transactional=True,
+            )  # fmt: skip
+            for batch in batches:
+                self.jobs.perform_transactional_batch.send(batch)
+        for action_id in self._batch_crm(transactional):
             self.jobs.perform_transactional.send(action_id)
         for contact_id in effects.contacts:
             self.jobs.process_contact.send(contact_id)
@@ -654,6 +667,9 @@ class Runtime:
         def perform_email_batch_job(action_ids: list[int]) -> None:
             self.perform_batch(action_ids)
 
+        def perform_transactional_batch_job(action_ids: list[int]) -> None:
+            self.perform_batch(action_ids)
+
         def perform_crm_batch_job(action_ids: list[int]) -> None:
             self.perform_crm_batch(action_ids)
 
@@ -693,6 +709,11 @@ class Runtime:
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
             wake_enrollments=declare(wake_enrollments, "wake_enrollments"),
             perform_email_batch=declare(perform_email_batch_job, "perform_email_batch"),
+            perform_transactional_batch=declare(
+                perform_transactional_batch_job,
+                "perform_transactional_batch",
+                TRANSACTIONAL_QUEUE,
+            ),
             # On the queue single CRM actions take (they are not marketing).
             perform_crm_batch=declare(
                 perform_crm_batch_job, "perform_crm_batch", TRANSACTIONAL_QUEUE

@@ -26,6 +26,7 @@ from engine import (
     quiet_hours,
     send_email,
 )
+from engine.api.events import EventIn, record_all
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, metadata
 from engine.runtime import Runtime
@@ -267,5 +268,78 @@ def test_two_emails_to_one_contact_in_one_batch_still_respect_the_cap(
         clock.set(clock.now() + timedelta(days=1, minutes=1))
         runtime.run_until_idle()
         assert len(fake.requests) == 2  # the held one, a day later
+    finally:
+        next(worlds, None)
+
+
+def test_transactional_email_of_one_job_shares_requests_on_its_own_queue_never_held(
+    tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Receipts that one job writes for several contacts go out in one request on the
+    transactional queue, apart from the marketing email of the same job; quiet hours hold
+    the marketing email but not the receipts, and consent is not asked of a receipt."""
+    workflows = [
+        Workflow(
+            "receipt",
+            trigger=on_stage_entered("decision"),
+            steps=[send_email("hello_name", id="receipt", marketing=False)],
+        ),
+        *_two_emails_on_decision()[:1],
+    ]
+    guardrails = Guardrails(quiet_hours=quiet_hours("18:00", "09:00"))
+    worlds = _world(tmp_path, fake, workflows, guardrails, rules=(TRIAL,))
+    runtime, _clock = next(worlds)
+    try:
+        add_contacts(runtime, 2, prefix="london", timezone="Europe/London")  # 10:00 there
+        add_contacts(runtime, 2, prefix="tokyo", timezone="Asia/Tokyo")  # 19:00: quiet
+        with Session(runtime.db) as session:
+            gone = session.exec(select(Contact).where(Contact.email == "tokyo1@example.com")).one()
+            gone.subscription_status = "unsubscribed"
+            session.add(gone)
+            session.commit()
+        sent: list[tuple[str, str, int]] = []
+        enqueue = runtime.broker.enqueue
+
+        def recording(message, **kwargs):  # type: ignore[no-untyped-def]
+            if message.actor_name.startswith("perform"):
+                arg = message.args[0]
+                sent.append(
+                    (
+                        message.actor_name,
+                        message.queue_name,
+                        len(arg) if isinstance(arg, list) else 1,
+                    )
+                )
+            return enqueue(message, **kwargs)
+
+        monkeypatch.setattr(runtime.broker, "enqueue", recording)
+        emails = [f"{p}{i}@example.com" for p in ("london", "tokyo") for i in range(2)]
+        record_all(runtime, [EventIn(email=email, type="trial.started") for email in emails])
+        runtime.drain()
+
+        assert sorted(sent) == [
+            ("perform_email_batch", "journeyline", 3),  # not the unsubscribed one
+            ("perform_transactional_batch", "journeyline_transactional", 4),
+        ]
+        receipts = [r for r in fake.requests if r.body["subject"].startswith("Hello")]
+        assert len(receipts) == 1  # every receipt, in one request
+        assert sorted(p["to"][0]["email"] for p in receipts[0].body["personalizations"]) == sorted(
+            emails
+        )
+        with Session(runtime.db) as session:
+            rows = session.exec(
+                select(Contact.email, Action.reason, Action.status)
+                .join(Contact, col(Contact.id) == col(Action.contact_id))
+                .where(Action.kind == "email")
+            ).all()
+        statuses = {(email, reason["workflow"]): status for email, reason, status in rows}
+        assert {k: v for k, v in statuses.items() if k[1] == "receipt"} == {
+            (email, "receipt"): ActionStatus.SENT for email in emails
+        }
+        assert {k[0]: v for k, v in statuses.items() if k[1] == "spring_sale"} == {
+            "london0@example.com": ActionStatus.SENT,
+            "london1@example.com": ActionStatus.SENT,
+            "tokyo0@example.com": ActionStatus.PENDING,  # held: 19:00 in Tokyo
+        }  # and none for tokyo1, unsubscribed, who still has a receipt
     finally:
         next(worlds, None)
