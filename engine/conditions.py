@@ -269,22 +269,29 @@ class Engaged(Condition):
 
         from engine.models import Action
 
-        if ctx.enrollment is None:
-            return False
-        if ctx.enrollment.id is None:
-            ctx.session.flush()  # started in this transaction: its id is needed below
-        query = select(Action.id).where(
-            Action.enrollment_id == ctx.enrollment.id, Action.kind == "email"
-        )
-        if self.step:
-            query = query.where(col(Action.reason)["step"].as_string() == self.step)
-        sent = {str(i) for i in ctx.session.exec(query)}
-        if not sent:
+        if ctx.enrollment is None or ctx.enrollment.id is None:
+            # Not written yet, so started in this transaction: nothing it sends exists
+            # outside it, and no open or click can name it.
             return False
         kinds = ("email.clicked",) if self.how == "clicked" else ("email.opened", "email.clicked")
         assert ctx.contact.id is not None
+        # The contact's engagement first (a batch job reads it for all its contacts in one
+        # statement); most contacts have none, and then no query of their emails is needed.
         engagement = known_events.properties_since(ctx.session, ctx.contact.id, kinds)
-        return any(str(p.get("action_id")) in sent for p in engagement)
+        named = {i for p in engagement if (i := _action_id(p.get("action_id"))) is not None}
+        if not named:
+            return False
+        query = select(Action.id).where(
+            Action.enrollment_id == ctx.enrollment.id,
+            Action.kind == "email",
+            col(Action.id).in_(sorted(named)),
+        )
+        if self.step:
+            query = query.where(col(Action.reason)["step"].as_string() == self.step)
+        # An email this transaction writes was sent to nobody yet: no flush is needed to
+        # find the ones an open or a click can name.
+        with ctx.session.no_autoflush:
+            return ctx.session.exec(query.limit(1)).first() is not None
 
     def describe(self) -> str:
         return f"{self.how} {self.step or 'any email of this workflow'}"
@@ -377,3 +384,14 @@ def any_of(*conditions: Condition) -> AnyOf:
 
 def not_(condition: Condition) -> Not:
     return Not(condition)
+
+
+def _action_id(value: Any) -> int | None:
+    """The action id an engagement event names (``action_id``, an int or its digits)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

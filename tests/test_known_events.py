@@ -246,3 +246,43 @@ def test_engaged_reads_opens_for_the_batch(tmp_path: Path, together: bool) -> No
         assert later == {o: "more", s: "again"}
     finally:
         runtime.close()
+
+
+def test_engaged_asks_for_the_emails_only_of_contacts_whose_opens_name_one(
+    tmp_path: Path,
+) -> None:
+    # Given three contacts in a workflow that branches on whether its first email was
+    # opened: one opened it, one opened an email of another workflow, one opened nothing
+    engaged = _a_day_later(
+        "engaged", opened("hello"), yes="more", no="again", first=send_email("guide", id="hello")
+    )
+    other = Workflow("other", trigger=on_event("x.buy"), steps=[send_email("guide", id="x")])
+    runtime, clock, _email = make_runtime(f"sqlite:///{tmp_path}/jl.db")
+    runtime.registry = _registry(engaged, other)
+    runtime.start()
+    try:
+        o, e, s = (runtime.track(f"{name}@example.com", "x.go").contact_id for name in "oes")
+        runtime.track("e@example.com", "x.buy")
+        runtime.drain()
+        sent = {(a.contact_id, a.reason["workflow"]): a.id for a in actions(runtime)}
+        runtime.track("o@example.com", "email.opened", {"action_id": str(sent[o, "engaged"])})
+        runtime.track("e@example.com", "email.opened", {"action_id": sent[e, "other"]})
+        runtime.drain()
+        clock.advance(timedelta(days=1, minutes=1))
+        waiting = [x.id for x in enrollments(runtime) if x.status == "waiting"]
+        # When the three wake in one job
+        with sql_statements(runtime.db) as seen:
+            runtime.wake_many(waiting)  # type: ignore[arg-type]
+        # Then only the two whose opens name an email are asked about their emails, and
+        # only the one whose open names this workflow's email counts as engaged
+        asked = [q for q in seen if q.lstrip().startswith("SELECT actions.id \nFROM actions")]
+        assert len(asked) == 2
+        runtime.drain()
+        later = {
+            a.contact_id: a.reason["step"]
+            for a in actions(runtime)
+            if a.id not in set(sent.values())
+        }
+        assert later == {o: "more", e: "again", s: "again"}
+    finally:
+        runtime.close()
