@@ -120,6 +120,9 @@ class Event(ColumnsSetFast, SQLModel, table=True):
     __table_args__ = (
         Index("ix_events_contact_status", "contact_id", "status", "id"),
         Index("ix_events_due", "status", "lease_until"),
+        # A contact's events of a type since a time (did_event, opened, clicked): without
+        # it the read goes through every event the contact ever had.
+        Index("ix_events_contact_type", "contact_id", "type", "occurred_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
