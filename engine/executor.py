@@ -228,7 +228,9 @@ def start_enrollment(
     return advance(session, registry, contact, enrollment, now=now)
 
 
-def _latest_entry(session: Session, contact_id: int, workflow: str) -> Enrollment | None:
+def _latest_entry(
+    session: Session, contact_id: int, workflow: str
+) -> Enrollment | known_enrollments.PastEntry | None:
     known = known_enrollments.known_for(session, contact_id)
     if known is not None:
         return max((e for e in known if e.workflow == workflow), key=_entry, default=None)
@@ -239,7 +241,7 @@ def _latest_entry(session: Session, contact_id: int, workflow: str) -> Enrollmen
     ).first()
 
 
-def _entry(enrollment: Enrollment) -> int:
+def _entry(enrollment: Enrollment | known_enrollments.PastEntry) -> int:
     return enrollment.entry
 
 
@@ -600,7 +602,7 @@ def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:
     """The contact's active and waiting enrollments, in id order."""
     known = known_enrollments.known_for(session, contact_id)
     if known is not None:
-        return sorted((e for e in known if e.status in LIVE), key=_id)
+        return sorted((e for e in known if isinstance(e, Enrollment) and e.status in LIVE), key=_id)
     return list(
         session.exec(
             select(Enrollment)

@@ -12,13 +12,13 @@ from sqlmodel import Session, select
 
 from engine import EventRule, build_registry
 from engine.executor import live_enrollments, start_enrollment
-from engine.known_enrollments import keep_enrollments
+from engine.known_enrollments import PastEntry, keep_enrollments, known_for, load
 from engine.models import Contact
 from engine.pipeline_jobs import process_contact_job
 from engine.runtime import Runtime
 from engine.stages import Guard, Journey, Stage, Transition
 from engine.steps import send_email, wait
-from engine.workflow import Workflow, on_event, on_stage_entered
+from engine.workflow import Workflow, on_event, on_stage_entered, reenter_always
 from tests.support import enrollments, events, make_runtime
 
 TEMPLATES = Path("workflows/templates")
@@ -134,8 +134,9 @@ def test_an_event_that_moves_the_stage_and_starts_a_workflow_reads_enrollments_o
             runtime.track("on@example.com", "x.trial")
             runtime.drain()
         # Then the stage change, the new workflow's re-entry check and the event's own
-        # reactions shared one read of the contact's enrollments
-        assert len(reads) == 1
+        # reactions shared one load of the contact's enrollments (two statements: the live
+        # ones as objects, each workflow's ended latest entry as a row)
+        assert len(reads) == 2
         assert sorted((e.workflow, e.status) for e in enrollments(runtime)) == [
             ("decision", "completed"),
             ("welcome", "waiting"),
@@ -179,10 +180,62 @@ def test_the_kept_enrollments_follow_starts_and_ends_and_end_with_the_transactio
             )
             first[0].status = "exited"
             assert [e.workflow for e in live_enrollments(session, contact.id)] == ["two"]  # type: ignore[arg-type]
-            assert len(reads) == 1
+            assert len(reads) == 2  # one load: live enrollments, ended latest entries
             session.commit()
             # a new transaction reads the database again, as any caller that did not opt in
             assert [e.workflow for e in live_enrollments(session, contact.id)] == ["two"]  # type: ignore[arg-type]
-            assert len(reads) == 2
+            assert len(reads) == 3
+    finally:
+        runtime.close()
+
+
+def test_ended_entries_are_kept_as_rows_only_the_latest_per_workflow(tmp_path: Path) -> None:
+    # Given two contacts: one entered "again" twice (both ended) and waits in "one"; the
+    # other has only ended enrollments
+    registry = build_registry(
+        workflows=[
+            Workflow("one", trigger=on_event("x.one"), steps=[wait(days=1), send_email("guide")]),
+            Workflow(
+                "again",
+                trigger=on_event("x.two"),
+                steps=[send_email("guide")],
+                reentry=reenter_always(),
+            ),
+        ],
+        templates_dir=TEMPLATES,
+        events=["x.one", "x.two"],
+    )
+    runtime, _clock, _email = make_runtime(f"sqlite:///{tmp_path}/jl.db")
+    runtime.registry = registry
+    runtime.start()
+    try:
+        for email, types in (
+            ("a@example.com", ("x.two", "x.two", "x.one")),
+            ("b@example.com", ("x.two",)),
+        ):
+            for event_type in types:
+                runtime.track(email, event_type)
+                runtime.drain()
+        ids = {e.id: e for e in enrollments(runtime)}
+        with Session(runtime.db) as session:
+            a, b = session.exec(select(Contact).order_by(Contact.id)).all()
+            keep_enrollments(session)
+            # When both contacts' enrollments are loaded at once
+            load(session, [a.id, b.id])  # type: ignore[list-item]
+            known_a = known_for(session, a.id)  # type: ignore[arg-type]
+            known_b = known_for(session, b.id)  # type: ignore[arg-type]
+        # Then the live one is an object, each workflow's latest ended entry a plain row,
+        # older entries are left out, and each list is in id order
+        assert known_a is not None and known_b is not None
+        assert [(type(e).__name__, e.workflow, e.entry) for e in known_a] == [
+            ("PastEntry", "again", 2),
+            ("Enrollment", "one", 1),
+        ]
+        assert [(type(e).__name__, e.workflow, e.entry) for e in known_b] == [
+            ("PastEntry", "again", 1)
+        ]
+        past = known_a[0]
+        assert isinstance(past, PastEntry)
+        assert (past.status, past.started_at) == (ids[past.id].status, ids[past.id].started_at)
     finally:
         runtime.close()
