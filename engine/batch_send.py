@@ -72,7 +72,13 @@ from engine.guardrails import (
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.performers import build_message, contact_view
 from engine.registry import Registry
-from engine.substitutions import Skeleton, skeleton, substitutions_for
+from engine.substitutions import (
+    Skeleton,
+    prints_fields_only,
+    skeleton,
+    substitutions_for,
+    values_for,
+)
 from engine.templates import RenderedEmail
 
 log = logging.getLogger(__name__)
@@ -445,6 +451,7 @@ class _Renders:
         self.substitute = substitute
         self._shared: dict[tuple, EmailMessage] = {}
         self._skeletons: dict[tuple, Skeleton | None] = {}
+        self._skeleton_messages: dict[tuple, EmailMessage] = {}
 
     def message(self, action: Any, contact: Any) -> tuple[EmailMessage, Mapping[str, str]]:
         """The message for ``action`` and, when it is a skeleton, this contact's values."""
@@ -473,11 +480,11 @@ class _Renders:
         self, action: Any, contact: Any, key: tuple
     ) -> tuple[EmailMessage, Mapping[str, str]]:
         view = contact_view(contact)
-        own = self._own(action, contact, view)
         fields = tuple(sorted(view))
         shape = (*key, fields)
+        template = str(action.payload["template"])
         if shape not in self._skeletons:
-            template, data = str(action.payload["template"]), action.payload.get("data", {})
+            data = action.payload.get("data", {})
             self._skeletons[shape] = skeleton(
                 lambda tagged: self.registry.templates.render(
                     template, contact=tagged, data=dict(data)
@@ -485,6 +492,23 @@ class _Renders:
                 fields,
             )
         shaped = self._skeletons[shape]
+        if shaped is not None and _prints_fields_only(self.registry, template):
+            # Exact by the template's syntax: the skeleton plus these values is what
+            # rendering for this contact would give, so it is not rendered to compare.
+            values = values_for(shaped, view)
+            if values is not None:
+                base = self._skeleton_messages.get(shape)
+                if base is None:
+                    content = shaped.rendered
+                    base = replace(
+                        self._own(action, contact, view),
+                        subject=content.subject,
+                        text=content.text,
+                        html=content.html,
+                    )
+                    self._skeleton_messages[shape] = base
+                return self._addressed(base, action, contact), values
+        own = self._own(action, contact, view)
         if shaped is None:
             return own, {}
         real = RenderedEmail(own.subject, own.text, own.html)
@@ -510,6 +534,18 @@ def reads_contact(registry: Registry, template: str) -> bool:
     cache: dict[str, bool] = registry.__dict__.setdefault("_template_reads_contact", {})
     if template not in cache:
         cache[template] = _reads_contact(registry.templates.directory / f"{template}.j2")
+    return cache[template]
+
+
+def _prints_fields_only(registry: Registry, template: str) -> bool:
+    """``substitutions.prints_fields_only`` for ``template``, parsed once per process."""
+    cache: dict[str, bool] = registry.__dict__.setdefault("_template_prints_fields_only", {})
+    if template not in cache:
+        path = registry.templates.directory / f"{template}.j2"
+        try:
+            cache[template] = prints_fields_only(path.read_text(encoding="utf-8"))
+        except OSError:
+            cache[template] = False
     return cache[template]
 
 

@@ -290,6 +290,7 @@ class _Mailbox(EmailConnector):
         return SendResult(f"sim-{self.count}")
 
     batch_size = 1000  # emails of one step due together go through perform_email_batch
+    substitutions = True  # personalised emails share requests, as with SendGrid's default
 
     def send_batch(self, message: EmailMessage, recipients: Sequence[Recipient]) -> SendResult:
         self.count += 1

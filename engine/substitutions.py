@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import Environment, TemplateSyntaxError, meta, nodes
 from markupsafe import escape
 
 from connectors.email.sendgrid import MAX_SUBSTITUTION_BYTES, substitutions_size
@@ -92,3 +93,101 @@ def substitutions_for(
     ):
         return substitutions
     return None
+
+
+# --- templates whose skeleton is exact by their syntax ------------------------------------
+
+# Where a printed field may sit: nothing between these and the template captures, repeats
+# through a macro, or filters what is printed.
+_PLAIN_PARENTS = (nodes.Template, nodes.Block, nodes.If, nodes.For, nodes.Output)
+
+
+def prints_fields_only(source: str) -> bool:
+    """Whether the template ``source`` uses ``contact`` only to print one of its fields as
+    it is: ``{{ contact.name }}``, ``{{ contact["name"] }}`` or ``{{ contact.name |
+    default("...") }}``, directly in the text (in blocks, ifs and loops that do not test
+    ``contact``), never in a test, a loop, a filter, a macro, a call or a capture.
+
+    Then the skeleton with a contact's values put in *is* that contact's rendering: Jinja
+    prints a present field as ``str(value)`` (escaped in the HTML body), ``default`` leaves
+    a present field alone, and a missing field renders the same in the skeleton as for the
+    contact, since a skeleton is made per set of fields. The batch then skips rendering each
+    contact to compare (``values_for``). Anything this cannot prove, or a template that
+    extends, includes or imports another, is False: each contact is rendered and compared."""
+    try:
+        parsed = Environment().parse(source)
+    except TemplateSyntaxError:
+        return False
+    if list(meta.find_referenced_templates(parsed)):
+        return False
+    return _only_printed(parsed, ())
+
+
+def _only_printed(node: nodes.Node, parents: tuple[nodes.Node, ...]) -> bool:
+    if isinstance(node, nodes.Name) and node.name == "contact":
+        return _is_printed_field(node, parents)
+    return all(_only_printed(child, (*parents, node)) for child in node.iter_child_nodes())
+
+
+def _is_printed_field(name: nodes.Name, parents: tuple[nodes.Node, ...]) -> bool:
+    if name.ctx != "load" or not parents:
+        return False
+    field = parents[-1]
+    if isinstance(field, nodes.Getattr):
+        if hasattr(dict, field.attr):  # ``contact.items`` prints the dict's method, not a field
+            return False
+    elif isinstance(field, nodes.Getitem) and isinstance(field.arg, nodes.Const):
+        if not isinstance(field.arg.value, str):
+            return False
+    else:
+        return False
+    printed, above = field, parents[:-1]
+    if above and isinstance(above[-1], nodes.Filter):
+        fallback = above[-1]
+        if not (
+            fallback.name in ("default", "d")
+            and fallback.node is field
+            and len(fallback.args) == 1
+            and isinstance(fallback.args[0], nodes.Const)
+            and not fallback.kwargs
+            and fallback.dyn_args is None
+            and fallback.dyn_kwargs is None
+        ):
+            return False
+        printed, above = fallback, above[:-1]
+    if not above or not isinstance(above[-1], nodes.Output) or printed not in above[-1].nodes:
+        return False
+    # In an if's test or a loop's iterable, ``contact`` would have been reached through
+    # that node's test/iter, not its body: only bodies lead to an Output.
+    return all(isinstance(parent, _PLAIN_PARENTS) for parent in above)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _kept_as_is(value: Any) -> bool:
+    """Whether the renderer's clean-up leaves ``value`` alone wherever it is printed: it
+    strips every block and folds the subject's whitespace to single spaces, so an empty
+    value, or one with surrounding or repeated whitespace, could render differently from
+    the skeleton filled in."""
+    text = str(value)
+    return text != "" and text == " ".join(text.split())
+
+
+def values_for(skeleton: Skeleton, view: Mapping[str, Any]) -> dict[str, str] | None:
+    """For a template that ``prints_fields_only``: the tags and this contact's values that
+    make ``skeleton`` their rendering, without rendering it; None when a value is not a
+    plain scalar, is empty or has whitespace the renderer's clean-up would change, looks
+    like a tag, or is too long for SendGrid (render and compare as usual then)."""
+    used = [skeleton.fields[i] for i in (*skeleton.plain, *skeleton.html)]
+    if any(not isinstance(view[name], _SCALARS) or not _kept_as_is(view[name]) for name in used):
+        return None
+    substitutions = {tag(i): str(view[skeleton.fields[i]]) for i in skeleton.plain}
+    substitutions.update(
+        {tag(i, html=True): str(escape(view[skeleton.fields[i]])) for i in skeleton.html}
+    )
+    if any(_TAG.search(value) for value in substitutions.values()):
+        return None
+    if substitutions_size(substitutions) > MAX_SUBSTITUTION_BYTES:
+        return None
+    return substitutions

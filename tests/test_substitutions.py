@@ -16,7 +16,13 @@ from engine.errors import PermanentConnectorError
 from engine.models import Contact
 from engine.performers import contact_view
 from engine.runtime import Runtime
-from engine.substitutions import fill, skeleton, substitutions_for
+from engine.substitutions import (
+    fill,
+    prints_fields_only,
+    skeleton,
+    substitutions_for,
+    values_for,
+)
 from engine.templates import RenderedEmail
 from tests.test_broadcast import KEY, add_contacts, running, sale
 
@@ -174,3 +180,126 @@ def test_the_sendgrid_payload_carries_substitutions_per_personalization() -> Non
     with pytest.raises(PermanentConnectorError, match="dynamic template"):
         connector.batch_payload(templated, recipients)
     connector.close()
+
+
+# --- templates exact by their syntax ------------------------------------------------------
+
+PRINTS_FIELDS_ONLY = {
+    "a field": "Hi {{ contact.first_name }}",
+    "by key": 'Hi {{ contact["first_name"] }}',
+    "with a literal default": 'Hi {{ contact.first_name | default("there") }}',
+    "short default": "Hi {{ contact.first_name | d('there') }}",
+    "in blocks": "{% block subject %}Hi {{ contact.first_name }}{% endblock %}",
+    "under a test of data": "{% if data.x %}{{ contact.email }}{% else %}-{% endif %}",
+    "in a loop over data": "{% for x in data.items %}{{ x }} {{ contact.plan }}{% endfor %}",
+    "no contact at all": "Hello {{ data.name }}",
+}
+NOT_PROVABLE = {
+    "a test on a field": "{% if contact.plan %}pro{% endif %}",
+    "a filter": "{{ contact.first_name | upper }}",
+    "arithmetic": "{{ contact.score + 1 }}",
+    "concatenation": "{{ contact.first_name ~ '!' }}",
+    "the whole contact": "{{ contact }}",
+    "a dict method, not a field": "{{ contact.items }}",
+    "a computed key": "{{ contact[data.key] }}",
+    "a default from data": "{{ contact.first_name | default(data.x) }}",
+    "a loop over a field": "{% for t in contact.tags %}{{ t }}{% endfor %}",
+    "a capture": "{% set n = contact.first_name %}{{ n | upper }}",
+    "a macro": "{% macro m() %}{{ contact.first_name }}{% endmacro %}{{ m() | upper }}",
+    "a filter block": "{% filter upper %}{{ contact.first_name }}{% endfilter %}",
+    "escaping off": "{% autoescape false %}{{ contact.first_name }}{% endautoescape %}",
+    "an include": "{% include 'other.j2' %}{{ contact.first_name }}",
+    "broken syntax": "{{ contact.first_name ",
+}
+
+
+@pytest.mark.parametrize("source", PRINTS_FIELDS_ONLY.values(), ids=PRINTS_FIELDS_ONLY.keys())
+def test_templates_that_only_print_fields_are_recognised(source: str) -> None:
+    assert prints_fields_only(source)
+
+
+@pytest.mark.parametrize("source", NOT_PROVABLE.values(), ids=NOT_PROVABLE.keys())
+def test_anything_else_is_rendered_per_contact(source: str) -> None:
+    assert not prints_fields_only(source)
+
+
+def test_for_such_templates_the_skeleton_filled_in_is_each_contacts_rendering(
+    tmp_path: Path,
+) -> None:
+    """The claim ``values_for`` rests on, checked against Jinja itself for awkward values:
+    markup, quotes, unicode, numbers, booleans, None, an empty string, a missing field."""
+    from engine.templates import TemplateRenderer
+
+    source = (
+        "{% block subject %}Hi {{ contact.first_name | default('there') }}{% endblock %}"
+        "{% block text %}{{ contact['first_name'] }} / {{ contact.plan }} / {{ contact.score }}"
+        "{% if data.x %} ({{ contact.email }}){% endif %}{% endblock %}"
+        "{% block html %}<p>{{ contact.first_name }} &amp; {{ contact.plan }}</p>"
+        "{% for i in data.rows %}<i>{{ contact.score }}</i>{% endfor %}{% endblock %}"
+    )
+    assert prints_fields_only(source)
+    (tmp_path / "t.j2").write_text(source)
+    renderer = TemplateRenderer(tmp_path)
+    views = [
+        {"first_name": "Ann & <Bo>", "plan": '"pro"', "score": 7, "email": "a@x.io"},
+        {"first_name": "Zoë ✓", "plan": None, "score": 2.5, "email": "z@x.io"},
+        {"first_name": "Cy", "plan": True, "score": -1, "email": "e@x.io"},
+        {"plan": "free", "score": 0, "email": "m@x.io"},  # no first_name
+    ]
+    # values the renderer's clean-up (stripped blocks, a one-line subject) would change:
+    # refused, so such contacts are rendered and compared as before
+    awkward = ["", " Ann", "Ann ", "Ann  Lee", "Ann\nLee", "Ann\tLee"]
+    views += [{"first_name": name, "plan": "x", "score": 1, "email": "w@x.io"} for name in awkward]
+    data = {"x": 1, "rows": [1, 2]}
+    exact = refused = 0
+    for view in views:
+        fields = tuple(sorted(view))
+        shaped = skeleton(lambda tagged: renderer.render("t", contact=tagged, data=data), fields)
+        assert shaped is not None
+        values = values_for(shaped, view)
+        if values is None:
+            refused += 1
+            continue
+        real = renderer.render("t", contact=view, data=data)
+        rendered = shaped.rendered
+        filled = tuple(
+            fill(part, values) for part in (rendered.subject, rendered.text, rendered.html)
+        )
+        assert filled == (real.subject, real.text, real.html), view
+        exact += 1
+    assert (exact, refused) == (4, len(awkward))
+
+
+def test_values_for_refuses_what_it_cannot_vouch_for() -> None:
+    render = _render("Hi {name}", "Hi {name}")
+    shaped = skeleton(render, ["name"])
+    assert shaped is not None
+    assert values_for(shaped, {"name": "Ada"}) == {"-jl0-": "Ada"}
+    assert values_for(shaped, {"name": ["a", "list"]}) is None  # not a plain scalar
+    assert values_for(shaped, {"name": "-jl0-"}) is None  # looks like a tag
+    assert values_for(shaped, {"name": "x" * 20_000}) is None  # too long for SendGrid
+    assert values_for(shaped, {"name": ""}) is None  # empty: "Hi " is not "Hi"
+
+
+def test_a_batch_of_a_field_only_template_renders_once_per_shape_not_per_contact(
+    tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hello = sale(name="hello", steps=[send_email("hello_html", id="hello")])
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+        add_contacts(runtime, 4, prefix="ada", attributes={"first_name": "Ada", "plan": "x"})
+        add_contacts(runtime, 3, prefix="bob", attributes={"first_name": "Bob", "plan": "y"})
+        renders: list[str] = []
+        render = runtime.registry.templates.render
+
+        def counting(name, **kwargs):  # type: ignore[no-untyped-def]
+            renders.append(name)
+            return render(name, **kwargs)
+
+        monkeypatch.setattr(runtime.registry.templates, "render", counting)
+        runtime.broadcast("hello")
+        runtime.drain()
+        # one skeleton and one message for the one shape (same fields), not seven renders
+        assert len(renders) == 2
+        monkeypatch.undo()
+        assert _each_got_their_own_rendering(runtime, fake, "hello_html") == 7
+    assert len(fake.requests) == 1
