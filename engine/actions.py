@@ -221,16 +221,23 @@ def hold_until(
     session: Session, action: Action, until: datetime, rule: str, *, now: datetime
 ) -> Outcome:
     """Defer a marketing email held by a guard rail; its reason keeps the rule and until when."""
-    held = [
-        *action.reason.get("held", []),
-        {"rule": rule, "at": now.isoformat(), "until": until.isoformat()},
-    ]
-    action.reason = {**action.reason, "held": held[-20:]}
+    action.reason = held_reason(action.reason, until, rule, now=now)
     action.next_attempt_at = until
     action.lease_until = until  # the sweeper hands it out again when it is due
     action.updated_at = now
     keep(session, action)
     return Outcome(ActionStatus.PENDING, retry_at=until)
+
+
+def held_reason(
+    reason: Mapping[str, Any], until: datetime, rule: str, *, now: datetime
+) -> dict[str, Any]:
+    """``reason`` with this hold noted last in its ``held`` list (the last twenty kept)."""
+    held = [
+        *reason.get("held", []),
+        {"rule": rule, "at": now.isoformat(), "until": until.isoformat()},
+    ]
+    return {**reason, "held": held[-20:]}
 
 
 def hold_reason(action: Action, contact: Contact, suppression: str | None) -> str | None:

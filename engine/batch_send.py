@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from jinja2 import Environment, TemplateSyntaxError, meta
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -56,11 +56,11 @@ from engine.actions import (
     CLAIM_COLUMNS,
     RetryPolicy,
     _finish,
+    held_reason,
     hold_reason,
-    hold_until,
     record_failure_on,
 )
-from engine.db import one_of, transaction
+from engine.db import one_of, one_of_param, transaction
 from engine.errors import ConnectorError
 from engine.guardrails import (
     HistoryRow,
@@ -414,24 +414,59 @@ def _claim_batch(
         claimed.append(row.id)
         _now_is(history, row, status=ActionStatus.SENDING, updated_at=now, completed_at=None)
         result.items.append(_Claimed(row.id, message, substitutions))
-    if holds_due:  # loaded in one query, written in one executemany at the flush below
-        held = session.exec(select(Action).where(col(Action.id).in_(list(holds_due)))).all()
-        for action in held:
-            hold_until(session, action, *holds_due[action.id], now=now)  # type: ignore[index]
+    session.flush()  # the rare ORM changes above (skipped, failed, unknown) first
+    if holds_due:  # from the rows already read, in one executemany
+        reasons = {row.id: row.reason for row in rows if row.id in holds_due}
+        session.connection().execute(
+            _HELD,
+            [
+                {
+                    "held_id": action_id,
+                    "held_reason": held_reason(reasons[action_id], until, rule, now=now),
+                    "held_until": until,
+                    "held_at": now,
+                }
+                for action_id, (until, rule) in holds_due.items()
+            ],
+        )
         result.statuses[ActionStatus.PENDING] += len(holds_due)
     if claimed:
-        session.flush()  # the rare ORM changes above first
-        session.execute(
-            update(Action)  # type: ignore[arg-type]
-            .where(one_of(session, col(Action.id), claimed))
-            .values(
-                status=ActionStatus.SENDING,
-                attempts=col(Action.attempts) + 1,
-                lease_until=now + lease,
-                updated_at=now,
-            )
+        # No ORM object of these rows is in the session: a plain UPDATE, nothing to sync.
+        session.connection().execute(
+            _CLAIMED[session.get_bind().dialect.name],
+            {"claimed_ids": claimed, "claimed_until": now + lease, "claimed_at": now},
         )
     return result
+
+
+_ACTIONS = Action.__table__  # type: ignore[attr-defined]
+_HELD = (
+    _ACTIONS.update()
+    .where(_ACTIONS.c.id == bindparam("held_id"))
+    .values(
+        reason=bindparam("held_reason"),
+        next_attempt_at=bindparam("held_until"),
+        lease_until=bindparam("held_until"),  # the sweeper hands it out again when it is due
+        updated_at=bindparam("held_at"),
+    )
+)
+"""A held email (``actions.hold_until`` for a row the claim read)."""
+
+
+def _claimed_statement(dialect: str) -> Any:
+    return (
+        _ACTIONS.update()
+        .where(one_of_param(_ACTIONS.c.id, "claimed_ids", dialect=dialect))
+        .values(
+            status=ActionStatus.SENDING,
+            attempts=_ACTIONS.c.attempts + 1,
+            lease_until=bindparam("claimed_until"),
+            updated_at=bindparam("claimed_at"),
+        )
+    )
+
+
+_CLAIMED = {dialect: _claimed_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 class _Renders:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, or_, select
-from sqlmodel import Session, col
+from sqlalchemy import and_, bindparam, or_, select
+from sqlmodel import Session
 
-from engine.db import one_of
+from engine.db import one_of_param
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
@@ -118,18 +118,50 @@ class HistoryRow(NamedTuple):
 
 
 # The three JSON fields the rules look at are read in SQL: a row of plain values, not two
-# JSON documents to decode (most of the cost of a capped batch's history).
+# JSON documents to decode (most of the cost of a capped batch's history). Table columns,
+# not ORM attributes: the rows need no ORM processing.
+_A = Action.__table__  # type: ignore[attr-defined]
 _HISTORY_COLUMNS: tuple[Any, ...] = (
-    col(Action.contact_id),
-    col(Action.id),
-    col(Action.status),
-    col(Action.next_attempt_at),
-    col(Action.completed_at),
-    col(Action.updated_at),
-    col(Action.payload)["marketing"].as_boolean().label("marketing"),
-    col(Action.reason)["workflow"].as_string().label("workflow"),
-    col(Action.reason)["held"].as_string().is_not(None).label("held"),
+    _A.c.contact_id,
+    _A.c.id,
+    _A.c.status,
+    _A.c.next_attempt_at,
+    _A.c.completed_at,
+    _A.c.updated_at,
+    _A.c.payload["marketing"].as_boolean().label("marketing"),
+    _A.c.reason["workflow"].as_string().label("workflow"),
+    _A.c.reason["held"].as_string().is_not(None).label("held"),
 )
+
+
+def _history_statement(dialect: str, *, capped: bool, excluding: bool) -> Any:
+    """The history read, built once per dialect and shape: ``contact_ids``, and with
+    ``capped`` ``sent_since``, with ``excluding`` ``excluded_ids`` as parameters."""
+    wanted: Any = _A.c.status == ActionStatus.PENDING
+    if capped:
+        wanted = or_(
+            wanted,
+            and_(
+                _A.c.status.in_([ActionStatus.SENT, ActionStatus.SENDING]),
+                _A.c.updated_at >= bindparam("sent_since"),
+            ),
+        )
+    query = select(*_HISTORY_COLUMNS).where(
+        one_of_param(_A.c.contact_id, "contact_ids", dialect=dialect),
+        _A.c.kind == "email",
+        wanted,
+    )
+    if excluding:
+        query = query.where(~one_of_param(_A.c.id, "excluded_ids", dialect=dialect))
+    return query
+
+
+_HISTORY = {
+    (dialect, capped, excluding): _history_statement(dialect, capped=capped, excluding=excluding)
+    for dialect in ("postgresql", "sqlite")
+    for capped in (False, True)
+    for excluding in (False, True)
+}
 
 
 def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | None]]:
@@ -162,24 +194,18 @@ def email_history(
     actions (as ``HistoryRow``s): the pending ones, and (with caps) those sent or sending
     since ``sent_since``; never the actions ``excluding`` names. Each contact's rows go to
     ``defer_until(history=...)``, which keeps what its action's own rules look at."""
-    wanted: Any = col(Action.status) == ActionStatus.PENDING
+    dialect = session.get_bind().dialect.name
+    key = (dialect, sent_since is not None, bool(excluding))
+    query = _HISTORY.get(key)
+    if query is None:
+        query = _history_statement(dialect, capped=key[1], excluding=key[2])
+    params: dict[str, Any] = {"contact_ids": list(contact_ids)}
     if sent_since is not None:
-        wanted = or_(
-            wanted,
-            and_(
-                col(Action.status).in_([ActionStatus.SENT, ActionStatus.SENDING]),
-                col(Action.updated_at) >= sent_since,
-            ),
-        )
-    query = select(*_HISTORY_COLUMNS).where(
-        one_of(session, col(Action.contact_id), list(contact_ids)),
-        col(Action.kind) == "email",
-        wanted,
-    )
+        params["sent_since"] = sent_since
     if excluding:
-        query = query.where(~one_of(session, col(Action.id), list(excluding)))
+        params["excluded_ids"] = list(excluding)
     found: dict[int, list[Any]] = {}
-    for row in session.execute(query):
+    for row in session.connection().execute(query, params):
         found.setdefault(row.contact_id, []).append(row)
     return found
 
