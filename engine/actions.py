@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -91,28 +91,35 @@ def perform_action(
     except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
         log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
         return _record_failure(db, action_id, exc, now=now, policy=policy)
-    values: dict[str, Any] = {"provider_id": done}
+    params: dict[str, Any] = {"done_id": action_id, "done_at": now, "done_provider_id": done}
+    statement = _SENT
     if isinstance(done, Performed):
-        values = {"provider_id": done.provider_id}
+        params["done_provider_id"] = done.provider_id
         if done.notes:
-            values["reason"] = {**claimed.reason, **done.notes}
+            params["done_reason"] = {**claimed.reason, **done.notes}
+            statement = _SENT_WITH_NOTES
     with transaction(db) as session:
         # One UPDATE, no read: the lease taken in the claim makes this worker the only one
         # finishing the row.
-        session.execute(
-            update(Action)
-            .where(col(Action.id) == action_id)
-            .values(
-                status=ActionStatus.SENT,
-                error=None,
-                lease_until=None,
-                completed_at=now,
-                updated_at=now,
-                **values,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        session.connection().execute(statement, params)
     return Outcome(ActionStatus.SENT)
+
+
+_TABLE = Action.__table__  # type: ignore[attr-defined]
+_SENT = (
+    _TABLE.update()
+    .where(_TABLE.c.id == bindparam("done_id"))
+    .values(
+        status=ActionStatus.SENT,
+        error=None,
+        lease_until=None,
+        completed_at=bindparam("done_at"),
+        updated_at=bindparam("done_at"),
+        provider_id=bindparam("done_provider_id"),
+    )
+)
+_SENT_WITH_NOTES = _SENT.values(reason=bindparam("done_reason"))
+"""A performed action: built once (``perform_action`` runs per action)."""
 
 
 # Built once (``perform_action`` runs per email).

@@ -302,6 +302,26 @@ class _Mailbox(EmailConnector):
         return SendResult(f"sim-{self.count}")
 
 
+class _CrmLog:
+    """CRM steps in a simulation: performed and counted, written nowhere (the embedded
+    default writes a file per update or task)."""
+
+    name = "simulation crm"
+    dedupes = True
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Callable[[], str]:
+        key = action.idempotency_key
+
+        def call() -> str:
+            self.count += 1
+            return f"sim-crm-{key}"
+
+        return call
+
+
 def _run_shard(
     registry: Registry,
     profile: Profile,
@@ -326,6 +346,8 @@ def _run_shard(
         email=mailbox,
         db=db,
     )
+    crm = _CrmLog()
+    runtime.extra_performers.update({kind: crm for kind in ("crm.update", "crm.task", "crm.note")})
     # Nobody waits on a simulated job: larger ones spread each job's fixed statements over
     # more contacts (200 rather than the service's 10 and 20: about 1.3x the speed).
     runtime.contacts_per_job = runtime.wakes_per_job = JOB_SIZE
