@@ -23,6 +23,7 @@ from sqlmodel import Session, create_engine
 
 from engine import sequence_ids  # noqa: F401  (registers its flush hook)
 from engine.clock import ensure_utc
+from engine.db_writers import mark_serialised
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -85,6 +86,8 @@ def _configure_sqlite(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    mark_serialised(engine)
 
 
 def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:

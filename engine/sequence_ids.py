@@ -1,20 +1,25 @@
-"""New rows' primary keys drawn from their sequences before a flush (PostgreSQL).
+"""New rows' primary keys chosen before a flush, so their INSERT needs no RETURNING.
 
 Left to itself, SQLAlchemy writes a flush's new rows of a table as one multi-row
 ``INSERT ... VALUES (...), (...) RETURNING id`` to learn their ids. For a job's hundred new
 actions that statement has over a thousand parameters, and psycopg converts a statement
 with more than 50 parameters from ``%(name)s`` placeholders to ``$n`` with a regular
 expression on every execution (it caches only short statements): under the end-to-end
-benchmark that parse was about a fifth of a worker's CPU.
+benchmark that parse was about a fifth of a worker's CPU. On SQLite the statement costs no
+parse, but SQLAlchemy still builds the multi-row statement and matches each returned row
+back to its object.
 
 So before a flush that inserts at least ``MIN_ROWS`` rows of a table whose primary key is a
-sequence-backed integer, the ids are drawn from the sequences, for every such table in one
-statement, and set on the objects in the order they were added. SQLAlchemy then needs no
-``RETURNING`` and sends one short single-row ``INSERT`` for every row through psycopg's
-``executemany`` (pipelined, one round trip), whose conversion is cached.
+sequence-backed integer, the ids are chosen and set on the objects in the order they were
+added. SQLAlchemy then needs no ``RETURNING``: one short single-row ``INSERT`` run for every
+row (``executemany``: pipelined in one round trip by psycopg, a loop in C by sqlite3).
 
-Ids drawn for a flush that then fails are gaps in the sequence, as a failed ``INSERT``
-leaves anyway. SQLite is left alone (its multi-row ``INSERT`` costs no such parse).
+- PostgreSQL: drawn from the tables' sequences, for every such table in one statement. Ids
+  drawn for a flush that then fails are gaps in the sequence, as a failed ``INSERT`` leaves.
+- SQLite, when the engine serialises writers (``engine.db.make_engine`` opens every
+  transaction with ``BEGIN IMMEDIATE``): the table's largest id plus one, two, ..., which is
+  what SQLite itself would give (no ``AUTOINCREMENT``); no other writer can insert before
+  this transaction ends. Any other SQLite engine is left alone.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Integer, Table, event, inspect, text
+from sqlalchemy import Integer, Table, event, func, inspect, select, text
 from sqlalchemy.orm import InstanceState, UOWTransaction
 from sqlalchemy.orm import Session as OrmSession
+
+from engine.db_writers import serialises_writers
 
 MIN_ROWS = 4
 """Fewer new rows than this go the usual way: the statement is short enough to be cached,
@@ -38,11 +45,17 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
     if not session.new:
         return
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    dialect = connection.dialect.name
+    if dialect == "sqlite" and not serialises_writers(connection.engine):
+        return
+    if dialect not in ("postgresql", "sqlite"):
         return
     wanted = _new_rows_by_table(session.new)
     wanted = {table: states for table, states in wanted.items() if len(states) >= MIN_ROWS}
     if not wanted:
+        return
+    if dialect == "sqlite":
+        _after_largest(connection, wanted)
         return
     sequences = {table: _sequence(connection, table) for table in wanted}
     tables = sorted((t for t in wanted if sequences[t]), key=lambda t: t.fullname)
@@ -62,6 +75,19 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
         key = _key_attribute(states[0].mapper)
         for state, new_id in zip(states, sorted(ids), strict=True):
             setattr(state.obj(), key, new_id)  # type: ignore[arg-type]
+
+
+def _after_largest(connection: Any, wanted: dict[Table, list[InstanceState[Any]]]) -> None:
+    """SQLite: each table's new rows numbered on from its largest id, in the order added."""
+    tables = sorted(wanted, key=lambda t: t.fullname)
+    largest = connection.execute(
+        select(*(select(func.max(_key_column(t))).scalar_subquery() for t in tables))
+    ).one()
+    for table, top in zip(tables, largest, strict=True):
+        states = sorted(wanted[table], key=lambda state: state.insert_order)
+        key = _key_attribute(states[0].mapper)
+        for offset, state in enumerate(states, start=1):
+            setattr(state.obj(), key, (top or 0) + offset)  # type: ignore[arg-type]
 
 
 def _new_rows_by_table(objects: Iterable[Any]) -> dict[Table, list[InstanceState[Any]]]:

@@ -1,5 +1,6 @@
-"""A flush of many new rows on PostgreSQL draws their ids first and inserts them without
-``RETURNING`` (engine/sequence_ids.py); each object gets the id of its own row."""
+"""A flush of many new rows chooses their ids first (PostgreSQL: from the sequences; SQLite:
+on from the largest) and inserts them without ``RETURNING`` (engine/sequence_ids.py); each
+object gets the id of its own row."""
 
 from __future__ import annotations
 
@@ -69,7 +70,11 @@ def test_many_new_rows_get_the_ids_of_their_own_rows(db_url: str) -> None:
             assert contact_inserts[0].count("%(email)s") == 1
             assert len([s for s in seen if "nextval" in s]) == 2  # contacts, then events
         else:
-            assert len(contact_inserts) == 1 and "RETURNING" in contact_inserts[0]
+            # numbered on from the table's largest id (SQLite's own choice), the same
+            # single-row statement run for every row
+            assert len(contact_inserts) == 1
+            assert "RETURNING" not in contact_inserts[0] and contact_inserts[0].count("?") == 12
+            assert len([s for s in seen if "max(contacts.id)" in s]) == 1
     finally:
         db.dispose()
 
@@ -92,5 +97,21 @@ def test_a_few_new_rows_or_chosen_ids_go_the_usual_way(db_url: str) -> None:
         with Session(db) as session:
             row = session.get(Contact, 1002)
             assert row is not None and row.email == "chosen2@example.com"
+    finally:
+        db.dispose()
+
+
+def test_a_sqlite_engine_that_does_not_serialise_writers_is_left_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlmodel import create_engine
+
+    db = create_engine(f"sqlite:///{tmp_path}/plain.db")  # not make_engine: no BEGIN IMMEDIATE
+    SQLModel.metadata.create_all(db)
+    try:
+        with statements(db) as seen, Session(db) as session:
+            session.add_all(new_contact(f"p{n}@example.com", NOW) for n in range(MIN_ROWS + 2))
+            session.commit()
+        assert not [s for s in seen if "max(contacts.id)" in s]
+        with Session(db) as session:
+            assert len(session.exec(select(Contact)).all()) == MIN_ROWS + 2
     finally:
         db.dispose()
