@@ -310,24 +310,16 @@ def _claim_batch(
     plain rows in a few statements; the rare ones (skip, hold, unknown, fail) on the ORM row
     through the single path's own helpers."""
     result = _ClaimResult()
-    rows = session.execute(
-        select(*_BATCH_COLUMNS)
-        .where(one_of(session, col(Action.id), action_ids))
-        .order_by(col(Action.id))
-        .with_for_update()
-    ).all()
+    session.flush()  # the statements below are not ORM ones: nothing pending is flushed by them
+    connection = session.connection()
+    read_actions, read_contacts = _CLAIM_READS[connection.dialect.name]
+    rows = connection.execute(read_actions, {"action_ids": list(action_ids)}).all()
     if len(rows) < len(set(action_ids)):
         result.statuses["missing"] += len(set(action_ids)) - len(rows)
     contact_ids = sorted({r.contact_id for r in rows})
     # Contacts are locked in id order, like the single path locks one: caps stay serialised.
     # With each contact its suppression, if any (at most one per address): one statement.
-    found = session.execute(
-        select(*_CONTACT_COLUMNS, col(Suppression.reason).label("suppressed"))
-        .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
-        .where(one_of(session, col(Contact.id), contact_ids))
-        .order_by(col(Contact.id))
-        .with_for_update(of=Contact)  # type: ignore[arg-type]
-    ).all()
+    found = connection.execute(read_contacts, {"contact_ids": contact_ids}).all()
     contacts = {c.id: c for c in found}
     suppressed: dict[str, str] = {c.email: c.suppressed for c in found if c.suppressed}
     # Quiet hours and send windows are checked for everyone in Python; the rules that read
@@ -467,6 +459,35 @@ def _claimed_statement(dialect: str) -> Any:
 
 
 _CLAIMED = {dialect: _claimed_statement(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+def _claim_reads(dialect: str) -> tuple[Any, Any]:
+    """The claim's two reads, on table columns (plain rows, no ORM processing): the actions,
+    locked, in id order; their contacts, locked in id order, each with its suppression."""
+    actions = (
+        select(*(_ACTIONS.c[c.key] for c in _BATCH_COLUMNS))
+        .where(one_of_param(_ACTIONS.c.id, "action_ids", dialect=dialect))
+        .order_by(_ACTIONS.c.id)
+        .with_for_update()
+    )
+    contacts_table = Contact.__table__  # type: ignore[attr-defined]
+    suppressions = Suppression.__table__  # type: ignore[attr-defined]
+    contacts = (
+        select(
+            *(contacts_table.c[c.key] for c in _CONTACT_COLUMNS),
+            suppressions.c.reason.label("suppressed"),
+        )
+        .select_from(
+            contacts_table.outerjoin(suppressions, suppressions.c.email == contacts_table.c.email)
+        )
+        .where(one_of_param(contacts_table.c.id, "contact_ids", dialect=dialect))
+        .order_by(contacts_table.c.id)
+        .with_for_update(of=contacts_table)
+    )
+    return actions, contacts
+
+
+_CLAIM_READS = {dialect: _claim_reads(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 class _Renders:
