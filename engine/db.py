@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine
 
-from engine import sequence_ids  # noqa: F401  (registers its flush hook)
+from engine import flush_shape, sequence_ids  # noqa: F401  (register their flush hooks)
 from engine.clock import ensure_utc
 from engine.db_writers import mark_serialised
 
