@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
 
-from engine.db import transaction
+from engine.db import one_of_param, transaction
 from engine.models import Action, ActionStatus, Enrollment, EnrollmentStatus, Event, EventStatus
 
 
@@ -37,61 +37,81 @@ class Due:
 
 def claim_due(db: Engine, *, now: datetime, lease: timedelta, batch_size: int) -> Due:
     due = Due()
-    until = now + lease
+    params = {"now": now, "until": now + lease}
     with transaction(db) as session:
-        due.enrollments = list(
-            session.exec(
-                select(Enrollment.id)
-                .where(
-                    Enrollment.status == EnrollmentStatus.WAITING,
-                    col(Enrollment.wake_at) <= now,
-                    (col(Enrollment.claimed_until).is_(None))
-                    | (col(Enrollment.claimed_until) < now),
-                )
-                .order_by(col(Enrollment.wake_at))
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
-        )
+        connection = session.connection()
+        q = _statements(connection.dialect.name, batch_size)
+        due.enrollments = list(connection.execute(q.enrollments, params).scalars())
         if due.enrollments:
-            session.exec(
-                update(Enrollment)  # type: ignore[call-overload]
-                .where(col(Enrollment.id).in_(due.enrollments))
-                .values(claimed_until=until)
-            )
-
-        stale_events = session.exec(
-            select(Event.id, Event.contact_id)
-            .where(Event.status == EventStatus.PENDING, col(Event.lease_until) < now)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
+            connection.execute(q.claim_enrollments, {**params, "ids": due.enrollments})
+        stale_events = connection.execute(q.stale_events, params).all()
         if stale_events:
-            session.exec(
-                update(Event)  # type: ignore[call-overload]
-                .where(col(Event.id).in_([e for e, _ in stale_events]))
-                .values(lease_until=until)
-            )
+            ids = [e for e, _ in stale_events]
+            connection.execute(q.claim_events, {**params, "ids": ids})
             due.contacts = sorted({c for _, c in stale_events})
-
-        due.actions = list(
-            session.exec(
-                select(Action.id)
-                .where(
-                    col(Action.status).in_([ActionStatus.PENDING, ActionStatus.SENDING]),
-                    col(Action.lease_until) <= now,
-                )
-                .order_by(col(Action.lease_until), col(Action.id))  # oldest first, in order
-                .limit(batch_size)
-                .with_for_update(skip_locked=True)
-            ).all()
-        )
+        due.actions = list(connection.execute(q.actions, params).scalars())
         if due.actions:
             # A pending row gets a fresh dispatch lease; a sending row keeps its expired
             # lease so that perform_action can tell the worker died mid-send.
-            session.exec(
-                update(Action)  # type: ignore[call-overload]
-                .where(col(Action.id).in_(due.actions), Action.status == ActionStatus.PENDING)
-                .values(lease_until=until)
-            )
+            connection.execute(q.claim_actions, {**params, "ids": due.actions})
     return due
+
+
+@dataclass(frozen=True)
+class _Statements:
+    enrollments: Any
+    claim_enrollments: Any
+    stale_events: Any
+    claim_events: Any
+    actions: Any
+    claim_actions: Any
+
+
+_BUILT: dict[tuple[str, int], _Statements] = {}
+_E = Enrollment.__table__  # type: ignore[attr-defined]
+_V = Event.__table__  # type: ignore[attr-defined]
+_A = Action.__table__  # type: ignore[attr-defined]
+
+
+def _statements(dialect: str, batch_size: int) -> _Statements:
+    """A pass's statements on table columns, built once per dialect and batch size (a pass
+    runs often; building and caching the statements each time was most of an idle one)."""
+    key = (dialect, batch_size)
+    if key not in _BUILT:
+        now, until = bindparam("now"), bindparam("until")
+        _BUILT[key] = _Statements(
+            enrollments=select(_E.c.id)
+            .where(
+                _E.c.status == EnrollmentStatus.WAITING,
+                _E.c.wake_at <= now,
+                or_(_E.c.claimed_until.is_(None), _E.c.claimed_until < now),
+            )
+            .order_by(_E.c.wake_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True),
+            claim_enrollments=_E.update()
+            .where(one_of_param(_E.c.id, "ids", dialect=dialect))
+            .values(claimed_until=until),
+            stale_events=select(_V.c.id, _V.c.contact_id)
+            .where(_V.c.status == EventStatus.PENDING, _V.c.lease_until < now)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True),
+            claim_events=_V.update()
+            .where(one_of_param(_V.c.id, "ids", dialect=dialect))
+            .values(lease_until=until),
+            actions=select(_A.c.id)
+            .where(
+                _A.c.status.in_([ActionStatus.PENDING, ActionStatus.SENDING]),
+                _A.c.lease_until <= now,
+            )
+            .order_by(_A.c.lease_until, _A.c.id)  # oldest first, in order
+            .limit(batch_size)
+            .with_for_update(skip_locked=True),
+            claim_actions=_A.update()
+            .where(
+                one_of_param(_A.c.id, "ids", dialect=dialect),
+                _A.c.status == ActionStatus.PENDING,
+            )
+            .values(lease_until=until),
+        )
+    return _BUILT[key]

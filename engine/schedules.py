@@ -27,9 +27,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cronsim import CronSim, CronSimError
-from sqlalchemy import text, update
+from sqlalchemy import bindparam, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -37,7 +38,7 @@ from sqlmodel import Session, col, select
 from engine import known_events
 from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
-from engine.db import transaction
+from engine.db import one_of_param, transaction
 from engine.executor import (
     Effects,
     meets_entry_rules,
@@ -223,26 +224,39 @@ def _record_slot(
 
 def claim_slots(session: Session, *, now: datetime, lease: timedelta, batch_size: int) -> list[int]:
     """Due pending slots nobody holds, claimed for ``lease``."""
-    ids = list(
-        session.exec(
-            select(ScheduleSlot.id)
-            .where(
-                ScheduleSlot.status == ScheduleSlotStatus.PENDING,
-                col(ScheduleSlot.slot_at) <= now,
-                col(ScheduleSlot.claimed_until).is_(None) | (col(ScheduleSlot.claimed_until) < now),
-            )
-            .order_by(col(ScheduleSlot.slot_at), col(ScheduleSlot.id))
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        ).all()
-    )
+    connection = session.connection()
+    due, claim = _claim_statements(connection.dialect.name, batch_size)
+    ids = list(connection.execute(due, {"now": now}).scalars())
     if ids:
-        session.execute(
-            update(ScheduleSlot)
-            .where(col(ScheduleSlot.id).in_(ids))
-            .values(claimed_until=now + lease)
-        )
+        connection.execute(claim, {"ids": ids, "until": now + lease})
     return [i for i in ids if i is not None]
+
+
+_SLOTS = ScheduleSlot.__table__  # type: ignore[attr-defined]
+_CLAIMS: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def _claim_statements(dialect: str, batch_size: int) -> tuple[Any, Any]:
+    """The due slots' read and their claim, built once per dialect and batch size (every
+    scheduler pass runs them)."""
+    key = (dialect, batch_size)
+    if key not in _CLAIMS:
+        now = bindparam("now")
+        _CLAIMS[key] = (
+            select(_SLOTS.c.id)
+            .where(
+                _SLOTS.c.status == ScheduleSlotStatus.PENDING,
+                _SLOTS.c.slot_at <= now,
+                or_(_SLOTS.c.claimed_until.is_(None), _SLOTS.c.claimed_until < now),
+            )
+            .order_by(_SLOTS.c.slot_at, _SLOTS.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True),
+            _SLOTS.update()
+            .where(one_of_param(_SLOTS.c.id, "ids", dialect=dialect))
+            .values(claimed_until=bindparam("until")),
+        )
+    return _CLAIMS[key]
 
 
 @dataclass
@@ -409,6 +423,7 @@ def plan_and_claim(
         return []
     with transaction(db) as session:
         checked = planner.plan(session, registry, now=now)
+        session.flush()  # the claim's read is a plain statement: what plan() wrote first
+        claimed = claim_slots(session, now=now, lease=lease, batch_size=batch_size)
     planner.remember(checked)
-    with transaction(db) as session:
-        return claim_slots(session, now=now, lease=lease, batch_size=batch_size)
+    return claimed
