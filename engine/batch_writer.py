@@ -41,6 +41,10 @@ class BatchWriter(Protocol):
         """The stored contacts among ``emails`` (ORM objects: changes to them are saved)."""
         ...
 
+    def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
+        """``{email: id}`` of the stored contacts among ``emails`` (plain rows)."""
+        ...
+
     def insert_contacts(
         self, session: Session, rows: list[dict[str, Any]], common: dict[str, Any]
     ) -> dict[str, int]:
@@ -75,6 +79,11 @@ class CoreWriter:
 
     def find_contacts(self, session: Session, emails: list[str]) -> list[Contact]:
         return list(session.exec(select(Contact).where(col(Contact.email).in_(emails))))
+
+    def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
+        table: Any = Contact.__table__  # type: ignore[attr-defined]
+        statement = select(table.c.email, table.c.id).where(table.c.email.in_(emails))
+        return dict(session.connection().execute(statement).all())  # type: ignore[arg-type]
 
     def insert_contacts(
         self, session: Session, rows: list[dict[str, Any]], common: dict[str, Any]
@@ -195,6 +204,12 @@ class PostgresWriter:
     def find_contacts(self, session: Session, emails: list[str]) -> list[Contact]:
         statement = select(Contact).where(col(Contact.email) == any_(_EMAILS))
         return list(session.exec(statement, params={"emails": emails}))  # type: ignore[call-overload]
+
+    def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
+        table: Any = Contact.__table__  # type: ignore[attr-defined]
+        statement = select(table.c.email, table.c.id).where(table.c.email == any_(_EMAILS))
+        found = session.connection().execute(statement, {"emails": emails}).all()
+        return dict(found)  # type: ignore[arg-type]
 
     def insert_contacts(
         self, session: Session, rows: list[dict[str, Any]], common: dict[str, Any]

@@ -167,11 +167,16 @@ def _contacts_for(
     emails = list(dict.fromkeys(item.email for item in fresh))
     if not emails:
         return {}, set()
-    existing = {c.email: c for c in writer.find_contacts(session, emails)}
+    ids: dict[str, int] = writer.find_contact_ids(session, emails)
+    # Only contacts whose items bring attributes or a time zone are loaded as objects (to
+    # merge those in); the others need nothing but their id.
+    merging = sorted({i.email for i in fresh if i.email in ids and (i.attributes or i.timezone)})
+    existing = {c.email: c for c in writer.find_contacts(session, merging)} if merging else {}
     new_rows: dict[str, dict[str, Any]] = {}
     for item in fresh:
-        if item.email in existing:
-            _merge_into_contact(existing[item.email], item, now)
+        if item.email in ids:
+            if item.email in existing:
+                _merge_into_contact(existing[item.email], item, now)
         elif item.email in new_rows:
             _merge_into_row(new_rows[item.email], item, now)
         else:
@@ -182,7 +187,6 @@ def _contacts_for(
                 "version": 1,
                 "updated_at": now,
             }
-    ids: dict[str, int] = {email: c.id for email, c in existing.items()}  # type: ignore[misc]
     created: set[int] = set()
     if new_rows:
         common = {
