@@ -307,7 +307,7 @@ def _claim_batch(
     sender: str,
 ) -> _ClaimResult:
     """The rules of ``actions._claim`` for many rows: the common case (claim and render) on
-    plain rows in a few statements; the rare ones (skip, hold, unknown, fail) on the ORM row
+    plain rows in a few statements; the rare ones (skip, unknown, fail) on the ORM row
     through the single path's own helpers."""
     result = _ClaimResult()
     session.flush()  # the statements below are not ORM ones: nothing pending is flushed by them
