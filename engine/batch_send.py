@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -312,7 +313,7 @@ def _claim_batch(
     result = _ClaimResult()
     session.flush()  # the statements below are not ORM ones: nothing pending is flushed by them
     connection = session.connection()
-    read_actions, read_contacts = _CLAIM_READS[connection.dialect.name]
+    read_actions, read_contacts = _claim_reads(connection.dialect.name)
     rows = connection.execute(read_actions, {"action_ids": list(action_ids)}).all()
     if len(rows) < len(set(action_ids)):
         result.statuses["missing"] += len(set(action_ids)) - len(rows)
@@ -425,7 +426,7 @@ def _claim_batch(
     if claimed:
         # No ORM object of these rows is in the session: a plain UPDATE, nothing to sync.
         session.connection().execute(
-            _CLAIMED[session.get_bind().dialect.name],
+            _claimed_statement(connection.dialect.name),
             {"claimed_ids": claimed, "claimed_until": now + lease, "claimed_at": now},
         )
     return result
@@ -445,6 +446,7 @@ _HELD = (
 """A held email (``actions.hold_until`` for a row the claim read)."""
 
 
+@cache
 def _claimed_statement(dialect: str) -> Any:
     return (
         _ACTIONS.update()
@@ -458,9 +460,7 @@ def _claimed_statement(dialect: str) -> Any:
     )
 
 
-_CLAIMED = {dialect: _claimed_statement(dialect) for dialect in ("postgresql", "sqlite")}
-
-
+@cache
 def _claim_reads(dialect: str) -> tuple[Any, Any]:
     """The claim's two reads, on table columns (plain rows, no ORM processing): the actions,
     locked, in id order; their contacts, locked in id order, each with its suppression."""
@@ -485,9 +485,6 @@ def _claim_reads(dialect: str) -> tuple[Any, Any]:
         .with_for_update(of=contacts_table)
     )
     return actions, contacts
-
-
-_CLAIM_READS = {dialect: _claim_reads(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 class _Renders:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, or_, select
@@ -134,6 +135,7 @@ _HISTORY_COLUMNS: tuple[Any, ...] = (
 )
 
 
+@cache
 def _history_statement(dialect: str, *, capped: bool, excluding: bool) -> Any:
     """The history read, built once per dialect and shape: ``contact_ids``, and with
     ``capped`` ``sent_since``, with ``excluding`` ``excluded_ids`` as parameters."""
@@ -154,14 +156,6 @@ def _history_statement(dialect: str, *, capped: bool, excluding: bool) -> Any:
     if excluding:
         query = query.where(~one_of_param(_A.c.id, "excluded_ids", dialect=dialect))
     return query
-
-
-_HISTORY = {
-    (dialect, capped, excluding): _history_statement(dialect, capped=capped, excluding=excluding)
-    for dialect in ("postgresql", "sqlite")
-    for capped in (False, True)
-    for excluding in (False, True)
-}
 
 
 def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | None]]:
@@ -194,11 +188,9 @@ def email_history(
     actions (as ``HistoryRow``s): the pending ones, and (with caps) those sent or sending
     since ``sent_since``; never the actions ``excluding`` names. Each contact's rows go to
     ``defer_until(history=...)``, which keeps what its action's own rules look at."""
-    dialect = session.get_bind().dialect.name
-    key = (dialect, sent_since is not None, bool(excluding))
-    query = _HISTORY.get(key)
-    if query is None:
-        query = _history_statement(dialect, capped=key[1], excluding=key[2])
+    query = _history_statement(
+        session.get_bind().dialect.name, capped=sent_since is not None, excluding=bool(excluding)
+    )
     params: dict[str, Any] = {"contact_ids": list(contact_ids)}
     if sent_since is not None:
         params["sent_since"] = sent_since

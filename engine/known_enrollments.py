@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import event, func
@@ -62,6 +63,7 @@ _latest_entry = (
 _PAST_COLUMNS = tuple(col(getattr(Enrollment, name)) for name in PastEntry.__dataclass_fields__)
 
 
+@cache
 def _load_statements(dialect: str) -> tuple[Any, Any]:
     """For a set of contacts: their live enrollments (objects), and each workflow's latest
     entry when it has ended (rows)."""
@@ -71,10 +73,6 @@ def _load_statements(dialect: str) -> tuple[Any, Any]:
         contacts, col(Enrollment.status).not_in(LIVE), col(Enrollment.entry) == _latest_entry
     )
     return live, past
-
-
-# Built once per dialect.
-_LOAD = {dialect: _load_statements(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 def keep_enrollments(session: Session) -> None:
@@ -93,7 +91,7 @@ def load(session: Session, contact_ids: Iterable[int]) -> None:
     for contact_id in missing:
         known[contact_id] = []
     dialect = session.get_bind().dialect.name
-    statements = _LOAD.get(dialect) or _load_statements(dialect)
+    statements = _load_statements(dialect)
     params = {"contact_ids": missing}
     for enrollment in session.scalars(statements[0], params):
         known[enrollment.contact_id].append(enrollment)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, event
@@ -98,8 +99,10 @@ def _covers(read_since: datetime | None, since: datetime | None) -> bool:
     return since is not None and since >= read_since
 
 
+@cache
 def _statement(dialect: str, when: When | None) -> Any:
-    """The batch read, bounded by ``when`` (None: every event of the types)."""
+    """The batch read, bounded by ``when`` (None: every event of the types); built once per
+    dialect and bound (statement construction is a visible share of a job)."""
     query = select(
         col(Event.contact_id), col(getattr(Event, when or "occurred_at")), col(Event.properties)
     )
@@ -110,14 +113,6 @@ def _statement(dialect: str, when: When | None) -> Any:
     if when is not None:
         query = query.where(col(getattr(Event, when)) >= bindparam("since"))
     return query.order_by(col(Event.id))
-
-
-# Built once per dialect and bound (statement construction is a visible share of a job).
-_STATEMENTS = {
-    (dialect, when): _statement(dialect, when)
-    for dialect in ("postgresql", "sqlite")
-    for when in ("occurred_at", "received_at", None)
-}
 
 
 def _load(
@@ -131,10 +126,7 @@ def _load(
     bound: When | None = None if since is None else when
     if since is not None:
         params["since"] = since
-    dialect = session.get_bind().dialect.name
-    statement = _STATEMENTS.get((dialect, bound))
-    if statement is None:
-        statement = _statement(dialect, bound)
+    statement = _statement(session.get_bind().dialect.name, bound)
     read = _Read(since=since)
     with session.no_autoflush:  # nothing this transaction writes is read here
         for contact_id, at, properties in session.execute(statement, params):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, or_, select
@@ -67,51 +68,48 @@ class _Statements:
     claim_actions: Any
 
 
-_BUILT: dict[tuple[str, int], _Statements] = {}
 _E = Enrollment.__table__  # type: ignore[attr-defined]
 _V = Event.__table__  # type: ignore[attr-defined]
 _A = Action.__table__  # type: ignore[attr-defined]
 
 
+@cache
 def _statements(dialect: str, batch_size: int) -> _Statements:
     """A pass's statements on table columns, built once per dialect and batch size (a pass
     runs often; building and caching the statements each time was most of an idle one)."""
-    key = (dialect, batch_size)
-    if key not in _BUILT:
-        now, until = bindparam("now"), bindparam("until")
-        _BUILT[key] = _Statements(
-            enrollments=select(_E.c.id)
-            .where(
-                _E.c.status == EnrollmentStatus.WAITING,
-                _E.c.wake_at <= now,
-                or_(_E.c.claimed_until.is_(None), _E.c.claimed_until < now),
-            )
-            .order_by(_E.c.wake_at)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True),
-            claim_enrollments=_E.update()
-            .where(one_of_param(_E.c.id, "ids", dialect=dialect))
-            .values(claimed_until=until),
-            stale_events=select(_V.c.id, _V.c.contact_id)
-            .where(_V.c.status == EventStatus.PENDING, _V.c.lease_until < now)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True),
-            claim_events=_V.update()
-            .where(one_of_param(_V.c.id, "ids", dialect=dialect))
-            .values(lease_until=until),
-            actions=select(_A.c.id)
-            .where(
-                _A.c.status.in_([ActionStatus.PENDING, ActionStatus.SENDING]),
-                _A.c.lease_until <= now,
-            )
-            .order_by(_A.c.lease_until, _A.c.id)  # oldest first, in order
-            .limit(batch_size)
-            .with_for_update(skip_locked=True),
-            claim_actions=_A.update()
-            .where(
-                one_of_param(_A.c.id, "ids", dialect=dialect),
-                _A.c.status == ActionStatus.PENDING,
-            )
-            .values(lease_until=until),
+    now, until = bindparam("now"), bindparam("until")
+    return _Statements(
+        enrollments=select(_E.c.id)
+        .where(
+            _E.c.status == EnrollmentStatus.WAITING,
+            _E.c.wake_at <= now,
+            or_(_E.c.claimed_until.is_(None), _E.c.claimed_until < now),
         )
-    return _BUILT[key]
+        .order_by(_E.c.wake_at)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True),
+        claim_enrollments=_E.update()
+        .where(one_of_param(_E.c.id, "ids", dialect=dialect))
+        .values(claimed_until=until),
+        stale_events=select(_V.c.id, _V.c.contact_id)
+        .where(_V.c.status == EventStatus.PENDING, _V.c.lease_until < now)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True),
+        claim_events=_V.update()
+        .where(one_of_param(_V.c.id, "ids", dialect=dialect))
+        .values(lease_until=until),
+        actions=select(_A.c.id)
+        .where(
+            _A.c.status.in_([ActionStatus.PENDING, ActionStatus.SENDING]),
+            _A.c.lease_until <= now,
+        )
+        .order_by(_A.c.lease_until, _A.c.id)  # oldest first, in order
+        .limit(batch_size)
+        .with_for_update(skip_locked=True),
+        claim_actions=_A.update()
+        .where(
+            one_of_param(_A.c.id, "ids", dialect=dialect),
+            _A.c.status == ActionStatus.PENDING,
+        )
+        .values(lease_until=until),
+    )

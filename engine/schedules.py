@@ -27,6 +27,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from cronsim import CronSim, CronSimError
@@ -233,30 +234,27 @@ def claim_slots(session: Session, *, now: datetime, lease: timedelta, batch_size
 
 
 _SLOTS = ScheduleSlot.__table__  # type: ignore[attr-defined]
-_CLAIMS: dict[tuple[str, int], tuple[Any, Any]] = {}
 
 
+@cache
 def _claim_statements(dialect: str, batch_size: int) -> tuple[Any, Any]:
     """The due slots' read and their claim, built once per dialect and batch size (every
     scheduler pass runs them)."""
-    key = (dialect, batch_size)
-    if key not in _CLAIMS:
-        now = bindparam("now")
-        _CLAIMS[key] = (
-            select(_SLOTS.c.id)
-            .where(
-                _SLOTS.c.status == ScheduleSlotStatus.PENDING,
-                _SLOTS.c.slot_at <= now,
-                or_(_SLOTS.c.claimed_until.is_(None), _SLOTS.c.claimed_until < now),
-            )
-            .order_by(_SLOTS.c.slot_at, _SLOTS.c.id)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True),
-            _SLOTS.update()
-            .where(one_of_param(_SLOTS.c.id, "ids", dialect=dialect))
-            .values(claimed_until=bindparam("until")),
+    now = bindparam("now")
+    return (
+        select(_SLOTS.c.id)
+        .where(
+            _SLOTS.c.status == ScheduleSlotStatus.PENDING,
+            _SLOTS.c.slot_at <= now,
+            or_(_SLOTS.c.claimed_until.is_(None), _SLOTS.c.claimed_until < now),
         )
-    return _CLAIMS[key]
+        .order_by(_SLOTS.c.slot_at, _SLOTS.c.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True),
+        _SLOTS.update()
+        .where(one_of_param(_SLOTS.c.id, "ids", dialect=dialect))
+        .values(claimed_until=bindparam("until")),
+    )
 
 
 @dataclass

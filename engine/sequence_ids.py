@@ -25,6 +25,7 @@ row (``executemany``: pipelined in one round trip by psycopg, a loop in C by sql
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Integer, Table, event, func, inspect, select, text
@@ -79,15 +80,19 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
 
 def _after_largest(connection: Any, wanted: dict[Table, list[InstanceState[Any]]]) -> None:
     """SQLite: each table's new rows numbered on from its largest id, in the order added."""
-    tables = sorted(wanted, key=lambda t: t.fullname)
-    largest = connection.execute(
-        select(*(select(func.max(_key_column(t))).scalar_subquery() for t in tables))
-    ).one()
+    tables = tuple(sorted(wanted, key=lambda t: t.fullname))
+    largest = connection.execute(_largest_ids(tables)).one()
     for table, top in zip(tables, largest, strict=True):
         states = sorted(wanted[table], key=lambda state: state.insert_order)
         key = _key_attribute(states[0].mapper)
         for offset, state in enumerate(states, start=1):
             setattr(state.obj(), key, (top or 0) + offset)  # type: ignore[arg-type]
+
+
+@cache
+def _largest_ids(tables: tuple[Table, ...]) -> Any:
+    """Each table's largest id, in one statement (built once per set of tables)."""
+    return select(*(select(func.max(_key_column(t))).scalar_subquery() for t in tables))
 
 
 def _new_rows_by_table(objects: Iterable[Any]) -> dict[Table, list[InstanceState[Any]]]:

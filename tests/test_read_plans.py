@@ -15,8 +15,8 @@ from sqlmodel import SQLModel
 
 from engine.db import make_engine
 from engine.guardrails import _history_statement
-from engine.known_enrollments import _LOAD
-from engine.known_events import _STATEMENTS
+from engine.known_enrollments import _load_statements
+from engine.known_events import _statement
 
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
 CONTACTS = [3, 5, 8]
@@ -54,7 +54,7 @@ def test_the_guard_rails_history_reads_a_contacts_actions_by_contact(
 
 
 def test_a_conditions_past_events_are_read_by_contact_type_and_time(tmp_path: Path) -> None:
-    statement = _STATEMENTS[("sqlite", "occurred_at")].params(
+    statement = _statement("sqlite", "occurred_at").params(
         contact_ids=CONTACTS, types=["trial.started"], since=SINCE
     )
     plan = _plan(tmp_path, statement)
@@ -62,6 +62,6 @@ def test_a_conditions_past_events_are_read_by_contact_type_and_time(tmp_path: Pa
 
 
 def test_a_batchs_live_enrollments_are_read_by_contact_and_status(tmp_path: Path) -> None:
-    plan = _plan(tmp_path, _LOAD["sqlite"][0].params(contact_ids=CONTACTS))
+    plan = _plan(tmp_path, _load_statements("sqlite")[0].params(contact_ids=CONTACTS))
     assert "ix_enrollments_contact_status (contact_id=? AND status=?)" in plan
     assert "ix_enrollments_due" not in plan
