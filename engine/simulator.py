@@ -335,7 +335,7 @@ def _run_shard(
     folder = Path(tempfile.mkdtemp(prefix="journeyline-simulate-"))
     rng = random.Random(f"{seed}:{shard}")
     url = f"sqlite:///{folder / 'sim.db'}"
-    db = make_engine(url)
+    db = make_engine(url, durable=False)  # deleted when the shard ends
     SQLModel.metadata.create_all(db)
     clock = VirtualClock(datetime(2026, 1, 5, 0, 0, tzinfo=UTC))
     mailbox = _Mailbox()
