@@ -71,7 +71,7 @@ from engine.guardrails import (
     window_holds,
 )
 from engine.models import Action, ActionStatus, Contact, Suppression
-from engine.performers import build_message, contact_view
+from engine.performers import build_message, contact_view, message_fields
 from engine.registry import Registry
 from engine.substitutions import (
     Skeleton,
@@ -503,8 +503,8 @@ class _Renders:
         self.now = now
         self.substitute = substitute
         self._shared: dict[tuple, EmailMessage] = {}
-        self._skeletons: dict[tuple, Skeleton | None] = {}
         self._skeleton_messages: dict[tuple, EmailMessage] = {}
+        self._revisions: dict[str, object] = {}
 
     def message(self, action: Any, contact: Any) -> tuple[EmailMessage, Mapping[str, str]]:
         """The message for ``action`` and, when it is a skeleton, this contact's values."""
@@ -536,15 +536,7 @@ class _Renders:
         fields = tuple(sorted(view))
         shape = (*key, fields)
         template = str(action.payload["template"])
-        if shape not in self._skeletons:
-            data = action.payload.get("data", {})
-            self._skeletons[shape] = skeleton(
-                lambda tagged: self.registry.templates.render(
-                    template, contact=tagged, data=dict(data)
-                ),
-                fields,
-            )
-        shaped = self._skeletons[shape]
+        shaped = self._skeleton(template, key[1], fields, action.payload.get("data", {}))
         if shaped is not None and _prints_fields_only(self.registry, template):
             # Exact by the template's syntax: the skeleton plus these values is what
             # rendering for this contact would give, so it is not rendered to compare.
@@ -553,11 +545,11 @@ class _Renders:
                 base = self._skeleton_messages.get(shape)
                 if base is None:
                     content = shaped.rendered
-                    base = replace(
-                        self._own(action, contact, view),
+                    base = EmailMessage(
                         subject=content.subject,
                         text=content.text,
                         html=content.html,
+                        **message_fields(action, contact, now=self.now, sender=self.sender),
                     )
                     self._skeleton_messages[shape] = base
                 return self._addressed(base, action, contact), values
@@ -570,6 +562,32 @@ class _Renders:
             return own, {}
         content = shaped.rendered
         return replace(own, subject=content.subject, text=content.text, html=content.html), values
+
+    def _skeleton(
+        self, template: str, data_key: str, fields: tuple[str, ...], data: Mapping[str, Any]
+    ) -> Skeleton | None:
+        """The template's skeleton for these fields and this data, rendered once per
+        process while the template's file is unchanged, not once per batch. Kept on the
+        registry, keyed by template, data and fields (bounded by the steps and contact shapes
+        in use); a changed file replaces the entry."""
+        revision = self._revisions.get(template)
+        if revision is None:  # looked up once per batch: Jinja checks the file each time
+            revision = self._revisions[template] = self.registry.templates.revision(template)
+        cache: dict[tuple, tuple[object, Skeleton | None]] = self.registry.__dict__.setdefault(
+            "_template_skeletons", {}
+        )
+        key = (template, data_key, fields)
+        cached = cache.get(key)
+        if cached is not None and cached[0] is revision:
+            return cached[1]
+        shaped = skeleton(
+            lambda tagged: self.registry.templates.render(
+                template, contact=tagged, data=dict(data)
+            ),
+            fields,
+        )
+        cache[key] = (revision, shaped)
+        return shaped
 
     @staticmethod
     def _addressed(shared: EmailMessage, action: Any, contact: Any) -> EmailMessage:

@@ -73,6 +73,26 @@ def contact_view(contact: Contact) -> dict[str, Any]:
     }
 
 
+def message_fields(
+    action: Action, contact: Contact, *, now: datetime, sender: str
+) -> dict[str, Any]:
+    """Everything of ``action``'s email to ``contact`` but its content (subject, bodies,
+    SendGrid template): who, why, and the keys that tie deliveries back to the action."""
+    template = action.payload["template"]
+    workflow = str(action.reason.get("workflow", "manual"))
+    step = str(action.reason.get("step", template))
+    return {
+        "to": contact.email,
+        "sender": sender,
+        "idempotency_key": action.idempotency_key,
+        "sent_at": now,
+        "categories": (workflow, f"{workflow}:{step}"),
+        "custom_args": {"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
+        "headers": {"X-Journeyline-Template": template},
+        "marketing": bool(action.payload.get("marketing", True)),
+    }
+
+
 def build_message(
     registry: Registry,
     action: Action,
@@ -87,18 +107,7 @@ def build_message(
     template = action.payload["template"]
     view = contact_view(contact) if view is None else view
     data = dict(action.payload.get("data", {}))
-    workflow = str(action.reason.get("workflow", "manual"))
-    step = str(action.reason.get("step", template))
-    common: dict[str, Any] = {
-        "to": contact.email,
-        "sender": sender,
-        "idempotency_key": action.idempotency_key,
-        "sent_at": now,
-        "categories": (workflow, f"{workflow}:{step}"),
-        "custom_args": {"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
-        "headers": {"X-Journeyline-Template": template},
-        "marketing": bool(action.payload.get("marketing", True)),
-    }
+    common = message_fields(action, contact, now=now, sender=sender)
     hosted = action.payload.get("sendgrid_template")
     if hosted:
         # SendGrid renders it: send the contact's fields flat (``{{first_name}}`` in its

@@ -66,6 +66,11 @@ class TemplateRenderer:
             found.append(f"template {name!r} needs a text or html block")
         return found
 
+    def revision(self, name: str) -> object:
+        """The compiled template ``name`` as loaded now: the same object until its file
+        changes on disk (Jinja reloads it then), so a key for what is derived from it."""
+        return self._env.get_template(f"{name}.j2")
+
     def render(self, name: str, *, contact: dict[str, Any], data: dict[str, Any]) -> RenderedEmail:
         variables = {"contact": contact, "data": data}
         try:

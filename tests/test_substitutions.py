@@ -3,6 +3,8 @@ still receives exactly the text rendered for them."""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,11 +283,14 @@ def test_values_for_refuses_what_it_cannot_vouch_for() -> None:
     assert values_for(shaped, {"name": ""}) is None  # empty: "Hi " is not "Hi"
 
 
-def test_a_batch_of_a_field_only_template_renders_once_per_shape_not_per_contact(
+def test_a_field_only_template_renders_once_per_shape_across_batches_until_its_file_changes(
     tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hello = sale(name="hello", steps=[send_email("hello_html", id="hello")])
-    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [hello]) as (runtime, _):
+    again = sale(name="again", steps=[send_email("hello_html", id="again")])
+    later = sale(name="later", steps=[send_email("hello_html", id="later")])
+    workflows = [hello, again, later]
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, workflows) as (runtime, _):
         add_contacts(runtime, 4, prefix="ada", attributes={"first_name": "Ada", "plan": "x"})
         add_contacts(runtime, 3, prefix="bob", attributes={"first_name": "Bob", "plan": "y"})
         renders: list[str] = []
@@ -298,8 +303,21 @@ def test_a_batch_of_a_field_only_template_renders_once_per_shape_not_per_contact
         monkeypatch.setattr(runtime.registry.templates, "render", counting)
         runtime.broadcast("hello")
         runtime.drain()
-        # one skeleton and one message for the one shape (same fields), not seven renders
+        # one skeleton for the one shape (same fields), not seven renders, and none for
+        # the message around it
+        assert len(renders) == 1
+        runtime.broadcast("again")  # another batch, another step, the same template
+        runtime.drain()
+        assert len(renders) == 1
+        # The file changes (as Jinja sees it: new text, a later mtime): rendered afresh.
+        path = tmp_path / "templates" / "hello_html.j2"
+        path.write_text(path.read_text().replace("Hello", "Welcome"))
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+        runtime.broadcast("later")
+        runtime.drain()
         assert len(renders) == 2
         monkeypatch.undo()
-        assert _each_got_their_own_rendering(runtime, fake, "hello_html") == 7
-    assert len(fake.requests) == 1
+        assert len(fake.requests) == 3
+        subjects = Counter(m.subject for m in fake.sent_messages())
+        assert subjects == {"Hello Ada": 8, "Hello Bob": 6, "Welcome Ada": 4, "Welcome Bob": 3}
