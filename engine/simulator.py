@@ -359,6 +359,8 @@ def _run_shard(
     daily: list[Counter[str]] = []
     day_start = clock.now()
     try:
+        # Anything due at the start (a schedule slot); from here on every hour ends settled.
+        settle(runtime, clock)
         for day in range(days):
             stages = _stages(runtime)
             # Today's events, by the hour (UTC) they happen, in a fixed order for the seed.
@@ -372,7 +374,8 @@ def _run_shard(
             # Between events the clock jumps from one due wake-up, held email or schedule
             # slot to the next, each at its own instant: a quiet hour costs one query.
             for hour in sorted(by_hour):
-                advance_to(runtime, clock, day_start + timedelta(hours=hour))
+                # Settled: the day began with a settle, and each hour ends with one.
+                advance_to(runtime, clock, day_start + timedelta(hours=hour), settled=True)
                 # The hour's events go in as one batch, as a busy track API would see them.
                 batch: list[_Tracked] = []
                 for person, event_type, props in by_hour[hour]:
@@ -392,7 +395,7 @@ def _run_shard(
                 _track_all(runtime, batch)
                 settle(runtime, clock)
             day_start += timedelta(days=1)
-            advance_to(runtime, clock, day_start)  # midnight
+            advance_to(runtime, clock, day_start, settled=True)  # midnight
             # What the workflows sent today: contacts open, click, and react.
             unread, mailbox.unread = mailbox.unread, []
             reactions: list[_Tracked] = []

@@ -41,15 +41,20 @@ def next_due(runtime: Runtime, now: datetime) -> datetime | None:
     return min(_aware(t) for t in candidates)
 
 
-def advance_to(runtime: Runtime, clock: VirtualClock, target: datetime) -> datetime:
-    """Run everything due up to ``target``, each at its own instant, and stop the clock there."""
-    runtime.run_until_idle()  # whatever is due now, stuck rows included
-    while True:
-        due = next_due(runtime, clock.now())
-        if due is None or due > target:
-            break
+def advance_to(
+    runtime: Runtime, clock: VirtualClock, target: datetime, *, settled: bool = False
+) -> datetime:
+    """Run everything due up to ``target``, each at its own instant, and stop the clock there.
+
+    ``settled``: the caller ran ``settle`` at this instant and changed nothing since, so the
+    opening pass over what is due now is skipped (the simulator's hours: a scheduler pass
+    each that could find nothing)."""
+    if not settled:
+        runtime.run_until_idle()  # whatever is due now, stuck rows included
+    due = next_due(runtime, clock.now())
+    while due is not None and due <= target:
         clock.set(max(due, clock.now()))
-        _run_due(runtime, clock)
+        due = _run_due(runtime, clock)
     clock.set(target)
     settle(runtime, clock)
     return target
@@ -66,14 +71,16 @@ def settle(runtime: Runtime, clock: VirtualClock) -> None:
         _run_due(runtime, clock)
 
 
-def _run_due(runtime: Runtime, clock: VirtualClock) -> None:
+def _run_due(runtime: Runtime, clock: VirtualClock) -> datetime | None:
     """Something is due now: scheduler passes and their jobs until nothing due is left (or a
-    pass finds nothing it may claim, e.g. a wake-up another job holds a claim on)."""
+    pass finds nothing it may claim, e.g. a wake-up another job holds a claim on). Returns
+    what ``next_due`` says then, so that the caller does not ask again."""
     while len(runtime.tick()):
         runtime.drain()
         due = next_due(runtime, clock.now())
         if due is None or due > clock.now():
-            return
+            return due
+    return next_due(runtime, clock.now())
 
 
 def _next_schedule_slots(runtime: Runtime, session: Session, now: datetime) -> list[datetime]:

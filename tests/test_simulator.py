@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from engine import simulator, virtual_time
 from engine.cli import _register_subcommands, app
+from engine.runtime import Runtime
 from engine.simulation_report import html_report
 from engine.simulator import Profile, load_workflows, simulate
 
@@ -53,6 +56,39 @@ def test_shards_in_parallel_processes_give_the_same_run_as_one_process() -> None
     )
     assert ticks[-1] == (12, 12)  # three shards of four days each
     assert [done for done, _ in ticks] == list(range(1, 13))
+
+
+def test_settled_hours_skip_only_scheduler_passes_that_would_find_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulator advances from settled instants (``advance_to(settled=True)``): the same
+    run as with an opening scheduler pass at every hour, with fewer passes."""
+    registry = load_workflows("workflows")
+    passes = {"count": 0}
+    tick = Runtime.tick
+
+    def counted(self: Runtime) -> Any:
+        passes["count"] += 1
+        return tick(self)
+
+    monkeypatch.setattr(Runtime, "tick", counted)
+    settled = simulate(registry, contacts=40, days=6, seed=2)
+    settled_passes, passes["count"] = passes["count"], 0
+
+    def unsettled(runtime: Runtime, clock: Any, target: Any, *, settled: bool = False) -> Any:
+        return virtual_time.advance_to(runtime, clock, target)  # always the opening pass
+
+    monkeypatch.setattr(simulator, "advance_to", unsettled)
+    opened = simulate(registry, contacts=40, days=6, seed=2)
+    assert settled.events > 0 and settled.emails
+    assert (settled.events, settled.funnel, settled.emails, settled.goals, settled.daily) == (
+        opened.events,
+        opened.funnel,
+        opened.emails,
+        opened.goals,
+        opened.daily,
+    )
+    assert settled_passes < passes["count"]
 
 
 def test_reactions_to_emails_change_behaviour() -> None:
