@@ -43,10 +43,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from jinja2 import Environment, TemplateSyntaxError, meta
 from sqlalchemy import bindparam
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -73,13 +71,8 @@ from engine.guardrails import (
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.performers import build_message, contact_view, message_fields
 from engine.registry import Registry
-from engine.substitutions import (
-    Skeleton,
-    prints_fields_only,
-    skeleton,
-    substitutions_for,
-    values_for,
-)
+from engine.substitutions import substitutions_for, values_for
+from engine.template_facts import TemplateFacts, facts_of
 from engine.templates import RenderedEmail
 
 log = logging.getLogger(__name__)
@@ -504,7 +497,15 @@ class _Renders:
         self.substitute = substitute
         self._shared: dict[tuple, EmailMessage] = {}
         self._skeleton_messages: dict[tuple, EmailMessage] = {}
-        self._revisions: dict[str, object] = {}
+        self._facts: dict[str, TemplateFacts] = {}
+
+    def facts(self, template: str) -> TemplateFacts:
+        """``template_facts.facts_of``, once per template and batch (looking up the loaded
+        template checks its file)."""
+        found = self._facts.get(template)
+        if found is None:
+            found = self._facts[template] = facts_of(self.registry, template)
+        return found
 
     def message(self, action: Any, contact: Any) -> tuple[EmailMessage, Mapping[str, str]]:
         """The message for ``action`` and, when it is a skeleton, this contact's values."""
@@ -514,7 +515,7 @@ class _Renders:
             return self._own(action, contact), {}
         data = json.dumps(action.payload.get("data", {}), sort_keys=True, default=str)
         key = (template, data, action.reason.get("workflow"), action.reason.get("step"))
-        if reads_contact(self.registry, template):
+        if self.facts(template).reads_contact:
             if not self.substitute:
                 return self._own(action, contact), {}
             return self._personalised(action, contact, key)
@@ -536,8 +537,15 @@ class _Renders:
         fields = tuple(sorted(view))
         shape = (*key, fields)
         template = str(action.payload["template"])
-        shaped = self._skeleton(template, key[1], fields, action.payload.get("data", {}))
-        if shaped is not None and _prints_fields_only(self.registry, template):
+        facts = self.facts(template)
+        shaped = facts.skeleton(
+            self.registry,
+            template,
+            data_key=key[1],
+            data=action.payload.get("data", {}),
+            fields=fields,
+        )
+        if shaped is not None and facts.prints_fields_only:
             # Exact by the template's syntax: the skeleton plus these values is what
             # rendering for this contact would give, so it is not rendered to compare.
             values = values_for(shaped, view)
@@ -563,32 +571,6 @@ class _Renders:
         content = shaped.rendered
         return replace(own, subject=content.subject, text=content.text, html=content.html), values
 
-    def _skeleton(
-        self, template: str, data_key: str, fields: tuple[str, ...], data: Mapping[str, Any]
-    ) -> Skeleton | None:
-        """The template's skeleton for these fields and this data, rendered once per
-        process while the template's file is unchanged, not once per batch. Kept on the
-        registry, keyed by template, data and fields (bounded by the steps and contact shapes
-        in use); a changed file replaces the entry."""
-        revision = self._revisions.get(template)
-        if revision is None:  # looked up once per batch: Jinja checks the file each time
-            revision = self._revisions[template] = self.registry.templates.revision(template)
-        cache: dict[tuple, tuple[object, Skeleton | None]] = self.registry.__dict__.setdefault(
-            "_template_skeletons", {}
-        )
-        key = (template, data_key, fields)
-        cached = cache.get(key)
-        if cached is not None and cached[0] is revision:
-            return cached[1]
-        shaped = skeleton(
-            lambda tagged: self.registry.templates.render(
-                template, contact=tagged, data=dict(data)
-            ),
-            fields,
-        )
-        cache[key] = (revision, shaped)
-        return shaped
-
     @staticmethod
     def _addressed(shared: EmailMessage, action: Any, contact: Any) -> EmailMessage:
         return replace(
@@ -597,38 +579,6 @@ class _Renders:
             idempotency_key=action.idempotency_key,
             custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
         )
-
-
-def reads_contact(registry: Registry, template: str) -> bool:
-    """Whether ``template`` (or anything it extends or includes) may read ``contact``:
-    parsed once per process and template; when unsure, assume it does."""
-    cache: dict[str, bool] = registry.__dict__.setdefault("_template_reads_contact", {})
-    if template not in cache:
-        cache[template] = _reads_contact(registry.templates.directory / f"{template}.j2")
-    return cache[template]
-
-
-def _prints_fields_only(registry: Registry, template: str) -> bool:
-    """``substitutions.prints_fields_only`` for ``template``, parsed once per process."""
-    cache: dict[str, bool] = registry.__dict__.setdefault("_template_prints_fields_only", {})
-    if template not in cache:
-        path = registry.templates.directory / f"{template}.j2"
-        try:
-            cache[template] = prints_fields_only(path.read_text(encoding="utf-8"))
-        except OSError:
-            cache[template] = False
-    return cache[template]
-
-
-def _reads_contact(path: Path) -> bool:
-    try:
-        source = path.read_text(encoding="utf-8")
-        parsed = Environment().parse(source)
-    except (OSError, TemplateSyntaxError):
-        return True
-    if list(meta.find_referenced_templates(parsed)):
-        return True  # the parent or an include may read it: render per contact
-    return "contact" in meta.find_undeclared_variables(parsed)
 
 
 def _orm(session: Session, action_id: int) -> Action:

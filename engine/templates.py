@@ -66,10 +66,14 @@ class TemplateRenderer:
             found.append(f"template {name!r} needs a text or html block")
         return found
 
-    def revision(self, name: str) -> object:
+    def revision(self, name: str) -> object | None:
         """The compiled template ``name`` as loaded now: the same object until its file
-        changes on disk (Jinja reloads it then), so a key for what is derived from it."""
-        return self._env.get_template(f"{name}.j2")
+        changes on disk (Jinja reloads it then), so a key for what is derived from it. None
+        when it cannot be loaded (missing, or it does not parse)."""
+        try:
+            return self._env.get_template(f"{name}.j2")
+        except JinjaTemplateError:
+            return None
 
     def render(self, name: str, *, contact: dict[str, Any], data: dict[str, Any]) -> RenderedEmail:
         variables = {"contact": contact, "data": data}

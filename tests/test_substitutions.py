@@ -321,3 +321,52 @@ def test_a_field_only_template_renders_once_per_shape_across_batches_until_its_f
         assert len(fake.requests) == 3
         subjects = Counter(m.subject for m in fake.sent_messages())
         assert subjects == {"Hello Ada": 8, "Hello Bob": 6, "Welcome Ada": 4, "Welcome Bob": 3}
+
+
+def test_a_template_edited_while_the_worker_runs_is_analysed_again_before_it_is_sent(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    """What a batch knows of a template (reads no contact field; prints fields only) holds
+    for the file it was worked out from: after an edit, the new text decides. Otherwise a
+    template that starts to greet by name would go out with the first contact's name to
+    everyone, and one that starts to branch on a field would be filled in as if it did not."""
+    steps = {name: sale(name=name, steps=[send_email("news", id=name)]) for name in "abc"}
+    path = tmp_path / "templates" / "news.j2"
+
+    def edit(text: str) -> None:
+        path.write_text(text)
+        stat = path.stat()  # a later mtime, as Jinja's reload check needs
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+    path.parent.mkdir()
+    path.write_text("{% block subject %}News{% endblock %}{% block text %}Hello all{% endblock %}")
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, list(steps.values())) as (
+        runtime,
+        _,
+    ):
+        add_contacts(runtime, 2, prefix="ada", attributes={"first_name": "Ada", "plan": "pro"})
+        add_contacts(runtime, 2, prefix="bob", attributes={"first_name": "Bob", "plan": "free"})
+        runtime.broadcast("a")
+        runtime.drain()
+        edit(
+            "{% block subject %}News for {{ contact.first_name }}{% endblock %}"
+            "{% block text %}Hello {{ contact.first_name }}{% endblock %}"
+        )
+        runtime.broadcast("b")
+        runtime.drain()
+        edit(
+            "{% block subject %}News for {{ contact.first_name }}{% endblock %}"
+            "{% block text %}{% if contact.plan == 'pro' %}Pro news{% else %}Upgrade"
+            "{% endif %}{% endblock %}"
+        )
+        runtime.broadcast("c")
+        runtime.drain()
+    got = Counter((m.to[:3], m.subject, m.text) for m in fake.sent_messages())
+    assert got == {
+        ("ada", "News", "Hello all"): 2,
+        ("bob", "News", "Hello all"): 2,
+        ("ada", "News for Ada", "Hello Ada"): 2,
+        ("bob", "News for Bob", "Hello Bob"): 2,
+        ("ada", "News for Ada", "Pro news"): 2,
+        ("bob", "News for Bob", "Upgrade"): 2,
+    }
