@@ -521,7 +521,15 @@ class _Renders:
             return self._personalised(action, contact, key)
         shared = self._shared.get(key)
         if shared is None:
-            shared = build_message(self.registry, action, contact, now=self.now, sender=self.sender)
+            content = self.facts(template).rendered_for_all(
+                self.registry, template, data_key=data, data=action.payload.get("data", {})
+            )
+            shared = EmailMessage(
+                subject=content.subject,
+                text=content.text,
+                html=content.html,
+                **message_fields(action, contact, now=self.now, sender=self.sender),
+            )
             self._shared[key] = shared
         return self._addressed(shared, action, contact), {}
 

@@ -20,6 +20,7 @@ from jinja2 import Environment, TemplateSyntaxError, meta
 
 from engine.registry import Registry
 from engine.substitutions import Skeleton, prints_fields_only, skeleton
+from engine.templates import RenderedEmail
 
 
 @dataclass
@@ -28,6 +29,18 @@ class TemplateFacts:
     reads_contact: bool  # True when unsure: rendered per contact
     prints_fields_only: bool
     skeletons: dict[tuple[str, tuple[str, ...]], Skeleton | None] = field(default_factory=dict)
+    shared: dict[str, RenderedEmail] = field(default_factory=dict)  # step data -> rendering
+
+    def rendered_for_all(
+        self, registry: Registry, template: str, *, data_key: str, data: Mapping[str, Any]
+    ) -> RenderedEmail:
+        """The rendering of a template that reads no contact field, for this step data:
+        everyone's, rendered once for this version of the file."""
+        found = self.shared.get(data_key)
+        if found is None:
+            found = registry.templates.render(template, contact={}, data=dict(data))
+            self.shared[data_key] = found
+        return found
 
     def skeleton(
         self,

@@ -370,3 +370,28 @@ def test_a_template_edited_while_the_worker_runs_is_analysed_again_before_it_is_
         ("ada", "News for Ada", "Pro news"): 2,
         ("bob", "News for Bob", "Upgrade"): 2,
     }
+
+
+def test_a_template_that_reads_no_contact_field_renders_once_for_all_batches(
+    tmp_path: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = sale(name="first", steps=[send_email("spring_sale", id="first")])
+    second = sale(name="second", steps=[send_email("spring_sale", id="second")])
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [first, second]) as (runtime, _):
+        add_contacts(runtime, 3, prefix="ada", attributes={"first_name": "Ada"})
+        renders: list[str] = []
+        render = runtime.registry.templates.render
+
+        def counting(name, **kwargs):  # type: ignore[no-untyped-def]
+            renders.append(name)
+            return render(name, **kwargs)
+
+        monkeypatch.setattr(runtime.registry.templates, "render", counting)
+        runtime.broadcast("first")
+        runtime.drain()
+        runtime.broadcast("second")
+        runtime.drain()
+        assert renders == ["spring_sale"]
+    sent = fake.sent_messages()
+    assert len(sent) == 6 and {m.subject for m in sent} == {"Spring sale: 20% off"}
+    assert {m.categories[1] for m in sent} == {"first:first", "second:second"}
