@@ -83,10 +83,12 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings Journeyline relies on.
 
-    ``durable=False`` (SQLite only) lets commits return before their pages reach the disk
-    (``synchronous=OFF``): for a database thrown away when the process ends, such as a
-    simulation's, where a power cut loses nothing anyone keeps. About a tenth of a
-    simulation's time went to the checkpoints' disk syncs."""
+    ``durable=False`` (SQLite only) is for a database thrown away when its process ends,
+    such as a simulation's shard, where a crash or a power cut loses nothing anyone keeps:
+    the rollback journal stays in memory and commits return before their pages reach the
+    disk (``journal_mode=MEMORY``, ``synchronous=OFF``), so a commit writes its pages once,
+    with no write-ahead log to copy them from later and no syncs (about 4% of a 5,000 x 20
+    days simulation against WAL without syncs)."""
     if url.startswith("sqlite"):
         in_memory = url in ("sqlite://", "sqlite:///:memory:")
         if in_memory:
@@ -118,9 +120,12 @@ def _configure_sqlite(engine: Engine, *, wal: bool, durable: bool) -> None:
         # Let SQLAlchemy's BEGIN below be the only transaction control.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        if wal:
+        if not durable:  # a scratch file: its journal in memory, no syncs
+            cursor.execute("PRAGMA journal_mode=MEMORY")
+            cursor.execute("PRAGMA synchronous=OFF")
+        elif wal:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={'NORMAL' if durable else 'OFF'}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

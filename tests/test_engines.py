@@ -33,9 +33,21 @@ def test_a_sqlite_file_is_wal_with_normal_syncs_by_default(tmp_path: Path) -> No
     assert found == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1}
 
 
-def test_a_throw_away_sqlite_file_skips_the_syncs_and_keeps_the_rest(tmp_path: Path) -> None:
+def test_a_throw_away_sqlite_file_keeps_its_journal_in_memory_without_syncs(
+    tmp_path: Path,
+) -> None:
     found = _pragmas(f"sqlite:///{tmp_path}/scratch.db", durable=False)
-    assert found == {"journal_mode": "wal", "synchronous": 0, "foreign_keys": 1}
+    assert found == {"journal_mode": "memory", "synchronous": 0, "foreign_keys": 1}
+    # and still one transaction at a time, rolled back whole when it fails
+    db = make_engine(f"sqlite:///{tmp_path}/scratch.db", durable=False)
+    with db.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    with pytest.raises(RuntimeError), db.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        raise RuntimeError("the transaction fails")
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 0
+    db.dispose()
 
 
 def test_durable_false_is_refused_for_a_server_database() -> None:
