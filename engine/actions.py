@@ -12,13 +12,17 @@
 A worker that dies during 2 leaves ``sending`` with an expired lease: the next claim re-sends
 only if the connector dedupes on the idempotency key, and otherwise marks the row ``unknown``
 for an operator rather than risk a second email.
+
+``perform_actions`` does the same for a few actions in one job: one claim transaction for
+all of them, their calls one by one, one transaction recording what the calls returned.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,18 +95,120 @@ def perform_action(
     except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
         log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
         return _record_failure(db, action_id, exc, now=now, policy=policy)
-    params: dict[str, Any] = {"done_id": action_id, "done_at": now, "done_provider_id": done}
-    statement = _SENT
-    if isinstance(done, Performed):
-        params["done_provider_id"] = done.provider_id
-        if done.notes:
-            params["done_reason"] = {**claimed.reason, **done.notes}
-            statement = _SENT_WITH_NOTES
+    params, notes = _sent_params(action_id, done, claimed, now=now)
+    statement = _SENT_WITH_NOTES if notes else _SENT
     with transaction(db) as session:
         # One UPDATE, no read: the lease taken in the claim makes this worker the only one
         # finishing the row.
         session.connection().execute(statement, params)
     return Outcome(ActionStatus.SENT)
+
+
+def perform_actions(
+    db: Engine,
+    registry: Registry,
+    performers: Mapping[str, Performer],
+    action_ids: Sequence[int],
+    *,
+    now: datetime,
+    lease: timedelta,
+    policy: RetryPolicy,
+) -> Counter[str]:
+    """Several actions performed one by one, as ``perform_action`` does each, but claimed in
+    one transaction (in id order) and recorded in another: two commits for the run instead
+    of two per action. What each call returns is recorded at the end, also when a later call
+    fails; until then the performed actions stay ``sending`` under their lease, so a worker
+    that dies here leaves them to the rule for a stopped send, as a single send would. If a
+    claim raises, nothing of the run is claimed and each action goes alone instead (the
+    first error is raised after the others are done, so the job is retried). Returns the
+    count of each outcome."""
+    outcome: Counter[str] = Counter()
+    ids = sorted(set(action_ids))
+    claims: list[tuple[int, _Claim]] = []
+    try:
+        with transaction(db) as session:
+            for action_id in ids:
+                claimed = _claim(session, registry, performers, action_id, now=now, lease=lease)
+                # Written before the next claim, whose guard rails read a contact's other
+                # emails with plain statements: as if each claim had committed on its own
+                # (the next claim's ORM read would flush it too; this does not rely on that).
+                session.flush()
+                if isinstance(claimed, _Claim):
+                    claims.append((action_id, claimed))
+                else:
+                    outcome[claimed.status] += 1
+    except Exception as exc:
+        log.warning(
+            "actions %s: claiming together failed (%s: %s); one by one",
+            ids,
+            type(exc).__name__,
+            exc,
+        )
+        return _one_by_one(db, registry, performers, ids, now=now, lease=lease, policy=policy)
+    done: list[dict[str, Any]] = []
+    with_notes: list[dict[str, Any]] = []
+    try:
+        for action_id, claimed in claims:
+            try:
+                result = claimed.call()
+            except Exception as exc:  # ConnectorError, or a connector bug (said loudly)
+                if not isinstance(exc, ConnectorError):
+                    log.exception(
+                        "%s raised unexpectedly for action %s", claimed.performer, action_id
+                    )
+                outcome[_record_failure(db, action_id, exc, now=now, policy=policy).status] += 1
+                continue
+            params, notes = _sent_params(action_id, result, claimed, now=now)
+            (with_notes if notes else done).append(params)
+    finally:
+        if done or with_notes:
+            with transaction(db) as session:
+                connection = session.connection()
+                for statement, rows in ((_SENT, done), (_SENT_WITH_NOTES, with_notes)):
+                    if rows:
+                        connection.execute(statement, rows)
+            outcome[ActionStatus.SENT] += len(done) + len(with_notes)
+    return outcome
+
+
+def _one_by_one(
+    db: Engine,
+    registry: Registry,
+    performers: Mapping[str, Performer],
+    ids: Sequence[int],
+    *,
+    now: datetime,
+    lease: timedelta,
+    policy: RetryPolicy,
+) -> Counter[str]:
+    outcome: Counter[str] = Counter()
+    failure: Exception | None = None
+    for action_id in ids:
+        try:
+            done = perform_action(
+                db, registry, performers, action_id, now=now, lease=lease, policy=policy
+            )
+        except Exception as exc:
+            log.exception("action %s failed on its own too", action_id)
+            failure = failure or exc
+            continue
+        outcome[done.status] += 1
+    if failure is not None:
+        raise failure
+    return outcome
+
+
+def _sent_params(
+    action_id: int, result: Any, claimed: _Claim, *, now: datetime
+) -> tuple[dict[str, Any], bool]:
+    """The parameters of ``_SENT`` (or, with the call's notes, ``_SENT_WITH_NOTES``)."""
+    params: dict[str, Any] = {"done_id": action_id, "done_at": now, "done_provider_id": result}
+    if isinstance(result, Performed):
+        params["done_provider_id"] = result.provider_id
+        if result.notes:
+            params["done_reason"] = {**claimed.reason, **result.notes}
+            return params, True
+    return params, False
 
 
 _TABLE = Action.__table__  # type: ignore[attr-defined]

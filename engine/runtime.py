@@ -21,7 +21,8 @@ With ``stub://`` the runtime runs a Dramatiq worker in threads of this process (
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +37,7 @@ from connectors.crm import CRMConnector, HubSpotConnector, HubSpotRateLimiter
 from connectors.email import EmailConnector, build_email_connector
 from connectors.webhooks.outgoing import WebhookSender
 from engine import pipeline, pipeline_jobs, recording
-from engine.actions import Outcome, RetryPolicy, perform_action
+from engine.actions import Outcome, RetryPolicy, perform_action, perform_actions
 from engine.batch_send import (
     BatchOutcome,
     batch_size_of,
@@ -81,6 +82,12 @@ QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
 WAKES_PER_JOB = 20
 """Due enrollments per ``wake_enrollments`` job when a scheduler pass finds several."""
+SINGLES_PER_JOB = 10
+"""At most this many actions performed one by one (CRM tasks and notes, webhooks, CRM
+updates without HubSpot's batch calls) per ``perform_actions`` job, and fewer with a short
+lease: their calls, each up to a connector's timeout (10 s by default) and a retry, must
+end within the lease the claim took (300 s by default): 30 s of lease per call."""
+LEASE_PER_CALL = timedelta(seconds=30)
 # The periodic scheduler job lives apart: drain() never waits for a chain that never ends.
 SCHEDULER_QUEUE = "journeyline_scheduler"
 SCHEDULER_TICK = "scheduler_tick"
@@ -102,6 +109,8 @@ class Jobs:
     process_contacts: dramatiq.Actor[[list[int]], None]
     perform_action: dramatiq.Actor[[int], None]
     perform_transactional: dramatiq.Actor[[int], None]
+    perform_actions: dramatiq.Actor[[list[int]], None]
+    perform_transactional_actions: dramatiq.Actor[[list[int]], None]
     wake_enrollment: dramatiq.Actor[[int], None]
     wake_enrollments: dramatiq.Actor[[list[int]], None]
     perform_email_batch: dramatiq.Actor[[list[int]], None]
@@ -395,6 +404,34 @@ class Runtime:
             policy=self.policy,
         )
 
+    def perform_many(self, action_ids: list[int]) -> Counter[str]:
+        """Several actions one by one in one job: claimed together, recorded together
+        (``actions.perform_actions``)."""
+        return perform_actions(
+            self.db,
+            self.registry,
+            self.performers(),
+            action_ids,
+            now=self.clock.now(),
+            lease=self.lease,
+            policy=self.policy,
+        )
+
+    def _send_singles(self, action_ids: Sequence[int], *, transactional: bool) -> None:
+        """Enqueue actions that go one by one: a ``perform_actions`` job per few of them
+        (``SINGLES_PER_JOB``), the single job for one."""
+        single = self.jobs.perform_transactional if transactional else self.jobs.perform_action
+        many = (
+            self.jobs.perform_transactional_actions if transactional else self.jobs.perform_actions
+        )
+        per_job = max(1, min(SINGLES_PER_JOB, self.lease // LEASE_PER_CALL))
+        for start in range(0, len(action_ids), per_job):
+            chunk = list(action_ids[start : start + per_job])
+            if len(chunk) == 1:
+                single.send(chunk[0])
+            else:
+                many.send(chunk)
+
     def perform_batch(self, action_ids: list[int]) -> BatchOutcome:
         """Send email actions together (one request per identical rendering); a connector
         that cannot batch sends them one by one through ``perform``."""
@@ -465,9 +502,7 @@ class Runtime:
             for start in range(0, len(action_ids), size):
                 self.jobs.perform_email_batch.send(action_ids[start : start + size])
             return
-        job = self.jobs.perform_action if marketing else self.jobs.perform_transactional
-        for action_id in action_ids:
-            job.send(action_id)
+        self._send_singles(action_ids, transactional=not marketing)
 
     def wake(self, enrollment_id: int) -> Effects:
         self.sync_versions()
@@ -504,9 +539,7 @@ class Runtime:
         batches, singles = group_for_batches(self.db, due.actions, size=batch_size_of(self.email))
         for batch in batches:
             self.jobs.perform_email_batch.send(batch)
-        singles = self._batch_crm(singles)
-        for action_id in singles:
-            self.jobs.perform_action.send(action_id)
+        self._send_singles(self._batch_crm(singles), transactional=False)
         slots = plan_and_claim(
             self.db,
             self.registry,
@@ -561,8 +594,7 @@ class Runtime:
             )
             for batch in batches:
                 self.jobs.perform_email_batch.send(batch)
-        for action_id in actions:
-            self.jobs.perform_action.send(action_id)
+        self._send_singles(actions, transactional=False)
         # Transactional email of many contacts (receipts of one job) shares requests too,
         # on its own queue; CRM actions are not marketing either: many contacts at one
         # update_crm step land here.
@@ -574,8 +606,7 @@ class Runtime:
             )  # fmt: skip
             for batch in batches:
                 self.jobs.perform_transactional_batch.send(batch)
-        for action_id in self._batch_crm(transactional):
-            self.jobs.perform_transactional.send(action_id)
+        self._send_singles(self._batch_crm(transactional), transactional=True)
         for contact_id in effects.contacts:
             self.jobs.process_contact.send(contact_id)
 
@@ -658,6 +689,12 @@ class Runtime:
         def perform_transactional_job(action_id: int) -> None:
             self.perform(action_id)
 
+        def perform_actions_job(action_ids: list[int]) -> None:
+            self.perform_many(action_ids)
+
+        def perform_transactional_actions_job(action_ids: list[int]) -> None:
+            self.perform_many(action_ids)
+
         def wake_enrollment(enrollment_id: int) -> None:
             self.wake(enrollment_id)
 
@@ -705,6 +742,12 @@ class Runtime:
             # held behind a marketing backlog.
             perform_transactional=declare(
                 perform_transactional_job, "perform_transactional", TRANSACTIONAL_QUEUE
+            ),
+            perform_actions=declare(perform_actions_job, "perform_actions"),
+            perform_transactional_actions=declare(
+                perform_transactional_actions_job,
+                "perform_transactional_actions",
+                TRANSACTIONAL_QUEUE,
             ),
             wake_enrollment=declare(wake_enrollment, "wake_enrollment"),
             wake_enrollments=declare(wake_enrollments, "wake_enrollments"),
