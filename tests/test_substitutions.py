@@ -50,6 +50,26 @@ def _each_got_their_own_rendering(runtime: Runtime, fake: FakeSendGrid, template
     return len(delivered)
 
 
+def _counted_renders(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the templates rendered from now on (the renderer's ``render`` wrapped)."""
+    renders: list[str] = []
+    render = runtime.registry.templates.render
+
+    def counting(name, **kwargs):  # type: ignore[no-untyped-def]
+        renders.append(name)
+        return render(name, **kwargs)
+
+    monkeypatch.setattr(runtime.registry.templates, "render", counting)
+    return renders
+
+
+def _touched(path: Path, text: str) -> None:
+    """Write ``text`` with a later modification time, as Jinja's reload check needs."""
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+
 def _broadcast_to(
     tmp_path: Path,
     fake: FakeSendGrid,
@@ -293,14 +313,7 @@ def test_a_field_only_template_renders_once_per_shape_across_batches_until_its_f
     with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, workflows) as (runtime, _):
         add_contacts(runtime, 4, prefix="ada", attributes={"first_name": "Ada", "plan": "x"})
         add_contacts(runtime, 3, prefix="bob", attributes={"first_name": "Bob", "plan": "y"})
-        renders: list[str] = []
-        render = runtime.registry.templates.render
-
-        def counting(name, **kwargs):  # type: ignore[no-untyped-def]
-            renders.append(name)
-            return render(name, **kwargs)
-
-        monkeypatch.setattr(runtime.registry.templates, "render", counting)
+        renders = _counted_renders(runtime, monkeypatch)
         runtime.broadcast("hello")
         runtime.drain()
         # one skeleton for the one shape (same fields), not seven renders, and none for
@@ -311,9 +324,7 @@ def test_a_field_only_template_renders_once_per_shape_across_batches_until_its_f
         assert len(renders) == 1
         # The file changes (as Jinja sees it: new text, a later mtime): rendered afresh.
         path = tmp_path / "templates" / "hello_html.j2"
-        path.write_text(path.read_text().replace("Hello", "Welcome"))
-        stat = path.stat()
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+        _touched(path, path.read_text().replace("Hello", "Welcome"))
         runtime.broadcast("later")
         runtime.drain()
         assert len(renders) == 2
@@ -333,11 +344,6 @@ def test_a_template_edited_while_the_worker_runs_is_analysed_again_before_it_is_
     steps = {name: sale(name=name, steps=[send_email("news", id=name)]) for name in "abc"}
     path = tmp_path / "templates" / "news.j2"
 
-    def edit(text: str) -> None:
-        path.write_text(text)
-        stat = path.stat()  # a later mtime, as Jinja's reload check needs
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
-
     path.parent.mkdir()
     path.write_text("{% block subject %}News{% endblock %}{% block text %}Hello all{% endblock %}")
     with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, list(steps.values())) as (
@@ -348,16 +354,18 @@ def test_a_template_edited_while_the_worker_runs_is_analysed_again_before_it_is_
         add_contacts(runtime, 2, prefix="bob", attributes={"first_name": "Bob", "plan": "free"})
         runtime.broadcast("a")
         runtime.drain()
-        edit(
+        _touched(
+            path,
             "{% block subject %}News for {{ contact.first_name }}{% endblock %}"
-            "{% block text %}Hello {{ contact.first_name }}{% endblock %}"
+            "{% block text %}Hello {{ contact.first_name }}{% endblock %}",
         )
         runtime.broadcast("b")
         runtime.drain()
-        edit(
+        _touched(
+            path,
             "{% block subject %}News for {{ contact.first_name }}{% endblock %}"
             "{% block text %}{% if contact.plan == 'pro' %}Pro news{% else %}Upgrade"
-            "{% endif %}{% endblock %}"
+            "{% endif %}{% endblock %}",
         )
         runtime.broadcast("c")
         runtime.drain()
@@ -379,14 +387,7 @@ def test_a_template_that_reads_no_contact_field_renders_once_for_all_batches(
     second = sale(name="second", steps=[send_email("spring_sale", id="second")])
     with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [first, second]) as (runtime, _):
         add_contacts(runtime, 3, prefix="ada", attributes={"first_name": "Ada"})
-        renders: list[str] = []
-        render = runtime.registry.templates.render
-
-        def counting(name, **kwargs):  # type: ignore[no-untyped-def]
-            renders.append(name)
-            return render(name, **kwargs)
-
-        monkeypatch.setattr(runtime.registry.templates, "render", counting)
+        renders = _counted_renders(runtime, monkeypatch)
         runtime.broadcast("first")
         runtime.drain()
         runtime.broadcast("second")
