@@ -100,7 +100,7 @@ def _process_together(
     known_events.batch(session, [c.id for c in contacts if c.id is not None])
     limit = pipeline.EVENTS_PER_PASS * len(ids)
     pending = [
-        PendingEvent(**row._mapping)
+        PendingEvent(*row)  # the columns are the dataclass's fields, in order
         for row in session.execute(
             select(*_PENDING_COLUMNS)
             .where(one_of(session, col(Event.contact_id), ids), Event.status == EventStatus.PENDING)
