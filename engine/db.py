@@ -67,17 +67,23 @@ def _sqlite_text(value: datetime | None) -> str | None:
         return None
     if not isinstance(value, datetime):
         raise TypeError(f"a UTCDateTime column takes a datetime, not {type(value).__name__}")
-    if value.tzinfo is UTC:
-        value = value.replace(tzinfo=None)
-    elif value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ", "microseconds")
+    if value.tzinfo is None:
+        return value.isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # "YYYY-MM-DD HH:MM:SS.ffffff+00:00" without its offset: cheaper than a naive copy first.
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if len(value) > 10:  # a date and a time (a lone date would read "+00:00" as a time)
+        try:  # stored without an offset: read as UTC (a sixth of the cost of replace())
+            return datetime.fromisoformat(value + "+00:00")
+        except ValueError:  # written with an offset by something else
+            pass
+    return ensure_utc(datetime.fromisoformat(value))
 
 
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:

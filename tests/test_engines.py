@@ -88,14 +88,22 @@ def test_sqlite_datetimes_are_stored_as_the_dialect_formats_them_and_read_back_a
     db.dispose()
 
 
-def test_sqlite_reads_text_written_without_microseconds_and_refuses_a_date(tmp_path: Path) -> None:
+def test_sqlite_reads_text_written_by_others_and_refuses_a_date(tmp_path: Path) -> None:
     table = Table("instants", MetaData(), Column("id", Integer, primary_key=True),
                   Column("at", UTCDateTime))  # fmt: skip
     db = make_engine(f"sqlite:///{tmp_path}/t.db")
     table.create(db)
     with db.begin() as conn:
         conn.execute(text("INSERT INTO instants (at) VALUES ('2026-01-05 09:00:00')"))
-        assert conn.execute(select(table.c.at)).scalar() == datetime(2026, 1, 5, 9, tzinfo=UTC)
+        conn.execute(text("INSERT INTO instants (at) VALUES ('2026-01-05 10:30:00+01:00')"))
+        conn.execute(text("INSERT INTO instants (at) VALUES ('2026-01-05')"))
+        found = conn.execute(select(table.c.at).order_by(table.c.id)).scalars().all()
+        assert found == [
+            datetime(2026, 1, 5, 9, tzinfo=UTC),
+            datetime(2026, 1, 5, 9, 30, tzinfo=UTC),  # its offset honoured
+            datetime(2026, 1, 5, tzinfo=UTC),
+        ]
+        assert all(at.tzinfo is UTC for at in found)
         with pytest.raises(StatementError, match="takes a datetime, not date"):
             conn.execute(table.insert(), {"at": date(2026, 1, 5)})
     db.dispose()
