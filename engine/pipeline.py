@@ -312,17 +312,7 @@ def _conditions_now(
 ) -> dict[tuple[str, str, int], bool]:
     """Every condition-based trigger, goal and exit, evaluated for this contact now."""
     ctx = EvalContext(session, contact, now)
-    state: dict[tuple[str, str, int], bool] = {}
-    for workflow in registry.workflows.values():
-        for role, items in (
-            ("trigger", (workflow.trigger,)),
-            ("goal", workflow.goals),
-            ("exit", workflow.exit_when),
-        ):
-            for index, item in enumerate(items):
-                if isinstance(item, ConditionMet):
-                    state[(workflow.name, role, index)] = item.condition.evaluate(ctx)
-    return state
+    return {key: condition.evaluate(ctx) for key, condition in registry.condition_items}
 
 
 def _conditions_turned_true(

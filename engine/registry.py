@@ -18,6 +18,7 @@ import importlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 
@@ -71,6 +72,23 @@ class Registry:
     templates: TemplateRenderer
     guardrails: Guardrails = field(default_factory=Guardrails)
     events: frozenset[str] = frozenset()
+
+    @cached_property
+    def condition_items(self) -> tuple[tuple[tuple[str, str, int], Condition], ...]:
+        """Every condition-based trigger, goal and exit of the workflows, as ((workflow,
+        role, index), condition): worked out once, as a registry's workflows do not change
+        after it is built (every event evaluates them all, twice)."""
+        found = []
+        for workflow in self.workflows.values():
+            for role, items in (
+                ("trigger", (workflow.trigger,)),
+                ("goal", workflow.goals),
+                ("exit", workflow.exit_when),
+            ):
+                for index, item in enumerate(items):
+                    if isinstance(item, ConditionMet):
+                        found.append(((workflow.name, role, index), item.condition))
+        return tuple(found)
 
     def triggered_by_stage(self, stage: str) -> list[Workflow]:
         return [
