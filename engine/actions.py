@@ -88,14 +88,10 @@ def perform_action(
         claimed = _claim(session, registry, performers, action_id, now=now, lease=lease)
         if not isinstance(claimed, _Claim):
             return claimed
-    try:
-        done = claimed.call()
-    except ConnectorError as exc:
-        return _record_failure(db, action_id, exc, now=now, policy=policy)
-    except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
-        log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
-        return _record_failure(db, action_id, exc, now=now, policy=policy)
-    params, notes = _sent_params(action_id, done, claimed, now=now)
+    done = _call(db, action_id, claimed, now=now, policy=policy)
+    if isinstance(done, Outcome):
+        return done
+    params, notes = done
     statement = _SENT_WITH_NOTES if notes else _SENT
     with transaction(db) as session:
         # One UPDATE, no read: the lease taken in the claim makes this worker the only one
@@ -149,16 +145,11 @@ def perform_actions(
     with_notes: list[dict[str, Any]] = []
     try:
         for action_id, claimed in claims:
-            try:
-                result = claimed.call()
-            except Exception as exc:  # ConnectorError, or a connector bug (said loudly)
-                if not isinstance(exc, ConnectorError):
-                    log.exception(
-                        "%s raised unexpectedly for action %s", claimed.performer, action_id
-                    )
-                outcome[_record_failure(db, action_id, exc, now=now, policy=policy).status] += 1
+            result = _call(db, action_id, claimed, now=now, policy=policy)
+            if isinstance(result, Outcome):
+                outcome[result.status] += 1
                 continue
-            params, notes = _sent_params(action_id, result, claimed, now=now)
+            params, notes = result
             (with_notes if notes else done).append(params)
     finally:
         if done or with_notes:
@@ -196,6 +187,21 @@ def _one_by_one(
     if failure is not None:
         raise failure
     return outcome
+
+
+def _call(
+    db: Engine, action_id: int, claimed: _Claim, *, now: datetime, policy: RetryPolicy
+) -> tuple[dict[str, Any], bool] | Outcome:
+    """Perform a claimed action: on success the parameters that record it sent (and whether
+    they carry the call's notes); on failure the failure recorded, and its outcome."""
+    try:
+        result = claimed.call()
+    except ConnectorError as exc:
+        return _record_failure(db, action_id, exc, now=now, policy=policy)
+    except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
+        log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
+        return _record_failure(db, action_id, exc, now=now, policy=policy)
+    return _sent_params(action_id, result, claimed, now=now)
 
 
 def _sent_params(

@@ -524,14 +524,18 @@ class _Renders:
             content = self.facts(template).rendered_for_all(
                 self.registry, template, data_key=data, data=action.payload.get("data", {})
             )
-            shared = EmailMessage(
-                subject=content.subject,
-                text=content.text,
-                html=content.html,
-                **message_fields(action, contact, now=self.now, sender=self.sender),
-            )
+            shared = self._around(content, action, contact)
             self._shared[key] = shared
         return self._addressed(shared, action, contact), {}
+
+    def _around(self, content: RenderedEmail, action: Any, contact: Any) -> EmailMessage:
+        """The email of ``action`` to ``contact`` with ``content`` already rendered."""
+        return EmailMessage(
+            subject=content.subject,
+            text=content.text,
+            html=content.html,
+            **message_fields(action, contact, now=self.now, sender=self.sender),
+        )
 
     def _own(self, action: Any, contact: Any, view: dict[str, Any] | None = None) -> EmailMessage:
         return build_message(
@@ -560,13 +564,7 @@ class _Renders:
             if values is not None:
                 base = self._skeleton_messages.get(shape)
                 if base is None:
-                    content = shaped.rendered
-                    base = EmailMessage(
-                        subject=content.subject,
-                        text=content.text,
-                        html=content.html,
-                        **message_fields(action, contact, now=self.now, sender=self.sender),
-                    )
+                    base = self._around(shaped.rendered, action, contact)
                     self._skeleton_messages[shape] = base
                 return self._addressed(base, action, contact), values
         own = self._own(action, contact, view)
