@@ -84,7 +84,6 @@ def fill(db: Engine, *, waiting: int, due: int) -> float:
                 "wake_at": past
                 if i % max(waiting // due, 1) == 0 and i // max(waiting // due, 1) < due
                 else future,
-                "claimed_until": None,
                 "context": {},
                 "started_at": NOW,
                 "updated_at": NOW,

@@ -280,7 +280,6 @@ def advance(
     program = workflow.program
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.wake_at = None
-    enrollment.claimed_until = None
     position: int | None = enrollment.position
     while position is not None and position < len(program):
         node = program[position]
@@ -357,7 +356,6 @@ def end_enrollment(
 ) -> None:
     enrollment.status = status
     enrollment.wake_at = None
-    enrollment.claimed_until = None
     enrollment.ended_at = now
     enrollment.updated_at = now
     context = {k: v for k, v in enrollment.context.items() if k != "waiting_for"}

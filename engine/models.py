@@ -163,7 +163,9 @@ class Enrollment(ColumnsSetFast, SQLModel, table=True):
     __tablename__ = "enrollments"
     __table_args__ = (
         UniqueConstraint("contact_id", "workflow", "entry", name="uq_enrollments_entry"),
-        Index("ix_enrollments_due", "status", "wake_at"),
+        # The scheduler's due read; ``id`` in the key lets PostgreSQL answer it from the
+        # index alone (claims live in ``enrollment_claims``, not on these pages).
+        Index("ix_enrollments_due", "status", "wake_at", "id"),
         # A batch of contacts' live enrollments: led by the contact, so SQLite's planner
         # does not walk every live enrollment of the table through the due index instead.
         Index("ix_enrollments_contact_status", "contact_id", "status"),
@@ -177,12 +179,30 @@ class Enrollment(ColumnsSetFast, SQLModel, table=True):
     status: str = Field(default=EnrollmentStatus.ACTIVE, max_length=16)
     position: int = Field(default=0, description="Index of the next step to run.")
     wake_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     context: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     cause_event_id: int | None = Field(default=None, foreign_key="events.id", ondelete="SET NULL")
     started_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class EnrollmentClaim(SQLModel, table=True):
+    """A scheduler pass's claim on a due enrollment: its wake-up was handed to a job, and no
+    other pass hands it out again before ``until`` (the lease; a lost job's wake-up is due
+    again after it). A claim is for one wake-up: once the enrollment moves on (another
+    ``wake_at``, or not waiting) it no longer hides it, and a pass deletes it after ``until``.
+
+    Kept apart from ``enrollments`` so that claiming writes a few pages of this small table,
+    not the page of every due row of a large one. No foreign key: its check would lock (and
+    so write) the enrollment's row, which is what this table avoids; a claim on a deleted
+    enrollment is harmless and goes when it lapses."""
+
+    __tablename__ = "enrollment_claims"
+    __table_args__ = (Index("ix_enrollment_claims_until", "until"),)
+
+    enrollment_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    wake_at: datetime = Field(sa_type=UTCDateTime)
+    until: datetime = Field(sa_type=UTCDateTime)
 
 
 # --- actions ----------------------------------------------------------------------------

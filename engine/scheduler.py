@@ -7,9 +7,12 @@ One pass claims, in batches, everything whose time has come or whose worker went
 - actions pending or mid-send whose lease ran out (lost message, dead worker).
 
 Claiming stamps a new lease, so parallel schedulers never hand out the same row twice within
-a lease; on PostgreSQL rows are taken with ``FOR UPDATE SKIP LOCKED``, on SQLite the
-``BEGIN IMMEDIATE`` transaction serialises schedulers. Cost follows the rows due, through the
-``(status, wake_at)`` and ``(status, lease_until)`` indexes, never the number of contacts.
+a lease. A due enrollment is claimed by a row in ``enrollment_claims`` (its primary key
+settles a race between passes: the later insert waits for the earlier pass and then finds the
+claim taken), so a pass reads the due enrollments from the ``(status, wake_at, id)`` index
+without writing their pages. Events and actions are taken with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` transaction serialises schedulers. Cost follows
+the rows due, never the number of contacts or enrollments.
 """
 
 from __future__ import annotations
@@ -19,11 +22,20 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from engine.db import one_of_param, transaction
-from engine.models import Action, ActionStatus, Enrollment, EnrollmentStatus, Event, EventStatus
+from engine.db import UTCDateTime, one_of_param, transaction
+from engine.models import (
+    Action,
+    ActionStatus,
+    Enrollment,
+    EnrollmentClaim,
+    EnrollmentStatus,
+    Event,
+    EventStatus,
+)
 
 
 @dataclass
@@ -42,9 +54,8 @@ def claim_due(db: Engine, *, now: datetime, lease: timedelta, batch_size: int) -
     with transaction(db) as session:
         connection = session.connection()
         q = _statements(connection.dialect.name, batch_size)
-        due.enrollments = list(connection.execute(q.enrollments, params).scalars())
-        if due.enrollments:
-            connection.execute(q.claim_enrollments, {**params, "ids": due.enrollments})
+        connection.execute(q.lapsed_claims, params)
+        due.enrollments = list(connection.execute(q.claim_enrollments, params).scalars())
         stale_events = connection.execute(q.stale_events, params).all()
         if stale_events:
             ids = [e for e, _ in stale_events]
@@ -60,7 +71,7 @@ def claim_due(db: Engine, *, now: datetime, lease: timedelta, batch_size: int) -
 
 @dataclass(frozen=True)
 class _Statements:
-    enrollments: Any
+    lapsed_claims: Any
     claim_enrollments: Any
     stale_events: Any
     claim_events: Any
@@ -69,6 +80,7 @@ class _Statements:
 
 
 _E = Enrollment.__table__  # type: ignore[attr-defined]
+_C = EnrollmentClaim.__table__  # type: ignore[attr-defined]
 _V = Event.__table__  # type: ignore[attr-defined]
 _A = Action.__table__  # type: ignore[attr-defined]
 
@@ -79,18 +91,8 @@ def _statements(dialect: str, batch_size: int) -> _Statements:
     runs often; building and caching the statements each time was most of an idle one)."""
     now, until = bindparam("now"), bindparam("until")
     return _Statements(
-        enrollments=select(_E.c.id)
-        .where(
-            _E.c.status == EnrollmentStatus.WAITING,
-            _E.c.wake_at <= now,
-            or_(_E.c.claimed_until.is_(None), _E.c.claimed_until < now),
-        )
-        .order_by(_E.c.wake_at)
-        .limit(batch_size)
-        .with_for_update(skip_locked=True),
-        claim_enrollments=_E.update()
-        .where(one_of_param(_E.c.id, "ids", dialect=dialect))
-        .values(claimed_until=until),
+        lapsed_claims=_C.delete().where(_C.c.until < now),
+        claim_enrollments=_claim_enrollments(dialect, batch_size, now),
         stale_events=select(_V.c.id, _V.c.contact_id)
         .where(_V.c.status == EventStatus.PENDING, _V.c.lease_until < now)
         .limit(batch_size)
@@ -113,3 +115,29 @@ def _statements(dialect: str, batch_size: int) -> _Statements:
         )
         .values(lease_until=until),
     )
+
+
+def _claim_enrollments(dialect: str, batch_size: int, now: Any) -> Any:
+    """``INSERT INTO enrollment_claims SELECT <due, unclaimed> ON CONFLICT ... RETURNING``.
+
+    A row already in the table is taken over only if its claim lapsed or was for an earlier
+    wake-up; a pass racing another waits on the other's insert and then skips what it took.
+    """
+    held = exists().where(
+        _C.c.enrollment_id == _E.c.id,
+        _C.c.wake_at == _E.c.wake_at,
+        _C.c.until >= now,
+    )
+    due = (
+        select(_E.c.id, _E.c.wake_at, bindparam("until", type_=UTCDateTime()))
+        .where(_E.c.status == EnrollmentStatus.WAITING, _E.c.wake_at <= now, ~held)
+        .order_by(_E.c.wake_at, _E.c.id)
+        .limit(batch_size)
+    )
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    statement = insert(_C).from_select(["enrollment_id", "wake_at", "until"], due)
+    return statement.on_conflict_do_update(
+        index_elements=[_C.c.enrollment_id],
+        set_={"wake_at": statement.excluded.wake_at, "until": statement.excluded.until},
+        where=(_C.c.until < now) | (_C.c.wake_at != statement.excluded.wake_at),
+    ).returning(_C.c.enrollment_id)

@@ -1,0 +1,177 @@
+"""A scheduler pass claims due enrollments in ``enrollment_claims``, not on their rows.
+
+Each due wake-up is handed out once per lease, handed out again when its lease lapses (its
+job was lost), and a claim never hides a later wake-up of the same enrollment.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, insert, select, text, update
+
+from engine.db import make_engine
+from engine.models import Contact, Enrollment, EnrollmentClaim, EnrollmentStatus
+from engine.scheduler import claim_due
+from tests.support import new_contact
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=10)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_db_url"
+    engine = make_engine(request.getfixturevalue(fixture))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def waiting(db: Engine, *wakes: datetime) -> list[int]:
+    """One contact with a waiting enrollment per wake-up; their ids in the order given."""
+    with db.begin() as conn:
+        contact = new_contact("claims@example.com", NOW - timedelta(days=1))
+        contact_id = conn.execute(
+            insert(Contact).values(**contact.model_dump(exclude={"id"})).returning(Contact.id)
+        ).scalar_one()
+        return [
+            conn.execute(
+                insert(Enrollment)
+                .values(
+                    contact_id=contact_id,
+                    workflow="nurture",
+                    version="1",
+                    entry=entry,
+                    status=EnrollmentStatus.WAITING,
+                    position=1,
+                    wake_at=wake,
+                    context={},
+                    started_at=NOW - timedelta(days=1),
+                    updated_at=NOW - timedelta(days=1),
+                )
+                .returning(Enrollment.id)
+            ).scalar_one()
+            for entry, wake in enumerate(wakes, start=1)
+        ]
+
+
+def claimed_at(db: Engine, now: datetime, batch_size: int = 100) -> list[int]:
+    return claim_due(db, now=now, lease=LEASE, batch_size=batch_size).enrollments
+
+
+def claims(db: Engine) -> dict[int, tuple[datetime, datetime]]:
+    with db.connect() as conn:
+        rows = conn.execute(select(EnrollmentClaim.__table__)).all()  # type: ignore[call-overload]
+    return {r.enrollment_id: (r.wake_at, r.until) for r in rows}
+
+
+def test_a_due_wake_up_is_handed_out_once_per_lease_and_again_when_it_lapses(db) -> None:
+    late, early, future = waiting(
+        db, NOW - timedelta(minutes=1), NOW - timedelta(hours=1), NOW + timedelta(minutes=5)
+    )
+    # The due ones, earliest first; the future one stays.
+    assert claimed_at(db, NOW) == [early, late]
+    assert claims(db) == {
+        early: (NOW - timedelta(hours=1), NOW + LEASE),
+        late: (NOW - timedelta(minutes=1), NOW + LEASE),
+    }
+    # Within the lease no other pass hands them out, however often it runs; the third one
+    # is handed out when it falls due, and at the lease's last instant the two are still held.
+    assert claimed_at(db, NOW) == []
+    assert claimed_at(db, NOW + timedelta(minutes=4)) == []
+    assert claimed_at(db, NOW + LEASE) == [future]
+    # Their jobs never ran: once the lease lapses they are due again.
+    after = NOW + LEASE + timedelta(seconds=1)
+    assert claimed_at(db, after) == [early, late]
+    assert {e: until for e, (_wake, until) in claims(db).items()} == {
+        early: after + LEASE,
+        late: after + LEASE,
+        future: NOW + 2 * LEASE,
+    }
+
+
+def test_a_pass_takes_at_most_its_batch_and_the_next_pass_the_rest(db) -> None:
+    ids = waiting(db, *(NOW - timedelta(minutes=m) for m in range(5, 0, -1)))
+    assert claimed_at(db, NOW, batch_size=2) == ids[:2]
+    assert claimed_at(db, NOW, batch_size=2) == ids[2:4]
+    assert claimed_at(db, NOW, batch_size=2) == ids[4:]
+    assert claimed_at(db, NOW, batch_size=2) == []
+
+
+def test_a_claim_does_not_hide_the_next_wake_up_of_the_same_enrollment(db) -> None:
+    # Given an enrollment claimed for its 11:00 wake-up
+    (enrollment,) = waiting(db, NOW - timedelta(hours=1))
+    assert claimed_at(db, NOW) == [enrollment]
+    # When it moves on and waits again (an event came; its new wait is already due)
+    with db.begin() as conn:
+        conn.execute(
+            update(Enrollment)
+            .where(Enrollment.id == enrollment)
+            .values(wake_at=NOW - timedelta(minutes=30), position=2)
+        )
+    # Then the next pass hands out the new wake-up at once, not when the old lease lapses
+    assert claimed_at(db, NOW + timedelta(seconds=1)) == [enrollment]
+    assert claims(db)[enrollment][0] == NOW - timedelta(minutes=30)
+
+
+def test_claims_leave_the_enrollments_alone_and_lapsed_claims_are_deleted(db) -> None:
+    first, second = waiting(db, NOW - timedelta(minutes=2), NOW - timedelta(minutes=1))
+
+    def enrollment_rows() -> list[tuple]:
+        with db.connect() as conn:
+            columns = [*Enrollment.__table__.c]  # type: ignore[attr-defined]
+            if db.dialect.name == "postgresql":
+                columns.append(text("xmin"))  # changes with every write of the row
+            return [tuple(r) for r in conn.execute(select(*columns).order_by(Enrollment.id))]
+
+    before = enrollment_rows()
+    assert claimed_at(db, NOW) == [first, second]
+    assert enrollment_rows() == before
+    # The first one's job ran and finished it; the second one's job was lost.
+    with db.begin() as conn:
+        conn.execute(
+            update(Enrollment)
+            .where(Enrollment.id == first)
+            .values(status=EnrollmentStatus.COMPLETED, wake_at=None)
+        )
+    later = NOW + LEASE + timedelta(minutes=1)
+    assert claimed_at(db, later) == [second]
+    assert claims(db) == {second: (NOW - timedelta(minutes=1), later + LEASE)}
+
+
+@pytest.mark.postgres
+def test_a_pass_racing_another_waits_for_it_and_skips_what_it_claimed(pg_db_url) -> None:
+    db = make_engine(pg_db_url)
+    try:
+        ids = waiting(db, *(NOW - timedelta(minutes=m) for m in (3, 2, 1)))
+        # Given another pass that has claimed the first two and not yet committed
+        other = db.connect()
+        other.begin()
+        other.execute(
+            insert(EnrollmentClaim),
+            [
+                {"enrollment_id": i, "wake_at": NOW - timedelta(minutes=m), "until": NOW + LEASE}
+                for i, m in zip(ids[:2], (3, 2), strict=True)
+            ],
+        )
+        # When a second pass runs meanwhile
+        result: list[list[int]] = []
+        racer = threading.Thread(target=lambda: result.append(claimed_at(db, NOW)))
+        racer.start()
+        racer.join(timeout=1.0)
+        # Then it waits on the other's claims rather than handing the same enrollments out
+        assert racer.is_alive(), "the second pass did not wait for the first"
+        other.commit()
+        other.close()
+        racer.join(timeout=30)
+        assert not racer.is_alive()
+        # and, once the first commits, hands out only what the first did not claim
+        assert result == [[ids[2]]]
+        assert claimed_at(db, NOW) == []
+    finally:
+        db.dispose()
