@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -91,7 +91,7 @@ def _statements(dialect: str, batch_size: int) -> _Statements:
     runs often; building and caching the statements each time was most of an idle one)."""
     now, until = bindparam("now"), bindparam("until")
     return _Statements(
-        lapsed_claims=_C.delete().where(_C.c.until < now),
+        lapsed_claims=_C.delete().where(_C.c.until <= now),
         claim_enrollments=_claim_enrollments(dialect, batch_size, now),
         stale_events=select(_V.c.id, _V.c.contact_id)
         .where(_V.c.status == EventStatus.PENDING, _V.c.lease_until < now)
@@ -123,14 +123,9 @@ def _claim_enrollments(dialect: str, batch_size: int, now: Any) -> Any:
     A row already in the table is taken over only if its claim lapsed or was for an earlier
     wake-up; a pass racing another waits on the other's insert and then skips what it took.
     """
-    held = exists().where(
-        _C.c.enrollment_id == _E.c.id,
-        _C.c.wake_at == _E.c.wake_at,
-        _C.c.until >= now,
-    )
     due = (
         select(_E.c.id, _E.c.wake_at, bindparam("until", type_=UTCDateTime()))
-        .where(_E.c.status == EnrollmentStatus.WAITING, _E.c.wake_at <= now, ~held)
+        .where(_E.c.status == EnrollmentStatus.WAITING, _E.c.wake_at <= now, ~_held(now))
         .order_by(_E.c.wake_at, _E.c.id)
         .limit(batch_size)
     )
@@ -139,5 +134,37 @@ def _claim_enrollments(dialect: str, batch_size: int, now: Any) -> Any:
     return statement.on_conflict_do_update(
         index_elements=[_C.c.enrollment_id],
         set_={"wake_at": statement.excluded.wake_at, "until": statement.excluded.until},
-        where=(_C.c.until < now) | (_C.c.wake_at != statement.excluded.wake_at),
+        where=(_C.c.until <= now) | (_C.c.wake_at != statement.excluded.wake_at),
     ).returning(_C.c.enrollment_id)
+
+
+def _held(now: Any) -> Any:
+    """A claim on the enrollment's current wake-up that has not lapsed: it lapses at
+    ``until``, the instant the wake-up is due again."""
+    return exists().where(
+        _C.c.enrollment_id == _E.c.id, _C.c.wake_at == _E.c.wake_at, _C.c.until > now
+    )
+
+
+def next_wake_ups() -> tuple[Any, Any]:
+    """Two scalar subqueries, the earlier of which is when a pass will next find a wake-up
+    to claim: the first wake-up no claim is on, and the first claim on a current wake-up
+    to lapse (each NULL if none). Both read an index from its start: the cost follows the
+    claims in flight, not the enrollments waiting."""
+    claimed = exists().where(_C.c.enrollment_id == _E.c.id, _C.c.wake_at == _E.c.wake_at)
+    unclaimed = (
+        select(_E.c.wake_at)
+        .where(_E.c.status == EnrollmentStatus.WAITING, _E.c.wake_at.is_not(None), ~claimed)
+        .order_by(_E.c.wake_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+    current = exists().where(
+        _E.c.id == _C.c.enrollment_id,
+        _E.c.wake_at == _C.c.wake_at,
+        _E.c.status == EnrollmentStatus.WAITING,
+    )
+    # EXISTS, not a join: a planner without statistics (SQLite) could otherwise walk every
+    # waiting enrollment and look its claim up, rather than the claims and their enrollment.
+    lapsing = select(func.min(_C.c.until)).where(current).scalar_subquery()
+    return unclaimed, lapsing

@@ -14,16 +14,17 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from engine.clock import VirtualClock
-from engine.models import Action, ActionStatus, Enrollment, EnrollmentStatus
+from engine.models import Action, ActionStatus
 from engine.runtime import Runtime
+from engine.scheduler import next_wake_ups
 from engine.schedules import next_slot, zones_in_use
 from engine.workflow import Scheduled
 
-# The earliest wake-up and the earliest pending action's lease, in one statement.
+# The earliest wake-up a pass may claim (one no claim is on, or one whose claim lapses
+# first: a wake job that was lost runs again then) and the earliest pending action's lease,
+# in one statement.
 _NEXT_WAKE_AND_RETRY = select(
-    select(func.min(Enrollment.wake_at))
-    .where(Enrollment.status == EnrollmentStatus.WAITING)
-    .scalar_subquery(),
+    *next_wake_ups(),
     select(func.min(Action.lease_until))
     .where(Action.status == ActionStatus.PENDING)
     .scalar_subquery(),
@@ -33,9 +34,9 @@ _NEXT_WAKE_AND_RETRY = select(
 def next_due(runtime: Runtime, now: datetime) -> datetime | None:
     """The earliest instant at which the scheduler will find work, or None if none waits."""
     with Session(runtime.db) as session:
-        wake, retry = session.execute(_NEXT_WAKE_AND_RETRY).one()
+        wake, lapse, retry = session.execute(_NEXT_WAKE_AND_RETRY).one()
         slots = _next_schedule_slots(runtime, session, now)
-    candidates = [t for t in (wake, retry, *slots) if t is not None]
+    candidates = [t for t in (wake, lapse, retry, *slots) if t is not None]
     if not candidates:
         return None
     return min(_aware(t) for t in candidates)

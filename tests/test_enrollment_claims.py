@@ -6,17 +6,22 @@ job was lost), and a claim never hides a later wake-up of the same enrollment.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert, select, text, update
 
+from engine import Workflow, on_event, send_email, virtual_time, wait
 from engine.db import make_engine
 from engine.models import Contact, Enrollment, EnrollmentClaim, EnrollmentStatus
 from engine.scheduler import claim_due
-from tests.support import new_contact
+from tests.language_support import running, sent
+from tests.support import actions, new_contact
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=10)
@@ -81,17 +86,17 @@ def test_a_due_wake_up_is_handed_out_once_per_lease_and_again_when_it_lapses(db)
         late: (NOW - timedelta(minutes=1), NOW + LEASE),
     }
     # Within the lease no other pass hands them out, however often it runs; the third one
-    # is handed out when it falls due, and at the lease's last instant the two are still held.
+    # is handed out when it falls due.
     assert claimed_at(db, NOW) == []
     assert claimed_at(db, NOW + timedelta(minutes=4)) == []
-    assert claimed_at(db, NOW + LEASE) == [future]
-    # Their jobs never ran: once the lease lapses they are due again.
-    after = NOW + LEASE + timedelta(seconds=1)
-    assert claimed_at(db, after) == [early, late]
+    assert claimed_at(db, NOW + timedelta(minutes=5)) == [future]
+    # Their jobs never ran: the lease lapses at its end, and they are due again.
+    assert claimed_at(db, NOW + LEASE - timedelta(microseconds=1)) == []
+    assert claimed_at(db, NOW + LEASE) == [early, late]
     assert {e: until for e, (_wake, until) in claims(db).items()} == {
-        early: after + LEASE,
-        late: after + LEASE,
-        future: NOW + 2 * LEASE,
+        early: NOW + 2 * LEASE,
+        late: NOW + 2 * LEASE,
+        future: NOW + timedelta(minutes=5) + LEASE,
     }
 
 
@@ -175,3 +180,44 @@ def test_a_pass_racing_another_waits_for_it_and_skips_what_it_claimed(pg_db_url)
         assert claimed_at(db, NOW) == []
     finally:
         db.dispose()
+
+
+@contextmanager
+def at_most(seconds: int) -> Iterator[None]:
+    """Fail, rather than hang the suite, if the block runs longer than ``seconds``."""
+
+    def give_up(_signum: int, _frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_in_virtual_time_a_lost_wake_up_runs_when_its_claim_lapses(tmp_path: Path) -> None:
+    flow = Workflow(
+        "later",
+        trigger=on_event("demo.requested"),
+        steps=[wait(hours=1), send_email("welcome", id="after_an_hour")],
+    )
+    with running(tmp_path, [flow]) as (rt, clock, email):
+        rt.track("lost@example.com", "demo.requested")
+        rt.run_until_idle()
+        start = clock.now()
+        # Given that the first wake job the scheduler sends never reaches a worker
+        lost: list[object] = []
+        for job in (rt.jobs.wake_enrollment, rt.jobs.wake_enrollments):
+            send = job.send
+            job.send = lambda *args, _send=send: lost.append(args) if not lost else _send(*args)  # type: ignore[method-assign]
+        # When virtual time moves two hours on
+        with at_most(30):
+            virtual_time.advance_to(rt, clock, start + timedelta(hours=2))
+        # Then the wake-up was handed out again the moment its claim lapsed, and ran once
+        assert len(lost) == 1
+        assert sent(email) == ["later:after_an_hour"]
+        (action,) = actions(rt)
+        assert action.completed_at == start + timedelta(hours=1) + rt.lease
