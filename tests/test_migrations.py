@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from pprint import pformat
 
 import pytest
-from sqlalchemy import create_engine, inspect, pool
+from sqlalchemy import create_engine, insert, inspect, pool, select, text
 
+from bench.services import contact_row
 from engine import migrations
+from engine.db import make_engine
 from engine.errors import ConfigurationError
-from engine.models import metadata
+from engine.models import Contact, Enrollment, metadata
+from engine.scheduler import claim_due
 from tests.support import reset_postgres
 
 
@@ -85,3 +89,49 @@ def test_missing_scripts_folder_is_a_configuration_error(
     monkeypatch.setattr(migrations, "ROOT", tmp_path)
     with pytest.raises(ConfigurationError, match="Alembic migrations not found"):
         migrations.upgrade(f"sqlite:///{tmp_path}/x.db")
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0006_keeps_waiting_enrollments_and_the_scheduler_hands_them_out(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("empty_sqlite_url" if database == "sqlite" else "empty_pg_url")
+    # Given a database at 0005 with a waiting enrollment that a pass had claimed
+    migrations.upgrade(url, "0005")
+    wake = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    db = make_engine(url)
+    try:
+        with db.begin() as conn:
+            contact_id = conn.execute(
+                insert(Contact)
+                .values(**contact_row("kept@example.com", now=wake))
+                .returning(Contact.id)
+            ).scalar_one()
+            conn.execute(
+                text(
+                    "INSERT INTO enrollments (contact_id, workflow, version, entry, status,"
+                    " position, wake_at, claimed_until, context, started_at, updated_at)"
+                    " VALUES (:contact, 'nurture', '1', 1, 'waiting', 2, :wake, :claimed, '{}',"
+                    " :wake, :wake)"
+                ),
+                {
+                    "contact": contact_id,
+                    "wake": wake.replace(tzinfo=None),
+                    "claimed": (wake + timedelta(minutes=5)).replace(tzinfo=None),
+                },
+            )
+        # When it is upgraded to head
+        migrations.upgrade(url)
+        assert_matches_models(url)
+        # Then the enrollment is as it was, and the first pass hands it out
+        with db.connect() as conn:
+            (row,) = conn.execute(select(Enrollment)).all()
+        assert (row.status, row.position, row.wake_at) == ("waiting", 2, wake)
+        due = claim_due(
+            db, now=wake + timedelta(minutes=1), lease=timedelta(minutes=5), batch_size=10
+        )
+        assert due.enrollments == [row.id]
+    finally:
+        db.dispose()
