@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -26,11 +26,45 @@ def normalize_email(value: str) -> str:
     """The address in canonical, lower-case form, or ``ValidationError`` saying why not."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("email is required", field="email")
+    plain = _plain_address(value.strip())
+    if plain is not None:
+        return plain
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValidationError(f"email {value!r} is not valid: {exc}", field="email") from exc
     return result.normalized.lower()
+
+
+# Most addresses are plain ASCII: letters, digits and ``._+-`` before the @, host names
+# after it. ``validate_email`` checks those too, but spends most of an ingest request's time
+# doing it (its domain checks are written for internationalised names). Such an address is
+# accepted here, lower-cased, exactly when ``validate_email`` would accept it and return the
+# same text (``tests/test_contacts_email.py`` holds the two to that); anything else, and
+# anything near a rule (a ``--`` in the domain, a special-use domain, a long local part),
+# goes to ``validate_email``.
+_PLAIN_ADDRESS = re.compile(
+    r"(?P<local>[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*)"
+    r"@(?P<domain>(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63})"
+)
+_SPECIAL_USE = tuple(SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _plain_address(address: str) -> str | None:
+    """``address`` lower-cased if it is a plain ASCII one ``validate_email`` would accept
+    unchanged but for case; None to leave it to ``validate_email``."""
+    if len(address) > 254 or not address.isascii():
+        return None
+    lowered = address.lower()
+    match = _PLAIN_ADDRESS.fullmatch(lowered)
+    if match is None or len(match["local"]) > 64:
+        return None
+    domain = match["domain"]
+    if "--" in domain or any(
+        domain == name or domain.endswith("." + name) for name in _SPECIAL_USE
+    ):
+        return None
+    return lowered
 
 
 def validate_timezone(value: str) -> str:
