@@ -190,7 +190,7 @@ class EnrollmentClaim(SQLModel, table=True):
     """A scheduler pass's claim on a due enrollment: its wake-up was handed to a job, and no
     other pass hands it out again before ``until`` (the lease; a lost job's wake-up is due
     again after it). A claim is for one wake-up: once the enrollment moves on (another
-    ``wake_at``, or not waiting) it no longer hides it, and a pass deletes it after ``until``.
+    ``wake_at``, or not waiting) it no longer hides it, and a pass deletes it once it lapses.
 
     Kept apart from ``enrollments`` so that claiming writes a few pages of this small table,
     not the page of every due row of a large one. No foreign key: its check would lock (and
