@@ -26,11 +26,12 @@ def normalize_email(value: str) -> str:
     """The address in canonical, lower-case form, or ``ValidationError`` saying why not."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("email is required", field="email")
-    plain = _plain_address(value.strip())
+    address = value.strip()
+    plain = _plain_address(address)
     if plain is not None:
         return plain
     try:
-        result = validate_email(value.strip(), check_deliverability=False)
+        result = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValidationError(f"email {value!r} is not valid: {exc}", field="email") from exc
     return result.normalized.lower()

@@ -138,12 +138,14 @@ def _claim_enrollments(dialect: str, batch_size: int, now: Any) -> Any:
     ).returning(_C.c.enrollment_id)
 
 
+# A claim row and an enrollment row: the claim is on the enrollment's current wake-up.
+_ON_CURRENT_WAKE = (_C.c.enrollment_id == _E.c.id) & (_C.c.wake_at == _E.c.wake_at)
+
+
 def _held(now: Any) -> Any:
     """A claim on the enrollment's current wake-up that has not lapsed: it lapses at
     ``until``, the instant the wake-up is due again."""
-    return exists().where(
-        _C.c.enrollment_id == _E.c.id, _C.c.wake_at == _E.c.wake_at, _C.c.until > now
-    )
+    return exists().where(_ON_CURRENT_WAKE, _C.c.until > now)
 
 
 def next_wake_ups() -> tuple[Any, Any]:
@@ -151,7 +153,7 @@ def next_wake_ups() -> tuple[Any, Any]:
     to claim: the first wake-up no claim is on, and the first claim on a current wake-up
     to lapse (each NULL if none). Both read an index from its start: the cost follows the
     claims in flight, not the enrollments waiting."""
-    claimed = exists().where(_C.c.enrollment_id == _E.c.id, _C.c.wake_at == _E.c.wake_at)
+    claimed = exists().where(_ON_CURRENT_WAKE)
     unclaimed = (
         select(_E.c.wake_at)
         .where(_E.c.status == EnrollmentStatus.WAITING, _E.c.wake_at.is_not(None), ~claimed)
@@ -159,11 +161,7 @@ def next_wake_ups() -> tuple[Any, Any]:
         .limit(1)
         .scalar_subquery()
     )
-    current = exists().where(
-        _E.c.id == _C.c.enrollment_id,
-        _E.c.wake_at == _C.c.wake_at,
-        _E.c.status == EnrollmentStatus.WAITING,
-    )
+    current = exists().where(_ON_CURRENT_WAKE, _E.c.status == EnrollmentStatus.WAITING)
     # EXISTS, not a join: a planner without statistics (SQLite) could otherwise walk every
     # waiting enrollment and look its claim up, rather than the claims and their enrollment.
     lapsing = select(func.min(_C.c.until)).where(current).scalar_subquery()
