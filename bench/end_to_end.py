@@ -3,7 +3,8 @@
 ``python -m bench.end_to_end [--events 20000] [--latency-seconds 20] [--smoke]``.
 
 Everything runs as it would in production, each part in its own process: ``journeyline
-serve`` (uvicorn, the real app), ``dramatiq engine.worker --processes 2 --threads 8``
+serve`` (uvicorn, the real app), ``dramatiq engine.worker --processes 2 --threads 4`` (what
+``journeyline worker`` starts)
 on a throwaway PostgreSQL database (created next to ``--database-url``, dropped afterwards)
 and a dedicated Redis database (``--redis-url``, flushed before and after), the SendGrid
 connector posting to ``connectors.fakes.FakeSendGrid`` in another process (which notes when
@@ -26,6 +27,13 @@ draining pre-enqueued messages (the ceiling), (b) a minimal hand-written pipelin
 per event plus one per email, drained like phase 1 and loaded open-loop at the same two
 rates (enqueued directly: it has no HTTP front, which flatters it). Targets: sustained
 >= 2x (b) and >= 1/4 (a); p99 < 1 s at 50% load.
+
+The no-op's rate grows with threads (each thread waits on Redis for its next message: on
+this machine about 1,000 / 2,000 / 3,900 messages/s at 2 / 4 / 8 threads a process), while
+Journeyline's falls past about 6 (its jobs are CPU-bound Python). So (a) is drained at
+``--threads`` and again at ``--ceiling-threads`` (8, Dramatiq's default), and the higher of
+the two is the ceiling the target is judged against: the worker settings that suit
+Journeyline do not lower the bar.
 """
 
 from __future__ import annotations
@@ -90,12 +98,14 @@ class Run:
         self.next_index += n
         return used
 
-    def workers(self, module: str, env: dict[str, str], name: str) -> Workers:
+    def workers(
+        self, module: str, env: dict[str, str], name: str, *, threads: int | None = None
+    ) -> Workers:
         return Workers(
             module,
             env,
             processes=self.args.processes,
-            threads=self.args.threads,
+            threads=threads or self.args.threads,
             log=self.tmp / f"{name}.log",
         )
 
@@ -312,12 +322,15 @@ def enqueue(broker: RedisBroker, queue: str, actor: str, args: tuple[Any, ...]) 
     broker.enqueue(Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}))
 
 
-def noop_drain(run: Run, broker: RedisBroker, n: int) -> float:
-    """Pre-enqueue ``n`` no-op messages, start workers: n / (drained - workers ready)."""
+def noop_drain(run: Run, broker: RedisBroker, n: int, threads: int) -> float:
+    """Pre-enqueue ``n`` no-op messages, start workers of ``threads`` threads a process:
+    n / (drained - workers ready)."""
     broker.declare_queue(baselines.NOOP_QUEUE)
     for i in range(n):
         enqueue(broker, baselines.NOOP_QUEUE, "noop", (i,))
-    workers = run.workers("bench.baselines", baseline_env(run), "noop-workers")
+    workers = run.workers(
+        "bench.baselines", baseline_env(run), f"noop-workers-{threads}", threads=threads
+    )
     try:
         ready = workers.wait_ready(run.args.processes)
         deadline = time.monotonic() + 120 + n / 100
@@ -428,12 +441,22 @@ def measure(args: Any) -> dict[str, Any]:
         ours = journeyline(run, sizes)
         broker = RedisBroker(url=redis_url)
         try:
-            noop = noop_drain(run, broker, args.noop_messages or max(events, 20_000))
+            messages = args.noop_messages or max(events, 20_000)
+            noop_by_threads = {
+                threads: noop_drain(run, broker, messages, threads)
+                for threads in sorted({args.threads, args.ceiling_threads})
+            }
             rates = {share: ours[f"latency_{share}"]["rate"] for share in (50, 90)}
             hand = hand_written(run, broker, sizes, rates)
         finally:
             broker.close()
-    return {"journeyline": ours, "noop_per_s": noop, "hand": hand, "sizes": sizes}
+    return {
+        "journeyline": ours,
+        "noop_per_s": max(noop_by_threads.values()),  # the ceiling
+        "noop_by_threads": noop_by_threads,
+        "hand": hand,
+        "sizes": sizes,
+    }
 
 
 def rows_of(m: dict[str, Any]) -> list[Result]:
@@ -459,6 +482,9 @@ def rows_of(m: dict[str, Any]) -> list[Result]:
         ),
         Result.of("worker drain (baseline: (a) no-op)", ours["drain_per_s"], "events/s", noop),
     ]
+    for threads, rate in sorted(m["noop_by_threads"].items()):
+        name = f"(a) no-op at {threads} threads (baseline: the ceiling)"
+        rows.append(Result.of(name, rate, "msgs/s", noop))
     for share in (50, 90):
         for q in ("p50", "p95", "p99"):
             rows.append(
@@ -489,7 +515,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--noop-messages", type=int, default=None, help="default: 20,000")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=4, help="as `journeyline worker`")
+    parser.add_argument(
+        "--ceiling-threads", type=int, default=8, help="(a) is drained at this too; the higher wins"
+    )
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--database-url", default=None, help=f"default {DEFAULT_ADMIN_URL}")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="flushed before and after")
@@ -502,7 +531,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     rows = rows_of(m)
     title = (
         f"bench.end_to_end ({args.events:,} events, PostgreSQL + Redis, "
-        f"{args.processes} worker processes x {args.threads} threads)"
+        f"{args.processes} worker processes x {args.threads} threads; (a) at "
+        f"{' and '.join(str(t) for t in sorted({args.threads, args.ceiling_threads}))})"
     )
     print_results(title, rows)
     targets = verdicts(m)

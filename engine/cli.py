@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 
 from engine.errors import ConfigurationError, ValidationError
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
-from engine.settings import Settings
+from engine.settings import WORKER_THREADS, Settings
 
 log = logging.getLogger("engine.cli")
 
@@ -143,11 +143,17 @@ def demo(
 def worker(
     ctx: typer.Context,
     processes: Annotated[int, typer.Option(min=1)] = 2,
-    threads: Annotated[int, typer.Option(min=1)] = 8,
+    threads: Annotated[int, typer.Option(min=1)] = WORKER_THREADS,
     database_url: DatabaseUrl = None,
     broker_url: BrokerUrl = None,
 ) -> None:
-    """Run Dramatiq worker processes consuming Journeyline's jobs (needs Redis or RabbitMQ)."""
+    """Run Dramatiq worker processes consuming Journeyline's jobs (needs Redis or RabbitMQ).
+
+    One process per core; a few threads each (default 4) keep a core busy while others wait
+    on PostgreSQL or SendGrid. More threads than that only contend for the GIL: on 2 cores,
+    2 processes of 4 threads carried about 1,100 events/s end to end, of 8 threads 740-920
+    (BENCHMARKS.md, bench.end_to_end).
+    """
     settings = settings_for(ctx, database_url, broker_url)
     if settings.broker_url.startswith("stub:"):
         fail(

@@ -22,6 +22,13 @@ of events is enqueued. A track API batch of 100 is one job: bench.end_to_end (10
 sustained 263 events/s with 10 per job and 431 with 100, p99 at 50% load 152 -> 777 ms."""
 
 
+WORKER_THREADS = 4
+"""Threads per worker process, for ``journeyline worker`` and the in-process worker. The jobs
+are mostly CPU-bound Python: a few threads keep a core busy while others wait on the
+database or an HTTP call; more contend for the GIL. bench.end_to_end on 2 cores, 2
+processes: 2, 3, 4 and 6 threads 1,086-1,147 events/s, 8 threads 744-921 (one run 1,067)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOURNEYLINE_", env_file=".env", extra="ignore")
 
@@ -147,7 +154,9 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     from_email: str = Field(default="Journeyline <hello@journeyline.example>")
-    worker_threads: int = Field(default=4, ge=1, description="Threads of the in-process worker.")
+    worker_threads: int = Field(
+        default=WORKER_THREADS, ge=1, description="Threads of the in-process worker."
+    )
     worker_poll_ms: int = Field(
         default=WORKER_POLL_MS,
         ge=10,
