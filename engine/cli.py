@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import pydantic
 import typer
@@ -31,6 +32,9 @@ from sqlmodel import Session, col, select
 from engine.errors import ConfigurationError, ValidationError
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings
+
+if TYPE_CHECKING:
+    from engine.timeline import LiveEnrollment
 
 log = logging.getLogger("engine.cli")
 
@@ -353,6 +357,33 @@ def contact(
             escape(entry.summary),
         )
     console.print(table)
+    if timeline.live:
+        console.print(_live_table(timeline.live, now=datetime.now(UTC)))
+
+
+def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
+    """What comes next for a contact: each running or waiting enrollment, its step, its next
+    wake-up and whether a scheduler pass holds that wake-up (for an on-call engineer asking
+    why a wait past due has not run)."""
+    table = Table(title="Live enrollments")
+    for column in ("workflow", "status", "position", "wakes at (UTC)", "scheduler"):
+        table.add_column(column)
+    for e in live:
+        if e.claimed_until is None:
+            past_due = e.wake_at is not None and e.wake_at <= now
+            held = "past due: the next scheduler pass hands it out" if past_due else ""
+        elif e.claimed_until > now:
+            held = f"handed to a job, held until {e.claimed_until:%Y-%m-%d %H:%M:%S}"
+        else:  # the job was lost or is late: the next pass hands it out again
+            held = f"claim lapsed at {e.claimed_until:%Y-%m-%d %H:%M:%S}: due again"
+        table.add_row(
+            escape(e.workflow),
+            e.status,
+            str(e.position),
+            "" if e.wake_at is None else f"{e.wake_at:%Y-%m-%d %H:%M:%S}",
+            held,
+        )
+    return table
 
 
 @app.command()

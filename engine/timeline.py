@@ -2,8 +2,12 @@
 
 Events, stage transitions, workflow enrollments and actions each become ``Entry`` rows
 (kind, instant, one-line summary, details) merged by time, so an operator can answer "why
-did this person get that email?" with one query (DESIGN.md section 9). The result is plain
-dataclasses; ``to_dict()`` gives a JSON-ready view for the CLI and the HTTP API.
+did this person get that email?" with one query (DESIGN.md section 9). Beside them, the
+contact's live enrollments (running or waiting) say what comes next: the step, the next
+wake-up and, when a scheduler pass has handed that wake-up to a job, until when it is held
+(a wake-up past due with no claim waits for the next pass; one held past its claim's end
+is due again). The result is plain dataclasses; ``to_dict()`` gives a JSON-ready view for
+the CLI and the HTTP API.
 """
 
 from __future__ import annotations
@@ -15,7 +19,16 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from engine.contacts import normalize_email
-from engine.models import Action, ActionStatus, Contact, Enrollment, Event, StageTransition
+from engine.models import (
+    Action,
+    ActionStatus,
+    Contact,
+    Enrollment,
+    EnrollmentClaim,
+    EnrollmentStatus,
+    Event,
+    StageTransition,
+)
 
 # Entries at the same instant sort in causal order: grouped by the event that caused them,
 # then the event, the stage change it caused, the enrollment that change started, the action
@@ -65,14 +78,32 @@ class ContactSummary:
 
 
 @dataclass(frozen=True)
+class LiveEnrollment:
+    """An enrollment still running or waiting, and what holds its next wake-up."""
+
+    id: int
+    workflow: str
+    version: str
+    status: str  # "active" or "waiting"
+    position: int  # the step it is at
+    wake_at: datetime | None
+    claimed_until: datetime | None  # a pass handed this wake-up to a job, held until then
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(self.__dict__)
+
+
+@dataclass(frozen=True)
 class Timeline:
     contact: ContactSummary
     entries: list[Entry]
+    live: list[LiveEnrollment] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "contact": self.contact.to_dict(),
             "entries": [e.to_dict() for e in self.entries],
+            "live": [e.to_dict() for e in self.live],
         }
 
 
@@ -101,7 +132,45 @@ def contact_timeline(session: Session, email: str) -> Timeline | None:
     ).all()
     entries.extend(_action_entry(a) for a in actions)
     entries.sort(key=lambda e: e.sort_key)
-    return Timeline(contact=_summary(contact), entries=entries)
+    return Timeline(
+        contact=_summary(contact), entries=entries, live=_live(session, list(enrollments))
+    )
+
+
+_LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+
+
+def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollment]:
+    live = sorted((e for e in enrollments if e.status in _LIVE), key=lambda e: e.id or 0)
+    claims: dict[int, EnrollmentClaim] = {}
+    if live:
+        ids = [e.id for e in live]
+        claims = {
+            c.enrollment_id: c
+            for c in session.exec(
+                select(EnrollmentClaim).where(col(EnrollmentClaim.enrollment_id).in_(ids))
+            ).all()
+        }
+    found = []
+    for enrollment in live:
+        assert enrollment.id is not None
+        claim = claims.get(enrollment.id)
+        if claim is not None and (
+            enrollment.status != EnrollmentStatus.WAITING or claim.wake_at != enrollment.wake_at
+        ):
+            claim = None  # a claim holds only the wake-up it was made for (scheduler.py)
+        found.append(
+            LiveEnrollment(
+                id=enrollment.id,
+                workflow=enrollment.workflow,
+                version=enrollment.version,
+                status=str(enrollment.status),
+                position=enrollment.position,
+                wake_at=enrollment.wake_at,
+                claimed_until=None if claim is None else claim.until,
+            )
+        )
+    return found
 
 
 def _summary(contact: Contact) -> ContactSummary:

@@ -147,6 +147,11 @@ def test_events_single_and_batch_reach_the_stage_the_timeline_and_the_outbox(api
     assert trial[0]["details"]["properties"] == {"plan": "pro"}
     assert any(e["summary"] == "awareness -> decision by evaluate" for e in body["timeline"])
     assert "ana@example.com" in {m.to for m in api.email.sent}
+    # And what comes next for her: the trial workflow waits, no scheduler pass holds it yet
+    live = {e["workflow"]: e for e in body["live"]}
+    assert live["decision_trial"]["status"] == "waiting", live
+    assert live["decision_trial"]["wake_at"] is not None
+    assert live["decision_trial"]["claimed_until"] is None
     # And the batch created both contacts
     assert api.get_contact("bo@example.com").json()["contact"]["stage"] == "awareness"
     assert api.get_contact("cy@example.com").status_code == 200

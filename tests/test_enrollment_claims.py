@@ -14,12 +14,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from sqlalchemy import Engine, insert, select, text, update
+from sqlmodel import Session
 
 from engine import Workflow, on_event, send_email, virtual_time, wait
+from engine.cli import _live_table
 from engine.db import make_engine
 from engine.models import Contact, Enrollment, EnrollmentClaim, EnrollmentStatus
 from engine.scheduler import claim_due
+from engine.timeline import LiveEnrollment, contact_timeline
 from tests.language_support import running, sent
 from tests.support import actions, new_contact
 
@@ -221,3 +225,72 @@ def test_in_virtual_time_a_lost_wake_up_runs_when_its_claim_lapses(tmp_path: Pat
         assert sent(email) == ["later:after_an_hour"]
         (action,) = actions(rt)
         assert action.completed_at == start + timedelta(hours=1) + rt.lease
+
+
+def test_the_contact_timeline_says_what_holds_each_waiting_wake_up(db) -> None:
+    """What an on-call engineer sees (``journeyline contact``, ``GET /v1/contacts/...``):
+    each live enrollment's next wake-up, and the claim holding it while a job runs it."""
+    past_due, later, moved_on = waiting(
+        db, NOW - timedelta(hours=1), NOW + timedelta(days=1), NOW - timedelta(minutes=30)
+    )
+
+    def live() -> dict[int, LiveEnrollment]:
+        with Session(db) as session:
+            timeline = contact_timeline(session, "claims@example.com")
+        assert timeline is not None
+        return {e.id: e for e in timeline.live}
+
+    before = live()
+    assert {i: e.claimed_until for i, e in before.items()} == {
+        past_due: None,
+        later: None,
+        moved_on: None,
+    }
+    assert before[later].wake_at == NOW + timedelta(days=1)
+    assert before[later].status == "waiting" and before[later].position == 1
+
+    assert sorted(claimed_at(db, NOW)) == sorted([past_due, moved_on])
+    # moved_on's job ran: it waits for a later wake-up now, which its old claim does not hold.
+    with db.begin() as conn:
+        conn.execute(
+            update(Enrollment)
+            .where(Enrollment.id == moved_on)  # type: ignore[arg-type]
+            .values(wake_at=NOW + timedelta(days=2))
+        )
+    after = live()
+    assert after[past_due].claimed_until == NOW + LEASE
+    assert after[later].claimed_until is None
+    assert after[moved_on].claimed_until is None
+    assert after[moved_on].to_dict()["wake_at"] == (NOW + timedelta(days=2)).isoformat()
+
+    with db.begin() as conn:  # an ended enrollment is history, not live
+        conn.execute(
+            update(Enrollment)
+            .where(Enrollment.id == later)  # type: ignore[arg-type]
+            .values(status=EnrollmentStatus.COMPLETED, wake_at=None, ended_at=NOW)
+        )
+    assert sorted(live()) == sorted([past_due, moved_on])
+
+
+def test_the_live_enrollments_table_tells_held_lapsed_and_waiting_for_a_pass_apart() -> None:
+    def row(claimed_until: datetime | None, wake_at: datetime | None) -> LiveEnrollment:
+        return LiveEnrollment(1, "nurture", "v1", "waiting", 2, wake_at, claimed_until)
+
+    console = Console(record=True, width=200)
+    console.print(
+        _live_table(
+            [
+                row(NOW + LEASE, NOW - timedelta(minutes=1)),
+                row(NOW - timedelta(minutes=5), NOW - timedelta(minutes=20)),
+                row(None, NOW - timedelta(minutes=3)),
+                row(None, NOW + timedelta(days=1)),
+            ],
+            now=NOW,
+        )
+    )
+    lines = [line for line in console.export_text().splitlines() if "nurture" in line]
+    assert "handed to a job, held until 2026-03-02 12:10:00" in lines[0]
+    assert "claim lapsed at 2026-03-02 11:55:00: due again" in lines[1]
+    assert "past due: the next scheduler pass hands it out" in lines[2]
+    assert "2026-03-03 12:00:00" in lines[3]
+    assert "held" not in lines[3] and "due" not in lines[3]

@@ -97,9 +97,25 @@ class TimelineEntry(BaseModel):
     details: dict[str, Any]
 
 
+class LiveEnrollmentOut(BaseModel):
+    id: int
+    workflow: str
+    version: str
+    status: str = Field(description="active or waiting.")
+    position: int = Field(description="The step it is at.")
+    wake_at: datetime | None = Field(description="Its next wake-up, when waiting.")
+    claimed_until: datetime | None = Field(
+        description="Set when a scheduler pass handed that wake-up to a job: no other pass "
+        "hands it out before then (after it, a lost job's wake-up is due again)."
+    )
+
+
 class ContactWithTimeline(BaseModel):
     contact: ContactOut
     timeline: list[TimelineEntry] = Field(description="Everything that happened, oldest first.")
+    live: list[LiveEnrollmentOut] = Field(
+        description="Enrollments still running or waiting: what comes next."
+    )
 
     @classmethod
     def of(cls, timeline: Timeline) -> ContactWithTimeline:
@@ -117,7 +133,8 @@ class ContactWithTimeline(BaseModel):
             updated_at=who.updated_at,
         )
         entries = [TimelineEntry.model_validate(e.to_dict()) for e in timeline.entries]
-        return cls(contact=contact, timeline=entries)
+        live = [LiveEnrollmentOut.model_validate(e.__dict__) for e in timeline.live]
+        return cls(contact=contact, timeline=entries, live=live)
 
 
 def _find(session: Session, email: str) -> Contact | None:
