@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from engine.db import UTCDateTime, one_of_param, transaction
 from engine.models import (
@@ -166,3 +167,18 @@ def next_wake_ups() -> tuple[Any, Any]:
     # waiting enrollment and look its claim up, rather than the claims and their enrollment.
     lapsing = select(func.min(_C.c.until)).where(current).scalar_subquery()
     return unclaimed, lapsing
+
+
+def current_claims(session: Session, enrollment_ids: list[int]) -> dict[int, datetime]:
+    """For each of these enrollments that waits on a wake-up a pass has claimed: until when
+    the claim holds it (past that instant it has lapsed, and the wake-up is due again). A
+    claim left from an earlier wake-up of the same enrollment holds nothing and is left out.
+    """
+    if not enrollment_ids:
+        return {}
+    rows = session.execute(
+        select(_C.c.enrollment_id, _C.c.until)
+        .select_from(_C.join(_E, _ON_CURRENT_WAKE))
+        .where(_E.c.status == EnrollmentStatus.WAITING, _C.c.enrollment_id.in_(enrollment_ids))
+    )
+    return {enrollment_id: until for enrollment_id, until in rows}

@@ -24,11 +24,11 @@ from engine.models import (
     ActionStatus,
     Contact,
     Enrollment,
-    EnrollmentClaim,
     EnrollmentStatus,
     Event,
     StageTransition,
 )
+from engine.scheduler import current_claims
 
 # Entries at the same instant sort in causal order: grouped by the event that caused them,
 # then the event, the stage change it caused, the enrollment that change started, the action
@@ -142,35 +142,19 @@ _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
 
 def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollment]:
     live = sorted((e for e in enrollments if e.status in _LIVE), key=lambda e: e.id or 0)
-    claims: dict[int, EnrollmentClaim] = {}
-    if live:
-        ids = [e.id for e in live]
-        claims = {
-            c.enrollment_id: c
-            for c in session.exec(
-                select(EnrollmentClaim).where(col(EnrollmentClaim.enrollment_id).in_(ids))
-            ).all()
-        }
-    found = []
-    for enrollment in live:
-        assert enrollment.id is not None
-        claim = claims.get(enrollment.id)
-        if claim is not None and (
-            enrollment.status != EnrollmentStatus.WAITING or claim.wake_at != enrollment.wake_at
-        ):
-            claim = None  # a claim holds only the wake-up it was made for (scheduler.py)
-        found.append(
-            LiveEnrollment(
-                id=enrollment.id,
-                workflow=enrollment.workflow,
-                version=enrollment.version,
-                status=str(enrollment.status),
-                position=enrollment.position,
-                wake_at=enrollment.wake_at,
-                claimed_until=None if claim is None else claim.until,
-            )
+    held = current_claims(session, [e.id for e in live if e.id is not None])
+    return [
+        LiveEnrollment(
+            id=e.id or 0,
+            workflow=e.workflow,
+            version=e.version,
+            status=str(e.status),
+            position=e.position,
+            wake_at=e.wake_at,
+            claimed_until=held.get(e.id or 0),
         )
-    return found
+        for e in live
+    ]
 
 
 def _summary(contact: Contact) -> ContactSummary:
