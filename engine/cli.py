@@ -34,6 +34,7 @@ from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings
 
 if TYPE_CHECKING:
+    from engine.registry import Registry
     from engine.timeline import LiveEnrollment
 
 log = logging.getLogger("engine.cli")
@@ -323,10 +324,11 @@ def contact(
     from engine.timeline import contact_timeline
 
     settings = settings_for(ctx, database_url)
+    registry, unnamed = _registry_to_name_steps(settings)
     db = make_engine(settings.database_url)
     try:
         with friendly_errors(settings), Session(db) as session:
-            timeline = contact_timeline(session, email)
+            timeline = contact_timeline(session, email, registry)
     finally:
         db.dispose()
     if timeline is None:
@@ -359,6 +361,19 @@ def contact(
     console.print(table)
     if timeline.live:
         console.print(_live_table(timeline.live, now=datetime.now(UTC)))
+        if unnamed:
+            err_console.print(f"[dim]steps not named: {escape(unnamed)}[/]")
+
+
+def _registry_to_name_steps(settings: Settings) -> tuple[Registry | None, str]:
+    """The workflows, to name each live enrollment's step; without them (another machine's
+    database, a module that does not load) the view still works and says why."""
+    from engine.registry import load_registry
+
+    try:
+        return load_registry(settings.workflows, templates_dir=settings.templates_dir), ""
+    except Exception as exc:  # shown to the operator, the timeline goes on without names
+        return None, f"workflows {settings.workflows!r} did not load ({type(exc).__name__}: {exc})"
 
 
 def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
@@ -366,7 +381,7 @@ def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
     wake-up and whether a scheduler pass holds that wake-up (for an on-call engineer asking
     why a wait past due has not run)."""
     table = Table(title="Live enrollments")
-    for column in ("workflow", "status", "position", "wakes at (UTC)", "scheduler"):
+    for column in ("workflow", "status", "next step (position)", "wakes at (UTC)", "scheduler"):
         table.add_column(column)
     for e in live:
         if e.claimed_until is None:
@@ -379,7 +394,7 @@ def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
         table.add_row(
             escape(e.workflow),
             e.status,
-            str(e.position),
+            str(e.position) if e.step is None else f"{escape(e.step)} ({e.position})",
             "" if e.wake_at is None else f"{e.wake_at:%Y-%m-%d %H:%M:%S}",
             held,
         )

@@ -19,6 +19,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from engine.contacts import normalize_email
+from engine.executor import workflow_for
 from engine.models import (
     Action,
     ActionStatus,
@@ -28,6 +29,7 @@ from engine.models import (
     Event,
     StageTransition,
 )
+from engine.registry import Registry
 from engine.scheduler import current_claims
 
 # Entries at the same instant sort in causal order: grouped by the event that caused them,
@@ -86,6 +88,7 @@ class LiveEnrollment:
     version: str
     status: str  # "active" or "waiting"
     position: int  # the step it is at
+    step: str | None  # that step's id: what runs when it wakes (None: workflows not loaded)
     wake_at: datetime | None
     claimed_until: datetime | None  # a pass handed this wake-up to a job, held until then
 
@@ -107,10 +110,13 @@ class Timeline:
         }
 
 
-def contact_timeline(session: Session, email: str) -> Timeline | None:
+def contact_timeline(
+    session: Session, email: str, registry: Registry | None = None
+) -> Timeline | None:
     """The timeline of the contact with ``email``, or None if there is no such contact.
 
-    Raises ``ValidationError`` when ``email`` is not an address at all.
+    With ``registry``, each live enrollment's step is named (from its own version of the
+    workflow). Raises ``ValidationError`` when ``email`` is not an address at all.
     """
     email = normalize_email(email)
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
@@ -133,16 +139,29 @@ def contact_timeline(session: Session, email: str) -> Timeline | None:
     entries.extend(_action_entry(a) for a in actions)
     entries.sort(key=lambda e: e.sort_key)
     return Timeline(
-        contact=_summary(contact), entries=entries, live=_live(session, list(enrollments))
+        contact=_summary(contact),
+        entries=entries,
+        live=_live(session, list(enrollments), registry),
     )
 
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
 
 
-def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollment]:
+def _live(
+    session: Session, enrollments: list[Enrollment], registry: Registry | None
+) -> list[LiveEnrollment]:
     live = sorted((e for e in enrollments if e.status in _LIVE), key=lambda e: e.id or 0)
     held = current_claims(session, [e.id for e in live if e.id is not None])
+
+    def step(e: Enrollment) -> str | None:
+        if registry is None:
+            return None
+        workflow = workflow_for(session, registry, e.workflow, e.version)
+        if workflow is None or not 0 <= e.position < len(workflow.program):
+            return None
+        return workflow.program[e.position].id
+
     return [
         LiveEnrollment(
             id=e.id or 0,
@@ -150,6 +169,7 @@ def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollmen
             version=e.version,
             status=str(e.status),
             position=e.position,
+            step=step(e),
             wake_at=e.wake_at,
             claimed_until=held.get(e.id or 0),
         )

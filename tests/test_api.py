@@ -152,6 +152,7 @@ def test_events_single_and_batch_reach_the_stage_the_timeline_and_the_outbox(api
     assert live["decision_trial"]["status"] == "waiting", live
     assert live["decision_trial"]["wake_at"] is not None
     assert live["decision_trial"]["claimed_until"] is None
+    assert live["decision_trial"]["step"] == "reminder"  # what runs when it wakes
     # And the batch created both contacts
     assert api.get_contact("bo@example.com").json()["contact"]["stage"] == "awareness"
     assert api.get_contact("cy@example.com").status_code == 200

@@ -65,6 +65,10 @@ def test_track_then_contact_shows_stage_and_timeline(env: dict) -> None:
     assert "awareness_nurture/welcome: sent" in shown.output
     assert "decision_trial/offer: sent" in shown.output
     assert len(list(env["outbox"].glob("*.eml"))) == 2
+    # And what comes next: the trial workflow waits to send its reminder (no trial end date
+    # known: four days later)
+    assert "Live enrollments" in shown.output
+    assert "reminder (6)" in shown.output
 
     as_json = invoke("--database-url", url, "contact", "ana@example.com", "--json")
     assert as_json.exit_code == 0, as_json.output

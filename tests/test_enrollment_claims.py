@@ -248,6 +248,7 @@ def test_the_contact_timeline_says_what_holds_each_waiting_wake_up(db) -> None:
     }
     assert before[later].wake_at == NOW + timedelta(days=1)
     assert before[later].status == "waiting" and before[later].position == 1
+    assert before[later].step is None  # no registry given: steps are not named
 
     assert sorted(claimed_at(db, NOW)) == sorted([past_due, moved_on])
     # moved_on's job ran: it waits for a later wake-up now, which its old claim does not hold.
@@ -274,7 +275,16 @@ def test_the_contact_timeline_says_what_holds_each_waiting_wake_up(db) -> None:
 
 def test_the_live_enrollments_table_tells_held_lapsed_and_waiting_for_a_pass_apart() -> None:
     def row(claimed_until: datetime | None, wake_at: datetime | None) -> LiveEnrollment:
-        return LiveEnrollment(1, "nurture", "v1", "waiting", 2, wake_at, claimed_until)
+        return LiveEnrollment(
+            id=1,
+            workflow="nurture",
+            version="v1",
+            status="waiting",
+            position=2,
+            step="reminder" if claimed_until is None else None,
+            wake_at=wake_at,
+            claimed_until=claimed_until,
+        )
 
     console = Console(record=True, width=200)
     console.print(
@@ -292,5 +302,6 @@ def test_the_live_enrollments_table_tells_held_lapsed_and_waiting_for_a_pass_apa
     assert "handed to a job, held until 2026-03-02 12:10:00" in lines[0]
     assert "claim lapsed at 2026-03-02 11:55:00: due again" in lines[1]
     assert "past due: the next scheduler pass hands it out" in lines[2]
+    assert "reminder (2)" in lines[2] and "reminder" not in lines[0]  # the step, when known
     assert "2026-03-03 12:00:00" in lines[3]
     assert "held" not in lines[3] and "due" not in lines[3]

@@ -103,6 +103,10 @@ class LiveEnrollmentOut(BaseModel):
     version: str
     status: str = Field(description="active or waiting.")
     position: int = Field(description="The step it is at.")
+    step: str | None = Field(
+        description="That step's id: what runs when it wakes (the wait itself when it waits "
+        "for an event)."
+    )
     wake_at: datetime | None = Field(description="Its next wake-up, when waiting.")
     claimed_until: datetime | None = Field(
         description="Set when a scheduler pass handed that wake-up to a job: no other pass "
@@ -184,7 +188,7 @@ def put_contact(
 )
 def get_contact(runtime: RuntimeDep, email: EmailPath) -> ContactWithTimeline:
     with Session(runtime.db) as session:
-        timeline = contact_timeline(session, email)
+        timeline = contact_timeline(session, email, runtime.registry)
     if timeline is None:
         raise _not_found(email)
     return ContactWithTimeline.of(timeline)
