@@ -7,6 +7,7 @@ precedence. Bad input exits with code 2 and a one-line message, never a tracebac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -154,10 +155,7 @@ def worker(
 ) -> None:
     """Run Dramatiq worker processes consuming Journeyline's jobs (needs Redis or RabbitMQ).
 
-    One process per core; a few threads each (default 4) keep a core busy while others wait
-    on PostgreSQL or SendGrid. More threads than that only contend for the GIL: on 2 cores,
-    2 processes of 4 threads carried about 1,100 events/s end to end, of 8 threads 740-920
-    (BENCHMARKS.md, bench.end_to_end).
+    One process per core, a few threads each (why 4: ``engine.settings.WORKER_THREADS``).
     """
     settings = settings_for(ctx, database_url, broker_url)
     if settings.broker_url.startswith("stub:"):
@@ -321,19 +319,26 @@ def contact(
 ) -> None:
     """Show a contact: stage, score, subscription and its timeline."""
     from engine.db import make_engine
-    from engine.timeline import contact_timeline
+    from engine.timeline import contact_timeline, name_steps
 
     settings = settings_for(ctx, database_url)
-    registry, unnamed = _registry_to_name_steps(settings)
+    unnamed = ""
     db = make_engine(settings.database_url)
     try:
         with friendly_errors(settings), Session(db) as session:
-            timeline = contact_timeline(session, email, registry)
+            timeline = contact_timeline(session, email)
+            if timeline is not None and timeline.live:  # only then are the workflows needed
+                registry, unnamed = _registry_to_name_steps(settings)
+                if registry is not None:
+                    live = name_steps(session, registry, timeline.live)
+                    timeline = dataclasses.replace(timeline, live=live)
     finally:
         db.dispose()
     if timeline is None:
         err_console.print(f"no contact with email {escape(email)!r}")
         raise typer.Exit(1)
+    if unnamed:  # on stderr, so --json output stays JSON
+        err_console.print(f"[dim]steps not named: {escape(unnamed)}[/]")
     if as_json:
         sys.stdout.write(json.dumps(timeline.to_dict(), indent=2) + "\n")
         return
@@ -361,8 +366,6 @@ def contact(
     console.print(table)
     if timeline.live:
         console.print(_live_table(timeline.live, now=datetime.now(UTC)))
-        if unnamed:
-            err_console.print(f"[dim]steps not named: {escape(unnamed)}[/]")
 
 
 def _registry_to_name_steps(settings: Settings) -> tuple[Registry | None, str]:

@@ -12,7 +12,7 @@ the CLI and the HTTP API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -138,30 +138,18 @@ def contact_timeline(
     ).all()
     entries.extend(_action_entry(a) for a in actions)
     entries.sort(key=lambda e: e.sort_key)
-    return Timeline(
-        contact=_summary(contact),
-        entries=entries,
-        live=_live(session, list(enrollments), registry),
-    )
+    live = _live(session, list(enrollments))
+    if registry is not None:
+        live = name_steps(session, registry, live)
+    return Timeline(contact=_summary(contact), entries=entries, live=live)
 
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
 
 
-def _live(
-    session: Session, enrollments: list[Enrollment], registry: Registry | None
-) -> list[LiveEnrollment]:
+def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollment]:
     live = sorted((e for e in enrollments if e.status in _LIVE), key=lambda e: e.id or 0)
     held = current_claims(session, [e.id for e in live if e.id is not None])
-
-    def step(e: Enrollment) -> str | None:
-        if registry is None:
-            return None
-        workflow = workflow_for(session, registry, e.workflow, e.version)
-        if workflow is None or not 0 <= e.position < len(workflow.program):
-            return None
-        return workflow.program[e.position].id
-
     return [
         LiveEnrollment(
             id=e.id or 0,
@@ -169,12 +157,27 @@ def _live(
             version=e.version,
             status=str(e.status),
             position=e.position,
-            step=step(e),
+            step=None,
             wake_at=e.wake_at,
             claimed_until=held.get(e.id or 0),
         )
         for e in live
     ]
+
+
+def name_steps(
+    session: Session, registry: Registry, live: list[LiveEnrollment]
+) -> list[LiveEnrollment]:
+    """``live`` with each enrollment's step named, from its own version of the workflow
+    (a caller can load the workflows only when there is something to name)."""
+
+    def step(e: LiveEnrollment) -> str | None:
+        workflow = workflow_for(session, registry, e.workflow, e.version)
+        if workflow is None or not 0 <= e.position < len(workflow.program):
+            return None
+        return workflow.program[e.position].id
+
+    return [replace(e, step=step(e)) for e in live]
 
 
 def _summary(contact: Contact) -> ContactSummary:
