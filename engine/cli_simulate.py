@@ -18,7 +18,14 @@ from rich.progress import (
 from engine.cli import app, console, fail
 from engine.errors import WorkflowDefinitionError
 from engine.simulation_report import html_report, print_results
-from engine.simulator import SHARD_CONTACTS, Profile, SimulationResult, load_workflows, simulate
+from engine.simulator import (
+    SHARD_CONTACTS,
+    Profile,
+    SimulationResult,
+    load_workflows,
+    simulate,
+    usable_cpus,
+)
 
 
 @app.command("simulate")
@@ -34,13 +41,14 @@ def simulate_command(
     ] = None,
     html: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
     processes: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="Worker processes (shards of 5,000 contacts run in parallel); the result "
-            "does not depend on it.",
+            "does not depend on it. Default: one per CPU this process may use.",
+            show_default=False,
         ),
-    ] = 1,
+    ] = None,
     compare: Annotated[
         tuple[str, str] | None,
         typer.Option(
@@ -81,7 +89,7 @@ def simulate_command(
                     seed=seed,
                     profile=behaviour,
                     label=str(source),
-                    processes=processes,
+                    processes=processes or usable_cpus(),
                     on_progress=advance,
                 )
             )

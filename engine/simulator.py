@@ -17,6 +17,7 @@ import importlib.util
 import itertools
 import json
 import multiprocessing as mp
+import os
 import random
 import shutil
 import statistics
@@ -165,6 +166,16 @@ SHARD_CONTACTS = 5_000
 next due instant) whatever its size, so larger shards are cheaper per contact (10,000 x 10
 days: 0.88x the CPU of shards of 2,000); 5,000 keeps two shards for 10,000 contacts, one per
 core of a 2-core machine."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a container limits it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 JOB_SIZE = 200
 """Contacts per ``process_contacts`` job and wake-ups per ``wake_enrollments`` job."""
 

@@ -19,7 +19,7 @@ version they started with.
 from __future__ import annotations
 
 import hashlib
-import inspect
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -249,9 +249,16 @@ class Workflow:
 
 
 def _caller() -> str:
-    """``file:line`` of the code that built the workflow, for validation messages."""
-    for frame in inspect.stack()[2:8]:
-        name = frame.filename
+    """``file:line`` of the code that built the workflow, for validation messages.
+
+    Walks the frames themselves: ``inspect.stack()`` reads every frame's source file to
+    show context lines, which was most of the time a workflows module took to load."""
+    frame = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            break
+        name = frame.f_code.co_filename
         if not name.endswith(("engine/workflow.py", "dataclasses.py", "<string>")):
-            return f"{name}:{frame.lineno}"
+            return f"{name}:{frame.f_lineno}"
+        frame = frame.f_back
     return ""

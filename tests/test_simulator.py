@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,24 @@ def test_the_html_report_is_one_page() -> None:
     page = html_report([result])
     assert page.startswith("<!doctype html>") and page.endswith("</html>")
     assert "awareness" in page
+
+
+def test_the_cli_uses_every_usable_cpu_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.cli_simulate as cli_simulate
+
+    asked: list[int] = []
+
+    def recording(registry: Any, **options: Any) -> SimulationResult:
+        asked.append(options["processes"])
+        return simulate(registry, **{**options, "processes": 1})
+
+    monkeypatch.setattr(cli_simulate, "simulate", recording)
+    monkeypatch.setattr(cli_simulate, "usable_cpus", lambda: 3)
+    for extra, expected in (([], 3), (["--processes", "1"], 1)):
+        result = CliRunner().invoke(app, ["simulate", "--contacts", "3", "--days", "1", *extra])
+        assert result.exit_code == 0, result.output
+        assert asked.pop() == expected
+
+
+def test_usable_cpus_counts_this_process_affinity() -> None:
+    assert 1 <= simulator.usable_cpus() <= (os.cpu_count() or 1)
