@@ -13,6 +13,7 @@ shows is what the workflows do.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import itertools
 import json
@@ -25,8 +26,9 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,10 +221,11 @@ def simulate(
             if on_progress is not None:
                 on_progress(done, total)
 
-        parts = [
-            _run_shard(registry, profile, seed, n, first, count, days, tick)
-            for n, (first, count) in enumerate(shards)
-        ]
+        with _fewer_collections():
+            parts = [
+                _run_shard(registry, profile, seed, n, first, count, days, tick)
+                for n, (first, count) in enumerate(shards)
+            ]
     else:
         parts = _run_in_processes(registry, profile, seed, shards, days, processes, on_progress)
     return _merge(parts, registry, label, contacts, days, seed, time.perf_counter() - started)
@@ -267,16 +270,39 @@ def _run_in_processes(
 
 def _forked_shard(seed: int, shard: int, first: int, count: int, days: int) -> _Part:
     queue = _FORKED["queue"]
-    return _run_shard(
-        _FORKED["registry"],
-        _FORKED["profile"],
-        seed,
-        shard,
-        first,
-        count,
-        days,
-        lambda: queue.put(1),
-    )
+    with _fewer_collections():
+        return _run_shard(
+            _FORKED["registry"],
+            _FORKED["profile"],
+            seed,
+            shard,
+            first,
+            count,
+            days,
+            lambda: queue.put(1),
+        )
+
+
+GC_THRESHOLDS = (5_000, 20, 20)
+"""The cycle collector's thresholds while shards run. A shard allocates millions of short-
+lived objects (rows, ORM states, messages) that reference counting frees; at Python's
+default (700, 10, 10) the collector also walked the young ones some 1,500 times and the
+whole heap 9 times in a 2,000 x 20 days run. With the objects that exist before the run
+frozen out of its sight and these thresholds: 4% less CPU (BENCHMARKS.md), and memory still
+flat (garbage in cycles is collected, only less often)."""
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Run with ``GC_THRESHOLDS`` and what exists now frozen; the caller's settings after."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 class _Mailbox(EmailConnector):

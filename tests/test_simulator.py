@@ -176,3 +176,19 @@ def test_the_cli_uses_every_usable_cpu_unless_told(monkeypatch: pytest.MonkeyPat
 
 def test_usable_cpus_counts_this_process_affinity() -> None:
     assert 1 <= simulator.usable_cpus() <= (os.cpu_count() or 1)
+
+
+def test_a_run_leaves_the_callers_garbage_collector_as_it_found_it() -> None:
+    import gc
+
+    before = (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled())
+    during: list[tuple[int, ...]] = []
+    simulate(
+        load_workflows("workflows"),
+        contacts=5,
+        days=2,
+        seed=1,
+        on_progress=lambda _done, _total: during.append(gc.get_threshold()),
+    )
+    assert during == [simulator.GC_THRESHOLDS] * 2 != [before[0]] * 2
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
