@@ -31,6 +31,7 @@ from engine.errors import (
     TransientConnectorError,
     ValidationError,
     WorkflowDefinitionError,
+    WorkflowImportError,
 )
 from engine.machine import Move, StageMachine
 from engine.registry import Registry, build_registry, load_registry
@@ -110,6 +111,7 @@ __all__ = [
     "WebhookSource",
     "Workflow",
     "WorkflowDefinitionError",
+    "WorkflowImportError",
     "add_tag",
     "all_of",
     "any_of",

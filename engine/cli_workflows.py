@@ -13,7 +13,7 @@ from sqlmodel import Session
 from engine.cli import DatabaseUrl, app, console, err_console, fail, settings_for
 from engine.db import make_engine, transaction
 from engine.diagram import describe_trigger, mermaid
-from engine.errors import WorkflowDefinitionError
+from engine.errors import WorkflowDefinitionError, WorkflowImportError
 from engine.executor import count_at_steps
 from engine.registry import Registry, load_registry
 from engine.settings import Settings
@@ -26,6 +26,8 @@ app.add_typer(workflows_app, name="workflows")
 def _registry(settings: Settings) -> Registry:
     try:
         return load_registry(settings.workflows, templates_dir=settings.templates_dir)
+    except WorkflowImportError as exc:  # not found, or the module raised: one paragraph
+        fail(str(exc), code=1)
     except WorkflowDefinitionError as exc:
         for problem in exc.problems:
             err_console.print(f"[red]- {escape(problem)}[/]")

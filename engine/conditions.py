@@ -161,9 +161,21 @@ class Condition(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    def parts(self) -> tuple[Condition, ...]:
+        """The conditions this one combines (``all_of``, ``any_of``, ``not_``)."""
+        return ()
+
     def stages(self) -> tuple[str, ...]:
         """Stages this condition names (for validation)."""
-        return ()
+        return tuple(s for c in self.parts() for s in c.stages())
+
+    def events(self) -> tuple[str, ...]:
+        """Event types this condition names (for validation)."""
+        return tuple(e for c in self.parts() for e in c.events())
+
+    def step_ids(self) -> tuple[str, ...]:
+        """Steps of its workflow this condition names (for validation)."""
+        return tuple(i for c in self.parts() for i in c.step_ids())
 
 
 @vocabulary("attribute")
@@ -255,6 +267,9 @@ class DidEvent(Condition):
         when = f" within {self.within}" if self.within else " since entering"
         return f"did {self.type}{when}"
 
+    def events(self) -> tuple[str, ...]:
+        return (self.type,)
+
 
 @vocabulary("engaged")
 @dataclass(frozen=True)
@@ -296,6 +311,9 @@ class Engaged(Condition):
     def describe(self) -> str:
         return f"{self.how} {self.step or 'any email of this workflow'}"
 
+    def step_ids(self) -> tuple[str, ...]:
+        return (self.step,) if self.step else ()
+
 
 @vocabulary("all_of")
 @dataclass(frozen=True)
@@ -308,8 +326,8 @@ class AllOf(Condition):
     def describe(self) -> str:
         return " and ".join(f"({c.describe()})" for c in self.conditions)
 
-    def stages(self) -> tuple[str, ...]:
-        return tuple(s for c in self.conditions for s in c.stages())
+    def parts(self) -> tuple[Condition, ...]:
+        return tuple(self.conditions)
 
 
 @vocabulary("any_of")
@@ -323,8 +341,8 @@ class AnyOf(Condition):
     def describe(self) -> str:
         return " or ".join(f"({c.describe()})" for c in self.conditions)
 
-    def stages(self) -> tuple[str, ...]:
-        return tuple(s for c in self.conditions for s in c.stages())
+    def parts(self) -> tuple[Condition, ...]:
+        return tuple(self.conditions)
 
 
 @vocabulary("not")
@@ -338,8 +356,8 @@ class Not(Condition):
     def describe(self) -> str:
         return f"not ({self.condition.describe()})"
 
-    def stages(self) -> tuple[str, ...]:
-        return self.condition.stages()
+    def parts(self) -> tuple[Condition, ...]:
+        return (self.condition,)
 
 
 def attribute(name: str, predicate: Any = None) -> Attribute:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
+from engine.conditions import AllOf, AnyOf, Condition, DidEvent, Not, Predicate
 from engine.spec import to_spec
 from engine.steps import (
     Branch,
@@ -34,6 +36,47 @@ from engine.workflow import (
     Workflow,
 )
 
+_UNITS = (
+    ("day", timedelta(days=1)),
+    ("hour", timedelta(hours=1)),
+    ("minute", timedelta(minutes=1)),
+)
+
+
+def describe_duration(duration: timedelta) -> str:
+    """A duration as people write it: "2 days", "1 hour 30 minutes", "1 day 12 hours".
+    The sign is dropped: say "before" or "after" around it."""
+    left = abs(duration)
+    words = []
+    for unit, size in _UNITS:
+        count, left = divmod(left, size)
+        if count:
+            words.append(f"{count} {unit}" + ("s" if count != 1 else ""))
+    if left or not words:
+        seconds = left.total_seconds()
+        words.append(f"{seconds:g} second" + ("s" if seconds != 1 else ""))
+    return " ".join(words)
+
+
+def _where(where: Mapping[str, Predicate]) -> str:
+    return ", ".join(f"{k} {p.describe()}" for k, p in where.items())
+
+
+def describe_condition(condition: Condition) -> str:
+    """``condition.describe()``, with durations written as ``describe_duration`` does."""
+    if isinstance(condition, DidEvent):
+        where = _where(condition.where)
+        text = f"did {condition.type}" + (f" where {where}" if where else "")
+        if condition.within is None:
+            return f"{text} since entering"
+        return f"{text} within {describe_duration(condition.within)}"
+    if isinstance(condition, AllOf | AnyOf):
+        joiner = " and " if isinstance(condition, AllOf) else " or "
+        return joiner.join(f"({describe_condition(c)})" for c in condition.conditions)
+    if isinstance(condition, Not):
+        return f"not ({describe_condition(condition.condition)})"
+    return condition.describe()
+
 
 def describe_trigger(trigger: Trigger | object) -> str:
     if isinstance(trigger, StageEntered):
@@ -41,16 +84,16 @@ def describe_trigger(trigger: Trigger | object) -> str:
     if isinstance(trigger, StageLeft):
         return f"leaves stage {trigger.stage}"
     if isinstance(trigger, EventReceived):
-        where = ", ".join(f"{k} {p.describe()}" for k, p in trigger.where.items())
+        where = _where(trigger.where)
         return f"event {trigger.type}" + (f" where {where}" if where else "")
     if isinstance(trigger, ConditionMet):
-        return trigger.name or f"when {trigger.condition.describe()}"
+        return trigger.name or f"when {describe_condition(trigger.condition)}"
     if isinstance(trigger, Scheduled):
         from engine.schedules import explain
 
         text = f"schedule {trigger.cron} ({explain(trigger.cron)}, contact's time zone)"
         if trigger.condition is not None:
-            text += f" for {trigger.name or trigger.condition.describe()}"
+            text += f" for {trigger.name or describe_condition(trigger.condition)}"
         return text
     return str(to_spec(trigger))
 
@@ -60,16 +103,20 @@ def describe_step(step: Step) -> str:
         hosted = f" (SendGrid {step.sendgrid_template})" if step.sendgrid_template else ""
         return f"email {step.template}{hosted}" + ("" if step.marketing else " (transactional)")
     if isinstance(step, Wait):
-        return f"wait {step.duration}"
+        return f"wait {describe_duration(step.duration)}"
     if isinstance(step, WaitUntil):
         return f"wait until {step.time}" + (" on a weekday" if step.weekdays_only else "")
     if isinstance(step, WaitUntilDate):
-        at = f" at {step.time}" if step.time else ""
-        return f"wait until {step.attribute} + {step.offset}{at}"
+        offset = describe_duration(step.offset)
+        side = "before" if step.offset < timedelta(0) else "after"
+        when = f"{offset} {side} {step.attribute}" if step.offset else step.attribute
+        return f"wait until {when}" + (f" at {step.time}" if step.time else "")
     if isinstance(step, WaitForEvent):
-        return f"wait for {step.type} (up to {step.timeout})"
+        where = _where(step.where)
+        matching = f" where {where}" if where else ""
+        return f"wait for {step.type}{matching} (up to {describe_duration(step.timeout)})"
     if isinstance(step, Branch):
-        return f"if {step.condition.describe()}"
+        return f"if {describe_condition(step.condition)}"
     if isinstance(step, Split):
         return "A/B split " + ", ".join(f"{k} {w}%" for k, w in step.weights.items())
     if isinstance(step, SetAttribute):

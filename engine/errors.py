@@ -6,7 +6,8 @@ Every error the engine raises on purpose derives from ``JourneylineError``::
     ├── ValidationError            bad input: an email, a time zone, a stage, an event
     ├── InvalidTransition          a trigger that is not allowed from the contact's stage
     ├── WorkflowDefinitionError    a workflow (or rule set) that fails validation at load
-    ├── ConfigurationError         settings that cannot work together
+    │   └── WorkflowImportError       the workflows module was not found, or importing it raised
+    ├── ConfigurationError         settings that cannot work together (WorkflowImportError too)
     └── ConnectorError             a side effect that failed at its provider
         ├── TransientConnectorError   worth retrying (429, 5xx, network); may carry retry_after
         ├── PermanentConnectorError   retrying will not help (4xx, rejected payload)
@@ -58,6 +59,19 @@ class WorkflowDefinitionError(JourneylineError):
 
 class ConfigurationError(JourneylineError):
     """Settings that cannot work (an unknown broker scheme, a missing API key...)."""
+
+
+class WorkflowImportError(WorkflowDefinitionError, ConfigurationError):
+    """The workflows module could not be imported: it was not found, or running it raised.
+
+    One problem, which is also the whole message. It is a ``ConfigurationError`` too, so
+    that every command turns it into one line without a traceback."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__([problem])
+
+    def __str__(self) -> str:
+        return self.problems[0]
 
 
 class ConnectorError(JourneylineError):

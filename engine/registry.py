@@ -9,37 +9,28 @@ The workflows module (``workflows`` by default) may define:
 - ``GUARDRAILS``: a ``Guardrails`` (frequency cap, quiet hours) over all marketing email
 
 ``build_registry`` checks all of it together and raises one ``WorkflowDefinitionError``
-listing every problem found, each with the file and line of the workflow.
+listing every problem found (the checks are in ``engine.workflow_checks``), each with the
+file and line of the workflow.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import sys
+import sysconfig
+import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 
 from engine.conditions import Condition
-from engine.errors import WorkflowDefinitionError
+from engine.errors import WorkflowDefinitionError, WorkflowImportError
 from engine.machine import StageMachine
 from engine.rules import EventRule, RuleSet
 from engine.stages import Journey, lifecycle_journey
-from engine.steps import (
-    WAITS,
-    Branch,
-    Exit,
-    MoveStage,
-    SendEmail,
-    Split,
-    Step,
-    Wait,
-    WaitForEvent,
-    WaitUntil,
-    WaitUntilDate,
-)
 from engine.templates import TemplateRenderer
 from engine.workflow import (
     ConditionMet,
@@ -48,9 +39,9 @@ from engine.workflow import (
     Scheduled,
     StageEntered,
     StageLeft,
-    Window,
     Workflow,
 )
+from engine.workflow_checks import guardrails_problems, where_defined, workflow_problems
 
 # Events the engine itself records (delivery and engagement feedback, lifecycle).
 BUILTIN_EVENTS = frozenset({
@@ -59,8 +50,6 @@ BUILTIN_EVENTS = frozenset({
     "email.bounced", "email.dropped", "email.spam_reported", "email.unsubscribed",
     "email.group_unsubscribed", "email.group_resubscribed",
 })  # fmt: skip
-_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_SENDGRID_TEMPLATE = re.compile(r"^d-[0-9a-f]{32}$")
 
 
 @dataclass
@@ -137,14 +126,16 @@ def build_registry(
     renderer = TemplateRenderer(templates_dir)
     known_events = frozenset(events) | BUILTIN_EVENTS | rule_set.event_types
     guardrails = guardrails or Guardrails()
-    if guardrails.quiet_hours is not None:
-        problems += _window_problems("GUARDRAILS quiet hours", guardrails.quiet_hours)
+    problems += guardrails_problems(guardrails)
     by_name: dict[str, Workflow] = {}
     for wf in workflows:
+        if not isinstance(wf, Workflow):
+            problems.append(f"WORKFLOWS holds {wf!r}, which is not a Workflow(...)")
+            continue
         if wf.name in by_name:
-            problems.append(f"{_where(wf)}: workflow name {wf.name!r} is used twice")
+            problems.append(f"{where_defined(wf)}: workflow name {wf.name!r} is used twice")
         by_name[wf.name] = wf
-        problems += _workflow_problems(wf, journey, renderer, known_events)
+        problems += workflow_problems(wf, journey, renderer, known_events)
     if problems:
         raise WorkflowDefinitionError(problems)
     return Registry(
@@ -152,160 +143,17 @@ def build_registry(
     )
 
 
-def _where(wf: Workflow) -> str:
-    return f"workflow {wf.name!r}" + (f" ({wf.source})" if wf.source else "")
-
-
-def _walk(steps: Sequence[Step]) -> Iterator[Step]:
-    for step in steps:
-        yield step
-        if isinstance(step, Branch):
-            yield from _walk(step.then)
-            yield from _walk(step.otherwise)
-        elif isinstance(step, Split):
-            for sub in step.variants.values():
-                yield from _walk(sub)
-        elif isinstance(step, WaitForEvent):
-            yield from _walk(step.on_event)
-            yield from _walk(step.on_timeout)
-
-
-def _conditions(wf: Workflow) -> Iterator[Condition]:
-    if wf.entry_if is not None:
-        yield wf.entry_if
-    for item in (wf.trigger, *wf.goals, *wf.exit_when):
-        if isinstance(item, ConditionMet):
-            yield item.condition
-    if isinstance(wf.trigger, Scheduled) and wf.trigger.condition is not None:
-        yield wf.trigger.condition
-    for step in _walk(wf.steps):
-        if isinstance(step, Branch):
-            yield step.condition
-
-
-def _workflow_problems(
-    wf: Workflow, journey: Journey, renderer: TemplateRenderer, events: frozenset[str]
-) -> list[str]:
-    where = _where(wf)
-    found: list[str] = []
-    stages = set(journey.stage_names)
-    for item in (wf.trigger, *wf.goals, *wf.exit_when):
-        if isinstance(item, StageEntered | StageLeft) and item.stage not in stages:
-            found.append(f"{where}: names unknown stage {item.stage!r}")
-        if isinstance(item, EventReceived) and item.type not in events:
-            found.append(f"{where}: names unknown event {item.type!r} (no rule or EVENTS entry)")
-    for condition in _conditions(wf):
-        found += [
-            f"{where}: condition names unknown stage {s!r}"
-            for s in condition.stages()
-            if s not in stages
-        ]
-    if isinstance(wf.trigger, Scheduled):
-        found += _schedule_problems(where, wf.trigger)
-    if not wf.steps:
-        found.append(f"{where}: has no steps")
-    if wf.reentry.policy not in ("never", "always", "after"):
-        found.append(f"{where}: re-entry policy {wf.reentry.policy!r} is not never/always/after")
-    if wf.send_window is not None:
-        found += _window_problems(f"{where}: send window", wf.send_window)
-    if wf.cap is not None and (wf.cap.max < 1 or wf.cap.per.total_seconds() <= 0):
-        found.append(f"{where}: a frequency cap needs max >= 1 and a positive window")
-    found += _block_problems(wf, wf.steps, journey, renderer, events, top=True)
-    seen: set[str] = set()
-    for node in wf.program:
-        if node.id in seen:
-            found.append(f"{where}: step id {node.id!r} is used twice")
-        seen.add(node.id)
-    return found
-
-
-def _block_problems(
-    wf: Workflow,
-    steps: Sequence[Step],
-    journey: Journey,
-    renderer: TemplateRenderer,
-    events: frozenset[str],
-    *,
-    top: bool,
-) -> list[str]:
-    where = _where(wf)
-    found: list[str] = []
-    for position, step in enumerate(steps):
-        label = f"{where}, step {step.id or position + 1} ({type(step).__name__})"
-        if position > 0 and isinstance(steps[position - 1], Exit):
-            found.append(f"{label}: unreachable, it follows an exit step")
-        if isinstance(step, SendEmail) and step.sendgrid_template:
-            if not _SENDGRID_TEMPLATE.match(step.sendgrid_template):
-                found.append(
-                    f"{label}: sendgrid_template {step.sendgrid_template!r} is not a SendGrid "
-                    "dynamic template id ('d-' and 32 lowercase hex digits)"
-                )
-        elif isinstance(step, SendEmail):
-            found += [f"{label}: {p}" for p in renderer.problems(step.template)]
-        elif isinstance(step, Wait) and step.duration.total_seconds() <= 0:
-            found.append(f"{label}: a wait must be longer than zero")
-        elif (
-            isinstance(step, WaitUntil | WaitUntilDate) and step.time and not _TIME.match(step.time)
-        ):
-            found.append(f"{label}: time {step.time!r} is not HH:MM")
-        elif isinstance(step, WaitForEvent):
-            if step.timeout.total_seconds() <= 0:
-                found.append(f"{label}: a wait for an event needs a timeout (it has no exit)")
-            if step.type not in events:
-                found.append(f"{label}: waits for unknown event {step.type!r}")
-        elif isinstance(step, MoveStage) and step.trigger not in journey.triggers:
-            found.append(
-                f"{label}: unknown stage trigger {step.trigger!r}; known: {list(journey.triggers)}"
-            )
-        elif isinstance(step, Split):
-            if set(step.weights) != set(step.variants):
-                found.append(
-                    f"{label}: weights {sorted(step.weights)} do not match variants "
-                    f"{sorted(step.variants)}"
-                )
-            elif any(w <= 0 for w in step.weights.values()) or sum(step.weights.values()) != 100:
-                found.append(
-                    f"{label}: weights must be positive and add up to 100, got {dict(step.weights)}"
-                )
-            for sub in step.variants.values():
-                found += _block_problems(wf, sub, journey, renderer, events, top=False)
-        if isinstance(step, Branch):
-            found += _block_problems(wf, step.then, journey, renderer, events, top=False)
-            found += _block_problems(wf, step.otherwise, journey, renderer, events, top=False)
-        elif isinstance(step, WaitForEvent):
-            found += _block_problems(wf, step.on_event, journey, renderer, events, top=False)
-            found += _block_problems(wf, step.on_timeout, journey, renderer, events, top=False)
-    if top and steps and isinstance(steps[-1], WAITS) and not isinstance(steps[-1], WaitForEvent):
-        found.append(f"{where}: a wait as the last step does nothing")
-    return found
-
-
-def _schedule_problems(where: str, trigger: Scheduled) -> list[str]:
-    from engine.schedules import cron_problem
-
-    found = []
-    problem = cron_problem(trigger.cron)
-    if problem:
-        found.append(
-            f"{where}: schedule {trigger.cron!r} is not a valid cron expression ({problem})"
-        )
-    if trigger.max_delay is not None and trigger.max_delay.total_seconds() <= 0:
-        found.append(f"{where}: a schedule's max_delay must be positive")
-    return found
-
-
-def _window_problems(label: str, window: Window) -> list[str]:
-    return [
-        f"{label}: time {t!r} is not HH:MM"
-        for t in (window.start, window.end)
-        if not _TIME.match(t)
-    ]
+# --- loading the workflows module ----------------------------------------------------------
 
 
 def load_registry(module_name: str, *, templates_dir: Path | None = None) -> Registry:
-    """Import the workflows module ``module_name`` and validate everything in it."""
-    module = importlib.import_module(module_name)
-    return registry_from_module(module, templates_dir=templates_dir)
+    """Import the workflows module ``module_name`` and validate everything in it.
+
+    The module is looked for in the current directory first, as ``python -m`` does, then on
+    the Python path. Raises ``WorkflowImportError`` when it is not found or importing it
+    raises (naming the file and line of the user's code), ``WorkflowDefinitionError`` when
+    its definitions have problems."""
+    return registry_from_module(import_workflows(module_name), templates_dir=templates_dir)
 
 
 def registry_from_module(module: ModuleType, *, templates_dir: Path | None = None) -> Registry:
@@ -321,3 +169,78 @@ def registry_from_module(module: ModuleType, *, templates_dir: Path | None = Non
         events=getattr(module, "EVENTS", ()),
         guardrails=getattr(module, "GUARDRAILS", None),
     )
+
+
+def import_workflows(module_name: str) -> ModuleType:
+    """Import the user's workflows module, turning whatever goes wrong into one
+    ``WorkflowImportError`` that says where and how to fix it."""
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        stem = Path(module_name.rstrip("/\\")).stem or "workflows"
+        raise WorkflowImportError(
+            f"JOURNEYLINE_WORKFLOWS={module_name!r} is not a module name: give the dotted name "
+            f"of the Python module or package that defines WORKFLOWS (e.g. {stem!r}), and run "
+            "from the folder that holds it or add that folder to PYTHONPATH"
+        )
+    _working_directory_first(module_name)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise WorkflowImportError(_not_found(module_name, exc.name)) from None
+        raise WorkflowImportError(_import_failure(module_name, exc)) from exc
+    except Exception as exc:  # the user's code raised: name its file and line, not ours
+        raise WorkflowImportError(_import_failure(module_name, exc)) from exc
+
+
+def _working_directory_first(module_name: str) -> None:
+    """Put the current directory first on ``sys.path`` when it holds the module, as
+    ``python -m`` does (an installed console script does not)."""
+    here = Path.cwd()
+    top = module_name.partition(".")[0]
+    if not ((here / top / "__init__.py").is_file() or (here / f"{top}.py").is_file()):
+        return
+    if any(Path(os.path.abspath(entry or os.curdir)) == here for entry in sys.path):
+        return
+    sys.path.insert(0, str(here))
+    importlib.invalidate_caches()
+
+
+def _not_found(module_name: str, missing: str) -> str:
+    path = module_name.replace(".", "/")
+    top = module_name.partition(".")[0]
+    python_path = os.environ.get("PYTHONPATH")
+    on_path = f"on PYTHONPATH ({python_path}) and" if python_path else "on"
+    inside = f" (there is no {missing!r})" if missing != module_name else ""
+    return (
+        f"workflows module {module_name!r} not found{inside}: looked for {path}/__init__.py "
+        f"or {path}.py in the current directory ({Path.cwd()}) and {on_path} the Python path. "
+        f"Run from the folder that holds {top}, add that folder to PYTHONPATH, or set "
+        "JOURNEYLINE_WORKFLOWS to your workflows module's name"
+    )
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    """``file:line: Error: message`` for an exception raised importing ``module_name``, at
+    the deepest line of the user's own code (not the engine's, not the standard library's)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        at, code, message = f"{exc.filename}:{exc.lineno}", exc.text or "", exc.msg
+    else:
+        frame = _user_frame(exc)
+        at = f"{frame.filename}:{frame.lineno}" if frame else f"module {module_name!r}"
+        code, message = (frame.line or "") if frame else "", str(exc)
+    message = " ".join(message.split())
+    text = f"{at}: {type(exc).__name__}" + (f": {message}" if message else "")
+    code = " ".join(code.split())
+    if code:
+        text += f" (in `{code[:80]}`)"
+    return f"{text}, importing workflows module {module_name!r}"
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    ours = str(Path(__file__).resolve().parent)
+    library = {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    theirs = [
+        f for f in frames if not os.path.abspath(f.filename).startswith((ours + os.sep, *library))
+    ]
+    return theirs[-1] if theirs else frames[-1] if frames else None

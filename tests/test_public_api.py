@@ -12,7 +12,7 @@ ENGINE_API = {
     # errors
     "ConfigurationError", "ConnectorError", "DeliveryUnknownError", "InvalidTransition",
     "JourneylineError", "PermanentConnectorError", "TransientConnectorError", "ValidationError",
-    "WorkflowDefinitionError",
+    "WorkflowDefinitionError", "WorkflowImportError",
     # stages
     "Guard", "Journey", "Move", "Stage", "StageMachine", "Transition", "lifecycle_journey",
     "score_at_least",
@@ -73,6 +73,7 @@ def test_every_error_is_a_journeyline_error() -> None:
         "TransientConnectorError",
         "ValidationError",
         "WorkflowDefinitionError",
+        "WorkflowImportError",
     ):
         assert issubclass(getattr(engine, name), engine.JourneylineError)
     assert issubclass(engine.TransientConnectorError, engine.ConnectorError)

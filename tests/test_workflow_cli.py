@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from engine import Workflow, build_registry, lifecycle_journey, on_event, send_email, wait
 from engine.cli import _register_subcommands, app
 from engine.db import make_engine, transaction
+from engine.diagram import describe_duration
 from engine.versions import apply_migration, plan_migration
 from tests.language_support import TEMPLATES, running
 from workflows.rules import RULES
@@ -62,6 +65,124 @@ def test_check_lists_every_problem_with_file_and_line(
         "__init__.py:6",
     ):
         assert words in output, words
+
+
+def _write_package(root: Path, name: str, source: str) -> Path:
+    package = root / name
+    (package / "templates").mkdir(parents=True)
+    shipped = Path(__file__).parent.parent / "workflows" / "templates"
+    for template in ("welcome.j2", "guide.j2"):
+        (package / "templates" / template).write_text((shipped / template).read_text())
+    (package / "__init__.py").write_text(textwrap.dedent(source))
+    return package / "__init__.py"
+
+
+def test_check_reports_wrong_types_and_unknown_names_in_conditions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a workflow with a wait for an event without a timeout, and conditions naming an
+    # event nothing knows and a step the workflow does not have
+    init = _write_package(
+        tmp_path,
+        "careless_flows",
+        """
+        from engine import (Workflow, branch, did_event, on_event, opened, send_email,
+                            wait_for_event)
+
+        WORKFLOWS = [
+            Workflow("careless", trigger=on_event("contact.created"), steps=[
+                send_email("welcome", id="hello"),
+                wait_for_event("email.opened", timeout=None),
+                branch(did_event("never.happens"), then=[send_email("guide")]),
+                branch(opened("nope"), then=[send_email("guide", id="again")]),
+            ]),
+        ]
+    """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("JOURNEYLINE_WORKFLOWS", "careless_flows")
+    monkeypatch.setenv("COLUMNS", "400")
+    # When the operator checks it
+    result = invoke("workflows", "check")
+    # Then each is a problem with the workflow's file and line, not a crash
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    problems = [line for line in result.output.splitlines() if line.startswith("- ")]
+    for words in (
+        "needs a timeout (it has no other exit), a timedelta such as "
+        "timeout=timedelta(days=3), not None",
+        "condition names unknown event 'never.happens'",
+        "condition names step 'nope', which is not a step of this workflow",
+    ):
+        assert any(words in p and f"{init}:6" in p for p in problems), words
+    assert len(problems) == 3, result.output
+    assert "error: 3 problem(s) in careless_flows" in result.output
+
+
+def test_show_writes_durations_as_people_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_package(
+        tmp_path,
+        "timely_flows",
+        """
+        from datetime import timedelta
+        from engine import (Workflow, add_tag, branch, did_event, not_, on_event, wait,
+                            wait_for_event, wait_until_date)
+
+        WORKFLOWS = [
+            Workflow("timely", trigger=on_event("contact.created"), steps=[
+                branch(not_(did_event("email.clicked", within=timedelta(days=2))),
+                       then=[add_tag("cold")]),
+                wait(days=4),
+                wait(hours=1, minutes=30),
+                wait_for_event("email.opened", timeout=timedelta(days=3)),
+                wait_until_date("trial_ends_at", days_before=3, time="09:00"),
+                wait_until_date("renews_at", days_after=1.5),
+                wait_until_date("birthday"),
+                add_tag("done"),
+            ]),
+        ]
+    """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("JOURNEYLINE_WORKFLOWS", "timely_flows")
+    result = invoke("workflows", "show", "timely", "--database-url", "sqlite://")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for text in (
+        "if not (did email.clicked within 2 days)",
+        "wait 4 days",
+        "wait 1 hour 30 minutes",
+        "wait for email.opened (up to 3 days)",
+        "wait until 3 days before trial_ends_at at 09:00",
+        "wait until 1 day 12 hours after renews_at",
+        "wait until birthday",
+    ):
+        assert any(line.endswith(f': {text}"]') for line in lines), text
+    assert "0:00" not in result.output and "+ -" not in result.output
+    # Still Mermaid: a node per line, quoted labels without quotes inside them
+    assert lines[0] == "flowchart TD"
+    for line in lines[1:]:
+        assert re.fullmatch(r'  (\w+(\(\[|\[)"[^"]*"(\]\)|\])|\w+ (-- \w+ )?--> \w+)', line), line
+
+
+@pytest.mark.parametrize(
+    ("duration", "text"),
+    [
+        (timedelta(days=2), "2 days"),
+        (timedelta(days=1), "1 day"),
+        (timedelta(hours=1, minutes=30), "1 hour 30 minutes"),
+        (timedelta(days=1.5), "1 day 12 hours"),
+        (timedelta(days=-3), "3 days"),
+        (timedelta(minutes=1, seconds=1), "1 minute 1 second"),
+        (timedelta(seconds=3), "3 seconds"),
+        (timedelta(0), "0 seconds"),
+        (timedelta(days=1 / 3), "8 hours"),
+    ],
+)
+def test_durations_are_written_in_words(duration: timedelta, text: str) -> None:
+    assert describe_duration(duration) == text
 
 
 def test_show_draws_mermaid() -> None:
