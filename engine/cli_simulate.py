@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,14 +16,17 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from engine.cli import app, console, fail
+from engine.cli import app, console, err_console, fail, settings_for
 from engine.errors import WorkflowDefinitionError
+from engine.registry import Registry
+from engine.simulation_profile import Profile, ProfileError
 from engine.simulation_report import html_report, print_results
+from engine.simulation_results import SimulationResult
 from engine.simulator import (
     SHARD_CONTACTS,
-    Profile,
-    SimulationResult,
+    defined_outside,
     load_workflows,
+    same_workflows,
     simulate,
     usable_cpus,
 )
@@ -30,14 +34,21 @@ from engine.simulator import (
 
 @app.command("simulate")
 def simulate_command(
+    ctx: typer.Context,
     contacts: Annotated[int, typer.Option(min=1, help="Synthetic contacts.")] = 1000,
     days: Annotated[int, typer.Option(min=1, help="Days of virtual time.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same run.")] = 7,
     workflows: Annotated[
-        str, typer.Option(help="Workflows module name or folder (a package with templates/).")
-    ] = "workflows",
+        str | None,
+        typer.Option(
+            help="Workflows module name or folder (a package with templates/). "
+            "Default: JOURNEYLINE_WORKFLOWS (workflows unless set).",
+            show_default=False,
+        ),
+    ] = None,
     profile: Annotated[
-        Path | None, typer.Option(help="JSON behaviour profile (see engine.simulator.Profile).")
+        Path | None,
+        typer.Option(help="JSON behaviour profile (engine.simulation_profile.Profile)."),
     ] = None,
     html: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
     processes: Annotated[
@@ -59,15 +70,39 @@ def simulate_command(
     """Simulate contacts living through the journey; print the funnel, emails and goals."""
     try:
         behaviour = Profile.from_file(profile) if profile else Profile()
-    except (OSError, ValueError, TypeError) as exc:
+    except OSError as exc:
+        fail(f"profile {profile}: {exc.strerror or exc}")
+    except ProfileError as exc:
         fail(f"profile {profile}: {exc}")
-    sources = list(compare) if compare else [workflows]
+    registries: list[tuple[str, Registry]] = []
+    if compare:
+        for source in compare:
+            registries.append((source, _load(source)))
+    elif workflows is not None:
+        registries.append((workflows, _load(workflows)))
+    else:  # the configured module, as every other command loads it
+        settings = settings_for(ctx)
+        registries.append((settings.workflows, _load(settings.workflows, settings.templates_dir)))
+    for source, registry in registries:
+        problems = behaviour.registry_problems(registry)
+        if problems:
+            fail(
+                f"profile {profile or '(default)'} for workflows {source}: {ProfileError(problems)}"
+            )
+    for source, registry in registries:
+        outside = defined_outside(registry, source) if Path(source).is_dir() else []
+        if outside:
+            _warn(
+                f"{source} runs workflows defined outside it: {', '.join(outside)}. A copied "
+                "folder should import its own modules relatively (from .common import later)."
+            )
+    if compare and same_workflows(registries[0][1], registries[1][1]):
+        _warn(
+            f"{compare[0]} and {compare[1]} hold the same workflows, each at the same version: "
+            "unless their journey or rules differ, the two runs will be identical."
+        )
     results: list[SimulationResult] = []
-    for source in sources:
-        try:
-            registry = load_workflows(source)
-        except (WorkflowDefinitionError, FileNotFoundError, ModuleNotFoundError) as exc:
-            fail(f"workflows {source}: {exc}")
+    for source, registry in registries:
         with Progress(
             TextColumn(f"simulating {source} (shard-days)"),
             BarColumn(),
@@ -97,3 +132,14 @@ def simulate_command(
     if html is not None:
         html.write_text(html_report(results))
         console.print(f"HTML report: {html}")
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def _load(source: str, templates_dir: Path | None = None) -> Registry:
+    try:
+        return load_workflows(source, templates_dir=templates_dir)
+    except (WorkflowDefinitionError, FileNotFoundError, ModuleNotFoundError) as exc:
+        fail(f"workflows {source}: {exc}")

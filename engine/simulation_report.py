@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from engine.simulator import SimulationResult
+from engine.simulation_results import SimulationResult
 
 COLOURS = (
     "#4e79a7",
@@ -65,9 +65,11 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
         cells = []
         for r in results:
             entered, converted = r.goals.get(key, (0, 0))
-            cells.append(
-                f"{converted}/{entered} ({_pct(converted / entered if entered else None)})"
-            )
+            if key in r.without_goal:
+                cells.append(f"-/{entered} (no goal)")
+            else:
+                rate = converted / entered if entered else None
+                cells.append(f"{converted}/{entered} ({_pct(rate)})")
         goals.add_row(key, *cells)
     console.print(goals)
 
@@ -165,7 +167,9 @@ def _flow_svg(result: SimulationResult) -> str:
 
 def _goals_table(result: SimulationResult) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>{converted}</td>"
+        f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>-</td><td>no goal</td></tr>"
+        if name in result.without_goal
+        else f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>{converted}</td>"
         f"<td>{_pct(converted / entered if entered else None)}</td></tr>"
         for name, (entered, converted) in result.goals.items()
     )

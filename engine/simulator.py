@@ -15,73 +15,36 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import itertools
-import json
 import multiprocessing as mp
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, SQLModel, select
 
 from connectors.email import EmailConnector, EmailMessage, SendResult
 from connectors.email.sendgrid import Recipient
 from engine.clock import VirtualClock
 from engine.db import make_engine, transaction
-from engine.models import Action, Contact, Enrollment, StageTransition
+from engine.models import Action, Contact
 from engine.recording_batch import record_batch
 from engine.registry import Registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
+from engine.simulation_profile import Profile, ProfileError
+from engine.simulation_results import ShardPart, SimulationResult, count_shard, merge_shards
 from engine.virtual_time import advance_to, settle
-
-# --- the behaviour profile ----------------------------------------------------------------
-
-DEFAULT_BEHAVIOUR: dict[str, dict[str, float]] = {
-    "awareness": {"page.viewed": 0.15, "content.downloaded": 0.08, "webinar.attended": 0.03,
-                  "demo.requested": 0.01, "trial.started": 0.012},
-    "consideration": {"page.viewed": 0.12, "content.downloaded": 0.04, "demo.requested": 0.05,
-                      "trial.started": 0.06},
-    "decision": {"page.viewed": 0.1, "order.completed": 0.06},
-    "purchase": {"product.activated": 0.3},
-    "onboarding": {"product.activated": 0.15, "product.used": 0.2,
-                   "subscription.cancelled": 0.004},
-    "engagement": {"product.used": 0.2, "subscription.renewed": 0.02, "nps.answered": 0.01,
-                   "product.inactive": 0.01, "subscription.cancelled": 0.004},
-    "retention": {"product.used": 0.2, "order.completed": 0.03, "nps.answered": 0.01,
-                  "product.inactive": 0.01, "subscription.cancelled": 0.003},
-    "loyalty": {"product.used": 0.2, "nps.answered": 0.03, "subscription.cancelled": 0.002},
-    "advocacy": {"product.used": 0.2},
-    "churned": {"order.completed": 0.005},
-}  # fmt: skip
-
-# An email with this template multiplies the daily chance of an event, for ``days`` days.
-DEFAULT_REACTIONS: dict[str, dict[str, Any]] = {
-    "trial_offer": {"boost": {"trial.started": 3.0, "order.completed": 1.5}, "days": 7},
-    "trial_invitation": {"boost": {"trial.started": 3.0}, "days": 7},
-    "trial_reminder": {"boost": {"order.completed": 2.0}, "days": 5},
-    "trial_nudge": {"boost": {"order.completed": 1.5}, "days": 5},
-    "demo_invitation": {"boost": {"demo.requested": 3.0}, "days": 7},
-    "comparison_guide": {"boost": {"trial.started": 1.5}, "days": 7},
-    "onboarding_welcome": {"boost": {"product.activated": 1.5}, "days": 5},
-    "onboarding_help": {"boost": {"product.activated": 2.0}, "days": 5},
-    "winback": {"boost": {"product.used": 2.0, "subscription.cancelled": 0.5}, "days": 10},
-    "winback_offer": {"boost": {"order.completed": 2.0}, "days": 10},
-    "renewal_reminder": {"boost": {"subscription.renewed": 3.0}, "days": 10},
-    "nps_survey": {"boost": {"nps.answered": 25.0}, "days": 3},
-}  # fmt: skip
 
 PLANS = (("starter", 49), ("team", 149), ("business", 499))
 ZONES = (
@@ -94,65 +57,28 @@ ZONES = (
 )
 
 
-@dataclass(frozen=True)
-class Profile:
-    behaviour: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: DEFAULT_BEHAVIOUR)
-    reactions: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: DEFAULT_REACTIONS)
-    open_rate: float = 0.35
-    click_rate: float = 0.08  # of all delivered, not of opens
-    promoter_share: float = 0.45
-    detractor_share: float = 0.15
-    new_contacts_share_day0: float = 0.3  # the rest arrive spread over the run
-
-    @classmethod
-    def from_file(cls, path: Path) -> Profile:
-        data = json.loads(path.read_text())
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown profile keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-
-# --- results ------------------------------------------------------------------------------
-
-
-@dataclass
-class FunnelRow:
-    stage: str
-    reached: int
-    conversion: float | None  # reached / reached of the stage before, in journey order
-    median_days_in_stage: float | None
-
-
-@dataclass
-class SimulationResult:
-    label: str
-    contacts: int
-    days: int
-    seed: int
-    events: int
-    seconds: float
-    funnel: list[FunnelRow]
-    emails: dict[str, int]  # "workflow:step" -> sent
-    goals: dict[str, tuple[int, int]]  # workflow -> (entered, converted)
-    variants: dict[str, tuple[int, int]]  # "workflow:split=variant" -> (entered, converted)
-    daily: list[dict[str, int]]  # per day: stage -> contacts
-    stages: list[str]
-
-
 # --- running --------------------------------------------------------------------------------
 
 
-def load_workflows(source: str | Path) -> Registry:
-    """A module name (``workflows``) or a folder holding a workflows package."""
+def load_workflows(source: str | Path, *, templates_dir: Path | None = None) -> Registry:
+    """A module name (``workflows``) or a folder holding a workflows package.
+
+    A folder loads as a package of its own, under a name of its own, so a copy of
+    ``workflows/`` runs its own modules, provided they import each other relatively
+    (``from .common import later``), as the shipped ones do. Its email templates are its
+    ``templates/`` unless ``templates_dir`` says otherwise."""
     path = Path(source)
     if not path.is_dir():
-        return load_registry(str(source))
+        if isinstance(source, Path) or "/" in source or os.sep in source:
+            raise FileNotFoundError(f"no folder {str(source)!r}")
+        return load_registry(source, templates_dir=templates_dir)
     init = path / "__init__.py"
     if not init.exists():
         raise FileNotFoundError(f"{path} has no __init__.py: not a workflows package")
     name = f"_journeyline_sim_{abs(hash(str(path.resolve())))}"
+    # Loaded before (the folder may have changed since): its modules are imported afresh.
+    for loaded in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+        del sys.modules[loaded]
     spec = importlib.util.spec_from_file_location(
         name, init, submodule_search_locations=[str(path)]
     )
@@ -160,7 +86,26 @@ def load_workflows(source: str | Path) -> Registry:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return registry_from_module(module, templates_dir=path / "templates")
+    return registry_from_module(module, templates_dir=templates_dir or path / "templates")
+
+
+def same_workflows(first: Registry, second: Registry) -> bool:
+    """Whether two registries hold the same workflows, each at the same version."""
+    return {name: w.version for name, w in first.workflows.items()} == {
+        name: w.version for name, w in second.workflows.items()
+    }
+
+
+def defined_outside(registry: Registry, folder: str | Path) -> list[str]:
+    """The workflows of ``registry`` built by code outside ``folder``, as ``name (file:line)``.
+    A copied package whose modules import the original absolutely (``from workflows.common
+    import ...``) runs the original's workflows, not its own."""
+    inside = Path(folder).resolve()
+    return [
+        f"{name} ({w.source})"
+        for name, w in registry.workflows.items()
+        if w.source and not Path(w.source.rpartition(":")[0]).resolve().is_relative_to(inside)
+    ]
 
 
 SHARD_CONTACTS = 5_000
@@ -200,18 +145,22 @@ def simulate(
     each with its own database and its own random stream seeded from ``seed`` and the
     shard's number; ``processes`` > 1 runs shards in parallel worker processes. The result
     depends on the seed, the sizes and the profile, never on ``processes``.
-    ``on_progress(done, total)`` counts shard-days.
+    ``on_progress(done, total)`` counts shard-days. A profile naming a stage or event type
+    the registry does not know raises ``ProfileError`` before anything runs.
     """
     if contacts < 1 or days < 1 or shard_contacts < 1:
         raise ValueError("contacts, days and shard_contacts must be at least 1")
     profile = profile or Profile()
+    problems = profile.registry_problems(registry)
+    if problems:
+        raise ProfileError(problems)
     started = time.perf_counter()
     shards = [
         (first, min(shard_contacts, contacts - first))
         for first in range(0, contacts, shard_contacts)
     ]
     total = len(shards) * days
-    parts: list[_Part]
+    parts: list[ShardPart]
     if processes <= 1 or len(shards) == 1 or "fork" not in mp.get_all_start_methods():
         done = 0
 
@@ -228,7 +177,7 @@ def simulate(
             ]
     else:
         parts = _run_in_processes(registry, profile, seed, shards, days, processes, on_progress)
-    return _merge(parts, registry, label, contacts, days, seed, time.perf_counter() - started)
+    return merge_shards(parts, registry, label, contacts, days, seed, time.perf_counter() - started)
 
 
 # The state forked worker processes inherit (a registry holds callables: never pickled).
@@ -243,7 +192,7 @@ def _run_in_processes(
     days: int,
     processes: int,
     on_progress: Callable[[int, int], None] | None,
-) -> list[_Part]:
+) -> list[ShardPart]:
     context = mp.get_context("fork")
     days_done = context.SimpleQueue()
     _FORKED.update(registry=registry, profile=profile, queue=days_done)
@@ -268,7 +217,7 @@ def _run_in_processes(
         _FORKED.clear()
 
 
-def _forked_shard(seed: int, shard: int, first: int, count: int, days: int) -> _Part:
+def _forked_shard(seed: int, shard: int, first: int, count: int, days: int) -> ShardPart:
     queue = _FORKED["queue"]
     with _fewer_collections():
         return _run_shard(
@@ -368,7 +317,7 @@ def _run_shard(
     count: int,
     days: int,
     day_done: Callable[[], None],
-) -> _Part:
+) -> ShardPart:
     folder = Path(tempfile.mkdtemp(prefix="journeyline-simulate-"))
     rng = random.Random(f"{seed}:{shard}")
     url = f"sqlite:///{folder / 'sim.db'}"
@@ -443,7 +392,7 @@ def _run_shard(
             settle(runtime, clock)
             daily.append(Counter(_stages(runtime).values()))
             day_done()
-        return _part(runtime, registry, events, daily)
+        return count_shard(runtime, registry, events, daily)
     finally:
         runtime.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -567,151 +516,3 @@ def _track_all(runtime: Runtime, batch: list[_Tracked]) -> None:
 def _stages(runtime: Runtime) -> dict[str, str]:
     with Session(runtime.db) as session:
         return dict(session.exec(select(Contact.email, Contact.stage)).all())  # type: ignore[arg-type]
-
-
-# --- the report -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Part:
-    """What one shard found, in a form shards add up from (and a process can return)."""
-
-    events: int
-    furthest: Counter[int]  # furthest stage rank (journey order) -> contacts
-    exits: Counter[str]  # exit stage (churned) -> contacts who reached it
-    durations: dict[str, list[float]]  # stage -> days spent there, per completed stay
-    emails: Counter[str]  # "workflow:step" -> sent
-    goals: dict[str, list[int]]  # workflow -> [entered, converted]
-    variants: dict[str, list[int]]  # "workflow:split=variant" -> [entered, converted]
-    daily: list[Counter[str]]
-
-
-def _part(runtime: Runtime, registry: Registry, events: int, daily: list[Counter[str]]) -> _Part:
-    """Add up a finished shard, streaming its rows (a contact's path at a time), so the peak
-    memory of the report does not grow with the days simulated."""
-    stages = list(registry.journey.stage_names)
-    order = {stage: i for i, stage in enumerate(stages)}
-    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
-    durations: dict[str, list[float]] = defaultdict(list)
-    furthest: Counter[int] = Counter()
-    exits: Counter[str] = Counter()
-    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    emails: Counter[str] = Counter()
-
-    def add_path(path: list[tuple[str, datetime]]) -> None:
-        for (stage, entered), (_next, left) in itertools.pairwise(path):
-            durations[stage].append((left - entered).total_seconds() / 86400)
-        # A funnel counts a contact at every stage up to the furthest they reached: skipping
-        # consideration on the way to a trial still passed through it, as funnels are read.
-        ranks = [order[stage] for stage, _ in path if stage not in exit_stages]
-        if ranks:
-            furthest[max(ranks)] += 1
-        exits.update({stage for stage, _ in path if stage in exit_stages})
-
-    streamed = {"yield_per": 2000}
-    with Session(runtime.db) as session:
-        moves = session.execute(
-            select(StageTransition.contact_id, StageTransition.to_stage, StageTransition.at)
-            .order_by(
-                col(StageTransition.contact_id), col(StageTransition.at), col(StageTransition.id)
-            )
-            .execution_options(**streamed)
-        )
-        current: int | None = None
-        path: list[tuple[str, datetime]] = []
-        for contact_id, stage, at in moves:
-            if contact_id != current and path:
-                add_path(path)
-                path = []
-            current = contact_id
-            path.append((stage, at))
-        if path:
-            add_path(path)
-        enrollments = session.execute(
-            select(Enrollment.workflow, Enrollment.status, Enrollment.context).execution_options(
-                **streamed
-            )
-        )
-        for workflow, status, context in enrollments:
-            goals[workflow][0] += 1
-            goals[workflow][1] += status == "converted"
-            for split_id, variant in (context.get("variants") or {}).items():
-                key = f"{workflow}:{split_id}={variant}"
-                variants[key][0] += 1
-                variants[key][1] += status == "converted"
-        sent = session.execute(
-            select(Action.reason)
-            .where(Action.kind == "email", Action.status == "sent")
-            .execution_options(**streamed)
-        )
-        for (reason,) in sent:
-            emails[f"{reason.get('workflow')}:{reason.get('step')}"] += 1
-    return _Part(
-        events=events,
-        furthest=furthest,
-        exits=exits,
-        durations=dict(durations),
-        emails=emails,
-        goals=dict(goals),
-        variants=dict(variants),
-        daily=daily,
-    )
-
-
-def _merge(
-    parts: list[_Part],
-    registry: Registry,
-    label: str,
-    contacts: int,
-    days: int,
-    seed: int,
-    seconds: float,
-) -> SimulationResult:
-    stages = list(registry.journey.stage_names)
-    order = {stage: i for i, stage in enumerate(stages)}
-    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
-    furthest: Counter[int] = Counter()
-    exits: Counter[str] = Counter()
-    durations: dict[str, list[float]] = defaultdict(list)
-    emails: Counter[str] = Counter()
-    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    daily: list[Counter[str]] = [Counter() for _ in range(days)]
-    for part in parts:
-        furthest.update(part.furthest)
-        exits.update(part.exits)
-        for stage, spans in part.durations.items():
-            durations[stage].extend(spans)
-        emails.update(part.emails)
-        for into, found in ((goals, part.goals), (variants, part.variants)):
-            for key, (entered, converted) in found.items():
-                into[key][0] += entered
-                into[key][1] += converted
-        for total, today in zip(daily, part.daily, strict=True):
-            total.update(today)
-    funnel = []
-    previous: int | None = None
-    for stage in stages:
-        if stage in exit_stages:
-            funnel.append(FunnelRow(stage, exits.get(stage, 0), None, None))
-            continue
-        count = sum(n for rank, n in furthest.items() if rank >= order[stage])
-        conversion = (count / previous) if previous else None
-        median = statistics.median(durations[stage]) if durations[stage] else None
-        funnel.append(FunnelRow(stage, count, conversion, median))
-        previous = count
-    return SimulationResult(
-        label=label,
-        contacts=contacts,
-        days=days,
-        seed=seed,
-        events=sum(p.events for p in parts),
-        seconds=seconds,
-        funnel=funnel,
-        emails=dict(sorted(emails.items())),
-        goals={k: (v[0], v[1]) for k, v in sorted(goals.items())},
-        variants={k: (v[0], v[1]) for k, v in sorted(variants.items())},
-        daily=[dict(d) for d in daily],
-        stages=stages,
-    )

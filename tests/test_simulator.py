@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from engine import simulator, virtual_time
 from engine.cli import _register_subcommands, app
 from engine.runtime import Runtime
-from engine.simulation_report import html_report
-from engine.simulator import Profile, SimulationResult, load_workflows, simulate
+from engine.simulation_profile import Profile, ProfileError
+from engine.simulation_report import html_report, print_results
+from engine.simulation_results import SimulationResult
+from engine.simulator import load_workflows, simulate
 
 _register_subcommands()
 REPO = Path(__file__).parent.parent
@@ -141,13 +147,235 @@ def test_compare_runs_two_workflow_folders_side_by_side(tmp_path: Path) -> None:
 
 
 def test_a_profile_file_with_a_typo_is_refused(tmp_path: Path) -> None:
-    bad = tmp_path / "profile.json"
+    bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"open_rte": 0.5}))
-    with pytest.raises(ValueError, match="unknown profile keys"):
+    with pytest.raises(ProfileError, match="unknown profile keys"):
         Profile.from_file(bad)
     result = CliRunner().invoke(app, ["simulate", "--profile", str(bad), "--days", "1"])
     assert result.exit_code == 2
     assert "open_rte" in result.output
+    assert _flat(result.output).count("bad.json") == 1  # not "profile bad.json: bad.json: ..."
+
+
+def _flat(text: str) -> str:
+    """``text`` without its white space: the terminal wraps long messages where it likes."""
+    return "".join(text.split())
+
+
+def test_a_partial_profile_overrides_only_what_it_gives(tmp_path: Path) -> None:
+    given = tmp_path / "partial.json"
+    given.write_text(
+        json.dumps(
+            {
+                "behaviour": {
+                    "awareness": {"trial.started": 0.05},
+                    "decision": {"order.completed": 0},  # 0: this one event never happens
+                },
+                "reactions": {
+                    "trial_offer": {"boost": {"trial.started": 5}, "days": 3},
+                    "winback": None,
+                },
+                "open_rate": 0.5,
+            }
+        )
+    )
+    profile = Profile.from_file(given)
+    default = Profile()
+    assert profile.behaviour["awareness"] == {
+        **default.behaviour["awareness"],
+        "trial.started": 0.05,
+    }
+    assert profile.behaviour["decision"] == {"page.viewed": 0.1}
+    assert all(
+        profile.behaviour[stage] == events
+        for stage, events in default.behaviour.items()
+        if stage not in ("awareness", "decision")
+    )
+    assert profile.reactions["trial_offer"] == {"boost": {"trial.started": 5}, "days": 3}
+    assert "winback" not in profile.reactions
+    assert profile.reactions["nps_survey"] == default.reactions["nps_survey"]
+    assert (profile.open_rate, profile.click_rate) == (0.5, default.click_rate)
+    assert Profile.from_dict({}) == default
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"open_rate": 1.6}, "open_rate: 1.6 is not a share: use a number from 0 to 1"),
+        ({"promoter_share": "high"}, "promoter_share: 'high' is not a share"),
+        (
+            {"behaviour": {"awareness": {"page.viewed": 2}}},
+            'behaviour["awareness"]["page.viewed"]: 2 is not a daily chance: use a number '
+            "from 0 to 1",
+        ),
+        (
+            {"open_rate": 0.3, "click_rate": 0.5},
+            "click_rate: 0.5 is more than open_rate 0.3: a click needs an open",
+        ),
+        ({"behaviour": {"awareness": 0.1}}, "behaviour: not a table of stage -> {event:"),
+        (
+            {"reactions": {"trial_offer": {"boost": {"trial.started": -1}, "days": 7}}},
+            'reactions["trial_offer"]["boost"]["trial.started"]: -1 is not a factor',
+        ),
+        (
+            {"reactions": {"trial_offer": {"boost": {}}}},
+            'reactions["trial_offer"]: not {"boost": {event: factor}, "days": n}',
+        ),
+        ([0.5], "a profile is a JSON object, not list"),
+    ],
+)
+def test_profile_values_out_of_range_are_refused_naming_the_key(data: Any, message: str) -> None:
+    with pytest.raises(ProfileError) as refused:
+        Profile.from_dict(data)
+    assert message in str(refused.value)
+
+
+def test_a_profile_naming_an_unknown_stage_or_event_is_refused_when_the_run_starts(
+    tmp_path: Path,
+) -> None:
+    registry = load_workflows("workflows")
+    typos = {"awarenes": {"page.viewed": 0.1}, "decision": {"x.y": 0.2}}
+    profile = Profile.from_dict({"behaviour": typos})
+    with pytest.raises(ProfileError) as refused:
+        simulate(registry, contacts=2, days=1, profile=profile)
+    assert sorted(refused.value.problems) == [
+        f'behaviour["awarenes"]: unknown stage; stages: {", ".join(registry.journey.stage_names)}',
+        f'behaviour["decision"]["x.y"]: unknown event type; known: '
+        f"{', '.join(sorted(registry.events))}",
+    ]
+    assert "trial.started" in registry.events and "awareness" in registry.journey.stage_names
+    assert Profile().registry_problems(registry) == []
+    bad = tmp_path / "typo.json"
+    bad.write_text(json.dumps({"behaviour": typos}))
+    result = CliRunner().invoke(app, ["simulate", "--profile", str(bad), "--days", "1"])
+    assert result.exit_code == 2, result.output
+    assert _flat('behaviour["awarenes"]: unknown stage; stages: awareness,') in _flat(result.output)
+    assert _flat('behaviour["decision"]["x.y"]: unknown event type') in _flat(result.output)
+
+
+def test_the_defaults_for_stages_another_journey_lacks_are_not_refused() -> None:
+    """The default profile is written for the shipped journey; a registry with fewer stages
+    simply never sees those entries, unless a profile changes them."""
+    registry = load_workflows("workflows")
+    narrower = dataclasses.replace(
+        registry,
+        journey=dataclasses.replace(
+            registry.journey,
+            stages=tuple(s for s in registry.journey.stages if s.name != "advocacy"),
+        ),
+    )
+    assert "advocacy" not in narrower.journey.stage_names
+    assert Profile().registry_problems(narrower) == []
+    changed = Profile.from_dict({"behaviour": {"advocacy": {"product.used": 0.5}}})
+    assert changed.registry_problems(narrower) == [
+        f'behaviour["advocacy"]: unknown stage; stages: {", ".join(narrower.journey.stage_names)}'
+    ]
+
+
+def test_the_simulate_command_uses_the_configured_workflows_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNEYLINE_WORKFLOWS", "nosuch")
+    configured = CliRunner().invoke(app, ["simulate", "--contacts", "2", "--days", "1"])
+    assert configured.exit_code == 2
+    assert "workflows nosuch:" in configured.output and "'nosuch'" in configured.output
+    told = CliRunner().invoke(
+        app, ["simulate", "--contacts", "2", "--days", "1", "--workflows", "workflows"]
+    )
+    assert told.exit_code == 0, told.output
+    missing = CliRunner().invoke(app, ["simulate", "--days", "1", "--workflows", "nosuch/"])
+    assert missing.exit_code == 2
+    assert "no folder 'nosuch/'" in missing.output
+
+
+def test_workflows_without_a_goal_show_no_goal_rather_than_no_conversions() -> None:
+    registry = load_workflows("workflows")
+    run = simulate(registry, contacts=5, days=1, seed=1)
+    assert run.without_goal == {name for name, w in registry.workflows.items() if not w.goals}
+    assert {
+        "engagement_education",
+        "nps_survey",
+        "purchase_thanks",
+        "loyalty_reward",
+        "advocacy_referral",
+    } <= run.without_goal
+    assert "awareness_nurture" not in run.without_goal
+    shown = dataclasses.replace(
+        run,
+        emails={},
+        goals={"awareness_nurture": (200, 92), "purchase_thanks": (67, 0)},
+        without_goal=frozenset({"purchase_thanks"}),
+    )
+    console = Console(file=io.StringIO(), record=True, width=120)
+    print_results([shown], console)
+    lines = console.export_text().splitlines()
+    assert "92/200 (46%)" in next(line for line in lines if "awareness_nurture" in line)
+    thanks = next(line for line in lines if "purchase_thanks" in line)
+    assert "-/67 (no goal)" in thanks and "0%" not in thanks
+    page = html_report([shown])
+    assert "<td>purchase_thanks</td><td>67</td><td>-</td><td>no goal</td>" in page
+    assert "<td>awareness_nurture</td><td>200</td><td>92</td><td>46%</td>" in page
+
+
+def test_a_copied_workflows_folder_runs_its_own_modules(tmp_path: Path) -> None:
+    copy = tmp_path / "workflows_b"
+    shutil.copytree(REPO / "workflows", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    original = load_workflows("workflows")
+    assert load_workflows(copy).workflows["awareness_nurture"].version == (
+        original.workflows["awareness_nurture"].version
+    )
+    # Given the copy's awareness module (not its __init__) changed after it was loaded once
+    module = copy / "awareness.py"
+    module.write_text(
+        module.read_text().replace(
+            'send_email("welcome", id="welcome")', 'send_email("welcome", id="hello")'
+        )
+    )
+    assert load_workflows(copy).workflows["awareness_nurture"].version != (
+        original.workflows["awareness_nurture"].version
+    )
+    args = ["simulate", "--contacts", "10", "--days", "2", "--seed", "2", "--compare"]
+    result = CliRunner().invoke(app, [*args, "workflows", str(copy)])
+    assert result.exit_code == 0, result.output
+    # Then the emails table shows the step under its new id, for the copy only
+    sent = {
+        step: [int(n) for n in re.findall(r"\b\d+\b", line)]
+        for line in result.output.splitlines()
+        for step in ("awareness_nurture:hello", "awareness_nurture:welcome")
+        if step in line
+    }
+    welcomes = sent["awareness_nurture:welcome"][0]
+    assert welcomes > 0
+    assert sent == {
+        "awareness_nurture:welcome": [welcomes, 0],
+        "awareness_nurture:hello": [0, welcomes],
+    }
+    assert "warning" not in result.output
+
+
+def test_compare_warns_when_both_sides_are_the_same_workflows(tmp_path: Path) -> None:
+    copy = tmp_path / "workflows_b"
+    shutil.copytree(REPO / "workflows", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    args = ["simulate", "--contacts", "2", "--days", "1", "--compare", "workflows", str(copy)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _flat("hold the same workflows, each at the same version") in _flat(result.output)
+    assert "defined outside" not in result.output
+
+
+def test_a_copied_folder_that_imports_the_original_is_flagged(tmp_path: Path) -> None:
+    copy = tmp_path / "workflows_b"
+    shutil.copytree(REPO / "workflows", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    init = copy / "__init__.py"
+    init.write_text(init.read_text().replace("from . import (", "from workflows import ("))
+    assert simulator.defined_outside(load_workflows(copy), copy)
+    result = CliRunner().invoke(
+        app, ["simulate", "--contacts", "2", "--days", "1", "--workflows", str(copy)]
+    )
+    assert result.exit_code == 0, result.output
+    flat = _flat(result.output)
+    assert _flat("runs workflows defined outside it: awareness_nurture (") in flat
+    assert _flat(f"{REPO / 'workflows' / 'awareness.py'}:") in flat
 
 
 def test_the_html_report_is_one_page() -> None:

@@ -7,7 +7,8 @@ package with the same names.
 """
 
 from engine import Guardrails, at_most, quiet_hours
-from workflows import (
+
+from . import (
     advocacy,
     awareness,
     consideration,
@@ -19,8 +20,8 @@ from workflows import (
     purchase,
     retention,
 )
-from workflows.rules import RULES
-from workflows.stages import JOURNEY
+from .rules import RULES
+from .stages import JOURNEY
 
 WORKFLOWS = [
     *awareness.WORKFLOWS,

@@ -7,7 +7,8 @@ a few days later ask for a review unless they already wrote one.
 from datetime import timedelta
 
 from engine import Workflow, branch, did_event, on_stage_entered, send_email, wait_for_event
-from workflows.common import later
+
+from .common import later
 
 ADVOCACY = Workflow(
     "advocacy_referral",

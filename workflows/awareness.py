@@ -7,7 +7,8 @@ any other move out of awareness (a trial, a demo request) ends it as "left stage
 """
 
 from engine import Workflow, on_stage_entered, send_email, wait
-from workflows.common import later
+
+from .common import later
 
 AWARENESS_NURTURE = Workflow(
     "awareness_nurture",

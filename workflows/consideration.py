@@ -8,8 +8,9 @@ prices. Starting a trial or asking for a demo (decision), or buying, ends it as 
 from datetime import timedelta
 
 from engine import Workflow, create_crm_task, on_stage_entered, send_email, wait
-from workflows.common import later
-from workflows.stages import MQL_THRESHOLD
+
+from .common import later
+from .stages import MQL_THRESHOLD
 
 CONSIDERATION = Workflow(
     "consideration_compare",

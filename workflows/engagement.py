@@ -8,7 +8,8 @@ and stops if they churn.
 from datetime import timedelta
 
 from engine import Workflow, add_tag, on_stage_entered, send_email, wait_for_event
-from workflows.common import later
+
+from .common import later
 
 ENGAGEMENT = Workflow(
     "engagement_education",

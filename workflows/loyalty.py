@@ -13,7 +13,8 @@ from engine import (
     send_email,
     stage_in,
 )
-from workflows.common import CUSTOMER_STAGES, later
+
+from .common import CUSTOMER_STAGES, later
 
 LOYALTY = Workflow(
     "loyalty_reward",

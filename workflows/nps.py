@@ -35,7 +35,8 @@ from engine import (
     stage_in,
     wait_for_event,
 )
-from workflows.common import ACTIVE_CUSTOMER_STAGES
+
+from .common import ACTIVE_CUSTOMER_STAGES
 
 SURVEY_EVERY = timedelta(days=90)
 USING_THE_PRODUCT = Segment(

@@ -20,7 +20,8 @@ from engine import (
     send_email,
     wait_for_event,
 )
-from workflows.common import later
+
+from .common import later
 
 ORDER = Workflow(
     "purchase_thanks",

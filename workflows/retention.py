@@ -27,7 +27,8 @@ from engine import (
     wait_until_date,
 )
 from engine.workflow import EventReceived
-from workflows.common import ACTIVE_CUSTOMER_STAGES, CUSTOMER_STAGES
+
+from .common import ACTIVE_CUSTOMER_STAGES, CUSTOMER_STAGES
 
 WINBACK = Workflow(
     "retention_winback",

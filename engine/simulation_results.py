@@ -1,0 +1,196 @@
+"""What a simulation found: each shard's counts read from its database as it ends
+(``count_shard``, streaming, so memory does not grow with the simulated days), added up
+across shards (``merge_shards``) into a ``SimulationResult``: funnel, emails per step, goals
+per workflow and per A/B variant, stages per day."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from engine.models import Action, Enrollment, StageTransition
+from engine.registry import Registry
+from engine.runtime import Runtime
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class FunnelRow:
+    stage: str
+    reached: int
+    conversion: float | None  # reached / reached of the stage before, in journey order
+    median_days_in_stage: float | None
+
+
+@dataclass
+class SimulationResult:
+    label: str
+    contacts: int
+    days: int
+    seed: int
+    events: int
+    seconds: float
+    funnel: list[FunnelRow]
+    emails: dict[str, int]  # "workflow:step" -> sent
+    goals: dict[str, tuple[int, int]]  # workflow -> (entered, converted)
+    variants: dict[str, tuple[int, int]]  # "workflow:split=variant" -> (entered, converted)
+    daily: list[dict[str, int]]  # per day: stage -> contacts
+    stages: list[str]
+    without_goal: frozenset[str] = frozenset()  # workflows with no goal: none can convert
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardPart:
+    """What one shard found, in a form shards add up from (and a process can return)."""
+
+    events: int
+    furthest: Counter[int]  # furthest stage rank (journey order) -> contacts
+    exits: Counter[str]  # exit stage (churned) -> contacts who reached it
+    durations: dict[str, list[float]]  # stage -> days spent there, per completed stay
+    emails: Counter[str]  # "workflow:step" -> sent
+    goals: dict[str, list[int]]  # workflow -> [entered, converted]
+    variants: dict[str, list[int]]  # "workflow:split=variant" -> [entered, converted]
+    daily: list[Counter[str]]
+
+
+def count_shard(
+    runtime: Runtime, registry: Registry, events: int, daily: list[Counter[str]]
+) -> ShardPart:
+    """Add up a finished shard, streaming its rows (a contact's path at a time), so the peak
+    memory of the report does not grow with the days simulated."""
+    stages = list(registry.journey.stage_names)
+    order = {stage: i for i, stage in enumerate(stages)}
+    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
+    durations: dict[str, list[float]] = defaultdict(list)
+    furthest: Counter[int] = Counter()
+    exits: Counter[str] = Counter()
+    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    emails: Counter[str] = Counter()
+
+    def add_path(path: list[tuple[str, datetime]]) -> None:
+        for (stage, entered), (_next, left) in itertools.pairwise(path):
+            durations[stage].append((left - entered).total_seconds() / 86400)
+        # A funnel counts a contact at every stage up to the furthest they reached: skipping
+        # consideration on the way to a trial still passed through it, as funnels are read.
+        ranks = [order[stage] for stage, _ in path if stage not in exit_stages]
+        if ranks:
+            furthest[max(ranks)] += 1
+        exits.update({stage for stage, _ in path if stage in exit_stages})
+
+    streamed = {"yield_per": 2000}
+    with Session(runtime.db) as session:
+        moves = session.execute(
+            select(StageTransition.contact_id, StageTransition.to_stage, StageTransition.at)
+            .order_by(
+                col(StageTransition.contact_id), col(StageTransition.at), col(StageTransition.id)
+            )
+            .execution_options(**streamed)
+        )
+        current: int | None = None
+        path: list[tuple[str, datetime]] = []
+        for contact_id, stage, at in moves:
+            if contact_id != current and path:
+                add_path(path)
+                path = []
+            current = contact_id
+            path.append((stage, at))
+        if path:
+            add_path(path)
+        enrollments = session.execute(
+            select(Enrollment.workflow, Enrollment.status, Enrollment.context).execution_options(
+                **streamed
+            )
+        )
+        for workflow, status, context in enrollments:
+            goals[workflow][0] += 1
+            goals[workflow][1] += status == "converted"
+            for split_id, variant in (context.get("variants") or {}).items():
+                key = f"{workflow}:{split_id}={variant}"
+                variants[key][0] += 1
+                variants[key][1] += status == "converted"
+        sent = session.execute(
+            select(Action.reason)
+            .where(Action.kind == "email", Action.status == "sent")
+            .execution_options(**streamed)
+        )
+        for (reason,) in sent:
+            emails[f"{reason.get('workflow')}:{reason.get('step')}"] += 1
+    return ShardPart(
+        events=events,
+        furthest=furthest,
+        exits=exits,
+        durations=dict(durations),
+        emails=emails,
+        goals=dict(goals),
+        variants=dict(variants),
+        daily=daily,
+    )
+
+
+def merge_shards(
+    parts: list[ShardPart],
+    registry: Registry,
+    label: str,
+    contacts: int,
+    days: int,
+    seed: int,
+    seconds: float,
+) -> SimulationResult:
+    stages = list(registry.journey.stage_names)
+    order = {stage: i for i, stage in enumerate(stages)}
+    exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
+    furthest: Counter[int] = Counter()
+    exits: Counter[str] = Counter()
+    durations: dict[str, list[float]] = defaultdict(list)
+    emails: Counter[str] = Counter()
+    goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    daily: list[Counter[str]] = [Counter() for _ in range(days)]
+    for part in parts:
+        furthest.update(part.furthest)
+        exits.update(part.exits)
+        for stage, spans in part.durations.items():
+            durations[stage].extend(spans)
+        emails.update(part.emails)
+        for into, found in ((goals, part.goals), (variants, part.variants)):
+            for key, (entered, converted) in found.items():
+                into[key][0] += entered
+                into[key][1] += converted
+        for total, today in zip(daily, part.daily, strict=True):
+            total.update(today)
+    funnel = []
+    previous: int | None = None
+    for stage in stages:
+        if stage in exit_stages:
+            funnel.append(FunnelRow(stage, exits.get(stage, 0), None, None))
+            continue
+        count = sum(n for rank, n in furthest.items() if rank >= order[stage])
+        conversion = (count / previous) if previous else None
+        median = statistics.median(durations[stage]) if durations[stage] else None
+        funnel.append(FunnelRow(stage, count, conversion, median))
+        previous = count
+    return SimulationResult(
+        label=label,
+        contacts=contacts,
+        days=days,
+        seed=seed,
+        events=sum(p.events for p in parts),
+        seconds=seconds,
+        funnel=funnel,
+        emails=dict(sorted(emails.items())),
+        goals={k: (v[0], v[1]) for k, v in sorted(goals.items())},
+        variants={k: (v[0], v[1]) for k, v in sorted(variants.items())},
+        daily=[dict(d) for d in daily],
+        stages=stages,
+        without_goal=frozenset(n for n, w in registry.workflows.items() if not w.goals),
+    )
