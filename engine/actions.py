@@ -425,3 +425,99 @@ def _finish(
     action.completed_at = now
     action.updated_at = now
     keep(session, action)
+
+
+@dataclass
+class Retried:
+    """What ``retry_actions`` did: the actions put back to pending (marketing ones apart,
+    as the dispatcher queues them), and those it refused with the reason."""
+
+    marketing: list[int]
+    transactional: list[int]
+    refused: dict[int, str]
+    was_unknown: list[int]  # retried although a provider may already have accepted them
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.marketing + self.transactional)
+
+
+RETRYABLE = (ActionStatus.FAILED,)
+NEVER_RETRIED = (ActionStatus.SENT, ActionStatus.SKIPPED)
+
+
+def retry_actions(
+    session: Session,
+    *,
+    ids: Sequence[int] = (),
+    failed: bool = False,
+    kind: str | None = None,
+    since: datetime | None = None,
+    unknown_ok: bool = False,
+    now: datetime,
+    lease: timedelta,
+) -> Retried:
+    """Put failed actions back to ``pending`` for a fresh run of attempts, after their cause
+    was fixed (a wrong API key failed every email). ``ids`` names actions; ``failed`` adds
+    every failed one (updated at or after ``since``, of ``kind``, when given).
+
+    Each keeps its idempotency key; its attempts restart from 0, it is due now with a
+    dispatch lease (the sweeper hands it out if no message does), and ``reason["retries"]``
+    notes the retry and the status and error it had. ``unknown`` actions (a worker stopped
+    mid-send, the provider may have accepted it) are refused unless ``unknown_ok``; sent
+    and skipped ones, and those not finished, are never touched. The caller enqueues them.
+    """
+    retryable = [*RETRYABLE, ActionStatus.UNKNOWN] if unknown_ok else list(RETRYABLE)
+    found: dict[int, Action] = {}
+    if ids:
+        named = select(Action).where(col(Action.id).in_(sorted(set(ids)))).with_for_update()
+        found.update((a.id, a) for a in session.exec(named) if a.id is not None)
+    if failed:
+        query = select(Action).where(Action.status == ActionStatus.FAILED)
+        if kind is not None:
+            query = query.where(Action.kind == kind)
+        if since is not None:
+            query = query.where(col(Action.updated_at) >= since)
+        found.update((a.id, a) for a in session.exec(query.with_for_update()) if a.id is not None)
+    done = Retried(marketing=[], transactional=[], refused={}, was_unknown=[])
+    for missing in sorted(set(ids) - found.keys()):
+        done.refused[missing] = "not found"
+    for action_id, action in sorted(found.items()):
+        if action.status not in retryable:
+            done.refused[action_id] = _not_retried(action.status)
+            continue
+        if action.status == ActionStatus.UNKNOWN:
+            done.was_unknown.append(action_id)
+        note = {
+            "at": now.isoformat(),
+            "status": str(action.status),
+            "error": action.error,
+            "attempts": action.attempts,
+        }
+        action.reason = {
+            **action.reason,
+            "retries": [*action.reason.get("retries", []), note][-20:],
+        }
+        action.status = ActionStatus.PENDING
+        action.attempts = 0
+        action.error = None
+        action.next_attempt_at = now
+        action.lease_until = now + lease
+        action.completed_at = None
+        action.updated_at = now
+        keep(session, action)
+        marketing = bool(action.payload.get("marketing", False))  # as the executor queues it
+        (done.marketing if marketing else done.transactional).append(action_id)
+    return done
+
+
+def _not_retried(status: str) -> str:
+    if status in NEVER_RETRIED:
+        return f"{status}: never sent again"
+    if status == ActionStatus.UNKNOWN:
+        return (
+            "unknown: a worker stopped mid-send and the connector cannot dedupe, so the "
+            "provider may already have accepted it; check its delivery events, then pass "
+            "--unknown-ok to send it again"
+        )
+    return f"{status}: not failed, already on its way"

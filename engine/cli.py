@@ -2,7 +2,12 @@
 
 Each command builds ``Settings`` from the environment (``JOURNEYLINE_*``), with
 ``--database-url`` / ``--broker-url`` (given before or after the command name) taking
-precedence. Bad input exits with code 2 and a one-line message, never a traceback.
+precedence. Failures end in a message, never a traceback, and an exit code:
+
+    1  not found, or an action ``actions retry`` was asked for and refused
+    2  bad input, bad settings, or a database that cannot be reached or is not migrated
+    3  stored, but the broker did not take the job: nothing is lost, a scheduler pass
+       hands it to the workers once its lease runs out and the broker answers
 """
 
 from __future__ import annotations
@@ -12,30 +17,36 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 import typer
+from pydantic_settings import BaseSettings, SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
 from engine.errors import ConfigurationError, ValidationError
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
-from engine.settings import WORKER_THREADS, Settings
+from engine.settings import WORKER_THREADS, Settings, describe_settings_error
 
 if TYPE_CHECKING:
     from engine.registry import Registry
+    from engine.runtime import Runtime, Tick
     from engine.timeline import LiveEnrollment
 
 log = logging.getLogger("engine.cli")
@@ -82,9 +93,29 @@ def _global(ctx: typer.Context, database_url: DatabaseUrl = None, broker_url: Br
         )
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+EXIT_NOT_FOUND = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_ENQUEUED = 3
+"""Stored, but the broker did not take the job (see the module docstring)."""
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     err_console.print(f"[bold red]error:[/] [red]{escape(message)}[/]")
     raise typer.Exit(code)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(settings_cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """``settings_cls`` from the environment and ``.env``; a bad variable ends the command
+    with one line per variable, named as the operator set it."""
+    try:
+        return settings_cls(**overrides)
+    except (pydantic.ValidationError, SettingsError) as exc:
+        for line in describe_settings_error(exc, settings_cls):
+            err_console.print(f"[bold red]error:[/] [red]{escape(line)}[/]", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def settings_for(
@@ -97,26 +128,109 @@ def settings_for(
         overrides["database_url"] = database_url or given.database_url
     if broker_url or given.broker_url:
         overrides["broker_url"] = broker_url or given.broker_url
+    return load_settings(Settings, **overrides)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: fit for a terminal or a log."""
     try:
-        return Settings(**overrides)
-    except pydantic.ValidationError as exc:
-        fail(f"invalid settings: {exc}")
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def describe_database(url: str) -> str:
+    """Where a database URL points, without its password: ``host:port/name`` or a file."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return redact_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
+    port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name())
+    where = parsed.host or "localhost (socket)"
+    return f"{where}{f':{port}' if port else ''}/{parsed.database or ''}"
+
+
+_MISSING_SCHEMA_STATES = {"42P01", "42703"}  # PostgreSQL: undefined table, undefined column
+_MISSING_SCHEMA_SQLITE = re.compile(r"^(no such table|no such column|table \S+ has no column)")
+
+
+def database_problem(exc: DBAPIError, url: str) -> str | None:
+    """What an operator should hear about a database error, or None when it is no
+    connection or schema problem (a bug, which had better keep its traceback)."""
+    reason = _one_line(exc.orig).rstrip(".?!")
+    where = describe_database(url)
+    if exc.statement is None:  # raised while connecting: no statement ran
+        check = (
+            "that its folder exists and can be written"
+            if where.startswith("SQLite")
+            else "that the server is running and reachable"
+        )
+        return (
+            f"cannot connect to the database at {where}: {reason}. Check {check}, and "
+            "JOURNEYLINE_DATABASE_URL (or --database-url)"
+        )
+    if getattr(exc.orig, "sqlstate", None) in _MISSING_SCHEMA_STATES or (
+        _MISSING_SCHEMA_SQLITE.match(reason)
+    ):
+        first_line = str(exc.orig).strip().splitlines()[0]  # PostgreSQL adds the SQL
+        return (
+            f"the database at {where} answers, but Journeyline's tables are missing or older "
+            f"than this version ({first_line}). Run: journeyline db upgrade"
+        )
+    if isinstance(exc, OperationalError):
+        return f"database at {where}: {reason}"
+    return None
+
+
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """The errors of a broker that cannot take a message (down, refusing, out of memory):
+    Dramatiq's for RabbitMQ; its Redis broker lets redis-py's through."""
+    from dramatiq.errors import ConnectionClosed, ConnectionFailed
+    from redis.exceptions import RedisError
+
+    return (ConnectionClosed, ConnectionFailed, RedisError)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    return " ".join(str(exc).split())
+
+
+def broker_problem(exc: BaseException, url: str) -> str:
+    return (
+        f"the broker {redact_url(url)} did not take the job "
+        f"({type(exc).__name__}: {_one_line(exc).rstrip('.')})"
+    )
 
 
 @contextmanager
-def friendly_errors(settings: Settings) -> Iterator[None]:
-    """Turn the errors an operator can fix into a message and exit code 2."""
+def friendly_errors(settings: Settings, *, broker_hint: str | None = None) -> Iterator[None]:
+    """Turn the errors an operator can fix into a message and exit code 2 (3 when the
+    broker refused a job after the database kept what it is for; ``broker_hint`` says
+    what becomes of it)."""
     try:
         yield
     except ValidationError as exc:
         fail(str(exc))
     except ConfigurationError as exc:
         fail(str(exc))
-    except OperationalError as exc:
-        fail(
-            f"database {settings.database_url}: {exc.orig}. "
-            "Is it migrated? Run: journeyline db upgrade"
+    except (OperationalError, ProgrammingError) as exc:
+        problem = database_problem(exc, settings.database_url)
+        if problem is None:
+            raise
+        fail(problem)
+    except broker_errors() as exc:
+        hint = broker_hint or (
+            "Whatever was stored before it is kept: a scheduler pass hands pending rows to "
+            "the workers once their lease runs out and the broker answers"
         )
+        fail(f"{broker_problem(exc, settings.broker_url)}. {hint}", code=EXIT_NOT_ENQUEUED)
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -202,33 +316,92 @@ def scheduler(
                 "--periodic needs a shared broker (redis:// or amqp://) and running workers; "
                 "with stub:// run `journeyline scheduler` itself"
             )
-        with friendly_errors(settings), Runtime(settings) as runtime:
+        not_started = "scheduler_tick was not started: run this again once the broker answers"
+        with friendly_errors(settings, broker_hint=not_started), Runtime(settings) as runtime:
             runtime.jobs.scheduler_tick.send()
         console.print(
             "scheduler_tick enqueued: workers tick every "
             f"{settings.scheduler_interval_seconds:g} s from now on"
         )
         return
-    with friendly_errors(settings), Runtime(settings) as runtime:
+    after_lease = (
+        "What this pass claimed is handed out again by a later pass once its lease runs out "
+        f"({settings.action_lease_seconds} s, JOURNEYLINE_ACTION_LEASE_SECONDS)"
+    )
+    with friendly_errors(settings, broker_hint=after_lease), Runtime(settings) as runtime:
         runtime.start()  # a no-op unless the broker is stub://, whose jobs run here
-        while True:
+        if once:
             due = runtime.tick()
-            counts = (
-                f"{len(due.enrollments)} enrollments woken, {len(due.contacts)} contacts and "
-                f"{len(due.actions)} actions re-dispatched, "
-                f"{len(due.schedule_slots)} schedule slots fired"
-            )
-            if once:
-                if runtime.in_process:
-                    runtime.drain()
-                console.print(counts)
-                return
-            if len(due):
-                log.info(counts)
+            if runtime.in_process:
+                runtime.drain()
+            console.print(tick_counts(due))
+            return
+        scheduler_loop(runtime, out=console, sleep=time.sleep)
+
+
+SCHEDULER_HEARTBEAT = timedelta(minutes=15)
+"""A running scheduler whose passes find nothing says it is alive this often."""
+
+
+def tick_counts(due: Tick) -> str:
+    return (
+        f"{len(due.enrollments)} enrollments woken, {len(due.contacts)} contacts and "
+        f"{len(due.actions)} actions re-dispatched, "
+        f"{len(due.schedule_slots)} schedule slots fired"
+    )
+
+
+def scheduler_loop(
+    runtime: Runtime, *, out: Console, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Scheduler passes every interval until Ctrl-C, saying so: a line when it starts, one
+    per pass that found work, one when the broker refuses jobs or answers again, one every
+    ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops."""
+    settings = runtime.settings
+    interval = settings.scheduler_interval_seconds
+    out.print(
+        f"scheduler started: database {describe_database(settings.database_url)}, broker "
+        f"{redact_url(settings.broker_url)}, a pass every {interval:g} s (Ctrl-C to stop)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    passes = quiet = 0
+    quiet_since = runtime.clock.now()
+    broker_down = False
+    try:
+        while True:
+            now = runtime.clock.now()
+            stamp = f"{now:%Y-%m-%d %H:%M:%S} UTC"
+            passes += 1
+            said: list[str] = []
             try:
-                time.sleep(settings.scheduler_interval_seconds)
-            except KeyboardInterrupt:
-                return
+                due = runtime.tick()
+            except broker_errors() as exc:
+                if not broker_down:
+                    said.append(
+                        f"{broker_problem(exc, settings.broker_url)}: what this pass claimed "
+                        "is handed out again once its lease runs out "
+                        f"({settings.action_lease_seconds} s); trying every pass"
+                    )
+                broker_down = True
+            else:
+                if broker_down:
+                    said.append("the broker takes jobs again")
+                    broker_down = False
+                if len(due):
+                    said.append(tick_counts(due))
+            quiet += 1
+            if not said and now - quiet_since >= SCHEDULER_HEARTBEAT:
+                said.append(
+                    f"running: {quiet} passes since {quiet_since:%H:%M:%S} found nothing due"
+                )
+            for line in said:
+                out.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
+            if said:
+                quiet, quiet_since = 0, now
+            sleep(interval)
+    except KeyboardInterrupt:
+        out.print(f"scheduler stopped (Ctrl-C) after {passes} passes", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -288,16 +461,22 @@ def track(
     properties = parse_pairs(prop or [], "--prop")
     attributes = parse_pairs(attr or [], "--attr")
     settings = settings_for(ctx, database_url, broker_url)
+    # A key of the form the engine gives a keyless event, chosen here: if the broker refuses
+    # the job after the event is stored, this is how the stored event is found again.
+    key = key or f"auto:{uuid.uuid4()}"
     with friendly_errors(settings), Runtime(settings) as runtime:
-        recorded = runtime.track(
-            email,
-            event,
-            properties,
-            source="cli",
-            idempotency_key=key,
-            attributes=attributes or None,
-            timezone=timezone,
-        )
+        try:
+            recorded = runtime.track(
+                email,
+                event,
+                properties,
+                source="cli",
+                idempotency_key=key,
+                attributes=attributes or None,
+                timezone=timezone,
+            )
+        except broker_errors() as exc:
+            _recorded_not_enqueued(runtime, f"cli:{key}", exc)
         if runtime.in_process:
             runtime.drain()  # stub://: nobody else will run the jobs
     status = "[yellow]duplicate[/] (already recorded)" if recorded.duplicate else "recorded"
@@ -305,6 +484,37 @@ def track(
         f"event {recorded.event_id} for contact {recorded.contact_id}: {status}",
         highlight=False,
     )
+
+
+def _recorded_not_enqueued(runtime: Runtime, idempotency_key: str, exc: BaseException) -> NoReturn:
+    """The event is stored but its job is not on the broker: say so, and when a scheduler
+    pass hands it to the workers anyway (its dispatch lease, then a pass every interval)."""
+    from engine.recording import EVENT_LEASE
+
+    settings = runtime.settings
+    with Session(runtime.db) as session:
+        stored = session.exec(
+            select(Event.id, Event.contact_id, Event.lease_until).where(
+                Event.idempotency_key == idempotency_key
+            )
+        ).first()
+    if stored is None:  # cannot be: the insert committed before the send
+        fail(broker_problem(exc, settings.broker_url), code=EXIT_NOT_ENQUEUED)
+    event_id, contact_id, lease_until = stored
+    console.print(f"event {event_id} for contact {contact_id}: recorded", highlight=False)
+    minutes = EVENT_LEASE.total_seconds() / 60
+    err_console.print(
+        f"[yellow]warning:[/] event {event_id} is recorded (pending) but was not handed to "
+        f"the workers: {escape(broker_problem(exc, settings.broker_url))}.\n"
+        f"Nothing is lost: the first scheduler pass after {lease_until:%Y-%m-%d %H:%M:%S} "
+        f"UTC (its {minutes:g}-minute dispatch lease; a pass every "
+        f"{settings.scheduler_interval_seconds:g} s) hands it to the workers, once the broker "
+        "answers; `journeyline scheduler` or workers with "
+        "JOURNEYLINE_SCHEDULER_IN_WORKERS=true must be running.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_NOT_ENQUEUED)
 
 
 # --- looking -------------------------------------------------------------------------------
@@ -404,7 +614,11 @@ def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
     return table
 
 
-@app.command()
+actions_app = typer.Typer(help="List actions, or retry failed ones (`actions retry`).")
+app.add_typer(actions_app, name="actions")
+
+
+@actions_app.callback(invoke_without_command=True)
 def actions(
     ctx: typer.Context,
     failed: Annotated[
@@ -414,7 +628,9 @@ def actions(
     limit: Annotated[int, typer.Option(min=1)] = 50,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """List actions, newest first."""
+    """List actions, newest first; pending ones say what holds them, and until when."""
+    if ctx.invoked_subcommand is not None:
+        return
     from engine.db import make_engine
 
     known = [s.value for s in ActionStatus]
@@ -435,9 +651,11 @@ def actions(
             rows = session.exec(query).all()
     finally:
         db.dispose()
+    now = datetime.now(UTC)
     title = "Failed and unknown actions" if failed else "Actions"
     table = Table(title=f"{title} ({len(rows)})")
-    for name in ("id", "contact", "workflow/step", "status", "attempts", "error", "updated"):
+    columns = ("id", "contact", "workflow/step", "status", "attempts", "error", "note", "updated")
+    for name in columns:
         table.add_column(
             name,
             justify="right" if name in ("id", "attempts") else "left",
@@ -456,9 +674,153 @@ def actions(
             f"[{style}]{action.status}[/]",
             str(action.attempts),
             escape(action.error or action.reason.get("skipped", "") or ""),
+            escape(action_note(action, now=now)),
             f"{action.updated_at:%Y-%m-%d %H:%M}",
         )
     console.print(table)
+
+
+def action_note(action: Action, *, now: datetime) -> str:
+    """What an operator asks of an action beyond its status: for a pending one what holds
+    it and until when (the guard rail that deferred it, as ``journeyline contact`` says it,
+    or its next attempt after an error); for any, the retries an operator asked for."""
+    notes: list[str] = []
+    if action.status == ActionStatus.PENDING:
+        held = action.reason.get("held") or []
+        last = held[-1] if held else None
+        if last is not None and datetime.fromisoformat(last["until"]) > now:
+            until = datetime.fromisoformat(last["until"])
+            notes.append(f"held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']}")
+        elif action.next_attempt_at > now:
+            notes.append(f"next attempt at {action.next_attempt_at:%Y-%m-%d %H:%M} UTC")
+        elif action.lease_until is not None and action.lease_until <= now:
+            notes.append("due: the next scheduler pass hands it out")
+    retries = action.reason.get("retries") or []
+    if retries:
+        last_retry = datetime.fromisoformat(retries[-1]["at"])
+        times = "once" if len(retries) == 1 else f"{len(retries)} times"
+        notes.append(
+            f"retried {times}, last at {last_retry:%Y-%m-%d %H:%M} UTC "
+            f"(was {retries[-1]['status']})"
+        )
+    return "; ".join(notes)
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age such as
+    ``90m``, ``6h`` or ``2d``."""
+    age = re.fullmatch(r"(\d+)\s*([mhd])", text.strip())
+    if age:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: int(age.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is neither an ISO date or time nor an age like 6h or 2d",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@actions_app.command("retry")
+def actions_retry(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Ids of failed actions (as `actions` lists).")
+    ] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Every failed action (see --kind, --since).")
+    ] = False,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="With --failed: only this kind (email, ...).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="With --failed: only failed since (2024-06-01, 6h, 2d)."),
+    ] = None,
+    unknown_ok: Annotated[
+        bool,
+        typer.Option(
+            "--unknown-ok",
+            help="Also retry the named actions in status unknown, which the provider may "
+            "already have accepted (a second email is possible).",
+        ),
+    ] = False,
+    database_url: DatabaseUrl = None,
+    broker_url: BrokerUrl = None,
+) -> None:
+    """Send failed actions again after their cause is fixed: back to pending, attempts from
+    0, same idempotency key, the retry noted on the row. Sent and skipped ones never."""
+    from engine.actions import retry_actions
+    from engine.db import transaction
+    from engine.executor import Effects
+    from engine.runtime import Runtime
+
+    if not ids and not failed:
+        raise typer.BadParameter("name action ids, or pass --failed", param_hint="IDS")
+    if (kind is not None or since is not None) and not failed:
+        raise typer.BadParameter("--kind and --since select among --failed", param_hint="--kind")
+    after = parse_since(since) if since is not None else None
+    settings = settings_for(ctx, database_url, broker_url)
+    with friendly_errors(settings), Runtime(settings) as runtime:
+        now = runtime.clock.now()
+        with transaction(runtime.db) as session:
+            done = retry_actions(
+                session,
+                ids=ids or [],
+                failed=failed,
+                kind=kind,
+                since=after,
+                unknown_ok=unknown_ok,
+                now=now,
+                lease=runtime.lease,
+            )
+        for action_id, why in done.refused.items():
+            err_console.print(
+                f"[yellow]not retried:[/] action {action_id}: {escape(why)}", highlight=False
+            )
+        for action_id in done.was_unknown:
+            err_console.print(
+                f"[yellow]warning:[/] action {action_id} was unknown: the provider may already "
+                "have accepted it, so its contact may get it twice",
+                highlight=False,
+            )
+        retried = done.ids
+        if not retried:
+            console.print("no action retried" + ("" if ids else ": none failed"))
+            raise typer.Exit(EXIT_NOT_FOUND if done.refused else 0)
+        console.print(
+            f"{len(retried)} action(s) back to pending for a fresh attempt: "
+            + ", ".join(map(str, retried)),
+            highlight=False,
+            soft_wrap=True,
+        )
+        try:
+            runtime.dispatch(Effects(actions=done.marketing, transactional=done.transactional))
+        except broker_errors() as exc:
+            err_console.print(
+                f"[yellow]warning:[/] {escape(broker_problem(exc, settings.broker_url))}: "
+                "they wait for the sweeper, which hands them out once their lease ends at "
+                f"{now + runtime.lease:%Y-%m-%d %H:%M:%S} UTC and the broker answers",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_NOT_ENQUEUED) from None
+        if runtime.in_process:
+            runtime.drain()  # stub://: nobody else will run the jobs
+            with Session(runtime.db) as session:
+                statuses = session.exec(
+                    select(Action.status).where(col(Action.id).in_(retried))
+                ).all()
+            outcome = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+            console.print(f"performed in this process: {outcome}", highlight=False)
+        else:
+            console.print(
+                f"handed to the workers on {redact_url(settings.broker_url)}", highlight=False
+            )
+    if done.refused:
+        raise typer.Exit(EXIT_NOT_FOUND)
 
 
 @app.command()

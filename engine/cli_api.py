@@ -22,6 +22,7 @@ from engine.cli import (
     console,
     err_console,
     friendly_errors,
+    load_settings,
     settings_for,
 )
 from engine.clock import SystemClock
@@ -92,9 +93,10 @@ def serve(
     """Run the HTTP API (docs at /docs). With stub:// the jobs and the scheduler run here too."""
     import uvicorn
 
-    from engine.api import create_app
+    from engine.api import ApiSettings, create_app
 
     settings = settings_for(ctx, database_url, broker_url)
+    api_settings = load_settings(ApiSettings)
     log.setLevel(settings.log_level.upper())
     with friendly_errors(settings), Runtime(settings) as runtime:
         scheduler: SchedulerThread | None = None
@@ -103,7 +105,7 @@ def serve(
             scheduler = SchedulerThread(runtime, interval_s=settings.scheduler_interval_seconds)
             scheduler.start()
         config = uvicorn.Config(
-            create_app(runtime),
+            create_app(runtime, settings=api_settings),
             host=host,
             port=port,
             log_level=settings.log_level.lower(),

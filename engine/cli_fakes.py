@@ -1,19 +1,24 @@
 """``journeyline fake sendgrid|hubspot``: the local fake providers as standalone servers.
 
-For trying the connectors by hand or from another language's tests: point
-``JOURNEYLINE_SENDGRID_HOST`` / ``JOURNEYLINE_HUBSPOT_BASE_URL`` at the printed URL. Every
-request is logged to the console as it is recorded.
+For trying the connectors by hand or from another language's tests: the banner prints the
+``export`` lines that point the connector at the fake, with the credential it accepts
+(``JOURNEYLINE_SENDGRID_HOST`` and ``JOURNEYLINE_SENDGRID_API_KEY``,
+``JOURNEYLINE_HUBSPOT_BASE_URL`` and ``JOURNEYLINE_HUBSPOT_TOKEN``). Every request is logged
+to the console as it is recorded.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
 
 from connectors.fakes import FakeHubSpot, FakeSendGrid
 from engine.cli import app, console
+from engine.settings import Settings, env_var
 
 fake_app = typer.Typer(
     help="Run the fake SendGrid or HubSpot HTTP server (for local trials and tests).",
@@ -25,7 +30,16 @@ Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")]
 
 
-def _serve(fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, env: str) -> None:
+def exports(settings: Mapping[str, str]) -> list[str]:
+    """``export`` lines setting these ``Settings`` fields, ready to paste into a shell."""
+    unknown = set(settings) - set(Settings.model_fields)
+    assert not unknown, f"not settings: {sorted(unknown)}"  # the names must stay real
+    return [f"export {env_var(field)}={shlex.quote(value)}" for field, value in settings.items()]
+
+
+def _serve(
+    fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, settings: Mapping[str, str]
+) -> None:
     seen = 0
 
     def log_new() -> None:
@@ -39,7 +53,9 @@ def _serve(fake: FakeSendGrid | FakeHubSpot, what: str, credential: str, env: st
         console.print(
             f"fake {what} listening on [bold]{fake.url}[/] ({credential})", soft_wrap=True
         )
-        console.print(f"point the connector at it: export {env}={fake.url}", soft_wrap=True)
+        console.print("point the connector at it:")
+        for line in exports(settings):
+            console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
         console.print("Ctrl-C to stop")
         while True:
             log_new()
@@ -59,7 +75,8 @@ def fake_sendgrid(
 ) -> None:
     """A fake SendGrid v3 Mail Send API: validates, records, answers 202/400/401/413/429."""
     fake = FakeSendGrid(api_key=api_key).start(host=host, port=port)
-    _serve(fake, "SendGrid", f"API key {api_key}", "JOURNEYLINE_SENDGRID_HOST")
+    connector = {"email_connector": "sendgrid", "sendgrid_host": fake.url}
+    _serve(fake, "SendGrid", f"API key {api_key}", {**connector, "sendgrid_api_key": api_key})
 
 
 @fake_app.command("hubspot")
@@ -76,4 +93,5 @@ def fake_hubspot(
     """A fake HubSpot CRM API: contacts, batch upsert, tasks and notes, 10-second rate windows."""
     fake = FakeHubSpot(token=token, max_per_interval=max_per_interval or None)
     fake.start(host=host, port=port)
-    _serve(fake, "HubSpot", f"token {token}", "JOURNEYLINE_HUBSPOT_BASE_URL")
+    connector = {"crm_connector": "hubspot", "hubspot_base_url": fake.url}
+    _serve(fake, "HubSpot", f"token {token}", {**connector, "hubspot_token": token})

@@ -5,10 +5,13 @@ Every field here is documented in README.md under "Configuration".
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 WORKER_POLL_MS = 100
 """``Settings.worker_poll_ms``'s default. Dramatiq's Redis consumer backs off up to its worker
@@ -191,3 +194,78 @@ class Settings(BaseSettings):
     )
     scheduler_batch_size: int = Field(default=500, ge=1)
     log_level: str = Field(default="INFO")
+
+
+# --- reporting bad settings -----------------------------------------------------------------
+
+_SECRET_PARTS = ("key", "token", "secret", "password")
+
+
+def env_var(field: str, settings_cls: type[BaseSettings] = Settings) -> str:
+    """The environment variable (or ``.env`` line) that sets ``field`` of ``settings_cls``."""
+    return f"{settings_cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def describe_settings_error(
+    exc: ValidationError | SettingsError, settings_cls: type[BaseSettings] = Settings
+) -> list[str]:
+    """One line per bad variable, named as the operator set it, e.g.
+    ``JOURNEYLINE_MAX_ATTEMPTS='abc': must be an integer`` (pydantic names the field and
+    links its docs; neither helps whoever edits a ``.env`` file)."""
+    if isinstance(exc, SettingsError):  # a JSON field whose value does not even parse
+        found = re.search(r'field "(\w+)"', str(exc))
+        if found is None:
+            return [str(exc)]
+        name = env_var(found.group(1), settings_cls)
+        why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        return [f"{name}{_shown(name, os.environ.get(name))}: must be valid JSON{why}"]
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        if not loc:
+            lines.append(_why(error))
+            continue
+        name = env_var(loc[0], settings_cls)
+        if len(loc) > 1:  # inside a JSON value: name the key, not the whole value
+            lines.append(f"{name}: {'.'.join(loc[1:])!r} {_why(error)}")
+        else:
+            lines.append(f"{name}{_shown(name, error.get('input'))}: {_why(error)}")
+    return lines
+
+
+def _shown(name: str, value: object) -> str:
+    if value is None:
+        return ""
+    if any(part in name.lower() for part in _SECRET_PARTS):
+        return "='***'"
+    return f"={str(value)!r}"
+
+
+def _why(error: Any) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+
+    def number(key: str) -> str:
+        value = ctx.get(key)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    plain = {
+        "int_parsing": "must be an integer",
+        "int_type": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "dict_type": "must be a JSON object",
+        "list_type": "must be a JSON list",
+        "string_type": "must be a string",
+        "json_invalid": "must be valid JSON",
+        "greater_than": f"must be greater than {number('gt')}",
+        "greater_than_equal": f"must be at least {number('ge')}",
+        "less_than": f"must be less than {number('lt')}",
+        "less_than_equal": f"must be at most {number('le')}",
+    }
+    if kind in plain:
+        return plain[kind]
+    message = str(error["msg"]).removeprefix("Input ").removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]

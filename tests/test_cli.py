@@ -5,6 +5,8 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,83 @@ def test_the_worker_command_starts_dramatiq_polling_idle_queues_every_100_ms(
     assert result.exit_code == 0, result.output
     assert started and started[0][1:4] == ["-m", "dramatiq", "engine.worker"]
     assert os.environ["dramatiq_worker_timeout"] == expected  # noqa: SIM112 (Dramatiq's name)
+
+
+# --- what an operator is told when something is off -----------------------------------------
+
+
+@pytest.mark.parametrize("command", [["actions"], ["contact", "ana@example.com"], ["events"]])
+def test_an_unreachable_database_is_named_without_its_password_and_not_told_to_migrate(
+    env: dict, command: list[str]
+) -> None:
+    # Given a PostgreSQL URL whose server does not listen (nothing on port 1)
+    url = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
+    # When a command needs the database
+    result = invoke("--database-url", url, *command)
+    # Then it says it cannot connect, where to, and what to check; not to migrate
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "cannot connect to the database at 127.0.0.1:1/test" in output
+    assert "JOURNEYLINE_DATABASE_URL" in output
+    assert "hunter2" not in output
+    assert "db upgrade" not in output
+    assert "Traceback" not in output
+
+
+def test_a_database_without_tables_is_told_to_migrate(env: dict) -> None:
+    url = f"sqlite:///{env['tmp'] / 'empty.db'}"
+    result = invoke("--database-url", url, "actions")
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "answers, but Journeyline's tables are missing" in output
+    assert "Run: journeyline db upgrade" in output
+    assert "cannot connect" not in output
+
+
+def test_bad_settings_name_the_variables_not_the_fields(env: dict) -> None:
+    # Given a .env with two bad values (read from the working directory)
+    Path(".env").write_text("JOURNEYLINE_MAX_ATTEMPTS=abc\nJOURNEYLINE_WORKER_POLL_MS=1\n")
+    # When any command loads the settings
+    result = invoke("--database-url", env["url"], "actions")
+    # Then each bad variable is one line, as the operator wrote it, without pydantic's noise
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert "error: JOURNEYLINE_MAX_ATTEMPTS='abc': must be an integer" in lines
+    assert "error: JOURNEYLINE_WORKER_POLL_MS='1': must be at least 10" in lines
+    assert "max_attempts" not in result.output
+    assert "pydantic" not in result.output
+    assert "http" not in result.output
+
+
+def test_a_bad_http_service_setting_names_its_variable(
+    env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.cli_api  # noqa: F401 (registers `serve`, as the journeyline script does)
+
+    monkeypatch.setenv("JOURNEYLINE_API_MAX_BODY_BYTES", "lots")
+    result = invoke("--database-url", env["url"], "serve", "--port", "0")
+    assert result.exit_code == 2, result.output
+    assert "JOURNEYLINE_API_MAX_BODY_BYTES='lots': must be an integer" in result.output
+    assert "pydantic" not in result.output
+
+
+def test_pending_actions_say_what_holds_them_and_until_when(env: dict) -> None:
+    url = env["url"]
+    # Given a contact for whom it is about midnight: her welcome email waits for the morning
+    night = midday_zone(datetime.now(UTC) + timedelta(hours=12))
+    tracked = invoke(
+        "--database-url", url, "track", "owl@example.com", "page.viewed", "--timezone", night
+    )
+    assert tracked.exit_code == 0, tracked.output
+    # When an operator lists the pending actions
+    result = invoke("--database-url", url, "actions", "--status", "pending")
+    # Then the row says which rule holds it and until when, as `contact` does
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.replace("│", " ").split())
+    assert "owl@example.com" in output
+    assert "held until " in output
+    assert f"quiet hours 21:00-08:00 ({night})" in output
+    shown = invoke("--database-url", url, "contact", "owl@example.com")
+    held = re.search(r"held until (\S+ \S+) UTC", shown.output)
+    assert held is not None, shown.output
+    assert f"held until {held.group(1)} UTC" in output

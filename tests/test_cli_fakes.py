@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.settings import Settings
+
 JOURNEYLINE = str(Path(sys.executable).parent / "journeyline")
 
 
@@ -87,3 +89,60 @@ def test_the_fake_hubspot_serves_and_checks_its_token() -> None:
     assert created.status_code == 201, created.text
     assert refused.status_code == 401
     assert "POST /crm/v3/objects/contacts -> 201" in out
+
+
+def _banner(proc: subprocess.Popen[str]) -> list[str]:
+    """The lines a fake prints before it waits for requests."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not lines or lines[-1] != "Ctrl-C to stop":
+        line = proc.stdout.readline()
+        assert line, f"the banner ended early: {lines}"
+        lines.append(line.strip())
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("fake", "credential", "expected"),
+    [
+        (
+            ["sendgrid", "--api-key", "SG.cli key"],
+            "SG.cli key",
+            {"email_connector": "sendgrid", "sendgrid_api_key": "SG.cli key"},
+        ),
+        (
+            ["hubspot", "--token", "pat-cli"],
+            "pat-cli",
+            {"crm_connector": "hubspot", "hubspot_token": "pat-cli"},
+        ),
+    ],
+)
+def test_the_banner_exports_everything_the_connector_needs_to_use_the_fake(
+    fake: list[str],
+    credential: str,
+    expected: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given a fake started from the command line
+    proc, url = _start(*fake)
+    try:
+        banner = _banner(proc)
+    finally:
+        _stop(proc)
+    # When its export lines are run in a shell, as a user pastes them
+    exports = [line for line in banner if line.startswith("export ")]
+    script = "\n".join([*exports, "env"])
+    shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, env={})
+    found = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
+    # Then the settings they make point the connector at the fake, with its credential
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in found.items():
+        if name.startswith("JOURNEYLINE_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    for name, value in expected.items():
+        assert getattr(settings, name) == value, banner
+    host = settings.sendgrid_host if fake[0] == "sendgrid" else settings.hubspot_base_url
+    assert host == url
+    assert any(credential in line for line in exports)
