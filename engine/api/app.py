@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import contacts, events, health, metrics, webhooks
 from engine.api.auth import VerifiedKeys
-from engine.api.errors import error_response, install_error_handlers
+from engine.api.errors import install_error_handlers
 from engine.inbound_generic import load_sources
 from engine.runtime import Runtime
 
@@ -50,9 +50,21 @@ class ApiSettings(BaseSettings):
     )
 
 
+class BodyTooLarge(HTTPException):
+    """The request body is over the limit (413), named as the field at fault."""
+
+    field = "body"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body is larger than {max_bytes} bytes")
+
+
 class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413: at once when Content-Length says
-    so, otherwise as soon as the streamed body passes the limit."""
+    """Refuses request bodies over ``max_bytes`` with 413 when the body is first read: at
+    once if Content-Length says so, otherwise as soon as the streamed body passes the limit.
+
+    Nothing is refused before the route reads the body, so that an authenticated route answers
+    a request without a usable key 401, whatever it sends (``auth.AuthenticatedRoute``)."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -63,33 +75,25 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length")
-        if declared is not None:
-            try:
-                too_large = int(declared) > self.max_bytes
-            except ValueError:
-                await error_response(400, "Content-Length is not a number")(scope, receive, send)
-                return
-            if too_large:
-                await self._refuse()(scope, receive, send)
-                return
         received = 0
 
         async def limited() -> Message:
             nonlocal received
+            if declared is not None and received == 0:
+                try:
+                    too_large = int(declared) > self.max_bytes
+                except ValueError:
+                    raise HTTPException(400, "Content-Length is not a number") from None
+                if too_large:
+                    raise BodyTooLarge(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(413, self._message())
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return f"request body is larger than {self.max_bytes} bytes"
-
-    def _refuse(self) -> ASGIApp:
-        return error_response(413, self._message(), field="body")
 
 
 def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> FastAPI:

@@ -1,8 +1,14 @@
 """API keys on requests: ``Authorization: Bearer jl_<prefix>_<secret>``, checked per scope.
 
-A route declares the scope it needs with ``Depends(require("events:write"))``. No key, a
-malformed, unknown or revoked one answers 401 saying which; a valid key without the scope
-answers 403.
+A route declares the scope it needs with ``Depends(require("events:write"))`` and is built by
+``AuthenticatedRoute`` (its router's ``route_class``). No key, a malformed, unknown or revoked
+one answers 401 saying which; a valid key without the scope answers 403.
+
+The key is checked before the body is read. FastAPI reads and decodes a route's body before it
+solves any dependency, so a dependency alone would let an unauthenticated caller learn the
+schema from a 422 and make the server read and parse what it sends. ``AuthenticatedRoute``
+therefore checks the scopes its ``require`` dependencies name first, and stores the key on the
+request, where the dependency (kept for the OpenAPI document's ``security``) finds it.
 
 A key verified by this process is trusted again for ``KEY_CACHE_SECONDS`` without reading
 the database (a busy ingest client sends many requests a second with one key): a revocation
@@ -13,15 +19,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from engine.api.deps import RuntimeDep
 from engine.api_keys import ApiKey, InvalidApiKey, MissingScope, hash_secret, verify
 from engine.db import transaction
+from engine.runtime import Runtime
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -66,28 +75,91 @@ class VerifiedKeys:
             self._keys[digest] = (expires, key)
 
 
-def require(scope: str) -> Callable[..., ApiKey]:
-    """A dependency that admits requests whose key holds ``scope``, and returns that key."""
+VERIFIED_KEY = "journeyline.api_key"
+"""The request scope's entry for the key ``AuthenticatedRoute`` verified."""
 
-    def check_key(
-        request: Request,
-        runtime: RuntimeDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> ApiKey:
-        if credentials is None:
-            raise InvalidApiKey("missing API key: send the header Authorization: Bearer <key>")
-        presented = credentials.credentials
-        cache: VerifiedKeys | None = getattr(request.app.state, "verified_keys", None)
-        known = cache.get(presented) if cache is not None else None
-        if known is not None:
-            if scope not in known.scopes:
-                raise MissingScope(known.prefix, scope)
-            return known
-        with transaction(runtime.db) as session:
-            key = verify(session, presented, scope, runtime.clock.now())
+
+async def authenticate(request: Request, scopes: Sequence[str]) -> ApiKey:
+    """The request's key, if it is usable and holds every one of ``scopes``; else raises
+    ``InvalidApiKey`` (401) or ``MissingScope`` (403). Reads the database, in a worker thread,
+    only when this process has not verified the key lately."""
+    credentials = await bearer(request)
+    if credentials is None:
+        raise InvalidApiKey("missing API key: send the header Authorization: Bearer <key>")
+    presented = credentials.credentials
+    cache: VerifiedKeys | None = getattr(request.app.state, "verified_keys", None)
+    key = cache.get(presented) if cache is not None else None
+    if key is None:
+        runtime: Runtime = request.app.state.runtime
+        key = await run_in_threadpool(_verify, runtime, presented, scopes[0])
         if cache is not None:
             cache.put(presented, key)
-        return key
+    for scope in scopes:
+        if scope not in key.scopes:
+            raise MissingScope(key.prefix, scope)
+    return key
 
-    check_key.__name__ = f"require_{scope.replace(':', '_')}"
-    return check_key
+
+def _verify(runtime: Runtime, presented: str, scope: str) -> ApiKey:
+    with transaction(runtime.db) as session:
+        return verify(session, presented, scope, runtime.clock.now())
+
+
+class Require:
+    """The dependency ``require(scope)`` makes: the request's key, which must hold ``scope``.
+
+    Under ``AuthenticatedRoute`` the key was checked before the body was read, and is only
+    picked up here; elsewhere it is checked here, after FastAPI has read the body."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(
+        self,
+        request: Request,
+        # Unused here (``authenticate`` reads the header), declared so that the OpenAPI
+        # document shows the route's security scheme.
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> ApiKey:
+        key: ApiKey | None = request.scope.get(VERIFIED_KEY)
+        if key is not None and self.scope in key.scopes:
+            return key
+        return await authenticate(request, [self.scope])
+
+    def __repr__(self) -> str:
+        return f"require({self.scope!r})"
+
+
+def require(scope: str) -> Require:
+    """A dependency that admits requests whose key holds ``scope``, and returns that key."""
+    return Require(scope)
+
+
+def required_scopes(dependant: Dependant) -> list[str]:
+    """The scopes the ``require`` dependencies of ``dependant`` (at any depth) name."""
+    found: list[str] = []
+    pending = list(dependant.dependencies)
+    while pending:
+        sub = pending.pop(0)
+        if isinstance(sub.call, Require) and sub.call.scope not in found:
+            found.append(sub.call.scope)
+        pending.extend(sub.dependencies)
+    return found
+
+
+class AuthenticatedRoute(APIRoute):
+    """An ``APIRoute`` that checks the key its ``require`` dependencies ask for before the
+    body is read: an unauthenticated request is answered 401 (or 403) without its body being
+    received, parsed or validated. Routes without a ``require`` are served unchanged."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        scopes = required_scopes(self.dependant)
+        if not scopes:
+            return handler
+
+        async def authenticated(request: Request) -> Response:
+            request.scope[VERIFIED_KEY] = await authenticate(request, scopes)
+            return await handler(request)
+
+        return authenticated

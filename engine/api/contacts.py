@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, select
 
-from engine.api.auth import require
+from engine.api.auth import AuthenticatedRoute, require
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, Conflict, ErrorResponse, NotFound
 from engine.contacts import normalize_email
@@ -28,7 +28,7 @@ from engine.timeline import Timeline, contact_timeline
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"], route_class=AuthenticatedRoute)
 
 EmailPath = Annotated[
     str, Path(description="The contact's email address.", examples=["ana@example.com"])

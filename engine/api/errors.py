@@ -165,7 +165,10 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return error_response(
-        exc.status_code, message, headers=dict(exc.headers) if exc.headers else None
+        exc.status_code,
+        message,
+        field=getattr(exc, "field", None),
+        headers=dict(exc.headers) if exc.headers else None,
     )
 
 
@@ -182,7 +185,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "No usable API key (missing or unknown)."},
+    401: {
+        "model": ErrorResponse,
+        "description": "No usable API key (missing, malformed, unknown or revoked); checked "
+        "before the body is read.",
+    },
     403: {"model": ErrorResponse, "description": "The API key lacks the scope."},
     413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
     422: {"model": ErrorResponse, "description": "Invalid input; every field at fault named."},

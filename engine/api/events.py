@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from sqlmodel import Session
 
 from engine import recording
-from engine.api.auth import require
+from engine.api.auth import AuthenticatedRoute, require
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
 from engine.contacts import (
@@ -31,7 +31,7 @@ from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", tags=["events"], route_class=AuthenticatedRoute)
 
 MAX_BATCH = 500
 """Events per request; larger batches are refused whole (422)."""

@@ -3,10 +3,10 @@
 Webhooks authenticate by their signature alone (no API key), checked over the raw body
 exactly as received, before anything is parsed. Then, in order, every request goes through:
 
-    body over JOURNEYLINE_API_MAX_BODY_BYTES        413  (BodyLimit middleware, before us)
     /v1/webhooks/<name> for an undeclared source    404
     no key or secret configured for the endpoint    503  (the operator's fault, logged; the
                                                           sender retries until it is fixed)
+    body over JOURNEYLINE_API_MAX_BODY_BYTES        413  (BodyLimit, as the body is read)
     no signature or timestamp header                401
     malformed, wrong or stale signature             403  (stale: outside the tolerance window)
     body not JSON, or an event missing a field      422  naming every field at fault
@@ -232,10 +232,10 @@ async def sendgrid_webhook(
         str | None, Header(alias=SENDGRID_TIMESTAMP_HEADER, description="Unix seconds.")
     ] = None,
 ) -> WebhookResult:
-    body = await request.body()
     key = runtime.settings.sendgrid_webhook_public_key
     if not key:
         raise _unconfigured("JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY")
+    body = await request.body()
     try:
         verify_sendgrid(
             public_key_b64=key,
@@ -341,10 +341,10 @@ async def hubspot_webhook(
         str | None, Header(alias=HUBSPOT_SIGNATURE_VERSION_HEADER, description="v1 or v2.")
     ] = None,
 ) -> WebhookResult:
-    body = await request.body()
     secret = runtime.settings.hubspot_client_secret
     if not secret:
         raise _unconfigured("JOURNEYLINE_HUBSPOT_CLIENT_SECRET")
+    body = await request.body()
     try:
         verify_hubspot(
             client_secret=secret,
@@ -419,12 +419,12 @@ async def generic_webhook(
     ] = None,
 ) -> WebhookResult:
     declared = _source(request, source)
-    body = await request.body()
     secret = runtime.settings.inbound_webhook_secrets.get(declared.name)
     if not secret:
         raise _unconfigured(
             f'a secret for "{declared.name}" in JOURNEYLINE_INBOUND_WEBHOOK_SECRETS'
         )
+    body = await request.body()
     try:
         verify_hmac(
             secret=secret,
