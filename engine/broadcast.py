@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -72,7 +72,7 @@ from engine.models import (
 )
 from engine.registry import Registry
 from engine.steps import SendEmail, Wait
-from engine.workflow import ConditionMet, StageEntered, Workflow
+from engine.workflow import ConditionMet, StageEntered, Trigger, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,25 @@ class BroadcastResult:
     fast_path: bool = False
 
 
+# Each trigger kind by the name README and workflow code use; the stored spec's names
+# (``event_received``, ``condition_met``) are internal and never shown to a user.
+PUBLIC_TRIGGER_NAMES = {
+    "stage_entered": "on_stage_entered",
+    "stage_left": "on_stage_left",
+    "event_received": "on_event",
+    "condition_met": "on_condition",
+    "schedule": "on_schedule",
+}
+
+
+def public_trigger(trigger: Trigger) -> str:
+    """``trigger`` as a workflow author writes it, e.g. ``on_event("product.inactive")``."""
+    kind = str(type(trigger).kind)  # type: ignore[union-attr]
+    name = PUBLIC_TRIGGER_NAMES.get(kind, kind)
+    first = getattr(trigger, fields(trigger)[0].name)  # the stage, event type or cron
+    return f'{name}("{first}")' if isinstance(first, str) else f"{name}(...)"
+
+
 def audience_of(workflow: Workflow) -> Condition:
     """The condition a broadcast of ``workflow`` selects contacts with."""
     trigger = workflow.trigger
@@ -103,7 +122,7 @@ def audience_of(workflow: Workflow) -> Condition:
         audience = StageIn((trigger.stage,))
     else:
         raise ValidationError(
-            f"workflow {workflow.name!r} is triggered by {type(trigger).kind} "  # type: ignore[attr-defined]
+            f"workflow {workflow.name!r} is triggered by {public_trigger(trigger)} "
             "and has no audience to broadcast to: use on_condition, on_segment_joined or "
             "on_stage_entered",
             field="workflow",

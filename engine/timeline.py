@@ -2,7 +2,10 @@
 
 Events, stage transitions, workflow enrollments and actions each become ``Entry`` rows
 (kind, instant, one-line summary, details) merged by time, so an operator can answer "why
-did this person get that email?" with one query (DESIGN.md section 9). Beside them, the
+did this person get that email?" with one query (DESIGN.md section 9). An event stands at
+the instant the engine took it in (processed it, or received it while it waits), the
+instant of everything it caused; when it happened by its source's clock is in its details
+(and its summary when that was a minute or more earlier). Beside them, the
 contact's live enrollments (running or waiting) say what comes next: the step, the next
 wake-up and, when a scheduler pass has handed that wake-up to a job, until when it is held
 (a wake-up past due with no claim waits for the next pass; one held past its claim's end
@@ -13,7 +16,7 @@ the CLI and the HTTP API.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -35,6 +38,10 @@ from engine.scheduler import current_claims
 # Entries at the same instant sort in causal order: grouped by the event that caused them,
 # then the event, the stage change it caused, the enrollment that change started, the action
 # that enrollment wrote. Entries with no known cause (an exit) come last in their instant.
+# This only holds if an event stands at the instant its effects were written: at its
+# ``occurred_at`` (stamped when it was recorded, or by its source) it would come before the
+# effects of the events processed ahead of it, a new contact's first event before the
+# contact's own creation (a virtual clock hides this: there the two instants are one).
 _KIND_ORDER = {"event": 0, "stage": 1, "enrollment": 2, "action": 3}
 _NO_CAUSE = 2**62
 
@@ -196,14 +203,22 @@ def _summary(contact: Contact) -> ContactSummary:
     )
 
 
+_NOTED_EARLIER = timedelta(minutes=1)
+
+
 def _event_entry(event: Event) -> Entry:
-    summary = f"{event.type} ({event.status})"
+    # Processed (or failed) at that instant; still pending: where it waits since it came in.
+    at = event.processed_at or event.received_at
+    status = f"{event.status}"
+    if event.occurred_at <= at - _NOTED_EARLIER:  # sent late or backdated by its source
+        status += f"; occurred {event.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    summary = f"{event.type} ({status})"
     if event.properties:
         shown = ", ".join(f"{k}={v}" for k, v in list(event.properties.items())[:3])
-        summary = f"{event.type} {shown} ({event.status})"
+        summary = f"{event.type} {shown} ({status})"
     return Entry(
         kind="event",
-        at=event.occurred_at,
+        at=at,
         summary=summary,
         details={
             "id": event.id,
@@ -211,6 +226,7 @@ def _event_entry(event: Event) -> Entry:
             "status": str(event.status),
             "source": event.source,
             "properties": event.properties,
+            "occurred_at": event.occurred_at,
             "received_at": event.received_at,
             "processed_at": event.processed_at,
             "error": event.error,

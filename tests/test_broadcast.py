@@ -12,12 +12,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
+import engine
 from connectors import SendGridEmailConnector
 from connectors.fakes import FakeSendGrid
 from engine import (
@@ -28,15 +29,18 @@ from engine import (
     Workflow,
     build_registry,
     lifecycle_journey,
+    on_condition,
     on_event,
+    on_schedule,
     on_segment_joined,
+    on_stage_left,
     pipeline,
     pipeline_jobs,
     send_email,
     stage_in,
     wait,
 )
-from engine.broadcast import sql_filter
+from engine.broadcast import PUBLIC_TRIGGER_NAMES, audience_of, public_trigger, sql_filter
 from engine.conditions import all_of, any_of, attribute, not_, score, subscribed
 from engine.db import make_engine
 from engine.models import (
@@ -50,6 +54,7 @@ from engine.models import (
 )
 from engine.runtime import WAKES_PER_JOB, Runtime
 from engine.steps import add_tag
+from engine.workflow import Trigger
 
 KEY = "SG.broadcast-test"
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -537,14 +542,36 @@ def test_an_event_triggered_workflow_cannot_be_broadcast(
     evented = sale(name="evented", trigger=on_event("email.opened"))
     with (
         running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [evented]) as (runtime, _),
-        pytest.raises(ValidationError, match="no audience"),
+        pytest.raises(ValidationError, match="no audience") as refused,
     ):
         runtime.broadcast("evented")
+    # The trigger is named as the workflow's author wrote it, not by its internal kind
+    assert 'is triggered by on_event("email.opened")' in str(refused.value)
+    assert "event_received" not in str(refused.value)
     with (
         running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [evented]) as (runtime, _),
         pytest.raises(ValidationError, match="no workflow named 'nope'"),
     ):
         runtime.broadcast("nope")
+
+
+def test_refusals_name_every_trigger_kind_as_the_workflow_language_does() -> None:
+    # Given a trigger of each kind, then each is named by a function users import from engine
+    assert {kind_of(t) for t in get_args(Trigger)} == set(PUBLIC_TRIGGER_NAMES)
+    assert set(PUBLIC_TRIGGER_NAMES.values()) <= set(engine.__all__)
+    assert public_trigger(on_stage_left("awareness")) == 'on_stage_left("awareness")'
+    assert public_trigger(on_schedule("0 9 * * MON")) == 'on_schedule("0 9 * * MON")'
+    assert public_trigger(on_condition(stage_in("a"))) == "on_condition(...)"
+    for trigger in (on_stage_left("awareness"), on_schedule("0 9 * * MON")):
+        with pytest.raises(ValidationError) as refused:
+            audience_of(sale(name="nope", trigger=trigger))
+        assert f"is triggered by {public_trigger(trigger)} and has no audience" in str(
+            refused.value
+        )
+
+
+def kind_of(trigger_class: type) -> str:
+    return str(trigger_class.kind)  # type: ignore[attr-defined]
 
 
 def test_sql_filters_are_exact_only_where_sql_and_python_agree() -> None:
@@ -577,12 +604,17 @@ def test_the_cli_broadcasts_a_shipped_workflow_to_its_stage(
     result = CliRunner().invoke(app, ["broadcast", "awareness_nurture", "--database-url", url])
     again = CliRunner().invoke(app, ["broadcast", "awareness_nurture", "--database-url", url])
     refused = CliRunner().invoke(app, ["broadcast", "nope", "--database-url", url])
+    evented = CliRunner().invoke(app, ["broadcast", "retention_winback", "--database-url", url])
 
     assert result.exit_code == 0, result.output
     assert "3 contacts matched, 3 enrolled" in result.output
     assert "3 emails queued" in result.output
     assert "3 contacts matched, 0 enrolled, 3 already enrolled" in again.output
     assert refused.exit_code == 2 and "no workflow named 'nope'" in refused.output
+    # An event-triggered workflow is refused in the README's words (on_event), not the engine's
+    assert evented.exit_code == 2, evented.output
+    assert 'on_event("product.inactive")' in evented.output
+    assert "event_received" not in evented.output
 
 
 def test_a_workflow_that_allows_reentry_enrolls_finished_contacts_again(
