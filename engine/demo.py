@@ -7,14 +7,19 @@ start an evaluation, orders make customers, usage, renewals, NPS answers and can
 move them on. What a contact does next depends on the stage the engine has put it in, so
 the funnel the report shows is the engine's work, not the generator's.
 
-Every event goes through ``Runtime.track``, the path the API and the CLI use.
+Every event goes through ``Runtime.track``, the path the API and the CLI use. The report
+counts emails and the other actions workflows take (CRM tasks and updates, webhooks) apart:
+only the emails are ``.eml`` files in the outbox; the embedded CRM connector writes the CRM
+steps as JSON files in ``outbox/crm/``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import shlex
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +31,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.engine import Engine
@@ -131,6 +137,7 @@ class StageCount:
 class StepStats:
     workflow: str
     step: str
+    kind: str = "email"  # the action's kind: email, crm.task, crm.update, crm.note, webhook
     sent: int = 0
     skipped: int = 0
     failed: int = 0
@@ -144,9 +151,12 @@ class DemoReport:
     eml_files: int
     events: int
     seconds: float
+    crm_records: int = 0
     stages: list[StageCount] = field(default_factory=list)
     emails: list[StepStats] = field(default_factory=list)
+    other_actions: list[StepStats] = field(default_factory=list)  # CRM steps, webhooks
     sample_email: str | None = None
+    cli: str = "journeyline"  # how to run the CLI again, as the report prints it
 
 
 # --- the synthetic population -------------------------------------------------------------
@@ -323,32 +333,74 @@ def stage_counts(db: Engine, registry: Registry) -> list[StageCount]:
     return [StageCount(s, counts.get(s, 0), 100 * counts.get(s, 0) / total) for s in names]
 
 
-def email_stats(db: Engine, registry: Registry) -> list[StepStats]:
-    """Emails per workflow step and outcome, in the order workflows and steps are defined."""
+def action_stats(db: Engine, registry: Registry) -> list[StepStats]:
+    """Actions per workflow step, kind and outcome, in the order workflows and steps are
+    defined."""
     with Session(db) as session:
-        rows = session.exec(select(Action.reason, Action.status)).all()
-    tally: Counter[tuple[str, str, str]] = Counter()
-    for reason, status in rows:
-        tally[(str(reason.get("workflow", "manual")), str(reason.get("step", "?")), status)] += 1
+        rows = session.exec(select(Action.reason, Action.kind, Action.status)).all()
+    tally: Counter[tuple[str, str, str, str]] = Counter()
+    for reason, kind, status in rows:
+        flow, step = str(reason.get("workflow", "manual")), str(reason.get("step", "?"))
+        tally[(flow, step, kind, status)] += 1
     order: dict[tuple[str, str], int] = {}
     for workflow in registry.workflows.values():
         for node in workflow.program:
             order.setdefault((workflow.name, node.id), len(order))
-    steps = sorted({(w, s) for w, s, _ in tally}, key=lambda k: (order.get(k, len(order)), k))
+    steps = sorted(
+        {(w, s, k) for w, s, k, _ in tally},
+        key=lambda key: (order.get(key[:2], len(order)), key),
+    )
     known = (ActionStatus.SENT, ActionStatus.SKIPPED, ActionStatus.FAILED)
     return [
         StepStats(
             workflow=w,
             step=s,
-            sent=tally[(w, s, ActionStatus.SENT)],
-            skipped=tally[(w, s, ActionStatus.SKIPPED)],
-            failed=tally[(w, s, ActionStatus.FAILED)],
+            kind=k,
+            sent=tally[(w, s, k, ActionStatus.SENT)],
+            skipped=tally[(w, s, k, ActionStatus.SKIPPED)],
+            failed=tally[(w, s, k, ActionStatus.FAILED)],
             other=sum(
-                n for (w2, s2, st), n in tally.items() if (w2, s2) == (w, s) and st not in known
+                n
+                for (w2, s2, k2, st), n in tally.items()
+                if (w2, s2, k2) == (w, s, k) and st not in known
             ),
         )
-        for w, s in steps
+        for w, s, k in steps
     ]
+
+
+def email_stats(db: Engine, registry: Registry) -> list[StepStats]:
+    """Emails per workflow step and outcome: the steps whose sent ones are ``.eml`` files."""
+    return [row for row in action_stats(db, registry) if row.kind == "email"]
+
+
+def cli_command(
+    *,
+    executable: str | None = None,
+    cwd: Path | None = None,
+    path: str | None = None,
+) -> str:
+    """How to run ``journeyline`` from ``cwd``, as a shell command that works as printed.
+
+    ``journeyline`` itself when the one on ``PATH`` is this installation's (an activated
+    venv); else the entry point beside this interpreter (``.venv/bin/journeyline`` after
+    ``make demo``), relative to ``cwd`` when under it; else ``python -m engine.cli``.
+    """
+    executable = executable or sys.executable
+    cwd = cwd or Path.cwd()
+    script = Path(executable).parent / "journeyline"
+    on_path = shutil.which("journeyline", path=path)  # None: the PATH of the environment
+    if on_path and Path(on_path).absolute() == script.absolute():
+        return "journeyline"
+    if not script.is_file():
+        return f"{shlex.quote(executable)} -m engine.cli"
+    try:
+        shown = script.absolute().relative_to(cwd.absolute()).as_posix()
+    except ValueError:
+        shown = str(script.absolute())
+    if "/" not in shown:  # a bare name would be looked up on PATH, where it is not
+        shown = f"./{shown}"
+    return shlex.quote(shown)
 
 
 def run(options: DemoOptions, console: Console) -> DemoReport:
@@ -384,15 +436,19 @@ def run(options: DemoOptions, console: Console) -> DemoReport:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task(f"{options.contacts} contacts", total=options.days * 24)
             events = simulate(runtime, clock, options, on_hour=lambda: progress.advance(task))
+        actions = action_stats(runtime.db, runtime.registry)
         report = DemoReport(
             database_url=database_url,
             outbox=outbox,
             eml_files=len(list(outbox.glob("*.eml"))) if outbox.exists() else 0,
+            crm_records=len(list((outbox / "crm").glob("*.json"))),
             events=events,
             seconds=0.0,
             stages=stage_counts(runtime.db, runtime.registry),
-            emails=email_stats(runtime.db, runtime.registry),
+            emails=[row for row in actions if row.kind == "email"],
+            other_actions=[row for row in actions if row.kind != "email"],
             sample_email=_sample_email(runtime.db),
+            cli=cli_command(),
         )
     report.seconds = time.perf_counter() - started
     return report
@@ -435,23 +491,47 @@ def render_report(report: DemoReport, console: Console) -> None:
         stages.add_row(row.stage, str(row.contacts), f"{row.percent:.1f}")
     console.print(stages)
 
-    emails = Table(title="Emails per workflow step")
-    for name in ("workflow", "step"):
-        emails.add_column(name)
-    for name in ("sent", "skipped", "failed"):
-        emails.add_column(name, justify="right")
-    for step in report.emails:
-        failed = f"[red]{step.failed}[/]" if step.failed else "0"
-        emails.add_row(step.workflow, step.step, str(step.sent), str(step.skipped), failed)
+    emails = Table(title="Emails per workflow step", show_footer=True)
+    _step_columns(emails, report.emails, kind=False)
     console.print(emails)
+    if report.other_actions:
+        others = Table(title="CRM steps and other actions per workflow step", show_footer=True)
+        _step_columns(others, report.other_actions, kind=True)
+        console.print(others)
 
     console.print(
         f"{report.events} events simulated in {report.seconds:.1f}s. "
-        f"Outbox: [bold]{report.outbox}[/] holds {report.eml_files} .eml files."
+        f"Outbox: [bold]{escape(str(report.outbox))}[/] holds {report.eml_files} .eml files"
+        + (
+            f", and {report.crm_records} CRM records in "
+            f"[bold]{escape(str(report.outbox / 'crm'))}[/]."
+            if report.crm_records
+            else "."
+        )
     )
     if report.sample_email:
-        console.print(
-            "See one contact's story: "
-            f"[bold]journeyline contact {report.sample_email} "
-            f"--database-url {report.database_url}[/]"
+        command = (
+            f"{report.cli} contact {shlex.quote(report.sample_email)} "
+            f"--database-url {shlex.quote(report.database_url)}"
         )
+        console.print("See one contact's story:")
+        # soft_wrap: a command folded at the terminal's width would not run when pasted.
+        console.print(f"  [bold]{escape(command)}[/]", soft_wrap=True)
+
+
+def _step_columns(table: Table, rows: list[StepStats], *, kind: bool) -> None:
+    """Workflow, step (and kind) per row, then the outcomes, with their totals as footer."""
+    table.add_column("workflow", footer="total")
+    table.add_column("step")
+    if kind:
+        table.add_column("kind")
+    for name, total in (
+        ("sent", sum(r.sent for r in rows)),
+        ("skipped", sum(r.skipped for r in rows)),
+        ("failed", sum(r.failed for r in rows)),
+    ):
+        table.add_column(name, justify="right", footer=str(total))
+    for row in rows:
+        failed = f"[red]{row.failed}[/]" if row.failed else "0"
+        names = (row.workflow, row.step, row.kind) if kind else (row.workflow, row.step)
+        table.add_row(*names, str(row.sent), str(row.skipped), failed)
