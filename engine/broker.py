@@ -9,6 +9,15 @@ from dramatiq.brokers.stub import StubBroker
 from engine.errors import ConfigurationError
 
 
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """The errors of a broker that cannot take a message (down, refusing, out of memory):
+    Dramatiq's for RabbitMQ; its Redis broker lets redis-py's through."""
+    from dramatiq.errors import ConnectionClosed, ConnectionFailed
+    from redis.exceptions import RedisError
+
+    return (ConnectionClosed, ConnectionFailed, RedisError)
+
+
 def build_broker(url: str) -> Broker:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "stub":

@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
+from engine.broker import broker_errors
 from engine.errors import ConfigurationError, ValidationError
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings, describe_settings_error
@@ -187,15 +188,6 @@ def database_problem(exc: DBAPIError, url: str) -> str | None:
     if isinstance(exc, OperationalError):
         return f"database at {where}: {reason}"
     return None
-
-
-def broker_errors() -> tuple[type[BaseException], ...]:
-    """The errors of a broker that cannot take a message (down, refusing, out of memory):
-    Dramatiq's for RabbitMQ; its Redis broker lets redis-py's through."""
-    from dramatiq.errors import ConnectionClosed, ConnectionFailed
-    from redis.exceptions import RedisError
-
-    return (ConnectionClosed, ConnectionFailed, RedisError)
 
 
 def _one_line(exc: BaseException | None) -> str:

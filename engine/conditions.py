@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine import known_events
+from engine.durations import describe_duration
 from engine.spec import vocabulary
 
 if TYPE_CHECKING:
@@ -264,7 +265,7 @@ class DidEvent(Condition):
         return any(matches(properties, self.where) for properties in found)
 
     def describe(self) -> str:
-        when = f" within {self.within}" if self.within else " since entering"
+        when = f" within {describe_duration(self.within)}" if self.within else " since entering"
         return f"did {self.type}{when}"
 
     def events(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from sqlalchemy import and_, bindparam, or_, select
 from sqlmodel import Session
 
 from engine.db import one_of_param
+from engine.durations import describe_duration
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
@@ -53,7 +54,7 @@ def defer_until(
         freed = _cap_frees_at(others, cap, scope, now=now)
         if freed is not None:
             label = "frequency cap" + (f" of {scope}" if scope else "")
-            held.append((freed, f"{label}: {cap.max} per {cap.per}"))
+            held.append((freed, f"{label}: {cap.max} per {describe_duration(cap.per)}"))
     if not held:
         return None
     return max(held, key=lambda item: item[0])

@@ -78,7 +78,7 @@ def record_sendgrid_events(runtime: Any, events: Sequence[Any]) -> InboundResult
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("SendGrid event %s rejected: %s", index, exc)
-    runtime.enqueue_contacts(sorted(result.contacts))
+    runtime.enqueue_or_leave(sorted(result.contacts), what="SendGrid events")
     return result
 
 

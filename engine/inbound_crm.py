@@ -59,7 +59,7 @@ def record_hubspot_events(
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("HubSpot event %s rejected: %s", index, exc)
-    runtime.enqueue_contacts(sorted(result.contacts))
+    runtime.enqueue_or_leave(sorted(result.contacts), what="HubSpot events")
     return result
 
 

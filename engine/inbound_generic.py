@@ -345,5 +345,5 @@ def record_generic_events(
             else:
                 result.recorded += 1
                 result.contacts.add(recorded.contact_id)
-    runtime.enqueue_contacts(sorted(result.contacts))
+    runtime.enqueue_or_leave(sorted(result.contacts), what="webhook events")
     return result

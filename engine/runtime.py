@@ -46,7 +46,7 @@ from engine.batch_send import (
 )
 from engine.broadcast import BroadcastResult
 from engine.broadcast import broadcast as run_broadcast
-from engine.broker import build_broker
+from engine.broker import broker_errors, build_broker
 from engine.clock import Clock, SystemClock
 from engine.contacts import (
     find_or_create_contact,
@@ -57,6 +57,7 @@ from engine.contacts import (
 )
 from engine.crm_batch import batching_performer, crm_batches, perform_crm_batch
 from engine.db import make_engine, transaction
+from engine.durations import describe_duration
 from engine.errors import ConfigurationError, ValidationError
 from engine.executor import Effects
 from engine.inline_broker import InlineBroker
@@ -307,6 +308,28 @@ class Runtime:
                 self.jobs.process_contact.send(chunk[0])
             else:
                 self.jobs.process_contacts.send(chunk)
+
+    def enqueue_or_leave(self, contact_ids: Iterable[int], *, what: str) -> bool:
+        """``enqueue_contacts`` after their events were committed, for callers that answer
+        someone who must not be told the events were lost (an HTTP client, a provider's
+        webhook): if the broker refuses the jobs, log it and return False. Nothing is lost:
+        the events are stored as pending, and a scheduler pass hands them to the workers
+        once their lease (``recording.EVENT_LEASE``) runs out and the broker answers."""
+        ids = list(contact_ids)
+        try:
+            self.enqueue_contacts(ids)
+        except broker_errors() as exc:
+            log.error(
+                "%s: stored for %d contact(s), but the broker refused their jobs (%s: %s); "
+                "a scheduler pass hands them to the workers within %s once it answers",
+                what,
+                len(ids),
+                type(exc).__name__,
+                " ".join(str(exc).split()),
+                describe_duration(recording.EVENT_LEASE),
+            )
+            return False
+        return True
 
     def process_contacts(self, contact_ids: list[int]) -> Effects:
         """Several contacts in one transaction (``pipeline_jobs.process_contacts_job``). If one

@@ -40,6 +40,7 @@ from engine import known_events
 from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import one_of_param, transaction
+from engine.durations import describe_duration
 from engine.executor import (
     Effects,
     meets_entry_rules,
@@ -189,7 +190,12 @@ def _record_slot(
         "timezone": tz_name,
         "slot_at": at,
         "status": ScheduleSlotStatus.SKIPPED if late else ScheduleSlotStatus.PENDING,
-        "note": f"found {now - at} late (max_delay {trigger.max_delay})" if late else "",
+        "note": (
+            f"found {describe_duration(now - at)} late "
+            f"(max_delay {describe_duration(trigger.max_delay)})"  # type: ignore[arg-type]
+            if late
+            else ""
+        ),
         "after_contact_id": 0,
         "contacts_seen": 0,
         "errors": 0,

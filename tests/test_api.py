@@ -3,6 +3,7 @@ email connector. Tests read as Given / When / Then; jobs run when the test drain
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlmodel import Session, select
 
 import engine.api_keys  # noqa: F401  (registers the api_keys table before create_all)
@@ -30,6 +33,7 @@ from engine.api.events import MAX_BATCH
 from engine.api_keys import create_key, revoke
 from engine.db import make_engine, transaction
 from engine.models import Action, Event, StageTransition
+from engine.recording import EVENT_LEASE
 from engine.runtime import Runtime
 from engine.testing import midday_zone
 from tests.support import contact, events, make_runtime
@@ -240,6 +244,42 @@ def test_a_repeated_idempotency_key_is_recorded_once(api: Api) -> None:
     api.runtime.drain()
     orders = [e for e in events(api.runtime) if e.type == "order.completed"]
     assert len(orders) == 2
+
+
+def test_events_kept_while_the_broker_is_down_are_202_and_go_on_after_their_lease(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker that refuses every job
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    jobs = api.runtime.jobs
+    for actor in (jobs.process_contact, jobs.process_contacts):
+        monkeypatch.setattr(actor, "send", refuse)
+    # When events come in, alone and in a batch
+    with caplog.at_level(logging.ERROR, logger="engine.runtime"):
+        alone = api.post_events(event("ana@example.com", "trial.started"))
+        batch = api.post_events(
+            {"events": [event("bo@example.com", "trial.started"), event("cy@example.com")]}
+        )
+    # Then they are accepted: stored as pending, and the refusal logged for an operator
+    assert (alone.status_code, batch.status_code) == (202, 202), (alone.text, batch.text)
+    stored = events(api.runtime)
+    assert {e.status for e in stored} == {"pending"}
+    assert sorted(e.type for e in stored if e.type != "contact.created") == [
+        "page.viewed",
+        "trial.started",
+        "trial.started",
+    ]
+    refused = [r.getMessage() for r in caplog.records if "refused their jobs" in r.getMessage()]
+    assert len(refused) == 2 and "ConnectionError: Error 111" in refused[0], refused
+    assert "within 5 minutes once it answers" in refused[0]
+    # And once the broker answers and their lease has run out, a scheduler pass hands them on
+    monkeypatch.undo()
+    api.clock.advance(EVENT_LEASE + timedelta(seconds=1))
+    api.runtime.run_until_idle()
+    assert {e.status for e in events(api.runtime)} == {"processed"}
+    assert contact(api.runtime, "ana@example.com").stage == "decision"
 
 
 # --- contacts -----------------------------------------------------------------------------

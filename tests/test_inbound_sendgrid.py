@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlmodel import Session, select
 
 from engine import Workflow, on_event, opened, send_email, wait
@@ -151,3 +154,26 @@ def test_a_delivery_event_reconciles_an_unknown_send(tmp_path: Path) -> None:
         assert after.status == "sent"
         assert after.provider_id == f"msg-{welcome.id}"
         assert "reconciled" in (after.error or "")
+
+
+def test_events_are_kept_when_the_broker_refuses_their_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running(tmp_path, [SERIES]) as (rt, _clock, _email):
+        rt.track("ana@example.com", "demo.requested")
+        rt.drain()
+        welcome = next(a for a in actions(rt) if a.kind == "email")
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise RedisConnectionError("Connection refused.")
+
+        for actor in (rt.jobs.process_contact, rt.jobs.process_contacts):
+            monkeypatch.setattr(actor, "send", refuse)
+        with caplog.at_level(logging.ERROR, logger="engine.runtime"):
+            result = record_sendgrid_events(rt, [sg("open", "ana@example.com", welcome.id or 0, 1)])
+        # The provider is answered as if all went well: the event is stored, pending
+        assert result.recorded == 1
+        with Session(rt.db) as session:
+            opened_events = session.exec(select(Event).where(Event.type == "email.opened")).all()
+        assert [e.status for e in opened_events] == ["pending"]
+        assert any("SendGrid events: stored" in r.getMessage() for r in caplog.records)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from engine import Workflow, build_registry, lifecycle_journey, on_event, send_email, wait
 from engine.cli import _register_subcommands, app
 from engine.db import make_engine, transaction
-from engine.diagram import describe_duration
+from engine.durations import describe_duration
 from engine.versions import apply_migration, plan_migration
 from tests.language_support import TEMPLATES, running
 from workflows.rules import RULES

@@ -172,7 +172,7 @@ def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
             recorded = record_batch(session, runtime.registry, items, now=now, source=SOURCE)
         else:
             recorded = [record_one(session, runtime.registry, item, now=now) for item in items]
-    runtime.enqueue_contacts(r.contact_id for r in recorded if not r.duplicate)
+    runtime.enqueue_or_leave((r.contact_id for r in recorded if not r.duplicate), what="events")
     return [
         RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
         for r in recorded
