@@ -12,19 +12,16 @@ precedence. Failures end in a message, never a traceback, and an exit code:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import re
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -41,14 +38,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, Programm
 from sqlmodel import Session, col, select
 
 from engine.broker import broker_errors
-from engine.errors import ConfigurationError, ValidationError
-from engine.models import Action, ActionStatus, Contact, Event, EventStatus
+from engine.errors import ConfigurationError, ValidationError, WorkflowDefinitionError
+from engine.models import Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings, describe_settings_error
 
 if TYPE_CHECKING:
-    from engine.registry import Registry
-    from engine.runtime import Runtime, Tick
-    from engine.timeline import LiveEnrollment
+    from engine.runtime import Runtime
 
 log = logging.getLogger("engine.cli")
 
@@ -210,7 +205,7 @@ def friendly_errors(settings: Settings, *, broker_hint: str | None = None) -> It
         yield
     except ValidationError as exc:
         fail(str(exc))
-    except ConfigurationError as exc:
+    except (ConfigurationError, WorkflowDefinitionError) as exc:
         fail(str(exc))
     except (OperationalError, ProgrammingError) as exc:
         problem = database_problem(exc, settings.database_url)
@@ -279,121 +274,6 @@ def worker(
     argv += ["--processes", str(processes), "--threads", str(threads)]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
-
-
-@app.command()
-def scheduler(
-    ctx: typer.Context,
-    once: Annotated[bool, typer.Option("--once", help="One tick, print counts, exit.")] = False,
-    periodic: Annotated[
-        bool,
-        typer.Option(
-            "--periodic",
-            help="Start the periodic scheduler_tick job on the shared broker and exit: the "
-            "workers then run the scheduler (extra copies of the job stop themselves).",
-        ),
-    ] = False,
-    database_url: DatabaseUrl = None,
-    broker_url: BrokerUrl = None,
-) -> None:
-    """Wake due enrollments, fire due schedule triggers and re-dispatch stuck events and
-    actions, every interval."""
-    from engine.runtime import Runtime
-
-    settings = settings_for(ctx, database_url, broker_url)
-    log.setLevel(settings.log_level.upper())
-    if periodic:
-        if settings.broker_url.startswith("stub:"):
-            fail(
-                "--periodic needs a shared broker (redis:// or amqp://) and running workers; "
-                "with stub:// run `journeyline scheduler` itself"
-            )
-        not_started = "scheduler_tick was not started: run this again once the broker answers"
-        with friendly_errors(settings, broker_hint=not_started), Runtime(settings) as runtime:
-            runtime.jobs.scheduler_tick.send()
-        console.print(
-            "scheduler_tick enqueued: workers tick every "
-            f"{settings.scheduler_interval_seconds:g} s from now on"
-        )
-        return
-    after_lease = (
-        "What this pass claimed is handed out again by a later pass once its lease runs out "
-        f"({settings.action_lease_seconds} s, JOURNEYLINE_ACTION_LEASE_SECONDS)"
-    )
-    with friendly_errors(settings, broker_hint=after_lease), Runtime(settings) as runtime:
-        runtime.start()  # a no-op unless the broker is stub://, whose jobs run here
-        if once:
-            due = runtime.tick()
-            if runtime.in_process:
-                runtime.drain()
-            console.print(tick_counts(due))
-            return
-        scheduler_loop(runtime, out=console, sleep=time.sleep)
-
-
-SCHEDULER_HEARTBEAT = timedelta(minutes=15)
-"""A running scheduler whose passes find nothing says it is alive this often."""
-
-
-def tick_counts(due: Tick) -> str:
-    return (
-        f"{len(due.enrollments)} enrollments woken, {len(due.contacts)} contacts and "
-        f"{len(due.actions)} actions re-dispatched, "
-        f"{len(due.schedule_slots)} schedule slots fired"
-    )
-
-
-def scheduler_loop(
-    runtime: Runtime, *, out: Console, sleep: Callable[[float], None] = time.sleep
-) -> None:
-    """Scheduler passes every interval until Ctrl-C, saying so: a line when it starts, one
-    per pass that found work, one when the broker refuses jobs or answers again, one every
-    ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops."""
-    settings = runtime.settings
-    interval = settings.scheduler_interval_seconds
-    out.print(
-        f"scheduler started: database {describe_database(settings.database_url)}, broker "
-        f"{redact_url(settings.broker_url)}, a pass every {interval:g} s (Ctrl-C to stop)",
-        highlight=False,
-        soft_wrap=True,
-    )
-    passes = quiet = 0
-    quiet_since = runtime.clock.now()
-    broker_down = False
-    try:
-        while True:
-            now = runtime.clock.now()
-            stamp = f"{now:%Y-%m-%d %H:%M:%S} UTC"
-            passes += 1
-            said: list[str] = []
-            try:
-                due = runtime.tick()
-            except broker_errors() as exc:
-                if not broker_down:
-                    said.append(
-                        f"{broker_problem(exc, settings.broker_url)}: what this pass claimed "
-                        "is handed out again once its lease runs out "
-                        f"({settings.action_lease_seconds} s); trying every pass"
-                    )
-                broker_down = True
-            else:
-                if broker_down:
-                    said.append("the broker takes jobs again")
-                    broker_down = False
-                if len(due):
-                    said.append(tick_counts(due))
-            quiet += 1
-            if not said and now - quiet_since >= SCHEDULER_HEARTBEAT:
-                said.append(
-                    f"running: {quiet} passes since {quiet_since:%H:%M:%S} found nothing due"
-                )
-            for line in said:
-                out.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
-            if said:
-                quiet, quiet_since = 0, now
-            sleep(interval)
-    except KeyboardInterrupt:
-        out.print(f"scheduler stopped (Ctrl-C) after {passes} passes", highlight=False)
 
 
 @db_app.command("upgrade")
@@ -513,309 +393,6 @@ def _recorded_not_enqueued(runtime: Runtime, idempotency_key: str, exc: BaseExce
 
 
 @app.command()
-def contact(
-    ctx: typer.Context,
-    email: Annotated[str, typer.Argument(help="The contact's email address.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON.")] = False,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Show a contact: stage, score, subscription and its timeline."""
-    from engine.db import make_engine
-    from engine.timeline import contact_timeline, name_steps
-
-    settings = settings_for(ctx, database_url)
-    unnamed = ""
-    db = make_engine(settings.database_url)
-    try:
-        with friendly_errors(settings), Session(db) as session:
-            timeline = contact_timeline(session, email)
-            if timeline is not None and timeline.live:  # only then are the workflows needed
-                registry, unnamed = _registry_to_name_steps(settings)
-                if registry is not None:
-                    live = name_steps(session, registry, timeline.live)
-                    timeline = dataclasses.replace(timeline, live=live)
-    finally:
-        db.dispose()
-    if timeline is None:
-        err_console.print(f"no contact with email {escape(email)!r}")
-        raise typer.Exit(1)
-    if unnamed:  # on stderr, so --json output stays JSON
-        err_console.print(f"[dim]steps not named: {escape(unnamed)}[/]")
-    if as_json:
-        sys.stdout.write(json.dumps(timeline.to_dict(), indent=2) + "\n")
-        return
-    who = timeline.contact
-    console.print(f"[bold]{escape(who.email)}[/] (contact {who.id})", highlight=False)
-    console.print(
-        f"stage [bold]{who.stage}[/] since {who.stage_entered_at:%Y-%m-%d %H:%M} UTC, "
-        f"score {who.score}, {who.subscription_status}, time zone {who.timezone}",
-        highlight=False,
-    )
-    if who.attributes:
-        console.print("attributes: " + escape(json.dumps(who.attributes)), highlight=False)
-    table = Table(title="Timeline")
-    table.add_column("at (UTC)", no_wrap=True)
-    table.add_column("kind")
-    table.add_column("what")
-    colours = {"event": "cyan", "stage": "magenta", "enrollment": "blue", "action": "green"}
-    for entry in timeline.entries:
-        colour = colours.get(entry.kind, "white")
-        table.add_row(
-            f"{entry.at:%Y-%m-%d %H:%M:%S}",
-            f"[{colour}]{entry.kind}[/]",
-            escape(entry.summary),
-        )
-    console.print(table)
-    if timeline.live:
-        console.print(_live_table(timeline.live, now=datetime.now(UTC)))
-
-
-def _registry_to_name_steps(settings: Settings) -> tuple[Registry | None, str]:
-    """The workflows, to name each live enrollment's step; without them (another machine's
-    database, a module that does not load) the view still works and says why."""
-    from engine.registry import load_registry
-
-    try:
-        return load_registry(settings.workflows, templates_dir=settings.templates_dir), ""
-    except Exception as exc:  # shown to the operator, the timeline goes on without names
-        return None, f"workflows {settings.workflows!r} did not load ({type(exc).__name__}: {exc})"
-
-
-def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
-    """What comes next for a contact: each running or waiting enrollment, its step, its next
-    wake-up and whether a scheduler pass holds that wake-up (for an on-call engineer asking
-    why a wait past due has not run)."""
-    table = Table(title="Live enrollments")
-    for column in ("workflow", "status", "next step (position)", "wakes at (UTC)", "scheduler"):
-        table.add_column(column)
-    for e in live:
-        if e.claimed_until is None:
-            past_due = e.wake_at is not None and e.wake_at <= now
-            held = "past due: the next scheduler pass hands it out" if past_due else ""
-        elif e.claimed_until > now:
-            held = f"handed to a job, held until {e.claimed_until:%Y-%m-%d %H:%M:%S}"
-        else:  # the job was lost or is late: the next pass hands it out again
-            held = f"claim lapsed at {e.claimed_until:%Y-%m-%d %H:%M:%S}: due again"
-        table.add_row(
-            escape(e.workflow),
-            e.status,
-            str(e.position) if e.step is None else f"{escape(e.step)} ({e.position})",
-            "" if e.wake_at is None else f"{e.wake_at:%Y-%m-%d %H:%M:%S}",
-            held,
-        )
-    return table
-
-
-actions_app = typer.Typer(help="List actions, or retry failed ones (`actions retry`).")
-app.add_typer(actions_app, name="actions")
-
-
-@actions_app.callback(invoke_without_command=True)
-def actions(
-    ctx: typer.Context,
-    failed: Annotated[
-        bool, typer.Option("--failed", help="Only failed and unknown ones: the dead letters.")
-    ] = False,
-    status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """List actions, newest first; pending ones say what holds them, and until when."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from engine.db import make_engine
-
-    known = [s.value for s in ActionStatus]
-    if status is not None and status not in known:
-        raise typer.BadParameter(
-            f"{status!r} is not one of {', '.join(known)}", param_hint="--status"
-        )
-    settings = settings_for(ctx, database_url)
-    query = select(Action, Contact.email).join(Contact, col(Contact.id) == col(Action.contact_id))
-    if failed:
-        query = query.where(col(Action.status).in_([ActionStatus.FAILED, ActionStatus.UNKNOWN]))
-    if status is not None:
-        query = query.where(Action.status == status)
-    query = query.order_by(col(Action.updated_at).desc(), col(Action.id).desc()).limit(limit)
-    db = make_engine(settings.database_url)
-    try:
-        with friendly_errors(settings), Session(db) as session:
-            rows = session.exec(query).all()
-    finally:
-        db.dispose()
-    now = datetime.now(UTC)
-    title = "Failed and unknown actions" if failed else "Actions"
-    table = Table(title=f"{title} ({len(rows)})")
-    columns = ("id", "contact", "workflow/step", "status", "attempts", "error", "note", "updated")
-    for name in columns:
-        table.add_column(
-            name,
-            justify="right" if name in ("id", "attempts") else "left",
-            overflow="fold",
-            no_wrap=name in ("id", "status", "updated"),
-        )
-    styles = {"failed": "red", "unknown": "yellow", "sent": "green"}
-    for action, email in rows:
-        workflow = action.reason.get("workflow", "manual")
-        step = action.reason.get("step", action.payload.get("template", "?"))
-        style = styles.get(action.status, "white")
-        table.add_row(
-            str(action.id),
-            escape(email),
-            escape(f"{workflow}/{step}"),
-            f"[{style}]{action.status}[/]",
-            str(action.attempts),
-            escape(action.error or action.reason.get("skipped", "") or ""),
-            escape(action_note(action, now=now)),
-            f"{action.updated_at:%Y-%m-%d %H:%M}",
-        )
-    console.print(table)
-
-
-def action_note(action: Action, *, now: datetime) -> str:
-    """What an operator asks of an action beyond its status: for a pending one what holds
-    it and until when (the guard rail that deferred it, as ``journeyline contact`` says it,
-    or its next attempt after an error); for any, the retries an operator asked for."""
-    notes: list[str] = []
-    if action.status == ActionStatus.PENDING:
-        held = action.reason.get("held") or []
-        last = held[-1] if held else None
-        if last is not None and datetime.fromisoformat(last["until"]) > now:
-            until = datetime.fromisoformat(last["until"])
-            notes.append(f"held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']}")
-        elif action.next_attempt_at > now:
-            notes.append(f"next attempt at {action.next_attempt_at:%Y-%m-%d %H:%M} UTC")
-        elif action.lease_until is not None and action.lease_until <= now:
-            notes.append("due: the next scheduler pass hands it out")
-    retries = action.reason.get("retries") or []
-    if retries:
-        last_retry = datetime.fromisoformat(retries[-1]["at"])
-        times = "once" if len(retries) == 1 else f"{len(retries)} times"
-        notes.append(
-            f"retried {times}, last at {last_retry:%Y-%m-%d %H:%M} UTC "
-            f"(was {retries[-1]['status']})"
-        )
-    return "; ".join(notes)
-
-
-def parse_since(text: str) -> datetime:
-    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age such as
-    ``90m``, ``6h`` or ``2d``."""
-    age = re.fullmatch(r"(\d+)\s*([mhd])", text.strip())
-    if age:
-        unit = {"m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
-        return datetime.now(UTC) - timedelta(**{unit: int(age.group(1))})
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither an ISO date or time nor an age like 6h or 2d",
-            param_hint="--since",
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@actions_app.command("retry")
-def actions_retry(
-    ctx: typer.Context,
-    ids: Annotated[
-        list[int] | None, typer.Argument(help="Ids of failed actions (as `actions` lists).")
-    ] = None,
-    failed: Annotated[
-        bool, typer.Option("--failed", help="Every failed action (see --kind, --since).")
-    ] = False,
-    kind: Annotated[
-        str | None, typer.Option("--kind", help="With --failed: only this kind (email, ...).")
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option("--since", help="With --failed: only failed since (2024-06-01, 6h, 2d)."),
-    ] = None,
-    unknown_ok: Annotated[
-        bool,
-        typer.Option(
-            "--unknown-ok",
-            help="Also retry the named actions in status unknown, which the provider may "
-            "already have accepted (a second email is possible).",
-        ),
-    ] = False,
-    database_url: DatabaseUrl = None,
-    broker_url: BrokerUrl = None,
-) -> None:
-    """Send failed actions again after their cause is fixed: back to pending, attempts from
-    0, same idempotency key, the retry noted on the row. Sent and skipped ones never."""
-    from engine.actions import retry_actions
-    from engine.db import transaction
-    from engine.executor import Effects
-    from engine.runtime import Runtime
-
-    if not ids and not failed:
-        raise typer.BadParameter("name action ids, or pass --failed", param_hint="IDS")
-    if (kind is not None or since is not None) and not failed:
-        raise typer.BadParameter("--kind and --since select among --failed", param_hint="--kind")
-    after = parse_since(since) if since is not None else None
-    settings = settings_for(ctx, database_url, broker_url)
-    with friendly_errors(settings), Runtime(settings) as runtime:
-        now = runtime.clock.now()
-        with transaction(runtime.db) as session:
-            done = retry_actions(
-                session,
-                ids=ids or [],
-                failed=failed,
-                kind=kind,
-                since=after,
-                unknown_ok=unknown_ok,
-                now=now,
-                lease=runtime.lease,
-            )
-        for action_id, why in done.refused.items():
-            err_console.print(
-                f"[yellow]not retried:[/] action {action_id}: {escape(why)}", highlight=False
-            )
-        for action_id in done.was_unknown:
-            err_console.print(
-                f"[yellow]warning:[/] action {action_id} was unknown: the provider may already "
-                "have accepted it, so its contact may get it twice",
-                highlight=False,
-            )
-        retried = done.ids
-        if not retried:
-            console.print("no action retried" + ("" if ids else ": none failed"))
-            raise typer.Exit(EXIT_NOT_FOUND if done.refused else 0)
-        console.print(
-            f"{len(retried)} action(s) back to pending for a fresh attempt: "
-            + ", ".join(map(str, retried)),
-            highlight=False,
-            soft_wrap=True,
-        )
-        try:
-            runtime.dispatch(Effects(actions=done.marketing, transactional=done.transactional))
-        except broker_errors() as exc:
-            err_console.print(
-                f"[yellow]warning:[/] {escape(broker_problem(exc, settings.broker_url))}: "
-                "they wait for the sweeper, which hands them out once their lease ends at "
-                f"{now + runtime.lease:%Y-%m-%d %H:%M:%S} UTC and the broker answers",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(EXIT_NOT_ENQUEUED) from None
-        if runtime.in_process:
-            runtime.drain()  # stub://: nobody else will run the jobs
-            with Session(runtime.db) as session:
-                statuses = session.exec(
-                    select(Action.status).where(col(Action.id).in_(retried))
-                ).all()
-            outcome = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
-            console.print(f"performed in this process: {outcome}", highlight=False)
-        else:
-            console.print(
-                f"handed to the workers on {redact_url(settings.broker_url)}", highlight=False
-            )
-    if done.refused:
-        raise typer.Exit(EXIT_NOT_FOUND)
-
-
-@app.command()
 def events(
     ctx: typer.Context,
     failed: Annotated[
@@ -862,9 +439,12 @@ def events(
 
 def _register_subcommands() -> None:
     # Sub-commands in their own modules register themselves on the app when imported.
+    import engine.cli_actions
     import engine.cli_api
     import engine.cli_broadcast
+    import engine.cli_contact
     import engine.cli_fakes
+    import engine.cli_scheduler
     import engine.cli_simulate
     import engine.cli_workflows  # noqa: F401
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlmodel import Session
 
-from engine.cli import DatabaseUrl, app, console, err_console, fail, settings_for
+from engine.cli import (
+    DatabaseUrl,
+    app,
+    console,
+    database_problem,
+    err_console,
+    fail,
+    redact_url,
+    settings_for,
+)
 from engine.db import make_engine, transaction
 from engine.diagram import describe_trigger, mermaid
 from engine.errors import WorkflowDefinitionError, WorkflowImportError
@@ -35,14 +46,22 @@ def _registry(settings: Settings) -> Registry:
 
 
 def _counts(settings: Settings, name: str) -> dict[tuple[str, int], int] | None:
+    if _sqlite_file_missing(settings.database_url):
+        return None  # connecting would create an empty database file where none was
     db = make_engine(settings.database_url)
     try:
         with Session(db) as session:
             return count_at_steps(session, name)
-    except OperationalError:
+    except (OperationalError, ProgrammingError):
         return None  # no database (or not migrated): draw without live counts
     finally:
         db.dispose()
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    parsed = make_url(url)
+    path = parsed.database
+    return parsed.get_backend_name() == "sqlite" and bool(path) and not Path(path).exists()
 
 
 @workflows_app.command("check")
@@ -132,7 +151,10 @@ def migrate(
                 console.print(f"[green]moved {moved} enrollment(s)[/]")
             else:
                 console.print(f"{plan.movable} would move; run again with --apply to move them")
-    except OperationalError as exc:
-        fail(f"database {settings.database_url}: {exc.orig}")
+    except (OperationalError, ProgrammingError) as exc:
+        fail(
+            database_problem(exc, settings.database_url)
+            or f"database {redact_url(settings.database_url)}: {exc.orig}"
+        )
     finally:
         db.dispose()

@@ -187,9 +187,9 @@ def import_workflows(module_name: str) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
             raise WorkflowImportError(_not_found(module_name, exc.name)) from None
-        raise WorkflowImportError(_import_failure(module_name, exc)) from exc
+        raise WorkflowImportError(import_failure(module_name, exc)) from exc
     except Exception as exc:  # the user's code raised: name its file and line, not ours
-        raise WorkflowImportError(_import_failure(module_name, exc)) from exc
+        raise WorkflowImportError(import_failure(module_name, exc)) from exc
 
 
 def _working_directory_first(module_name: str) -> None:
@@ -219,7 +219,7 @@ def _not_found(module_name: str, missing: str) -> str:
     )
 
 
-def _import_failure(module_name: str, exc: BaseException) -> str:
+def import_failure(module_name: str, exc: BaseException) -> str:
     """``file:line: Error: message`` for an exception raised importing ``module_name``, at
     the deepest line of the user's own code (not the engine's, not the standard library's)."""
     if isinstance(exc, SyntaxError) and exc.filename:

@@ -37,9 +37,10 @@ from connectors.email import EmailConnector, EmailMessage, SendResult
 from connectors.email.sendgrid import Recipient
 from engine.clock import VirtualClock
 from engine.db import make_engine, transaction
+from engine.errors import WorkflowImportError
 from engine.models import Action, Contact
 from engine.recording_batch import record_batch
-from engine.registry import Registry, load_registry, registry_from_module
+from engine.registry import Registry, import_failure, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
 from engine.simulation_profile import Profile, ProfileError
@@ -85,7 +86,11 @@ def load_workflows(source: str | Path, *, templates_dir: Path | None = None) -> 
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code raised: its file and line, not a traceback
+        del sys.modules[name]
+        raise WorkflowImportError(import_failure(str(path), exc)) from exc
     return registry_from_module(module, templates_dir=templates_dir or path / "templates")
 
 

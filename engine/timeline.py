@@ -290,6 +290,20 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
     return found
 
 
+def hold_note(action: Action, *, now: datetime | None = None) -> str | None:
+    """What holds a pending action back, as the CLI and the timeline say it: "held until
+    2026-01-05 08:00 UTC: quiet hours 21:00-08:00 (Pacific/Auckland)", from the last guard
+    rail that deferred it. None when nothing does (or, given ``now``, no longer does)."""
+    held = action.reason.get("held") if action.status == ActionStatus.PENDING else None
+    if not held:
+        return None
+    last = held[-1]
+    until = datetime.fromisoformat(last["until"])
+    if now is not None and until <= now:
+        return None
+    return f"held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']}"
+
+
 def _action_entry(action: Action) -> Entry:
     workflow = action.reason.get("workflow", "manual")
     step = action.reason.get("step", action.payload.get("template", "?"))
@@ -298,10 +312,8 @@ def _action_entry(action: Action) -> Entry:
         summary += f" ({action.reason['skipped']})"
     elif action.error:
         summary += f" ({action.error})"
-    elif action.status == ActionStatus.PENDING and action.reason.get("held"):
-        last = action.reason["held"][-1]  # a guard rail deferred it: say until when
-        until = datetime.fromisoformat(last["until"])
-        summary += f" (held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']})"
+    elif (held := hold_note(action)) is not None:
+        summary += f" ({held})"
     return Entry(
         kind="action",
         at=action.completed_at or action.updated_at,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from engine.cli import app, parse_value
+from engine.cli import _register_subcommands, app, parse_value
 from engine.testing import midday_zone
 
 
@@ -28,6 +28,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     result = CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"])
     assert result.exit_code == 0, result.output
     return {"url": url, "outbox": tmp_path / "outbox", "tmp": tmp_path}
+
+
+_register_subcommands()
 
 
 def invoke(*args: str) -> Result:

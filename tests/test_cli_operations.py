@@ -20,9 +20,10 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
-import engine.cli
+import engine.cli_scheduler
 from engine import Settings, VirtualClock
-from engine.cli import app, scheduler_loop
+from engine.cli import _register_subcommands, app
+from engine.cli_scheduler import scheduler_loop
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 from engine.runtime import Tick
@@ -43,6 +44,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     result = CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"])
     assert result.exit_code == 0, result.output
     return {"url": url, "outbox": tmp_path / "outbox", "tmp": tmp_path}
+
+
+_register_subcommands()
 
 
 def invoke(*args: str) -> Result:
@@ -234,7 +238,7 @@ def test_the_scheduler_command_prints_its_start_and_stop(
     def interrupt(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.cli, "time", SimpleNamespace(sleep=interrupt))
+    monkeypatch.setattr(engine.cli_scheduler, "time", SimpleNamespace(sleep=interrupt))
     result = invoke("--database-url", env["url"], "scheduler")
     assert result.exit_code == 0, result.output
     said = flat(result)

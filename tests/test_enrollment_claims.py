@@ -19,7 +19,7 @@ from sqlalchemy import Engine, insert, select, text, update
 from sqlmodel import Session
 
 from engine import Workflow, on_event, send_email, virtual_time, wait
-from engine.cli import _live_table
+from engine.cli_contact import _live_table
 from engine.db import make_engine
 from engine.models import Contact, Enrollment, EnrollmentClaim, EnrollmentStatus
 from engine.scheduler import claim_due

@@ -420,3 +420,18 @@ def test_a_run_leaves_the_callers_garbage_collector_as_it_found_it() -> None:
     )
     assert during == [simulator.GC_THRESHOLDS] * 2 != [before[0]] * 2
     assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
+
+
+def test_a_workflows_folder_that_raises_is_one_error_with_its_file_and_line(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "__init__.py").write_text(
+        "from engine import wait_for_event\n\nSTEPS = [wait_for_event('x')]\n"
+    )
+    result = CliRunner().invoke(app, ["simulate", "--workflows", str(folder), "--days", "1"])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    squeezed = "".join(result.output.split())  # rich wraps long paths anywhere
+    assert "broken/__init__.py:3:TypeError:wait_for_event()" in squeezed, result.output

@@ -255,3 +255,23 @@ def test_migrate_previews_then_moves_and_refuses_lost_steps(tmp_path: Path) -> N
             "evolving:guide",
             "evolving:offer",
         ]
+
+
+def test_show_creates_no_database_file_and_migrate_says_to_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    shown = invoke("workflows", "show", "decision_trial", "--database-url", url)
+    assert shown.exit_code == 0, shown.output
+    assert not (tmp_path / "fresh.db").exists()  # drawn without counts, nothing created
+    (tmp_path / "empty.db").touch()  # a database nobody upgraded
+    moved = invoke(
+        "workflows",
+        "migrate",
+        "decision_trial",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'empty.db'}",
+    )
+    assert moved.exit_code != 0 and "Traceback" not in moved.output
+    assert "journeyline db upgrade" in moved.output, moved.output

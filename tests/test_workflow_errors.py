@@ -165,6 +165,24 @@ def test_other_commands_that_load_workflows_give_the_same_error(
     assert issubclass(WorkflowImportError, ConfigurationError)
 
 
+def test_commands_that_load_workflows_list_validation_problems_without_a_traceback(
+    package: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given a module that imports but does not validate (an unknown template and event)
+    source = HEADER + (
+        "WORKFLOWS = [Workflow('hello', trigger=on_event('contact.created'), steps=["
+        "send_email('no_such_template'), wait_for_event('never.happens', "
+        "timeout=timedelta(days=1))])]\n"
+    )
+    (package / "__init__.py").write_text(source)
+    _importable(package, monkeypatch)
+    monkeypatch.setenv("JOURNEYLINE_DATABASE_URL", f"sqlite:///{tmp_path / 'jl.db'}")
+    # When a command starts the runtime, then it lists every problem and exits 2
+    output = _assert_one_error(invoke("broadcast", "hello"), code=2)
+    assert "2 problem(s) in workflow definitions" in output
+    assert "'no_such_template' not found" in output and "never.happens" in output
+
+
 # --- where the module is looked for ---------------------------------------------------------
 
 

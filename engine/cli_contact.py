@@ -1,0 +1,122 @@
+"""``journeyline contact``: one contact's stage, timeline and live enrollments."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlmodel import Session
+
+from engine.cli import (
+    DatabaseUrl,
+    app,
+    console,
+    err_console,
+    friendly_errors,
+    settings_for,
+)
+from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.registry import Registry
+    from engine.timeline import LiveEnrollment
+
+
+@app.command()
+def contact(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The contact's email address.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Show a contact: stage, score, subscription and its timeline."""
+    from engine.db import make_engine
+    from engine.timeline import contact_timeline, name_steps
+
+    settings = settings_for(ctx, database_url)
+    unnamed = ""
+    db = make_engine(settings.database_url)
+    try:
+        with friendly_errors(settings), Session(db) as session:
+            timeline = contact_timeline(session, email)
+            if timeline is not None and timeline.live:  # only then are the workflows needed
+                registry, unnamed = _registry_to_name_steps(settings)
+                if registry is not None:
+                    live = name_steps(session, registry, timeline.live)
+                    timeline = dataclasses.replace(timeline, live=live)
+    finally:
+        db.dispose()
+    if timeline is None:
+        err_console.print(f"no contact with email {escape(email)!r}")
+        raise typer.Exit(1)
+    if unnamed:  # on stderr, so --json output stays JSON
+        err_console.print(f"[dim]steps not named: {escape(unnamed)}[/]")
+    if as_json:
+        sys.stdout.write(json.dumps(timeline.to_dict(), indent=2) + "\n")
+        return
+    who = timeline.contact
+    console.print(f"[bold]{escape(who.email)}[/] (contact {who.id})", highlight=False)
+    console.print(
+        f"stage [bold]{who.stage}[/] since {who.stage_entered_at:%Y-%m-%d %H:%M} UTC, "
+        f"score {who.score}, {who.subscription_status}, time zone {who.timezone}",
+        highlight=False,
+    )
+    if who.attributes:
+        console.print("attributes: " + escape(json.dumps(who.attributes)), highlight=False)
+    table = Table(title="Timeline")
+    table.add_column("at (UTC)", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("what")
+    colours = {"event": "cyan", "stage": "magenta", "enrollment": "blue", "action": "green"}
+    for entry in timeline.entries:
+        colour = colours.get(entry.kind, "white")
+        table.add_row(
+            f"{entry.at:%Y-%m-%d %H:%M:%S}",
+            f"[{colour}]{entry.kind}[/]",
+            escape(entry.summary),
+        )
+    console.print(table)
+    if timeline.live:
+        console.print(_live_table(timeline.live, now=datetime.now(UTC)))
+
+
+def _registry_to_name_steps(settings: Settings) -> tuple[Registry | None, str]:
+    """The workflows, to name each live enrollment's step; without them (another machine's
+    database, a module that does not load) the view still works and says why."""
+    from engine.registry import load_registry
+
+    try:
+        return load_registry(settings.workflows, templates_dir=settings.templates_dir), ""
+    except Exception as exc:  # shown to the operator, the timeline goes on without names
+        return None, f"workflows {settings.workflows!r} did not load ({type(exc).__name__}: {exc})"
+
+
+def _live_table(live: list[LiveEnrollment], *, now: datetime) -> Table:
+    """What comes next for a contact: each running or waiting enrollment, its step, its next
+    wake-up and whether a scheduler pass holds that wake-up (for an on-call engineer asking
+    why a wait past due has not run)."""
+    table = Table(title="Live enrollments")
+    for column in ("workflow", "status", "next step (position)", "wakes at (UTC)", "scheduler"):
+        table.add_column(column)
+    for e in live:
+        if e.claimed_until is None:
+            past_due = e.wake_at is not None and e.wake_at <= now
+            held = "past due: the next scheduler pass hands it out" if past_due else ""
+        elif e.claimed_until > now:
+            held = f"handed to a job, held until {e.claimed_until:%Y-%m-%d %H:%M:%S}"
+        else:  # the job was lost or is late: the next pass hands it out again
+            held = f"claim lapsed at {e.claimed_until:%Y-%m-%d %H:%M:%S}: due again"
+        table.add_row(
+            escape(e.workflow),
+            e.status,
+            str(e.position) if e.step is None else f"{escape(e.step)} ({e.position})",
+            "" if e.wake_at is None else f"{e.wake_at:%Y-%m-%d %H:%M:%S}",
+            held,
+        )
+    return table

@@ -1,0 +1,147 @@
+"""``journeyline scheduler``: wake due enrollments, fire schedule slots and re-dispatch stuck
+work every interval, saying what it does; ``--once`` for one pass, ``--periodic`` to hand
+the schedule to the workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from engine.broker import broker_errors
+from engine.cli import (
+    BrokerUrl,
+    DatabaseUrl,
+    app,
+    broker_problem,
+    console,
+    describe_database,
+    fail,
+    friendly_errors,
+    log,
+    redact_url,
+    settings_for,
+)
+
+
+@app.command()
+def scheduler(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="One tick, print counts, exit.")] = False,
+    periodic: Annotated[
+        bool,
+        typer.Option(
+            "--periodic",
+            help="Start the periodic scheduler_tick job on the shared broker and exit: the "
+            "workers then run the scheduler (extra copies of the job stop themselves).",
+        ),
+    ] = False,
+    database_url: DatabaseUrl = None,
+    broker_url: BrokerUrl = None,
+) -> None:
+    """Wake due enrollments, fire due schedule triggers and re-dispatch stuck events and
+    actions, every interval."""
+    from engine.runtime import Runtime
+
+    settings = settings_for(ctx, database_url, broker_url)
+    log.setLevel(settings.log_level.upper())
+    if periodic:
+        if settings.broker_url.startswith("stub:"):
+            fail(
+                "--periodic needs a shared broker (redis:// or amqp://) and running workers; "
+                "with stub:// run `journeyline scheduler` itself"
+            )
+        not_started = "scheduler_tick was not started: run this again once the broker answers"
+        with friendly_errors(settings, broker_hint=not_started), Runtime(settings) as runtime:
+            runtime.jobs.scheduler_tick.send()
+        console.print(
+            "scheduler_tick enqueued: workers tick every "
+            f"{settings.scheduler_interval_seconds:g} s from now on"
+        )
+        return
+    after_lease = (
+        "What this pass claimed is handed out again by a later pass once its lease runs out "
+        f"({settings.action_lease_seconds} s, JOURNEYLINE_ACTION_LEASE_SECONDS)"
+    )
+    with friendly_errors(settings, broker_hint=after_lease), Runtime(settings) as runtime:
+        runtime.start()  # a no-op unless the broker is stub://, whose jobs run here
+        if once:
+            due = runtime.tick()
+            if runtime.in_process:
+                runtime.drain()
+            console.print(tick_counts(due))
+            return
+        scheduler_loop(runtime, out=console, sleep=time.sleep)
+
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime, Tick
+
+
+SCHEDULER_HEARTBEAT = timedelta(minutes=15)
+"""A running scheduler whose passes find nothing says it is alive this often."""
+
+
+def tick_counts(due: Tick) -> str:
+    return (
+        f"{len(due.enrollments)} enrollments woken, {len(due.contacts)} contacts and "
+        f"{len(due.actions)} actions re-dispatched, "
+        f"{len(due.schedule_slots)} schedule slots fired"
+    )
+
+
+def scheduler_loop(
+    runtime: Runtime, *, out: Console, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Scheduler passes every interval until Ctrl-C, saying so: a line when it starts, one
+    per pass that found work, one when the broker refuses jobs or answers again, one every
+    ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops."""
+    settings = runtime.settings
+    interval = settings.scheduler_interval_seconds
+    out.print(
+        f"scheduler started: database {describe_database(settings.database_url)}, broker "
+        f"{redact_url(settings.broker_url)}, a pass every {interval:g} s (Ctrl-C to stop)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    passes = quiet = 0
+    quiet_since = runtime.clock.now()
+    broker_down = False
+    try:
+        while True:
+            now = runtime.clock.now()
+            stamp = f"{now:%Y-%m-%d %H:%M:%S} UTC"
+            passes += 1
+            said: list[str] = []
+            try:
+                due = runtime.tick()
+            except broker_errors() as exc:
+                if not broker_down:
+                    said.append(
+                        f"{broker_problem(exc, settings.broker_url)}: what this pass claimed "
+                        "is handed out again once its lease runs out "
+                        f"({settings.action_lease_seconds} s); trying every pass"
+                    )
+                broker_down = True
+            else:
+                if broker_down:
+                    said.append("the broker takes jobs again")
+                    broker_down = False
+                if len(due):
+                    said.append(tick_counts(due))
+            quiet += 1
+            if not said and now - quiet_since >= SCHEDULER_HEARTBEAT:
+                said.append(
+                    f"running: {quiet} passes since {quiet_since:%H:%M:%S} found nothing due"
+                )
+            for line in said:
+                out.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
+            if said:
+                quiet, quiet_since = 0, now
+            sleep(interval)
+    except KeyboardInterrupt:
+        out.print(f"scheduler stopped (Ctrl-C) after {passes} passes", highlight=False)
