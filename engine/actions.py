@@ -39,15 +39,7 @@ from engine.errors import (
     TransientConnectorError,
 )
 from engine.guardrails import defer_until
-from engine.models import (
-    Action,
-    ActionStatus,
-    Contact,
-    Enrollment,
-    EnrollmentStatus,
-    SubscriptionStatus,
-    Suppression,
-)
+from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
 from engine.performers import Call, Performed, Performer, Unconfigured
 from engine.registry import Registry
 
@@ -315,7 +307,7 @@ def _claim(
     if contact is None:
         _finish(session, action, ActionStatus.SKIPPED, now=now, error="contact erased")
         return Outcome(ActionStatus.SKIPPED)
-    held = hold_reason(action, contact, suppression, _workflow_ended(session, action))
+    held = hold_reason(action, contact, suppression)
     if held:
         action.reason = {**action.reason, "skipped": held}
         _finish(session, action, ActionStatus.SKIPPED, now=now)
@@ -367,14 +359,10 @@ def held_reason(
     return {**reason, "held": held[-20:]}
 
 
-def hold_reason(
-    action: Action, contact: Contact, suppression: str | None, workflow_ended: str | None = None
-) -> str | None:
+def hold_reason(action: Action, contact: Contact, suppression: str | None) -> str | None:
     """Why this email must not go out at all, or None, given the contact's suppression
-    reason (if any) and how its enrollment ended since the email was written
-    (``workflow_ended``: "converted" or "exited", from ``ENDED_SINCE_WRITTEN``). Checked at
-    send time, every time; callers look both up with the contact (``_claim``) or for many
-    actions at once (batch_send.py)."""
+    reason (if any). Checked at send time, every time; callers look the suppression up with
+    the contact (``_claim``) or for many contacts at once (batch_send.py)."""
     if action.kind != "email":
         return None
     if suppression is not None:
@@ -382,43 +370,7 @@ def hold_reason(
     marketing = bool(action.payload.get("marketing", True))
     if marketing and contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
         return f"contact is {contact.subscription_status}"
-    if marketing and workflow_ended is not None:
-        # Held (quiet hours, a send window, a cap) while the contact converted or left: a
-        # trial nudge after the purchase is what goals and exits are there to prevent.
-        return f"its workflow {workflow_ended} before it went out"
     return None
-
-
-_ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-
-
-def ended_since_written(enrollment_id: Any, written_at: Any) -> Any:
-    """SQL: how the enrollment ``enrollment_id`` ended ("converted" or "exited") if it did
-    after ``written_at`` (an email written before its enrollment ended: not by the step that
-    ended it, such as an exit step right after the send, which happen at the same instant),
-    else NULL. Columns or values; a scalar subquery, one primary-key lookup."""
-    return (
-        select(_ENROLLMENTS.c.status)
-        .where(
-            _ENROLLMENTS.c.id == enrollment_id,
-            _ENROLLMENTS.c.status.in_([EnrollmentStatus.CONVERTED, EnrollmentStatus.EXITED]),
-            _ENROLLMENTS.c.ended_at > written_at,
-        )
-        .scalar_subquery()
-    )
-
-
-def _workflow_ended(session: Session, action: Action) -> str | None:
-    """``ended_since_written`` for one marketing email of the single path."""
-    if (
-        action.kind != "email"
-        or action.enrollment_id is None
-        or not action.payload.get("marketing", True)
-    ):
-        return None
-    statement = select(ended_since_written(action.enrollment_id, action.created_at))
-    ended: str | None = session.execute(statement).scalar()
-    return ended
 
 
 def _record_failure(

@@ -55,7 +55,6 @@ from engine.actions import (
     CLAIM_COLUMNS,
     RetryPolicy,
     _finish,
-    ended_since_written,
     held_reason,
     hold_reason,
     record_failure_on,
@@ -366,7 +365,7 @@ def _claim_batch(
             finished.add(row.id)
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
-        held = hold_reason(row, contact, suppressed.get(contact.email), row.workflow_ended)  # type: ignore[arg-type]
+        held = hold_reason(row, contact, suppressed.get(contact.email))  # type: ignore[arg-type]
         if held:
             action = _orm(session, row.id)
             action.reason = {**action.reason, "skipped": held}
@@ -457,11 +456,9 @@ def _claimed_statement(dialect: str) -> Any:
 @cache
 def _claim_reads(dialect: str) -> tuple[Any, Any]:
     """The claim's two reads, on table columns (plain rows, no ORM processing): the actions,
-    locked, in id order, each with how its enrollment ended since it was written (if it
-    did); their contacts, locked in id order, each with its suppression."""
-    ended = ended_since_written(_ACTIONS.c.enrollment_id, _ACTIONS.c.created_at)
+    locked, in id order; their contacts, locked in id order, each with its suppression."""
     actions = (
-        select(*(_ACTIONS.c[c.key] for c in _BATCH_COLUMNS), ended.label("workflow_ended"))
+        select(*(_ACTIONS.c[c.key] for c in _BATCH_COLUMNS))
         .where(one_of_param(_ACTIONS.c.id, "action_ids", dialect=dialect))
         .order_by(_ACTIONS.c.id)
         .with_for_update()

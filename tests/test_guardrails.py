@@ -11,9 +11,7 @@ from engine import (
     Guardrails,
     Workflow,
     at_most,
-    exit_workflow,
     on_event,
-    on_stage_entered,
     quiet_hours,
     send_email,
     send_window,
@@ -153,36 +151,3 @@ def test_transactional_mail_ignores_caps_and_quiet_hours(tmp_path: Path) -> None
         # re-entry is "never" by default: one receipt; guard rails did not hold it
         assert sent(email) == ["receipts:r"]
         assert actions(rt)[0].reason.get("held") is None
-
-
-def test_a_held_email_is_not_sent_once_its_workflow_has_converted(tmp_path: Path) -> None:
-    """Quiet hours held a nurture email; the contact bought before morning: the goal is
-    reached, so the email stays unsent and says why. An exit step right after a send is the
-    workflow's own decision: that email still goes when the quiet hours end."""
-    rails = Guardrails(quiet_hours=quiet_hours("21:00", "08:00"))
-    nurture = Workflow(
-        "nurture",
-        trigger=on_event("content.downloaded"),
-        goals=[on_stage_entered("purchase")],
-        steps=[send_email("demo_invitation", id="x"), wait(days=2), send_email("guide", id="z")],
-    )
-    one_shot = Workflow(
-        "one_shot",
-        trigger=on_event("webinar.attended"),
-        steps=[send_email("guide", id="y"), exit_workflow()],
-    )
-    with running(tmp_path, [nurture, one_shot], guardrails=rails) as (rt, clock, email):
-        # 10:00 UTC is 05:00 in New York: both emails are held until 08:00 there
-        rt.track("ny@example.com", "content.downloaded", timezone="America/New_York")
-        rt.track("ny@example.com", "webinar.attended")
-        rt.run_until_idle()
-        assert email.sent == []
-        clock.set(datetime(2026, 3, 2, 11, 0, tzinfo=UTC))
-        rt.track("ny@example.com", "order.completed", properties={"total": 49})
-        rt.run_until_idle()
-        clock.set(datetime(2026, 3, 2, 13, 1, tzinfo=UTC))  # 08:01 in New York
-        rt.run_until_idle()
-        assert sent(email) == ["one_shot:y"]
-        (skipped,) = [a for a in actions(rt) if a.reason.get("step") == "x"]
-        assert skipped.status == "skipped"
-        assert skipped.reason["skipped"] == "its workflow converted before it went out"
