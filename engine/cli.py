@@ -127,15 +127,28 @@ def settings_for(
     return load_settings(Settings, **overrides)
 
 
+_UNPARSABLE = "<a URL that cannot be parsed: not shown>"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: fit for a terminal or a log."""
+    """``url`` with its password (if any) replaced by ``***``: fit for a terminal or a log.
+    Parsed as SQLAlchemy parses it (a password may hold an unescaped ``/``, ``?`` or ``@``,
+    which ``urlsplit`` would misread); a URL neither can parse is not shown at all."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        parsed = None
+    if parsed is not None:
+        if parsed.host and "@" in parsed.host:  # an unescaped @ in the password
+            return _UNPARSABLE
+        return parsed.render_as_string(hide_password=True)
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return url
+        return _UNPARSABLE
     if password is None:
-        return url
+        return url if "@" not in url else _UNPARSABLE
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
@@ -146,6 +159,8 @@ def describe_database(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         return redact_url(url)
+    if parsed.host and "@" in parsed.host:
+        return _UNPARSABLE
     if parsed.get_backend_name() == "sqlite":
         return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
     port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name())
@@ -288,7 +303,7 @@ def db_upgrade(
     settings = settings_for(ctx, database_url)
     with friendly_errors(settings):
         migrations.upgrade(settings.database_url, revision)
-    console.print(f"database {settings.database_url} upgraded to {revision}")
+    console.print(f"database {describe_database(settings.database_url)} upgraded to {revision}")
 
 
 # --- inputs -------------------------------------------------------------------------------

@@ -119,13 +119,13 @@ def action_note(action: Action, *, now: datetime) -> str:
     return "; ".join(notes)
 
 
-def parse_since(text: str) -> datetime:
-    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age such as
-    ``90m``, ``6h`` or ``2d``."""
+def parse_since(text: str, *, now: datetime) -> datetime:
+    """``--since``: an ISO date or time (UTC unless it says otherwise), or an age before
+    ``now`` such as ``90m``, ``6h`` or ``2d``."""
     age = re.fullmatch(r"(\d+)\s*([mhd])", text.strip())
     if age:
         unit = {"m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
-        return datetime.now(UTC) - timedelta(**{unit: int(age.group(1))})
+        return now - timedelta(**{unit: int(age.group(1))})
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -174,10 +174,10 @@ def actions_retry(
         raise typer.BadParameter("name action ids, or pass --failed", param_hint="IDS")
     if (kind is not None or since is not None) and not failed:
         raise typer.BadParameter("--kind and --since select among --failed", param_hint="--kind")
-    after = parse_since(since) if since is not None else None
     settings = settings_for(ctx, database_url, broker_url)
     with friendly_errors(settings), Runtime(settings) as runtime:
         now = runtime.clock.now()
+        after = parse_since(since, now=now) if since is not None else None
         with transaction(runtime.db) as session:
             done = retry_actions(
                 session,

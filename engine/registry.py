@@ -16,6 +16,7 @@ file and line of the workflow.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import sysconfig
@@ -42,6 +43,8 @@ from engine.workflow import (
     Workflow,
 )
 from engine.workflow_checks import guardrails_problems, where_defined, workflow_problems
+
+log = logging.getLogger(__name__)
 
 # Events the engine itself records (delivery and engagement feedback, lifecycle).
 BUILTIN_EVENTS = frozenset({
@@ -181,28 +184,37 @@ def import_workflows(module_name: str) -> ModuleType:
             f"of the Python module or package that defines WORKFLOWS (e.g. {stem!r}), and run "
             "from the folder that holds it or add that folder to PYTHONPATH"
         )
-    _working_directory_first(module_name)
+    added = _working_directory_first(module_name)
     try:
-        return importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        if added is not None:
+            log.info("workflows module %r loaded from %s", module_name, module.__file__)
+        return module
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
             raise WorkflowImportError(_not_found(module_name, exc.name)) from None
         raise WorkflowImportError(import_failure(module_name, exc)) from exc
     except Exception as exc:  # the user's code raised: name its file and line, not ours
         raise WorkflowImportError(import_failure(module_name, exc)) from exc
+    finally:
+        if added is not None and added in sys.path:
+            # Only for this import (its package keeps its own path for submodules): left
+            # first on the path, a file here could shadow any module imported later.
+            sys.path.remove(added)
 
 
-def _working_directory_first(module_name: str) -> None:
+def _working_directory_first(module_name: str) -> str | None:
     """Put the current directory first on ``sys.path`` when it holds the module, as
-    ``python -m`` does (an installed console script does not)."""
+    ``python -m`` does (an installed console script does not); return the entry added."""
     here = Path.cwd()
     top = module_name.partition(".")[0]
     if not ((here / top / "__init__.py").is_file() or (here / f"{top}.py").is_file()):
-        return
+        return None
     if any(Path(os.path.abspath(entry or os.curdir)) == here for entry in sys.path):
-        return
+        return None
     sys.path.insert(0, str(here))
     importlib.invalidate_caches()
+    return str(here)
 
 
 def _not_found(module_name: str, missing: str) -> str:

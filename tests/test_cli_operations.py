@@ -377,3 +377,28 @@ def test_retry_filters_and_without_a_broker_leaves_them_to_the_sweeper(
     assert swept.exit_code == 0, swept.output
     assert the_action_of(db, "stuck@example.com").status == ActionStatus.SENT
     assert emails_to(env["outbox"], "stuck@example.com") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://u:pa/ss@db:5432/x", "postgresql+psycopg://u:***@db:5432/x"),
+        ("postgresql://u:p@ss@db/x", "<a URL that cannot be parsed: not shown>"),
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        ("sqlite:///jl.db", "sqlite:///jl.db"),
+    ],
+)
+def test_urls_are_shown_without_their_passwords_whatever_they_hold(url: str, shown: str) -> None:
+    from engine.cli import describe_database, redact_url
+
+    assert redact_url(url) == shown
+    for secret in ("pa/ss", "s3cret", "p@ss", ":guest@"):
+        if secret in url:
+            assert secret not in describe_database(url)
+
+
+def test_db_upgrade_names_the_database_as_describe_database_does(env: dict[str, Any]) -> None:
+    result = invoke("db", "upgrade", "--database-url", env["url"])
+    assert result.exit_code == 0, result.output
+    assert "upgraded to" in flat(result) and "SQLite file" in flat(result)

@@ -203,6 +203,8 @@ def test_a_module_in_the_working_directory_is_found(
     result = invoke("workflows", "check")
     assert result.exit_code == 0, result.output
     assert "1 workflows OK in userflows" in result.output
+    # And the folder is on the path only for that import: nothing imported later is shadowed
+    assert str(package.parent) not in sys.path
 
 
 def test_a_module_not_found_says_what_where_and_how_to_fix_it(
