@@ -86,14 +86,6 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
     return ensure_utc(datetime.fromisoformat(value))
 
 
-SQLITE_CACHED_STATEMENTS = 2048
-"""Prepared statements each SQLite connection keeps (Python's default: 128). A long list in
-``IN (?, ?, ...)`` is a statement of its own for every length, so the pipeline runs well
-over a thousand distinct statements (1,304 in a 2,000 x 20 days simulation): with 128 kept,
-SQLite prepared most of them again each time. 4.5% of a 5,000 x 12 days simulation's time
-(BENCHMARKS.md)."""
-
-
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings Journeyline relies on.
 
@@ -110,7 +102,6 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
         connect_args = kwargs.pop("connect_args", {})
         connect_args.setdefault("check_same_thread", False)
         connect_args.setdefault("timeout", 30)
-        connect_args.setdefault("cached_statements", SQLITE_CACHED_STATEMENTS)
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         _configure_sqlite(engine, wal=not in_memory, durable=durable)
         return engine

@@ -8,12 +8,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, event, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import StatementError
 
 from engine.clock import ensure_utc
-from engine.db import SQLITE_CACHED_STATEMENTS, UTCDateTime, make_engine
+from engine.db import UTCDateTime, make_engine
 
 
 def _pragmas(url: str, **options: bool) -> dict[str, object]:
@@ -48,18 +48,6 @@ def test_a_throw_away_sqlite_file_keeps_its_journal_in_memory_without_syncs(
     with db.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 0
     db.dispose()
-
-
-@pytest.mark.parametrize("durable", [True, False])
-def test_sqlite_connections_keep_many_prepared_statements(tmp_path: Path, durable: bool) -> None:
-    db = make_engine(f"sqlite:///{tmp_path}/t.db", durable=durable)
-    asked: list[dict[str, object]] = []
-    event.listen(db, "do_connect", lambda _dialect, _record, _args, params: asked.append(params))
-    with db.connect() as conn:
-        assert conn.execute(text("SELECT 1")).scalar() == 1
-    db.dispose()
-    assert [params["cached_statements"] for params in asked] == [SQLITE_CACHED_STATEMENTS]
-    assert SQLITE_CACHED_STATEMENTS > 128  # Python's default, far fewer than the pipeline runs
 
 
 def test_durable_false_is_refused_for_a_server_database() -> None:
