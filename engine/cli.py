@@ -211,6 +211,18 @@ def broker_problem(exc: BaseException, url: str) -> str:
     )
 
 
+def read_rows(settings: Settings, query: Any) -> list[Any]:
+    """Run one read-only ``query`` on the configured database, errors made friendly."""
+    from engine.db import make_engine
+
+    db = make_engine(settings.database_url)
+    try:
+        with friendly_errors(settings), Session(db) as session:
+            return list(session.exec(query).all())
+    finally:
+        db.dispose()
+
+
 @contextmanager
 def friendly_errors(settings: Settings, *, broker_hint: str | None = None) -> Iterator[None]:
     """Turn the errors an operator can fix into a message and exit code 2 (3 when the
@@ -420,7 +432,6 @@ def events(
     database_url: DatabaseUrl = None,
 ) -> None:
     """List recorded events, newest first: what came in and what became of it."""
-    from engine.db import make_engine
 
     settings = settings_for(ctx, database_url)
     query = select(Event, Contact.email).join(Contact, col(Contact.id) == col(Event.contact_id))
@@ -428,12 +439,7 @@ def events(
     if wanted:
         query = query.where(col(Event.status).in_(wanted))
     query = query.order_by(col(Event.id).desc()).limit(limit)
-    db = make_engine(settings.database_url)
-    try:
-        with friendly_errors(settings), Session(db) as session:
-            rows = session.exec(query).all()
-    finally:
-        db.dispose()
+    rows = read_rows(settings, query)
     table = Table(title=f"Events ({len(rows)})")
     for name in ("id", "contact", "type", "source", "status", "error", "received"):
         table.add_column(name, justify="right" if name == "id" else "left", overflow="fold")

@@ -23,6 +23,7 @@ from engine.cli import (
     console,
     err_console,
     friendly_errors,
+    read_rows,
     redact_url,
     settings_for,
 )
@@ -46,7 +47,6 @@ def actions(
     """List actions, newest first; pending ones say what holds them, and until when."""
     if ctx.invoked_subcommand is not None:
         return
-    from engine.db import make_engine
 
     known = [s.value for s in ActionStatus]
     if status is not None and status not in known:
@@ -60,12 +60,7 @@ def actions(
     if status is not None:
         query = query.where(Action.status == status)
     query = query.order_by(col(Action.updated_at).desc(), col(Action.id).desc()).limit(limit)
-    db = make_engine(settings.database_url)
-    try:
-        with friendly_errors(settings), Session(db) as session:
-            rows = session.exec(query).all()
-    finally:
-        db.dispose()
+    rows = read_rows(settings, query)
     now = datetime.now(UTC)
     title = "Failed and unknown actions" if failed else "Actions"
     table = Table(title=f"{title} ({len(rows)})")

@@ -10,31 +10,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from engine.cli import _register_subcommands, app, parse_value
+from engine.cli import parse_value
 from engine.testing import midday_zone
+from tests.cli_support import cli_env, invoke
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """A migrated SQLite database, stub broker and an outbox folder, all under tmp_path."""
-    monkeypatch.chdir(tmp_path)  # no stray .env, and the demo's default folder stays here
-    monkeypatch.setenv("JOURNEYLINE_BROKER_URL", "stub://")
-    monkeypatch.setenv("JOURNEYLINE_EMAIL_CONNECTOR", "outbox")
-    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(tmp_path / "outbox"))
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables must not truncate emails
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    result = CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"])
-    assert result.exit_code == 0, result.output
-    return {"url": url, "outbox": tmp_path / "outbox", "tmp": tmp_path}
-
-
-_register_subcommands()
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
+    return cli_env(tmp_path, monkeypatch, columns=200)
 
 
 def test_track_then_contact_shows_stage_and_timeline(env: dict) -> None:

@@ -18,16 +18,16 @@ import redis.exceptions
 from rich.console import Console
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 import engine.cli_scheduler
 from engine import Settings, VirtualClock
-from engine.cli import _register_subcommands, app
 from engine.cli_scheduler import scheduler_loop
 from engine.db import make_engine
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 from engine.runtime import Tick
 from engine.testing import midday_zone
+from tests.cli_support import cli_env, invoke
 
 BROKER_DOWN = "redis://127.0.0.1:1/12"  # nothing listens on port 1: connection refused
 
@@ -35,22 +35,7 @@ BROKER_DOWN = "redis://127.0.0.1:1/12"  # nothing listens on port 1: connection 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """A migrated SQLite database, stub broker and an outbox folder, all under tmp_path."""
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setenv("JOURNEYLINE_BROKER_URL", "stub://")
-    monkeypatch.setenv("JOURNEYLINE_EMAIL_CONNECTOR", "outbox")
-    monkeypatch.setenv("JOURNEYLINE_OUTBOX_DIR", str(tmp_path / "outbox"))
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables must not truncate
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    result = CliRunner().invoke(app, ["--database-url", url, "db", "upgrade"])
-    assert result.exit_code == 0, result.output
-    return {"url": url, "outbox": tmp_path / "outbox", "tmp": tmp_path}
-
-
-_register_subcommands()
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
+    return cli_env(tmp_path, monkeypatch, columns=250)
 
 
 def flat(result: Result) -> str:
