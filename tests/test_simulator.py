@@ -402,8 +402,14 @@ def test_the_cli_uses_every_usable_cpu_unless_told(monkeypatch: pytest.MonkeyPat
         assert asked.pop() == expected
 
 
-def test_usable_cpus_counts_this_process_affinity() -> None:
-    assert 1 <= simulator.usable_cpus() <= (os.cpu_count() or 1)
+def test_usable_cpus_counts_this_process_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 2, 5}, raising=False)
+    assert simulator.usable_cpus() == 3  # the CPUs it may use, not the machine's
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(), raising=False)
+    assert simulator.usable_cpus() == 1  # never none
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # not on Linux
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert simulator.usable_cpus() == 6
 
 
 def test_a_run_leaves_the_callers_garbage_collector_as_it_found_it() -> None:
