@@ -18,6 +18,11 @@ def broker_errors() -> tuple[type[BaseException], ...]:
     return (ConnectionClosed, ConnectionFailed, RedisError)
 
 
+def describe_broker_error(exc: BaseException) -> str:
+    """A broker's refusal on one line, for an operator: ``ConnectionError: Error 111 ...``."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split()).rstrip('.')}"
+
+
 def build_broker(url: str) -> Broker:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "stub":

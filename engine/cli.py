@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 from sqlmodel import Session, col, select
 
-from engine.broker import broker_errors
+from engine.broker import broker_errors, describe_broker_error
 from engine.errors import ConfigurationError, ValidationError, WorkflowDefinitionError
 from engine.models import Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings, describe_settings_error
@@ -205,10 +205,7 @@ def _one_line(exc: BaseException | None) -> str:
 
 
 def broker_problem(exc: BaseException, url: str) -> str:
-    return (
-        f"the broker {redact_url(url)} did not take the job "
-        f"({type(exc).__name__}: {_one_line(exc).rstrip('.')})"
-    )
+    return f"the broker {redact_url(url)} did not take the job ({describe_broker_error(exc)})"
 
 
 def read_rows(settings: Settings, query: Any) -> list[Any]:

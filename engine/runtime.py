@@ -46,7 +46,7 @@ from engine.batch_send import (
 )
 from engine.broadcast import BroadcastResult
 from engine.broadcast import broadcast as run_broadcast
-from engine.broker import broker_errors, build_broker
+from engine.broker import broker_errors, build_broker, describe_broker_error
 from engine.clock import Clock, SystemClock
 from engine.contacts import (
     find_or_create_contact,
@@ -320,12 +320,11 @@ class Runtime:
             self.enqueue_contacts(ids)
         except broker_errors() as exc:
             log.error(
-                "%s: stored for %d contact(s), but the broker refused their jobs (%s: %s); "
+                "%s: stored for %d contact(s), but the broker refused their jobs (%s); "
                 "a scheduler pass hands them to the workers within %s once it answers",
                 what,
                 len(ids),
-                type(exc).__name__,
-                " ".join(str(exc).split()),
+                describe_broker_error(exc),
                 describe_duration(recording.EVENT_LEASE),
             )
             return False
