@@ -11,7 +11,9 @@ pipeline_jobs.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -42,7 +44,8 @@ from engine.recording import (
 )
 from engine.registry import Registry
 from engine.steps import WaitForEvent
-from engine.workflow import ConditionMet, EventReceived, StageEntered
+from engine.withdrawals import withdraw_waiting_emails
+from engine.workflow import ConditionMet, EventReceived, StageEntered, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,7 @@ def apply_event(
         )
         effects.extend(step_effects)
         reacted |= outcome
+    _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
     for workflow in registry.triggered_by_event(event.type):
         trigger = workflow.trigger
         assert isinstance(trigger, EventReceived)
@@ -272,30 +276,10 @@ def _react_to_event(
     workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
     if workflow is None:
         return False, Effects()
-    for goal in workflow.goals:
-        if (
-            isinstance(goal, EventReceived)
-            and goal.type == event.type
-            and matches(event.properties, goal.where)
-        ):
-            end_enrollment(
-                session,
-                enrollment,
-                now=now,
-                status=EnrollmentStatus.CONVERTED,
-                reason=f"goal reached: {event.type} (event {event.id})",
-            )
-            return True, Effects()
-    for exit_rule in workflow.exit_when:
-        if (
-            isinstance(exit_rule, EventReceived)
-            and exit_rule.type == event.type
-            and matches(event.properties, exit_rule.where)
-        ):
-            end_enrollment(
-                session, enrollment, now=now, reason=f"exit on {event.type} (event {event.id})"
-            )
-            return True, Effects()
+    ended = _event_ends(workflow, event)
+    if ended is not None:
+        _end_early(session, enrollment, now, *ended)
+        return True, Effects()
     waiting = enrollment.context.get("waiting_for")
     if enrollment.status == EnrollmentStatus.WAITING and waiting and waiting["type"] == event.type:
         node = workflow.program[enrollment.position]
@@ -336,21 +320,18 @@ def _conditions_turned_true(
             if name != enrollment.workflow or role == "trigger":
                 continue
             workflow = registry.workflows[name]
-            item = (workflow.goals if role == "goal" else workflow.exit_when)[index]
-            assert isinstance(item, ConditionMet)
-            if role == "goal":
-                end_enrollment(
-                    session,
-                    enrollment,
-                    now=now,
-                    status=EnrollmentStatus.CONVERTED,
-                    reason=f"goal reached: {item.condition.describe()}",
-                )
-            else:
-                end_enrollment(
-                    session, enrollment, now=now, reason=f"exit: {item.condition.describe()}"
-                )
+            _end_early(session, enrollment, now, *_condition_ends(workflow, role, index))
             break
+    # The first of a workflow's goals, else of its exits, that turned true.
+    ending = {(n, r): i for n, r, i in sorted(turned, reverse=True) if r != "trigger"}
+
+    def ends(workflow: Workflow) -> tuple[str, bool] | None:
+        for role in ("goal", "exit"):
+            if (workflow.name, role) in ending:
+                return _condition_ends(workflow, role, ending[workflow.name, role])
+        return None
+
+    _withdraw_after_the_end(session, registry, contact, ends, now)
     for name, role, _index in sorted(turned):
         if role == "trigger":
             workflow = registry.workflows[name]
@@ -362,6 +343,109 @@ def _conditions_turned_true(
                 )
             )
     return effects
+
+
+def _condition_ends(workflow: Workflow, role: str, index: int) -> tuple[str, bool]:
+    """Why the ``index``-th goal (``role`` "goal") or exit of the workflow, a condition that
+    just turned true, ends it, and whether a goal."""
+    item = (workflow.goals if role == "goal" else workflow.exit_when)[index]
+    assert isinstance(item, ConditionMet)
+    if role == "goal":
+        return f"goal reached: {item.condition.describe()}", True
+    return f"exit: {item.condition.describe()}", False
+
+
+def _event_ends(workflow: Workflow, event: Event) -> tuple[str, bool] | None:
+    """Whether ``event`` meets one of the workflow's goals or exits: why, and whether a goal."""
+    for goal in workflow.goals:
+        if (
+            isinstance(goal, EventReceived)
+            and goal.type == event.type
+            and matches(event.properties, goal.where)
+        ):
+            return f"goal reached: {event.type} (event {event.id})", True
+    for exit_rule in workflow.exit_when:
+        if (
+            isinstance(exit_rule, EventReceived)
+            and exit_rule.type == event.type
+            and matches(event.properties, exit_rule.where)
+        ):
+            return f"exit on {event.type} (event {event.id})", False
+    return None
+
+
+def _stage_ends(workflow: Workflow, source: str, dest: str) -> tuple[str, bool] | None:
+    """Whether moving from ``source`` to ``dest`` meets one of the workflow's goals or exits
+    (a stage-bound workflow exits when its stage is left): why, and whether a goal."""
+    if any(isinstance(g, StageEntered) and g.stage == dest for g in workflow.goals):
+        return f"goal reached: entered {dest}", True
+    if any(isinstance(x, StageEntered) and x.stage == dest for x in workflow.exit_when):
+        return f"exit: entered {dest}", False
+    if (
+        workflow.exit_on_stage_left
+        and isinstance(workflow.trigger, StageEntered)
+        and workflow.trigger.stage == source
+    ):
+        return f"left stage {source}", False
+    return None
+
+
+class Finished(NamedTuple):
+    """An enrollment whose program ran to its end, and its workflow as registered now."""
+
+    id: int
+    workflow: Workflow
+
+
+def _ran_to_the_end(session: Session, registry: Registry, contact_id: int) -> list[Finished]:
+    """The contact's latest entry of each workflow whose program has run to its end: an
+    email its last steps wrote may still be held, and its goals and exits withdraw it."""
+    known = known_enrollments.known_for(session, contact_id)
+    if known is None:
+        entries = session.exec(
+            select(Enrollment.id, Enrollment.workflow).where(
+                Enrollment.contact_id == contact_id,
+                Enrollment.status == EnrollmentStatus.COMPLETED,
+            )
+        ).all()
+    else:
+        entries = [
+            (e.id, e.workflow)
+            for e in known
+            if isinstance(e, known_enrollments.PastEntry) and e.status == EnrollmentStatus.COMPLETED
+        ]
+    return [
+        Finished(id, registry.workflows[name])  # type: ignore[arg-type]
+        for id, name in entries
+        if name in registry.workflows
+    ]
+
+
+def _withdraw_after_the_end(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    ends: Callable[[Workflow], tuple[str, bool] | None],
+    now: datetime,
+) -> None:
+    """For workflows that ran to their end: ``ends`` says whether what just happened meets
+    one of a workflow's goals or exits (and why); their emails still waiting are withdrawn."""
+    assert contact.id is not None
+    for finished in _ran_to_the_end(session, registry, contact.id):
+        ended = ends(finished.workflow)
+        if ended is not None:
+            withdraw_waiting_emails(session, finished.id, now=now, why=ended[0])
+
+
+def _end_early(
+    session: Session, enrollment: Enrollment, now: datetime, reason: str, goal: bool
+) -> None:
+    """End ``enrollment`` by a goal (converted) or an exit rule (exited), and withdraw the
+    marketing emails it has waiting (held by a guard rail, or waiting to retry)."""
+    status = EnrollmentStatus.CONVERTED if goal else EnrollmentStatus.EXITED
+    end_enrollment(session, enrollment, now=now, status=status, reason=reason)
+    if enrollment.id is not None:  # one started in this transaction has nothing waiting
+        withdraw_waiting_emails(session, enrollment.id, now=now, why=reason)
 
 
 def _keep_event(session: Session, event: Event) -> None:
@@ -436,22 +520,10 @@ def change_stage(
         workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
         if workflow is None:
             continue
-        if any(isinstance(g, StageEntered) and g.stage == dest for g in workflow.goals):
-            end_enrollment(
-                session,
-                enrollment,
-                now=now,
-                status=EnrollmentStatus.CONVERTED,
-                reason=f"goal reached: entered {dest}",
-            )
-        elif any(isinstance(x, StageEntered) and x.stage == dest for x in workflow.exit_when):
-            end_enrollment(session, enrollment, now=now, reason=f"exit: entered {dest}")
-        elif (
-            workflow.exit_on_stage_left
-            and isinstance(workflow.trigger, StageEntered)
-            and workflow.trigger.stage == source
-        ):
-            end_enrollment(session, enrollment, now=now, reason=f"left stage {source}")
+        ended = _stage_ends(workflow, source, dest)
+        if ended is not None:
+            _end_early(session, enrollment, now, *ended)
+    _withdraw_after_the_end(session, registry, contact, lambda w: _stage_ends(w, source, dest), now)
     effects = Effects()
     why = f"{trigger}: {source} -> {dest}" + (f" ({cause})" if cause else "")
     for workflow in registry.triggered_by_stage_left(source):

@@ -59,6 +59,7 @@ def _world(
     workflows: list[Workflow],
     guardrails: Guardrails,
     rules: tuple[EventRule, ...] = (),
+    url: str | None = None,
 ) -> Iterator[tuple[Runtime, VirtualClock]]:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -71,7 +72,7 @@ def _world(
         templates_dir=templates,
         guardrails=guardrails,
     )
-    url = f"sqlite:///{tmp_path}/jl.db"
+    url = url or f"sqlite:///{tmp_path}/jl.db"
     db = make_engine(url)
     metadata.create_all(db)
     clock = VirtualClock(START)

@@ -1,0 +1,87 @@
+"""Withdrawing the waiting marketing emails of a workflow that reached a goal or an exit.
+
+An email a guard rail held back (quiet hours, a send window, a frequency cap), or one
+waiting to retry after a provider error, is still pending when its contact converts or
+meets an exit condition: the trial nudge held until 08:00 for the contact who bought at
+02:00. Goals and exits are there to stop exactly that, so when an enrollment ends by one of
+them its waiting marketing emails are skipped, saying why, in the same transaction.
+
+What is not withdrawn:
+
+- an email written in the same pass (never held yet: a new trialist's welcome, written as
+  the nurture she converts out of in the same event starts), and an email written just
+  before an explicit ``exit_workflow()`` step, or before the workflow completed: the author
+  sent it on purpose;
+- transactional emails (``marketing=False``): receipts and password resets always go;
+- an email a worker is handing to the provider at this moment (its row is locked by the
+  claim on PostgreSQL: skipped over rather than waited for, so the two transactions never
+  wait on each other's locks in opposite orders); it was on its way before the end.
+
+"Waiting" is read off the row: a pending email whose next attempt was put after the moment
+it was written (a hold or a retry moved it; a new one is due when written).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlmodel import Session
+
+from engine.models import Action, ActionStatus
+
+_ACTIONS = Action.__table__  # type: ignore[attr-defined]
+
+
+@cache
+def _statements() -> tuple[Any, Any]:
+    waiting = (
+        select(_ACTIONS.c.id, _ACTIONS.c.payload, _ACTIONS.c.reason)
+        .where(
+            _ACTIONS.c.enrollment_id == bindparam("enrollment_id"),
+            _ACTIONS.c.kind == "email",
+            _ACTIONS.c.status == ActionStatus.PENDING,
+            _ACTIONS.c.next_attempt_at > _ACTIONS.c.created_at,
+        )
+        .order_by(_ACTIONS.c.id)
+        .with_for_update(skip_locked=True)
+    )
+    skip = (
+        update(_ACTIONS)
+        .where(
+            _ACTIONS.c.id == bindparam("action_id"),
+            _ACTIONS.c.status == ActionStatus.PENDING,
+        )
+        .values(
+            status=ActionStatus.SKIPPED,
+            reason=bindparam("new_reason", type_=_ACTIONS.c.reason.type),
+            lease_until=None,
+            completed_at=bindparam("now", type_=_ACTIONS.c.completed_at.type),
+            updated_at=bindparam("now", type_=_ACTIONS.c.updated_at.type),
+        )
+    )
+    return waiting, skip
+
+
+def withdraw_waiting_emails(
+    session: Session, enrollment_id: int, *, now: datetime, why: str
+) -> list[int]:
+    """Skip the waiting marketing emails of an enrollment that has just met a goal or an
+    exit (``why``: which, as "goal reached: entered purchase"), noting it in each one's
+    ``reason``; return their ids."""
+    waiting, skip = _statements()
+    rows = session.execute(waiting, {"enrollment_id": enrollment_id}).all()
+    withdrawn = [
+        {
+            "action_id": row.id,
+            "new_reason": {**row.reason, "skipped": f"withdrawn before it went out: {why}"},
+            "now": now,
+        }
+        for row in rows
+        if row.payload.get("marketing", True)
+    ]
+    if withdrawn:
+        session.execute(skip, withdrawn)
+    return [w["action_id"] for w in withdrawn]
