@@ -153,6 +153,9 @@ class EvalContext:
     now: datetime
     enrollment: Enrollment | None = None
     event: Event | None = None
+    # Count only the contact's events with an id at most this (None: all of them): what
+    # was true before an event (its id - 1) or with it (its id), later ones being stored.
+    upto_event: int | None = None
 
 
 class Condition(ABC):
@@ -260,7 +263,7 @@ class DidEvent(Condition):
         assert ctx.contact.id is not None
         # A batch job reads its contacts' events of this type in one statement.
         found = known_events.properties_since(
-            ctx.session, ctx.contact.id, (self.type,), when=when, since=since
+            ctx.session, ctx.contact.id, (self.type,), when=when, since=since, upto=ctx.upto_event
         )
         return any(matches(properties, self.where) for properties in found)
 
@@ -293,7 +296,9 @@ class Engaged(Condition):
         assert ctx.contact.id is not None
         # The contact's engagement first (a batch job reads it for all its contacts in one
         # statement); most contacts have none, and then no query of their emails is needed.
-        engagement = known_events.properties_since(ctx.session, ctx.contact.id, kinds)
+        engagement = known_events.properties_since(
+            ctx.session, ctx.contact.id, kinds, upto=ctx.upto_event
+        )
         named = {i for p in engagement if (i := _action_id(p.get("action_id"))) is not None}
         if not named:
             return False

@@ -43,7 +43,7 @@ When = Literal["occurred_at", "received_at"]
 @dataclass
 class _Read:
     since: datetime | None  # None: every event of the types
-    rows: dict[int, list[tuple[datetime, dict[str, Any]]]] = field(default_factory=dict)
+    rows: dict[int, list[tuple[int, datetime, dict[str, Any]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,24 +73,29 @@ def properties_since(
     *,
     when: When = "occurred_at",
     since: datetime | None = None,
+    upto: int | None = None,
 ) -> list[dict[str, Any]]:
     """The properties of this contact's events of ``types`` whose ``when`` is at or after
-    ``since`` (every one with None), in id order: from the batch's read when the transaction
-    opted in and the contact is in its batch, else read for this contact alone."""
+    ``since`` (every one with None) and whose id is at most ``upto`` (any with None), in id
+    order: from the batch's read when the transaction opted in and the contact is in its
+    batch, else read for this contact alone. ``upto`` is for asking what was true before an
+    event (the one before it) or with it (its own id), when later ones are already stored."""
     key = (tuple(sorted(types)), when)
     known: _Known | None = session.info.get(_KEY)
     if known is None or contact_id not in known.members:
-        alone = _load(session, [contact_id], key[0], when, since)
-        return [properties for _at, properties in alone.rows.get(contact_id, ())]
-    read = known.reads.get(key)
-    if read is None or not _covers(read.since, since):
-        read = _load(session, known.contacts, key[0], when, since)
-        known.reads[key] = read
-        known.statements += 1
-    mine = read.rows.get(contact_id, ())
-    if since is None:
-        return [properties for _at, properties in mine]
-    return [properties for at, properties in mine if at >= since]
+        mine = _load(session, [contact_id], key[0], when, since).rows.get(contact_id, [])
+    else:
+        read = known.reads.get(key)
+        if read is None or not _covers(read.since, since):
+            read = _load(session, known.contacts, key[0], when, since)
+            known.reads[key] = read
+            known.statements += 1
+        mine = read.rows.get(contact_id, [])
+    return [
+        properties
+        for id, at, properties in mine
+        if (since is None or at >= since) and (upto is None or id <= upto)
+    ]
 
 
 def _covers(read_since: datetime | None, since: datetime | None) -> bool:
@@ -104,7 +109,10 @@ def _statement(dialect: str, when: When | None) -> Any:
     """The batch read, bounded by ``when`` (None: every event of the types); built once per
     dialect and bound (statement construction is a visible share of a job)."""
     query = select(
-        col(Event.contact_id), col(getattr(Event, when or "occurred_at")), col(Event.properties)
+        col(Event.contact_id),
+        col(Event.id),
+        col(getattr(Event, when or "occurred_at")),
+        col(Event.properties),
     )
     query = query.where(
         one_of_param(col(Event.contact_id), "contact_ids", dialect=dialect),
@@ -129,8 +137,8 @@ def _load(
     statement = _statement(session.get_bind().dialect.name, bound)
     read = _Read(since=since)
     with session.no_autoflush:  # nothing this transaction writes is read here
-        for contact_id, at, properties in session.execute(statement, params):
-            read.rows.setdefault(contact_id, []).append((at, properties))
+        for contact_id, id, at, properties in session.execute(statement, params):
+            read.rows.setdefault(contact_id, []).append((id, at, properties))
     return read
 
 

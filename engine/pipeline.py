@@ -127,7 +127,10 @@ def apply_event(
     if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
         effects.extend(enter_first_stage(session, registry, contact, event, now=now))
         return effects
-    before = _conditions_now(session, registry, contact, now)
+    # Conditions as they stood before this event: its own row (and any later one) is
+    # already stored, and an event-based condition must not count it yet.
+    assert event.id is not None  # a stored event
+    before = _conditions_now(session, registry, contact, now, upto=event.id - 1)
     # Marked changed before anything below reads the database, so the score, stage and
     # version reach it in one UPDATE at the next autoflush rather than one each.
     contact.updated_at = now
@@ -292,11 +295,25 @@ def _react_to_event(
 
 
 def _conditions_now(
-    session: Session, registry: Registry, contact: Contact, now: datetime
+    session: Session, registry: Registry, contact: Contact, now: datetime, *, upto: int
 ) -> dict[tuple[str, str, int], bool]:
-    """Every condition-based trigger, goal and exit, evaluated for this contact now."""
-    ctx = EvalContext(session, contact, now)
-    return {key: condition.evaluate(ctx) for key, condition in registry.condition_items}
+    """Every condition-based trigger, goal and exit, evaluated for this contact now, counting
+    its events up to the id ``upto``. A goal or an exit is evaluated for the contact's live
+    enrollment in its workflow, if any: ``opened``/``clicked`` name that enrollment's
+    emails, and ``did_event`` without ``within`` counts since entering it."""
+    items = registry.condition_items
+    if not items:
+        return {}
+    live = {e.workflow: e for e in live_enrollments(session, contact.id)}  # type: ignore[arg-type]
+    plain = EvalContext(session, contact, now, upto_event=upto)
+    found = {}
+    for key, condition in items:
+        enrollment = live.get(key[0]) if key[1] != "trigger" else None
+        ctx = plain
+        if enrollment is not None:
+            ctx = EvalContext(session, contact, now, enrollment=enrollment, upto_event=upto)
+        found[key] = condition.evaluate(ctx)
+    return found
 
 
 def _conditions_turned_true(
@@ -306,17 +323,20 @@ def _conditions_turned_true(
     before: dict[tuple[str, str, int], bool],
     *,
     now: datetime,
-    event_id: int | None,
+    event_id: int,
 ) -> Effects:
     if not before:
         return Effects()
-    after = _conditions_now(session, registry, contact, now)
+    after = _conditions_now(session, registry, contact, now, upto=event_id)
     turned = {key for key, value in after.items() if value and not before.get(key, False)}
     effects = Effects()
     if not turned:
         return effects
+    # A workflow's goals before its exits (a click is an open too: "opened" as a goal and
+    # "clicked" as an exit turn together, and the contact converted), each in its order.
+    in_order = sorted(turned, key=lambda key: (key[1] != "goal", key))
     for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
-        for name, role, index in turned:
+        for name, role, index in in_order:
             if name != enrollment.workflow or role == "trigger":
                 continue
             workflow = registry.workflows[name]

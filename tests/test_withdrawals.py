@@ -16,7 +16,9 @@ from engine import (
     EventRule,
     Guardrails,
     Workflow,
+    did_event,
     exit_workflow,
+    on_condition,
     on_event,
     on_stage_entered,
     quiet_hours,
@@ -88,6 +90,64 @@ def test_a_held_email_is_withdrawn_when_its_workflow_converts_or_exits(
             timeline = contact_timeline(session, "ny@example.com")
         assert timeline is not None
         assert f"email invite/x: skipped ({skipped})" in [e.summary for e in timeline.entries]
+
+
+def test_a_live_workflow_converting_withdraws_its_held_email_and_writes_no_more(
+    tmp_path: Path,
+) -> None:
+    drip = Workflow(
+        "invite",
+        trigger=on_event("demo.requested"),
+        goals=[on_event("demo.booked")],
+        steps=[send_email("demo_invitation", id="x"), wait(days=1), send_email("guide")],
+    )
+    with running(tmp_path, [drip], guardrails=NIGHT, events=EVENTS) as (rt, clock, email):
+        _held_at_night(rt, email)
+        clock.advance(hours=1)
+        rt.track("ny@example.com", "demo.booked")
+        rt.run_until_idle()
+        clock.advance(days=2)
+        rt.run_until_idle()
+        assert sent(email, "ny@example.com") == []
+        mine = [a for a in actions(rt) if a.reason.get("step") == "x"]
+        assert {a.status for a in mine} == {ActionStatus.SENT, ActionStatus.SKIPPED}
+        assert sorted(e.status for e in rt_enrollments(rt)) == ["completed", "converted"]
+
+
+def test_a_condition_goal_withdraws_too(tmp_path: Path) -> None:
+    workflow = invitation(goals=[on_condition(did_event("demo.booked"))])
+    with running(tmp_path, [workflow], guardrails=NIGHT, events=EVENTS) as (rt, clock, email):
+        _held_at_night(rt, email)
+        clock.advance(hours=1)
+        rt.track("ny@example.com", "demo.booked")
+        rt.run_until_idle()
+        clock.set(MORNING_IN_NEW_YORK)
+        rt.run_until_idle()
+        assert [m.to for m in email.sent] == ["ldn@example.com"]
+        (withdrawn,) = [a for a in actions(rt) if a.status == ActionStatus.SKIPPED]
+        assert withdrawn.reason["skipped"].startswith("withdrawn before it went out: goal reached")
+
+
+def test_leaving_the_stage_of_a_stage_bound_workflow_withdraws_its_held_email(
+    tmp_path: Path,
+) -> None:
+    """A workflow started by entering a stage exits when the contact leaves it (the
+    default): the trial invitation held overnight does not go to the new customer."""
+    trial = Workflow(
+        "trial", trigger=on_stage_entered("decision"), steps=[send_email("demo_invitation")]
+    )
+    with running(tmp_path, [trial], guardrails=NIGHT) as (rt, clock, email):
+        rt.track("ny@example.com", "demo.requested", timezone="America/New_York")
+        rt.run_until_idle()
+        assert email.sent == []  # 05:00 in New York: held
+        clock.advance(hours=1)
+        rt.track("ny@example.com", "order.completed")
+        rt.run_until_idle()
+        clock.set(MORNING_IN_NEW_YORK)
+        rt.run_until_idle()
+        assert email.sent == []
+        (withdrawn,) = actions(rt)
+        assert withdrawn.reason["skipped"] == "withdrawn before it went out: left stage decision"
 
 
 def test_a_held_email_goes_when_the_workflow_has_neither_goal_nor_exit_met(
