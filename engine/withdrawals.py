@@ -72,7 +72,10 @@ def withdraw_waiting_emails(
     exit (``why``: which, as "goal reached: entered purchase"), noting it in each one's
     ``reason``; return their ids."""
     waiting, skip = _statements()
-    rows = session.execute(waiting, {"enrollment_id": enrollment_id}).all()
+    # Only rows committed before this transaction can be held: the ones it writes are not
+    # (so no flush of its pending changes first, which would split a job's one flush).
+    with session.no_autoflush:
+        rows = session.execute(waiting, {"enrollment_id": enrollment_id}).all()
     withdrawn = [
         {
             "action_id": row.id,
