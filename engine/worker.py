@@ -8,18 +8,34 @@ broker the global one, so the worker consumes the jobs the runtime declared on i
 from __future__ import annotations
 
 import logging
+import sys
 
 import dramatiq
+import pydantic
+from pydantic_settings import SettingsError
 
 from engine.runtime import Runtime
-from engine.settings import Settings
+from engine.settings import Settings, describe_settings_error
 
 # httpx logs every request at INFO; a worker sending thousands of emails drowns in it.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 # transitions logs every state change at INFO: one line per event per contact.
 logging.getLogger("transitions").setLevel(logging.WARNING)
 
-runtime = Runtime(Settings())
+
+def _settings() -> Settings:
+    """The settings from the environment; a bad variable stops the worker with one line per
+    variable, named as the operator set it (``dramatiq engine.worker`` may be run directly,
+    not only through ``journeyline worker``, which checks them first)."""
+    try:
+        return Settings()
+    except (pydantic.ValidationError, SettingsError) as exc:
+        for line in describe_settings_error(exc):
+            print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+runtime = Runtime(_settings())
 broker = runtime.broker
 dramatiq.set_broker(broker)
 if runtime.settings.scheduler_in_workers:
