@@ -12,6 +12,11 @@ already checked by the HTTP layer), and per event:
   nothing, so newer state is never undone;
 - ``contact.deletion`` / ``contact.privacyDeletion`` erase the contact and everything about it;
 - ``contact.creation`` carries no email, so it waits for the ``email`` property change.
+
+An ``occurredAt`` that is not a plausible time (before 2000, more than a day ahead of our
+clock) is not refused, since HubSpot retries a refused batch for a day and then drops it, good
+events and all: the event is kept at the time it was received, with the reported value in
+``reported_occurred_at``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
 from engine.errors import ValidationError
+from engine.event_input import occurred_at_problem
 from engine.inbound import InboundResult
 from engine.models import Contact
 from engine.recording import record_event
@@ -71,6 +77,18 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
     object_id = str(raw["objectId"])
     now = runtime.clock.now()
     occurred = _millis(raw.get("occurredAt"), now)
+    reported: dict[str, Any] = {}
+    if occurred is None:
+        # Unreadable, or before 2000 or more than a day ahead. Refusing it would only have
+        # HubSpot resend the same value for a day, then drop the batch: the event is kept at
+        # the time we received it, the value it gave beside.
+        log.warning(
+            "HubSpot %s for object %s: occurredAt %r is not a plausible time; kept as of now",
+            kind,
+            object_id,
+            raw.get("occurredAt"),
+        )
+        occurred, reported = now, {"reported_occurred_at": raw.get("occurredAt")}
     with transaction(runtime.db) as session:
         contact = _by_hubspot_id(session, object_id)
         if kind == "contact.propertyChange" and raw.get("propertyName") == "email":
@@ -90,6 +108,7 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
                     "subscription": kind,
                     "property": "email",
                     "value": email,
+                    **reported,
                 },
             )
             if recorded.duplicate:
@@ -113,7 +132,7 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             session.delete(contact)
             result.recorded += 1
             return
-        properties: dict[str, Any] = {"object_id": object_id, "subscription": kind}
+        properties: dict[str, Any] = {"object_id": object_id, "subscription": kind, **reported}
         event_type = "crm.contact_changed"
         if kind == "contact.propertyChange":
             properties["property"] = raw.get("propertyName")
@@ -145,11 +164,14 @@ def _by_hubspot_id(session: Session, object_id: str) -> Contact | None:
     ).first()
 
 
-def _millis(value: Any, fallback: datetime) -> datetime:
+def _millis(value: Any, now: datetime) -> datetime | None:
+    """``value`` (milliseconds since the epoch) as a time, or None if it is not a plausible
+    one (``engine.event_input.occurred_at_problem``)."""
     try:
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
-    except (TypeError, ValueError, OverflowError):
-        return fallback
+        when = datetime.fromtimestamp(int(value) / 1000, UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return None if occurred_at_problem(when, now=now) else when
 
 
 def forward_path(registry: Registry, stage: str, target: str) -> list[str] | None:

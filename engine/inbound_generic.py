@@ -28,9 +28,12 @@ each become one event; the other paths are then relative to the item. Its shared
 comes from ``JOURNEYLINE_INBOUND_WEBHOOK_SECRETS``, never from code.
 
 A payload that matches a rule but lacks what the rule needs (no email at the path, a
-timestamp that does not parse) is refused whole, every problem named by its path, and
-nothing of it is recorded. Matched events are recorded in one transaction, each keyed by
-``key`` (or, without one, by a hash of the item's content), so a redelivery records nothing.
+timestamp that does not parse or is implausible: before 2000, more than a day ahead of the
+server's clock) or holds what cannot be stored (U+0000 in a mapped property) is refused whole,
+every problem named by its path, and nothing of it is recorded: the sender is the operator's
+own system or relay, which can mend the payload and send it again. Matched events are
+recorded in one transaction, each keyed by ``key`` (or, without one, by a hash of the item's
+content), so a redelivery records nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 from engine.contacts import normalize_email, validate_event_type, validate_properties
 from engine.db import transaction
 from engine.errors import ValidationError, WorkflowDefinitionError
+from engine.event_input import nul_problems, occurred_at_problem
 from engine.inbound import InboundResult
 from engine.recording import record_event
 
@@ -217,11 +221,15 @@ def _matches(payload: Any, when: Mapping[str, Any]) -> bool:
     return True
 
 
-def map_payload(source: WebhookSource, payload: Any) -> list[MappedEvent]:
+def map_payload(
+    source: WebhookSource, payload: Any, *, now: datetime | None = None
+) -> list[MappedEvent]:
     """The events ``payload`` stands for under ``source``'s rules ([] when none matches).
 
     Raises :class:`MappingProblems` naming every fault when a matching rule cannot be
-    applied; then nothing of the payload may be recorded.
+    applied; then nothing of the payload may be recorded. A property holding U+0000 (in a
+    key or a value, at any depth) is such a fault, named by its path in the payload; so is
+    a time, given ``now`` (the server's clock), before 2000 or more than a day after it.
     """
     events: list[MappedEvent] = []
     problems: list[tuple[str, str]] = []
@@ -237,7 +245,7 @@ def map_payload(source: WebhookSource, payload: Any) -> list[MappedEvent]:
                 continue
             items = [(f"{rule.each}[{i}].", item) for i, item in enumerate(listed)]
         for prefix, item in items:
-            mapped = _map_item(rule, item, prefix, problems)
+            mapped = _map_item(rule, item, prefix, problems, now=now)
             if mapped is not None:
                 events.append(mapped)
     if problems:
@@ -246,7 +254,12 @@ def map_payload(source: WebhookSource, payload: Any) -> list[MappedEvent]:
 
 
 def _map_item(
-    rule: MapEvent, item: Any, prefix: str, problems: list[tuple[str, str]]
+    rule: MapEvent,
+    item: Any,
+    prefix: str,
+    problems: list[tuple[str, str]],
+    *,
+    now: datetime | None,
 ) -> MappedEvent | None:
     before = len(problems)
     email = resolve(item, rule.email)
@@ -259,11 +272,12 @@ def _map_item(
             email = normalize_email(email)
         except ValidationError as exc:
             problems.append((prefix + rule.email, str(exc)))
-    properties = {
-        name: value
-        for name, path in rule.properties.items()
-        if (value := resolve(item, path)) is not _MISSING
-    }
+    properties: dict[str, Any] = {}
+    for name, path in rule.properties.items():
+        value = resolve(item, path)
+        if value is not _MISSING:
+            properties[name] = value
+            problems += nul_problems(value, prefix + path)
     try:
         validate_properties(properties)
     except ValidationError as exc:
@@ -273,6 +287,9 @@ def _map_item(
         raw_time = resolve(item, rule.occurred_at)
         if raw_time is not _MISSING and raw_time is not None:
             occurred = _parse_time(raw_time)
+            implausible = None
+            if occurred is not None and now is not None:
+                implausible = occurred_at_problem(occurred, now=now)
             if occurred is None:
                 problems.append(
                     (
@@ -280,6 +297,8 @@ def _map_item(
                         f"{raw_time!r} is not a time (ISO 8601, unix seconds or milliseconds)",
                     )
                 )
+            elif implausible is not None:
+                problems.append((prefix + rule.occurred_at, implausible))
     key_values = []
     for path in rule.key_paths:
         value = resolve(item, path)

@@ -24,6 +24,7 @@ from engine.contacts import (
     validate_timezone,
 )
 from engine.db import insert_new
+from engine.event_input import refuse_nul
 from engine.models import Event, EventStatus
 from engine.registry import Registry
 
@@ -54,7 +55,11 @@ def record_event(
     timezone: str | None = None,
 ) -> Recorded:
     """Validate and store one event (creating its contact if new). Nothing is written when
-    validation fails; a repeated ``idempotency_key`` from the same source returns the first."""
+    validation fails; a repeated ``idempotency_key`` from the same source returns the first.
+    Text holding U+0000 is refused on every database (PostgreSQL cannot store it)."""
+    refuse_nul(
+        {"idempotency_key": idempotency_key, "properties": properties, "attributes": attributes}
+    )
     email = normalize_email(email)
     event_type = validate_event_type(event_type)
     properties = validate_properties(properties)

@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from engine import batch_writer, recording
 from engine.contacts import normalize_email, validate_event_type, validate_properties
+from engine.event_input import refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
 
@@ -242,6 +243,13 @@ def _merge_into_row(row: dict[str, Any], item: _Item, now: datetime) -> None:
 
 
 def _prepare(item: EventInput, source: str) -> _Item:
+    refuse_nul(
+        {
+            "idempotency_key": item.idempotency_key,
+            "properties": item.properties,
+            "attributes": item.attributes,
+        }
+    )
     key = (
         f"{source}:{item.idempotency_key}"
         if item.idempotency_key

@@ -669,3 +669,25 @@ def test_webhooks_exports() -> None:
     )
     for name in connectors.webhooks.__all__:
         assert getattr(connectors.webhooks, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "said"),
+    [
+        (str(NOW_S - 301), "timestamp is 301 s old (tolerance 300 s)"),
+        (str(NOW_S + 1_000), "timestamp is 1000 s in the future (tolerance 300 s)"),
+        ("9" * 20, "timestamp is out of range: over a year in the future (tolerance 300 s)"),
+        ("0", "timestamp is out of range: over a year old (tolerance 300 s)"),
+    ],
+)
+def test_a_stale_timestamp_is_told_in_whole_seconds_or_as_out_of_range(
+    sendgrid_keys: Any, stamp: str, said: str
+) -> None:
+    # Given a correctly signed request stamped far from now
+    private, public = sendgrid_keys
+    # When it is checked
+    with pytest.raises(SignatureError) as excinfo:
+        sendgrid_check(public, signature=sign_sendgrid(private, BODY, stamp), timestamp=stamp)
+    # Then it is stale, and the message is exact (no float artefacts like 99999999998203527168)
+    assert reason_of(excinfo) == "stale"
+    assert str(excinfo.value) == said

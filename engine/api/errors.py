@@ -10,6 +10,7 @@ fault when there were several (request validation reports them all at once).
     MissingScope                     403   the key may not do this
     NotFound                         404
     InvalidTransition / Conflict     409
+    BadBody                          400   the body cannot be parsed (nested too deeply)
     HTTPException (404, 413, ...)    its status, its detail as the message
 """
 
@@ -67,6 +68,15 @@ class NotFound(JourneylineError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class BadBody(HTTPException):
+    """The body cannot be parsed at all (HTTP 400, naming ``body``)."""
+
+    field = "body"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
 
 
 class Invalid(JourneylineError):

@@ -5,10 +5,15 @@ A batch is validated whole before anything is written: if any event is invalid t
 recorded in one transaction (each idempotently, by its ``idempotency_key``), and their
 processing is enqueued after commit, as ``Runtime.track`` does for one. On PostgreSQL and
 SQLite a batch is written in a few statements (``record_batch``), not several per event.
+
+Besides each field's own rules, an event is refused (422, the field named) when any string in
+it, key or value, holds U+0000 (``events[3].properties.note``), or when its ``occurred_at`` is
+before 2000-01-01 or more than a day after the server's clock (``engine.event_input``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -27,6 +32,7 @@ from engine.contacts import (
 )
 from engine.db import transaction
 from engine.errors import ValidationError
+from engine.event_input import nul_problems, occurred_at_problem
 from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
@@ -65,7 +71,9 @@ class EventIn(BaseModel):
         description="Your id for this event: the same key twice is recorded once.",
     )
     occurred_at: datetime | None = Field(
-        default=None, description="When it happened (ISO 8601; without an offset, UTC)."
+        default=None,
+        description="When it happened (ISO 8601; without an offset, UTC): from 2000-01-01 "
+        "up to a day after the server's clock.",
     )
     attributes: dict[str, Any] | None = Field(
         default=None, description="Contact attributes to merge (first_name, plan...)."
@@ -137,30 +145,54 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
         items, prefix = body.events, "events"
     else:
         items, prefix = [body], ""
-    problems = [p for index, item in enumerate(items) for p in check(item, prefix, index)]
+    now = runtime.clock.now()
+    problems = [p for index, item in enumerate(items) for p in check(item, prefix, index, now=now)]
     if problems:
         raise Invalid(problems)
     return Accepted(events=record_all(runtime, items))
 
 
-def check(item: EventIn, prefix: str, index: int) -> list[Problem]:
-    """Every problem with one event, each naming its field (``events[3].email``)."""
-    found: list[Problem] = []
+def check(item: EventIn, prefix: str, index: int, *, now: datetime) -> list[Problem]:
+    """Every problem with one event, each naming its field (``events[3].email``).
+
+    A string holding U+0000 is refused wherever it is (PostgreSQL cannot store one; SQLite
+    would, so refusing on both keeps the databases alike); such a field is named once, for
+    that, and its other checks are skipped."""
     where = f"{prefix}[{index}]." if prefix else ""
-    checks = [
-        lambda: normalized_email(item.email),
-        lambda: validate_event_type(item.type),
-        lambda: validate_properties(item.properties),
-        lambda: validate_properties(item.attributes, field="attributes"),
-    ]
+    fields = {
+        "email": item.email,
+        "type": item.type,
+        "idempotency_key": item.idempotency_key,
+        "timezone": item.timezone,
+        "properties": item.properties,
+        "attributes": item.attributes,
+    }
+    found: list[Problem] = []
+    holding_nul: set[str] = set()
+    for name, value in fields.items():
+        for path, message in nul_problems(value, name):
+            found.append(Problem(field=f"{where}{path}", message=message))
+            holding_nul.add(name)
+    checks: dict[str, Callable[[], object]] = {
+        "email": lambda: normalized_email(item.email),
+        "type": lambda: validate_event_type(item.type),
+        "properties": lambda: validate_properties(item.properties),
+        "attributes": lambda: validate_properties(item.attributes, field="attributes"),
+    }
     timezone = item.timezone
     if timezone is not None:
-        checks.append(lambda: validate_timezone(timezone))
-    for run in checks:
+        checks["timezone"] = lambda: validate_timezone(timezone)
+    for name, run in checks.items():
+        if name in holding_nul:
+            continue
         try:
             run()
         except ValidationError as exc:
             found.append(Problem(field=f"{where}{exc.field}", message=str(exc)))
+    if item.occurred_at is not None:
+        late = occurred_at_problem(item.occurred_at, now=now)
+        if late is not None:
+            found.append(Problem(field=f"{where}occurred_at", message=late))
     return found
 
 

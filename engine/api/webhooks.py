@@ -9,6 +9,7 @@ exactly as received, before anything is parsed. Then, in order, every request go
     body over JOURNEYLINE_API_MAX_BODY_BYTES        413  (BodyLimit, as the body is read)
     no signature or timestamp header                401
     malformed, wrong or stale signature             403  (stale: outside the tolerance window)
+    body nested too deeply to parse                 400  (as /v1/events answers)
     body not JSON, or an event missing a field      422  naming every field at fault
     otherwise                                       200  with what was recorded
 
@@ -20,6 +21,14 @@ if the process dies midway, no answer goes out, the provider retries, and the re
 only what is missing. A generic source's events commit in one transaction. Events of kinds we do
 not handle (a HubSpot ``deal.*`` subscription, a SendGrid event type added after this code)
 are acknowledged and counted as ``ignored``, so the provider does not retry them for a day.
+
+Text holding U+0000 (which PostgreSQL cannot store) is kept from SendGrid and HubSpot with
+the character replaced by U+FFFD and a warning logged: the text is a third party's (a bounce
+reason, a user agent, a CRM value), and refusing it would lose the batch's good events with
+it. From a generic source, whose sender is the operator's own system, it is refused (422,
+named by its path) like any payload a rule cannot map. Event times follow the same split: an
+implausible one (before 2000, more than a day ahead) is refused from a generic source and
+replaced by the time received, the reported value kept, from HubSpot.
 """
 
 from __future__ import annotations
@@ -50,9 +59,10 @@ from connectors.webhooks.signatures import (
     verify_sendgrid,
 )
 from engine.api.deps import RuntimeDep
-from engine.api.errors import ErrorResponse, Invalid, Problem, field_path
+from engine.api.errors import BadBody, ErrorResponse, Invalid, Problem, field_path
 from engine.contacts import normalize_email, validate_stage
 from engine.errors import ConfigurationError, ValidationError
+from engine.event_input import nul_problems, without_nul
 from engine.inbound import SENDGRID_EVENTS, InboundResult, record_sendgrid_events
 from engine.inbound_crm import HUBSPOT_TO_STAGE, record_hubspot_events
 from engine.inbound_generic import (
@@ -137,6 +147,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The body is nested too deeply to parse."),
     401: _error("No signature (or no timestamp) header."),
     403: _error("The signature is malformed, does not match the body, or is stale."),
     413: _error("The body is larger than JOURNEYLINE_API_MAX_BODY_BYTES."),
@@ -178,6 +189,29 @@ def _parse_json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise Invalid([Problem(field="body", message=f"body is not valid JSON: {exc}")]) from exc
+    except RecursionError as exc:
+        # 400, as /v1/events answers the same body (FastAPI's parser meets the same limit).
+        raise BadBody("body is nested too deeply to parse (JSON arrays or objects)") from exc
+
+
+def _kept_without_nul(provider: str, index: int, event: Any) -> Any:
+    """A provider's event with U+0000 replaced by U+FFFD, logged when there was one.
+
+    The text comes from third parties (a remote mail server's bounce reason, a recipient's
+    user agent, a value typed into the CRM), the event is genuine, and refusing it would
+    cost the batch: both providers retry a refusal for a day (HubSpot up to 10 times), the
+    same text each time, then drop the batch, bounces and good events with it. So the event
+    is kept, the character marked."""
+    found = nul_problems(event, f"[{index}]")
+    if not found:
+        return event
+    log.warning(
+        "%s event %s: U+0000 replaced with U+FFFD in %s",
+        provider,
+        index,
+        ", ".join(path for path, _ in found),
+    )
+    return without_nul(event)
 
 
 def _array(events: Any, *, max_items: int | None = None) -> list[Any]:
@@ -258,7 +292,7 @@ async def sendgrid_webhook(
             continue
         if event["event"] not in SENDGRID_EVENTS:
             continue  # a kind we do not handle (SendGrid adds some): acknowledged, ignored
-        known.append(event)
+        known.append(_kept_without_nul("SendGrid", index, event))
         found = _shape(SendGridEvent, index, event)
         if not found:
             try:
@@ -366,7 +400,7 @@ async def hubspot_webhook(
             continue
         if not event["subscriptionType"].startswith("contact."):
             continue  # deals, companies...: acknowledged, ignored
-        contact_events.append(event)
+        contact_events.append(_kept_without_nul("HubSpot", index, event))
         found = _shape(HubSpotEvent, index, event)
         if not found:
             try:
@@ -437,7 +471,7 @@ async def generic_webhook(
         raise _refused(exc) from exc
     payload = _parse_json(body)
     try:
-        events = map_payload(declared, payload)
+        events = map_payload(declared, payload, now=runtime.clock.now())
     except MappingProblems as exc:
         raise Invalid([Problem(field=f, message=m) for f, m in exc.problems]) from exc
     if not events:
