@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
 
@@ -23,8 +25,11 @@ def describe_broker_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split()).rstrip('.')}"
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
 def build_broker(url: str) -> Broker:
-    scheme = url.split("://", 1)[0].lower()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "stub":
         return StubBroker()
     if scheme == "inline":
@@ -39,6 +44,11 @@ def build_broker(url: str) -> Broker:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         return RabbitmqBroker(url=url)
+    # Imported here: the CLI imports this module, and only a bad URL needs the redaction.
+    from engine.cli import redact_url
+
+    # Named only if it looks like one: a URL missing its "://" is all "scheme" to split().
+    problem = f"unknown scheme {scheme!r}" if _SCHEME.fullmatch(scheme) else "no scheme"
     raise ConfigurationError(
-        f"broker URL {url!r}: unknown scheme {scheme!r}; use stub://, redis:// or amqp://"
+        f"broker URL {redact_url(url)!r}: {problem}; use stub://, redis:// or amqp://"
     )

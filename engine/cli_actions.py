@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
 from engine.broker import broker_errors
@@ -41,7 +42,7 @@ def actions(
         bool, typer.Option("--failed", help="Only failed and unknown ones: the dead letters.")
     ] = False,
     status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="List at most this many, newest first.")] = 50,
     database_url: DatabaseUrl = None,
 ) -> None:
     """List actions, newest first; pending ones say what holds them, and until when."""
@@ -54,16 +55,28 @@ def actions(
             f"{status!r} is not one of {', '.join(known)}", param_hint="--status"
         )
     settings = settings_for(ctx, database_url)
-    query = select(Action, Contact.email).join(Contact, col(Contact.id) == col(Action.contact_id))
+    wanted: list[ColumnElement[bool]] = []
     if failed:
-        query = query.where(col(Action.status).in_([ActionStatus.FAILED, ActionStatus.UNKNOWN]))
+        wanted.append(col(Action.status).in_([ActionStatus.FAILED, ActionStatus.UNKNOWN]))
     if status is not None:
-        query = query.where(Action.status == status)
-    query = query.order_by(col(Action.updated_at).desc(), col(Action.id).desc()).limit(limit)
+        wanted.append(col(Action.status) == status)
+    query = (
+        select(Action, Contact.email)
+        .join(Contact, col(Contact.id) == col(Action.contact_id))
+        .where(*wanted)
+        .order_by(col(Action.updated_at).desc(), col(Action.id).desc())
+        .limit(limit)
+    )
     rows = read_rows(settings, query)
+    total = len(rows)
+    if total == limit:  # a full page: there may be more
+        total = read_rows(settings, select(func.count()).select_from(Action).where(*wanted))[0]
     now = datetime.now(UTC)
     title = "Failed and unknown actions" if failed else "Actions"
-    table = Table(title=f"{title} ({len(rows)})")
+    table = Table(title=f"{title} ({total})")
+    if total > len(rows):
+        table.title = f"{title} ({len(rows)} of {total})"
+        table.caption = f"the newest {len(rows)} of {total}: --limit {total} lists them all"
     columns = ("id", "contact", "workflow/step", "status", "attempts", "error", "note", "updated")
     for name in columns:
         table.add_column(

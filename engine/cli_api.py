@@ -93,11 +93,12 @@ def serve(
     """Run the HTTP API (docs at /docs). With stub:// the jobs and the scheduler run here too."""
     import uvicorn
 
-    from engine.api import ApiSettings, create_app
+    from engine.api import ApiSettings, access_log, create_app
 
     settings = settings_for(ctx, database_url, broker_url)
     api_settings = load_settings(ApiSettings)
     log.setLevel(settings.log_level.upper())
+    access_log.log.setLevel(settings.log_level.upper())
     with friendly_errors(settings), Runtime(settings) as runtime:
         scheduler: SchedulerThread | None = None
         if runtime.in_process:
@@ -109,6 +110,9 @@ def serve(
             host=host,
             port=port,
             log_level=settings.log_level.lower(),
+            # Its lines hold the path, and so the address of a contact being erased: the
+            # app logs each request itself, by route template (engine/api/access_log.py).
+            access_log=False,
             ws="none",
         )
         try:

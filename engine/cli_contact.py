@@ -1,4 +1,5 @@
-"""``journeyline contact``: one contact's stage, timeline and live enrollments."""
+"""``journeyline contact``: one contact's stage, timeline and live enrollments; with
+``--unsubscribe`` / ``--resubscribe``, its consent to marketing email."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from rich.table import Table
 from sqlmodel import Session
 
 from engine.cli import (
+    BrokerUrl,
     DatabaseUrl,
     app,
     console,
     err_console,
+    fail,
     friendly_errors,
     settings_for,
 )
@@ -33,13 +36,30 @@ def contact(
     ctx: typer.Context,
     email: Annotated[str, typer.Argument(help="The contact's email address.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON.")] = False,
+    unsubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--unsubscribe",
+            help="Unsubscribe the contact from marketing email (ends their marketing "
+            "workflows), instead of showing it.",
+        ),
+    ] = False,
+    resubscribe: Annotated[
+        bool,
+        typer.Option("--resubscribe", help="Subscribe the contact to marketing email again."),
+    ] = False,
     database_url: DatabaseUrl = None,
+    broker_url: BrokerUrl = None,
 ) -> None:
-    """Show a contact: stage, score, subscription and its timeline."""
+    """Show a contact: stage, score, subscription and its timeline; or change its consent
+    (--unsubscribe, --resubscribe)."""
     from engine.db import make_engine
     from engine.timeline import contact_timeline, name_steps
 
-    settings = settings_for(ctx, database_url)
+    settings = settings_for(ctx, database_url, broker_url)
+    if unsubscribe or resubscribe:
+        _change_subscription(settings, email, unsubscribe=unsubscribe, resubscribe=resubscribe)
+        return
     unnamed = ""
     db = make_engine(settings.database_url)
     try:
@@ -84,6 +104,28 @@ def contact(
     console.print(table)
     if timeline.live:
         console.print(_live_table(timeline.live, now=datetime.now(UTC)))
+
+
+def _change_subscription(
+    settings: Settings, email: str, *, unsubscribe: bool, resubscribe: bool
+) -> None:
+    """Set the contact's consent as a SendGrid unsubscribe (or resubscribe) would, and say
+    what changed."""
+    from engine.models import SubscriptionStatus
+    from engine.runtime import Runtime
+    from engine.unsubscribe import change_subscription
+
+    if unsubscribe and resubscribe:
+        fail("--unsubscribe and --resubscribe contradict each other: give one")
+    status = SubscriptionStatus.UNSUBSCRIBED if unsubscribe else SubscriptionStatus.SUBSCRIBED
+    with friendly_errors(settings), Runtime(settings) as runtime:
+        done = change_subscription(runtime, status, via="cli", email=email)
+        if runtime.in_process:
+            runtime.drain()  # stub://: nobody else will run what the unsubscribe triggers
+    if done is None:
+        err_console.print(f"no contact with email {escape(email)!r}")
+        raise typer.Exit(1)
+    console.print(escape(done.describe()), highlight=False)
 
 
 def _registry_to_name_steps(settings: Settings) -> tuple[Registry | None, str]:

@@ -4,9 +4,13 @@ the schedule to the workers."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -94,54 +98,99 @@ def tick_counts(due: Tick) -> str:
     )
 
 
+class _Stop(Exception):
+    """SIGTERM arrived between passes: stop now."""
+
+
+class _Sigterm:
+    """The SIGTERM handler of the loop. SIGTERM (what ``docker stop`` sends) stops it as
+    Ctrl-C does, but never inside a pass (between claiming rows and queuing them): one that
+    arrives during a pass is noted, and the loop stops once the pass is done."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.sleeping = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if self.sleeping:
+            raise _Stop
+
+
+@contextmanager
+def _handling(sigterm: _Sigterm) -> Iterator[None]:
+    """``sigterm`` handles SIGTERM inside the block (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def scheduler_loop(
     runtime: Runtime, *, out: Console, sleep: Callable[[float], None] = time.sleep
 ) -> None:
-    """Scheduler passes every interval until Ctrl-C, saying so: a line when it starts, one
-    per pass that found work, one when the broker refuses jobs or answers again, one every
-    ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops."""
+    """Scheduler passes every interval until Ctrl-C or SIGTERM, saying so: a line when it
+    starts, one per pass that found work, one when the broker refuses jobs or answers again,
+    one every ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops. SIGTERM lets
+    the pass under way finish."""
     settings = runtime.settings
     interval = settings.scheduler_interval_seconds
-    out.print(
-        f"scheduler started: database {describe_database(settings.database_url)}, broker "
-        f"{redact_url(settings.broker_url)}, a pass every {interval:g} s (Ctrl-C to stop)",
-        highlight=False,
-        soft_wrap=True,
-    )
     passes = quiet = 0
     quiet_since = runtime.clock.now()
     broker_down = False
+    sigterm = _Sigterm()
     try:
-        while True:
-            now = runtime.clock.now()
-            stamp = f"{now:%Y-%m-%d %H:%M:%S} UTC"
-            passes += 1
-            said: list[str] = []
-            try:
-                due = runtime.tick()
-            except broker_errors() as exc:
-                if not broker_down:
+        with _handling(sigterm):  # before saying it started: from then on SIGTERM stops it
+            out.print(
+                f"scheduler started: database {describe_database(settings.database_url)}, "
+                f"broker {redact_url(settings.broker_url)}, a pass every {interval:g} s "
+                "(Ctrl-C to stop)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            while not sigterm.received:
+                now = runtime.clock.now()
+                stamp = f"{now:%Y-%m-%d %H:%M:%S} UTC"
+                passes += 1
+                said: list[str] = []
+                try:
+                    due = runtime.tick()
+                except broker_errors() as exc:
+                    if not broker_down:
+                        said.append(
+                            f"{broker_problem(exc, settings.broker_url)}: what this pass "
+                            "claimed is handed out again once its lease runs out "
+                            f"({settings.action_lease_seconds} s); trying every pass"
+                        )
+                    broker_down = True
+                else:
+                    if broker_down:
+                        said.append("the broker takes jobs again")
+                        broker_down = False
+                    if len(due):
+                        said.append(tick_counts(due))
+                quiet += 1
+                if not said and now - quiet_since >= SCHEDULER_HEARTBEAT:
                     said.append(
-                        f"{broker_problem(exc, settings.broker_url)}: what this pass claimed "
-                        "is handed out again once its lease runs out "
-                        f"({settings.action_lease_seconds} s); trying every pass"
+                        f"running: {quiet} passes since {quiet_since:%H:%M:%S} found nothing due"
                     )
-                broker_down = True
-            else:
-                if broker_down:
-                    said.append("the broker takes jobs again")
-                    broker_down = False
-                if len(due):
-                    said.append(tick_counts(due))
-            quiet += 1
-            if not said and now - quiet_since >= SCHEDULER_HEARTBEAT:
-                said.append(
-                    f"running: {quiet} passes since {quiet_since:%H:%M:%S} found nothing due"
-                )
-            for line in said:
-                out.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
-            if said:
-                quiet, quiet_since = 0, now
-            sleep(interval)
+                for line in said:
+                    out.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
+                if said:
+                    quiet, quiet_since = 0, now
+                sigterm.sleeping = True
+                try:
+                    if not sigterm.received:
+                        sleep(interval)
+                finally:
+                    sigterm.sleeping = False
+    except _Stop:
+        pass
     except KeyboardInterrupt:
         out.print(f"scheduler stopped (Ctrl-C) after {passes} passes", highlight=False)
+        return
+    out.print(f"scheduler stopped (SIGTERM) after {passes} passes", highlight=False)

@@ -1,4 +1,7 @@
-"""Contact input validation and the find-or-create used by every ingest path."""
+"""Contact input validation, the find-or-create used by every ingest path, and the one way a
+contact's consent changes (``set_subscription``), whatever asked for it: a SendGrid
+unsubscribe event, an ``email.unsubscribed`` event from the track API, the contacts API,
+the CLI or a one-click unsubscribe link."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -15,8 +19,12 @@ from sqlmodel import Session, select
 
 from engine.db import insert_new
 from engine.errors import ValidationError
-from engine.models import Contact
+from engine.executor import exit_unsubscribed
+from engine.models import Contact, SubscriptionStatus
 from engine.stages import Journey
+
+if TYPE_CHECKING:
+    from engine.registry import Registry
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_PROPERTIES_BYTES = 64 * 1024
@@ -205,4 +213,54 @@ def _merge(
     if changed:
         contact.updated_at = now
         contact.version += 1
+    return changed
+
+
+# --- consent ------------------------------------------------------------------------------
+
+SUBSCRIPTION_EVENTS: Mapping[str, SubscriptionStatus] = MappingProxyType(
+    {
+        "email.unsubscribed": SubscriptionStatus.UNSUBSCRIBED,
+        "email.group_unsubscribed": SubscriptionStatus.UNSUBSCRIBED,
+        "email.group_resubscribed": SubscriptionStatus.SUBSCRIBED,
+    }
+)
+"""Event types that set a contact's consent, from whichever source records them."""
+
+CONSENT_SET_WHEN_RECORDED = frozenset({"sendgrid", "journeyline"})
+"""Sources whose consent events are applied as they are recorded, in the same transaction
+(SendGrid's webhook: ``engine/inbound.py``; the engine's own record of an unsubscribe link,
+an API or CLI request: ``engine/unsubscribe.py``). Applying them again when the pipeline
+processes them could undo a later change made in between (a resubscribe)."""
+
+
+def consent_change(event_type: str, source: str) -> SubscriptionStatus | None:
+    """The consent an event sets when the pipeline processes it, or None: it sets none, or
+    it was applied when recorded (``CONSENT_SET_WHEN_RECORDED``)."""
+    if source in CONSENT_SET_WHEN_RECORDED:
+        return None
+    return SUBSCRIPTION_EVENTS.get(event_type)
+
+
+def set_subscription(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    status: SubscriptionStatus,
+    *,
+    now: datetime,
+) -> bool:
+    """Set the contact's consent to ``status``; whether it changed. A contact who is not
+    subscribed leaves every marketing workflow that exits on unsubscribe (``exit_unsubscribed``;
+    receipts carry on), also when already unsubscribed: a repeat changes nothing else.
+    Emails already written are not sent: consent is checked again at the moment of sending.
+    The caller holds the contact's row lock (or is the pipeline, which does)."""
+    changed = contact.subscription_status != status
+    if changed:
+        contact.subscription_status = status
+        contact.version += 1
+        contact.updated_at = now
+        session.add(contact)
+    if status != SubscriptionStatus.SUBSCRIBED:
+        exit_unsubscribed(session, registry, contact, now=now)
     return changed

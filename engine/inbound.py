@@ -6,8 +6,10 @@ signature is checked by the HTTP layer first) and, per event, in one transaction
 - dedupes on ``sg_event_id`` (or its fallback key): a redelivered batch records nothing twice;
 - records it as an ``email.*`` event on the contact (``email.opened`` carries ``action_id``
   from our ``custom_args``, so ``opened()`` conditions and reports can use it);
-- makes bounces, drops and spam reports a suppression, and unsubscribes an unsubscription,
-  effective for every workflow at once (sends re-check them at the moment of sending);
+- makes bounces, drops and spam reports a suppression, and unsubscribes an unsubscription
+  or a spam report (``engine.contacts.set_subscription``, as for an ``email.unsubscribed``
+  event from any other source), effective for every workflow at once (sends re-check them
+  at the moment of sending);
 - reconciles an action left ``unknown`` (a send that timed out): SendGrid's word that it
   was processed or delivered marks it sent, a drop marks it failed.
 
@@ -25,9 +27,10 @@ from typing import Any
 from sqlmodel import Session, select
 
 from connectors.webhooks.dedupe import sendgrid_event_key
-from engine.contacts import normalize_email
+from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
 from engine.db import transaction
 from engine.errors import ValidationError
+from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
 from engine.recording import record_event
@@ -47,6 +50,9 @@ SENDGRID_EVENTS = {
     "group_unsubscribe": "email.group_unsubscribed",
     "group_resubscribe": "email.group_resubscribed",
 }
+_SUBSCRIPTION = {"spamreport": SubscriptionStatus.UNSUBSCRIBED}
+"""Consent SendGrid events set beyond the ``email.*`` ones every source shares
+(``engine.contacts.SUBSCRIPTION_EVENTS``): a spam report unsubscribes too."""
 _DELIVERED = {
     "processed",
     "delivered",
@@ -98,6 +104,18 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
             log.info("SendGrid %s for unknown address %s: not recorded", kind, email)
             return
         properties = _properties(raw)
+        occurred = _timestamp(raw.get("timestamp"), now)
+        if occurred is None:
+            # Unreadable, before 2000 or more than a day ahead: refusing it would have SendGrid
+            # resend the same value for a day and then drop the batch, so it is kept as of
+            # now, with the value SendGrid gave beside.
+            log.warning(
+                "SendGrid %s: timestamp %r is not a plausible time; kept as of now",
+                kind,
+                raw.get("timestamp"),
+            )
+            properties["reported_timestamp"] = raw.get("timestamp")
+            occurred = now
         recorded = record_event(
             session,
             runtime.registry,
@@ -107,13 +125,16 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
             properties=properties,
             source="sendgrid",
             idempotency_key=key,
-            occurred_at=_timestamp(raw.get("timestamp"), now),
+            occurred_at=occurred,
         )
         if recorded.duplicate:
             result.duplicates += 1
             return
-        _apply(session, contact, kind, raw, now=now)
-        if contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
+        _suppress(session, contact, kind, raw, now=now)
+        status = _SUBSCRIPTION.get(kind) or SUBSCRIPTION_EVENTS.get(SENDGRID_EVENTS[kind])
+        if status is not None:
+            set_subscription(session, runtime.registry, contact, status, now=now)
+        elif contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
             exit_unsubscribed(session, runtime.registry, contact, now=now)
         _reconcile(session, properties.get("action_id"), kind, raw, now=now)
         result.recorded += 1
@@ -139,7 +160,7 @@ def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:
     return properties
 
 
-def _apply(
+def _suppress(
     session: Session, contact: Contact, kind: str, raw: Mapping[str, Any], *, now: datetime
 ) -> None:
     suppress = {
@@ -153,17 +174,6 @@ def _apply(
             session.add(
                 Suppression(email=contact.email, reason=suppress, source="sendgrid", created_at=now)
             )
-    status = {
-        "unsubscribe": SubscriptionStatus.UNSUBSCRIBED,
-        "group_unsubscribe": SubscriptionStatus.UNSUBSCRIBED,
-        "spamreport": SubscriptionStatus.UNSUBSCRIBED,
-        "group_resubscribe": SubscriptionStatus.SUBSCRIBED,
-    }.get(kind)
-    if status is not None and contact.subscription_status != status:
-        contact.subscription_status = status
-        contact.version += 1
-        contact.updated_at = now
-        session.add(contact)
 
 
 def _reconcile(
@@ -188,8 +198,11 @@ def _reconcile(
     session.add(action)
 
 
-def _timestamp(value: Any, fallback: datetime) -> datetime:
+def _timestamp(value: Any, now: datetime) -> datetime | None:
+    """SendGrid's ``timestamp`` (seconds since the epoch) as a time, or None when it is not
+    a plausible event time (``engine.event_input.occurred_at_problem``)."""
     try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError, OverflowError):
-        return fallback
+        when = datetime.fromtimestamp(int(value), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return None if occurred_at_problem(when, now=now) else when

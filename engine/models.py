@@ -235,6 +235,10 @@ class Action(ColumnsSetFast, SQLModel, table=True):
     error: str | None = Field(default=None)
     next_attempt_at: datetime = Field(sa_type=UTCDateTime)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # A row left ``sending`` (its worker stopped mid-send) keeps its expired ``lease_until``:
+    # that is how the next claim knows the send may have been cut short. When the sweeper
+    # hands such a row out again, its own lease goes here: not again before this instant.
+    dispatch_lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -23,6 +23,7 @@ from connectors.webhooks.outgoing import WebhookSender
 from engine.errors import PermanentConnectorError, TransientConnectorError
 from engine.models import Action, Contact
 from engine.registry import Registry
+from engine.unsubscribe import UnsubscribeLinks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +52,25 @@ class Performer(Protocol):
 
 
 class EmailPerformer:
-    def __init__(self, connector: EmailConnector, registry: Registry, *, sender: str) -> None:
+    def __init__(
+        self,
+        connector: EmailConnector,
+        registry: Registry,
+        *,
+        sender: str,
+        links: UnsubscribeLinks | None = None,
+    ) -> None:
         self.connector = connector
         self.registry = registry
         self.sender = sender
+        self.links = links
         self.name = f"email ({connector.name})"
         self.dedupes = connector.dedupes
 
     def prepare(self, action: Action, contact: Contact, *, now: datetime) -> Call:
-        message = build_message(self.registry, action, contact, now=now, sender=self.sender)
+        message = build_message(
+            self.registry, action, contact, now=now, sender=self.sender, links=self.links
+        )
         return lambda: self.connector.send(message).provider_id
 
 
@@ -74,13 +85,20 @@ def contact_view(contact: Contact) -> dict[str, Any]:
 
 
 def message_fields(
-    action: Action, contact: Contact, *, now: datetime, sender: str
+    action: Action,
+    contact: Contact,
+    *,
+    now: datetime,
+    sender: str,
+    links: UnsubscribeLinks | None = None,
 ) -> dict[str, Any]:
     """Everything of ``action``'s email to ``contact`` but its content (subject, bodies,
-    SendGrid template): who, why, and the keys that tie deliveries back to the action."""
+    SendGrid template): who, why, the keys that tie deliveries back to the action, and for
+    marketing email with ``links`` configured the contact's unsubscribe link."""
     template = action.payload["template"]
     workflow = str(action.reason.get("workflow", "manual"))
     step = str(action.reason.get("step", template))
+    marketing = bool(action.payload.get("marketing", True))
     return {
         "to": contact.email,
         "sender": sender,
@@ -89,7 +107,8 @@ def message_fields(
         "categories": (workflow, f"{workflow}:{step}"),
         "custom_args": {"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
         "headers": {"X-Journeyline-Template": template},
-        "marketing": bool(action.payload.get("marketing", True)),
+        "marketing": marketing,
+        "unsubscribe_url": links.url(contact.id) if links and marketing and contact.id else "",
     }
 
 
@@ -101,26 +120,32 @@ def build_message(
     now: datetime,
     sender: str,
     view: dict[str, Any] | None = None,
+    links: UnsubscribeLinks | None = None,
+    link_as: str | None = None,
 ) -> EmailMessage:
     """The email ``action`` sends ``contact``; ``view`` is ``contact_view(contact)`` when the
-    caller has it already."""
+    caller has it already. With ``links``, a marketing email carries the contact's
+    unsubscribe link, which the template sees as ``unsubscribe_url`` (``link_as`` instead,
+    when given: a batch's substitution tag, engine/batch_send.py)."""
     template = action.payload["template"]
     view = contact_view(contact) if view is None else view
     data = dict(action.payload.get("data", {}))
-    common = message_fields(action, contact, now=now, sender=sender)
+    common = message_fields(action, contact, now=now, sender=sender, links=links)
+    link = common["unsubscribe_url"]
     hosted = action.payload.get("sendgrid_template")
     if hosted:
         # SendGrid renders it: send the contact's fields flat (``{{first_name}}`` in its
-        # editor), the step's data on top.
+        # editor), the step's data on top, and the unsubscribe link when there is one.
         return EmailMessage(
             subject="",
             text="",
             html="",
             template_id=str(hosted),
-            template_data={**view, **data},
+            template_data={**view, **data, **({"unsubscribe_url": link} if link else {})},
             **common,
         )
-    rendered = registry.templates.render(template, contact=view, data=data)
+    shown = link if not link or link_as is None else link_as
+    rendered = registry.templates.render(template, contact=view, data=data, unsubscribe_url=shown)
     return EmailMessage(subject=rendered.subject, text=rendered.text, html=rendered.html, **common)
 
 

@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.conditions import EvalContext, matches
+from engine.contacts import consent_change, set_subscription
 from engine.db import keep, skip_commit_flush
 from engine.executor import (
     Effects,
@@ -115,7 +116,8 @@ def apply_event(
 ) -> Effects:
     """Everything one event does to one contact, in a fixed order:
 
-    1. note which condition triggers/goals/exits hold *before* the event;
+    1. note which condition triggers/goals/exits hold *before* the event; an event that
+       sets consent (``email.unsubscribed``) sets it;
     2. rules: score, then triggers offered to the stage machine (stage moves end and start
        stage-bound workflows);
     3. live enrollments: a goal event converts, an exit event exits, an awaited event
@@ -135,6 +137,12 @@ def apply_event(
     # version reach it in one UPDATE at the next autoflush rather than one each.
     contact.updated_at = now
     contact.version += 1
+    # An unsubscribe (from the track API, a webhook, any source but those applied when
+    # recorded) ends marketing first, so the workflows below start as for an unsubscribed
+    # contact and conditions on ``subscribed()`` see the change.
+    consent = consent_change(event.type, event.source)
+    if consent is not None:
+        set_subscription(session, registry, contact, consent, now=now)
     reacted = False
     if event.type == LIFECYCLE_CHANGED:
         reacted = True

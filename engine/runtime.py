@@ -76,6 +76,7 @@ from engine.registry import Registry, load_registry
 from engine.scheduler import Due, claim_due
 from engine.schedules import Fired, SchedulePlanner, fire_slot, plan_and_claim
 from engine.settings import Settings
+from engine.unsubscribe import unsubscribe_links
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class Runtime:
             sendgrid_substitutions=self.settings.sendgrid_substitutions,
             sendgrid_unsubscribe_group=self.settings.sendgrid_unsubscribe_group,
         )
+        # Signed one-click unsubscribe links in marketing email, when configured.
+        self.unsubscribe_links = unsubscribe_links(self.settings)
         self.db = db or make_engine(self.settings.database_url)
         self.broker = broker or build_broker(self.settings.broker_url)
         # Job sizes: small for latency in a service; the simulator, which only wants
@@ -359,7 +362,12 @@ class Runtime:
     def performers(self) -> dict[str, Performer]:
         """Who performs each kind of action (built on demand: connectors may be swapped)."""
         found: dict[str, Performer] = {
-            "email": EmailPerformer(self.email, self.registry, sender=self.settings.from_email),
+            "email": EmailPerformer(
+                self.email,
+                self.registry,
+                sender=self.settings.from_email,
+                links=self.unsubscribe_links,
+            ),
         }
         found.update(self.extra_performers)
         return found
@@ -471,6 +479,7 @@ class Runtime:
             lease=self.lease,
             policy=self.policy,
             sender=self.settings.from_email,
+            links=self.unsubscribe_links,
         )
 
     def perform_crm_batch(self, action_ids: list[int]) -> BatchOutcome:

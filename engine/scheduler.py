@@ -7,12 +7,15 @@ One pass claims, in batches, everything whose time has come or whose worker went
 - actions pending or mid-send whose lease ran out (lost message, dead worker).
 
 Claiming stamps a new lease, so parallel schedulers never hand out the same row twice within
-a lease. A due enrollment is claimed by a row in ``enrollment_claims`` (its primary key
-settles a race between passes: the later insert waits for the earlier pass and then finds the
-claim taken), so a pass reads the due enrollments from the ``(status, wake_at, id)`` index
-without writing their pages. Events and actions are taken with ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL; on SQLite the ``BEGIN IMMEDIATE`` transaction serialises schedulers. Cost follows
-the rows due, never the number of contacts or enrollments.
+a lease, and a row nobody takes is handed out once per lease, not once per pass. An action
+left ``sending`` keeps its expired ``lease_until`` (it tells the next claim that the send may
+have been cut short): its hand-out lease is ``dispatch_lease_until``. A due enrollment is
+claimed by a row in ``enrollment_claims`` (its primary key settles a race between passes: the
+later insert waits for the earlier pass and then finds the claim taken), so a pass reads the
+due enrollments from the ``(status, wake_at, id)`` index without writing their pages. Events
+and actions are taken with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the ``BEGIN
+IMMEDIATE`` transaction serialises schedulers. Cost follows the rows due, never the number of
+contacts or enrollments.
 """
 
 from __future__ import annotations
@@ -62,11 +65,16 @@ def claim_due(db: Engine, *, now: datetime, lease: timedelta, batch_size: int) -
             ids = [e for e, _ in stale_events]
             connection.execute(q.claim_events, {**params, "ids": ids})
             due.contacts = sorted({c for _, c in stale_events})
-        due.actions = list(connection.execute(q.actions, params).scalars())
-        if due.actions:
-            # A pending row gets a fresh dispatch lease; a sending row keeps its expired
-            # lease so that perform_action can tell the worker died mid-send.
-            connection.execute(q.claim_actions, {**params, "ids": due.actions})
+        found = connection.execute(q.actions, params).all()
+        due.actions = [a for a, _ in found]
+        pending = [a for a, status in found if status == ActionStatus.PENDING]
+        sending = [a for a, status in found if status != ActionStatus.PENDING]
+        if pending:
+            connection.execute(q.claim_actions, {**params, "ids": pending})
+        if sending:
+            # Its lease_until stays expired, so that the claim can tell the worker died
+            # mid-send (actions._claim); the hand-out lease goes in a column of its own.
+            connection.execute(q.claim_sends, {**params, "ids": sending})
     return due
 
 
@@ -78,6 +86,7 @@ class _Statements:
     claim_events: Any
     actions: Any
     claim_actions: Any
+    claim_sends: Any
 
 
 _E = Enrollment.__table__  # type: ignore[attr-defined]
@@ -101,10 +110,15 @@ def _statements(dialect: str, batch_size: int) -> _Statements:
         claim_events=_V.update()
         .where(one_of_param(_V.c.id, "ids", dialect=dialect))
         .values(lease_until=until),
-        actions=select(_A.c.id)
+        actions=select(_A.c.id, _A.c.status)
         .where(
             _A.c.status.in_([ActionStatus.PENDING, ActionStatus.SENDING]),
             _A.c.lease_until <= now,
+            # A row mid-send whose lease ran out is read from the index each pass until a
+            # worker takes it: no more of them than the sends in flight when workers died.
+            (_A.c.status == ActionStatus.PENDING)
+            | _A.c.dispatch_lease_until.is_(None)
+            | (_A.c.dispatch_lease_until <= now),
         )
         .order_by(_A.c.lease_until, _A.c.id)  # oldest first, in order
         .limit(batch_size)
@@ -115,6 +129,12 @@ def _statements(dialect: str, batch_size: int) -> _Statements:
             _A.c.status == ActionStatus.PENDING,
         )
         .values(lease_until=until),
+        claim_sends=_A.update()
+        .where(
+            one_of_param(_A.c.id, "ids", dialect=dialect),
+            _A.c.status == ActionStatus.SENDING,
+        )
+        .values(dispatch_lease_until=until),
     )
 
 

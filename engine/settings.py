@@ -9,8 +9,9 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 WORKER_POLL_MS = 100
@@ -157,6 +158,18 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     from_email: str = Field(default="Journeyline <hello@journeyline.example>")
+    public_url: str | None = Field(
+        default=None,
+        description="The service's public base URL (https://jl.example.com): with "
+        "unsubscribe_secret, marketing email carries one-click unsubscribe links under it.",
+    )
+    unsubscribe_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Signs one-click unsubscribe links (HMAC-SHA256); with public_url, every "
+        "marketing email carries List-Unsubscribe headers and its template unsubscribe_url. "
+        "Changing it invalidates the links already sent.",
+    )
     worker_threads: int = Field(
         default=WORKER_THREADS, ge=1, description="Threads of the in-process worker."
     )
@@ -194,6 +207,32 @@ class Settings(BaseSettings):
     )
     scheduler_batch_size: int = Field(default=500, ge=1)
     log_level: str = Field(default="INFO")
+
+    @field_validator("public_url", "unsubscribe_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        """An http(s) base URL without query or fragment, kept without its trailing slash.
+        Nothing that HTML escapes changes: the link is printed as is in every body."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+            or any(c in value for c in "&<>\"' \\")
+        ):
+            raise ValueError(
+                "must be the service's public base URL, http(s) without query or fragment, "
+                "like https://jl.example.com"
+            )
+        return value.rstrip("/")
 
 
 # --- reporting bad settings -----------------------------------------------------------------
@@ -264,6 +303,7 @@ def _why(error: Any) -> str:
         "greater_than_equal": f"must be at least {number('ge')}",
         "less_than": f"must be less than {number('lt')}",
         "less_than_equal": f"must be at most {number('le')}",
+        "string_too_short": f"must be at least {number('min_length')} characters long",
     }
     if kind in plain:
         return plain[kind]

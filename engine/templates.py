@@ -6,7 +6,9 @@
     {% block html %}<p>Hi {{ contact.first_name | default("there") }}, ...</p>{% endblock %}
 
 ``contact`` is the contact's attributes plus ``email``, ``stage`` and ``score``; ``data`` is
-the step's own data.
+the step's own data; ``unsubscribe_url`` the contact's one-click unsubscribe link in a
+marketing email when links are configured (``engine/unsubscribe.py``), else empty: write
+``{% if unsubscribe_url %}...{% endif %}`` so the template renders either way.
 """
 
 from __future__ import annotations
@@ -75,8 +77,15 @@ class TemplateRenderer:
         except JinjaTemplateError:
             return None
 
-    def render(self, name: str, *, contact: dict[str, Any], data: dict[str, Any]) -> RenderedEmail:
-        variables = {"contact": contact, "data": data}
+    def render(
+        self,
+        name: str,
+        *,
+        contact: dict[str, Any],
+        data: dict[str, Any],
+        unsubscribe_url: str = "",
+    ) -> RenderedEmail:
+        variables = {"contact": contact, "data": data, "unsubscribe_url": unsubscribe_url}
         try:
             html = self._env.get_template(f"{name}.j2")
             plain = self._plain_env.get_template(f"{name}.j2")

@@ -377,6 +377,48 @@ def test_a_signed_hubspot_batch_links_and_moves_the_contact_once(
 
 
 @pytest.mark.parametrize(
+    ("settings", "api_settings"),
+    [
+        ({"public_url": "https://jl.example.com"}, {}),
+        ({}, {"public_url": "https://jl.example.com"}),
+        ({"public_url": "https://other.example.com"}, {"public_url": "https://jl.example.com"}),
+    ],
+    ids=["JOURNEYLINE_PUBLIC_URL", "JOURNEYLINE_API_PUBLIC_URL", "the API's one first"],
+)
+def test_behind_a_proxy_hubspot_signatures_are_checked_against_the_public_url(
+    sqlite_url: str, settings: dict[str, str], api_settings: dict[str, str]
+) -> None:
+    """HubSpot signs the URL it called (the proxy's), not the one the server sees."""
+    runtime, _clock, _email = make_runtime(
+        sqlite_url,
+        clock=VirtualClock(datetime.now(UTC)),
+        hubspot_client_secret=HUBSPOT_SECRET,
+        **settings,
+    )
+    try:
+        app = create_app(runtime, settings=ApiSettings(**api_settings))
+        with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+            body = json.dumps(lifecycle(501, "deal@example.com", 1_700_000_000_000)).encode()
+            now_ms = int(runtime.clock.now().timestamp() * 1000)
+
+            def post(signed_uri: str) -> httpx.Response:
+                headers = sign_hubspot_v3(
+                    client_secret=HUBSPOT_SECRET,
+                    method="POST",
+                    uri=signed_uri,
+                    body=body,
+                    timestamp_ms=now_ms,
+                )
+                headers["Content-Type"] = "application/json"
+                return http.post("/v1/webhooks/hubspot", content=body, headers=headers)
+
+            assert post(f"{url}/v1/webhooks/hubspot").status_code == 403
+            assert post("https://jl.example.com/v1/webhooks/hubspot").status_code == 200
+    finally:
+        runtime.close()
+
+
+@pytest.mark.parametrize(
     ("case", "status"),
     [("unsigned", 401), ("wrong secret", 403), ("stale", 403), ("tampered", 403)],
 )

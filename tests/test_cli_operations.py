@@ -6,6 +6,10 @@ nobody listens on, so no Redis server is needed."""
 from __future__ import annotations
 
 import email
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -232,6 +236,80 @@ def test_the_scheduler_command_prints_its_start_and_stop(
     assert "scheduler stopped (Ctrl-C) after 1 passes" in said
 
 
+def test_sigterm_during_a_pass_lets_it_finish_then_stops_with_its_line() -> None:
+    # Given a scheduler whose second pass is under way when SIGTERM (docker stop) arrives
+    class Terminated(ScriptedRuntime):
+        def tick(self) -> Tick:
+            if len(self.script) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled before tick() returns
+            return super().tick()
+
+    runtime = Terminated(Settings(), [Tick(), Tick(contacts=[7], actions=[1, 2]), Tick()])
+    runtime.clock.set(datetime(2025, 3, 1, 10, 0, tzinfo=UTC))
+    out = Console(record=True, width=300)
+    outside: list[int] = []
+
+    def ours(signum: int, frame: object) -> None:  # the process's own handler, meanwhile
+        outside.append(signum)
+
+    def sleep(seconds: float) -> None:
+        runtime.clock.advance(seconds=seconds)
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        # When the scheduler runs
+        scheduler_loop(runtime, out=out, sleep=sleep)  # type: ignore[arg-type]
+        handler_after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Then that pass finished (its rows were queued and said), no other began, and it said
+    # that it stopped; the signal was the loop's to handle, and the process's handler is back
+    assert out.export_text().splitlines()[1:] == [
+        "2025-03-01 10:00:05 UTC 0 enrollments woken, 1 contacts and 2 actions re-dispatched, "
+        "0 schedule slots fired",
+        "scheduler stopped (SIGTERM) after 2 passes",
+    ]
+    assert outside == []
+    assert handler_after is ours
+    assert runtime.script == [Tick()]
+
+
+@pytest.mark.slow
+def test_the_scheduler_command_stops_on_sigterm_with_its_line_and_exit_0(
+    env: dict[str, Any],
+) -> None:
+    # Given `journeyline scheduler` running, a pass every 0.1 s
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "journeyline"), "scheduler"],
+        env={
+            **os.environ,
+            "JOURNEYLINE_DATABASE_URL": env["url"],
+            "JOURNEYLINE_BROKER_URL": "stub://",
+            "JOURNEYLINE_SCHEDULER_INTERVAL_SECONDS": "0.1",
+            "PYTHONUNBUFFERED": "1",
+        },
+        cwd=env["tmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        started = process.stdout.readline()
+        assert "scheduler started" in started, started
+        # When it gets SIGTERM, as `docker stop` sends
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    # Then it says so and exits 0
+    assert process.returncode == 0, err
+    assert "scheduler stopped (SIGTERM) after" in out, out
+    assert "Traceback" not in err
+
+
 # --- actions retry -----------------------------------------------------------------------------
 
 
@@ -387,3 +465,75 @@ def test_db_upgrade_names_the_database_as_describe_database_does(env: dict[str, 
     result = invoke("db", "upgrade", "--database-url", env["url"])
     assert result.exit_code == 0, result.output
     assert "upgraded to" in flat(result) and "SQLite file" in flat(result)
+
+
+# --- actions, a page at a time -------------------------------------------------------------
+
+
+def dead_letters(db: Engine, failed: int, unknown: int) -> None:
+    """A contact with ``failed`` failed and ``unknown`` unknown actions, and one sent."""
+    at = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    with Session(db) as session:
+        ana = Contact(
+            email="ana@example.com", stage="awareness", stage_entered_at=at, created_at=at,
+            updated_at=at,
+        )  # fmt: skip
+        session.add(ana)
+        session.flush()
+        assert ana.id is not None
+        statuses = [ActionStatus.FAILED] * failed + [ActionStatus.UNKNOWN] * unknown
+        for n, status in enumerate([*statuses, ActionStatus.SENT]):
+            session.add(
+                Action(
+                    contact_id=ana.id, kind="email", payload={"template": "welcome"},
+                    idempotency_key=f"test:{n}", status=status, attempts=1,
+                    error="permanent error: 400", next_attempt_at=at, created_at=at,
+                    updated_at=at + timedelta(minutes=n),
+                )
+            )  # fmt: skip
+        session.commit()
+
+
+def test_the_actions_listing_says_how_many_there_are_when_it_shows_a_page(
+    env: dict[str, Any], db: Engine
+) -> None:
+    url = env["url"]
+    # Given 4 failed and 3 unknown actions, and a sent one
+    dead_letters(db, failed=4, unknown=3)
+    # When an operator lists the dead letters a page of 5 at a time
+    page = flat(invoke("--database-url", url, "actions", "--failed", "--limit", "5"))
+    # Then the title counts them all, not the page, and says how to see the rest
+    assert "Failed and unknown actions (5 of 7)" in page
+    assert "the newest 5 of 7: --limit 7 lists them all" in page
+    # And a page that holds them all says only how many there are
+    for limit in ("7", "50"):
+        whole = flat(invoke("--database-url", url, "actions", "--failed", "--limit", limit))
+        assert "Failed and unknown actions (7)" in whole
+        assert "--limit" not in whole
+    # And the filters count as they list
+    assert "Actions (2 of 3)" in flat(
+        invoke("--database-url", url, "actions", "--status", "unknown", "--limit", "2")
+    )
+    assert "Actions (2 of 8)" in flat(invoke("--database-url", url, "actions", "--limit", "2"))
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redsi://u:topsecret@h/0", "broker URL 'redsi://u:***@h/0': unknown scheme 'redsi'"),
+        (
+            "redis:/u:topsecret@h/0",
+            "broker URL '<a URL that cannot be parsed: not shown>': no scheme",
+        ),
+        ("u:topsecret@h", "broker URL '<a URL that cannot be parsed: not shown>': no scheme"),
+    ],
+)
+def test_a_mistyped_broker_url_is_refused_without_its_password(
+    env: dict[str, Any], url: str, said: str
+) -> None:
+    result = invoke(
+        "--database-url", env["url"], "--broker-url", url, "track", "a@example.com", "page.viewed"
+    )
+    assert result.exit_code == 2, result.output
+    assert said in flat(result)
+    assert "topsecret" not in result.output

@@ -31,9 +31,11 @@ from tests.test_api_webhooks import (
     HUBSPOT_SECRET,
     PIPEDRIVE_SECRET,
     Hooks,
+    body_of,
     by_source,
     deal_change,
     serve_hooks,
+    sg_event,
 )
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -197,6 +199,24 @@ def test_a_hubspot_time_out_of_bounds_is_kept_as_received_with_the_reported_valu
     [recorded] = by_source(hooks.runtime, "hubspot")
     assert recorded.occurred_at.replace(tzinfo=UTC) == hooks.runtime.clock.now()
     assert recorded.properties["reported_occurred_at"] == in_2099
+
+
+def test_a_sendgrid_time_out_of_bounds_is_kept_as_received_with_the_reported_value(
+    hooks: Hooks,
+) -> None:
+    # Given a SendGrid open said to have happened in 2099
+    hooks.runtime.upsert_contact("ana@example.com")
+    in_2099 = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp())
+    opened = sg_event("open", "ana@example.com", 1)
+    opened["timestamp"] = in_2099
+    # When SendGrid delivers it
+    response = hooks.sendgrid(body_of([opened]))
+    # Then it is recorded (SendGrid drops a refused batch after a day of retries) at the time
+    # it was received, with what SendGrid said kept beside
+    assert response.status_code == 200, response.text
+    [recorded] = by_source(hooks.runtime, "sendgrid")
+    assert recorded.occurred_at.replace(tzinfo=UTC) == hooks.runtime.clock.now()
+    assert recorded.properties["reported_timestamp"] == in_2099
 
 
 def test_a_deeply_nested_but_parseable_property_is_stored_or_refused_never_500(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.email.base import EmailConnector, EmailMessage, SendResult
+from connectors.email.base import EmailConnector, EmailMessage, SendResult, unsubscribe_headers
 from connectors.email.outbox import OutboxEmailConnector
 from connectors.email.recording import RecordingEmailConnector
 from connectors.email.sendgrid import SendGridEmailConnector
@@ -18,6 +18,7 @@ __all__ = [
     "SendGridEmailConnector",
     "SendResult",
     "build_email_connector",
+    "unsubscribe_headers",
 ]
 
 

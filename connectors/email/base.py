@@ -11,6 +11,12 @@ Journeyline) or names a provider-hosted template (``template_id``, e.g. a SendGr
 template ``d-...``) with the data to fill it (``template_data``); then its subject and bodies
 are empty and the provider renders it. ``marketing`` is False for transactional mail, which
 must not carry the marketing unsubscribe group.
+
+``unsubscribe_url`` is the recipient's one-click unsubscribe link (``engine/unsubscribe.py``;
+empty when none is configured, and always for transactional mail). Every connector sends it
+as the ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` headers (RFC 2369, RFC 8058):
+``headers_to_send`` for one message; a batched SendGrid send puts them in each
+personalization, as the link differs per recipient.
 """
 
 from __future__ import annotations
@@ -20,6 +26,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+def unsubscribe_headers(url: str) -> dict[str, str]:
+    """The one-click unsubscribe headers for ``url`` (RFC 8058); none without a URL."""
+    if not url:
+        return {}
+    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": ONE_CLICK}
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,12 @@ class EmailMessage:
     template_id: str = ""
     template_data: Mapping[str, Any] = field(default_factory=dict)
     marketing: bool = True
+    unsubscribe_url: str = ""
+
+    @property
+    def headers_to_send(self) -> dict[str, str]:
+        """``headers`` plus the unsubscribe headers of ``unsubscribe_url``, if any."""
+        return {**self.headers, **unsubscribe_headers(self.unsubscribe_url)}
 
     @property
     def has_content(self) -> bool:

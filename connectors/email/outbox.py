@@ -83,7 +83,7 @@ class OutboxEmailConnector(EmailConnector):
             mime["X-Journeyline-Categories"] = ", ".join(message.categories)
         for key, value in message.custom_args.items():
             mime[f"X-Journeyline-Arg-{key}"] = _header(value)
-        for key, value in message.headers.items():
+        for key, value in message.headers_to_send.items():
             mime[key] = _header(value)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,10 @@ succeeds or fails as a whole, so one outcome applies to every recipient in it.
 A message naming a dynamic template (``template_id``) is sent as ``template_id`` plus
 ``dynamic_template_data`` in each personalization, with no subject or content: SendGrid
 renders it. ``asm_group_id`` (the marketing unsubscribe group) goes on marketing messages
-only; transactional ones carry no ``asm``.
+only; transactional ones carry no ``asm``. A message's ``unsubscribe_url`` becomes its
+``List-Unsubscribe`` / ``List-Unsubscribe-Post`` headers: top-level ``headers`` for one
+message, each personalization's own ``headers`` in a batch (one recipient's link never
+reaches another).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -40,7 +43,7 @@ from sendgrid.helpers.mail import (
     SandBoxMode,
 )
 
-from connectors.email.base import EmailConnector, EmailMessage, SendResult
+from connectors.email.base import EmailConnector, EmailMessage, SendResult, unsubscribe_headers
 from connectors.http_clients import ClientPerThread
 from engine.errors import (
     DeliveryUnknownError,
@@ -66,6 +69,7 @@ class Recipient:
     custom_args: Mapping[str, str]
     template_data: Mapping[str, Any] = field(default_factory=dict)
     substitutions: Mapping[str, str] = field(default_factory=dict)
+    unsubscribe_url: str = ""  # sent as this personalization's List-Unsubscribe headers
 
 
 def substitutions_size(substitutions: Mapping[str, str]) -> int:
@@ -131,8 +135,9 @@ class SendGridEmailConnector(EmailConnector):
             mail.category = Category(category)
         if message.custom_args:
             mail.custom_arg = [CustomArg(str(k), str(v)) for k, v in message.custom_args.items()]
-        if message.headers:
-            mail.header = [Header(k, v) for k, v in message.headers.items()]
+        headers = message.headers_to_send
+        if headers:
+            mail.header = [Header(k, v) for k, v in headers.items()]
         if self.asm_group_id is not None and message.marketing:
             mail.asm = Asm(self.asm_group_id)
         if self.sandbox:
@@ -154,13 +159,16 @@ class SendGridEmailConnector(EmailConnector):
             raise PermanentConnectorError(
                 f"{len(recipients)} recipients in one request; at most {self.batch_size}"
             )
-        body = self.payload(message)
+        # The unsubscribe link differs per recipient: per personalization, never shared.
+        body = self.payload(replace(message, unsubscribe_url=""))
         body.pop("custom_args", None)  # per personalization instead
         body["personalizations"] = [
             {"to": [{"email": r.to}], "custom_args": {k: str(v) for k, v in r.custom_args.items()}}
             for r in recipients
         ]
         for personalization, r in zip(body["personalizations"], recipients, strict=True):
+            if r.unsubscribe_url:
+                personalization["headers"] = unsubscribe_headers(r.unsubscribe_url)
             if message.template_id:
                 if r.substitutions:
                     raise PermanentConnectorError(

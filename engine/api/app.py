@@ -1,6 +1,7 @@
 """The application factory: ``create_app(runtime)`` builds the HTTP service around a runtime.
 
-Routes are grouped by concept (``events``, ``contacts``, ``health``, ``metrics``); errors are
+Routes are grouped by concept (``events``, ``contacts``, ``health``, ``metrics``, ``webhooks``,
+``unsubscribe``: the one-click links in marketing email, without an API key); errors are
 mapped to one JSON shape in ``errors``; API keys are checked in ``auth``. The app does not own
 the runtime: whoever built it starts its worker (``stub://``) and closes it.
 """
@@ -15,7 +16,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api import contacts, events, health, metrics, webhooks
+from engine.api import contacts, events, health, metrics, unsubscribe, webhooks
+from engine.api.access_log import AccessLog
 from engine.api.auth import VerifiedKeys
 from engine.api.errors import install_error_handlers
 from engine.inbound_generic import load_sources
@@ -111,7 +113,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     app.state.api_settings = settings
     app.state.verified_keys = VerifiedKeys()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(metrics.DatabaseCollector(runtime.db))
+    registry.register(metrics.DatabaseCollector(runtime.db, clock=runtime.clock))
     app.state.metrics_registry = registry
     # Declared generic webhook sources, validated now so a bad declaration fails at start.
     app.state.webhook_sources = load_sources(
@@ -125,9 +127,11 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
         health.router,
         metrics.router,
         webhooks.router,
+        unsubscribe.router,
     ):
         app.include_router(router)
     # The last added runs first: time everything, including refusals of oversized bodies.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.RequestMetrics, registry=registry)
+    app.add_middleware(AccessLog)
     return app

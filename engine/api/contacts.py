@@ -1,5 +1,5 @@
-"""``/v1/contacts/{email}``: create or update (PUT), look up with the timeline (GET), erase
-(DELETE).
+"""``/v1/contacts/{email}``: create or update (PUT, including consent:
+``subscription_status``), look up with the timeline (GET), erase (DELETE).
 
 Erasure deletes the contact row; its events, stage transitions, enrollments and actions go
 with it (foreign keys ``ON DELETE CASCADE``; SQLite connections turn ``foreign_keys`` on in
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,8 +23,9 @@ from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, Conflict, ErrorResponse, NotFound
 from engine.contacts import normalize_email
 from engine.db import transaction
-from engine.models import Contact
+from engine.models import Contact, SubscriptionStatus
 from engine.timeline import Timeline, contact_timeline
+from engine.unsubscribe import change_subscription
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 class ContactUpsert(BaseModel):
     """Fields to set. ``stage`` only places a new contact (an import); an existing contact
-    moves through the stage machine, never by this call."""
+    moves through the stage machine, never by this call. ``subscription_status``
+    "unsubscribed" ends the contact's marketing workflows, as a SendGrid unsubscribe does;
+    "subscribed" lets marketing email reach them again."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -59,6 +62,11 @@ class ContactUpsert(BaseModel):
     attributes: dict[str, Any] | None = Field(default=None, description="Merged into the stored.")
     timezone: str | None = Field(default=None, description="IANA time zone.")
     stage: str | None = Field(default=None, description="Initial stage of a new contact.")
+    subscription_status: Literal["subscribed", "unsubscribed"] | None = Field(
+        default=None,
+        description="Consent to marketing email: 'unsubscribed' ends the contact's marketing "
+        "workflows (transactional email still goes).",
+    )
 
 
 class ContactOut(BaseModel):
@@ -177,6 +185,11 @@ def put_contact(
     contact = runtime.upsert_contact(
         email, stage=body.stage, timezone=body.timezone, attributes=body.attributes
     )
+    if body.subscription_status is not None:
+        status = SubscriptionStatus(body.subscription_status)
+        change_subscription(runtime, status, via="api", contact_id=contact.id)
+        with Session(runtime.db) as session:
+            contact = session.get(Contact, contact.id) or contact
     return ContactOut.of(contact)
 
 

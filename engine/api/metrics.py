@@ -1,7 +1,10 @@
 """Prometheus metrics at ``/metrics``: what the database holds, and how the API is doing.
 
 At each scrape the database is counted (events by status, actions by status, contacts by
-stage), so every API process reports the same truth, whoever did the work. Request counts
+stage), so every API process reports the same truth, whoever did the work. Two backlog
+signals say whether workers keep up (or run at all): how long the oldest pending event has
+waited, and how many actions are due but not done, since when. Both read the pending range
+of a ``(status, lease_until)`` index: their cost follows the backlog, not the tables. Request counts
 and latencies are this process's own. Each app has its own registry: two apps in one
 process (tests) never collide.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,23 +22,35 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.models import Action, Contact, Event
+from engine.clock import Clock, SystemClock
+from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
 
-class DatabaseCollector(Collector):
-    """Counts rows by status or stage when scraped."""
+# Built once (a scrape every 15 s or so).
+_OLDEST_PENDING_EVENT = select(func.min(col(Event.received_at))).where(
+    col(Event.status) == EventStatus.PENDING
+)
+_DUE_ACTIONS = select(func.count(), func.min(col(Action.next_attempt_at))).where(
+    col(Action.status) == ActionStatus.PENDING,
+    col(Action.next_attempt_at) <= bindparam("now"),
+)
 
-    def __init__(self, db: Engine) -> None:
+
+class DatabaseCollector(Collector):
+    """Counts rows by status or stage when scraped, and measures the backlog."""
+
+    def __init__(self, db: Engine, *, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock or SystemClock()
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -49,6 +65,20 @@ class DatabaseCollector(Collector):
         contacts = GaugeMetricFamily(
             "journeyline_contacts", "Contacts in the database, by stage.", labels=["stage"]
         )
+        oldest_event = GaugeMetricFamily(
+            "journeyline_oldest_pending_event_age_seconds",
+            "Seconds since the oldest event still pending was received (0 if none): it grows "
+            "while no worker processes events.",
+        )
+        due = GaugeMetricFamily(
+            "journeyline_actions_due",
+            "Actions pending whose time has come (next_attempt_at reached), not yet done.",
+        )
+        oldest_due = GaugeMetricFamily(
+            "journeyline_oldest_due_action_age_seconds",
+            "Seconds since the earliest of the due actions fell due (0 if none).",
+        )
+        now = self.clock.now()
         try:
             with Session(self.db) as session:
                 for family, column in (
@@ -59,13 +89,22 @@ class DatabaseCollector(Collector):
                     counted = session.exec(select(column, func.count()).group_by(column)).all()
                     for label, count in counted:
                         family.add_metric([str(label)], count)
+                received = session.exec(_OLDEST_PENDING_EVENT).one()
+                count, first_due = session.exec(_DUE_ACTIONS, params={"now": now}).one()
         except Exception as exc:
             log.warning("metrics: counting rows failed: %s", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        yield from (up, events, actions, contacts)
+        oldest_event.add_metric([], _age_seconds(received, now))
+        due.add_metric([], count)
+        oldest_due.add_metric([], _age_seconds(first_due, now))
+        yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
+
+
+def _age_seconds(since: datetime | None, now: datetime) -> float:
+    return 0.0 if since is None else max((now - since).total_seconds(), 0.0)
 
 
 class RequestMetrics:

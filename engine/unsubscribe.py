@@ -1,0 +1,167 @@
+"""Unsubscribe links, and changing a contact's consent on someone's request.
+
+One-click unsubscribe (RFC 8058, which Gmail and Yahoo require of bulk senders) needs a URL
+per recipient: ``<public URL>/v1/unsubscribe/<token>``. The token names the contact by id,
+not by address, so the link does not leak it; it is ``<id>.<signature>``, the signature an
+HMAC-SHA256 of the id under ``JOURNEYLINE_UNSUBSCRIBE_SECRET`` (128 bits, URL-safe base64).
+It does not expire (an unsubscribe link must keep working), and one with a wrong signature
+is refused. Changing the secret invalidates every link already sent.
+
+Links exist only when both ``JOURNEYLINE_PUBLIC_URL`` and ``JOURNEYLINE_UNSUBSCRIBE_SECRET``
+are set (``unsubscribe_links``; the URL alone is logged as a warning, the secret alone
+refused); then every marketing email carries ``List-Unsubscribe`` and
+``List-Unsubscribe-Post`` headers and its template an ``unsubscribe_url``. Without them
+nothing changes: no header, an empty ``unsubscribe_url``, and the unsubscribe route answers
+404. Transactional email (``marketing=False``) never carries a link.
+
+``change_subscription`` is what an unsubscribe link, the contacts API and the CLI call: the
+contact's row lock, ``engine.contacts.set_subscription`` (the same change a SendGrid
+unsubscribe event makes), and for an unsubscribe that changed something an
+``email.unsubscribed`` event in the contact's timeline saying how (``via``), processed like
+any other so workflows triggered by it run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlmodel import select
+
+from engine.contacts import normalize_email, set_subscription
+from engine.db import transaction
+from engine.errors import ConfigurationError
+from engine.models import Contact, SubscriptionStatus
+from engine.pipeline import lock_contact
+from engine.recording import INTERNAL_SOURCE, record_event
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
+    from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/unsubscribe"
+_PURPOSE = b"journeyline unsubscribe v1:"
+_SIGNATURE_BYTES = 16
+_TOKEN = re.compile(r"([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{22})")
+UNSUBSCRIBED_EVENT = "email.unsubscribed"
+
+
+@dataclass(frozen=True)
+class UnsubscribeLinks:
+    """Signed unsubscribe URLs under ``base_url`` (the service's public URL)."""
+
+    base_url: str
+    secret: str = field(repr=False)
+
+    def token(self, contact_id: int) -> str:
+        """The URL-safe token naming ``contact_id``."""
+        return f"{contact_id}.{self._signature(contact_id)}"
+
+    def contact_id(self, token: str) -> int | None:
+        """The contact a token names, or None when it is malformed or wrongly signed."""
+        found = _TOKEN.fullmatch(token)
+        if found is None:
+            return None
+        contact_id = int(found.group(1))
+        if not hmac.compare_digest(found.group(2), self._signature(contact_id)):
+            return None
+        return contact_id
+
+    def url(self, contact_id: int) -> str:
+        """The one-click unsubscribe URL of ``contact_id``."""
+        return f"{self.base_url.rstrip('/')}{ROUTE}/{self.token(contact_id)}"
+
+    def _signature(self, contact_id: int) -> str:
+        digest = hmac.new(
+            self.secret.encode(), _PURPOSE + str(contact_id).encode(), hashlib.sha256
+        ).digest()
+        return base64.urlsafe_b64encode(digest[:_SIGNATURE_BYTES]).rstrip(b"=").decode()
+
+
+def unsubscribe_links(settings: Settings) -> UnsubscribeLinks | None:
+    """The links ``settings`` configure, or None (no links, nothing changes).
+
+    The public URL has other uses (HubSpot signs the URL it called, behind a proxy), so one
+    set without the secret only logs a warning that marketing email goes without links; the
+    secret without the URL is a ``ConfigurationError`` (it can do nothing alone)."""
+    url, secret = settings.public_url, settings.unsubscribe_secret
+    if url and secret:
+        return UnsubscribeLinks(url, secret)
+    if secret:
+        raise ConfigurationError(
+            "JOURNEYLINE_UNSUBSCRIBE_SECRET is set but JOURNEYLINE_PUBLIC_URL is not: "
+            "unsubscribe links need the service's public URL; set it, or unset the secret"
+        )
+    if url:
+        log.warning(
+            "JOURNEYLINE_PUBLIC_URL is set but JOURNEYLINE_UNSUBSCRIBE_SECRET is not: "
+            "marketing email goes out without one-click unsubscribe links"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class SubscriptionChange:
+    """What ``change_subscription`` did."""
+
+    contact_id: int
+    email: str
+    status: SubscriptionStatus
+    changed: bool  # False: the contact already had that status (nothing else happened)
+
+    def describe(self) -> str:
+        if not self.changed:
+            return f"{self.email} was already {self.status}: nothing changed"
+        if self.status == SubscriptionStatus.UNSUBSCRIBED:
+            return f"{self.email} unsubscribed: their marketing workflows ended"
+        return f"{self.email} subscribed again: marketing email may be sent to them"
+
+
+def change_subscription(
+    runtime: Runtime,
+    status: SubscriptionStatus,
+    *,
+    via: str,
+    email: str | None = None,
+    contact_id: int | None = None,
+) -> SubscriptionChange | None:
+    """Set the consent of the contact named by ``email`` or ``contact_id``, as asked ``via``
+    ("link", "api", "cli"); None when there is no such contact. Idempotent: a repeat
+    changes nothing and records nothing."""
+    now = runtime.clock.now()
+    with transaction(runtime.db) as session:
+        if contact_id is None:
+            address = normalize_email(email or "")
+            contact_id = session.exec(select(Contact.id).where(Contact.email == address)).first()
+            if contact_id is None:
+                return None
+        contact = lock_contact(session, contact_id)
+        if contact is None:
+            return None
+        changed = set_subscription(session, runtime.registry, contact, status, now=now)
+        recorded = changed and status == SubscriptionStatus.UNSUBSCRIBED
+        if recorded:
+            # Applied above, in this transaction: the pipeline only runs what the event
+            # triggers (``engine.contacts.CONSENT_SET_WHEN_RECORDED``).
+            record_event(
+                session,
+                runtime.registry,
+                now=now,
+                email=contact.email,
+                event_type=UNSUBSCRIBED_EVENT,
+                properties={"via": via},
+                source=INTERNAL_SOURCE,
+            )
+        done = SubscriptionChange(contact_id, contact.email, status, changed)
+    if changed:
+        log.info("contact %s %s (via %s)", contact_id, status, via)
+    if recorded:
+        runtime.enqueue_or_leave([contact_id], what=f"unsubscribe via {via}")
+    return done
