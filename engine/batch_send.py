@@ -684,7 +684,9 @@ class _Renders:
             to=contact.email,
             idempotency_key=action.idempotency_key,
             custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
-            unsubscribe_url=self.links.url(contact.id) if shared.unsubscribe_url else "",
+            unsubscribe_url=(
+                self.links.url(contact.id, contact.email) if shared.unsubscribe_url else ""
+            ),
         )
 
 

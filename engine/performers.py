@@ -108,7 +108,9 @@ def message_fields(
         "custom_args": {"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
         "headers": {"X-Journeyline-Template": template},
         "marketing": marketing,
-        "unsubscribe_url": links.url(contact.id) if links and marketing and contact.id else "",
+        "unsubscribe_url": links.url(contact.id, contact.email)
+        if links and marketing and contact.id
+        else "",
     }
 
 

@@ -3,9 +3,11 @@
 One-click unsubscribe (RFC 8058, which Gmail and Yahoo require of bulk senders) needs a URL
 per recipient: ``<public URL>/v1/unsubscribe/<token>``. The token names the contact by id,
 not by address, so the link does not leak it; it is ``<id>.<signature>``, the signature an
-HMAC-SHA256 of the id under ``JOURNEYLINE_UNSUBSCRIBE_SECRET`` (128 bits, URL-safe base64).
-It does not expire (an unsubscribe link must keep working), and one with a wrong signature
-is refused. Changing the secret invalidates every link already sent.
+HMAC-SHA256 of the id and the contact's address under ``JOURNEYLINE_UNSUBSCRIBE_SECRET`` (128
+bits, URL-safe base64): an id reused after an erasure does not make an old link name someone
+else, and a contact whose address changed gets new links. It does not expire (an unsubscribe
+link must keep working), and one with a wrong signature is refused. Changing the secret
+invalidates every link already sent.
 
 Links exist only when both ``JOURNEYLINE_PUBLIC_URL`` and ``JOURNEYLINE_UNSUBSCRIBE_SECRET``
 are set (``unsubscribe_links``; the URL alone is logged as a warning, the secret alone
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/unsubscribe"
-_PURPOSE = b"journeyline unsubscribe v1:"
+_PURPOSE = b"journeyline unsubscribe v2:"
 _SIGNATURE_BYTES = 16
 _TOKEN = re.compile(r"([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{22})")
 UNSUBSCRIBED_EVENT = "email.unsubscribed"
@@ -60,28 +62,31 @@ class UnsubscribeLinks:
     base_url: str
     secret: str = field(repr=False)
 
-    def token(self, contact_id: int) -> str:
-        """The URL-safe token naming ``contact_id``."""
-        return f"{contact_id}.{self._signature(contact_id)}"
+    def token(self, contact_id: int, email: str) -> str:
+        """The URL-safe token naming ``contact_id``, signed with its address: an id reused
+        after an erasure (SQLite reuses the highest) does not make an old link name someone
+        else."""
+        return f"{contact_id}.{self._signature(contact_id, email)}"
 
-    def contact_id(self, token: str) -> int | None:
-        """The contact a token names, or None when it is malformed or wrongly signed."""
+    def parse(self, token: str) -> tuple[int, str] | None:
+        """The contact id and signature a well-formed token holds, or None (not yet checked:
+        ``signed`` needs the contact's address)."""
         found = _TOKEN.fullmatch(token)
         if found is None:
             return None
-        contact_id = int(found.group(1))
-        if not hmac.compare_digest(found.group(2), self._signature(contact_id)):
-            return None
-        return contact_id
+        return int(found.group(1)), found.group(2)
 
-    def url(self, contact_id: int) -> str:
-        """The one-click unsubscribe URL of ``contact_id``."""
-        return f"{self.base_url.rstrip('/')}{ROUTE}/{self.token(contact_id)}"
+    def signed(self, contact_id: int, email: str, signature: str) -> bool:
+        """Whether ``signature`` is this contact's (compared in constant time)."""
+        return hmac.compare_digest(signature, self._signature(contact_id, email))
 
-    def _signature(self, contact_id: int) -> str:
-        digest = hmac.new(
-            self.secret.encode(), _PURPOSE + str(contact_id).encode(), hashlib.sha256
-        ).digest()
+    def url(self, contact_id: int, email: str) -> str:
+        """The one-click unsubscribe URL of the contact."""
+        return f"{self.base_url.rstrip('/')}{ROUTE}/{self.token(contact_id, email)}"
+
+    def _signature(self, contact_id: int, email: str) -> str:
+        signed = _PURPOSE + f"{contact_id}:{email}".encode()
+        digest = hmac.new(self.secret.encode(), signed, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest[:_SIGNATURE_BYTES]).rstrip(b"=").decode()
 
 

@@ -63,24 +63,31 @@ HELLO = Workflow(
 
 def test_a_token_names_the_contact_by_id_and_a_wrong_signature_is_refused() -> None:
     links = UnsubscribeLinks(PUBLIC, SECRET)
-    token = links.token(42)
-    assert links.contact_id(token) == 42
-    url = links.url(42)
+    token = links.token(42, "ana@example.com")
+    url = links.url(42, "ana@example.com")
     assert url == f"{PUBLIC}/v1/unsubscribe/{token}"
-    assert "@" not in url and "%40" not in url
+    assert "@" not in url and "%40" not in url and "ana" not in url
     assert token.replace("-", "").replace("_", "").replace(".", "").isalnum()  # URL-safe
+
+    def valid(candidate: str, email: str = "ana@example.com") -> bool:
+        parsed = links.parse(candidate)
+        return parsed is not None and links.signed(parsed[0], email, parsed[1])
+
+    assert valid(token)
     signature = token.split(".")[1]
     forged = [
         f"43.{signature}",  # another contact
         token[:-1] + ("A" if token[-1] != "A" else "B"),  # tampered signature
         token[:-2],  # cut short
-        UnsubscribeLinks(PUBLIC, "another-secret-entirely").token(42),
+        UnsubscribeLinks(PUBLIC, "another-secret-entirely").token(42, "ana@example.com"),
         f"042.{signature}",
         "42",
         "",
         "x" * 200,
     ]
-    assert [links.contact_id(t) for t in forged] == [None] * len(forged)
+    assert [valid(t) for t in forged] == [False] * len(forged)
+    # Signed with the address: the same id with another address (an id reused) is refused
+    assert not valid(token, "cy@example.com")
 
 
 def test_links_need_both_settings(caplog: pytest.LogCaptureFixture) -> None:
@@ -178,7 +185,10 @@ def test_outbox_marketing_email_carries_the_headers_and_the_link_receipts_do_not
     with _runtime(tmp_path, **LINKS) as rt:
         rt.track("ana@example.com", "demo.requested")
         rt.run_until_idle()
-        url = UnsubscribeLinks(PUBLIC, SECRET).url(contact(rt, "ana@example.com").id)  # type: ignore[arg-type]
+        url = UnsubscribeLinks(PUBLIC, SECRET).url(
+            contact(rt, "ana@example.com").id,  # type: ignore[arg-type]
+            "ana@example.com",
+        )
     emails = _outbox(tmp_path)
     welcome, receipt = emails["welcome"], emails["thank_you"]
     assert _unfolded(welcome["List-Unsubscribe"]) == f"<{url}>"
@@ -203,7 +213,10 @@ def test_a_single_sendgrid_send_carries_the_headers(tmp_path: Path) -> None:
         with _runtime(tmp_path, sendgrid_host=fake.url, sendgrid_batch_size=1, **settings) as rt:
             rt.track("ana@example.com", "demo.requested")
             rt.run_until_idle()
-            url = UnsubscribeLinks(PUBLIC, SECRET).url(contact(rt, "ana@example.com").id)  # type: ignore[arg-type]
+            url = UnsubscribeLinks(PUBLIC, SECRET).url(
+                contact(rt, "ana@example.com").id,  # type: ignore[arg-type]
+                "ana@example.com",
+            )
         bodies = {r.body["headers"]["X-Journeyline-Template"]: r.body for r in fake.requests}
     assert bodies["welcome"]["headers"]["List-Unsubscribe"] == f"<{url}>"
     assert bodies["welcome"]["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -253,7 +266,7 @@ def test_a_batched_send_gives_each_recipient_their_own_link_in_their_personaliza
             with Session(rt.db) as session:
                 ids = {c.email: c.id for c in session.exec(select(Contact))}
         links = UnsubscribeLinks(PUBLIC, SECRET)
-        expected = {address: links.url(contact_id) for address, contact_id in ids.items()}  # type: ignore[arg-type]
+        expected = {address: links.url(contact_id, address) for address, contact_id in ids.items()}  # type: ignore[arg-type]
         got: dict[str, str] = {}
         for request in fake.requests:
             assert "List-Unsubscribe" not in request.body.get("headers", {})
@@ -294,7 +307,7 @@ def _tracked(api: Api, address: str) -> tuple[int, str]:
     contact_id = contact(api.runtime, address).id
     assert contact_id is not None
     assert api.runtime.unsubscribe_links is not None
-    return contact_id, api.runtime.unsubscribe_links.url(contact_id).removeprefix(PUBLIC)
+    return contact_id, api.runtime.unsubscribe_links.url(contact_id, address).removeprefix(PUBLIC)
 
 
 def test_get_shows_a_button_and_changes_nothing_post_unsubscribes(api: Api) -> None:
@@ -330,17 +343,24 @@ def test_a_bad_token_is_refused_and_changes_nothing(api: Api) -> None:
     assert contact(api.runtime, "bo@example.com").subscription_status == "subscribed"
 
 
-def test_the_link_of_an_erased_contact_is_not_found(api: Api) -> None:
-    _id, path = _tracked(api, "cy@example.com")
+def test_the_link_of_an_erased_contact_is_refused_and_never_names_a_newcomer(api: Api) -> None:
+    """SQLite gives a new contact the id of the last one erased: the old link, signed with
+    the erased address, must not unsubscribe the newcomer."""
+    old_id, path = _tracked(api, "cy@example.com")
     assert api.http.delete("/v1/contacts/cy@example.com", headers=api.auth()).status_code == 204
-    assert api.http.post(path).status_code == 404
+    assert api.http.post(path).status_code == 400
+    new_id, _path = _tracked(api, "dee@example.com")
+    assert new_id == old_id  # the id was reused (the situation this guards against)
+    answer = api.http.post(path)
+    assert answer.status_code == 400 and "not valid" in answer.text
+    assert contact(api.runtime, "dee@example.com").subscription_status == "subscribed"
 
 
 def test_without_links_configured_the_route_is_not_found(sqlite_url: str) -> None:
     runtime, clock, email = make_runtime(sqlite_url)
     try:
         for api in serve(runtime, clock, email):
-            token = UnsubscribeLinks(PUBLIC, SECRET).token(1)
+            token = UnsubscribeLinks(PUBLIC, SECRET).token(1, "ana@example.com")
             answer = api.http.post(f"/v1/unsubscribe/{token}")
             assert answer.status_code == 404 and "not configured" in answer.text
     finally:

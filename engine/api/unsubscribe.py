@@ -7,7 +7,7 @@ request (body ``List-Unsubscribe=One-Click``) or the button of the page ``GET`` 
 ``GET`` changes nothing: mail scanners and link previews follow links, and only a person
 should unsubscribe. A repeat is harmless and answers the same.
 
-A malformed or wrongly signed token answers 400, a token of a contact since erased 404, and
+A malformed or wrongly signed token, or one of a contact since erased, answers 400, and
 a server without links configured (``JOURNEYLINE_PUBLIC_URL``,
 ``JOURNEYLINE_UNSUBSCRIBE_SECRET``) 404; none of them changes anything. Answers are short
 HTML pages (people read them), never cached, and the page never names the address.
@@ -20,9 +20,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse
+from sqlmodel import Session, select
 
 from engine.api.deps import RuntimeDep
-from engine.models import SubscriptionStatus
+from engine.models import Contact, SubscriptionStatus
 from engine.runtime import Runtime
 from engine.unsubscribe import ROUTE, change_subscription
 
@@ -43,8 +44,8 @@ _HEADERS = {
 }
 NOT_CONFIGURED = "Unsubscribe links are not configured on this server."
 INVALID = (
-    "This unsubscribe link is not valid: it may have been cut short or changed. "
-    "Open the whole link from the email again; nothing was changed."
+    "This unsubscribe link is not valid: it may have been cut short or changed, or its "
+    "contact no longer exists. Open the whole link from the email again; nothing was changed."
 )
 GONE = "There is no contact for this link any more (it may have been erased): nothing to do."
 ASK = "Unsubscribe from our marketing email? Receipts and other transactional email still go."
@@ -70,12 +71,19 @@ def _page(status: int, message: str, *, button: bool = False) -> HTMLResponse:
 
 
 def _contact_of(runtime: Runtime, token: str) -> int | HTMLResponse:
-    """The contact id the token names, or the page refusing it."""
+    """The contact id the token names, or the page refusing it. The signature covers the
+    contact's address, so a link whose contact is gone (erased) cannot be told from a
+    forged one: both are refused as not valid, and neither changes anything."""
     links = runtime.unsubscribe_links
     if links is None:
         return _page(404, NOT_CONFIGURED)
-    contact_id = links.contact_id(token)
-    if contact_id is None:
+    parsed = links.parse(token)
+    if parsed is None:
+        return _page(400, INVALID)
+    contact_id, signature = parsed
+    with Session(runtime.db) as session:
+        email = session.exec(select(Contact.email).where(Contact.id == contact_id)).first()
+    if email is None or not links.signed(contact_id, email, signature):
         return _page(400, INVALID)
     return contact_id
 

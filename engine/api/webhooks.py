@@ -332,13 +332,11 @@ def hubspot_stage_map(runtime: Runtime) -> dict[str, str]:
 
 
 def _signed_uri(request: Request) -> str:
-    """The URI HubSpot signed: the service's public base URL + path when one is set (behind
-    a proxy the URL we see is not the one HubSpot called), else the URL as requested. The
-    base is ``JOURNEYLINE_API_PUBLIC_URL`` if set, else ``JOURNEYLINE_PUBLIC_URL`` (the one
-    unsubscribe links use too)."""
-    public_url = (
-        request.app.state.api_settings.public_url or request.app.state.runtime.settings.public_url
-    )
+    """The URI HubSpot signed: ``JOURNEYLINE_API_PUBLIC_URL`` + path when set (behind a
+    proxy the URL we see is not the one HubSpot called), else the URL as requested. Not
+    ``JOURNEYLINE_PUBLIC_URL``: unsubscribe links may live on another host than the one
+    HubSpot calls."""
+    public_url = request.app.state.api_settings.public_url
     if not public_url:
         return str(request.url)
     query = request.url.query
