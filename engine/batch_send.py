@@ -400,7 +400,7 @@ def _claim_batch(
             deferral = max(holds, key=lambda hold: hold[0]) if holds else None
         if deferral is not None:
             holds_due[row.id] = deferral
-            _now_is(history, row, held=True, next_attempt_at=deferral[0])
+            _now_is(history, row, held=deferral[1], next_attempt_at=deferral[0])
             continue
         try:
             message, substitutions = renders.message(row, contact)

@@ -141,6 +141,7 @@ PG_TYPES = {
     "occurred_at": "timestamp",
     "received_at": "timestamp",
     "processed_at": "timestamp",
+    "attributes_before": "json",
 }
 
 

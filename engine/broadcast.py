@@ -71,7 +71,7 @@ from engine.models import (
     SubscriptionStatus,
 )
 from engine.registry import Registry
-from engine.steps import SendEmail, Wait
+from engine.steps import SendEmail, Wait, transactional_ahead
 from engine.workflow import ConditionMet, StageEntered, Trigger, Workflow
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,13 @@ def audience_of(workflow: Workflow) -> Condition:
     parts = [audience]
     if workflow.entry_if is not None:
         parts.append(workflow.entry_if)
-    if workflow.exit_on_unsubscribe and workflow.sends_marketing:
+    if (
+        workflow.exit_on_unsubscribe
+        and workflow.sends_marketing
+        and not transactional_ahead(workflow.program, 0)
+    ):
+        # The entry rule (executor.meets_entry_rules): one that also sends a transactional
+        # email admits contacts who are not subscribed; its marketing emails are skipped.
         parts.append(Subscribed())
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 

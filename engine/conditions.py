@@ -156,6 +156,14 @@ class EvalContext:
     # Count only the contact's events with an id at most this (None: all of them): what
     # was true before an event (its id - 1) or with it (its id), later ones being stored.
     upto_event: int | None = None
+    # The contact's attributes as they stood before or after an event (None: as stored,
+    # which already holds every recorded event's): see engine/attribute_changes.py.
+    attributes: Mapping[str, Any] | None = None
+
+    @property
+    def contact_attributes(self) -> Mapping[str, Any]:
+        """What a condition on the contact's attributes (and tags) reads."""
+        return self.contact.attributes if self.attributes is None else self.attributes
 
 
 class Condition(ABC):
@@ -189,7 +197,7 @@ class Attribute(Condition):
     predicate: Predicate = field(default_factory=Exists)
 
     def evaluate(self, ctx: EvalContext) -> bool:
-        return self.predicate.test(ctx.contact.attributes.get(self.name))
+        return self.predicate.test(ctx.contact_attributes.get(self.name))
 
     def describe(self) -> str:
         return f"{self.name} {self.predicate.describe()}"
@@ -228,7 +236,7 @@ class HasTag(Condition):
     tag: str
 
     def evaluate(self, ctx: EvalContext) -> bool:
-        return self.tag in (ctx.contact.attributes.get("tags") or [])
+        return self.tag in (ctx.contact_attributes.get("tags") or [])
 
     def describe(self) -> str:
         return f"tagged {self.tag!r}"

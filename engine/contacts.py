@@ -10,13 +10,14 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from engine.attribute_changes import change_of
 from engine.db import insert_new
 from engine.errors import ValidationError
 from engine.executor import exit_unsubscribed
@@ -119,6 +120,20 @@ def validate_properties(value: Mapping[str, Any] | None, *, field: str = "proper
     return dict(value)
 
 
+class FoundContact(NamedTuple):
+    contact: Contact
+    created: bool
+    attributes_before: dict[str, Any] | None
+    """What merging the given attributes into an existing contact replaced
+    (``engine.attribute_changes``); None when new or unchanged."""
+
+
+class FoundContactId(NamedTuple):
+    id: int
+    created: bool
+    attributes_before: dict[str, Any] | None
+
+
 def find_or_create_contact(
     session: Session,
     *,
@@ -128,24 +143,27 @@ def find_or_create_contact(
     timezone: str | None = None,
     attributes: Mapping[str, Any] | None = None,
     stage: str | None = None,
-) -> tuple[Contact, bool]:
+) -> FoundContact:
     """The contact for ``email`` (already normalised), created at the initial stage if new.
 
-    Given attributes are merged into an existing contact; a concurrent create of the same
-    address is resolved by the unique constraint, not by luck.
+    Given attributes are merged into an existing contact, under its row lock (PostgreSQL
+    ``FOR UPDATE``), so what they replaced is read as the pipeline left it; a concurrent
+    create of the same address is resolved by the unique constraint, not by luck.
     """
-    contact = session.exec(select(Contact).where(Contact.email == email)).first()
+    found = select(Contact).where(Contact.email == email).with_for_update()
+    contact = session.exec(found).first()
     if contact is None:
         candidate = _new_contact(email, journey, now, timezone, attributes, stage)
         try:
             with session.begin_nested():
                 session.add(candidate)
-            return candidate, True
+            return FoundContact(candidate, True, None)
         except IntegrityError:
-            contact = session.exec(select(Contact).where(Contact.email == email)).one()
-    if _merge(contact, now=now, timezone=timezone, attributes=attributes):
+            contact = session.exec(found).one()
+    changed, before = _merge(contact, now=now, timezone=timezone, attributes=attributes)
+    if changed:
         session.add(contact)
-    return contact, False
+    return FoundContact(contact, False, before)
 
 
 def find_or_insert_contact_id(
@@ -156,22 +174,24 @@ def find_or_insert_contact_id(
     now: datetime,
     timezone: str | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> tuple[int, bool]:
+) -> FoundContactId:
     """``find_or_create_contact`` for callers that need only the id (recording an event):
     a new contact is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` instead of a
-    savepoint around an ORM insert."""
+    savepoint around an ORM insert. The contact is not locked (an ingest request does not
+    wait for the pipeline unless it changes the contact)."""
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
         row = _new_contact(email, journey, now, timezone, attributes).model_dump(exclude={"id"})
         table: Any = Contact.__table__  # type: ignore[attr-defined]
         new_id = insert_new(session, table, row, unique=("email",))
         if new_id is not None:
-            return new_id, True
+            return FoundContactId(new_id, True, None)
         # Created by another writer a moment ago: theirs stands, ours merges into it.
         contact = session.exec(select(Contact).where(Contact.email == email)).one()
-    if _merge(contact, now=now, timezone=timezone, attributes=attributes):
+    changed, before = _merge(contact, now=now, timezone=timezone, attributes=attributes)
+    if changed:
         session.add(contact)
-    return contact.id, False  # type: ignore[return-value]
+    return FoundContactId(contact.id, False, before)  # type: ignore[arg-type]
 
 
 def _new_contact(
@@ -199,21 +219,20 @@ def _merge(
     now: datetime,
     timezone: str | None,
     attributes: Mapping[str, Any] | None,
-) -> bool:
-    """Merge given attributes and time zone into an existing contact; whether it changed."""
-    changed = False
-    if attributes:
-        merged = {**contact.attributes, **attributes}
-        if merged != contact.attributes:
-            contact.attributes = merged
-            changed = True
+) -> tuple[bool, dict[str, Any] | None]:
+    """Merge given attributes and time zone into an existing contact: whether it changed,
+    and what the attributes replaced (``attribute_changes.change_of``; None: nothing)."""
+    before = change_of(contact.attributes, attributes)
+    changed = before is not None
+    if changed:
+        contact.attributes = {**contact.attributes, **attributes}  # type: ignore[dict-item]
     if timezone and timezone != contact.timezone:
         contact.timezone = timezone
         changed = True
     if changed:
         contact.updated_at = now
         contact.version += 1
-    return changed
+    return changed, before
 
 
 # --- consent ------------------------------------------------------------------------------
@@ -223,6 +242,7 @@ SUBSCRIPTION_EVENTS: Mapping[str, SubscriptionStatus] = MappingProxyType(
         "email.unsubscribed": SubscriptionStatus.UNSUBSCRIBED,
         "email.group_unsubscribed": SubscriptionStatus.UNSUBSCRIBED,
         "email.group_resubscribed": SubscriptionStatus.SUBSCRIBED,
+        "email.resubscribed": SubscriptionStatus.SUBSCRIBED,
     }
 )
 """Event types that set a contact's consent, from whichever source records them."""
@@ -231,15 +251,8 @@ CONSENT_SET_WHEN_RECORDED = frozenset({"sendgrid", "journeyline"})
 """Sources whose consent events are applied as they are recorded, in the same transaction
 (SendGrid's webhook: ``engine/inbound.py``; the engine's own record of an unsubscribe link,
 an API or CLI request: ``engine/unsubscribe.py``). Applying them again when the pipeline
-processes them could undo a later change made in between (a resubscribe)."""
-
-
-def consent_change(event_type: str, source: str) -> SubscriptionStatus | None:
-    """The consent an event sets when the pipeline processes it, or None: it sets none, or
-    it was applied when recorded (``CONSENT_SET_WHEN_RECORDED``)."""
-    if source in CONSENT_SET_WHEN_RECORDED:
-        return None
-    return SUBSCRIPTION_EVENTS.get(event_type)
+processes them could undo a later change made in between (a resubscribe); the others are
+applied then (``engine/feedback.py``)."""
 
 
 def set_subscription(

@@ -54,6 +54,7 @@ from engine.steps import (
     WaitForEvent,
     WaitUntil,
     WaitUntilDate,
+    transactional_ahead,
 )
 from engine.workflow import Workflow
 
@@ -249,18 +250,34 @@ def meets_entry_rules(
     session: Session, workflow: Workflow, contact: Contact, now: datetime
 ) -> bool:
     """The workflow's own entry checks, after its trigger and before its re-entry policy: the
-    ``entry_if`` condition, and for a marketing workflow that leaves on unsubscribe, a
-    subscribed contact."""
+    ``entry_if`` condition, and consent: a contact who is not subscribed is refused by a
+    workflow that sends marketing email, leaves on unsubscribe and sends no transactional
+    email. One that also sends a transactional email (a receipt) admits them: the receipt
+    goes and its marketing emails are skipped at send time ("contact is unsubscribed"), as
+    ``exit_unsubscribed`` leaves it running for a contact who unsubscribes on the way.
+
+    A refusal writes no row (an enrollment would count for the re-entry policy): it is
+    logged, naming the contact, the workflow and why."""
     if workflow.entry_if is not None and not workflow.entry_if.evaluate(
         EvalContext(session, contact, now)
     ):
         log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
         return False
-    return not (
-        workflow.exit_on_unsubscribe
+    if (
+        contact.subscription_status != "subscribed"
+        and workflow.exit_on_unsubscribe
         and workflow.sends_marketing
-        and contact.subscription_status != "subscribed"
-    )
+        and not transactional_ahead(workflow.program, 0)
+    ):
+        log.info(
+            "contact %s not enrolled in %s: contact is %s and the workflow sends only "
+            "marketing email",
+            contact.id,
+            workflow.name,
+            contact.subscription_status,
+        )
+        return False
+    return True
 
 
 def advance(
@@ -589,11 +606,23 @@ def _key_of_a_new_enrollments_action(_mapper: Any, _connection: Any, action: Act
 def exit_unsubscribed(
     session: Session, registry: Registry, contact: Contact, *, now: datetime
 ) -> None:
-    """The contact unsubscribed: end their marketing workflows (receipts carry on)."""
+    """The contact unsubscribed: end their marketing workflows (receipts carry on). A
+    workflow with a transactional email still ahead of the enrollment (on any path) goes
+    on, so that email is sent; its marketing emails are skipped at send time ("contact is
+    unsubscribed"), each saying so in the timeline."""
     for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
         workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
-        if workflow is not None and workflow.exit_on_unsubscribe and workflow.sends_marketing:
-            end_enrollment(session, enrollment, now=now, reason="unsubscribed")
+        if workflow is None or not (workflow.exit_on_unsubscribe and workflow.sends_marketing):
+            continue
+        if transactional_ahead(workflow.program, enrollment.position):
+            log.info(
+                "contact %s stays in %s after unsubscribing: a transactional email is ahead "
+                "(its marketing emails are skipped)",
+                contact.id,
+                workflow.name,
+            )
+            continue
+        end_enrollment(session, enrollment, now=now, reason="unsubscribed")
 
 
 def live_enrollments(session: Session, contact_id: int) -> list[Enrollment]:

@@ -2,8 +2,11 @@
 hours and send windows, all in the contact's time zone.
 
 A held email is deferred, never dropped: ``defer_until`` says until when and by which rule,
-and the action keeps that explanation in ``reason["held"]``. Transactional email (receipts,
-confirmations) is never held by these rules.
+and the action keeps that explanation in ``reason["held"]``. A later marketing email to the
+same contact waits behind a held one only when the rule that holds it applies to the later
+email too: quiet hours and the global cap hold every marketing email, a workflow's send
+window and its own cap only that workflow's. Transactional email (receipts, confirmations)
+is never held by these rules.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, bindparam, func, literal_column, or_, select
 from sqlmodel import Session
 
 from engine.db import one_of_param
@@ -49,7 +52,7 @@ def defer_until(
         others = _others_among(history, action, sent_since=since)
     behind = _behind_a_held_email(others, action, now=now)
     if behind is not None:
-        held.append((behind, "queued behind an earlier held email to this contact"))
+        held.append(behind)
     for cap, scope in caps:
         freed = _cap_frees_at(others, cap, scope, now=now)
         if freed is not None:
@@ -91,7 +94,8 @@ def window_holds(
 
 class HistoryRow(NamedTuple):
     """What the rules read of one of a contact's other emails. ``marketing`` is None when
-    the payload does not say (marketing, as for sending); ``held``: it was held before."""
+    the payload does not say (marketing, as for sending); ``held``: the rule of its latest
+    hold (``reason["held"][-1]["rule"]``), None if it was never held."""
 
     contact_id: int
     id: int
@@ -101,7 +105,7 @@ class HistoryRow(NamedTuple):
     updated_at: datetime
     marketing: bool | None
     workflow: str | None
-    held: bool
+    held: str | None
 
     @classmethod
     def of(cls, action: Any) -> HistoryRow:
@@ -115,8 +119,16 @@ class HistoryRow(NamedTuple):
             action.updated_at,
             action.payload.get("marketing"),
             action.reason.get("workflow"),
-            bool(action.reason.get("held")),
+            _last_hold_rule(action.reason),
         )
+
+
+def _last_hold_rule(reason: Any) -> str | None:
+    """The rule of a reason's latest hold, None if it was never held."""
+    holds = reason.get("held") if isinstance(reason, dict) else None
+    if not holds or not isinstance(holds[-1], dict):
+        return None
+    return str(holds[-1].get("rule", ""))
 
 
 # The three JSON fields the rules look at are read in SQL: a row of plain values, not two
@@ -132,8 +144,15 @@ _HISTORY_COLUMNS: tuple[Any, ...] = (
     _A.c.updated_at,
     _A.c.payload["marketing"].as_boolean().label("marketing"),
     _A.c.reason["workflow"].as_string().label("workflow"),
-    _A.c.reason["held"].as_string().is_not(None).label("held"),
 )
+
+
+def _last_hold_rule_column(dialect: str) -> Any:
+    """``reason["held"][-1]["rule"]`` in SQL (NULL when never held): SQLite's JSON paths
+    count from the end with ``#-1``; PostgreSQL's ``#>>`` takes ``-1``."""
+    if dialect == "sqlite":
+        return func.json_extract(_A.c.reason, literal_column("'$.held[#-1].rule'")).label("held")
+    return _A.c.reason[("held", -1, "rule")].as_string().label("held")
 
 
 @cache
@@ -149,7 +168,7 @@ def _history_statement(dialect: str, *, capped: bool, excluding: bool) -> Any:
                 _A.c.updated_at >= bindparam("sent_since"),
             ),
         )
-    query = select(*_HISTORY_COLUMNS).where(
+    query = select(*_HISTORY_COLUMNS, _last_hold_rule_column(dialect)).where(
         one_of_param(_A.c.contact_id, "contact_ids", dialect=dialect),
         _A.c.kind == "email",
         wanted,
@@ -231,19 +250,51 @@ def _other_emails(
     return _others_among(rows, action, sent_since=sent_since)
 
 
-def _behind_a_held_email(others: list[Any], action: Action, *, now: datetime) -> datetime | None:
-    """Keep held emails in order: while an earlier one to this contact is held, wait for it."""
+_QUEUED = "queued behind an earlier held email to this contact"
+
+
+def _behind_a_held_email(
+    others: list[Any], action: Any, *, now: datetime
+) -> tuple[datetime, str] | None:
+    """Keep held emails in order where the hold applies to both: while an earlier email to
+    this contact is held by a rule that holds this one too, wait for it. The hold names
+    the rule it waits behind, so an email queued behind this one can tell in turn."""
+    workflow = action.reason.get("workflow")
     waits = [
-        row.next_attempt_at
+        (row.next_attempt_at, _root_rule(row.held))
         for row in others
         if row.status == ActionStatus.PENDING
-        and row.id < action.id  # type: ignore[operator]
+        and row.id < action.id
         and row.marketing is not False
-        and row.held
+        and row.held is not None
+        and _holds_it_too(row.held, row.workflow, workflow)
     ]
     if not waits:
         return None
-    return max(min(waits), now) + timedelta(seconds=1)
+    until, rule = min(waits, key=lambda wait: wait[0])
+    return max(until, now) + timedelta(seconds=1), f"{_QUEUED} ({rule})"
+
+
+def _root_rule(rule: str) -> str:
+    """The rule an email was held by, or, if it was queued behind another, that one's."""
+    prefix = f"{_QUEUED} ("
+    if rule.startswith(prefix) and rule.endswith(")"):
+        return rule[len(prefix) : -1]
+    return rule
+
+
+# Rules of one workflow: they hold its own emails, not other workflows'.
+_WORKFLOW_RULES = ("send window ", "frequency cap of ")
+
+
+def _holds_it_too(rule: str, held_workflow: str | None, workflow: Any) -> bool:
+    """Whether the rule that holds an email of ``held_workflow`` applies to an email of
+    ``workflow``: quiet hours, the global cap (and any rule not recognised, to keep the
+    order) apply to all marketing email; a send window or a workflow's cap to that
+    workflow's emails."""
+    if _root_rule(rule).startswith(_WORKFLOW_RULES):
+        return held_workflow is not None and held_workflow == workflow
+    return True
 
 
 def _inside(window: Window, now: datetime, tz: str) -> bool:

@@ -139,6 +139,9 @@ class Event(ColumnsSetFast, SQLModel, table=True):
     occurred_at: datetime = Field(sa_type=UTCDateTime)
     received_at: datetime = Field(sa_type=UTCDateTime)
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What recording this event replaced in its contact's attributes (engine/attribute_changes.py):
+    # ``{"was": {key: old value}, "absent": [added keys]}``; NULL when it changed nothing.
+    attributes_before: dict[str, Any] | None = Field(default=None, sa_type=JSON(none_as_null=True))
 
 
 # --- stage transitions ------------------------------------------------------------------

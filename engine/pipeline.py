@@ -11,15 +11,15 @@ pipeline_jobs.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments
+from engine.attribute_changes import AttributeViews
 from engine.conditions import EvalContext, matches
-from engine.contacts import consent_change, set_subscription
 from engine.db import keep, skip_commit_flush
 from engine.executor import (
     Effects,
@@ -30,6 +30,7 @@ from engine.executor import (
     wake,
     workflow_for,
 )
+from engine.feedback import apply_feedback
 from engine.models import (
     Contact,
     Enrollment,
@@ -94,13 +95,14 @@ def _apply_pending(
     isolate: bool = False,
 ) -> Effects:
     effects = Effects()
+    views = _attribute_views(session, registry, contact, pending)
     for event in pending:
         if not isolate:
-            effects.extend(apply_event(session, registry, contact, event, now=now))
+            effects.extend(apply_event(session, registry, contact, event, now=now, views=views))
             continue
         try:
             with session.begin_nested():
-                effects.extend(apply_event(session, registry, contact, event, now=now))
+                effects.extend(apply_event(session, registry, contact, event, now=now, views=views))
         except Exception as exc:  # a bug in a rule or workflow: keep the event, say why
             log.exception("event %s for contact %s failed", event.id, contact.id)
             session.refresh(contact)
@@ -111,8 +113,40 @@ def _apply_pending(
     return effects
 
 
+def _attribute_views(
+    session: Session, registry: Registry, contact: Contact, pending: list[Event]
+) -> AttributeViews:
+    """The contact's attributes as they stood before and after each of ``pending``: the
+    stored ones hold every recorded event's change, these pending ones' and any later."""
+    changes: list[tuple[int, Mapping[str, Any]]] = [
+        (e.id, e.attributes_before)  # type: ignore[misc]  # stored events have ids
+        for e in pending
+        if e.attributes_before
+    ]
+    if pending and len(pending) >= EVENTS_PER_PASS and registry.condition_items:
+        # Events left for the next pass changed the stored attributes too.
+        later = session.exec(
+            select(Event.id, Event.attributes_before)
+            .where(
+                Event.contact_id == contact.id,
+                Event.status == EventStatus.PENDING,
+                col(Event.id) > pending[-1].id,
+                col(Event.attributes_before).is_not(None),
+            )
+            .order_by(col(Event.id))
+        ).all()
+        changes.extend(tuple(row) for row in later)  # type: ignore[misc]
+    return AttributeViews(contact, changes)
+
+
 def apply_event(
-    session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    event: Event,
+    *,
+    now: datetime,
+    views: AttributeViews | None = None,
 ) -> Effects:
     """Everything one event does to one contact, in a fixed order:
 
@@ -124,25 +158,32 @@ def apply_event(
        resumes a ``wait_for_event``;
     4. workflows triggered by this event start;
     5. conditions that turned true (score, attribute, segment) convert, exit or start.
+
+    Conditions on attributes read them as they stood before and after this event
+    (``views``, made for the contact's pending events; by default from this event alone):
+    they were merged into the contact when it was recorded.
     """
     effects = Effects()
     if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
         effects.extend(enter_first_stage(session, registry, contact, event, now=now))
         return effects
     # Conditions as they stood before this event: its own row (and any later one) is
-    # already stored, and an event-based condition must not count it yet.
+    # already stored, and an event-based condition must not count it yet; its attributes
+    # (and any later event's) are merged, and one on attributes must not see them yet.
     assert event.id is not None  # a stored event
-    before = _conditions_now(session, registry, contact, now, upto=event.id - 1)
+    if views is None:
+        views = AttributeViews(contact, [(event.id, event.attributes_before or {})])
+    before = _conditions_now(
+        session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
+    )
     # Marked changed before anything below reads the database, so the score, stage and
     # version reach it in one UPDATE at the next autoflush rather than one each.
     contact.updated_at = now
     contact.version += 1
-    # An unsubscribe (from the track API, a webhook, any source but those applied when
-    # recorded) ends marketing first, so the workflows below start as for an unsubscribed
-    # contact and conditions on ``subscribed()`` see the change.
-    consent = consent_change(event.type, event.source)
-    if consent is not None:
-        set_subscription(session, registry, contact, consent, now=now)
+    # An unsubscribe, a bounce or a spam report (from the track API, a webhook, any source
+    # but those applied when recorded) first, so the workflows below start as for an
+    # unsubscribed contact and conditions on ``subscribed()`` see the change.
+    apply_feedback(session, registry, contact, event, now=now)
     reacted = False
     if event.type == LIFECYCLE_CHANGED:
         reacted = True
@@ -201,7 +242,9 @@ def apply_event(
                 )
             )
     effects.extend(
-        _conditions_turned_true(session, registry, contact, before, now=now, event_id=event.id)
+        _conditions_turned_true(
+            session, registry, contact, before, now=now, event_id=event.id, views=views
+        )
     )
     if reacted or registry.knows_event(event.type):
         # A known type that changed nothing this time (an NPS 7 that no rule scores) is
@@ -303,23 +346,37 @@ def _react_to_event(
 
 
 def _conditions_now(
-    session: Session, registry: Registry, contact: Contact, now: datetime, *, upto: int
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    now: datetime,
+    *,
+    upto: int,
+    attributes: Mapping[str, Any],
 ) -> dict[tuple[str, str, int], bool]:
     """Every condition-based trigger, goal and exit, evaluated for this contact now, counting
-    its events up to the id ``upto``. A goal or an exit is evaluated for the contact's live
-    enrollment in its workflow, if any: ``opened``/``clicked`` name that enrollment's
-    emails, and ``did_event`` without ``within`` counts since entering it."""
+    its events up to the id ``upto`` and reading ``attributes`` as its attributes. A goal or
+    an exit is evaluated for the contact's live enrollment in its workflow, if any:
+    ``opened``/``clicked`` name that enrollment's emails, and ``did_event`` without
+    ``within`` counts since entering it."""
     items = registry.condition_items
     if not items:
         return {}
     live = {e.workflow: e for e in live_enrollments(session, contact.id)}  # type: ignore[arg-type]
-    plain = EvalContext(session, contact, now, upto_event=upto)
+    plain = EvalContext(session, contact, now, upto_event=upto, attributes=attributes)
     found = {}
     for key, condition in items:
         enrollment = live.get(key[0]) if key[1] != "trigger" else None
         ctx = plain
         if enrollment is not None:
-            ctx = EvalContext(session, contact, now, enrollment=enrollment, upto_event=upto)
+            ctx = EvalContext(
+                session,
+                contact,
+                now,
+                enrollment=enrollment,
+                upto_event=upto,
+                attributes=attributes,
+            )
         found[key] = condition.evaluate(ctx)
     return found
 
@@ -332,10 +389,13 @@ def _conditions_turned_true(
     *,
     now: datetime,
     event_id: int,
+    views: AttributeViews,
 ) -> Effects:
     if not before:
         return Effects()
-    after = _conditions_now(session, registry, contact, now, upto=event_id)
+    after = _conditions_now(
+        session, registry, contact, now, upto=event_id, attributes=views.after(event_id)
+    )
     turned = {key for key, value in after.items() if value and not before.get(key, False)}
     effects = Effects()
     if not turned:

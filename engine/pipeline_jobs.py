@@ -145,6 +145,7 @@ class PendingEvent:
     occurred_at: datetime
     received_at: datetime
     processed_at: datetime | None
+    attributes_before: dict[str, Any] | None
 
 
 _PENDING_COLUMNS = tuple(col(getattr(Event, name)) for name in PendingEvent.__dataclass_fields__)

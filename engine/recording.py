@@ -3,7 +3,11 @@
 ``record_event`` validates an event and stores it idempotently, keyed by its source's id, and
 creates its contact if new (with a ``contact.created`` event ahead of it, so entering the
 first stage starts workflows on the same path). Nothing is written when validation fails.
-Processing happens later, in a job (pipeline.py, pipeline_jobs.py).
+Processing happens later, in a job (pipeline.py, pipeline_jobs.py). An event's attributes are
+merged into its contact here; what that replaced is kept with the event
+(``attributes_before``, engine/attribute_changes.py) so the pipeline can tell what held
+before it. ``record_contact_updated`` records a change made without an event (the contacts
+API, an import) as a ``contact.updated`` event of the engine's own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from engine.attribute_changes import changed_keys
 from engine.contacts import (
     find_or_insert_contact_id,
     normalize_email,
@@ -31,6 +36,7 @@ from engine.registry import Registry
 EVENT_LEASE = timedelta(minutes=5)
 INTERNAL_SOURCE = "journeyline"
 CONTACT_CREATED = "contact.created"
+CONTACT_UPDATED = "contact.updated"
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def record_event(
             return existing
     else:
         key = f"{source}:auto:{uuid.uuid4()}"  # new by construction: nothing to look up
-    contact_id, created = find_or_insert_contact_id(
+    contact_id, created, attributes_before = find_or_insert_contact_id(
         session,
         email=email,
         journey=registry.journey,
@@ -112,6 +118,7 @@ def record_event(
             "properties": properties,
             "source": source,
             "idempotency_key": key,
+            "attributes_before": attributes_before,
         },
         unique=("idempotency_key",),
     )
@@ -121,6 +128,44 @@ def record_event(
         assert existing is not None, f"event {key} conflicted but cannot be found"
         return existing
     return Recorded(event_id, contact_id, duplicate=False)
+
+
+def record_contact_updated(
+    session: Session,
+    *,
+    now: datetime,
+    contact_id: int,
+    attributes: Mapping[str, Any],
+    attributes_before: Mapping[str, Any],
+) -> int:
+    """Record that the contact's attributes were changed without an event (the contacts API,
+    an import): a pending ``contact.updated`` event of the engine's own, its properties the
+    values set (``on_event("contact.updated", plan="pro")`` matches them) and its
+    ``attributes_before`` what they replaced, so the pipeline evaluates the conditions on
+    them as for a tracked event. The caller has merged them and enqueues the contact."""
+    events: Any = Event.__table__  # type: ignore[attr-defined]
+    changed = {k: attributes[k] for k in changed_keys(attributes_before) if k in attributes}
+    event_id = insert_new(
+        session,
+        events,
+        {
+            "contact_id": contact_id,
+            "type": CONTACT_UPDATED,
+            "properties": changed,
+            "source": INTERNAL_SOURCE,
+            "idempotency_key": f"{INTERNAL_SOURCE}:updated:{uuid.uuid4()}",
+            "status": EventStatus.PENDING.value,
+            "error": None,
+            "occurred_at": now,
+            "received_at": now,
+            "lease_until": now + EVENT_LEASE,
+            "processed_at": None,
+            "attributes_before": dict(attributes_before),
+        },
+        unique=("idempotency_key",),
+    )
+    assert event_id is not None, "a new key cannot be taken"
+    return event_id
 
 
 def _event_with_key(session: Session, key: str) -> Recorded | None:

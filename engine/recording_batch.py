@@ -6,7 +6,9 @@ create the contact, insert the events); for a batch of 100 that dominated a requ
 the whole batch: look up the keys, load the contacts, insert the new contacts, insert their
 ``contact.created`` events, insert the events (``batch_writer`` holds the statements of each
 database). Conflicts with concurrent writers (the same address or key arriving at once) are
-resolved by the unique constraints, as there.
+resolved by the unique constraints, as there. Each event keeps what merging its attributes
+replaced (``attributes_before``), item by item in order as there (two events of one contact
+in a batch each keep their own), at no statement of its own: it is a column of the insert.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.orm import object_session
 from sqlmodel import Session
 
 from engine import batch_writer, recording
+from engine.attribute_changes import change_of
 from engine.contacts import normalize_email, validate_event_type, validate_properties
 from engine.event_input import refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
@@ -66,6 +69,7 @@ class _Item:
     occurred_at: datetime | None
     type: str
     same_as: int | None = None  # index of an earlier item of this batch with the same key
+    attributes_before: dict[str, Any] | None = None  # what merging its attributes replaced
 
 
 def record_batch(
@@ -135,6 +139,11 @@ def record_batch(
             }
             for item in fresh
         ]
+        if any(item.attributes_before for item in fresh):
+            # A column of its own only then: most batches (new contacts, unchanged ones)
+            # keep the statement they had, and NULL is its default.
+            for row, item in zip(rows, fresh, strict=True):
+                row["attributes_before"] = item.attributes_before
         new_ids = writer.insert_events(
             session, rows, {**common, "source": source}, skip_taken_keys=True
         )
@@ -207,6 +216,7 @@ def _contacts_for(
                 ids[contact.email] = contact.id  # type: ignore[assignment]
                 for item in fresh:
                     if item.email == contact.email:
+                        item.attributes_before = None  # as merged into theirs, below
                         _merge_into_contact(contact, item, now)
     return ids, created
 
@@ -214,11 +224,12 @@ def _contacts_for(
 def _merged(
     attributes: dict[str, Any], timezone: str, item: _Item
 ) -> tuple[dict[str, Any], str, bool]:
+    """``contacts._merge`` on plain values; notes on ``item`` what its attributes replaced."""
     changed = False
-    if item.attributes:
-        merged = {**attributes, **item.attributes}
-        if merged != attributes:
-            attributes, changed = merged, True
+    before = change_of(attributes, item.attributes)
+    if before is not None:
+        attributes, changed = {**attributes, **item.attributes}, True
+        item.attributes_before = before
     if item.timezone and item.timezone != timezone:
         timezone, changed = item.timezone, True
     return attributes, timezone, changed

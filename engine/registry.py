@@ -48,10 +48,10 @@ log = logging.getLogger(__name__)
 
 # Events the engine itself records (delivery and engagement feedback, lifecycle).
 BUILTIN_EVENTS = frozenset({
-    "contact.created", "crm.lifecycle_changed", "crm.contact_changed",
+    "contact.created", "contact.updated", "crm.lifecycle_changed", "crm.contact_changed",
     "email.processed", "email.delivered", "email.deferred", "email.opened", "email.clicked",
     "email.bounced", "email.dropped", "email.spam_reported", "email.unsubscribed",
-    "email.group_unsubscribed", "email.group_resubscribed",
+    "email.group_unsubscribed", "email.group_resubscribed", "email.resubscribed",
 })  # fmt: skip
 
 

@@ -216,7 +216,10 @@ class Runtime:
 
         ``stage`` only applies to a new contact (existing ones move through the stage
         machine); it is recorded as an ``imported`` transition and starts no workflow, so an
-        import never sends a burst of emails.
+        import never sends a burst of emails. Changing an existing contact's attributes
+        records a ``contact.updated`` event and processes it, so conditions on them
+        (segments joined, goals, exits) are evaluated as for a tracked event; a change of
+        nothing records nothing.
         """
         email = normalize_email(email)
         if stage is not None:
@@ -226,7 +229,7 @@ class Runtime:
         attributes = validate_properties(attributes, field="attributes")
         now = self.clock.now()
         with transaction(self.db) as session:
-            contact, created = find_or_create_contact(
+            contact, created, attributes_before = find_or_create_contact(
                 session,
                 email=email,
                 journey=self.registry.journey,
@@ -235,6 +238,15 @@ class Runtime:
                 attributes=attributes,
                 stage=stage,
             )
+            if attributes_before is not None:
+                assert contact.id is not None
+                recording.record_contact_updated(
+                    session,
+                    now=now,
+                    contact_id=contact.id,
+                    attributes=contact.attributes,
+                    attributes_before=attributes_before,
+                )
             if created:
                 session.flush()
                 session.add(
@@ -246,6 +258,8 @@ class Runtime:
                         at=now,
                     )
                 )
+        if attributes_before is not None:
+            self.enqueue_or_leave([contact.id], what="contact update")  # type: ignore[list-item]
         return contact
 
     def fire(self, email: str, trigger: str) -> Move:

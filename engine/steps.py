@@ -263,9 +263,21 @@ def branch(
 def split(
     *, id: str = "", weights: Mapping[str, int] | None = None, **variants: Sequence[Step]
 ) -> Split:
-    """``split(A=[...], B=[...], weights={"A": 80, "B": 20})``; equal weights by default."""
-    weights = dict(weights) if weights is not None else dict.fromkeys(variants, 1)
+    """``split(A=[...], B=[...], weights={"A": 80, "B": 20})``; equal weights by default:
+    100 shared out in variant order, the first ones taking what does not divide evenly
+    (three variants get 34, 33 and 33)."""
+    weights = dict(weights) if weights is not None else _equal_weights(list(variants))
     return Split({k: tuple(v) for k, v in variants.items()}, weights, id=id)
+
+
+def _equal_weights(names: Sequence[str]) -> dict[str, int]:
+    """Whole weights adding up to 100, as equal as whole numbers can be: the first
+    ``100 % len(names)`` names get one more (validation still refuses more than 100
+    variants, or none)."""
+    if not names or len(names) > 100:
+        return dict.fromkeys(names, 1)  # what validation then reports, as before
+    share, extra = divmod(100, len(names))
+    return {name: share + (1 if n < extra else 0) for n, name in enumerate(names)}
 
 
 def set_attribute(name: str, value: Any, *, id: str = "") -> SetAttribute:
@@ -371,3 +383,22 @@ def _patch(nodes: list[Node], at: int, key: str, target: int) -> None:
         nodes[at].next = target
     else:
         nodes[at].targets[key] = target
+
+
+def transactional_ahead(program: Sequence[Node], position: int) -> bool:
+    """Whether a transactional email (``send_email(..., marketing=False)``) can still be
+    sent from ``position`` on, following every path (both sides of a branch, every variant,
+    a wait's event and timeout). Such a workflow carries on for an unsubscribed contact:
+    the receipt goes, its marketing emails are skipped when they come up."""
+    seen: set[int] = set()
+    todo = [position]
+    while todo:
+        at = todo.pop()
+        if at in seen or not 0 <= at < len(program):
+            continue
+        seen.add(at)
+        node = program[at]
+        if isinstance(node.step, SendEmail) and not node.step.marketing:
+            return True
+        todo.extend(n for n in (node.next, *node.targets.values()) if n is not None)
+    return False

@@ -9,22 +9,48 @@
 the step's own data; ``unsubscribe_url`` the contact's one-click unsubscribe link in a
 marketing email when links are configured (``engine/unsubscribe.py``), else empty: write
 ``{% if unsubscribe_url %}...{% endif %}`` so the template renders either way.
+
+A variable the contact or the step does not have (``{{ contact.first_name }}`` for a contact
+without one) prints as empty, so an email never fails for a missing first name; it is logged
+as a warning, once per template and variable in a process. ``| default("there")`` or
+``{% if contact.first_name %}`` say it is optional and log nothing. A name other than
+``contact``, ``data`` and ``unsubscribe_url`` (``{{ first_name }}``) is never set: loading the
+workflows reports it as a problem of the template.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, Template, TemplateNotFound, select_autoescape
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    Template,
+    TemplateNotFound,
+    Undefined,
+    meta,
+    select_autoescape,
+)
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context
+from jinja2.utils import missing
 
 from engine.errors import PermanentConnectorError
 
+log = logging.getLogger(__name__)
+
 REQUIRED_BLOCKS = ("subject",)
 BODY_BLOCKS = ("text", "html")
+VARIABLES = ("contact", "data", "unsubscribe_url")
+"""What every template is given (``TemplateRenderer.render``)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,7 @@ class TemplateRenderer:
             loader=FileSystemLoader(str(directory)),
             autoescape=select_autoescape(enabled_extensions=("j2", "html"), default=True),
             keep_trailing_newline=False,
+            undefined=_MissingVariable,
         )
         # The subject and the text body are plain text: a contact named O'Brien must not
         # read "O&#39;Brien" there. They come from the same file compiled without escaping.
@@ -66,7 +93,22 @@ class TemplateRenderer:
         ]
         if not any(b in template.blocks for b in BODY_BLOCKS):
             found.append(f"template {name!r} needs a text or html block")
+        found += [
+            f"template {name!r} uses {{{{ {unknown} }}}}, which no email is given: templates "
+            f"get {', '.join(VARIABLES)} (a contact's field is contact.{unknown})"
+            for unknown in self._unknown_names(name)
+        ]
         return found
+
+    def _unknown_names(self, name: str) -> list[str]:
+        """Top-level names the template reads that are neither given nor Jinja's own."""
+        assert self._env.loader is not None
+        try:
+            source, _path, _uptodate = self._env.loader.get_source(self._env, f"{name}.j2")
+            used = _names_read(source)
+        except JinjaTemplateError:  # reported above, as it loaded
+            return []
+        return sorted(used - set(VARIABLES) - set(self._env.globals))
 
     def revision(self, name: str) -> object | None:
         """The compiled template ``name`` as loaded now: the same object until its file
@@ -89,13 +131,14 @@ class TemplateRenderer:
         try:
             html = self._env.get_template(f"{name}.j2")
             plain = self._plain_env.get_template(f"{name}.j2")
-            # One context per compiled template, shared by its blocks.
-            plain_context = plain.new_context(variables)
-            parts = {
-                "subject": _block(plain, "subject", plain_context),
-                "text": _block(plain, "text", plain_context),
-                "html": _block(html, "html", html.new_context(variables)),
-            }
+            with _rendering(self.directory, name, contact=contact, data=data):
+                # One context per compiled template, shared by its blocks.
+                plain_context = plain.new_context(variables)
+                parts = {
+                    "subject": _block(plain, "subject", plain_context),
+                    "text": _block(plain, "text", plain_context),
+                    "html": _block(html, "html", html.new_context(variables)),
+                }
         except JinjaTemplateError as exc:
             raise PermanentConnectorError(f"template {name!r} failed to render: {exc}") from exc
         # A subject is one line, whatever the template's whitespace.
@@ -103,8 +146,88 @@ class TemplateRenderer:
         return RenderedEmail(subject=subject, text=parts["text"], html=parts["html"])
 
 
+@lru_cache(maxsize=1024)
+def _names_read(source: str) -> frozenset[str]:
+    """The top-level names a template's source reads without setting them. Cached by
+    source: every load of the workflows checks each step's template again."""
+    return frozenset(meta.find_undeclared_variables(_PARSER.parse(source)))
+
+
+_PARSER = Environment()
+
+
 def _block(template: Template, block: str, context: Context) -> str:
     """One block of ``template`` rendered in ``context`` ("" when it has none)."""
     if block not in template.blocks:
         return ""
     return "".join(template.blocks[block](context)).strip()
+
+
+# --- missing variables: printed empty, logged once --------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rendering:
+    directory: Path
+    template: str
+    given: dict[int, str]  # id() of the ``contact`` and ``data`` mappings -> their name
+
+
+_CURRENT: ContextVar[_Rendering | None] = ContextVar("journeyline_rendering", default=None)
+_WARNED: set[tuple[str, str, str]] = set()  # (templates directory, template, variable)
+_WARNED_LOCK = threading.Lock()
+
+
+@contextmanager
+def _rendering(directory: Path, name: str, *, contact: Any, data: Any) -> Iterator[None]:
+    """Name the template being rendered, for ``_MissingVariable`` (a context variable:
+    worker threads render at once)."""
+    given = {id(contact): "contact", id(data): "data"}
+    token = _CURRENT.set(_Rendering(directory, name, given))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+class _MissingVariable(Undefined):
+    """Jinja's default undefined (prints as empty, fails on ``.attribute``), which logs a
+    warning the first time a template prints a given missing variable. Testing it
+    (``{% if %}``, ``is defined``) or giving a ``default`` logs nothing."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        _warn_missing(self)
+        return ""
+
+
+def _warn_missing(undefined: Undefined) -> None:
+    rendering = _CURRENT.get()
+    directory = str(rendering.directory) if rendering is not None else ""
+    template = rendering.template if rendering is not None else "?"
+    variable = _variable_name(undefined, rendering)
+    with _WARNED_LOCK:
+        if (directory, template, variable) in _WARNED:
+            return
+        _WARNED.add((directory, template, variable))
+    log.warning(
+        "template %r printed %s as empty: it is not set (give it a default: "
+        '{{ %s | default("...") }}, or test it with {%% if %s %%})',
+        template,
+        variable,
+        variable,
+        variable,
+    )
+
+
+def _variable_name(undefined: Undefined, rendering: _Rendering | None) -> str:
+    """``contact.first_name``, ``data.code``, or the bare name when its owner is unknown."""
+    if undefined._undefined_name is None:
+        return undefined._undefined_hint or "a variable"
+    name = str(undefined._undefined_name)
+    owner = undefined._undefined_obj
+    if owner is missing or rendering is None:
+        return name
+    known = rendering.given.get(id(owner))
+    return f"{known}.{name}" if known else name

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from engine.attribute_changes import describe_change
 from engine.contacts import normalize_email
 from engine.executor import workflow_for
 from engine.models import (
@@ -32,6 +33,7 @@ from engine.models import (
     Event,
     StageTransition,
 )
+from engine.recording import CONTACT_UPDATED
 from engine.registry import Registry
 from engine.scheduler import current_claims
 
@@ -213,7 +215,11 @@ def _event_entry(event: Event) -> Entry:
     if event.occurred_at <= at - _NOTED_EARLIER:  # sent late or backdated by its source
         status += f"; occurred {event.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
     summary = f"{event.type} ({status})"
-    if event.properties:
+    if event.type == CONTACT_UPDATED and event.attributes_before:
+        # Its properties are the values set: "attributes changed: plan 'free' -> 'pro'".
+        change = describe_change(event.attributes_before, event.properties)
+        summary = f"{event.type} attributes changed: {change} ({status})"
+    elif event.properties:
         shown = ", ".join(f"{k}={v}" for k, v in list(event.properties.items())[:3])
         summary = f"{event.type} {shown} ({status})"
     return Entry(
@@ -230,6 +236,7 @@ def _event_entry(event: Event) -> Entry:
             "received_at": event.received_at,
             "processed_at": event.processed_at,
             "error": event.error,
+            "attributes_before": event.attributes_before,
         },
         cause_event_id=event.id,
         row_id=event.id or 0,

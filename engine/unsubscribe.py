@@ -18,8 +18,8 @@ nothing changes: no header, an empty ``unsubscribe_url``, and the unsubscribe ro
 
 ``change_subscription`` is what an unsubscribe link, the contacts API and the CLI call: the
 contact's row lock, ``engine.contacts.set_subscription`` (the same change a SendGrid
-unsubscribe event makes), and for an unsubscribe that changed something an
-``email.unsubscribed`` event in the contact's timeline saying how (``via``), processed like
+unsubscribe event makes), and for a change an ``email.unsubscribed`` or
+``email.resubscribed`` event in the contact's timeline saying how (``via``), processed like
 any other so workflows triggered by it run.
 """
 
@@ -53,6 +53,7 @@ _PURPOSE = b"journeyline unsubscribe v2:"
 _SIGNATURE_BYTES = 16
 _TOKEN = re.compile(r"([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{22})")
 UNSUBSCRIBED_EVENT = "email.unsubscribed"
+RESUBSCRIBED_EVENT = "email.resubscribed"
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,22 @@ def change_subscription(
         if contact is None:
             return None
         changed = set_subscription(session, runtime.registry, contact, status, now=now)
-        recorded = changed and status == SubscriptionStatus.UNSUBSCRIBED
+        recorded = changed
         if recorded:
             # Applied above, in this transaction: the pipeline only runs what the event
-            # triggers (``engine.contacts.CONSENT_SET_WHEN_RECORDED``).
+            # triggers (``engine.contacts.CONSENT_SET_WHEN_RECORDED``). Recorded both ways:
+            # the timeline says when and how, and a consent event still queued from before
+            # this one is not applied over it (``engine.feedback``).
             record_event(
                 session,
                 runtime.registry,
                 now=now,
                 email=contact.email,
-                event_type=UNSUBSCRIBED_EVENT,
+                event_type=(
+                    UNSUBSCRIBED_EVENT
+                    if status == SubscriptionStatus.UNSUBSCRIBED
+                    else RESUBSCRIBED_EVENT
+                ),
                 properties={"via": via},
                 source=INTERNAL_SOURCE,
             )
@@ -168,5 +175,5 @@ def change_subscription(
     if changed:
         log.info("contact %s %s (via %s)", contact_id, status, via)
     if recorded:
-        runtime.enqueue_or_leave([contact_id], what=f"unsubscribe via {via}")
+        runtime.enqueue_or_leave([contact_id], what=f"consent change via {via}")
     return done

@@ -316,7 +316,10 @@ def _step_problems(
                 f"{sorted(step.variants, key=str)}"
             ]
         if any(w <= 0 for w in step.weights.values()) or sum(step.weights.values()) != 100:
-            return [f"weights must be positive and add up to 100, got {dict(step.weights)}"]
+            return [
+                f"weights must be positive and add up to 100, got {dict(step.weights)} "
+                "(leave weights= out for equal ones)"
+            ]
     return []
 
 

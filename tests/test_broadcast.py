@@ -636,3 +636,14 @@ def test_a_workflow_that_allows_reentry_enrolls_finished_contacts_again(
     assert (again.enrolled, again.actions) == (5, 5)
     assert entries == [1] * 5 + [2] * 5 and len(keys) == 10
     assert [len(r.body["personalizations"]) for r in fake.requests] == [5, 5]
+
+
+def test_the_audience_leaves_out_the_unsubscribed_only_where_the_entry_rule_does() -> None:
+    """As ``meets_entry_rules``: a marketing-only workflow needs a subscribed contact; one
+    that also sends a transactional email (the receipt goes, the upsell is skipped) does not."""
+    marketing_only = audience_of(sale())
+    with_receipt = audience_of(
+        sale(steps=[send_email("spring_sale", id="receipt", marketing=False), wait(days=3)])
+    )
+    assert "subscribed" in marketing_only.describe()
+    assert "subscribed" not in with_receipt.describe()

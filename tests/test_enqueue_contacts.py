@@ -100,10 +100,10 @@ def test_a_workflow_error_on_one_contact_fails_that_event_only(
     bad = contact_id_of(runtime, "c1@example.com")
     real = pipeline.apply_event
 
-    def apply(session, registry, contact, ev, *, now):  # type: ignore[no-untyped-def]
+    def apply(session, registry, contact, ev, *, now, **options):  # type: ignore[no-untyped-def]
         if contact.id == bad and ev.type == "page.viewed":
             raise RuntimeError("a rule divided by zero")
-        return real(session, registry, contact, ev, now=now)
+        return real(session, registry, contact, ev, now=now, **options)
 
     monkeypatch.setattr(pipeline, "apply_event", apply)
     runtime.process_contacts(sorted(contact_ids(runtime)))  # does not raise

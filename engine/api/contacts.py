@@ -1,6 +1,10 @@
 """``/v1/contacts/{email}``: create or update (PUT, including consent:
 ``subscription_status``), look up with the timeline (GET), erase (DELETE).
 
+A PUT that changes an existing contact's attributes records a ``contact.updated`` event
+(``Runtime.upsert_contact``) and has it processed, so conditions on attributes (segments
+joined, condition goals and exits) react to it as to a tracked event.
+
 Erasure deletes the contact row; its events, stage transitions, enrollments and actions go
 with it (foreign keys ``ON DELETE CASCADE``; SQLite connections turn ``foreign_keys`` on in
 ``engine.db``). Nothing identifying is written or logged about the erased contact.
@@ -42,7 +46,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 class ContactUpsert(BaseModel):
     """Fields to set. ``stage`` only places a new contact (an import); an existing contact
-    moves through the stage machine, never by this call. ``subscription_status``
+    moves through the stage machine, never by this call. Changing an existing contact's
+    attributes is recorded as a ``contact.updated`` event, which workflows react to
+    (``on_segment_joined``, ``on_condition``, condition goals and exits, and
+    ``on_event("contact.updated", plan="pro")``). ``subscription_status``
     "unsubscribed" ends the contact's marketing workflows, as a SendGrid unsubscribe does;
     "subscribed" lets marketing email reach them again."""
 
@@ -59,7 +66,11 @@ class ContactUpsert(BaseModel):
         },
     )
 
-    attributes: dict[str, Any] | None = Field(default=None, description="Merged into the stored.")
+    attributes: dict[str, Any] | None = Field(
+        default=None,
+        description="Merged into the stored. A change to an existing contact is recorded as a "
+        "'contact.updated' event, so segments and conditions on attributes react to it.",
+    )
     timezone: str | None = Field(default=None, description="IANA time zone.")
     stage: str | None = Field(default=None, description="Initial stage of a new contact.")
     subscription_status: Literal["subscribed", "unsubscribed"] | None = Field(
