@@ -264,14 +264,25 @@ class DidEvent(Condition):
     def evaluate(self, ctx: EvalContext) -> bool:
         when: known_events.When = "occurred_at"
         since: datetime | None = None
+        after: int | None = None
         if self.within is not None:
             since = ctx.now - self.within
-        elif ctx.enrollment is not None:
+        elif ctx.enrollment is not None and ctx.enrollment.cause_event_id is not None:
+            # Since entering: the events that came in after the one that started it, by
+            # id, not by time (a backlog may have held that one while later ones arrived).
+            after = ctx.enrollment.cause_event_id
+        elif ctx.enrollment is not None:  # started by a broadcast, a schedule, a condition
             when, since = "received_at", ctx.enrollment.started_at
         assert ctx.contact.id is not None
         # A batch job reads its contacts' events of this type in one statement.
         found = known_events.properties_since(
-            ctx.session, ctx.contact.id, (self.type,), when=when, since=since, upto=ctx.upto_event
+            ctx.session,
+            ctx.contact.id,
+            (self.type,),
+            when=when,
+            since=since,
+            after=after,
+            upto=ctx.upto_event,
         )
         return any(matches(properties, self.where) for properties in found)
 

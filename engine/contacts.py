@@ -20,6 +20,7 @@ from sqlmodel import Session, select
 from engine.attribute_changes import change_of
 from engine.db import insert_new
 from engine.errors import ValidationError
+from engine.event_input import nul_problems
 from engine.executor import exit_unsubscribed
 from engine.models import Contact, SubscriptionStatus
 from engine.stages import Journey
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_PROPERTIES_BYTES = 64 * 1024
+MAX_DEPTH = 32
+"""Objects and arrays nested deeper than this are refused: nothing a workflow reads goes
+that deep, and serialising one back (the contacts API's timeline) would fail."""
 
 
 def normalize_email(value: str) -> str:
@@ -117,7 +121,33 @@ def validate_properties(value: Mapping[str, Any] | None, *, field: str = "proper
         raise ValidationError(f"{field} must be JSON-serialisable: {exc}", field=field) from exc
     if len(blob.encode()) > MAX_PROPERTIES_BYTES:
         raise ValidationError(f"{field} is larger than {MAX_PROPERTIES_BYTES} bytes", field=field)
+    # json.dumps writes U+0000 as \u0000: only then walk for it, to name where it is.
+    if "\\u0000" in blob:
+        problems = nul_problems(value, field)
+        if problems:
+            path, message = problems[0]
+            raise ValidationError(f"{path} {message}", field=path)
+    if blob.count("{") + blob.count("[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ValidationError(
+            f"{field} is nested deeper than {MAX_DEPTH} levels of objects and arrays",
+            field=field,
+        )
     return dict(value)
+
+
+def _depth(value: Any) -> int:
+    """How many objects and arrays deep ``value`` goes (iteratively: any depth)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 class FoundContact(NamedTuple):

@@ -273,15 +273,18 @@ def _map_item(
         except ValidationError as exc:
             problems.append((prefix + rule.email, str(exc)))
     properties: dict[str, Any] = {}
+    nul_found: list[tuple[str, str]] = []  # named by their paths in the payload
     for name, path in rule.properties.items():
         value = resolve(item, path)
         if value is not _MISSING:
             properties[name] = value
-            problems += nul_problems(value, prefix + path)
+            nul_found += nul_problems(value, prefix + path)
+    problems += nul_found
     try:
         validate_properties(properties)
     except ValidationError as exc:
-        problems.append((prefix.rstrip(".") or "body", str(exc)))
+        if not nul_found:
+            problems.append((prefix.rstrip(".") or "body", str(exc)))
     occurred: datetime | None = None
     if rule.occurred_at is not None:
         raw_time = resolve(item, rule.occurred_at)

@@ -73,13 +73,15 @@ def properties_since(
     *,
     when: When = "occurred_at",
     since: datetime | None = None,
+    after: int | None = None,
     upto: int | None = None,
 ) -> list[dict[str, Any]]:
     """The properties of this contact's events of ``types`` whose ``when`` is at or after
-    ``since`` (every one with None) and whose id is at most ``upto`` (any with None), in id
-    order: from the batch's read when the transaction opted in and the contact is in its
-    batch, else read for this contact alone. ``upto`` is for asking what was true before an
-    event (the one before it) or with it (its own id), when later ones are already stored."""
+    ``since`` (every one with None) and whose id is above ``after`` and at most ``upto``
+    (any with None), in id order: from the batch's read when the transaction opted in and
+    the contact is in its batch, else read for this contact alone. ``upto`` is for asking
+    what was true before an event (the one before it) or with it (its own id), when later
+    ones are already stored; ``after`` for what came in after a given event."""
     key = (tuple(sorted(types)), when)
     known: _Known | None = session.info.get(_KEY)
     if known is None or contact_id not in known.members:
@@ -94,7 +96,9 @@ def properties_since(
     return [
         properties
         for id, at, properties in mine
-        if (since is None or at >= since) and (upto is None or id <= upto)
+        if (since is None or at >= since)
+        and (upto is None or id <= upto)
+        and (after is None or id > after)
     ]
 
 

@@ -8,11 +8,10 @@ the A/B draw keyed by contact id) is settled in the order events arrive, never b
 with the clock, so both runs are deterministic: contacts are created in the same order in
 both, and the order that converts a contact is tracked long before its wait ends.
 
-One difference between the runs is by design and kept out of the scenario: the harness's
-clock stands still between ``track`` calls, so an event tracked just before a workflow's
-trigger has the same timestamp as the enrollment, and ``did_event(type)`` without ``within``
-("since entering") counts it in virtual time but not in real time. The branch here asks
-``within=timedelta(hours=1)``, which means the same in both.
+The branch here asks ``did_event(..., within=timedelta(hours=1)``, a window on when events
+occurred, which means the same in both runs. (``did_event(type)`` without ``within``, "since
+entering", counts the events that came in after the one that started the enrollment, by id,
+so it too is the same in both.)
 """
 
 from __future__ import annotations

@@ -132,3 +132,27 @@ def test_opened_and_clicked_goals_convert_on_this_enrollments_email(tmp_path: Pa
             ana: ("converted", "goal reached: opened x"),
             bob: ("converted", "goal reached: opened x"),  # a click is an open too
         }
+
+
+def test_since_entering_counts_events_that_came_in_after_the_cause_while_a_backlog_held_it(
+    tmp_path: Path,
+) -> None:
+    """The booking came in a second after the request, both waited in a backlog: the
+    enrollment started later than the booking was received, and the booking still counts
+    (it came in after the event that started the enrollment)."""
+    drip = Workflow(
+        "drip",
+        trigger=on_event("demo.requested"),
+        goals=[on_condition(did_event("demo.booked"))],
+        steps=[send_email("demo_invitation", id="x"), wait(days=1), send_email("guide", id="y")],
+    )
+    with running(tmp_path, [drip], events=EVENTS) as (rt, clock, email):
+        rt.track("ana@example.com", "demo.requested")
+        clock.advance(seconds=1)
+        rt.track("ana@example.com", "demo.booked")
+        clock.advance(seconds=1)
+        rt.run_until_idle()
+        assert statuses(rt) == {"drip": "converted"}
+        clock.advance(days=2)
+        rt.run_until_idle()
+        assert "drip:y" not in sent(email)
