@@ -42,6 +42,7 @@ from engine.guardrails import defer_until
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
 from engine.performers import Call, Performed, Performer, Unconfigured
 from engine.registry import Registry
+from engine.withdrawals import withdrawal_of, withdrawn_marks
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,9 @@ def _claim(
     if contact is None:
         _finish(session, action, ActionStatus.SKIPPED, now=now, error="contact erased")
         return Outcome(ActionStatus.SKIPPED)
-    held = hold_reason(action, contact, suppression)
+    held = hold_reason(action, contact, suppression) or withdrawal_of(
+        action, withdrawn_marks(session, [action])
+    )
     if held:
         action.reason = {**action.reason, "skipped": held}
         _finish(session, action, ActionStatus.SKIPPED, now=now)

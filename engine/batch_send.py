@@ -75,6 +75,7 @@ from engine.substitutions import Skeleton, fill, skeleton, substitutions_for, va
 from engine.template_facts import TemplateFacts, facts_of
 from engine.templates import RenderedEmail
 from engine.unsubscribe import UnsubscribeLinks
+from engine.withdrawals import withdrawal_of, withdrawn_marks
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,13 @@ def _record_sent(db: Engine, sent: list[tuple[int, str | None]], *, now: datetim
 
 # What the claim reads of each action: the single path's columns, and the two times the
 # cap rules read when a contact has two emails in the batch.
-_BATCH_COLUMNS = (*CLAIM_COLUMNS, col(Action.completed_at), col(Action.updated_at))
+_BATCH_COLUMNS = (
+    *CLAIM_COLUMNS,
+    col(Action.completed_at),
+    col(Action.updated_at),
+    col(Action.enrollment_id),  # with created_at: whether a goal withdrew it (withdrawals.py)
+    col(Action.created_at),
+)
 
 
 @dataclass
@@ -330,6 +337,8 @@ def _claim_batch(
     found = connection.execute(read_contacts, {"contact_ids": contact_ids}).all()
     contacts = {c.id: c for c in found}
     suppressed: dict[str, str] = {c.email: c.suppressed for c in found if c.suppressed}
+    # Read after the contacts' locks: a goal reached while this claim waited for them is seen.
+    marks = withdrawn_marks(session, rows)
     # Quiet hours and send windows are checked for everyone in Python; the rules that read
     # the contact's other emails (caps, held ones) only where such emails exist.
     windows = _window_rules_apply(registry, rows)
@@ -383,7 +392,8 @@ def _claim_batch(
             finished.add(row.id)
             result.statuses[ActionStatus.SKIPPED] += 1
             continue
-        held = hold_reason(row, contact, suppressed.get(contact.email))  # type: ignore[arg-type]
+        suppression = suppressed.get(contact.email)
+        held = hold_reason(row, contact, suppression) or withdrawal_of(row, marks)  # type: ignore[arg-type]
         if held:
             action = _orm(session, row.id)
             action.reason = {**action.reason, "skipped": held}

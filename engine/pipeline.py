@@ -46,7 +46,7 @@ from engine.recording import (
 )
 from engine.registry import Registry
 from engine.steps import WaitForEvent
-from engine.withdrawals import withdraw_waiting_emails
+from engine.withdrawals import mark_withdrawn, withdraw_waiting_emails
 from engine.workflow import ConditionMet, EventReceived, StageEntered, Workflow
 
 log = logging.getLogger(__name__)
@@ -523,6 +523,7 @@ def _withdraw_after_the_end(
         ended = ends(finished.workflow)
         if ended is not None:
             withdraw_waiting_emails(session, finished.id, now=now, why=ended[0])
+            mark_withdrawn(session, finished.id, now=now, why=ended[0])
 
 
 def _end_early(
@@ -532,6 +533,7 @@ def _end_early(
     marketing emails it has waiting (held by a guard rail, or waiting to retry)."""
     status = EnrollmentStatus.CONVERTED if goal else EnrollmentStatus.EXITED
     end_enrollment(session, enrollment, now=now, status=status, reason=reason)
+    mark_withdrawn(session, enrollment, now=now, why=reason)
     if enrollment.id is not None:  # one started in this transaction has nothing waiting
         withdraw_waiting_emails(session, enrollment.id, now=now, why=reason)
 

@@ -361,3 +361,91 @@ def test_an_email_a_worker_is_claiming_is_skipped_over_not_waited_for(
         release.set()
         worker.join(10)
         db.dispose()
+
+
+def _in_flight(rt, contact_email: str) -> int:  # type: ignore[no-untyped-def]
+    """Put the contact's pending email in the state a worker's claim leaves it in while the
+    provider call runs: ``sending``, leased. The goal's withdrawal cannot see it."""
+    with Session(rt.db) as session:
+        action = session.exec(
+            select(Action).where(Action.status == ActionStatus.PENDING, Action.kind == "email")
+        ).one()
+        action.status = ActionStatus.SENDING
+        action.lease_until = rt.clock.now() + timedelta(minutes=5)
+        session.add(action)
+        session.commit()
+        assert action.id is not None
+        return action.id
+
+
+def _failed_and_waiting(rt, action_id: int) -> None:  # type: ignore[no-untyped-def]
+    """The provider call failed transiently: back to pending, to retry in 30 minutes."""
+    with Session(rt.db) as session:
+        action = session.get(Action, action_id)
+        assert action is not None
+        action.status = ActionStatus.PENDING
+        action.next_attempt_at = rt.clock.now() + timedelta(minutes=30)
+        action.lease_until = action.next_attempt_at
+        session.add(action)
+        session.commit()
+
+
+def test_an_email_in_flight_when_the_goal_came_that_fails_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    """The withdrawal passes over an email mid-send; if that send fails and waits to retry,
+    the claim of the retry reads the enrollment's mark and skips it."""
+    workflow = invitation(goals=[on_event("demo.booked")])
+    with running(tmp_path, [workflow], guardrails=NIGHT, events=EVENTS) as (rt, clock, email):
+        _held_at_night(rt, email)
+        clock.set(MORNING_IN_NEW_YORK)
+        action_id = _in_flight(rt, "ny@example.com")
+        rt.track("ny@example.com", "demo.booked")
+        rt.run_until_idle()
+        _failed_and_waiting(rt, action_id)
+        clock.advance(hours=1)
+        rt.run_until_idle()
+        assert [m.to for m in email.sent] == ["ldn@example.com"]
+        (withdrawn,) = [a for a in actions(rt) if a.id == action_id]
+        assert withdrawn.status == ActionStatus.SKIPPED
+        assert withdrawn.reason["skipped"].startswith(
+            "withdrawn before it went out: goal reached: demo.booked"
+        )
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_batch_email_in_flight_when_the_goal_came_that_fails_is_not_retried(
+    tmp_path: Path, fake: FakeSendGrid, database: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_db_url") if database == "postgresql" else None
+    sale = Workflow(
+        "spring_sale",
+        trigger=on_stage_entered("consideration"),
+        goals=[on_stage_entered("purchase")],
+        steps=[send_email("spring_sale", id="sale"), wait(days=3), send_email("spring_sale")],
+    )
+    rules = (EventRule("order.completed", triggers=("purchase",)),)
+    evening = Guardrails(quiet_hours=quiet_hours("18:00", "09:00"))
+    worlds = _world(tmp_path, fake, [sale], evening, rules, url=url)
+    runtime, clock = next(worlds)
+    try:
+        add(runtime, "Asia/Tokyo", 1)
+        runtime.broadcast("spring_sale")
+        runtime.drain()
+        assert fake.requests == []  # held until 09:00 in Tokyo
+        clock.set(datetime(2026, 3, 3, 0, 1, tzinfo=UTC))  # 09:01 in Tokyo
+        action_id = _in_flight(runtime, "tokyo0@example.com")
+        runtime.track("tokyo0@example.com", "order.completed")
+        runtime.run_until_idle()
+        _failed_and_waiting(runtime, action_id)
+        clock.set(clock.now() + timedelta(hours=1))
+        runtime.run_until_idle()
+        assert fake.requests == []
+        with Session(runtime.db) as session:
+            action = session.get(Action, action_id)
+        assert action is not None and action.status == ActionStatus.SKIPPED
+        assert action.reason["skipped"] == (
+            "withdrawn before it went out: goal reached: entered purchase"
+        )
+    finally:
+        next(worlds, None)
