@@ -9,10 +9,12 @@ import pytest
 
 from engine import (
     Workflow,
+    branch,
     build_registry,
     lifecycle_journey,
     on_event,
     on_schedule,
+    opened,
     reenter_always,
     send_email,
     wait,
@@ -119,3 +121,27 @@ def test_golden_journeys_catch_a_change_in_behaviour(tmp_path: Path) -> None:
         sim.advance(days=5)
         with pytest.raises(JourneyAssertionError, match="differs from"):
             check_golden(sim.journey("max@example.com"), golden, update=False)
+
+
+def test_open_and_click_email_act_on_the_email_a_step_sent() -> None:
+    """``opened(step)`` conditions can be tested without reaching into the message."""
+    engaged = Workflow(
+        "engaged",
+        trigger=on_event("demo.requested"),
+        steps=[
+            send_email("demo_invitation", id="invite"),
+            wait(days=2),
+            branch(opened("invite"), then=[send_email("guide", id="thanks_for_reading")]),
+        ],
+    )
+    with Simulation(_registry(engaged)) as sim:
+        for who in ("ana@example.com", "bo@example.com", "cy@example.com"):
+            sim.track(who, "demo.requested")
+        sim.open_email("ana@example.com", "invite")
+        sim.click_email("bo@example.com", "invite")  # a click is an open too
+        sim.advance(days=3)
+        sim.expect_email("ana@example.com", "thanks_for_reading")
+        sim.expect_email("bo@example.com", "thanks_for_reading")
+        sim.expect_no_email("cy@example.com", "thanks_for_reading")
+        with pytest.raises(JourneyAssertionError, match="got no 'nope' email to act on"):
+            sim.open_email("cy@example.com", "nope")

@@ -44,7 +44,14 @@ def _enrollment_reads(runtime: Runtime) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def hit(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().startswith("SELECT") and "FROM enrollments" in statement:
+        # The pipeline's reads; not a send's check of its enrollment's withdrawal mark
+        # (engine/withdrawals.py: a JSON key of the context, at claim time).
+        withdrawal_mark = "JSON_EXTRACT(enrollments.context" in statement
+        if (
+            statement.lstrip().startswith("SELECT")
+            and "FROM enrollments" in statement
+            and not withdrawal_mark
+        ):
             seen.append(statement)
 
     sa_event.listen(runtime.db, "before_cursor_execute", hit)

@@ -105,6 +105,26 @@ class Simulation:
         self.runtime.run_until_idle()
         return recorded
 
+    def open_email(self, to: str, step: str) -> Recorded:
+        """The contact opens the last email of ``step`` sent to them, as the SendGrid
+        webhook reports it (an ``email.opened`` naming its action): what ``opened(step)``
+        conditions and the reports read."""
+        return self._engage(to, step, "email.opened")
+
+    def click_email(self, to: str, step: str) -> Recorded:
+        """The contact clicks a link in the last email of ``step`` sent to them (an
+        ``email.clicked``; ``clicked(step)`` and ``opened(step)`` both count it)."""
+        return self._engage(to, step, "email.clicked")
+
+    def _engage(self, to: str, step: str, event_type: str) -> Recorded:
+        sent = self.emails(to, step=step)
+        if not sent:
+            raise JourneyAssertionError(
+                f"{normalize_email(to)} got no {step!r} email to act on\n\n{self.explain(to)}"
+            )
+        action_id = sent[-1].message.custom_args.get("jl_action_id")
+        return self.track(to, event_type, {"action_id": action_id})
+
     def contact_import(self, email: str, **options: Any) -> Contact:
         contact = self.runtime.upsert_contact(email, **options)
         self.runtime.run_until_idle()
