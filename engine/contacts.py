@@ -119,7 +119,7 @@ def validate_properties(value: Mapping[str, Any] | None, *, field: str = "proper
         blob = json.dumps(dict(value))
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} must be JSON-serialisable: {exc}", field=field) from exc
-    if len(blob.encode()) > MAX_PROPERTIES_BYTES:
+    if len(blob) > MAX_PROPERTIES_BYTES:  # json.dumps writes ASCII: a character a byte
         raise ValidationError(f"{field} is larger than {MAX_PROPERTIES_BYTES} bytes", field=field)
     # json.dumps writes U+0000 as \u0000: only then walk for it, to name where it is.
     if "\\u0000" in blob:
@@ -127,7 +127,8 @@ def validate_properties(value: Mapping[str, Any] | None, *, field: str = "proper
         if problems:
             path, message = problems[0]
             raise ValidationError(f"{path} {message}", field=path)
-    if blob.count("{") + blob.count("[") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+    deep_enough = len(blob) > 2 * MAX_DEPTH and blob.count("{") + blob.count("[") > MAX_DEPTH
+    if deep_enough and _depth(value) > MAX_DEPTH:
         raise ValidationError(
             f"{field} is nested deeper than {MAX_DEPTH} levels of objects and arrays",
             field=field,

@@ -26,7 +26,7 @@ from sqlmodel import Session
 from engine import batch_writer, recording
 from engine.attribute_changes import change_of
 from engine.contacts import normalize_email, validate_event_type, validate_properties
-from engine.event_input import refuse_nul
+from engine.event_input import NUL, refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
 
@@ -254,13 +254,10 @@ def _merge_into_row(row: dict[str, Any], item: _Item, now: datetime) -> None:
 
 
 def _prepare(item: EventInput, source: str) -> _Item:
-    refuse_nul(
-        {
-            "idempotency_key": item.idempotency_key,
-            "properties": item.properties,
-            "attributes": item.attributes,
-        }
-    )
+    # U+0000 cannot be stored on PostgreSQL: the key is checked here, properties and
+    # attributes by validate_properties below (from the JSON it writes anyway).
+    if item.idempotency_key and NUL in item.idempotency_key:
+        refuse_nul({"idempotency_key": item.idempotency_key})
     key = (
         f"{source}:{item.idempotency_key}"
         if item.idempotency_key

@@ -32,7 +32,7 @@ from engine.contacts import (
 )
 from engine.db import transaction
 from engine.errors import ValidationError
-from engine.event_input import nul_problems, occurred_at_problem
+from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
 from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
@@ -156,39 +156,32 @@ def check(item: EventIn, prefix: str, index: int, *, now: datetime) -> list[Prob
     """Every problem with one event, each naming its field (``events[3].email``).
 
     A string holding U+0000 is refused wherever it is (PostgreSQL cannot store one; SQLite
-    would, so refusing on both keeps the databases alike); such a field is named once, for
-    that, and its other checks are skipped."""
+    would, so refusing on both keeps the databases alike): in the plain fields here, inside
+    properties and attributes by ``validate_properties`` (naming the first one's path). A
+    plain field holding one is named for that alone. Every event of a batch pays this, so
+    it builds nothing it does not need."""
     where = f"{prefix}[{index}]." if prefix else ""
-    fields = {
-        "email": item.email,
-        "type": item.type,
-        "idempotency_key": item.idempotency_key,
-        "timezone": item.timezone,
-        "properties": item.properties,
-        "attributes": item.attributes,
-    }
     found: list[Problem] = []
-    holding_nul: set[str] = set()
-    for name, value in fields.items():
-        for path, message in nul_problems(value, name):
-            found.append(Problem(field=f"{where}{path}", message=message))
-            holding_nul.add(name)
-    checks: dict[str, Callable[[], object]] = {
-        "email": lambda: normalized_email(item.email),
-        "type": lambda: validate_event_type(item.type),
-        "properties": lambda: validate_properties(item.properties),
-        "attributes": lambda: validate_properties(item.attributes, field="attributes"),
-    }
-    timezone = item.timezone
-    if timezone is not None:
-        checks["timezone"] = lambda: validate_timezone(timezone)
-    for name, run in checks.items():
-        if name in holding_nul:
-            continue
+
+    def run(name: str, value: str | None, validate: Callable[[], object] | None) -> None:
+        if value is not None and NUL in value:
+            found.append(Problem(field=f"{where}{name}", message=NUL_MESSAGE))
+            return
+        if validate is None:
+            return
         try:
-            run()
+            validate()
         except ValidationError as exc:
             found.append(Problem(field=f"{where}{exc.field}", message=str(exc)))
+
+    run("email", item.email, lambda: normalized_email(item.email))
+    run("type", item.type, lambda: validate_event_type(item.type))
+    run("idempotency_key", item.idempotency_key, None)
+    timezone = item.timezone
+    if timezone is not None:
+        run("timezone", timezone, lambda: validate_timezone(timezone))
+    run("properties", None, lambda: validate_properties(item.properties))
+    run("attributes", None, lambda: validate_properties(item.attributes, field="attributes"))
     if item.occurred_at is not None:
         late = occurred_at_problem(item.occurred_at, now=now)
         if late is not None:
