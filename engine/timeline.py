@@ -321,9 +321,13 @@ def _action_entry(action: Action) -> Entry:
         summary += f" ({action.error})"
     elif (held := hold_note(action)) is not None:
         summary += f" ({held})"
+    at = action.completed_at or action.updated_at
+    # Sent or skipped later than written (held, retried, withdrawn by a goal): not part of
+    # its cause's group then, but after whatever happened at that instant (the goal's event).
+    later = at != action.created_at
     return Entry(
         kind="action",
-        at=action.completed_at or action.updated_at,
+        at=at,
         summary=summary,
         details={
             "id": action.id,
@@ -338,7 +342,7 @@ def _action_entry(action: Action) -> Entry:
             "created_at": action.created_at,
             "completed_at": action.completed_at,
         },
-        cause_event_id=action.reason.get("cause_event_id"),
+        cause_event_id=None if later else action.reason.get("cause_event_id"),
         row_id=action.id or 0,
     )
 
