@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -535,6 +536,55 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass
+class Served:
+    """A ``journeyline serve`` process: its client while it runs, its output once stopped."""
+
+    process: subprocess.Popen[str]
+    http: httpx.Client
+    out: str = ""
+    err: str = ""
+
+
+@contextmanager
+def serving(
+    env: dict[str, str], cwd: Path, *, stop: signal.Signals = signal.SIGTERM
+) -> Iterator[Served]:
+    """Run ``journeyline serve`` with ``env`` until it answers ``/readyz``; stop it with
+    ``stop`` on the way out, keeping what it printed."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "journeyline"), "serve", "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            served = Served(process, http)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "serve did not become ready"
+                time.sleep(0.05)
+            yield served
+    finally:
+        process.send_signal(stop)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    served.out, served.err = out, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_journeyline_serve_records_processes_and_sends_then_stops_cleanly(
@@ -558,48 +608,22 @@ def test_journeyline_serve_records_processes_and_sends_then_stops_cleanly(
         "JOURNEYLINE_SCHEDULER_INTERVAL_SECONDS": "0.2",
         "JOURNEYLINE_LOG_LEVEL": "WARNING",
     }
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "journeyline"), "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "serve did not become ready"
-                time.sleep(0.05)
-            # When a trial starts
-            response = http.post(
-                "/v1/events",
-                json=event("ana@example.com", "trial.started", timezone=midday_zone()),
-                headers={"Authorization": f"Bearer {plaintext}"},
-            )
-            assert response.status_code == 202, response.text
-            # Then the in-process worker sends her emails without anyone draining
-            while len(list((tmp_path / "outbox").glob("*.eml"))) < 2:
-                assert time.monotonic() < deadline, "no email was sent"
-                time.sleep(0.05)
-    finally:
-        # And the signal stops it cleanly
-        process.send_signal(stop)
-        try:
-            _out, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-    assert process.returncode == 0, err
-    assert "Traceback" not in err
+    deadline = time.monotonic() + 60
+    with serving(env, tmp_path, stop=stop) as served:
+        # When a trial starts
+        response = served.http.post(
+            "/v1/events",
+            json=event("ana@example.com", "trial.started", timezone=midday_zone()),
+            headers={"Authorization": f"Bearer {plaintext}"},
+        )
+        assert response.status_code == 202, response.text
+        # Then the in-process worker sends her emails without anyone draining
+        while len(list((tmp_path / "outbox").glob("*.eml"))) < 2:
+            assert time.monotonic() < deadline, "no email was sent"
+            time.sleep(0.05)
+    # And the signal stops it cleanly
+    assert served.process.returncode == 0, served.err
+    assert "Traceback" not in served.err
 
 
 def test_engine_errors_map_to_their_status(sqlite_url: str) -> None:

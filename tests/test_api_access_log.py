@@ -6,10 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,7 @@ from engine.api_keys import create_key
 from engine.db import make_engine, transaction
 from engine.testing import midday_zone
 from tests.support import make_runtime
-from tests.test_api import add_key, event, free_port
+from tests.test_api import add_key, event, serving
 
 ADDRESS = "ana@example.com"
 
@@ -108,41 +104,15 @@ def test_journeyline_serve_logs_an_erase_without_the_address(tmp_path: Path) -> 
         "JOURNEYLINE_LOG_LEVEL": "INFO",
         "COLUMNS": "200",
     }
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "journeyline"), "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "serve did not become ready"
-                time.sleep(0.05)
-            auth = {"Authorization": f"Bearer {key}"}
-            body = event(ADDRESS, timezone=midday_zone())
-            assert http.post("/v1/events", json=body, headers=auth).status_code == 202
-            # When the contact is erased
-            assert http.delete(f"/v1/contacts/{ADDRESS}", headers=auth).status_code == 204
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, err = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+    with serving(env, tmp_path) as served:
+        auth = {"Authorization": f"Bearer {key}"}
+        body = event(ADDRESS, timezone=midday_zone())
+        assert served.http.post("/v1/events", json=body, headers=auth).status_code == 202
+        # When the contact is erased
+        assert served.http.delete(f"/v1/contacts/{ADDRESS}", headers=auth).status_code == 204
+    out, err = served.out, served.err
     # Then the log has the request by its route, and her address is nowhere in the output
-    assert process.returncode == 0, err
+    assert served.process.returncode == 0, err
     logged = " ".join((out + err).split())
     assert "DELETE /v1/contacts/{email} 204" in logged, logged
     assert ADDRESS not in out + err

@@ -10,50 +10,29 @@ logs. ``journeyline serve`` turns it off; this middleware logs what an operator 
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from engine.api.observed import ObservedRequests
 
 log = logging.getLogger(__name__)
 
 
-class AccessLog:
+class AccessLog(ObservedRequests):
     """Logs each HTTP request at INFO once it is answered (or failed: then status 500)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
             return
-        status = 500
-        started = time.perf_counter()
-
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, noting_status)
-        finally:
-            if log.isEnabledFor(logging.INFO):
-                duration_ms = (time.perf_counter() - started) * 1000
-                # The router leaves the matched route in the scope: its template, not the path.
-                route = getattr(scope.get("route"), "path", None) or "unmatched"
-                method = scope.get("method", "")
-                log.info(
-                    "%s %s %s %.1f ms",
-                    method,
-                    route,
-                    status,
-                    duration_ms,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(duration_ms, 1),
-                    },
-                )
+        duration_ms = seconds * 1000
+        log.info(
+            "%s %s %s %.1f ms",
+            method,
+            route,
+            status,
+            duration_ms,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration_ms, 1),
+            },
+        )

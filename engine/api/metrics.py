@@ -12,7 +12,6 @@ process (tests) never collide.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -25,8 +24,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import bindparam, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from engine.api.observed import ObservedRequests
 from engine.clock import Clock, SystemClock
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 
@@ -107,12 +107,12 @@ def _age_seconds(since: datetime | None, now: datetime) -> float:
     return 0.0 if since is None else max((now - since).total_seconds(), 0.0)
 
 
-class RequestMetrics:
+class RequestMetrics(ObservedRequests):
     """Counts requests and times them, labelled by route template (never by raw path, which
     holds email addresses)."""
 
     def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
-        self.app = app
+        super().__init__(app)
         self.requests = Counter(
             "journeyline_http_requests",
             "HTTP requests answered, by method, route and status code.",
@@ -126,27 +126,9 @@ class RequestMetrics:
             registry=registry,
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, noting_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.requests.labels(method, template, str(status)).inc()
-            self.latency.labels(method, template).observe(time.perf_counter() - started)
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
 
 
 @router.get(
