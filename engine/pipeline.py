@@ -166,6 +166,17 @@ def apply_event(
     effects = Effects()
     if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
         effects.extend(enter_first_stage(session, registry, contact, event, now=now))
+        # Before it the contact did not exist, so no condition held: one that holds for the
+        # new contact (created with the attributes of a segment) turns true here, once.
+        assert event.id is not None
+        if views is None:
+            views = AttributeViews(contact, [])
+        nothing = {key: False for key, _condition in registry.condition_items}
+        effects.extend(
+            _conditions_turned_true(
+                session, registry, contact, nothing, now=now, event_id=event.id, views=views
+            )
+        )
         return effects
     # Conditions as they stood before this event: its own row (and any later one) is
     # already stored, and an event-based condition must not count it yet; its attributes

@@ -93,6 +93,21 @@ def test_a_key_the_contact_did_not_have_joins_the_segment() -> None:
         sim.expect_email("a@x.com", "hi_pro")
 
 
+def test_a_new_contact_created_in_the_segment_joins_it_once() -> None:
+    """As in a CRM's workflows: a contact created with the segment's attributes enters it
+    (she was in no segment before she existed); one created outside does not."""
+    with simulation(pro_welcome()) as sim:
+        sim.track("new@x.com", "page.viewed", attributes={"plan": "pro"})
+        sim.track("free@x.com", "page.viewed", attributes={"plan": "free"})
+        sim.track("new@x.com", "plan.changed", attributes={"plan": "pro"})
+        sim.advance(hours=1)
+        sim.expect_email("new@x.com", "hi_pro")  # once, not again at her later event
+        sim.expect_email("free@x.com", "hi_pro", times=0)
+        sim.contact_import("imported@x.com", attributes={"plan": "pro"})
+        sim.advance(hours=1)
+        sim.expect_email("imported@x.com", "hi_pro", times=0)  # an import starts nothing
+
+
 def test_a_condition_goal_on_an_attribute_converts(tmp_path: Path) -> None:
     # Given a contact in a drip whose goal is the pro plan
     drip = Workflow(
