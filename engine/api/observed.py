@@ -6,11 +6,12 @@ both this, each doing its own thing with what it sees."""
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class ObservedRequests:
+class ObservedRequests(ABC):
     """Calls ``observe`` once per HTTP request, after it is answered (or failed: status
     500). A path no route matched is ``unmatched``."""
 
@@ -37,5 +38,6 @@ class ObservedRequests:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.observe(scope.get("method", ""), route, status, time.perf_counter() - started)
 
+    @abstractmethod
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        raise NotImplementedError  # each subclass says what it does with a request
+        """What to do with one answered request."""
