@@ -297,6 +297,10 @@ def advance(
     program = workflow.program
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.wake_at = None
+    if WAITING_UNTIL_DATE in enrollment.context:
+        enrollment.context = {
+            k: v for k, v in enrollment.context.items() if k != WAITING_UNTIL_DATE
+        }
     position: int | None = enrollment.position
     while position is not None and position < len(program):
         node = program[position]
@@ -306,6 +310,11 @@ def advance(
             position = node.next
             if wake is not None and wake > now:
                 _park(enrollment, position, wake, now)
+                if isinstance(step, WaitUntilDate):  # followed if the date changes
+                    enrollment.context = {
+                        **enrollment.context,
+                        WAITING_UNTIL_DATE: {"attribute": step.attribute, "step": node.id},
+                    }
                 return effects
             _trail(enrollment, node, now, "wait already over: went on")
             continue
@@ -397,6 +406,55 @@ def _jump(
     else:
         enrollment.position = target
     return advance(session, registry, contact, enrollment, now=now)
+
+
+WAITING_UNTIL_DATE = "waiting_until_date"
+"""In a waiting enrollment's context: the date attribute its wait is counted from, and the
+wait step (``follow_date_changes`` moves the wake-up when the date changes)."""
+
+
+def follow_date_changes(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    changed: Iterable[str],
+    *,
+    now: datetime,
+) -> None:
+    """The contact's attributes ``changed``: a wait counted from one of them
+    (``wait_until_date``) wakes at the time the new date gives, as a trial extended by two
+    weeks moves its "3 days before it ends" reminder; a date removed, or moved into the
+    past, wakes it now (as a wait that starts without a date goes straight on)."""
+    names = set(changed)
+    if not names:
+        return
+    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
+        waiting = enrollment.context.get(WAITING_UNTIL_DATE)
+        if enrollment.status != EnrollmentStatus.WAITING or not waiting:
+            continue
+        if waiting["attribute"] not in names:
+            continue
+        workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+        node = (
+            next((n for n in workflow.program if n.id == waiting["step"]), None)
+            if workflow
+            else None
+        )
+        if node is None or not isinstance(node.step, WaitUntilDate):
+            continue
+        wake = _wake_time(node.step, contact, now)
+        moved_to = wake if wake is not None and wake > now else now
+        if moved_to == enrollment.wake_at:
+            continue
+        _trail(
+            enrollment,
+            node,
+            now,
+            f"{waiting['attribute']} changed: wakes at {moved_to.isoformat()}",
+        )
+        enrollment.wake_at = moved_to
+        enrollment.updated_at = now
+        keep(session, enrollment)
 
 
 def _park(enrollment: Enrollment, position: int | None, wake_at: datetime, now: datetime) -> None:

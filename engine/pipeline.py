@@ -18,12 +18,13 @@ from typing import Any, NamedTuple
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments
-from engine.attribute_changes import AttributeViews
+from engine.attribute_changes import AttributeViews, changed_keys
 from engine.conditions import EvalContext, matches
 from engine.db import keep, skip_commit_flush
 from engine.executor import (
     Effects,
     end_enrollment,
+    follow_date_changes,
     live_enrollments,
     resume_on_event,
     start_enrollment,
@@ -257,6 +258,8 @@ def apply_event(
             session, registry, contact, before, now=now, event_id=event.id, views=views
         )
     )
+    # A wait counted from a date this event changed (a trial extended) follows the new date.
+    follow_date_changes(session, registry, contact, changed_keys(event.attributes_before), now=now)
     if reacted or registry.knows_event(event.type):
         # A known type that changed nothing this time (an NPS 7 that no rule scores) is
         # processed all the same; "unmapped" is for types nothing in the registry names.
