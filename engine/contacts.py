@@ -274,6 +274,7 @@ SUBSCRIPTION_EVENTS: Mapping[str, SubscriptionStatus] = MappingProxyType(
         "email.group_unsubscribed": SubscriptionStatus.UNSUBSCRIBED,
         "email.group_resubscribed": SubscriptionStatus.SUBSCRIBED,
         "email.resubscribed": SubscriptionStatus.SUBSCRIBED,
+        "email.spam_reported": SubscriptionStatus.UNSUBSCRIBED,  # a complaint: no more mail
     }
 )
 """Event types that set a contact's consent, from whichever source records them."""

@@ -73,8 +73,6 @@ def apply_feedback(
     if reason is not None:
         suppress(session, contact.email, reason, source=event.source, now=now)
     status = SUBSCRIPTION_EVENTS.get(event.type)
-    if event.type == "email.spam_reported":
-        status = SUBSCRIPTION_EVENTS["email.unsubscribed"]
     if status is None:
         return
     assert contact.id is not None

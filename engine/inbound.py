@@ -32,7 +32,8 @@ from engine.db import transaction
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
-from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
+from engine.feedback import suppress, suppression_reason
+from engine.models import Action, ActionStatus, Contact, SubscriptionStatus
 from engine.recording import record_event
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,6 @@ SENDGRID_EVENTS = {
     "group_unsubscribe": "email.group_unsubscribed",
     "group_resubscribe": "email.group_resubscribed",
 }
-_SUBSCRIPTION = {"spamreport": SubscriptionStatus.UNSUBSCRIBED}
-"""Consent SendGrid events set beyond the ``email.*`` ones every source shares
-(``engine.contacts.SUBSCRIPTION_EVENTS``): a spam report unsubscribes too."""
 _DELIVERED = {
     "processed",
     "delivered",
@@ -130,8 +128,12 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
         if recorded.duplicate:
             result.duplicates += 1
             return
-        _suppress(session, contact, kind, raw, now=now)
-        status = _SUBSCRIPTION.get(kind) or SUBSCRIPTION_EVENTS.get(SENDGRID_EVENTS[kind])
+        # The same rules as for these events from any other source (engine/feedback.py),
+        # applied here, as recorded: a hard bounce, a drop or a spam report suppresses.
+        suppressed_for = suppression_reason(SENDGRID_EVENTS[kind], properties)
+        if suppressed_for is not None:
+            suppress(session, contact.email, suppressed_for, source="sendgrid", now=now)
+        status = SUBSCRIPTION_EVENTS.get(SENDGRID_EVENTS[kind])
         if status is not None:
             set_subscription(session, runtime.registry, contact, status, now=now)
         elif contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
@@ -158,22 +160,6 @@ def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:
     if "jl_action_id" in raw:
         properties["action_id"] = str(raw["jl_action_id"])
     return properties
-
-
-def _suppress(
-    session: Session, contact: Contact, kind: str, raw: Mapping[str, Any], *, now: datetime
-) -> None:
-    suppress = {
-        "bounce": "bounce" if raw.get("type", "bounce") == "bounce" else None,
-        "dropped": f"dropped: {raw.get('reason', 'no reason given')}",
-        "spamreport": "spam report",
-    }.get(kind)
-    if suppress:
-        exists = session.exec(select(Suppression).where(Suppression.email == contact.email))
-        if exists.first() is None:
-            session.add(
-                Suppression(email=contact.email, reason=suppress, source="sendgrid", created_at=now)
-            )
 
 
 def _reconcile(

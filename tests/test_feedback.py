@@ -101,3 +101,18 @@ def test_a_spam_report_from_anywhere_suppresses_and_unsubscribes(tmp_path: Path)
         rt.run_until_idle()
         assert suppressed(rt) == {"ana@example.com": "spam report"}
         assert status(rt) == SubscriptionStatus.UNSUBSCRIBED
+
+
+def test_a_sendgrid_drop_with_a_long_reason_suppresses_on_postgresql(pg_db_url: str) -> None:
+    """SendGrid's webhook and every other source share one suppression rule: the reason is
+    cut to the column's 64 characters (a long drop reason was a 500 on PostgreSQL)."""
+    from tests.test_api_webhooks import body_of, serve_hooks, sg_event
+
+    for hooks in serve_hooks(pg_db_url):
+        hooks.runtime.upsert_contact("ana@example.com")
+        reason = "Bounced Address: " + "x" * 200
+        dropped = sg_event("dropped", "ana@example.com", 1, reason=reason)
+        response = hooks.sendgrid(body_of([dropped]))
+        assert response.status_code == 200, response.text
+        found = suppressed(hooks.runtime)["ana@example.com"]
+        assert found.startswith("dropped: Bounced Address: xxx") and len(found) == 64
