@@ -9,6 +9,7 @@ from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
 
 from engine.errors import ConfigurationError
+from engine.urls import redact_url
 
 
 def broker_errors() -> tuple[type[BaseException], ...]:
@@ -44,9 +45,6 @@ def build_broker(url: str) -> Broker:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         return RabbitmqBroker(url=url)
-    # Imported here: the CLI imports this module, and only a bad URL needs the redaction.
-    from engine.cli import redact_url
-
     # Named only if it looks like one: a URL missing its "://" is all "scheme" to split().
     problem = f"unknown scheme {scheme!r}" if _SCHEME.fullmatch(scheme) else "no scheme"
     raise ConfigurationError(

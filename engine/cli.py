@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
 import typer
@@ -41,6 +40,7 @@ from engine.broker import broker_errors, describe_broker_error
 from engine.errors import ConfigurationError, ValidationError, WorkflowDefinitionError
 from engine.models import Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings, describe_settings_error
+from engine.urls import UNPARSABLE, redact_url
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -127,32 +127,6 @@ def settings_for(
     return load_settings(Settings, **overrides)
 
 
-_UNPARSABLE = "<a URL that cannot be parsed: not shown>"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: fit for a terminal or a log.
-    Parsed as SQLAlchemy parses it (a password may hold an unescaped ``/``, ``?`` or ``@``,
-    which ``urlsplit`` would misread); a URL neither can parse is not shown at all."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        parsed = None
-    if parsed is not None:
-        if parsed.host and "@" in parsed.host:  # an unescaped @ in the password
-            return _UNPARSABLE
-        return parsed.render_as_string(hide_password=True)
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return _UNPARSABLE
-    if password is None:
-        return url if "@" not in url else _UNPARSABLE
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 def describe_database(url: str) -> str:
     """Where a database URL points, without its password: ``host:port/name`` or a file."""
     try:
@@ -160,7 +134,7 @@ def describe_database(url: str) -> str:
     except ArgumentError:
         return redact_url(url)
     if parsed.host and "@" in parsed.host:
-        return _UNPARSABLE
+        return UNPARSABLE
     if parsed.get_backend_name() == "sqlite":
         return f"SQLite file {parsed.database}" if parsed.database else "SQLite in memory"
     port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(parsed.get_backend_name())
