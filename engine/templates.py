@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import (
+    ChainableUndefined,
     Environment,
     FileSystemLoader,
     Template,
@@ -190,10 +191,12 @@ def _rendering(directory: Path, name: str, *, contact: Any, data: Any) -> Iterat
         _CURRENT.reset(token)
 
 
-class _MissingVariable(Undefined):
-    """Jinja's default undefined (prints as empty, fails on ``.attribute``), which logs a
-    warning the first time a template prints a given missing variable. Testing it
-    (``{% if %}``, ``is defined``) or giving a ``default`` logs nothing."""
+class _MissingVariable(ChainableUndefined):
+    """A missing variable prints as empty, and so does anything read off it
+    (``{{ contact.plan.name }}`` for a contact without a plan: Jinja's default undefined
+    would fail the whole email there). The first time a template prints a given missing
+    variable it logs a warning, naming the first missing part (``contact.plan``). Testing
+    it (``{% if %}``, ``is defined``) or giving a ``default`` logs nothing."""
 
     __slots__ = ()
 

@@ -92,3 +92,25 @@ def test_a_name_no_template_is_given_is_a_problem_at_load(tmp_path: Path) -> Non
     (problem,) = info.value.problems
     assert "template 'bare' uses {{ first_name }}, which no email is given" in problem
     assert "contact.first_name" in problem
+
+
+def test_a_field_of_a_missing_variable_renders_empty_and_names_what_is_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a template reading a field of an attribute the contact does not have
+    nested = (
+        "{% block subject %}Your {{ contact.plan.name }} plan{% endblock %}"
+        "{% block text %}Seats: {{ contact.plan.seats }}; {{ data.offer['code'] }}{% endblock %}"
+    )
+    renderer = _renderer(tmp_path, nested=nested)
+    with caplog.at_level(logging.WARNING, logger="engine.templates"):
+        rendered = renderer.render("nested", contact={"email": "a@example.com"}, data={})
+    # Then the email still renders, the gaps empty (it used to fail the whole email)
+    assert rendered.subject == "Your plan"  # a subject's runs of spaces are folded
+    assert rendered.text == "Seats: ;"  # trailing space trimmed
+    # And the warning names the first part that is missing
+    found = _warnings(caplog)
+    assert [f.split(" as empty")[0] for f in found] == [
+        "template 'nested' printed contact.plan",
+        "template 'nested' printed data.offer",
+    ]

@@ -19,7 +19,8 @@ HELLO = (
 @pytest.fixture
 def renderer(tmp_path: Path) -> TemplateRenderer:
     (tmp_path / "hello.j2").write_text(HELLO)
-    (tmp_path / "broken.j2").write_text("{% block subject %}{{ contact.x.y.z }}{% endblock %}")
+    # Arithmetic on a missing value fails (printing one, or a field of one, prints nothing).
+    (tmp_path / "broken.j2").write_text("{% block subject %}{{ contact.x.y + 1 }}{% endblock %}")
     return TemplateRenderer(tmp_path)
 
 
