@@ -42,7 +42,7 @@ STAGES = [
     "advocacy",
     "churned",
 ]
-TRANSITIONS = [
+TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "qualify", "source": "awareness", "dest": "consideration"},
     {"trigger": "evaluate", "source": ["awareness", "consideration"], "dest": "decision"},
     {

@@ -89,7 +89,7 @@ def seed(db_url: str, count: int) -> float:
     start = time.perf_counter()
     now = datetime.now(UTC)
     db = make_engine(db_url)
-    contacts: Any = Contact.__table__
+    contacts: Any = Contact.__table__  # type: ignore[attr-defined]
     try:
         for lo in range(0, count, SEED_BATCH):
             rows = [

@@ -137,7 +137,7 @@ class Run:
         db = make_engine(self.db_url)
         try:
             with db.connect() as conn:
-                found = {
+                found: dict[str, dict[str, int]] = {
                     table: dict(
                         conn.execute(
                             text(f"SELECT status, count(*) FROM {table} GROUP BY status")
@@ -181,7 +181,7 @@ def seed_contacts(db_url: str, count: int) -> None:
     now = datetime.now(UTC)
     zone = midday_zone(now)  # quiet hours must not hold the emails of a night-time run
     db = make_engine(db_url)
-    table: Any = Contact.__table__
+    table: Any = Contact.__table__  # type: ignore[attr-defined]
     try:
         for lo in range(0, count, SEED_BATCH):
             rows = [
@@ -359,7 +359,9 @@ def hand_written(
                     "SELECT email, 'awareness' FROM contacts"
                 )
             )
-            ids = dict(conn.execute(text("SELECT email, id FROM bench_contacts")).all())
+            ids: dict[str, int] = dict(
+                conn.execute(text("SELECT email, id FROM bench_contacts")).all()
+            )
     finally:
         db.dispose()
     broker.declare_queue(baselines.HAND_QUEUE)

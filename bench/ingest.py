@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlmodel import col
 
 from bench import loadgen
 from bench.common import Result, add_smoke_flag, print_results, write_json
@@ -106,7 +107,7 @@ def measure_journeyline(args: Any, events: int, warmup: int, tmp: Path) -> dict[
         try:
             with db.connect() as conn:
                 stored = conn.execute(
-                    select(func.count()).select_from(Event).where(Event.source == "api")
+                    select(func.count()).select_from(Event).where(col(Event.source) == "api")
                 ).scalar_one()
         finally:
             db.dispose()

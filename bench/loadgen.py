@@ -61,6 +61,7 @@ async def _post(
     client: httpx.AsyncClient, spec: dict[str, Any], first: int, n: int, log: list[list[Any]]
 ) -> None:
     sent = time.time()
+    status: int | str
     try:
         response = await client.post(spec["path"], json=_events(spec, first, n))
         status = response.status_code

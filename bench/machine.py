@@ -41,6 +41,7 @@ class _Contact:
 
 def _condition(guard: Guard) -> Any:
     def check(event: EventData) -> bool:
+        assert isinstance(event.model, _Contact)  # the one model attached to the machine
         return guard(event.model)
 
     return check

@@ -67,8 +67,8 @@ def seed(db_url: str, count: int) -> list[int]:
     now = datetime.now(UTC)
     zone = midday_zone(now)  # quiet hours must not hold the emails of a night-time run
     db = make_engine(db_url)
-    contacts: Any = Contact.__table__
-    events: Any = Event.__table__
+    contacts: Any = Contact.__table__  # type: ignore[attr-defined]
+    events: Any = Event.__table__  # type: ignore[attr-defined]
     ids: list[int] = []
     try:
         for lo in range(0, count, SEED_BATCH):
@@ -165,8 +165,8 @@ def measure(args: Any, count: int, fake: FakeSendGridProcess, tmp: Path) -> dict
         seconds = time.perf_counter() - start
         for n, p in enumerate(procs):
             if p.returncode != 0:
-                log = (tmp / f"worker-{count}-{n}.log").read_text()[-3000:]
-                raise RuntimeError(f"worker {n} exited with {p.returncode}:\n{log}")
+                tail = (tmp / f"worker-{count}-{n}.log").read_text()[-3000:]
+                raise RuntimeError(f"worker {n} exited with {p.returncode}:\n{tail}")
         sent = fake.count() - before
         if sent != count:
             raise RuntimeError(f"{sent} emails sent for {count} contacts")

@@ -191,9 +191,9 @@ def run_baseline(url: str, contacts: int) -> Measured:
 def _baseline_event(
     db: Engine, email: RecordingEmailConnector, address: str, event_type: str, seq: int
 ) -> None:
-    contacts: Any = Contact.__table__
-    events: Any = Event.__table__
-    actions: Any = Action.__table__
+    contacts: Any = Contact.__table__  # type: ignore[attr-defined]
+    events: Any = Event.__table__  # type: ignore[attr-defined]
+    actions: Any = Action.__table__  # type: ignore[attr-defined]
     now = START
     action_id = None
     with db.begin() as conn:

@@ -65,12 +65,12 @@ def fill(db: Engine, *, waiting: int, due: int) -> float:
     start = time.perf_counter()
     with db.begin() as conn:
         contact_id = conn.execute(
-            insert(Contact.__table__)  # type: ignore[arg-type]
+            insert(Contact.__table__)  # type: ignore[attr-defined]
             .values(**contact_row("bench@example.com", now=NOW))
             .returning(Contact.__table__.c.id)  # type: ignore[attr-defined]
         ).scalar_one()
     past, future = NOW - timedelta(minutes=5), NOW + timedelta(days=3)
-    table: Any = Enrollment.__table__
+    table: Any = Enrollment.__table__  # type: ignore[attr-defined]
     for lo in range(0, waiting, BATCH):
         batch = [
             {

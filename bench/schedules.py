@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col
 
 from bench.common import Result, add_smoke_flag, print_results, write_json
 from bench.scheduler import throwaway_database
@@ -108,7 +108,7 @@ def timed_passes(db: Engine, reg: Registry, *, now: datetime, repeat: int) -> tu
 def per_contact_loop(db: Engine, *, now: datetime) -> float:
     started = time.perf_counter()
     with Session(db) as session:
-        for (tz_name,) in session.execute(select(Contact.timezone)):
+        for (tz_name,) in session.execute(select(col(Contact.timezone))):
             latest_slot(CRON, tz_name, now)
     return time.perf_counter() - started
 
@@ -116,7 +116,7 @@ def per_contact_loop(db: Engine, *, now: datetime) -> float:
 def fire_zone(db: Engine, reg: Registry, *, now: datetime, zone: str) -> tuple[int, float]:
     with Session(db) as session:
         (slot_id,) = session.execute(
-            select(ScheduleSlot.id).where(ScheduleSlot.timezone == zone)
+            select(col(ScheduleSlot.id)).where(col(ScheduleSlot.timezone) == zone)
         ).scalars()
     offered, started, more = 0, time.perf_counter(), True
     while more:
@@ -131,7 +131,10 @@ def one_by_one(db: Engine, reg: Registry, *, now: datetime, zone: str, limit: in
     with Session(db) as session:
         ids = list(
             session.execute(
-                select(Contact.id).where(Contact.timezone == zone).order_by(Contact.id).limit(limit)
+                select(col(Contact.id))
+                .where(col(Contact.timezone) == zone)
+                .order_by(col(Contact.id))
+                .limit(limit)
             ).scalars()
         )
     started = time.perf_counter()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -338,8 +338,12 @@ def _serve_fake() -> None:
     fake = TimedFakeSendGrid().start()
     print(fake.url, flush=True)
     stopped = threading.Event()
-    # The parent closes our stdin (or terminates us) to stop.
-    threading.Thread(target=lambda: (sys.stdin.read(), stopped.set()), daemon=True).start()
+
+    def stop_at_eof() -> None:  # the parent closes our stdin (or terminates us) to stop
+        sys.stdin.read()
+        stopped.set()
+
+    threading.Thread(target=stop_at_eof, daemon=True).start()
     try:
         stopped.wait()
     finally:
@@ -381,7 +385,7 @@ def contact_row(
 
 
 def spawn_workers(
-    module: str, env: Mapping[str, str], logs: list[IO[str]]
+    module: str, env: Mapping[str, str], logs: Sequence[IO[str]]
 ) -> list[subprocess.Popen[str]]:
     """One ``python -m <module> --worker`` process per log file, reporting on stdout."""
     return [

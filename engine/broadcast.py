@@ -412,6 +412,7 @@ def _enroll_fast(
     step = first.step
     assert isinstance(step, SendEmail)
     context: dict[str, Any] = {"trigger": why, "trail": []}
+    wake_at: datetime | None
     status, position, wake_at, ended_at = EnrollmentStatus.WAITING, first.next, now, None
     if first.next is None:
         status, position, wake_at, ended_at = EnrollmentStatus.COMPLETED, len(program), None, now
@@ -422,7 +423,7 @@ def _enroll_fast(
         wake_at = now + after_wait.step.duration  # type: ignore[union-attr]
     # else: due now at the next step; the scheduler runs it per contact, as after any wait.
     payload = step.payload()
-    reason = {
+    reason: dict[str, Any] = {
         "workflow": workflow.name,
         "version": workflow.version,
         "step": first.id,
@@ -449,7 +450,7 @@ def _enroll_fast(
                     "updated_at",
                     "ended_at",
                 ],
-                select(
+                select(  # type: ignore[call-overload]
                     col(Contact.id),
                     literal(workflow.name),
                     literal(workflow.version),
@@ -496,7 +497,7 @@ def _enroll_fast(
                     "created_at",
                     "updated_at",
                 ],
-                select(
+                select(  # type: ignore[call-overload]
                     col(Enrollment.contact_id),
                     col(Enrollment.id),
                     literal("email"),

@@ -10,7 +10,8 @@ with this workflow's emails (``opened("welcome")``, ``clicked()``). ``all_of``, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,52 @@ class EvalContext:
     def contact_attributes(self) -> Mapping[str, Any]:
         """What a condition on the contact's attributes (and tags) reads."""
         return self.contact.attributes if self.attributes is None else self.attributes
+
+
+_AS_OF = "journeyline.conditions_as_of"
+"""The key of ``session.info`` holding the event being applied and the contact's
+attributes with it (``conditions_as_of``)."""
+
+
+@contextmanager
+def conditions_as_of(
+    session: Session, event_id: int, attributes: Callable[[], Mapping[str, Any]] | None = None
+) -> Iterator[None]:
+    """While an event is applied, the conditions a workflow evaluates on its own (entry
+    rules, branches) read the contact as she stood with that event: its events up to it,
+    and the attributes ``attributes()`` gives (as they stood after it, asked when a
+    condition reads them, so a ``set_attribute`` step of the same pass shows). A job
+    stores all of a contact's pending events before it applies the first, so without this
+    a later event of the same job (an order the entry rule asks about, a plan it set) would
+    count already, and what a workflow did would depend on how its events were batched."""
+    previous = session.info.get(_AS_OF)
+    session.info[_AS_OF] = (event_id, attributes)
+    try:
+        yield
+    finally:
+        if previous is None:
+            session.info.pop(_AS_OF, None)
+        else:
+            session.info[_AS_OF] = previous
+
+
+def context_for(
+    session: Session, contact: Contact, now: datetime, enrollment: Enrollment | None = None
+) -> EvalContext:
+    """An ``EvalContext`` for a workflow's own condition: as of the event being applied, if
+    any (``conditions_as_of``), else as everything stands now (a wake-up, a broadcast)."""
+    point = session.info.get(_AS_OF)
+    if point is None:
+        return EvalContext(session, contact, now, enrollment=enrollment)
+    event_id, attributes = point
+    return EvalContext(
+        session,
+        contact,
+        now,
+        enrollment=enrollment,
+        upto_event=event_id,
+        attributes=None if attributes is None else attributes(),
+    )
 
 
 class Condition(ABC):

@@ -6,6 +6,7 @@ stays 9:00 across a daylight-saving change.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -63,15 +64,37 @@ def in_window(
     return t >= begin or t < finish
 
 
+UNIX_MILLISECONDS_FROM = 100_000_000_000
+"""A Unix time this large or larger is in milliseconds (as HubSpot and JavaScript write
+them): in seconds it would be after the year 5000."""
+
+DATE_FORMS = (
+    "an ISO 8601 date or time (2026-01-20, 2026-01-20T15:00:00+01:00) or a Unix time "
+    "in seconds or milliseconds"
+)
+
+
 def parse_instant(value: object, tz_name: str) -> datetime | None:
-    """An attribute holding a date or datetime (ISO text), as aware UTC; None if not one."""
+    """An attribute holding a date or a time, as aware UTC; None if it holds none (missing,
+    empty, or not a date: ``date_problem`` tells which). ISO 8601 text without an offset
+    (``2026-01-20``, ``2026-01-20T15:00``) is in the contact's zone ``tz_name``; a Unix
+    time (a number, or digits in a string) is in seconds, or milliseconds from
+    ``UNIX_MILLISECONDS_FROM``."""
+    parsed: datetime
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, date):
         parsed = datetime.combine(value, time(0))
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int | float):
+        return _from_unix(value)
     elif isinstance(value, str):
+        text = value.strip()
+        if _UNIX.fullmatch(text):
+            return _from_unix(float(text))
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(text)
         except ValueError:
             return None
     else:
@@ -79,3 +102,28 @@ def parse_instant(value: object, tz_name: str) -> datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone(tz_name))
     return parsed.astimezone(UTC)
+
+
+_UNIX = re.compile(r"-?\d+(\.\d+)?")
+
+
+def _from_unix(seconds: float) -> datetime | None:
+    if seconds != seconds or abs(seconds) == float("inf"):  # NaN, infinity
+        return None
+    if abs(seconds) >= UNIX_MILLISECONDS_FROM:
+        seconds /= 1000
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def date_problem(value: object) -> str | None:
+    """Why ``value``, given for an attribute a workflow waits on, is not a date; None when it
+    is one, or holds nothing (null, empty text: no date, which a wait goes straight past)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if parse_instant(value, "UTC") is not None:
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f"{shown} is not a date: give {DATE_FORMS}"

@@ -53,6 +53,7 @@ class Move:
 
 def _condition(guard: Guard) -> Any:
     def check(event: EventData) -> bool:
+        assert isinstance(event.model, _Subject)  # the one model attached to the machine
         return guard(event.model)
 
     check.__name__ = guard.name

@@ -250,7 +250,9 @@ class Action(ColumnsSetFast, SQLModel, table=True):
 # Set only by the executor, on an action written in the same flush as its new enrollment:
 # the unit of work then inserts the enrollment first and fills in ``enrollment_id`` (see
 # ``executor.action_key``). Never loaded: reading it raises.
-Action.__mapper__.add_property("enrollment", relationship(Enrollment, lazy="raise"))
+Action.__mapper__.add_property(  # type: ignore[attr-defined]
+    "enrollment", relationship(Enrollment, lazy="raise")
+)
 
 
 # --- workflow versions ------------------------------------------------------------------
@@ -349,7 +351,7 @@ for _model in (
     PeriodicTick,
     Suppression,
 ):
-    _COLUMNS[_model] = frozenset(_model.__table__.columns.keys())  # type: ignore[attr-defined]
+    _COLUMNS[_model] = frozenset(_model.__table__.columns.keys())  # type: ignore[union-attr]
 
 # The API keys' table lives beside the code that checks keys; importing it here puts it on
 # ``metadata`` for everyone who reads the schema from this module (migrations, create_all).

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import configure_mappers
@@ -44,7 +45,7 @@ class _Recipe:
             if field.default_factory is None and isinstance(field.default, _IMMUTABLE):
                 self.fixed[name] = field.default
             else:  # a factory, or a mutable default pydantic would copy for each instance
-                self.made[name] = lambda field=field: field.get_default(call_default_factory=True)
+                self.made[name] = partial(field.get_default, call_default_factory=True)
         self.manager: Any = cls._sa_class_manager  # type: ignore[attr-defined]
         # The constructor configures the mappers on first use; building rows without it
         # must too, or setting an attribute on the first row fails.

@@ -23,6 +23,7 @@ from connectors.webhooks.outgoing import WebhookSender
 from engine.errors import PermanentConnectorError, TransientConnectorError
 from engine.models import Action, Contact
 from engine.registry import Registry
+from engine.templates import render_text
 from engine.unsubscribe import UnsubscribeLinks
 
 
@@ -178,6 +179,20 @@ class WebhookPerformer:
         return lambda: self.sender.post(url, body, idempotency_key=action.idempotency_key)
 
 
+def rendered_texts(action: Action, contact: Contact) -> dict[str, str]:
+    """A CRM task's subject and body, or a note's body, rendered for ``contact``: they may
+    print its fields (``Call {{ contact.first_name }}``) as email templates do. Rendered when
+    the action is performed, so they read the contact as it is then."""
+    if action.kind not in ("crm.task", "crm.note"):
+        return {}
+    view = contact_view(contact)
+    return {
+        name: render_text(str(action.payload[name]), contact=view, data={})
+        for name in ("subject", "body")
+        if action.payload.get(name) is not None
+    }
+
+
 class CRMOutboxPerformer:
     """The embedded default for CRM steps: each update or task becomes a JSON file in
     ``<directory>``, named by its idempotency key and created atomically (so it dedupes)."""
@@ -193,7 +208,7 @@ class CRMOutboxPerformer:
             "kind": action.kind,
             "email": contact.email,
             "external_ids": contact.external_ids,
-            "payload": action.payload,
+            "payload": {**action.payload, **rendered_texts(action, contact)},
             "workflow": action.reason.get("workflow"),
             "step": action.reason.get("step"),
             "at": now.isoformat(),
@@ -266,11 +281,12 @@ class CRMPerformer:
                 return record.id
 
             return update
+        texts = rendered_texts(action, contact)
         if self.kind == "crm.note":
-            return lambda: self.connector.create_note(email, str(payload["body"]))
+            return lambda: self.connector.create_note(email, texts["body"])
         due = datetime.fromisoformat(payload["due_at"]) if payload.get("due_at") else None
         return lambda: self.connector.create_task(
-            email, str(payload["subject"]), str(payload.get("body", "")), due=due
+            email, texts["subject"], texts.get("body", ""), due=due
         )
 
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.attribute_changes import AttributeViews, changed_keys
-from engine.conditions import EvalContext, matches
+from engine.conditions import EvalContext, conditions_as_of, matches
 from engine.db import keep, skip_commit_flush
 from engine.executor import (
     Effects,
@@ -164,14 +164,32 @@ def apply_event(
     (``views``, made for the contact's pending events; by default from this event alone):
     they were merged into the contact when it was recorded.
     """
+    assert event.id is not None  # a stored event
+    if views is None:
+        views = AttributeViews(contact, [(event.id, event.attributes_before or {})])
+    seen = views
+    event_id = event.id
+    # Entry rules, branches and stage guards read the contact as of this event, not with
+    # the later events of the job already stored (engine.conditions.conditions_as_of).
+    with conditions_as_of(session, event_id, lambda: seen.after(event_id)):
+        return _apply_event(session, registry, contact, event, now=now, views=views)
+
+
+def _apply_event(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    event: Event,
+    *,
+    now: datetime,
+    views: AttributeViews,
+) -> Effects:
     effects = Effects()
     if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
         effects.extend(enter_first_stage(session, registry, contact, event, now=now))
         # Before it the contact did not exist, so no condition held: one that holds for the
         # new contact (created with the attributes of a segment) turns true here, once.
         assert event.id is not None
-        if views is None:
-            views = AttributeViews(contact, [])
         nothing = {key: False for key, _condition in registry.condition_items}
         effects.extend(
             _conditions_turned_true(
@@ -183,8 +201,6 @@ def apply_event(
     # already stored, and an event-based condition must not count it yet; its attributes
     # (and any later event's) are merged, and one on attributes must not see them yet.
     assert event.id is not None  # a stored event
-    if views is None:
-        views = AttributeViews(contact, [(event.id, event.attributes_before or {})])
     before = _conditions_now(
         session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
     )
@@ -213,7 +229,7 @@ def apply_event(
                 stage=contact.stage,
                 trigger=trigger,
                 score=contact.score,
-                attributes=contact.attributes,
+                attributes=views.after(event.id),
             )
             if move.moved:
                 effects.extend(
@@ -238,9 +254,9 @@ def apply_event(
         reacted |= outcome
     _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
     for workflow in registry.triggered_by_event(event.type):
-        trigger = workflow.trigger
-        assert isinstance(trigger, EventReceived)
-        if matches(event.properties, trigger.where):
+        received = workflow.trigger
+        assert isinstance(received, EventReceived)
+        if matches(event.properties, received.where):
             reacted = True
             effects.extend(
                 start_enrollment(

@@ -150,7 +150,7 @@ class PendingEvent:
 
 _PENDING_COLUMNS = tuple(col(getattr(Event, name)) for name in PendingEvent.__dataclass_fields__)
 _EVENT_DONE = (
-    update(Event.__table__)  # type: ignore[arg-type]
+    update(Event.__table__)  # type: ignore[attr-defined]
     .where(Event.__table__.c.id == bindparam("done_id"))  # type: ignore[attr-defined]
     .values(status=bindparam("done_status"), processed_at=bindparam("done_at"))
 )
@@ -238,7 +238,7 @@ def _wake_together(
         ).all()
     }
     known_enrollments.keep_enrollments(session)
-    known_events.batch(session, contacts)
+    known_events.batch(session, [i for i in contacts if i is not None])
     enrollments = session.exec(
         select(Enrollment)
         .where(one_of(session, col(Enrollment.id), ids))

@@ -87,7 +87,7 @@ def record_event(
         timezone=timezone,
         attributes=attributes,
     )
-    events: Any = Event.__table__
+    events: Any = Event.__table__  # type: ignore[attr-defined]
     row = {
         "contact_id": contact_id,
         "properties": {},

@@ -32,6 +32,7 @@ from engine.errors import WorkflowDefinitionError, WorkflowImportError
 from engine.machine import StageMachine
 from engine.rules import EventRule, RuleSet
 from engine.stages import Journey, lifecycle_journey
+from engine.steps import WaitUntilDate
 from engine.templates import TemplateRenderer
 from engine.workflow import (
     ConditionMet,
@@ -64,6 +65,17 @@ class Registry:
     templates: TemplateRenderer
     guardrails: Guardrails = field(default_factory=Guardrails)
     events: frozenset[str] = frozenset()
+
+    @cached_property
+    def date_attributes(self) -> frozenset[str]:
+        """The attributes a ``wait_until_date`` step counts from: a value given for one of
+        them must be a date (``engine.date_attributes``)."""
+        return frozenset(
+            node.step.attribute
+            for workflow in self.workflows.values()
+            for node in workflow.program
+            if isinstance(node.step, WaitUntilDate)
+        )
 
     @cached_property
     def condition_items(self) -> tuple[tuple[tuple[str, str, int], Condition], ...]:

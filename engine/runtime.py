@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec
 
 import dramatiq
 from dramatiq import Broker, Worker
@@ -56,6 +56,7 @@ from engine.contacts import (
     validate_timezone,
 )
 from engine.crm_batch import batching_performer, crm_batches, perform_crm_batch
+from engine.date_attributes import refuse_bad_dates
 from engine.db import make_engine, transaction
 from engine.durations import describe_duration
 from engine.errors import ConfigurationError, ValidationError
@@ -79,6 +80,7 @@ from engine.settings import Settings
 from engine.unsubscribe import unsubscribe_links
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
 
 QUEUE = "journeyline"
 TRANSACTIONAL_QUEUE = "journeyline_transactional"
@@ -119,7 +121,8 @@ class Jobs:
     perform_transactional_batch: dramatiq.Actor[[list[int]], None]
     perform_crm_batch: dramatiq.Actor[[list[int]], None]
     fire_schedule: dramatiq.Actor[[int], None]
-    scheduler_tick: dramatiq.Actor[[str], None]
+    # ``(token: str = START)``: a parameter list with a default has no spelling here.
+    scheduler_tick: dramatiq.Actor[..., None]
 
 
 class Runtime:
@@ -185,7 +188,9 @@ class Runtime:
         attributes: Mapping[str, Any] | None = None,
         timezone: str | None = None,
     ) -> recording.Recorded:
-        """Record one event (idempotently) and enqueue its processing after commit."""
+        """Record one event (idempotently) and enqueue its processing after commit. An
+        attribute a ``wait_until_date`` step counts from must be given a date."""
+        refuse_bad_dates(self.registry, attributes)
         with transaction(self.db) as session:
             recorded = recording.record_event(
                 session,
@@ -227,6 +232,7 @@ class Runtime:
         if timezone is not None:
             validate_timezone(timezone)
         attributes = validate_properties(attributes, field="attributes")
+        refuse_bad_dates(self.registry, attributes)
         now = self.clock.now()
         with transaction(self.db) as session:
             contact, created, attributes_before = find_or_create_contact(
@@ -249,6 +255,7 @@ class Runtime:
                 )
             if created:
                 session.flush()
+                assert contact.id is not None  # given by the flush
                 session.add(
                     StageTransition(
                         contact_id=contact.id,
@@ -768,7 +775,9 @@ class Runtime:
             "time_limit": 600_000,
         }
 
-        def declare(fn: Any, name: str, queue: str = QUEUE) -> dramatiq.Actor[[int], None]:
+        def declare(
+            fn: Callable[_P, None], name: str, queue: str = QUEUE
+        ) -> dramatiq.Actor[_P, None]:
             fn.__module__ = __name__
             return dramatiq.Actor(
                 fn,
@@ -810,7 +819,7 @@ class Runtime:
             scheduler_tick=self._declare_scheduler_tick(scheduler_tick),
         )
 
-    def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[[str], None]:
+    def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[..., None]:
         fn.__module__ = __name__
         return dramatiq.Actor(
             fn,

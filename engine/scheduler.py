@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import BindParameter, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -99,7 +99,8 @@ _A = Action.__table__  # type: ignore[attr-defined]
 def _statements(dialect: str, batch_size: int) -> _Statements:
     """A pass's statements on table columns, built once per dialect and batch size (a pass
     runs often; building and caching the statements each time was most of an idle one)."""
-    now, until = bindparam("now"), bindparam("until")
+    now: BindParameter[datetime] = bindparam("now")
+    until: BindParameter[datetime] = bindparam("until")
     return _Statements(
         lapsed_claims=_C.delete().where(_C.c.until <= now),
         claim_enrollments=_claim_enrollments(dialect, batch_size, now),
@@ -150,7 +151,7 @@ def _claim_enrollments(dialect: str, batch_size: int, now: Any) -> Any:
         .order_by(_E.c.wake_at, _E.c.id)
         .limit(batch_size)
     )
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(_C).from_select(["enrollment_id", "wake_at", "until"], due)
     return statement.on_conflict_do_update(
         index_elements=[_C.c.enrollment_id],

@@ -31,7 +31,7 @@ from functools import cache
 from typing import Any
 
 from cronsim import CronSim, CronSimError
-from sqlalchemy import bindparam, or_, text, update
+from sqlalchemy import BindParameter, bindparam, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -246,7 +246,7 @@ _SLOTS = ScheduleSlot.__table__  # type: ignore[attr-defined]
 def _claim_statements(dialect: str, batch_size: int) -> tuple[Any, Any]:
     """The due slots' read and their claim, built once per dialect and batch size (every
     scheduler pass runs them)."""
-    now = bindparam("now")
+    now: BindParameter[datetime] = bindparam("now")
     return (
         select(_SLOTS.c.id)
         .where(

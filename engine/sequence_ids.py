@@ -72,7 +72,7 @@ def _draw_ids(session: OrmSession, _flush: UOWTransaction, _instances: Any) -> N
         params[f"count{n}"] = len(wanted[table])
     drawn = connection.execute(text(f"SELECT {columns}"), params).one()
     for table, ids in zip(tables, drawn, strict=True):
-        states = sorted(wanted[table], key=lambda state: state.insert_order)
+        states = sorted(wanted[table], key=_added_order)
         key = _key_attribute(states[0].mapper)
         for state, new_id in zip(states, sorted(ids), strict=True):
             setattr(state.obj(), key, new_id)  # type: ignore[arg-type]
@@ -83,10 +83,16 @@ def _after_largest(connection: Any, wanted: dict[Table, list[InstanceState[Any]]
     tables = tuple(sorted(wanted, key=lambda t: t.fullname))
     largest = connection.execute(_largest_ids(tables)).one()
     for table, top in zip(tables, largest, strict=True):
-        states = sorted(wanted[table], key=lambda state: state.insert_order)
+        states = sorted(wanted[table], key=_added_order)
         key = _key_attribute(states[0].mapper)
         for offset, state in enumerate(states, start=1):
             setattr(state.obj(), key, (top or 0) + offset)  # type: ignore[arg-type]
+
+
+def _added_order(state: InstanceState[Any]) -> int:
+    # ``Session.add`` numbers every pending object, and only pending objects come here.
+    assert state.insert_order is not None
+    return state.insert_order
 
 
 @cache

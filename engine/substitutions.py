@@ -141,6 +141,7 @@ def _is_printed_field(name: nodes.Name, parents: tuple[nodes.Node, ...]) -> bool
             return False
     else:
         return False
+    printed: nodes.Expr
     printed, above = field, parents[:-1]
     if above and isinstance(above[-1], nodes.Filter):
         fallback = above[-1]

@@ -234,3 +234,42 @@ def _variable_name(undefined: Undefined, rendering: _Rendering | None) -> str:
         return name
     known = rendering.given.get(id(owner))
     return f"{known}.{name}" if known else name
+
+
+# --- text snippets: a CRM task's subject, a note's body ----------------------------------
+
+
+_TEXT = Environment(autoescape=False, keep_trailing_newline=False, undefined=_MissingVariable)
+
+
+@lru_cache(maxsize=1024)
+def _snippet(source: str) -> Template:
+    return _TEXT.from_string(source)
+
+
+def snippet_problems(source: str) -> list[str]:
+    """What is wrong with a text snippet (``Call {{ contact.first_name }}``): it does not
+    parse, or reads a name other than ``contact`` and ``data``."""
+    try:
+        _snippet(source)
+    except JinjaTemplateError as exc:
+        return [f"{source!r} does not parse as a template: {exc}"]
+    unknown = sorted(_names_read(source) - {"contact", "data"} - set(_TEXT.globals))
+    return [
+        f"{source!r} uses {{{{ {name} }}}}, which is never given: write contact.{name} for "
+        "a contact's field"
+        for name in unknown
+    ]
+
+
+def render_text(source: str, *, contact: dict[str, Any], data: dict[str, Any]) -> str:
+    """A text snippet rendered for a contact, as plain text (no HTML escaping); a missing
+    variable prints as empty and is logged, as in email templates. Text without ``{{`` or
+    ``{%`` is returned as it is."""
+    if "{" not in source:
+        return source
+    try:
+        with _rendering(Path("."), "snippet", contact=contact, data=data):
+            return _snippet(source).render(contact=contact, data=data)
+    except JinjaTemplateError as exc:
+        raise PermanentConnectorError(f"text {source!r} failed to render: {exc}") from exc

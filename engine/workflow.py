@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
+from types import FrameType
 from typing import Any
 
 from engine.conditions import Condition, Predicate, as_predicate
@@ -253,7 +254,7 @@ def _caller() -> str:
 
     Walks the frames themselves: ``inspect.stack()`` reads every frame's source file to
     show context lines, which was most of the time a workflows module took to load."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(6):
         if frame is None:
             break

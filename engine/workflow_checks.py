@@ -16,6 +16,7 @@ from engine.steps import (
     WAITS,
     Branch,
     ChangeScore,
+    CreateCRMNote,
     CreateCRMTask,
     Exit,
     MoveStage,
@@ -27,7 +28,7 @@ from engine.steps import (
     WaitUntil,
     WaitUntilDate,
 )
-from engine.templates import TemplateRenderer
+from engine.templates import TemplateRenderer, snippet_problems
 from engine.workflow import (
     ConditionMet,
     EventReceived,
@@ -295,6 +296,10 @@ def _step_problems(
             ]
     elif isinstance(step, SendEmail):
         return renderer.problems(step.template)
+    elif isinstance(step, CreateCRMTask):
+        return snippet_problems(step.subject) + snippet_problems(step.body)
+    elif isinstance(step, CreateCRMNote):
+        return snippet_problems(step.body)
     elif isinstance(step, Wait) and step.duration.total_seconds() <= 0:
         return ["a wait must be longer than zero"]
     elif isinstance(step, WaitUntil | WaitUntilDate) and not _is_time(step.time):

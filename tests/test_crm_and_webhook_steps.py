@@ -215,3 +215,44 @@ def test_hubspot_without_a_token_is_a_configuration_error(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigurationError, match="JOURNEYLINE_HUBSPOT_TOKEN"):
         Runtime(Settings(database_url=f"sqlite:///{tmp_path}/x.db", crm_connector="hubspot"))
+
+
+def test_a_crm_task_and_note_print_the_contacts_fields(tmp_path: Path) -> None:
+    flow = Workflow(
+        "sales",
+        trigger=on_event("demo.requested"),
+        steps=[
+            create_crm_task(
+                "Call {{ contact.first_name }} ({{ contact.plan }})",
+                body="Score {{ contact.score }}; company {{ contact.company }}",
+            ),
+            create_crm_note("{{ contact.email }} asked for a demo"),
+        ],
+    )
+    with running(tmp_path, [flow]) as (rt, _clock, _email):
+        rt.track("lead@example.com", "demo.requested",
+                 attributes={"first_name": "Ana", "plan": "team"})  # fmt: skip
+        rt.drain()
+        files = sorted((tmp_path / "outbox" / "crm").glob("*.json"))
+        task = json.loads(next(f for f in files if f.name.startswith("crm.task")).read_text())
+        assert task["payload"]["subject"] == "Call Ana (team)"
+        # A field the contact lacks prints as empty, as in emails
+        assert task["payload"]["body"].startswith("Score ")
+        assert task["payload"]["body"].endswith("; company ")
+        note = json.loads(next(f for f in files if f.name.startswith("crm.note")).read_text())
+        assert note["payload"]["body"] == "lead@example.com asked for a demo"
+
+
+def test_a_crm_text_that_does_not_parse_is_refused_at_load() -> None:
+    from engine import WorkflowDefinitionError, build_registry
+    from tests.language_support import TEMPLATES
+
+    for step in (
+        create_crm_task("Call {{ contact.first_name"),
+        create_crm_note("Hi {{ first_name }}"),
+    ):
+        flow = Workflow("sales", trigger=on_event("demo.requested"), steps=[step])
+        with pytest.raises(WorkflowDefinitionError) as refused:
+            build_registry(workflows=[flow], templates_dir=TEMPLATES)
+        assert "sales" in str(refused.value)
+        assert "does not parse" in str(refused.value) or "contact.first_name" in str(refused.value)

@@ -23,13 +23,16 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
+from typing import Any
 
 from connectors.email.base import EmailConnector, EmailMessage, SendResult
 from engine.errors import PermanentConnectorError, TransientConnectorError
 
 
-def _header(value: str) -> str | Header:
+def _header(value: str) -> Any:
     # RFC 2047-encode only what needs it; plain ASCII stays readable in the file.
+    # Any: a compat32 message takes a Header wherever it takes a str, which typeshed's
+    # ``Message.__setitem__`` (str only) does not express.
     return value if value.isascii() else Header(value, "utf-8")
 
 

@@ -8,7 +8,9 @@ SQLite a batch is written in a few statements (``record_batch``), not several pe
 
 Besides each field's own rules, an event is refused (422, the field named) when any string in
 it, key or value, holds U+0000 (``events[3].properties.note``), or when its ``occurred_at`` is
-before 2000-01-01 or more than a day after the server's clock (``engine.event_input``).
+before 2000-01-01 or more than a day after the server's clock (``engine.event_input``), or
+when an attribute a ``wait_until_date`` step counts from is given a value that is not a date
+(``engine.date_attributes``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from engine.contacts import (
     validate_properties,
     validate_timezone,
 )
+from engine.date_attributes import date_attribute_problems
 from engine.db import transaction
 from engine.errors import ValidationError
 from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
@@ -146,20 +149,28 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
     else:
         items, prefix = [body], ""
     now = runtime.clock.now()
-    problems = [p for index, item in enumerate(items) for p in check(item, prefix, index, now=now)]
+    registry = runtime.registry
+    problems = [
+        p
+        for index, item in enumerate(items)
+        for p in check(item, prefix, index, now=now, registry=registry)
+    ]
     if problems:
         raise Invalid(problems)
     return Accepted(events=record_all(runtime, items))
 
 
-def check(item: EventIn, prefix: str, index: int, *, now: datetime) -> list[Problem]:
+def check(
+    item: EventIn, prefix: str, index: int, *, now: datetime, registry: Registry | None = None
+) -> list[Problem]:
     """Every problem with one event, each naming its field (``events[3].email``).
 
     A string holding U+0000 is refused wherever it is (PostgreSQL cannot store one; SQLite
     would, so refusing on both keeps the databases alike): in the plain fields here, inside
     properties and attributes by ``validate_properties`` (naming the first one's path). A
-    plain field holding one is named for that alone. Every event of a batch pays this, so
-    it builds nothing it does not need."""
+    plain field holding one is named for that alone. An attribute a ``wait_until_date`` step
+    counts from must hold a date (``engine.date_attributes``; with ``registry``). Every
+    event of a batch pays this, so it builds nothing it does not need."""
     where = f"{prefix}[{index}]." if prefix else ""
     found: list[Problem] = []
 
@@ -182,6 +193,9 @@ def check(item: EventIn, prefix: str, index: int, *, now: datetime) -> list[Prob
         run("timezone", timezone, lambda: validate_timezone(timezone))
     run("properties", None, lambda: validate_properties(item.properties))
     run("attributes", None, lambda: validate_properties(item.attributes, field="attributes"))
+    if registry is not None and item.attributes:
+        for name, why in date_attribute_problems(registry, item.attributes):
+            found.append(Problem(field=f"{where}attributes.{name}", message=why))
     if item.occurred_at is not None:
         late = occurred_at_problem(item.occurred_at, now=now)
         if late is not None:
