@@ -3,8 +3,9 @@
 ``perform_action`` runs in three steps:
 
 1. **claim** (one transaction): re-read the row; give up if it is done, held by a live lease or
-   not yet due; re-check suppression and consent *now*, not when the step was scheduled; then
-   mark it ``sending`` with a lease and count the attempt.
+   not yet due; re-check suppression and consent *now*, not when the step was scheduled; defer
+   it if a guard rail holds it (and pause the wait its workflow parked at after it, see
+   pauses.py); else mark it ``sending`` with a lease and count the attempt.
 2. **send**, outside any transaction, through the connector.
 3. **record** the outcome (one transaction): ``sent`` with the provider id, ``pending`` with a
    backoff for a transient error, ``failed`` for a permanent one or after the last attempt.
@@ -40,6 +41,7 @@ from engine.errors import (
 )
 from engine.guardrails import defer_until
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
+from engine.pauses import Held, pause_workflows
 from engine.performers import Call, Performed, Performer, Unconfigured
 from engine.registry import Registry
 from engine.withdrawals import withdrawal_of, withdrawn_marks
@@ -318,7 +320,10 @@ def _claim(
 
     deferral = defer_until(session, registry, action, contact, now=now)
     if deferral is not None:
-        return hold_until(session, action, *deferral, now=now)
+        deferred = hold_until(session, action, *deferral, now=now)
+        # Its workflow waits for it: the wait after it counts from when it goes (pauses.py).
+        pause_workflows(session, registry, [Held(action, contact.timezone, *deferral)], now=now)
+        return deferred
 
     try:
         call = performer.prepare(action, contact, now=now)

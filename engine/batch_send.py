@@ -7,8 +7,9 @@ the same three phases and the same exactly-once rules, done set-based:
    leased by a live worker or not yet due; mark ``unknown`` what a dead worker left mid-send
    (the provider cannot dedupe); re-check suppression and consent for every contact *now*
    (one query for all suppressions); apply the guard rails (caps, quiet hours, send windows)
-   per contact where they can bind; render each message; mark every claimed row ``sending``
-   with a lease and count the attempt.
+   per contact where they can bind, pausing the workflows of the emails they hold
+   (pauses.py: one more read, only when something is held); render each message; mark
+   every claimed row ``sending`` with a lease and count the attempt.
 2. **send**, outside any transaction: one request per group of identical rendered content,
    up to the connector's ``batch_size`` recipients (SendGrid: 1,000 personalizations), each
    recipient carrying its own ``jl_action_id`` / ``jl_contact_id`` in ``custom_args``.
@@ -69,6 +70,7 @@ from engine.guardrails import (
     window_holds,
 )
 from engine.models import Action, ActionStatus, Contact, Suppression
+from engine.pauses import Held, pause_workflows
 from engine.performers import build_message, contact_view, message_fields
 from engine.registry import Registry
 from engine.substitutions import Skeleton, fill, skeleton, substitutions_for, values_for
@@ -430,7 +432,8 @@ def _claim_batch(
         result.items.append(_Claimed(row.id, message, substitutions))
     session.flush()  # the rare ORM changes above (skipped, failed, unknown) first
     if holds_due:  # from the rows already read, in one executemany
-        reasons = {row.id: row.reason for row in rows if row.id in holds_due}
+        held_rows = {row.id: row for row in rows if row.id in holds_due}
+        reasons = {action_id: row.reason for action_id, row in held_rows.items()}
         session.connection().execute(
             _HELD,
             [
@@ -444,6 +447,16 @@ def _claim_batch(
             ],
         )
         result.statuses[ActionStatus.PENDING] += len(holds_due)
+        # Their workflows wait for them: each wait after one counts from when it goes.
+        pause_workflows(
+            session,
+            registry,
+            [
+                Held(row, contacts[row.contact_id].timezone, *holds_due[action_id])
+                for action_id, row in held_rows.items()
+            ],
+            now=now,
+        )
     if claimed:
         # No ORM object of these rows is in the session: a plain UPDATE, nothing to sync.
         session.connection().execute(

@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_attribute
 from sqlmodel import Session, col, func, select
 
 from engine import known_enrollments
-from engine.conditions import EvalContext
+from engine.conditions import context_for
 from engine.db import keep
 from engine.localtime import next_time_of_day, parse_hhmm, parse_instant, zone
 from engine.models import (
@@ -259,7 +259,7 @@ def meets_entry_rules(
     A refusal writes no row (an enrollment would count for the re-entry policy): it is
     logged, naming the contact, the workflow and why."""
     if workflow.entry_if is not None and not workflow.entry_if.evaluate(
-        EvalContext(session, contact, now)
+        context_for(session, contact, now)
     ):
         log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
         return False
@@ -297,9 +297,9 @@ def advance(
     program = workflow.program
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.wake_at = None
-    if WAITING_UNTIL_DATE in enrollment.context:
+    if WAITING_UNTIL_DATE in enrollment.context or PAUSED in enrollment.context:
         enrollment.context = {
-            k: v for k, v in enrollment.context.items() if k != WAITING_UNTIL_DATE
+            k: v for k, v in enrollment.context.items() if k not in _ABOUT_THE_WAIT
         }
     position: int | None = enrollment.position
     while position is not None and position < len(program):
@@ -384,7 +384,7 @@ def end_enrollment(
     enrollment.wake_at = None
     enrollment.ended_at = now
     enrollment.updated_at = now
-    context = {k: v for k, v in enrollment.context.items() if k != "waiting_for"}
+    context = {k: v for k, v in enrollment.context.items() if k not in _ENDED_WITHOUT}
     enrollment.context = {**context, "end_reason": reason}
     keep(session, enrollment)
 
@@ -411,6 +411,16 @@ def _jump(
 WAITING_UNTIL_DATE = "waiting_until_date"
 """In a waiting enrollment's context: the date attribute its wait is counted from, and the
 wait step (``follow_date_changes`` moves the wake-up when the date changes)."""
+
+PAUSED = "paused"
+"""In a waiting enrollment's context: its relative wait was extended because an email
+written just before it was held by a guard rail (engine/pauses.py): the wait step, when
+the wait began, and the hold that set its wake-up."""
+
+_ABOUT_THE_WAIT = (WAITING_UNTIL_DATE, PAUSED)
+"""Context keys that describe the wait an enrollment is parked at: gone when it runs on."""
+_ENDED_WITHOUT = ("waiting_for", PAUSED)
+"""Context keys an ended enrollment no longer needs."""
 
 
 def follow_date_changes(
@@ -465,11 +475,19 @@ def _park(enrollment: Enrollment, position: int | None, wake_at: datetime, now: 
 
 
 def _trail(enrollment: Enrollment, node: Node, now: datetime, note: str) -> None:
+    enrollment.context = with_trail(enrollment.context, node.id, now, note)
+
+
+def with_trail(
+    context: dict[str, Any], step: str, now: datetime, note: str, **marks: Any
+) -> dict[str, Any]:
+    """``context`` with a note on ``step`` added to its trail (the last fifty kept);
+    ``marks`` are extra keys of the note (``kind="paused"``: the timeline shows it)."""
     trail = [
-        *enrollment.context.get("trail", []),
-        {"step": node.id, "at": now.isoformat(), "note": note},
+        *context.get("trail", []),
+        {"step": step, "at": now.isoformat(), "note": note, **marks},
     ]
-    enrollment.context = {**enrollment.context, "trail": trail[-50:]}
+    return {**context, "trail": trail[-50:]}
 
 
 def _wake_time(
@@ -505,7 +523,7 @@ def _run(
     """Run one non-waiting step; return the next position."""
     step = node.step
     if isinstance(step, Branch):
-        ctx = EvalContext(session, contact, now, enrollment=enrollment)
+        ctx = context_for(session, contact, now, enrollment)
         taken = "then" if step.condition.evaluate(ctx) else "else"
         _trail(enrollment, node, now, f"{step.condition.describe()}: {taken}")
         return node.targets[taken]

@@ -2,7 +2,9 @@
 hours and send windows, all in the contact's time zone.
 
 A held email is deferred, never dropped: ``defer_until`` says until when and by which rule,
-and the action keeps that explanation in ``reason["held"]``. A later marketing email to the
+and the action keeps that explanation in ``reason["held"]``. The workflow that wrote it
+pauses with it: the relative wait after it counts from when it goes (pauses.py, applied by
+the claim that holds it). A later marketing email to the
 same contact waits behind a held one only when the rule that holds it applies to the later
 email too: quiet hours and the global cap hold every marketing email, a workflow's send
 window and its own cap only that workflow's. Transactional email (receipts, confirmations)

@@ -1,8 +1,9 @@
 """A contact's timeline: everything that happened to one contact, in one chronological list.
 
-Events, stage transitions, workflow enrollments and actions each become ``Entry`` rows
-(kind, instant, one-line summary, details) merged by time, so an operator can answer "why
-did this person get that email?" with one query (DESIGN.md section 9). An event stands at
+Events, stage transitions, workflow enrollments (entered, a wait paused while an email was
+held, ended) and actions each become ``Entry`` rows (kind, instant, one-line summary,
+details) merged by time, so an operator can answer "why did this person get that email?"
+with one query (DESIGN.md section 9). An event stands at
 the instant the engine took it in (processed it, or received it while it waits), the
 instant of everything it caused; when it happened by its source's clock is in its details
 (and its summary when that was a minute or more earlier). Beside them, the
@@ -282,6 +283,7 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
             row_id=enrollment.id or 0,
         )
     ]
+    found.extend(_pause_entries(enrollment, details))
     if enrollment.ended_at is not None:
         why = enrollment.context.get("end_reason")
         verb = f"{enrollment.status}" + (f": {why}" if why else "")
@@ -291,6 +293,27 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
                 at=enrollment.ended_at,
                 summary=f"workflow {enrollment.workflow} {verb}",
                 details={**details, "end_reason": why},
+                row_id=enrollment.id or 0,
+            )
+        )
+    return found
+
+
+def _pause_entries(enrollment: Enrollment, details: dict[str, Any]) -> list[Entry]:
+    """The times a held email paused this enrollment's wait (engine/pauses.py), from the
+    notes its trail keeps: "workflow drip 2-wait: wait extended to ... while email a was
+    held until ...". Only the trail's last fifty notes are kept, so a long journey's oldest
+    pauses may have gone."""
+    found = []
+    for note in enrollment.context.get("trail", []):
+        if not isinstance(note, dict) or note.get("kind") != "paused" or "at" not in note:
+            continue
+        found.append(
+            Entry(
+                kind="enrollment",
+                at=datetime.fromisoformat(note["at"]),
+                summary=f"workflow {enrollment.workflow} {note['step']}: {note['note']}",
+                details={**details, "step": note["step"]},
                 row_id=enrollment.id or 0,
             )
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.fakes import FakeSendGrid
 from engine import (
@@ -24,9 +24,10 @@ from engine import (
     quiet_hours,
     send_email,
     wait,
+    wait_until,
 )
 from engine.db import make_engine
-from engine.models import Action, ActionStatus, Enrollment
+from engine.models import Action, ActionStatus, Contact, Enrollment
 from engine.timeline import contact_timeline
 from engine.withdrawals import withdraw_waiting_emails
 from tests.language_support import running, sent
@@ -194,17 +195,27 @@ def rt_enrollments(rt) -> list[Enrollment]:  # type: ignore[no-untyped-def]
 
 def test_an_explicit_exit_step_does_not_withdraw_the_email_before_it(tmp_path: Path) -> None:
     """``exit_workflow()`` right after a send is the author ending the workflow with that
-    email, not a reason to take it back; the held email goes in the morning."""
+    email, not a reason to take it back; the held email goes in the morning. (The wait is
+    until a time of day: a relative one would be paused by the held email, pauses.py, and
+    end only after it went.)"""
     workflow = Workflow(
         "invite",
         trigger=on_event("demo.requested"),
-        steps=[send_email("demo_invitation", id="x"), wait(hours=1), exit_workflow()],
+        steps=[send_email("demo_invitation", id="x"), wait_until("06:00"), exit_workflow()],
     )
     with running(tmp_path, [workflow], guardrails=NIGHT) as (rt, clock, email):
         _held_at_night(rt, email)
-        clock.advance(hours=1)  # the exit step runs: the enrollment exits
+        clock.advance(hours=1)  # 06:00 in New York: the exit step runs, the email still held
         rt.run_until_idle()
-        assert {e.status for e in rt_enrollments(rt)} == {"exited"}
+        with Session(rt.db) as session:
+            statuses = dict(
+                session.exec(
+                    select(Contact.email, Enrollment.status).join(
+                        Enrollment, col(Enrollment.contact_id) == col(Contact.id)
+                    )
+                ).all()
+            )
+        assert statuses["ny@example.com"] == "exited"
         clock.set(MORNING_IN_NEW_YORK)
         rt.run_until_idle()
         assert sorted(m.to for m in email.sent) == ["ldn@example.com", "ny@example.com"]
