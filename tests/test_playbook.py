@@ -418,8 +418,10 @@ def test_a_renewing_customer_who_uses_the_product_raises_no_alarm(tmp_path: Path
         customer(rt, "rio@example.com", "engagement")  # no renewal date: nothing to remind of
         rt.track("quin@example.com", "subscription.renewed", attributes={"renews_at": "2026-04-01"})
         rt.track("rio@example.com", "subscription.renewed")
+        rt.run_until_idle()  # each event applied when it happens, as workers do
         clock.set(datetime(2026, 3, 20, 10, 0, tzinfo=UTC))
         rt.track("quin@example.com", "product.used", {"sessions": 3})
+        rt.run_until_idle()
         clock.set(datetime(2026, 3, 30, 10, 0, tzinfo=UTC))
         rt.run_until_idle()
         assert steps(email, "quin@example.com", "retention_renewal") == ["reminder"]
