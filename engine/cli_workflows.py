@@ -28,7 +28,7 @@ from engine.errors import WorkflowDefinitionError, WorkflowImportError
 from engine.executor import count_at_steps
 from engine.registry import Registry, load_registry
 from engine.settings import Settings
-from engine.versions import apply_migration, plan_migration
+from engine.versions import MigrationPlan, apply_migration, plan_migration
 
 workflows_app = typer.Typer(help="List, check, draw and migrate workflows.", no_args_is_help=True)
 app.add_typer(workflows_app, name="workflows")
@@ -61,7 +61,9 @@ def _counts(settings: Settings, name: str) -> dict[tuple[str, int], int] | None:
 def _sqlite_file_missing(url: str) -> bool:
     parsed = make_url(url)
     path = parsed.database
-    return parsed.get_backend_name() == "sqlite" and bool(path) and not Path(path).exists()
+    if parsed.get_backend_name() != "sqlite" or not path:
+        return False
+    return not Path(path).exists()
 
 
 @workflows_app.command("check")
@@ -112,8 +114,11 @@ def show(ctx: typer.Context, name: str, database_url: DatabaseUrl = None) -> Non
     print(mermaid(workflow, here))
     older = sum(n for (v, _), n in counts.items() if v != workflow.version)
     if older:
+        # On stderr, so that the diagram can be piped on its own; after a blank line, so
+        # that it never reads as part of the diagram's last line where both streams meet.
         err_console.print(
-            f"{older} enrollment(s) still run older versions: journeyline workflows migrate {name}"
+            f"\n{older} enrollment(s) still run older versions: journeyline workflows migrate "
+            f"{name}"
         )
 
 
@@ -125,7 +130,8 @@ def migrate(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Preview, then with --apply move, live enrollments from older versions of NAME to the
-    current one. Enrollments whose step no longer exists are refused and stay put."""
+    current one. An enrollment lands on the step it would run next only if the current
+    version has that same step; otherwise it is refused, with the reason, and stays put."""
     settings = settings_for(ctx, database_url)
     registry = _registry(settings)
     db = make_engine(settings.database_url)
@@ -135,22 +141,15 @@ def migrate(
                 plan = plan_migration(session, registry, name)
             except KeyError as exc:
                 fail(str(exc.args[0]), code=1)
-            table = Table(title=f"{name}: to version {plan.target_version}")
-            table.add_column("lands on step")
-            table.add_column("enrollments", justify="right")
-            for step, count in sorted(plan.landing.items()):
-                table.add_row(escape(step), str(count))
-            console.print(table)
-            for where, count in sorted(plan.refused.items()):
-                console.print(
-                    f"[yellow]refused[/] {count} at {escape(where)}: "
-                    "that step is not in the current version"
-                )
+            _print_plan(plan)
             if apply:
                 moved = apply_migration(session, plan)
                 console.print(f"[green]moved {moved} enrollment(s)[/]")
             else:
-                console.print(f"{plan.movable} would move; run again with --apply to move them")
+                console.print(
+                    f"{plan.movable} would move; run again with --apply to move them"
+                    + (" (the refused ones stay where they are)" if plan.refused else "")
+                )
     except (OperationalError, ProgrammingError) as exc:
         fail(
             database_problem(exc, settings.database_url)
@@ -158,3 +157,23 @@ def migrate(
         )
     finally:
         db.dispose()
+
+
+def _print_plan(plan: MigrationPlan) -> None:
+    """Where the enrollments of older versions are, in the steps' own words, and where each
+    group would land (or why it is refused)."""
+    table = Table(title=f"{plan.workflow}: to version {plan.target_version}")
+    table.add_column("from version")
+    table.add_column("where they are", overflow="fold")
+    table.add_column("enrollments", justify="right")
+    table.add_column("lands on", overflow="fold")
+    for group in plan.groups:
+        lands = "[yellow]refused[/]" if group.lands_on is None else escape(group.landing)
+        table.add_row(group.version, escape(group.where), str(group.count), lands)
+    console.print(table)
+    for group in plan.groups:
+        if group.lands_on is None:
+            console.print(
+                f"[yellow]refused[/] {group.count} of version {group.version}, "
+                f"{escape(group.where)}: {escape(group.reason)}"
+            )

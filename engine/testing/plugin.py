@@ -5,7 +5,18 @@ Fixtures:
 - ``journeyline_sim``: a ``Simulation`` of the workflows module from settings
   (``JOURNEYLINE_WORKFLOWS``, default ``workflows``), closed after the test;
 - ``journeyline_golden``: ``check(sim, email, name)`` compares a contact's journey with
-  ``tests/golden/<name>.json`` next to the test (``JOURNEYLINE_UPDATE_GOLDEN=1`` rewrites).
+  ``golden/<name>.json`` next to the test file.
+
+What a golden check does with a missing or differing file (``--journeyline-golden=MODE``,
+else from the environment):
+
+- ``record`` (the default on a developer's machine): a missing golden is written and the
+  test passes; the end of the run lists every file recorded, to check and commit;
+- ``strict`` (the default when ``CI`` is set to a true value: ``true``, ``1``, ``yes``): a
+  missing golden fails the test, saying how to record it; CI never passes on a journey
+  nobody looked at;
+- ``update`` (``JOURNEYLINE_UPDATE_GOLDEN=1``): a missing or differing golden is
+  (re)written, accepting an intended change.
 """
 
 from __future__ import annotations
@@ -17,6 +28,39 @@ from pathlib import Path
 import pytest
 
 from engine.testing.simulation import Simulation, check_golden
+
+GOLDEN_MODES = ("record", "strict", "update")
+_WRITTEN = "journeyline_golden"  # a test's user property: "<outcome> <golden file>"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in _TRUE
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("journeyline")
+    group.addoption(
+        "--journeyline-golden",
+        choices=GOLDEN_MODES,
+        default=None,
+        help="record: write missing golden journeys (default); strict: a missing one fails "
+        "(default when CI is set); update: rewrite missing and differing ones (as "
+        "JOURNEYLINE_UPDATE_GOLDEN=1)",
+    )
+
+
+def golden_mode(config: pytest.Config) -> str:
+    """The option if given, else ``update`` with ``JOURNEYLINE_UPDATE_GOLDEN``, else
+    ``strict`` in CI, else ``record``."""
+    chosen = config.getoption("--journeyline-golden", default=None)
+    if chosen:
+        return str(chosen)
+    if _true(os.environ.get("JOURNEYLINE_UPDATE_GOLDEN")):
+        return "update"
+    if _true(os.environ.get("CI")):
+        return "strict"
+    return "record"
 
 
 @pytest.fixture
@@ -31,9 +75,61 @@ def journeyline_sim() -> Iterator[Simulation]:
 @pytest.fixture
 def journeyline_golden(request: pytest.FixtureRequest) -> Callable[[Simulation, str, str], None]:
     folder = Path(str(request.path)).parent / "golden"
-    update = os.environ.get("JOURNEYLINE_UPDATE_GOLDEN") == "1"
+    mode = golden_mode(request.config)
 
     def check(sim: Simulation, email: str, name: str) -> None:
-        check_golden(sim.journey(email), folder / f"{name}.json", update=update)
+        path = folder / f"{name}.json"
+        if mode == "strict" and not path.exists():
+            why = (
+                "--journeyline-golden=strict"
+                if request.config.getoption("--journeyline-golden", default=None)
+                else "CI is set"
+            )
+            pytest.fail(
+                f"no golden journey {_shown(request.config, path)} for {email} ({why}: a "
+                "missing golden fails rather than being recorded). Record it where you "
+                f"develop with\n    JOURNEYLINE_UPDATE_GOLDEN=1 pytest '{request.node.nodeid}'\n"
+                "(or a plain run there, outside CI), check what it holds and commit it.",
+                pytrace=False,
+            )
+        outcome = check_golden(sim.journey(email), path, update=mode == "update")
+        if outcome != "matched":
+            request.node.user_properties.append((_WRITTEN, f"{outcome} {path}"))
 
     return check
+
+
+def _shown(config: pytest.Config, path: Path) -> str:
+    try:
+        return str(path.relative_to(config.rootpath))
+    except ValueError:
+        return str(path)
+
+
+class _GoldenReport:
+    """Lists the golden files a run wrote at its end. From the reports' user properties,
+    which also reach the controller of a distributed (xdist) run."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.written: dict[str, tuple[str, str]] = {}  # file -> (outcome, test)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == _WRITTEN:
+                outcome, _, path = str(value).partition(" ")
+                self.written[path] = (outcome, report.nodeid)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.written:
+            return
+        terminalreporter.section("journeyline golden journeys written")
+        for path, (outcome, test) in sorted(self.written.items()):
+            terminalreporter.write_line(
+                f"{outcome} {_shown(self.config, Path(path))} (by {test})", yellow=True
+            )
+        terminalreporter.write_line("check what they hold, and commit them")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_GoldenReport(config), "journeyline-golden-report")

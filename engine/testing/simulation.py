@@ -11,10 +11,15 @@ cost milliseconds; expectations that fail print the contact's whole timeline.
     sim.advance(days=10)
     sim.expect_email("ana@example.com", "trial_reminder", times=1, at_local="09:00")
     sim.expect_stage("ana@example.com", "decision")
+
+A new version of a workflow mid-test: ``sim.deploy(new_version)`` (or ``sim.use_workflows``
+for a whole new set), then ``sim.migrate(name)`` moves in-flight enrollments as
+``journeyline workflows migrate NAME --apply`` would, and returns the plan.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,24 +27,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from sqlmodel import Session, SQLModel, col, select
 
 from connectors.email import EmailMessage, RecordingEmailConnector
+from engine.broadcast import BroadcastResult
 from engine.clock import VirtualClock
 from engine.contacts import normalize_email
-from engine.db import make_engine
+from engine.db import make_engine, transaction
+from engine.executor import remember_version
 from engine.localtime import zone
 from engine.models import Contact, Enrollment
 from engine.recording import Recorded
-from engine.registry import Registry, load_registry, registry_from_module
+from engine.registry import Registry, build_registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
 from engine.timeline import Timeline, contact_timeline
+from engine.versions import MigrationPlan, apply_migration, plan_migration
 from engine.virtual_time import advance_to
+from engine.workflow import Workflow
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
+
+# Row ids in timeline summaries ("goal reached: demo.requested (event 3)") depend on what
+# else the test did first; a golden journey keeps the kind of row, not its number.
+_ROW_ID = re.compile(r"\((event|action|contact|enrollment) #?\d+\)")
 
 
 class JourneyAssertionError(AssertionError):
@@ -54,10 +67,15 @@ class SentEmail:
     subject: str
     sent_at: datetime
     message: EmailMessage
+    timezone: str = "UTC"  # the contact's time zone when it went out (see ``expect_email``)
 
     @property
     def template_step(self) -> str:
         return f"{self.workflow}:{self.step}"
+
+    @property
+    def sent_at_local(self) -> datetime:
+        return self.sent_at.astimezone(zone(self.timezone))
 
 
 class Simulation:
@@ -70,12 +88,10 @@ class Simulation:
         settings: Mapping[str, Any] | None = None,
     ) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="journeyline-sim-"))
-        if isinstance(workflows, Registry):
-            registry = workflows
-        elif isinstance(workflows, ModuleType):
-            registry = registry_from_module(workflows, templates_dir=templates_dir)
-        else:
-            registry = load_registry(workflows, templates_dir=templates_dir)
+        registry = _load(workflows, templates_dir)
+        # Each contact's time zones as the harness saw them change: (how many emails had
+        # gone out by then, zone). The database keeps only the current zone.
+        self._zones: dict[str, list[tuple[int, str]]] = {}
         url = f"sqlite:///{self._folder / 'sim.db'}"
         db = make_engine(url)
         SQLModel.metadata.create_all(db)
@@ -101,7 +117,9 @@ class Simulation:
         **options: Any,
     ) -> Recorded:
         """Record an event now (virtual time) and process everything it causes."""
+        mark = self._note_zone(email)
         recorded = self.runtime.track(email, event_type, properties, **options)
+        self._note_zone(email, mark)
         self.runtime.run_until_idle()
         return recorded
 
@@ -126,9 +144,18 @@ class Simulation:
         return self.track(to, event_type, {"action_id": action_id})
 
     def contact_import(self, email: str, **options: Any) -> Contact:
+        mark = self._note_zone(email)
         contact = self.runtime.upsert_contact(email, **options)
+        self._note_zone(email, mark)
         self.runtime.run_until_idle()
         return contact
+
+    def broadcast(self, workflow: str) -> BroadcastResult:
+        """Start ``workflow`` now for every contact in its audience (``journeyline
+        broadcast``) and process everything it causes."""
+        result = self.runtime.broadcast(workflow)
+        self.runtime.run_until_idle()
+        return result
 
     def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
         """Move virtual time forward, stopping at every due wake-up and deferred send on the
@@ -138,6 +165,51 @@ class Simulation:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    # --- deploying new versions ---------------------------------------------------------
+
+    def deploy(self, *workflows: Workflow) -> Registry:
+        """Deploy new versions of ``workflows`` now, as a release would: each replaces the
+        workflow of the same name (one with a new name is added), the others stay, and the
+        set is validated as at load. In-flight enrollments stay on their versions until
+        ``migrate``. Returns the new registry."""
+        current = self.runtime.registry
+        by_name = {**current.workflows, **{w.name: w for w in workflows}}
+        return self.use_workflows(
+            build_registry(
+                journey=current.journey,
+                rules=current.rules.rules,
+                workflows=by_name.values(),
+                templates_dir=current.templates.directory,
+                events=current.events,
+                guardrails=current.guardrails,
+            )
+        )
+
+    def use_workflows(
+        self, workflows: str | ModuleType | Registry, *, templates_dir: Path | None = None
+    ) -> Registry:
+        """Replace the whole set of workflows now (a module name, a module or a registry,
+        as ``Simulation(...)`` takes), storing the new versions' specs as a worker does."""
+        registry = _load(workflows, templates_dir)
+        with transaction(self.runtime.db) as session:
+            for workflow in registry.workflows.values():
+                remember_version(session, registry, workflow, self.clock.now())
+        self.runtime.registry = registry
+        return registry
+
+    def migrate(self, workflow: str, *, apply: bool = True) -> MigrationPlan:
+        """Move the live enrollments of older versions of ``workflow`` to the current one
+        (``journeyline workflows migrate NAME --apply``; ``apply=False`` only plans) and
+        return the plan: ``plan.landing`` where they land, ``plan.refused`` and
+        ``plan.reasons`` those that stay, and why."""
+        with transaction(self.runtime.db) as session:
+            plan = plan_migration(session, self.runtime.registry, workflow)
+            if apply:
+                apply_migration(session, plan)
+        if apply:
+            self.runtime.run_until_idle()
+        return plan
 
     # --- looking ------------------------------------------------------------------------
 
@@ -153,7 +225,7 @@ class Simulation:
         self, to: str | None = None, *, workflow: str | None = None, step: str | None = None
     ) -> list[SentEmail]:
         found = []
-        for message in self.email.sent:
+        for index, message in enumerate(self.email.sent):
             wf, _, st = (
                 message.categories[1].partition(":")
                 if len(message.categories) > 1
@@ -165,7 +237,17 @@ class Simulation:
                 continue
             if step is not None and st != step and message.subject != step:
                 continue
-            found.append(SentEmail(message.to, wf, st, message.subject, message.sent_at, message))
+            found.append(
+                SentEmail(
+                    message.to,
+                    wf,
+                    st,
+                    message.subject,
+                    message.sent_at,
+                    message,
+                    self._zone_of(message.to, index),
+                )
+            )
         return found
 
     def timeline(self, email: str) -> Timeline | None:
@@ -206,16 +288,22 @@ class Simulation:
         workflow: str | None = None,
         at_local: str | None = None,
     ) -> list[SentEmail]:
-        """``step`` is a step id (or a subject); ``at_local`` "HH:MM" in the contact's zone."""
+        """``step`` is a step id (or a subject); ``at_local`` "HH:MM" in the time zone the
+        contact had when each email went out (a zone changed by ``track(...,
+        timezone=...)`` or ``contact_import`` counts from then on; for a contact the harness
+        never saw, one made through ``sim.runtime``, the current zone)."""
         found = self.emails(to, workflow=workflow, step=step)
         if len(found) != times:
             self.fail(to, f"expected {times} email(s) {step!r} to {to}, found {len(found)}")
         if at_local is not None:
-            tz = zone(self.contact(to).timezone)
             for sent in found:
-                local = sent.sent_at.astimezone(tz).strftime("%H:%M")
+                local = sent.sent_at_local.strftime("%H:%M")
                 if local != at_local:
-                    self.fail(to, f"email {step!r} went out at {local} local, not {at_local}")
+                    self.fail(
+                        to,
+                        f"email {step!r} went out at {local} local ({sent.timezone}), "
+                        f"not {at_local}",
+                    )
         return found
 
     def expect_no_email(self, to: str, step: str | None = None) -> None:
@@ -253,13 +341,47 @@ class Simulation:
     # --- golden journeys ----------------------------------------------------------------
 
     def journey(self, email: str) -> list[dict[str, Any]]:
-        """The contact's timeline, reduced to what behaviour is (no row ids), for goldens."""
+        """The contact's timeline, reduced to what behaviour is, for goldens: no row ids
+        (``goal reached: demo.requested (event 3)`` reads ``(event)``), so that other
+        contacts tracked first do not change it."""
         timeline = self.timeline(email)
         if timeline is None:
             return []
         return [
-            {"at": e.at.isoformat(), "kind": e.kind, "summary": e.summary} for e in timeline.entries
+            {"at": e.at.isoformat(), "kind": e.kind, "summary": _ROW_ID.sub(r"(\1)", e.summary)}
+            for e in timeline.entries
         ]
+
+    # --- time zones as the harness saw them ---------------------------------------------
+
+    def _note_zone(self, email: str, mark: int | None = None) -> int:
+        """Note the contact's time zone if it changed since last noted, as of the email
+        ``mark`` (default: the next one to go out); return how many have gone out."""
+        sent = len(self.email.sent)
+        address = normalize_email(email)
+        with Session(self.runtime.db) as session:
+            timezone = session.exec(
+                select(Contact.timezone).where(Contact.email == address)
+            ).first()
+        seen = self._zones.setdefault(address, [])
+        if timezone is not None and (not seen or seen[-1][1] != timezone):
+            seen.append((sent if mark is None else mark, timezone))
+        return sent
+
+    def _zone_of(self, address: str, index: int) -> str:
+        """The contact's time zone when the ``index``-th email went out (as the harness saw
+        it change; the current one for a contact it never saw)."""
+        seen = self._zones.get(address)
+        if not seen:
+            return self._current_zone(address)
+        return next((z for mark, z in reversed(seen) if mark <= index), seen[0][1])
+
+    def _current_zone(self, address: str) -> str:
+        with Session(self.runtime.db) as session:
+            timezone = session.exec(
+                select(Contact.timezone).where(Contact.email == address)
+            ).first()
+        return timezone or "UTC"
 
     def close(self) -> None:
         self.runtime.close()
@@ -272,26 +394,47 @@ class Simulation:
         self.close()
 
 
-def check_golden(journey: Sequence[Mapping[str, Any]], path: Path, *, update: bool) -> None:
-    """Compare a journey with its golden file, writing it when missing or ``update``."""
+def _load(workflows: str | ModuleType | Registry, templates_dir: Path | None) -> Registry:
+    if isinstance(workflows, Registry):
+        return workflows
+    if isinstance(workflows, ModuleType):
+        return registry_from_module(workflows, templates_dir=templates_dir)
+    return load_registry(workflows, templates_dir=templates_dir)
+
+
+GoldenOutcome = Literal["matched", "recorded", "updated"]
+
+
+def check_golden(
+    journey: Sequence[Mapping[str, Any]], path: Path, *, update: bool
+) -> GoldenOutcome:
+    """Compare a journey with its golden file, writing it when missing (``"recorded"``) or
+    when ``update`` and it differs (``"updated"``); ``"matched"`` when it was the same.
+
+    The ``journeyline_golden`` fixture refuses to record a missing file in CI (see
+    ``engine.testing.plugin``); called directly, this always records it."""
     import difflib
     import json
 
     text = json.dumps(list(journey), indent=2, sort_keys=True) + "\n"
-    if update or not path.exists():
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        return
+        return "recorded"
     expected = path.read_text()
-    if expected != text:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(True),
-                text.splitlines(True),
-                fromfile=f"{path} (golden)",
-                tofile="this run",
-            )
+    if expected == text:
+        return "matched"
+    if update:
+        path.write_text(text)
+        return "updated"
+    diff = "".join(
+        difflib.unified_diff(
+            expected.splitlines(True),
+            text.splitlines(True),
+            fromfile=f"{path} (golden)",
+            tofile="this run",
         )
-        raise JourneyAssertionError(
-            f"the journey differs from {path} (set JOURNEYLINE_UPDATE_GOLDEN=1 to accept):\n{diff}"
-        )
+    )
+    raise JourneyAssertionError(
+        f"the journey differs from {path} (set JOURNEYLINE_UPDATE_GOLDEN=1 to accept):\n{diff}"
+    )
