@@ -281,12 +281,24 @@ def db_upgrade(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create or migrate the schema to REVISION (default: the newest)."""
+    from alembic.util.exc import CommandError
+
     from engine import migrations
 
     settings = settings_for(ctx, database_url)
+    where = describe_database(settings.database_url)
     with friendly_errors(settings):
-        migrations.upgrade(settings.database_url, revision)
-    console.print(f"database {describe_database(settings.database_url)} upgraded to {revision}")
+        before = migrations.current(settings.database_url)
+        try:
+            migrations.upgrade(settings.database_url, revision)
+        except CommandError as exc:  # no such revision, or one behind where it is
+            fail(f"cannot upgrade {where} to {revision!r}: {exc}")
+        after = migrations.current(settings.database_url)
+    if after == before:
+        newer = "" if revision in ("head", after) else f"; {revision} is not ahead of it"
+        console.print(f"database {where} already at {after}{newer}: nothing to do")
+    else:
+        console.print(f"database {where} upgraded from {before or 'an empty schema'} to {after}")
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -443,7 +455,12 @@ def _register_subcommands() -> None:
 
 def main() -> None:
     _register_subcommands()
-    app()
+    try:
+        app()
+    except ConfigurationError as exc:  # met before a command's own friendly_errors (a bad
+        # database URL as the engine is made): one line, as for any other bad setting
+        err_console.print(f"[bold red]error:[/] [red]{escape(str(exc))}[/]")
+        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -68,6 +69,8 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Simulate contacts living through the journey; print the funnel, emails and goals."""
+    if html is not None:
+        _writable(html)
     try:
         behaviour = Profile.from_file(profile) if profile else Profile()
     except OSError as exc:
@@ -130,8 +133,22 @@ def simulate_command(
             )
     print_results(results, console)
     if html is not None:
-        html.write_text(html_report(results))
+        try:
+            html.write_text(html_report(results))
+        except OSError as exc:  # it could be written when the run started
+            fail(f"--html {html}: {exc.strerror or exc}")
         console.print(f"HTML report: {html}")
+
+
+def _writable(path: Path) -> None:
+    """Refuse, before a run that may take minutes, a report path that cannot be written."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        fail(f"--html {path}: is a folder; give a file name, such as {path / 'report.html'}")
+    if not folder.is_dir():
+        fail(f"--html {path}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        fail(f"--html {path}: cannot be written here")
 
 
 def _warn(message: str) -> None:

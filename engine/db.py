@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Table, any_, bindparam, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 from sqlalchemy.sql.elements import ColumnElement
@@ -24,6 +25,8 @@ from sqlmodel import Session, create_engine
 from engine import flush_shape, sequence_ids  # noqa: F401  (register their flush hooks)
 from engine.clock import ensure_utc
 from engine.db_writers import mark_serialised
+from engine.errors import ConfigurationError
+from engine.urls import redact_url
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -110,7 +113,24 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    try:
+        return create_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigurationError(_not_a_database_url(url, exc)) from exc
+
+
+def _not_a_database_url(url: str, exc: Exception) -> str:
+    """Why ``url`` gives no engine, for an operator: a URL that does not parse, or a kind of
+    database Journeyline does not run on (SQLAlchemy's own message names a driver module)."""
+    shown = redact_url(url)
+    if isinstance(exc, ArgumentError):
+        why = "is not a database URL"
+    else:
+        why = "names a database Journeyline does not run on"
+    return (
+        f"JOURNEYLINE_DATABASE_URL {shown!r} {why}: use sqlite:///path/to/file.db (the "
+        "embedded default) or postgresql+psycopg://user@host:5432/name"
+    )
 
 
 def _configure_sqlite(engine: Engine, *, wal: bool, durable: bool) -> None:

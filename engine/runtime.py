@@ -405,6 +405,14 @@ class Runtime:
                 raise ConfigurationError(
                     "JOURNEYLINE_CRM_CONNECTOR=hubspot needs JOURNEYLINE_HUBSPOT_TOKEN"
                 )
+            stages = self.registry.journey.stage_names
+            unknown = [s for s in settings.hubspot_lifecycle_map if s not in stages]
+            if unknown:  # the override would silently never apply
+                raise ConfigurationError(
+                    f"JOURNEYLINE_HUBSPOT_LIFECYCLE_MAP: {', '.join(map(repr, unknown))} "
+                    f"{'is not a stage' if len(unknown) == 1 else 'are not stages'} of the "
+                    f"journey; its stages: {', '.join(stages)}"
+                )
             self._crm = HubSpotConnector(
                 token=settings.hubspot_token,
                 base_url=settings.hubspot_base_url,

@@ -5,13 +5,15 @@ Every field here is documented in README.md under "Configuration".
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 WORKER_POLL_MS = 100
@@ -31,6 +33,34 @@ WORKER_THREADS = 4
 are mostly CPU-bound Python: a few threads keep a core busy while others wait on the
 database or an HTTP call; more contend for the GIL. bench.end_to_end on 2 cores, 2
 processes: 2, 3, 4 and 6 threads 1,086-1,147 events/s, 8 threads 744-921 (one run 1,067)."""
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+API_SETTINGS = ("JOURNEYLINE_API_MAX_BODY_BYTES", "JOURNEYLINE_API_PUBLIC_URL")
+"""The HTTP service's settings (``engine.api.app.ApiSettings``, not imported here: it would
+load the web framework into every command); a test keeps the two lists equal."""
+NOT_SETTINGS_PREFIXES = ("JOURNEYLINE_TEST_",)
+"""Variables of this project that are not settings: the test suite's service URLs."""
+NOT_SETTINGS = frozenset({"JOURNEYLINE_UPDATE_GOLDEN"})
+"""The test harness's "accept the new golden journeys" switch."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``JOURNEYLINE_*`` variables that set nothing, each with the setting it was probably
+    meant to be: a misspelt ``JOURNEYLINE_EMAIL_CONECTOR`` would otherwise leave the outbox
+    connector in place, and emails "sent" to a folder in production."""
+    known = {env_var(name) for name in Settings.model_fields} | set(API_SETTINGS)
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("JOURNEYLINE_") or name in known or name in NOT_SETTINGS:
+            continue
+        if name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        found.append(f"unknown setting {name}{hint}; README.md, Configuration, lists them")
+    return found
 
 
 class Settings(BaseSettings):
@@ -206,7 +236,24 @@ class Settings(BaseSettings):
         "separate `journeyline scheduler` process is needed.",
     )
     scheduler_batch_size: int = Field(default=500, ge=1)
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL, for every process."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _a_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _no_unknown_variables(self) -> Settings:
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            raise ValueError("; ".join(unknown))
+        return self
 
     @field_validator("public_url", "unsubscribe_secret", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.errors import ValidationError
 from engine.registry import Registry
+from engine.steps import SendEmail
 
 # --- the defaults ----------------------------------------------------------------
 
@@ -151,9 +152,22 @@ class Profile:
                 for event, chance in chances.items()
                 if not registry.knows_event(event) and default.get(event) != chance
             ]
+        sent = sorted(
+            {
+                node.step.template
+                for workflow in registry.workflows.values()
+                for node in workflow.program
+                if isinstance(node.step, SendEmail)
+            }
+        )
         for template, reaction in self.reactions.items():
             if reaction == DEFAULT_REACTIONS.get(template):
                 continue
+            if template not in sent:
+                found.append(
+                    f"{_path('reactions', template)}: no workflow sends this template, so "
+                    f"the reaction would never apply; templates sent: {', '.join(sent)}"
+                )
             found += [
                 f"{_path('reactions', template, 'boost', event)}: unknown event type; "
                 f"known: {events}"

@@ -204,6 +204,14 @@ class _MissingVariable(ChainableUndefined):
         _warn_missing(self)
         return ""
 
+    def _not_a_number(self, *_args: object) -> Any:
+        """``| int``, ``| float``: a TypeError, on which those filters give their default (0),
+        as for text that is not a number; Jinja's undefined fails the email instead."""
+        _warn_missing(self)
+        raise TypeError("a missing variable is not a number")
+
+    __int__ = __float__ = __index__ = _not_a_number
+
 
 def _warn_missing(undefined: Undefined) -> None:
     rendering = _CURRENT.get()

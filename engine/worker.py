@@ -14,6 +14,7 @@ import dramatiq
 import pydantic
 from pydantic_settings import SettingsError
 
+from engine.errors import ConfigurationError
 from engine.runtime import Runtime
 from engine.settings import Settings, describe_settings_error
 
@@ -35,7 +36,16 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-runtime = Runtime(_settings())
+settings = _settings()
+# Dramatiq sets up the handlers; JOURNEYLINE_LOG_LEVEL says how much of ours reaches them.
+for name in ("engine", "connectors"):
+    logging.getLogger(name).setLevel(settings.log_level)
+try:
+    runtime = Runtime(settings)
+except ConfigurationError as exc:  # a setting that reads well but cannot work (a database
+    # URL of no database we run on, HubSpot without its token): one line, not a traceback
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 broker = runtime.broker
 dramatiq.set_broker(broker)
 if runtime.settings.scheduler_in_workers:

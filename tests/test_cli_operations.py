@@ -464,7 +464,23 @@ def test_urls_are_shown_without_their_passwords_whatever_they_hold(url: str, sho
 def test_db_upgrade_names_the_database_as_describe_database_does(env: dict[str, Any]) -> None:
     result = invoke("db", "upgrade", "--database-url", env["url"])
     assert result.exit_code == 0, result.output
-    assert "upgraded to" in flat(result) and "SQLite file" in flat(result)
+    assert "SQLite file" in flat(result)
+    assert "upgraded from" in flat(result) or "already at" in flat(result)
+
+
+def test_db_upgrade_says_the_revision_reached_not_the_one_asked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/up.db"
+    first = invoke("db", "upgrade", "--database-url", url, "--revision", "0002")
+    assert "upgraded from an empty schema to 0002" in flat(first), first.output
+    head = invoke("db", "upgrade", "--database-url", url)
+    assert "upgraded from 0002 to" in flat(head), head.output
+    # Asking for an older revision changes nothing, and says so (it used to claim it)
+    back = invoke("db", "upgrade", "--database-url", url, "--revision", "0002")
+    assert back.exit_code == 0, back.output
+    assert "already at" in flat(back) and "0002 is not ahead of it" in flat(back)
+    unknown = invoke("db", "upgrade", "--database-url", url, "--revision", "9999")
+    assert unknown.exit_code == 2
+    assert "cannot upgrade" in flat(unknown) and "9999" in flat(unknown)
 
 
 # --- actions, a page at a time -------------------------------------------------------------

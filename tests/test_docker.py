@@ -20,6 +20,26 @@ def test_the_image_runs_as_a_non_root_user_on_a_slim_base() -> None:
     assert users and users[-1] != "root"
 
 
+def test_every_volume_the_services_write_is_a_folder_of_the_image_they_own() -> None:
+    """A named volume takes the owner of the image's folder it is mounted on; a folder the
+    image lacks is created for root, and the non-root services could not write to it."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")][-1]
+    mounted = {
+        volume.split(":")[1]
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str)
+        and volume.split(":")[0] in (compose.get("volumes") or {})
+        and volume.split(":")[1].startswith("/app")
+    }
+    assert mounted, "the compose file mounts no volume under /app"
+    for folder in mounted:
+        assert f"mkdir -p {folder}" in dockerfile, folder
+        assert f"chown {user}:{user} {folder}" in dockerfile, folder
+
+
 def test_compose_has_every_part_with_health_checks_and_a_one_shot_migration() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]

@@ -441,3 +441,26 @@ def test_a_workflows_folder_that_raises_is_one_error_with_its_file_and_line(
     assert isinstance(result.exception, SystemExit), result.exception  # not a crash
     squeezed = "".join(result.output.split())  # rich wraps long paths anywhere
     assert "broken/__init__.py:3:TypeError:wait_for_event()" in squeezed, result.output
+
+
+def test_a_reaction_to_a_template_no_workflow_sends_is_refused() -> None:
+    registry = load_workflows("workflows")
+    profile = Profile.from_dict(
+        {"reactions": {"trial_ofer": {"boost": {"trial.started": 2}, "days": 3}}}
+    )
+    (problem,) = profile.registry_problems(registry)
+    assert problem.startswith(
+        'reactions["trial_ofer"]: no workflow sends this template, so the reaction would '
+        "never apply; templates sent: "
+    )
+    assert "trial_offer" in problem
+
+
+def test_an_html_report_path_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no" / "such" / "report.html"
+    result = CliRunner().invoke(app, ["simulate", "--days", "1", "--html", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert _flat("there is no folder") in _flat(result.output)
+    assert "Funnel" not in result.output  # nothing ran

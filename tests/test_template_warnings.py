@@ -114,3 +114,21 @@ def test_a_field_of_a_missing_variable_renders_empty_and_names_what_is_missing(
         "template 'nested' printed contact.plan",
         "template 'nested' printed data.offer",
     ]
+
+
+def test_a_missing_variable_through_a_number_filter_is_its_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    numbers = (
+        "{% block subject %}Visits{% endblock %}"
+        "{% block text %}{{ contact.visits | int }} / {{ contact.spend | float }}"
+        " / {{ contact.visits | int(7) }}{% endblock %}"
+    )
+    renderer = _renderer(tmp_path, numbers=numbers)
+    with caplog.at_level(logging.WARNING, logger="engine.templates"):
+        rendered = renderer.render("numbers", contact={}, data={})
+    assert rendered.text == "0 / 0.0 / 7"
+    assert [f.split(" as empty")[0] for f in _warnings(caplog)] == [
+        "template 'numbers' printed contact.visits",
+        "template 'numbers' printed contact.spend",
+    ]
