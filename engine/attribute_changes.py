@@ -12,6 +12,12 @@ in its ``attributes_before`` column:
 that held null), ``absent`` the keys it added. Only changed keys are kept, and an event that
 changed nothing keeps ``NULL``. ``AttributeViews`` reads a contact's attributes as they
 stood before or after each of its pending events, from these.
+
+A contacts API or import update that changes the contact's time zone records it too, as
+``"timezone": ["Asia/Tokyo", "America/New_York"]`` (before, after), so a change of the zone
+alone is a ``contact.updated`` event the pipeline applies (it moves the waits for a local
+time: ``executor.follow_zone_changes``) and the timeline shows. It is not an attribute:
+``changed_keys`` and ``AttributeViews`` leave it out.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 
 WAS = "was"
 ABSENT = "absent"
+ZONE = "timezone"
 _MISSING = object()
 
 
@@ -50,6 +57,11 @@ def change_of(current: Mapping[str, Any], given: Mapping[str, Any] | None) -> di
     return found
 
 
+def with_zone_change(before: dict[str, Any] | None, was: str, now: str) -> dict[str, Any]:
+    """``before`` (a change of attributes, or None) with the time zone changed too."""
+    return {**(before or {}), ZONE: [was, now]}
+
+
 def changed_keys(before: Mapping[str, Any] | None) -> list[str]:
     """The keys a change (an ``attributes_before``) names, in the order it names them."""
     if not before:
@@ -58,13 +70,17 @@ def changed_keys(before: Mapping[str, Any] | None) -> list[str]:
 
 
 def describe_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
-    """``plan 'free' -> 'pro', seats (unset) -> 3``: a change and the values it set."""
+    """``plan 'free' -> 'pro', seats (unset) -> 3``: a change and the values it set (and
+    ``time zone 'UTC' -> 'Europe/Paris'``)."""
     was = before.get(WAS, {})
     parts = []
     for key in changed_keys(before):
         old = repr(was[key]) if key in was else "(unset)"
         new = repr(after[key]) if key in after else "?"
         parts.append(f"{key} {old} -> {new}")
+    zone = before.get(ZONE)
+    if isinstance(zone, list) and len(zone) == 2:
+        parts.append(f"time zone {zone[0]!r} -> {zone[1]!r}")
     return ", ".join(parts)
 
 

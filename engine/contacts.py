@@ -17,7 +17,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from engine.attribute_changes import change_of
+from engine.attribute_changes import change_of, with_zone_change
 from engine.db import insert_new
 from engine.errors import ValidationError
 from engine.event_input import nul_problems
@@ -155,7 +155,7 @@ class FoundContact(NamedTuple):
     contact: Contact
     created: bool
     attributes_before: dict[str, Any] | None
-    """What merging the given attributes into an existing contact replaced
+    """What merging the given attributes and time zone into an existing contact replaced
     (``engine.attribute_changes``); None when new or unchanged."""
 
 
@@ -179,7 +179,10 @@ def find_or_create_contact(
 
     Given attributes are merged into an existing contact, under its row lock (PostgreSQL
     ``FOR UPDATE``), so what they replaced is read as the pipeline left it; a concurrent
-    create of the same address is resolved by the unique constraint, not by luck.
+    create of the same address is resolved by the unique constraint, not by luck. A time
+    zone changed counts as a change (``attribute_changes.ZONE``): the caller records it as
+    a ``contact.updated`` event like an attribute's, so the pipeline moves the waits for a
+    local time the old zone set.
     """
     found = select(Contact).where(Contact.email == email).with_for_update()
     contact = session.exec(found).first()
@@ -191,7 +194,9 @@ def find_or_create_contact(
             return FoundContact(candidate, True, None)
         except IntegrityError:
             contact = session.exec(found).one()
-    changed, before = _merge(contact, now=now, timezone=timezone, attributes=attributes)
+    changed, before, zone_was = _merge(contact, now=now, timezone=timezone, attributes=attributes)
+    if zone_was is not None:
+        before = with_zone_change(before, zone_was, contact.timezone)
     if changed:
         session.add(contact)
     return FoundContact(contact, False, before)
@@ -219,7 +224,9 @@ def find_or_insert_contact_id(
             return FoundContactId(new_id, True, None)
         # Created by another writer a moment ago: theirs stands, ours merges into it.
         contact = session.exec(select(Contact).where(Contact.email == email)).one()
-    changed, before = _merge(contact, now=now, timezone=timezone, attributes=attributes)
+    # A time zone changed here is not kept with the event (nor by the batch path): the
+    # event goes through the pipeline anyway, which compares zones (``follow_zone_changes``).
+    changed, before, _zone_was = _merge(contact, now=now, timezone=timezone, attributes=attributes)
     if changed:
         session.add(contact)
     return FoundContactId(contact.id, False, before)  # type: ignore[arg-type]
@@ -250,20 +257,22 @@ def _merge(
     now: datetime,
     timezone: str | None,
     attributes: Mapping[str, Any] | None,
-) -> tuple[bool, dict[str, Any] | None]:
+) -> tuple[bool, dict[str, Any] | None, str | None]:
     """Merge given attributes and time zone into an existing contact: whether it changed,
-    and what the attributes replaced (``attribute_changes.change_of``; None: nothing)."""
+    what the attributes replaced (``attribute_changes.change_of``; None: nothing), and the
+    time zone it replaced (None: the same)."""
     before = change_of(contact.attributes, attributes)
     changed = before is not None
     if changed:
         contact.attributes = {**contact.attributes, **attributes}  # type: ignore[dict-item]
+    zone_was = None
     if timezone and timezone != contact.timezone:
-        contact.timezone = timezone
+        zone_was, contact.timezone = contact.timezone, timezone
         changed = True
     if changed:
         contact.updated_at = now
         contact.version += 1
-    return changed, before
+    return changed, before, zone_was
 
 
 # --- consent ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,14 @@ from sqlmodel import Session, col, func, select
 from engine import known_enrollments
 from engine.conditions import context_for
 from engine.db import keep
-from engine.localtime import next_time_of_day, parse_hhmm, parse_instant, zone
+from engine.localtime import (
+    at_local,
+    date_problem,
+    next_time_of_day,
+    parse_hhmm,
+    parse_instant,
+    zone,
+)
 from engine.models import (
     Action,
     ActionStatus,
@@ -56,7 +63,7 @@ from engine.steps import (
     WaitUntilDate,
     transactional_ahead,
 )
-from engine.workflow import Workflow
+from engine.workflow import ConditionMet, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +233,39 @@ def start_enrollment(
     )
     session.add(enrollment)  # written at the next flush, with its actions (see action_key)
     known_enrollments.added(session, enrollment)
+    met = _met_at_entry(session, workflow, contact, enrollment, now)
+    if met is not None:
+        reason, status = met
+        log.info("contact %s entered %s and left it at once: %s", contact.id, workflow.name, reason)
+        end_enrollment(session, enrollment, now=now, reason=reason, status=status)
+        return Effects()
     return advance(session, registry, contact, enrollment, now=now)
+
+
+def _met_at_entry(
+    session: Session, workflow: Workflow, contact: Contact, enrollment: Enrollment, now: datetime
+) -> tuple[str, str] | None:
+    """Why, and with which status, a new enrollment ends before its first step: one of the
+    workflow's condition goals (``on_condition`` in ``goals``) already holds (converted),
+    else one of its condition exits (exited), as HubSpot unenrolls a contact who meets the
+    goal when enrolled. Read as of the event being applied and for this enrollment (it has
+    sent nothing, so ``opened(...)`` is false; ``did_event`` without ``within`` counts from
+    now). A goal turning true later still ends it in the pipeline, as before."""
+    goals = [g.condition for g in workflow.goals if isinstance(g, ConditionMet)]
+    exits = [x.condition for x in workflow.exit_when if isinstance(x, ConditionMet)]
+    if not goals and not exits:
+        return None
+    ctx = context_for(session, contact, now, enrollment)
+    for goal in goals:
+        if goal.evaluate(ctx):
+            return f"goal already met at entry: {goal.describe()}", EnrollmentStatus.CONVERTED
+    for exit_rule in exits:
+        if exit_rule.evaluate(ctx):
+            return (
+                f"exit condition already met at entry: {exit_rule.describe()}",
+                EnrollmentStatus.EXITED,
+            )
+    return None
 
 
 def _latest_entry(
@@ -297,7 +336,7 @@ def advance(
     program = workflow.program
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.wake_at = None
-    if WAITING_UNTIL_DATE in enrollment.context or PAUSED in enrollment.context:
+    if any(key in enrollment.context for key in _ABOUT_THE_WAIT):
         enrollment.context = {
             k: v for k, v in enrollment.context.items() if k not in _ABOUT_THE_WAIT
         }
@@ -310,13 +349,25 @@ def advance(
             position = node.next
             if wake is not None and wake > now:
                 _park(enrollment, position, wake, now)
-                if isinstance(step, WaitUntilDate):  # followed if the date changes
+                # Followed if the date changes, or the contact's time zone (a local time).
+                if isinstance(step, WaitUntilDate):
+                    waiting = {"attribute": step.attribute, "step": node.id}
                     enrollment.context = {
                         **enrollment.context,
-                        WAITING_UNTIL_DATE: {"attribute": step.attribute, "step": node.id},
+                        WAITING_UNTIL_DATE: {**waiting, "zone": contact.timezone},
+                    }
+                elif isinstance(step, WaitUntil):
+                    enrollment.context = {
+                        **enrollment.context,
+                        WAITING_UNTIL_TIME: {"step": node.id, "zone": contact.timezone},
                     }
                 return effects
-            _trail(enrollment, node, now, "wait already over: went on")
+            if wake is None:
+                assert isinstance(step, WaitUntilDate)  # the only wait that may have no time
+                note = _without_a_date(contact, enrollment, step, "went on")
+            else:
+                note = "wait already over: went on"
+            _trail(enrollment, node, now, note)
             continue
         if isinstance(step, WaitForEvent):
             enrollment.context = {
@@ -360,7 +411,9 @@ def resume_on_event(
 def wake(
     session: Session, registry: Registry, contact: Contact, enrollment: Enrollment, *, now: datetime
 ) -> Effects:
-    """A wait is over: a plain wait goes on; a wait for an event takes its timeout path."""
+    """A wait is over: a plain wait goes on; a wait for an event takes its timeout path. A
+    wait for a local time computed in a zone the contact has left since (her new zone was
+    recorded, not yet applied: ``follow_zone_changes``) waits on for that time in her zone."""
     workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
     if workflow is None:
         end_enrollment(session, enrollment, now=now, reason="workflow version no longer known")
@@ -369,6 +422,8 @@ def wake(
         node = workflow.program[enrollment.position]
         _trail(enrollment, node, now, "timed out waiting for the event")
         return _jump(session, registry, contact, enrollment, node.targets["timeout"], now)
+    if _rezoned(session, registry, contact, enrollment, now=now):
+        return Effects()
     return advance(session, registry, contact, enrollment, now=now)
 
 
@@ -409,18 +464,25 @@ def _jump(
 
 
 WAITING_UNTIL_DATE = "waiting_until_date"
-"""In a waiting enrollment's context: the date attribute its wait is counted from, and the
-wait step (``follow_date_changes`` moves the wake-up when the date changes)."""
+"""In a waiting enrollment's context: the date attribute its wait is counted from, the wait
+step, and the contact's time zone when the wake-up was computed (``follow_date_changes``
+moves the wake-up when the date changes, ``follow_zone_changes`` when the zone does: a date
+without an offset, and a ``time=``, are local)."""
+
+WAITING_UNTIL_TIME = "waiting_until_time"
+"""In a waiting enrollment's context: its wait until a time of day (``wait_until``) and the
+contact's time zone when the wake-up was computed (``follow_zone_changes``)."""
 
 PAUSED = "paused"
 """In a waiting enrollment's context: its relative wait was extended because an email
 written just before it was held by a guard rail (engine/pauses.py): the wait step, when
 the wait began, and the hold that set its wake-up."""
 
-_ABOUT_THE_WAIT = (WAITING_UNTIL_DATE, PAUSED)
+_ABOUT_THE_WAIT = (WAITING_UNTIL_DATE, WAITING_UNTIL_TIME, PAUSED)
 """Context keys that describe the wait an enrollment is parked at: gone when it runs on."""
 _ENDED_WITHOUT = ("waiting_for", PAUSED)
 """Context keys an ended enrollment no longer needs."""
+_LOCAL_WAITS = (WAITING_UNTIL_DATE, WAITING_UNTIL_TIME)
 
 
 def follow_date_changes(
@@ -430,41 +492,159 @@ def follow_date_changes(
     changed: Iterable[str],
     *,
     now: datetime,
+    running: Enrollment | None = None,
 ) -> None:
-    """The contact's attributes ``changed``: a wait counted from one of them
-    (``wait_until_date``) wakes at the time the new date gives, as a trial extended by two
-    weeks moves its "3 days before it ends" reminder; a date removed, or moved into the
-    past, wakes it now (as a wait that starts without a date goes straight on)."""
+    """The contact's attributes ``changed`` (by an event, an import, or a ``set_attribute``
+    step of the enrollment ``running``, which is left alone: it is not waiting): a wait
+    counted from one of them (``wait_until_date``) wakes at the time the new date gives, as
+    a trial extended by two weeks moves its "3 days before it ends" reminder; a date
+    removed, moved into the past, or replaced by something that is not a date, wakes it now
+    (as a wait that starts without a date goes straight on)."""
     names = set(changed)
     if not names:
         return
-    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
-        waiting = enrollment.context.get(WAITING_UNTIL_DATE)
-        if enrollment.status != EnrollmentStatus.WAITING or not waiting:
-            continue
+    for enrollment, waiting in _parked_at_local_waits(
+        session, contact, running, WAITING_UNTIL_DATE
+    ):
         if waiting["attribute"] not in names:
             continue
-        workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
-        node = (
-            next((n for n in workflow.program if n.id == waiting["step"]), None)
-            if workflow
-            else None
-        )
-        if node is None or not isinstance(node.step, WaitUntilDate):
+        node = _wait_node(session, registry, enrollment, waiting, (WaitUntilDate,))
+        if node is None:
             continue
-        wake = _wake_time(node.step, contact, now)
-        moved_to = wake if wake is not None and wake > now else now
-        if moved_to == enrollment.wake_at:
+        assert isinstance(node.step, WaitUntilDate)
+        moved_to = _moved_wake(node.step, contact, now)
+        if date_problem(contact.attributes.get(node.step.attribute)) is not None:
+            note = _without_a_date(
+                contact, enrollment, node.step, f"wakes at {moved_to.isoformat()}"
+            )
+        else:
+            note = f"{waiting['attribute']} changed: wakes at {moved_to.isoformat()}"
+        _rewake(session, contact, enrollment, WAITING_UNTIL_DATE, node, moved_to, now, note)
+
+
+def follow_zone_changes(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    *,
+    now: datetime,
+) -> None:
+    """The contact's time zone is not the one a waiting enrollment's local-time wake-up was
+    computed in (``wait_until("10:00")``, ``wait_until_date`` at a time or from a date
+    without an offset): it wakes at that time in the new zone, the next ``10:00`` there, or
+    now if the date's time there has passed; as quiet hours, and Braze's and Customer.io's
+    local-time sends, follow the contact's current zone. Relative waits stay."""
+    for enrollment, _waiting in _parked_at_local_waits(session, contact, None, *_LOCAL_WAITS):
+        _rezoned(session, registry, contact, enrollment, now=now)
+
+
+def _parked_at_local_waits(
+    session: Session, contact: Contact, running: Enrollment | None, *keys: str
+) -> Iterator[tuple[Enrollment, dict[str, Any]]]:
+    """The contact's waiting enrollments parked at a wait that ``keys`` of their context
+    describe, with what it says of the wait; never ``running``, the enrollment whose step
+    asks (it is mid-run: its state is its caller's)."""
+    for enrollment in live_enrollments(session, contact.id):  # type: ignore[arg-type]
+        if enrollment is running or enrollment.status != EnrollmentStatus.WAITING:
             continue
-        _trail(
-            enrollment,
-            node,
-            now,
-            f"{waiting['attribute']} changed: wakes at {moved_to.isoformat()}",
-        )
+        for key in keys:
+            waiting = enrollment.context.get(key)
+            if waiting:
+                yield enrollment, waiting
+                break
+
+
+def _rezoned(
+    session: Session, registry: Registry, contact: Contact, enrollment: Enrollment, *, now: datetime
+) -> bool:
+    """If ``enrollment`` waits for a local time computed in another zone than the contact's,
+    move its wake-up to that time in her zone; whether it then still lies ahead. (Checked
+    on waking too, for a zone recorded but not applied yet when the old wake-up came.)"""
+    key = next((k for k in _LOCAL_WAITS if enrollment.context.get(k)), None)
+    if key is None:
+        return False
+    waiting = enrollment.context[key]
+    if waiting.get("zone", contact.timezone) == contact.timezone:
+        return False  # the same zone; or parked before zones were noted: left as it is
+    node = _wait_node(session, registry, enrollment, waiting, (WaitUntil, WaitUntilDate))
+    if node is None:
+        return False
+    assert isinstance(node.step, WaitUntil | WaitUntilDate)
+    moved_to = _moved_wake(node.step, contact, now)
+    note = f"time zone changed to {contact.timezone}: wakes at {moved_to.isoformat()}"
+    _rewake(session, contact, enrollment, key, node, moved_to, now, note)
+    return moved_to > now
+
+
+def _wait_node(
+    session: Session,
+    registry: Registry,
+    enrollment: Enrollment,
+    waiting: dict[str, Any],
+    kinds: tuple[type, ...],
+) -> Node | None:
+    """The wait step ``waiting`` names in the enrollment's workflow, if still one of ``kinds``."""
+    workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+    if workflow is None:
+        return None
+    node = next((n for n in workflow.program if n.id == waiting["step"]), None)
+    return node if node is not None and isinstance(node.step, kinds) else None
+
+
+def _moved_wake(step: WaitUntil | WaitUntilDate, contact: Contact, now: datetime) -> datetime:
+    """When a wait the contact is parked at wakes, computed again now: its time if still
+    ahead, else now (no date, or one already past)."""
+    wake = _wake_time(step, contact, now)
+    return wake if wake is not None and wake > now else now
+
+
+def _rewake(
+    session: Session,
+    contact: Contact,
+    enrollment: Enrollment,
+    key: str,
+    node: Node,
+    moved_to: datetime,
+    now: datetime,
+    note: str,
+) -> None:
+    """Move a waiting enrollment's wake-up to ``moved_to`` (noting why in its trail, if it
+    moves), computed in the contact's current zone, which its context now records."""
+    waiting = enrollment.context[key]
+    if moved_to == enrollment.wake_at and waiting.get("zone") == contact.timezone:
+        return
+    enrollment.context = {**enrollment.context, key: {**waiting, "zone": contact.timezone}}
+    if moved_to != enrollment.wake_at:
+        _trail(enrollment, node, now, note)
         enrollment.wake_at = moved_to
-        enrollment.updated_at = now
-        keep(session, enrollment)
+    enrollment.updated_at = now
+    keep(session, enrollment)
+
+
+def _without_a_date(
+    contact: Contact, enrollment: Enrollment, step: WaitUntilDate, outcome: str
+) -> str:
+    """The trail note of a date wait that has no date to count from and so ``outcome``
+    ("went on"). A value that is not a date (stored before dates were checked, or from a
+    provider's webhook, which is not refused) is also logged as a warning: its workflow
+    goes on without waiting, which its author will want to know."""
+    value = contact.attributes.get(step.attribute)
+    if date_problem(value) is None:  # nothing there
+        return f"no {step.attribute}: {outcome}"
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    log.warning(
+        "contact %s, workflow %s: %s holds %s, not a date: %s (give an ISO 8601 date or time, "
+        "or a Unix time)",
+        contact.id,
+        enrollment.workflow,
+        step.attribute,
+        shown,
+        outcome,
+    )
+    return f"{step.attribute} holds {shown}, not a date: {outcome}"
+
+
+_UNSET = object()
 
 
 def _park(enrollment: Enrollment, position: int | None, wake_at: datetime, now: datetime) -> None:
@@ -499,13 +679,11 @@ def _wake_time(
         return next_time_of_day(now, contact.timezone, step.time, weekdays_only=step.weekdays_only)
     instant = parse_instant(contact.attributes.get(step.attribute), contact.timezone)
     if instant is None:
-        return None  # no such date: nothing to wait for
+        return None  # no date (or not a date: the caller says so): nothing to wait for
     target = instant + step.offset
     if step.time:
         tz = zone(contact.timezone)
         local_day = (instant.astimezone(tz) + step.offset).date()
-        from engine.localtime import at_local
-
         target = at_local(local_day, parse_hhmm(step.time), tz)
     return target
 
@@ -534,7 +712,12 @@ def _run(
         _trail(enrollment, node, now, f"variant {variant}")
         return node.targets[variant]
     if isinstance(step, SetAttribute):
+        changed = contact.attributes.get(step.name, _UNSET) != step.value
         contact.attributes = {**contact.attributes, step.name: step.value}
+        if changed:  # a trial extended by a step moves a reminder as an input would
+            follow_date_changes(
+                session, registry, contact, (step.name,), now=now, running=enrollment
+            )
     elif isinstance(step, Tag):
         tags = [t for t in (contact.attributes.get("tags") or []) if t != step.tag]
         if not step.remove:

@@ -25,6 +25,7 @@ from engine.executor import (
     Effects,
     end_enrollment,
     follow_date_changes,
+    follow_zone_changes,
     live_enrollments,
     resume_on_event,
     start_enrollment,
@@ -276,6 +277,10 @@ def _apply_event(
     )
     # A wait counted from a date this event changed (a trial extended) follows the new date.
     follow_date_changes(session, registry, contact, changed_keys(event.attributes_before), now=now)
+    # A wait for a local time follows the contact's time zone, which an input merged into
+    # her when it was recorded (an event's ``timezone``, an import): each such wait notes
+    # the zone its wake-up was computed in, so a change is found whichever path made it.
+    follow_zone_changes(session, registry, contact, now=now)
     if reacted or registry.knows_event(event.type):
         # A known type that changed nothing this time (an NPS 7 that no rule scores) is
         # processed all the same; "unmapped" is for types nothing in the registry names.

@@ -270,8 +270,14 @@ def test_upsert_and_import_of_an_existing_contact_fire_the_segment() -> None:
         )
         # And an update that changes nothing records nothing
         sim.contact_import("a@x.com", attributes={"plan": "pro"})
-        sim.contact_import("a@x.com", timezone="Europe/Paris")
         assert len(_events_of(sim)) == 1
+        # But a time zone changed is a change (waits for a local time follow it), once
+        sim.contact_import("a@x.com", timezone="Europe/Paris")
+        sim.contact_import("a@x.com", timezone="Europe/Paris")
+        (_, zone_changed) = _events_of(sim)
+        assert zone_changed.type == "contact.updated" and zone_changed.properties == {}
+        assert zone_changed.attributes_before == {"timezone": ["UTC", "Europe/Paris"]}
+        assert "attributes changed: time zone 'UTC' -> 'Europe/Paris'" in sim.explain("a@x.com")
 
 
 def _events_of(sim: Simulation) -> list:  # type: ignore[type-arg]
