@@ -301,7 +301,11 @@ def _next_page(
 
 
 def starts_with_email(workflow: Workflow) -> bool:
-    """Whether entering ``workflow`` can be written set-based (``enroll_starting_with_email``)."""
+    """Whether entering ``workflow`` can be written set-based (``enroll_starting_with_email``):
+    its first step is an email, and no condition goal or exit could end an entry before it
+    (those are evaluated per contact at entry, ``executor.start_enrollment``)."""
+    if any(isinstance(item, ConditionMet) for item in (*workflow.goals, *workflow.exit_when)):
+        return False
     return bool(workflow.program) and isinstance(workflow.program[0].step, SendEmail)
 
 

@@ -647,3 +647,38 @@ def test_the_audience_leaves_out_the_unsubscribed_only_where_the_entry_rule_does
     )
     assert "subscribed" in marketing_only.describe()
     assert "subscribed" not in with_receipt.describe()
+
+
+def test_a_broadcast_converts_at_entry_those_who_already_meet_a_condition_goal(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    # Given a sale whose goal is the pro plan, and leads of whom some are on it already
+    flow = sale(goals=[on_condition(attribute("plan", "pro"))])
+    with running(f"sqlite:///{tmp_path}/jl.db", tmp_path, fake, [flow]) as (runtime, _):
+        add_contacts(runtime, 3, attributes={"plan": "free"})
+        add_contacts(runtime, 2, prefix="pro", attributes={"plan": "pro"})
+        # When the sale is broadcast
+        runtime.broadcast("spring_sale")
+        runtime.run_until_idle()
+        # Then only the free ones get it; the pro ones converted at entry, sent nothing
+        sent = sorted(email for email, _step in _recipients(runtime))
+        assert sent == ["c0@example.com", "c1@example.com", "c2@example.com"]
+        with Session(runtime.db) as session:
+            converted = session.exec(
+                select(Enrollment.status, Enrollment.context).where(
+                    Enrollment.status == "converted"
+                )
+            ).all()
+        assert len(converted) == 2
+
+
+def _recipients(runtime: Runtime) -> list[tuple[str, str]]:
+    with Session(runtime.db) as session:
+        return [
+            (email, str(action.reason.get("step")))
+            for action, email in session.exec(
+                select(Action, Contact.email)
+                .join(Contact, col(Contact.id) == col(Action.contact_id))
+                .where(Action.kind == "email", Action.status == "sent")
+            ).all()
+        ]
