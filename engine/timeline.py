@@ -1,7 +1,9 @@
 """A contact's timeline: everything that happened to one contact, in one chronological list.
 
-Events, stage transitions, workflow enrollments (entered, a wait paused while an email was
-held, ended) and actions each become ``Entry`` rows (kind, instant, one-line summary,
+Events, stage transitions, workflow enrollments (entered, each decision its trail keeps:
+a variant drawn, a branch taken, a wait over or an event arrived first, a stage move held
+back, a wait paused while an email was held, a migration; ended) and actions (with every
+rule that held them back) each become ``Entry`` rows (kind, instant, one-line summary,
 details) merged by time, so an operator can answer "why did this person get that email?"
 with one query (DESIGN.md section 9). An event stands at
 the instant the engine took it in (processed it, or received it while it waits), the
@@ -16,6 +18,8 @@ the CLI and the HTTP API.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,20 +37,35 @@ from engine.models import (
     EnrollmentStatus,
     Event,
     StageTransition,
+    WorkflowVersion,
 )
 from engine.recording import CONTACT_UPDATED
 from engine.registry import Registry
 from engine.scheduler import current_claims
+from engine.spec import from_spec
+from engine.workflow import Workflow
 
-# Entries at the same instant sort in causal order: grouped by the event that caused them,
-# then the event, the stage change it caused, the enrollment that change started, the action
-# that enrollment wrote. Entries with no known cause (an exit) come last in their instant.
+log = logging.getLogger(__name__)
+
+# Entries at the same instant sort in causal order, grouped by the event that caused them:
+# the event, the stage change it caused, then each enrollment it started or ran on: its
+# entry, then its decisions (trail notes) and the actions it wrote in the order of their
+# steps; an action outside any workflow last. A contact's creation without an event (an
+# import) comes before everything else of its instant. Entries with no known cause come
+# last in their instant (a scheduler's wake-up, an exit, an email sent later than it was
+# written: held, retried, withdrawn), each enrollment's together: its decisions and the
+# actions it wrote, its end, then its emails that went (or were skipped) later than written
+# (a withdrawal after the goal that ended it).
 # This only holds if an event stands at the instant its effects were written: at its
 # ``occurred_at`` (stamped when it was recorded, or by its source) it would come before the
 # effects of the events processed ahead of it, a new contact's first event before the
 # contact's own creation (a virtual clock hides this: there the two instants are one).
-_KIND_ORDER = {"event": 0, "stage": 1, "enrollment": 2, "action": 3}
+_CREATION = -1
 _NO_CAUSE = 2**62
+_EVENT, _STAGE, _ENROLLMENT, _OTHER_ACTION = range(4)  # rank in a group
+_ENTERED, _RAN, _ENDED, _LATER = range(4)  # phase among an enrollment's entries in a group
+_UNPLACED = -1  # the step of a note whose step is not known: before the actions
+_LAST = 2**31  # a note without a time: after what its enrollment did at that instant
 
 
 @dataclass(frozen=True)
@@ -57,11 +76,14 @@ class Entry:
     details: dict[str, Any] = field(default_factory=dict)
     cause_event_id: int | None = field(default=None, repr=False)
     row_id: int = field(default=0, repr=False)
+    # Its place in its instant: (group: an event id, _CREATION or _NO_CAUSE; rank; the row
+    # it belongs to; for an enrollment's entries, their phase, the position of their step
+    # in the workflow and their order as written).
+    order: tuple[int, ...] = field(default=(_NO_CAUSE, 9), repr=False)
 
     @property
-    def sort_key(self) -> tuple[datetime, int, int, int]:
-        cause = _NO_CAUSE if self.cause_event_id is None else self.cause_event_id
-        return (self.at, cause, _KIND_ORDER.get(self.kind, 9), self.row_id)
+    def sort_key(self) -> tuple[datetime | int, ...]:
+        return (self.at, *self.order)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,12 +163,21 @@ def contact_timeline(
     ).all()
     entries.extend(_stage_entry(t) for t in transitions)
     enrollments = session.exec(select(Enrollment).where(Enrollment.contact_id == cid)).all()
-    for enrollment in enrollments:
-        entries.extend(_enrollment_entries(enrollment))
     actions = session.exec(
         select(Action).where(Action.contact_id == cid).order_by(col(Action.id))
     ).all()
-    entries.extend(_action_entry(a) for a in actions)
+    written: dict[int, list[Action]] = {e.id: [] for e in enrollments if e.id is not None}
+    for action in actions:
+        if action.enrollment_id in written:
+            written[action.enrollment_id].append(action)
+        else:  # outside any workflow (or its enrollment is gone)
+            entries.append(_action_entry(action))
+    positions = _step_positions(
+        session, registry, [e for e in enrollments if written.get(e.id or 0)]
+    )
+    for enrollment in enrollments:
+        steps = positions.get((enrollment.workflow, enrollment.version))
+        entries.extend(_enrollment_entries(enrollment, written.get(enrollment.id or 0, []), steps))
     entries.sort(key=lambda e: e.sort_key)
     live = _live(session, list(enrollments))
     if registry is not None:
@@ -188,6 +219,34 @@ def name_steps(
         return workflow.program[e.position].id
 
     return [replace(e, step=step(e)) for e in live]
+
+
+def _step_positions(
+    session: Session, registry: Registry | None, enrollments: list[Enrollment]
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Where each step stands in the program of each (workflow, version) ``enrollments`` run
+    on: a run only goes forward through it, so this is the order of its decisions and
+    actions. Read only for enrollments with a decision noted; an unknown version has none."""
+    wanted = {(e.workflow, e.version) for e in enrollments if e.context.get("trail")}
+    found: dict[tuple[str, str], Workflow] = {}
+    if registry is not None:  # the current versions, older ones cached in the registry
+        for name, version in wanted:
+            if (workflow := workflow_for(session, registry, name, version)) is not None:
+                found[(name, version)] = workflow
+    elif wanted:
+        names = {name for name, _version in wanted}
+        query = select(WorkflowVersion).where(col(WorkflowVersion.workflow).in_(names))
+        for row in session.exec(query):
+            if (row.workflow, row.version) not in wanted:
+                continue
+            try:
+                found[(row.workflow, row.version)] = from_spec(row.spec)
+            except (TypeError, ValueError, KeyError) as exc:  # decisions first, then
+                log.info("workflow %s version %s does not load: %s", row.workflow, row.version, exc)
+    return {
+        key: {node.id: i for i, node in enumerate(workflow.program)}
+        for key, workflow in found.items()
+    }
 
 
 def _summary(contact: Contact) -> ContactSummary:
@@ -241,11 +300,16 @@ def _event_entry(event: Event) -> Entry:
         },
         cause_event_id=event.id,
         row_id=event.id or 0,
+        order=(event.id or 0, _EVENT, event.id or 0),
     )
 
 
 def _stage_entry(transition: StageTransition) -> Entry:
     source = transition.from_stage or "(new)"
+    if transition.event_id is not None:
+        group = transition.event_id
+    else:  # a contact created without an event (imported) existed before anything else
+        group = _NO_CAUSE if transition.from_stage else _CREATION
     return Entry(
         kind="stage",
         at=transition.at,
@@ -259,10 +323,16 @@ def _stage_entry(transition: StageTransition) -> Entry:
         },
         cause_event_id=transition.event_id,
         row_id=transition.id or 0,
+        order=(group, _STAGE, transition.id or 0),
     )
 
 
-def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
+def _enrollment_entries(
+    enrollment: Enrollment, actions: list[Action], steps: dict[str, int] | None
+) -> list[Entry]:
+    """The enrollment's entry, its decisions, the actions it wrote and its end; ``steps``:
+    the position of each step of its workflow, if known (``_step_positions``)."""
+    row = enrollment.id or 0
     details = {
         "id": enrollment.id,
         "workflow": enrollment.workflow,
@@ -273,6 +343,7 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
         "wake_at": enrollment.wake_at,
         "cause_event_id": enrollment.cause_event_id,
     }
+    started = _NO_CAUSE if enrollment.cause_event_id is None else enrollment.cause_event_id
     found = [
         Entry(
             kind="enrollment",
@@ -280,10 +351,13 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
             summary=f"entered workflow {enrollment.workflow}",
             details=details,
             cause_event_id=enrollment.cause_event_id,
-            row_id=enrollment.id or 0,
+            row_id=row,
+            order=(started, _ENROLLMENT, row, _ENTERED),
         )
     ]
-    found.extend(_pause_entries(enrollment, details))
+    runs = {enrollment.started_at: [(_UNPLACED, started)]}
+    found.extend(_note_entries(enrollment, details, runs, steps or {}))
+    found.extend(_action_entry(a, enrollment=row, runs=runs, steps=steps) for a in actions)
     if enrollment.ended_at is not None:
         why = enrollment.context.get("end_reason")
         verb = f"{enrollment.status}" + (f": {why}" if why else "")
@@ -293,31 +367,98 @@ def _enrollment_entries(enrollment: Enrollment) -> list[Entry]:
                 at=enrollment.ended_at,
                 summary=f"workflow {enrollment.workflow} {verb}",
                 details={**details, "end_reason": why},
-                row_id=enrollment.id or 0,
+                row_id=row,
+                order=(_NO_CAUSE, _ENROLLMENT, row, _ENDED),
             )
         )
     return found
 
 
-def _pause_entries(enrollment: Enrollment, details: dict[str, Any]) -> list[Entry]:
-    """The times a held email paused this enrollment's wait (engine/pauses.py), from the
-    notes its trail keeps: "workflow drip 2-wait: wait extended to ... while email a was
-    held until ...". Only the trail's last fifty notes are kept, so a long journey's oldest
-    pauses may have gone."""
+Runs = dict[datetime, list[tuple[int, int]]]
+"""The runs of an enrollment at each instant it ran: (the position of the step each began
+at, the group of what ran it), in order. Its start is run by its cause; a later run by the
+event a note names ("event arrived first (event 12)") or by nothing known (a scheduler's
+wake-up)."""
+
+
+def _note_entries(
+    enrollment: Enrollment, details: dict[str, Any], runs: Runs, steps: dict[str, int]
+) -> list[Entry]:
+    """The decisions the enrollment's trail notes (engine/executor.py): "workflow trial
+    split: variant B", "workflow onboarding activated?: did product.activated since
+    entering: then", "workflow drip 2-wait: wait extended to ... while email a was held
+    until ...". Only the trail's last fifty notes are kept, so a long journey's oldest may
+    have gone. Fills in ``runs`` for the actions written at the same instants.
+
+    A note without a time (a migration's, engine/versions.py) stands at the latest instant
+    known before it, and says so."""
+    trail = [n for n in enrollment.context.get("trail", []) if isinstance(n, dict)]
+    times = [_noted_at(n) for n in trail]
     found = []
-    for note in enrollment.context.get("trail", []):
-        if not isinstance(note, dict) or note.get("kind") != "paused" or "at" not in note:
-            continue
+    since = enrollment.started_at
+    for index, (note, at) in enumerate(zip(trail, times, strict=True)):
+        text = f"{note.get('note', '')}"
+        marks = {k: v for k, v in note.items() if k not in ("at", "step", "note")}
+        extra: dict[str, Any] = {"marks": marks} if marks else {}
+        position = steps.get(str(note.get("step")), _UNPLACED)
+        if at is None:
+            later = [t for t in times[index + 1 :] if t is not None]
+            until = later[0] if later else enrollment.ended_at
+            text += f" (time not recorded: after {since:%Y-%m-%d %H:%M} UTC" + (
+                f", before {until:%Y-%m-%d %H:%M} UTC)" if until is not None else ")"
+            )
+            at, group, position = since, _NO_CAUSE, _LAST
+            extra = {**extra, "time_recorded": False}
+        elif note.get("kind") == "paused":  # written by the send that held the email
+            group = _NO_CAUSE
+        else:
+            bounds = runs.setdefault(at, [])
+            group = _run_of(note, bounds[-1][1] if bounds else None)
+            if not bounds or group != bounds[-1][1]:  # a new run began at this step
+                bounds.append((position, group))
+        since = max(since, at)
         found.append(
             Entry(
                 kind="enrollment",
-                at=datetime.fromisoformat(note["at"]),
-                summary=f"workflow {enrollment.workflow} {note['step']}: {note['note']}",
-                details={**details, "step": note["step"]},
+                at=at,
+                summary=f"workflow {enrollment.workflow} {note.get('step', '?')}: {text}",
+                details={**details, "step": note.get("step"), "note": note.get("note"), **extra},
                 row_id=enrollment.id or 0,
+                order=(group, _ENROLLMENT, enrollment.id or 0, _RAN, position, index),
             )
         )
     return found
+
+
+_NAMES_AN_EVENT = re.compile(r"\(event (\d+)\)$")
+
+
+def _run_of(note: dict[str, Any], known: int | None) -> int:
+    """The group of the run that wrote ``note``: the event it names (``event_id``, or "(event
+    12)" in its text) if it was run by one, else the run ``known`` at its instant so far,
+    else none (a scheduler's wake-up). Never before that run: runs follow each other."""
+    named = note.get("event_id")
+    if not isinstance(named, int):
+        match = _NAMES_AN_EVENT.search(str(note.get("note", "")))
+        named = int(match.group(1)) if match else None
+    if named is None:
+        return _NO_CAUSE if known is None else known
+    return named if known is None else max(known, named)
+
+
+def _run_at(runs: Runs, at: datetime, position: int | None) -> int:
+    """The group of the run that wrote the action at ``position`` (None: not known, the
+    last run) at instant ``at``; none known (a wake-up noting nothing): ``_NO_CAUSE``."""
+    bounds = runs.get(at, [])
+    began = [group for start, group in bounds if position is None or start <= position]
+    return began[-1] if began else _NO_CAUSE
+
+
+def _noted_at(note: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(note["at"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def hold_note(action: Action, *, now: datetime | None = None) -> str | None:
@@ -334,20 +475,64 @@ def hold_note(action: Action, *, now: datetime | None = None) -> str | None:
     return f"held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']}"
 
 
-def _action_entry(action: Action) -> Entry:
+def past_holds(action: Action) -> str | None:
+    """What held an email back before it was sent (or skipped, or failed), as its timeline
+    entry says it: "held until 2026-01-06 20:30 UTC: frequency cap: 1 per 1 day", each rule
+    in turn ("..., then until ...: quiet hours ..."; one rule holding it again and again
+    once, with its last time). None for a pending one (``hold_note`` says what holds it
+    now) or one never held."""
+    held = action.reason.get("held") if action.status != ActionStatus.PENDING else None
+    if not held:
+        return None
+    holds: list[tuple[str, str]] = []  # (rule, until)
+    for hold in held:
+        if holds and holds[-1][0] == hold["rule"]:
+            holds[-1] = (hold["rule"], hold["until"])
+        else:
+            holds.append((hold["rule"], hold["until"]))
+    return "held " + ", then ".join(
+        f"until {datetime.fromisoformat(until):%Y-%m-%d %H:%M} UTC: {rule}" for rule, until in holds
+    )
+
+
+def _action_entry(
+    action: Action,
+    *,
+    enrollment: int | None = None,
+    runs: Runs | None = None,
+    steps: dict[str, int] | None = None,
+) -> Entry:
+    """``enrollment``: the id of the enrollment that wrote it, ``runs`` the groups of the
+    instants it ran at (``_note_entries``) and ``steps`` the positions of its workflow's
+    steps, if known; without them, an action outside any workflow."""
     workflow = action.reason.get("workflow", "manual")
     step = action.reason.get("step", action.payload.get("template", "?"))
     summary = f"{action.kind} {workflow}/{step}: {action.status}"
+    why = []
     if action.reason.get("skipped"):
-        summary += f" ({action.reason['skipped']})"
+        why.append(str(action.reason["skipped"]))
     elif action.error:
-        summary += f" ({action.error})"
-    elif (held := hold_note(action)) is not None:
-        summary += f" ({held})"
+        why.append(action.error)
+    if (held := hold_note(action) or past_holds(action)) is not None:
+        why.append(held)
+    if why:
+        summary += f" ({'; '.join(why)})"
     at = action.completed_at or action.updated_at
     # Sent or skipped later than written (held, retried, withdrawn by a goal): not part of
     # its cause's group then, but after whatever happened at that instant (the goal's event).
     later = at != action.created_at
+    cause = action.reason.get("cause_event_id")
+    order: tuple[int, ...]
+    if enrollment is None:
+        group = _NO_CAUSE if later or cause is None else cause
+        order = (group, _OTHER_ACTION, action.id or 0)
+    elif later:
+        order = (_NO_CAUSE, _ENROLLMENT, enrollment, _LATER, 0, action.id or 0)
+    else:  # with the run that wrote it (an enrollment writes at the instants it runs)
+        position = (steps or {}).get(str(step))
+        group = _run_at(runs or {}, action.created_at, position)
+        # An unknown step: after the decisions of its run (they lead to actions).
+        order = (group, _ENROLLMENT, enrollment, _RAN, position or 0, action.id or 0)
     return Entry(
         kind="action",
         at=at,
@@ -364,9 +549,12 @@ def _action_entry(action: Action) -> Entry:
             "error": action.error,
             "created_at": action.created_at,
             "completed_at": action.completed_at,
+            "skipped": action.reason.get("skipped"),
+            "held": action.reason.get("held", []),
         },
-        cause_event_id=None if later else action.reason.get("cause_event_id"),
+        cause_event_id=None if later else cause,
         row_id=action.id or 0,
+        order=order,
     )
 
 

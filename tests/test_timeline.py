@@ -40,7 +40,8 @@ def test_a_new_contacts_first_event_follows_her_creation_and_precedes_what_it_ca
     recorded_then_processed(sim, "ana@example.com", "trial.started", later=timedelta(seconds=1))
 
     # When her timeline is read, then each event comes before what it caused, and her creation
-    # (with what entering her first stage started) before the event that created her
+    # (with what entering her first stage started) before the event that created her; the
+    # trial workflow's branches stand in the order its steps ran
     assert summaries(sim, "ana@example.com") == [
         "event: contact.created (processed)",
         "stage: (new) -> awareness by created",
@@ -49,7 +50,9 @@ def test_a_new_contacts_first_event_follows_her_creation_and_precedes_what_it_ca
         "event: trial.started (processed)",
         "stage: awareness -> decision by evaluate",
         "enrollment: entered workflow decision_trial",
+        "enrollment: workflow decision_trial on_trial?: did trial.started within 2 days: then",
         "action: email decision_trial/offer: sent",
+        "enrollment: workflow decision_trial knows_trial_end?: trial_ends_at is set: else",
         "enrollment: workflow awareness_nurture exited: left stage awareness",
     ]
     timeline = sim.timeline("ana@example.com")

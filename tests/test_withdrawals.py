@@ -91,7 +91,11 @@ def test_a_held_email_is_withdrawn_when_its_workflow_converts_or_exits(
             timeline = contact_timeline(session, "ny@example.com")
         assert timeline is not None
         lines = [e.summary for e in timeline.entries]
-        withdrawn_line = lines.index(f"email invite/x: skipped ({skipped})")
+        # (it also says what held it until then)
+        withdrawn_line = lines.index(
+            f"email invite/x: skipped ({skipped}; held until 2026-03-02 13:00 UTC: "
+            "quiet hours 21:00-08:00 (America/New_York))"
+        )
         # The cause before its effect at the same instant: the goal's event, then the skip
         (cause,) = [i for i, line in enumerate(lines) if line.startswith(event)]
         assert cause < withdrawn_line, lines
