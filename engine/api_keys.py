@@ -20,7 +20,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from engine.db import UTCDateTime
 from engine.errors import JourneylineError, ValidationError
 
-SCOPES = ("events:write", "contacts:read", "contacts:write")
+SCOPES = ("events:write", "contacts:read", "contacts:write", "reports:read")
 """Every scope a key may hold."""
 
 KEY_PREFIX = "jl"

@@ -448,6 +448,7 @@ def _register_subcommands() -> None:
     import engine.cli_broadcast
     import engine.cli_contact
     import engine.cli_fakes
+    import engine.cli_report
     import engine.cli_scheduler
     import engine.cli_simulate
     import engine.cli_workflows  # noqa: F401

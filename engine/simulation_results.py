@@ -1,7 +1,8 @@
 """What a simulation found: each shard's counts read from its database as it ends
 (``count_shard``, streaming, so memory does not grow with the simulated days), added up
 across shards (``merge_shards``) into a ``SimulationResult``: funnel, emails per step, goals
-per workflow and per A/B variant, stages per day."""
+per workflow and per A/B variant, stages per day. The funnel's rules are shared with the
+reports of a live database (``engine.reports.funnel``)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,10 @@ from sqlmodel import Session, col, select
 
 from engine.models import Action, Enrollment, StageTransition
 from engine.registry import Registry
+from engine.reports.funnel import FunnelRow, funnel_rows
 from engine.runtime import Runtime
 
 # --- results ------------------------------------------------------------------------------
-
-
-@dataclass
-class FunnelRow:
-    stage: str
-    reached: int
-    conversion: float | None  # reached / reached of the stage before, in journey order
-    median_days_in_stage: float | None
 
 
 @dataclass
@@ -147,7 +141,6 @@ def merge_shards(
     seconds: float,
 ) -> SimulationResult:
     stages = list(registry.journey.stage_names)
-    order = {stage: i for i, stage in enumerate(stages)}
     exit_stages = {s.name for s in registry.journey.stages if s.journey == "exit"}
     furthest: Counter[int] = Counter()
     exits: Counter[str] = Counter()
@@ -168,17 +161,8 @@ def merge_shards(
                 into[key][1] += converted
         for total, today in zip(daily, part.daily, strict=True):
             total.update(today)
-    funnel = []
-    previous: int | None = None
-    for stage in stages:
-        if stage in exit_stages:
-            funnel.append(FunnelRow(stage, exits.get(stage, 0), None, None))
-            continue
-        count = sum(n for rank, n in furthest.items() if rank >= order[stage])
-        conversion = (count / previous) if previous else None
-        median = statistics.median(durations[stage]) if durations[stage] else None
-        funnel.append(FunnelRow(stage, count, conversion, median))
-        previous = count
+    medians = {stage: statistics.median(spans) for stage, spans in durations.items() if spans}
+    funnel = funnel_rows(stages, exit_stages, furthest, exits, medians)
     return SimulationResult(
         label=label,
         contacts=contacts,

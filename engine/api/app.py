@@ -1,9 +1,9 @@
 """The application factory: ``create_app(runtime)`` builds the HTTP service around a runtime.
 
-Routes are grouped by concept (``events``, ``contacts``, ``health``, ``metrics``, ``webhooks``,
-``unsubscribe``: the one-click links in marketing email, without an API key); errors are
-mapped to one JSON shape in ``errors``; API keys are checked in ``auth``. The app does not own
-the runtime: whoever built it starts its worker (``stub://``) and closes it.
+Routes are grouped by concept (``events``, ``contacts``, ``reports``, ``health``, ``metrics``,
+``webhooks``, ``unsubscribe``: the one-click links in marketing email, without an API key);
+errors are mapped to one JSON shape in ``errors``; API keys are checked in ``auth``. The app
+does not own the runtime: whoever built it starts its worker (``stub://``) and closes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api import contacts, events, health, metrics, unsubscribe, webhooks
+from engine.api import contacts, events, health, metrics, reports, unsubscribe, webhooks
 from engine.api.access_log import AccessLog
 from engine.api.auth import VerifiedKeys
 from engine.api.errors import install_error_handlers
@@ -30,8 +30,9 @@ Journeyline's HTTP API: send events in, look contacts up with their timeline, er
 
 Authenticate with an API key from `journeyline keys create NAME --scope ...`, sent as
 `Authorization: Bearer jl_<prefix>_<secret>`. Scopes: `events:write`, `contacts:read`,
-`contacts:write`. Errors always read `{"error": {"field": ..., "message": ...}}`, with
-`problems` listing every field at fault when there are several.
+`contacts:write`, `reports:read`. Errors always read
+`{"error": {"field": ..., "message": ...}}`, with `problems` listing every field at fault
+when there are several.
 """
 
 
@@ -124,6 +125,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     for router in (
         events.router,
         contacts.router,
+        reports.router,
         health.router,
         metrics.router,
         webhooks.router,

@@ -1,0 +1,168 @@
+"""Goals per workflow and per A/B variant: enrollments started in the period, how many
+reached a goal, and for the variants of one split whether their difference could be chance.
+
+An enrollment counts in the period it started in, with what became of it so far: one that
+converts next week counts as converted in this period's report then. Variants are the ones
+drawn for the enrollment (``context["variants"]``: split id -> variant).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from engine.models import Enrollment, EnrollmentStatus
+from engine.reports.figures import Goals, SplitTest, VariantFigures, WorkflowGoals, rate
+from engine.reports.period import Period
+from engine.reports.significance import MIN_EXPECTED, p_text, two_proportion_p_value
+from engine.workflow import Workflow
+
+COMPUTED_FROM = (
+    "enrollments started in the period: entered = enrollments (re-entries count), "
+    "converted = those that reached a goal so far, running = those still active or waiting; "
+    "A/B variants from each enrollment's drawn variants; p-values from a two-proportion "
+    "z-test against the first variant"
+)
+RUNNING = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
+SIGNIFICANT = 0.05
+
+
+def goal_figures(session: Session, workflows: Mapping[str, Workflow], period: Period) -> Goals:
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # entered, converted, running
+    for workflow, status, n in session.execute(
+        select(col(Enrollment.workflow), col(Enrollment.status), func.count())
+        .where(*period.holds(col(Enrollment.started_at)))
+        .group_by(col(Enrollment.workflow), col(Enrollment.status))
+    ):
+        _add(tally[workflow], status, int(n))
+    rows = [
+        WorkflowGoals(
+            workflow=name,
+            has_goal=bool(workflows[name].goals) if name in workflows else None,
+            entered=entered,
+            converted=converted,
+            running=running,
+        )
+        for name, (entered, converted, running) in sorted(tally.items())
+    ]
+    return Goals(
+        computed_from=COMPUTED_FROM,
+        workflows=rows,
+        ab_tests=_split_tests(session, workflows, period),
+    )
+
+
+def _add(into: list[int], status: str, n: int) -> None:
+    into[0] += n
+    into[1] += n if status == EnrollmentStatus.CONVERTED else 0
+    into[2] += n if status in RUNNING else 0
+
+
+def _split_tests(
+    session: Session, workflows: Mapping[str, Workflow], period: Period
+) -> list[SplitTest]:
+    # Grouped on the variants' JSON text: few distinct values per workflow, parsed here.
+    drawn = (
+        select(
+            col(Enrollment.workflow).label("workflow"),
+            col(Enrollment.status).label("status"),
+            col(Enrollment.context)["variants"].as_string().label("variants"),
+        )
+        .where(*period.holds(col(Enrollment.started_at)))
+        .subquery()
+    )
+    tally: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(
+        lambda: defaultdict(lambda: [0, 0, 0])
+    )
+    for workflow, status, variants, n in session.execute(
+        select(drawn.c.workflow, drawn.c.status, drawn.c.variants, func.count())
+        .where(drawn.c.variants.is_not(None))
+        .group_by(drawn.c.workflow, drawn.c.status, drawn.c.variants)
+    ):
+        try:
+            chosen = json.loads(variants)
+        except ValueError:
+            continue
+        if not isinstance(chosen, dict):
+            continue
+        for split, variant in chosen.items():
+            _add(tally[(workflow, str(split))][str(variant)], status, int(n))
+    tests = []
+    for (workflow, split), by_variant in sorted(tally.items()):
+        names = sorted(by_variant)
+        base = by_variant[names[0]]
+        variants = [
+            VariantFigures(
+                variant=name,
+                entered=entered,
+                converted=converted,
+                running=running,
+                conversion=rate(converted, entered),
+                p_value=(
+                    None
+                    if i == 0
+                    else _rounded(two_proportion_p_value(base[1], base[0], converted, entered))
+                ),
+            )
+            for i, (name, (entered, converted, running)) in enumerate(
+                (name, by_variant[name]) for name in names
+            )
+        ]
+        has_goal = bool(workflows[workflow].goals) if workflow in workflows else None
+        tests.append(
+            SplitTest(
+                workflow=workflow,
+                split=split,
+                variants=variants,
+                verdict=verdict(variants, has_goal=has_goal),
+            )
+        )
+    return tests
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def verdict(variants: list[VariantFigures], *, has_goal: bool | None) -> str:
+    """What the variants' figures say, in plain words."""
+    if has_goal is False:
+        return "no goal: the workflow has nothing to convert to, so nothing to compare"
+    if len(variants) < 2:
+        only = variants[0].variant if variants else "?"
+        return f"only variant {only} was drawn in the period: nothing to compare"
+    base = variants[0]
+    said = []
+    for other in variants[1:]:
+        figures = (
+            f"{other.variant} {_pct(other.conversion)} vs {base.variant} {_pct(base.conversion)}"
+        )
+        if other.p_value is None:
+            said.append(
+                f"{figures}: too few to tell (the test needs at least {MIN_EXPECTED} "
+                "conversions and as many non-conversions expected in each variant)"
+            )
+        elif other.p_value < SIGNIFICANT:
+            said.append(
+                f"{figures}: p {_p(other.p_value)}, a difference this large is unlikely "
+                "to be chance (p < 0.05)"
+            )
+        else:
+            said.append(f"{figures}: p {_p(other.p_value)}, could well be chance")
+    running = sum(v.running for v in variants)
+    if running:
+        said.append(f"{running} enrollment(s) still running may yet convert")
+    return "; ".join(said)
+
+
+def _p(value: float) -> str:
+    text = p_text(value)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
