@@ -65,11 +65,13 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from engine.db import one_of_param
-from engine.executor import PAUSED, WAITING_UNTIL_DATE, with_trail, workflow_for
+from engine.enrollments import workflow_for
 from engine.localtime import next_time_of_day
 from engine.models import Enrollment, EnrollmentStatus
 from engine.registry import Registry
-from engine.steps import WAITS, Exit, Node, Wait, WaitForEvent, WaitUntil
+from engine.steps import WAITS, Exit, Node, Wait, WaitForEvent, WaitUntil, after, walk
+from engine.trail import with_trail
+from engine.waits import PAUSED, WAITING_UNTIL_DATE
 
 _E = Enrollment.__table__  # type: ignore[attr-defined]
 _PAST_THE_END = 10**6  # the executor's position after a wait that ends the workflow
@@ -221,21 +223,12 @@ def _wait_paused_by(
 def _first_waits(program: Sequence[Node], index: int) -> set[int]:
     """The waits a pass can reach from the step at ``index`` with no wait in between (the
     program only jumps forward, so this is where the pass that ran it parked)."""
-    found: set[int] = set()
-    seen: set[int] = set()
-    start = program[index]
-    todo = [n for n in (start.next, *start.targets.values()) if n is not None]
-    while todo:
-        at = todo.pop()
-        if at in seen or not 0 <= at < len(program):
-            continue
-        seen.add(at)
-        node = program[at]
-        if isinstance(node.step, WAITS):
-            found.add(at)
-        elif not isinstance(node.step, Exit):
-            todo.extend(n for n in (node.next, *node.targets.values()) if n is not None)
-    return found
+    reached = walk(
+        program,
+        after(program[index]),
+        through=lambda node: not isinstance(node.step, (*WAITS, Exit)),
+    )
+    return {at for at in reached if isinstance(program[at].step, WAITS)}
 
 
 def _resumes_at(node: Node, position: int) -> bool:

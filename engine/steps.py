@@ -8,7 +8,7 @@ enrollment: the program only ever jumps forward.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -385,20 +385,40 @@ def _patch(nodes: list[Node], at: int, key: str, target: int) -> None:
         nodes[at].targets[key] = target
 
 
-def transactional_ahead(program: Sequence[Node], position: int) -> bool:
-    """Whether a transactional email (``send_email(..., marketing=False)``) can still be
-    sent from ``position`` on, following every path (both sides of a branch, every variant,
-    a wait's event and timeout). Such a workflow carries on for an unsubscribed contact:
-    the receipt goes, its marketing emails are skipped when they come up."""
+def walk(
+    program: Sequence[Node],
+    starts: Iterable[int | None],
+    *,
+    through: Callable[[Node], bool] | None = None,
+) -> Iterator[int]:
+    """Every position a run can reach from ``starts`` (themselves included), each once,
+    following every path (both sides of a branch, every variant, a wait's event and
+    timeout). A node ``through`` says no to is reached but not gone past."""
     seen: set[int] = set()
-    todo = [position]
+    todo = [at for at in starts if at is not None]
     while todo:
         at = todo.pop()
         if at in seen or not 0 <= at < len(program):
             continue
         seen.add(at)
+        yield at
         node = program[at]
-        if isinstance(node.step, SendEmail) and not node.step.marketing:
+        if through is None or through(node):
+            todo.extend(n for n in (node.next, *node.targets.values()) if n is not None)
+
+
+def after(node: Node) -> list[int | None]:
+    """The positions a run goes on to from ``node``: its next step and its branches'."""
+    return [node.next, *node.targets.values()]
+
+
+def transactional_ahead(program: Sequence[Node], position: int) -> bool:
+    """Whether a transactional email (``send_email(..., marketing=False)``) can still be
+    sent from ``position`` on, following every path. Such a workflow carries on for an
+    unsubscribed contact: the receipt goes, its marketing emails are skipped when they come
+    up."""
+    for at in walk(program, [position]):
+        step = program[at].step
+        if isinstance(step, SendEmail) and not step.marketing:
             return True
-        todo.extend(n for n in (node.next, *node.targets.values()) if n is not None)
     return False

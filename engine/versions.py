@@ -29,11 +29,22 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from engine.diagram import describe_step
-from engine.executor import LIVE, PAUSED, WAITING_UNTIL_DATE, workflow_for
+from engine.enrollments import LIVE, workflow_for
 from engine.models import Enrollment, EnrollmentStatus
 from engine.registry import Registry
 from engine.spec import to_spec
-from engine.steps import Branch, Node, Split, Step, Wait, WaitForEvent, WaitUntil, WaitUntilDate
+from engine.steps import (
+    Branch,
+    Node,
+    Split,
+    Step,
+    Wait,
+    WaitForEvent,
+    WaitUntil,
+    WaitUntilDate,
+    walk,
+)
+from engine.waits import PAUSED, WAITING_UNTIL_DATE
 from engine.workflow import Workflow
 
 END = "(end)"
@@ -295,16 +306,7 @@ def _passed_again(
 def _reachable(program: Sequence[Node], start: int) -> set[int]:
     """Every position a run from ``start`` can reach, ``start`` included (the program
     only jumps forward)."""
-    seen: set[int] = set()
-    todo = [start]
-    while todo:
-        at = todo.pop()
-        if at in seen or not 0 <= at < len(program):
-            continue
-        seen.add(at)
-        node = program[at]
-        todo.extend(n for n in (node.next, *node.targets.values()) if n is not None)
-    return seen
+    return set(walk(program, [start]))
 
 
 # --- saying where an enrollment is ------------------------------------------------------
