@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from engine.broker import broker_errors
+from engine.broker import broker_errors, ping_broker
 from engine.cli import (
     BrokerUrl,
     DatabaseUrl,
@@ -30,6 +30,7 @@ from engine.cli import (
     redact_url,
     settings_for,
 )
+from engine.db_errors import database_unavailable, describe_database_error
 
 
 @app.command()
@@ -83,6 +84,8 @@ def scheduler(
 
 
 if TYPE_CHECKING:
+    from dramatiq import Broker
+
     from engine.runtime import Runtime, Tick
 
 
@@ -134,14 +137,19 @@ def scheduler_loop(
     runtime: Runtime, *, out: Console, sleep: Callable[[float], None] = time.sleep
 ) -> None:
     """Scheduler passes every interval until Ctrl-C or SIGTERM, saying so: a line when it
-    starts, one per pass that found work, one when the broker refuses jobs or answers again,
-    one every ``SCHEDULER_HEARTBEAT`` of quiet passes, and one when it stops. SIGTERM lets
-    the pass under way finish."""
+    starts, one per pass that found work, one when the broker or the database fails and one
+    when it answers again (not at every failed pass), one every ``SCHEDULER_HEARTBEAT`` of
+    quiet passes, and one when it stops. SIGTERM lets the pass under way finish.
+
+    A database that fails the first pass ends the command with its message (exit 2): a
+    wrong URL or password, a database not migrated, is better said at once than retried
+    quietly, and whatever started it (systemd, Docker) starts it again. Once a pass has
+    reached the database, losing it only pauses the passes."""
     settings = runtime.settings
     interval = settings.scheduler_interval_seconds
     passes = quiet = 0
     quiet_since = runtime.clock.now()
-    broker_down = False
+    broker_down = database_down = reached = False
     sigterm = _Sigterm()
     try:
         with _handling(sigterm):  # before saying it started: from then on SIGTERM stops it
@@ -160,6 +168,9 @@ def scheduler_loop(
                 try:
                     due = runtime.tick()
                 except broker_errors() as exc:
+                    reached = True  # the pass claimed its rows before the broker refused
+                    said += _database_back(database_down)
+                    database_down = False
                     if not broker_down:
                         said.append(
                             f"{broker_problem(exc, settings.broker_url)}: what this pass "
@@ -167,8 +178,23 @@ def scheduler_loop(
                             f"({settings.action_lease_seconds} s); trying every pass"
                         )
                     broker_down = True
+                except Exception as exc:
+                    if not (reached and database_unavailable(exc)):
+                        raise  # friendly_errors says what it is, or it is a bug
+                    if not database_down:
+                        said.append(
+                            f"the database at {describe_database(settings.database_url)} does "
+                            f"not answer ({describe_database_error(exc)}): nothing claimed "
+                            "is lost (what a pass holds is leased); trying every pass"
+                        )
+                    database_down = True
                 else:
-                    if broker_down:
+                    reached = True
+                    said += _database_back(database_down)
+                    database_down = False
+                    # Back only when it took this pass's jobs, or answers when there were
+                    # none: a pass with nothing to hand over proves nothing about it.
+                    if broker_down and (len(due) or _answers(runtime.broker)):
                         said.append("the broker takes jobs again")
                         broker_down = False
                     if len(due):
@@ -194,3 +220,16 @@ def scheduler_loop(
         out.print(f"scheduler stopped (Ctrl-C) after {passes} passes", highlight=False)
         return
     out.print(f"scheduler stopped (SIGTERM) after {passes} passes", highlight=False)
+
+
+def _database_back(was_down: bool) -> list[str]:
+    return ["the database answers again"] if was_down else []
+
+
+def _answers(broker: Broker) -> bool:
+    """The broker answers a ping (with a timeout, on a connection of its own)."""
+    try:
+        ping_broker(broker)
+    except Exception:
+        return False
+    return True

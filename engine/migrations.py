@@ -1,4 +1,5 @@
-"""Run Alembic migrations from Python: ``upgrade``, ``downgrade``, ``current``, ``check``.
+"""Run Alembic migrations from Python: ``upgrade``, ``downgrade``, ``current``, ``check``,
+``stamp``; and ``schema_problem``, what a database's revision means for this code.
 
 Alembic owns the schema. Its scripts live in ``alembic/`` beside ``alembic.ini`` at the
 repository root (the parent of the ``engine`` package), so these helpers work from a
@@ -7,6 +8,8 @@ checkout or an editable install, not from a wheel.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 from engine.errors import ConfigurationError
 from engine.models import metadata
@@ -51,14 +54,56 @@ def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
 
 
+def stamp(database_url: str, revision: str = "head") -> None:
+    """Record ``revision`` as the database's without running anything (tests that built
+    the tables with ``create_all``)."""
+    command.stamp(alembic_config(database_url), revision)
+
+
 def head() -> str:
     """The newest revision in ``alembic/versions`` (there must be exactly one head)."""
+    return _scripts()[0]
+
+
+@functools.cache
+def _scripts() -> tuple[str, frozenset[str]]:
+    """The head and every revision of ``alembic/versions``: read once per process."""
     from alembic.script import ScriptDirectory
 
-    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    heads = scripts.get_heads()
     if len(heads) != 1:
         raise ConfigurationError(f"migrations have {len(heads)} heads {heads}: merge them")
-    return str(heads[0])
+    return str(heads[0]), frozenset(str(script.revision) for script in scripts.walk_revisions())
+
+
+REVISION_QUERY = text("SELECT version_num FROM alembic_version")
+"""The database's revision, in one query (``schema_problem`` says what it means)."""
+
+
+def schema_problem(found: Sequence[str]) -> str | None:
+    """What is wrong for this code with a database whose ``alembic_version`` holds
+    ``found`` (``REVISION_QUERY``), or None when nothing is:
+
+    - at the head: nothing;
+    - empty: never migrated;
+    - a revision of ours other than the head: older than this version;
+    - a revision we do not know: a newer version migrated it first, as a rolling deploy
+      does; nothing, for this process keeps serving until it is replaced (migrations add
+      before they take away).
+    """
+    newest, known = _scripts()
+    revisions = sorted(set(found))
+    if revisions == [newest]:
+        return None
+    if not revisions:
+        return "the database was never migrated: run journeyline db upgrade"
+    if all(revision in known for revision in revisions):
+        return (
+            f"the database schema ({', '.join(revisions)}) is older than this version "
+            f"({newest}): run journeyline db upgrade"
+        )
+    return None
 
 
 def current(database_url: str) -> str | None:

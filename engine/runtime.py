@@ -72,7 +72,15 @@ from engine.performers import (
     Unconfigured,
     WebhookPerformer,
 )
-from engine.periodic import PROBE, START, take_turn
+from engine.periodic import (
+    PROBE,
+    START,
+    ChainWatch,
+    Trouble,
+    chain_lost,
+    describe_failure,
+    take_turn,
+)
 from engine.registry import Registry, load_registry
 from engine.scheduler import Due, claim_due
 from engine.schedules import Fired, SchedulePlanner, fire_slot, plan_and_claim
@@ -167,6 +175,7 @@ class Runtime:
             backoff=timedelta(seconds=self.settings.retry_backoff_seconds),
         )
         self.lease = timedelta(seconds=self.settings.action_lease_seconds)
+        self._tick_trouble = Trouble(log, SCHEDULER_TICK)
         self.jobs = self._declare_jobs()
         # Connectors for actions other than email (CRM, outgoing webhooks), by action kind.
         self.extra_performers: dict[str, Performer] = self._configured_performers()
@@ -627,21 +636,68 @@ class Runtime:
 
     def periodic_tick(self, token: str = START) -> bool:
         """The ``scheduler_tick`` job: one pass, then itself again after the interval.
-        Returns False, ending this copy, when another chain owns the schedule
-        (engine/periodic.py); a starter that finds one looks again two intervals later."""
+        Returns True when this copy took its turn (the pass ran, or failed), False when it
+        did not: another chain owns the schedule (engine/periodic.py; a starter that finds
+        one looks again two intervals later), or the database could not say.
+
+        Nothing raised here ends the chain, whose job has no retries: a turn the database
+        could not take is tried again an interval later by the same message, and a failed
+        pass still sends the next. Failures are logged once, and once more when passes work
+        again. A next message the broker refuses is logged; ``ChainWatch`` restarts it."""
         interval = timedelta(seconds=self.settings.scheduler_interval_seconds)
         delay_ms = int(interval.total_seconds() * 1000)
-        turn = take_turn(
-            self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval, token=token
-        )
+        again = f"the chain goes on, trying every {describe_duration(interval)}"
+        try:
+            turn = take_turn(
+                self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval, token=token
+            )
+        except Exception as exc:  # nothing was booked: this message's token stays good
+            self._tick_trouble.failed(exc, again)
+            self._send_tick(token, delay_ms)
+            return False
         if turn is None:
             if token == START:
-                self.jobs.scheduler_tick.send_with_options(args=(PROBE,), delay=2 * delay_ms)
+                self._send_tick(PROBE, 2 * delay_ms)
             return False
         try:
             self.tick()
-        finally:  # a failed pass must not end the chain: the next one may succeed
-            self.jobs.scheduler_tick.send_with_options(args=(turn,), delay=delay_ms)
+        except Exception as exc:  # what the pass claimed is leased: a later pass has it
+            self._tick_trouble.failed(exc, again)
+        else:
+            self._tick_trouble.ok()
+        finally:  # even a pass stopped by its time limit sends the next
+            self._send_tick(turn, delay_ms)
+        return True
+
+    def _send_tick(self, token: str, delay_ms: int) -> None:
+        try:
+            self.jobs.scheduler_tick.send_with_options(args=(token,), delay=delay_ms)
+        except Exception as exc:
+            restart = (
+                "a worker process finds its booked run overdue (each looks every "
+                f"{describe_duration(self._watch_every)})"
+                if self._watching
+                else "`journeyline scheduler --periodic` is run again (with "
+                "JOURNEYLINE_SCHEDULER_IN_WORKERS=true the workers restart it themselves)"
+            )
+            log.error(
+                "%s: the broker did not take the next run (%s): the chain stops until %s",
+                SCHEDULER_TICK,
+                describe_failure(exc),
+                restart,
+            )
+
+    def watch_scheduler_chain(self) -> bool:
+        """Send a probe that takes the ``scheduler_tick`` chain over when its booked run is
+        overdue (its message lost, or refused by a broker that was down); True if sent.
+        Each worker process runs this every two intervals (``ChainWatch``)."""
+        interval = timedelta(seconds=self.settings.scheduler_interval_seconds)
+        if not chain_lost(self.db, name=SCHEDULER_TICK, now=self.clock.now(), interval=interval):
+            return False
+        self.jobs.scheduler_tick.send(PROBE)
+        log.warning(
+            "%s: its booked run is overdue, its message lost: restarting it", SCHEDULER_TICK
+        )
         return True
 
     def dispatch(self, effects: Effects) -> None:
@@ -829,6 +885,17 @@ class Runtime:
 
     def _declare_scheduler_tick(self, fn: Any) -> dramatiq.Actor[..., None]:
         fn.__module__ = __name__
+        interval = timedelta(seconds=self.settings.scheduler_interval_seconds)
+        self._watch_every = 2 * interval
+        # Worker processes that start the chain also restart it should its message be lost
+        # (the in-process broker loses nothing: serve on stub:// ticks in a thread).
+        self._watching = self.settings.scheduler_in_workers and not isinstance(
+            self.broker, StubBroker
+        )
+        if self._watching:
+            self.broker.add_middleware(
+                ChainWatch(self.watch_scheduler_chain, every=self._watch_every, name=SCHEDULER_TICK)
+            )
         return dramatiq.Actor(
             fn,
             broker=self.broker,

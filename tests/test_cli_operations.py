@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import redis.exceptions
+from dramatiq import Broker
+from dramatiq.brokers.stub import StubBroker
 from rich.console import Console
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
@@ -155,11 +157,13 @@ def test_starting_the_periodic_scheduler_with_the_broker_down_says_nothing_start
 
 @dataclass
 class ScriptedRuntime:
-    """What ``scheduler_loop`` uses of a runtime: settings, a clock, and ``tick`` (here
-    returning, or raising, what the script says, one pass after another)."""
+    """What ``scheduler_loop`` uses of a runtime: settings, a clock, a broker it pings when
+    an empty pass follows a refusal (the in-process one, which always answers), and ``tick``
+    (here returning, or raising, what the script says, one pass after another)."""
 
     settings: Settings
     script: list[Tick | Exception]
+    broker: Broker = field(default_factory=StubBroker)
     clock: VirtualClock = field(
         default_factory=lambda: VirtualClock(datetime(2025, 3, 1, tzinfo=UTC))
     )

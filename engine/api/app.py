@@ -115,6 +115,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     app.state.verified_keys = VerifiedKeys()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(metrics.DatabaseCollector(runtime.db, clock=runtime.clock))
+    registry.register(metrics.BrokerCollector(runtime.broker))
     app.state.metrics_registry = registry
     # Declared generic webhook sources, validated now so a bad declaration fails at start.
     app.state.webhook_sources = load_sources(

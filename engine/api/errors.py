@@ -12,21 +12,39 @@ fault when there were several (request validation reports them all at once).
     InvalidTransition / Conflict     409
     BadBody                          400   the body cannot be parsed (nested too deeply)
     HTTPException (404, 413, ...)    its status, its detail as the message
+    database unavailable             503   Retry-After; refused or dropped connections, no
+                                           free pooled connection, a lock conflict
+    database schema behind the code  503   Retry-After; "... run journeyline db upgrade"
+    anything else                    500   a short message, the traceback logged once
+
+Database trouble is the database's state, not the request's fault, and is logged one line at
+a time (at most one a minute per kind, counting the answers in between), never a traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api_keys import InvalidApiKey, MissingScope
+from engine.db_errors import (
+    SCHEMA_BEHIND_MESSAGE,
+    database_unavailable,
+    describe_database_error,
+    schema_behind,
+)
 from engine.errors import InvalidTransition, JourneylineError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -182,7 +200,124 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+DATABASE_RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of a 503 while the database cannot be reached."""
+SCHEMA_RETRY_AFTER_SECONDS = 30
+"""``Retry-After`` of a 503 while the schema is behind the code (a migration may be running)."""
+UNAVAILABLE_MESSAGE = "the database is unavailable: try again shortly"
+INTERNAL_MESSAGE = "internal error: it was logged"
+
+
+class _Throttle:
+    """Lets a recurring log line through at most once per ``every_seconds``, counting the
+    occurrences it held back in between."""
+
+    def __init__(self, every_seconds: float = 60.0) -> None:
+        self.every_seconds = every_seconds
+        self.last: float | None = None
+        self.held = 0
+
+    def due(self) -> int | None:
+        """None to stay quiet; else how many were held back since the last line."""
+        now = time.monotonic()
+        if self.last is not None and now - self.last < self.every_seconds:
+            self.held += 1
+            return None
+        held, self.held, self.last = self.held, 0, now
+        return held
+
+
+class _ErrorLines:
+    """An app's throttles of database trouble lines (each app its own, as its metrics)."""
+
+    def __init__(self) -> None:
+        self.unavailable = _Throttle()
+        self.schema = _Throttle()
+
+
+def _lines(scope: Scope) -> _ErrorLines:
+    app = scope.get("app")
+    lines = getattr(getattr(app, "state", None), "error_lines", None)
+    return lines if isinstance(lines, _ErrorLines) else _ErrorLines()
+
+
+def _where(scope: Scope) -> str:
+    """``POST /v1/events``: the route template, never the path (it may hold an address)."""
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    return f"{scope.get('method', '')} {route}"
+
+
+def _held(held: int) -> str:
+    return f" ({held} more such answers since the last line)" if held else ""
+
+
+def unexpected_error_response(scope: Scope, exc: Exception) -> JSONResponse:
+    """The answer to an exception no other handler took: 503 when the database is the
+    cause, else 500; the log says why."""
+    lines = _lines(scope)
+    if schema_behind(exc):
+        held = lines.schema.due()
+        if held is not None:
+            log.error(
+                "%s answered 503: the database schema is older than this version (%s): run "
+                "journeyline db upgrade%s",
+                _where(scope),
+                describe_database_error(exc),
+                _held(held),
+            )
+        retry = str(SCHEMA_RETRY_AFTER_SECONDS)
+        return error_response(503, SCHEMA_BEHIND_MESSAGE, headers={"Retry-After": retry})
+    if database_unavailable(exc):
+        held = lines.unavailable.due()
+        if held is not None:
+            log.warning(
+                "%s answered 503: the database is unavailable (%s)%s",
+                _where(scope),
+                describe_database_error(exc),
+                _held(held),
+            )
+        retry = str(DATABASE_RETRY_AFTER_SECONDS)
+        return error_response(503, UNAVAILABLE_MESSAGE, headers={"Retry-After": retry})
+    log.error("%s answered 500: unexpected error", _where(scope), exc_info=exc)
+    return error_response(500, INTERNAL_MESSAGE)
+
+
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    return unexpected_error_response(request.scope, exc)
+
+
+class UnexpectedErrors:
+    """Answers what no exception handler took with the JSON error shape (500, or 503 for
+    the database), instead of Starlette's plain-text 500. Starlette's handler of last resort
+    re-raises after answering, so the server would log the traceback a second time; this
+    one does not. It sits inside the access log and the metrics, which so count the answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_start)
+        except Exception as exc:
+            if started:  # too late for another answer: the server closes the connection
+                raise
+            await unexpected_error_response(scope, exc)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Map errors to the JSON shape. Call before adding other middleware: the last added
+    runs first, and ``UnexpectedErrors`` must run inside the access log and the metrics."""
+    app.state.error_lines = _ErrorLines()
     app.add_exception_handler(ValidationError, _on_validation_error)
     app.add_exception_handler(Invalid, _on_invalid)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
@@ -192,6 +327,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, _on_conflict)
     app.add_exception_handler(NotFound, _on_not_found)
     app.add_exception_handler(HTTPException, _on_http)
+    for database_error in (DBAPIError, PoolTimeout, psycopg.Error):
+        app.add_exception_handler(database_error, _on_database_error)
+    app.add_middleware(UnexpectedErrors)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -203,5 +341,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "The API key lacks the scope."},
     413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
     422: {"model": ErrorResponse, "description": "Invalid input; every field at fault named."},
+    503: {
+        "model": ErrorResponse,
+        "description": "The database cannot be reached, or its schema is older than this "
+        "version; try again after Retry-After seconds.",
+    },
 }
 """The error answers every authenticated route may give, for the OpenAPI document."""

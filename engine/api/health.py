@@ -1,31 +1,33 @@
 """Liveness and readiness: ``/healthz`` (the process answers), ``/readyz`` (it can work).
 
-Readiness asks the database for ``SELECT 1`` and the broker for a cheap round trip (Redis
-``PING``, a RabbitMQ connection); the in-process stub broker is always ready. A failing part
-answers 503 naming it; the details go to the log, not to the unauthenticated caller.
+Readiness asks the database for its Alembic revision (one query, which also proves it
+answers) and the broker for a cheap round trip (Redis ``PING``, a RabbitMQ connection), each
+on a connection with a timeout; the in-process stub broker is always ready. A failing part
+answers 503 naming it: a database whose schema is older than the code (or never migrated)
+says so and to run ``journeyline db upgrade``; other failures name only the error's type,
+their details go to the log, not to the unauthenticated caller.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Literal
 
 from dramatiq import Broker
-from dramatiq.brokers.stub import StubBroker
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from engine import migrations
 from engine.api.deps import RuntimeDep
+from engine.broker import BROKER_TIMEOUT_SECONDS, ping_broker
+from engine.db_errors import schema_behind
+from engine.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
-
-BROKER_TIMEOUT_SECONDS = 3.0
 
 
 class Health(BaseModel):
@@ -59,39 +61,30 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 def check_database(db: Engine) -> str:
+    """'ok' when the database answers at the schema this code needs; else what is wrong."""
     try:
         with db.connect() as connection:
-            connection.execute(text("SELECT 1"))
+            found = list(connection.execute(migrations.REVISION_QUERY).scalars())
     except Exception as exc:
+        if schema_behind(exc):  # no alembic_version table
+            return "the database was never migrated: run journeyline db upgrade"
         log.warning("readiness: database check failed: %s", exc)
         return f"failed: {type(exc).__name__}"
+    try:
+        problem = migrations.schema_problem(found)
+    except ConfigurationError as exc:  # no migration scripts beside the code: cannot tell
+        log.warning("readiness: the schema's revision was not checked: %s", exc)
+        return "ok"
+    if problem is not None:
+        log.warning("readiness: %s", problem)
+        return problem
     return "ok"
 
 
 def check_broker(broker: Broker) -> str:
-    if isinstance(broker, StubBroker):
-        return "ok"
     try:
-        _ping(broker)
+        ping_broker(broker, timeout_seconds=BROKER_TIMEOUT_SECONDS)
     except Exception as exc:
         log.warning("readiness: broker check failed: %s", exc)
         return f"failed: {type(exc).__name__}"
     return "ok"
-
-
-def _ping(broker: Broker) -> None:
-    client = getattr(broker, "client", None)
-    if client is not None:  # RedisBroker
-        client.ping()
-        return
-    parameters = getattr(broker, "parameters", None)
-    if parameters is not None:  # RabbitmqBroker: one short-lived connection of our own
-        import pika
-
-        chosen = copy.copy(parameters[0] if isinstance(parameters, list) else parameters)
-        chosen.connection_attempts = 1
-        chosen.socket_timeout = BROKER_TIMEOUT_SECONDS
-        chosen.blocked_connection_timeout = BROKER_TIMEOUT_SECONDS
-        pika.BlockingConnection(chosen).close()
-        return
-    raise RuntimeError(f"no readiness check for {type(broker).__name__}")

@@ -4,7 +4,9 @@ At each scrape the database is counted (events by status, actions by status, con
 stage), so every API process reports the same truth, whoever did the work. Two backlog
 signals say whether workers keep up (or run at all): how long the oldest pending event has
 waited, and how many actions are due but not done, since when. Both read the pending range
-of a ``(status, lease_until)`` index: their cost follows the backlog, not the tables. Request counts
+of a ``(status, lease_until)`` index: their cost follows the backlog, not the tables. The
+broker is asked too, in one round trip with a timeout: whether it answers, and how many
+messages Dramatiq dead-lettered in each queue (jobs out of retries). Request counts
 and latencies are this process's own. Each app has its own registry: two apps in one
 process (tests) never collide.
 """
@@ -15,6 +17,7 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime
 
+from dramatiq import Broker
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -27,6 +30,7 @@ from sqlmodel import Session, col, select
 from starlette.types import ASGIApp
 
 from engine.api.observed import ObservedRequests
+from engine.broker import BROKER_TIMEOUT_SECONDS, probe_broker, queues_of
 from engine.clock import Clock, SystemClock
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
 
@@ -101,6 +105,50 @@ class DatabaseCollector(Collector):
         due.add_metric([], count)
         oldest_due.add_metric([], _age_seconds(first_due, now))
         yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
+
+
+class BrokerCollector(Collector):
+    """Asks the broker, when scraped, whether it answers and how many messages Dramatiq
+    dead-lettered per queue; never longer than ``timeout_seconds`` to connect and as long
+    to answer (``engine.broker.probe_broker``)."""
+
+    def __init__(self, broker: Broker, *, timeout_seconds: float = BROKER_TIMEOUT_SECONDS) -> None:
+        self.broker = broker
+        self.timeout_seconds = timeout_seconds
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without asking the broker (the registry asks at registration)."""
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        up, dead = self._families()
+        try:
+            counts = probe_broker(
+                self.broker, queues=queues_of(self.broker), timeout_seconds=self.timeout_seconds
+            )
+        except Exception as exc:
+            log.warning("metrics: the broker did not answer: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for queue, count in counts.items():
+            dead.add_metric([queue], count)
+        yield from (up, dead)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "journeyline_broker_up", "1 if the broker answered this scrape's questions."
+        )
+        dead = GaugeMetricFamily(
+            "journeyline_dead_letter_messages",
+            "Messages Dramatiq dead-lettered (jobs out of retries), by queue: Redis keeps "
+            "them a week in <namespace>:<queue>.XQ, RabbitMQ in the queue <queue>.XQ; the "
+            "rows they pointed at stay in the database, which the scheduler sweeps.",
+            labels=["queue"],
+        )
+        return up, dead
 
 
 def _age_seconds(since: datetime | None, now: datetime) -> float:
