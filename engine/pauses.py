@@ -65,13 +65,11 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from engine.db import one_of_param
-from engine.enrollments import workflow_for
+from engine.executor import PAUSED, WAITING_UNTIL_DATE, with_trail, workflow_for
 from engine.localtime import next_time_of_day
 from engine.models import Enrollment, EnrollmentStatus
 from engine.registry import Registry
 from engine.steps import WAITS, Exit, Node, Wait, WaitForEvent, WaitUntil, after, walk
-from engine.trail import with_trail
-from engine.waits import PAUSED, WAITING_UNTIL_DATE
 
 _E = Enrollment.__table__  # type: ignore[attr-defined]
 _PAST_THE_END = 10**6  # the executor's position after a wait that ends the workflow
