@@ -14,6 +14,7 @@ import dramatiq
 import pydantic
 from pydantic_settings import SettingsError
 
+from engine.broker import broker_errors, describe_broker_error
 from engine.errors import ConfigurationError
 from engine.runtime import Runtime
 from engine.settings import Settings, describe_settings_error
@@ -51,6 +52,14 @@ dramatiq.set_broker(broker)
 if runtime.settings.scheduler_in_workers:
     # Start (or rejoin) the periodic scheduler chain; every process sends one, the copies
     # beyond the first stop themselves at their first turn (engine/periodic.py).
-    runtime.jobs.scheduler_tick.send()
+    try:
+        runtime.jobs.scheduler_tick.send()
+    except broker_errors() as exc:  # the worker still starts: its consumers wait for the
+        # broker, and the runtime's chain watch sends a probe once the chain is overdue
+        logging.getLogger(__name__).warning(
+            "the broker did not take the scheduler's first tick (%s); the chain watch "
+            "starts it once the broker answers",
+            describe_broker_error(exc),
+        )
 
 __all__ = ["broker", "runtime"]
