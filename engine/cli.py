@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, Programm
 from sqlmodel import Session, col, select
 
 from engine.broker import broker_errors, describe_broker_error
+from engine.db_errors import schema_behind
 from engine.errors import ConfigurationError, ValidationError, WorkflowDefinitionError
 from engine.models import Contact, Event, EventStatus
 from engine.settings import WORKER_THREADS, Settings, describe_settings_error
@@ -142,10 +142,6 @@ def describe_database(url: str) -> str:
     return f"{where}{f':{port}' if port else ''}/{parsed.database or ''}"
 
 
-_MISSING_SCHEMA_STATES = {"42P01", "42703"}  # PostgreSQL: undefined table, undefined column
-_MISSING_SCHEMA_SQLITE = re.compile(r"^(no such table|no such column|table \S+ has no column)")
-
-
 def database_problem(exc: DBAPIError, url: str) -> str | None:
     """What an operator should hear about a database error, or None when it is no
     connection or schema problem (a bug, which had better keep its traceback)."""
@@ -161,9 +157,7 @@ def database_problem(exc: DBAPIError, url: str) -> str | None:
             f"cannot connect to the database at {where}: {reason}. Check {check}, and "
             "JOURNEYLINE_DATABASE_URL (or --database-url)"
         )
-    if getattr(exc.orig, "sqlstate", None) in _MISSING_SCHEMA_STATES or (
-        _MISSING_SCHEMA_SQLITE.match(reason)
-    ):
+    if schema_behind(exc):
         first_line = str(exc.orig).strip().splitlines()[0]  # PostgreSQL adds the SQL
         return (
             f"the database at {where} answers, but Journeyline's tables are missing or older "
