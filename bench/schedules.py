@@ -34,7 +34,7 @@ from bench.common import Result, add_smoke_flag, print_results, write_json
 from bench.scheduler import throwaway_database
 from engine import Workflow, build_registry, lifecycle_journey, on_schedule, send_email
 from engine.db import make_engine, transaction
-from engine.executor import start_enrollment
+from engine.entry import start_enrollment
 from engine.models import Contact, ScheduleSlot
 from engine.registry import Registry
 from engine.schedules import SchedulePlanner, fire_slot, latest_slot

@@ -16,7 +16,7 @@ stood before or after each of its pending events, from these.
 A contacts API or import update that changes the contact's time zone records it too, as
 ``"timezone": ["Asia/Tokyo", "America/New_York"]`` (before, after), so a change of the zone
 alone is a ``contact.updated`` event the pipeline applies (it moves the waits for a local
-time: ``executor.follow_zone_changes``) and the timeline shows. It is not an attribute:
+time: ``waits.follow_zone_changes``) and the timeline shows. It is not an attribute:
 ``changed_keys`` and ``AttributeViews`` leave it out.
 """
 

@@ -55,13 +55,11 @@ from engine.conditions import (
     Subscribed,
 )
 from engine.db import UTCDateTime, transaction
+from engine.effects import Effects
+from engine.enrollments import remember_version
+from engine.entry import start_enrollment
 from engine.errors import ValidationError
-from engine.executor import (
-    DISPATCH_LEASE,
-    Effects,
-    remember_version,
-    start_enrollment,
-)
+from engine.executor import DISPATCH_LEASE
 from engine.models import (
     Action,
     ActionStatus,
@@ -135,7 +133,7 @@ def audience_of(workflow: Workflow) -> Condition:
         and workflow.sends_marketing
         and not transactional_ahead(workflow.program, 0)
     ):
-        # The entry rule (executor.meets_entry_rules): one that also sends a transactional
+        # The entry rule (entry.meets_entry_rules): one that also sends a transactional
         # email admits contacts who are not subscribed; its marketing emails are skipped.
         parts.append(Subscribed())
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
@@ -303,7 +301,7 @@ def _next_page(
 def starts_with_email(workflow: Workflow) -> bool:
     """Whether entering ``workflow`` can be written set-based (``enroll_starting_with_email``):
     its first step is an email, and no condition goal or exit could end an entry before it
-    (those are evaluated per contact at entry, ``executor.start_enrollment``)."""
+    (those are evaluated per contact at entry, ``entry.start_enrollment``)."""
     if any(isinstance(item, ConditionMet) for item in (*workflow.goals, *workflow.exit_when)):
         return False
     return bool(workflow.program) and isinstance(workflow.program[0].step, SendEmail)

@@ -7,7 +7,7 @@ Saturday 10:00 until Monday 09:00, a plain clock would end the wait on Sunday 10
 hold b until Monday 09:00 too: both would go together. So, as HubSpot and Customer.io do,
 the workflow pauses while its email is held: the wait counts from when the email goes.
 
-The rule, applied by both claim paths (``actions._claim``, ``batch_send._claim_batch``) in
+The rule, applied by both claim paths (``actions._claim``, ``batch_claim.claim_batch``) in
 the transaction that defers the email, under the contact's lock they already hold:
 
 - Only a **relative** wait moves: ``wait(...)`` and the timeout of ``wait_for_event``. Its
@@ -35,7 +35,7 @@ the transaction that defers the email, under the contact's lock they already hol
   (no enrollment) has nothing to pause.
 
 A wake-up the scheduler already handed to a job (``enrollment_claims``) is moved the way
-``executor.follow_date_changes`` moves one: ``wake_at`` changes, so the job finds the
+``waits.follow_date_changes`` moves one: ``wake_at`` changes, so the job finds the
 enrollment not yet due and does nothing, and the claim, being on the old wake-up, no longer
 hides the new one from the next pass.
 
@@ -65,11 +65,13 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from engine.db import one_of_param
-from engine.executor import PAUSED, WAITING_UNTIL_DATE, with_trail, workflow_for
+from engine.enrollments import workflow_for
 from engine.localtime import next_time_of_day
 from engine.models import Enrollment, EnrollmentStatus
 from engine.registry import Registry
 from engine.steps import WAITS, Exit, Node, Wait, WaitForEvent, WaitUntil, after, walk
+from engine.trail import with_trail
+from engine.waits import PAUSED, WAITING_UNTIL_DATE
 
 _E = Enrollment.__table__  # type: ignore[attr-defined]
 _PAST_THE_END = 10**6  # the executor's position after a wait that ends the workflow

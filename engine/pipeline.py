@@ -21,17 +21,10 @@ from engine import known_enrollments
 from engine.attribute_changes import AttributeViews, changed_keys
 from engine.conditions import EvalContext, conditions_as_of, matches
 from engine.db import keep, skip_commit_flush
-from engine.executor import (
-    Effects,
-    end_enrollment,
-    follow_date_changes,
-    follow_zone_changes,
-    live_enrollments,
-    resume_on_event,
-    start_enrollment,
-    wake,
-    workflow_for,
-)
+from engine.effects import Effects
+from engine.enrollments import live_enrollments, workflow_for
+from engine.entry import start_enrollment
+from engine.executor import end_enrollment, resume_on_event, wake
 from engine.feedback import apply_feedback
 from engine.models import (
     Contact,
@@ -48,6 +41,7 @@ from engine.recording import (
 )
 from engine.registry import Registry
 from engine.steps import WaitForEvent
+from engine.waits import follow_date_changes, follow_zone_changes
 from engine.withdrawals import mark_withdrawn, withdraw_waiting_emails
 from engine.workflow import ConditionMet, EventReceived, StageEntered, Workflow
 

@@ -22,7 +22,8 @@ from sqlmodel import Session, col, select
 
 from engine import known_enrollments, known_events, pipeline
 from engine.db import one_of, skip_commit_flush, transaction
-from engine.executor import Effects, wake
+from engine.effects import Effects
+from engine.executor import wake
 from engine.models import Contact, Enrollment, EnrollmentStatus, Event, EventStatus
 from engine.pipeline import _apply_pending, process_contact, wake_enrollment
 from engine.registry import Registry

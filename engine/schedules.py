@@ -41,13 +41,9 @@ from engine.broadcast import enroll_starting_with_email, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import one_of_param, transaction
 from engine.durations import describe_duration
-from engine.executor import (
-    Effects,
-    meets_entry_rules,
-    remember_version,
-    start_enrollment,
-    store_version,
-)
+from engine.effects import Effects
+from engine.enrollments import remember_version, store_version
+from engine.entry import meets_entry_rules, start_enrollment
 from engine.localtime import zone
 from engine.models import Contact, ScheduleSlot, ScheduleSlotStatus
 from engine.registry import Registry

@@ -5,10 +5,11 @@ a variant drawn, a branch taken, a wait over or an event arrived first, a stage 
 back, a wait paused while an email was held, a migration; ended) and actions (with every
 rule that held them back) each become ``Entry`` rows (kind, instant, one-line summary,
 details) merged by time, so an operator can answer "why did this person get that email?"
-with one query (DESIGN.md section 9). An event stands at
-the instant the engine took it in (processed it, or received it while it waits), the
-instant of everything it caused; when it happened by its source's clock is in its details
-(and its summary when that was a minute or more earlier). Beside them, the
+with one query (DESIGN.md section 9); entries of one instant in causal order
+(engine/timeline_order.py). An event stands at the instant the engine took it in
+(processed it, or received it while it waits), the instant of everything it caused; when
+it happened by its source's clock is in its details (and its summary when that was a
+minute or more earlier). Beside them, the
 contact's live enrollments (running or waiting) say what comes next: the step, the next
 wake-up and, when a scheduler pass has handed that wake-up to a job, until when it is held
 (a wake-up past due with no claim waits for the next pass; one held past its claim's end
@@ -19,7 +20,6 @@ the CLI and the HTTP API.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,10 +28,12 @@ from sqlmodel import Session, col, select
 
 from engine.attribute_changes import describe_change
 from engine.contacts import normalize_email
-from engine.executor import workflow_for
+from engine.enrollments import workflow_for
+
+# ``hold_note`` is also imported from here (engine/cli_actions.py).
+from engine.hold_notes import hold_note, past_holds
 from engine.models import (
     Action,
-    ActionStatus,
     Contact,
     Enrollment,
     EnrollmentStatus,
@@ -43,29 +45,26 @@ from engine.recording import CONTACT_UPDATED
 from engine.registry import Registry
 from engine.scheduler import current_claims
 from engine.spec import from_spec
+from engine.timeline_order import (
+    CREATION,
+    ENDED,
+    ENROLLMENT,
+    ENTERED,
+    EVENT,
+    LAST,
+    LATER,
+    NO_CAUSE,
+    OTHER_ACTION,
+    RAN,
+    STAGE,
+    UNPLACED,
+    Runs,
+    run_at,
+    run_of,
+)
 from engine.workflow import Workflow
 
 log = logging.getLogger(__name__)
-
-# Entries at the same instant sort in causal order, grouped by the event that caused them:
-# the event, the stage change it caused, then each enrollment it started or ran on: its
-# entry, then its decisions (trail notes) and the actions it wrote in the order of their
-# steps; an action outside any workflow last. A contact's creation without an event (an
-# import) comes before everything else of its instant. Entries with no known cause come
-# last in their instant (a scheduler's wake-up, an exit, an email sent later than it was
-# written: held, retried, withdrawn), each enrollment's together: its decisions and the
-# actions it wrote, its end, then its emails that went (or were skipped) later than written
-# (a withdrawal after the goal that ended it).
-# This only holds if an event stands at the instant its effects were written: at its
-# ``occurred_at`` (stamped when it was recorded, or by its source) it would come before the
-# effects of the events processed ahead of it, a new contact's first event before the
-# contact's own creation (a virtual clock hides this: there the two instants are one).
-_CREATION = -1
-_NO_CAUSE = 2**62
-_EVENT, _STAGE, _ENROLLMENT, _OTHER_ACTION = range(4)  # rank in a group
-_ENTERED, _RAN, _ENDED, _LATER = range(4)  # phase among an enrollment's entries in a group
-_UNPLACED = -1  # the step of a note whose step is not known: before the actions
-_LAST = 2**31  # a note without a time: after what its enrollment did at that instant
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,10 @@ class Entry:
     details: dict[str, Any] = field(default_factory=dict)
     cause_event_id: int | None = field(default=None, repr=False)
     row_id: int = field(default=0, repr=False)
-    # Its place in its instant: (group: an event id, _CREATION or _NO_CAUSE; rank; the row
+    # Its place in its instant: (group: an event id, CREATION or NO_CAUSE; rank; the row
     # it belongs to; for an enrollment's entries, their phase, the position of their step
     # in the workflow and their order as written).
-    order: tuple[int, ...] = field(default=(_NO_CAUSE, 9), repr=False)
+    order: tuple[int, ...] = field(default=(NO_CAUSE, 9), repr=False)
 
     @property
     def sort_key(self) -> tuple[datetime | int, ...]:
@@ -300,7 +299,7 @@ def _event_entry(event: Event) -> Entry:
         },
         cause_event_id=event.id,
         row_id=event.id or 0,
-        order=(event.id or 0, _EVENT, event.id or 0),
+        order=(event.id or 0, EVENT, event.id or 0),
     )
 
 
@@ -309,7 +308,7 @@ def _stage_entry(transition: StageTransition) -> Entry:
     if transition.event_id is not None:
         group = transition.event_id
     else:  # a contact created without an event (imported) existed before anything else
-        group = _NO_CAUSE if transition.from_stage else _CREATION
+        group = NO_CAUSE if transition.from_stage else CREATION
     return Entry(
         kind="stage",
         at=transition.at,
@@ -323,7 +322,7 @@ def _stage_entry(transition: StageTransition) -> Entry:
         },
         cause_event_id=transition.event_id,
         row_id=transition.id or 0,
-        order=(group, _STAGE, transition.id or 0),
+        order=(group, STAGE, transition.id or 0),
     )
 
 
@@ -343,7 +342,7 @@ def _enrollment_entries(
         "wake_at": enrollment.wake_at,
         "cause_event_id": enrollment.cause_event_id,
     }
-    started = _NO_CAUSE if enrollment.cause_event_id is None else enrollment.cause_event_id
+    started = NO_CAUSE if enrollment.cause_event_id is None else enrollment.cause_event_id
     found = [
         Entry(
             kind="enrollment",
@@ -352,10 +351,10 @@ def _enrollment_entries(
             details=details,
             cause_event_id=enrollment.cause_event_id,
             row_id=row,
-            order=(started, _ENROLLMENT, row, _ENTERED),
+            order=(started, ENROLLMENT, row, ENTERED),
         )
     ]
-    runs = {enrollment.started_at: [(_UNPLACED, started)]}
+    runs = {enrollment.started_at: [(UNPLACED, started)]}
     found.extend(_note_entries(enrollment, details, runs, steps or {}))
     found.extend(_action_entry(a, enrollment=row, runs=runs, steps=steps) for a in actions)
     if enrollment.ended_at is not None:
@@ -368,23 +367,16 @@ def _enrollment_entries(
                 summary=f"workflow {enrollment.workflow} {verb}",
                 details={**details, "end_reason": why},
                 row_id=row,
-                order=(_NO_CAUSE, _ENROLLMENT, row, _ENDED),
+                order=(NO_CAUSE, ENROLLMENT, row, ENDED),
             )
         )
     return found
 
 
-Runs = dict[datetime, list[tuple[int, int]]]
-"""The runs of an enrollment at each instant it ran: (the position of the step each began
-at, the group of what ran it), in order. Its start is run by its cause; a later run by the
-event a note names ("event arrived first (event 12)") or by nothing known (a scheduler's
-wake-up)."""
-
-
 def _note_entries(
     enrollment: Enrollment, details: dict[str, Any], runs: Runs, steps: dict[str, int]
 ) -> list[Entry]:
-    """The decisions the enrollment's trail notes (engine/executor.py): "workflow trial
+    """The decisions the enrollment's trail notes (engine/trail.py): "workflow trial
     split: variant B", "workflow onboarding activated?: did product.activated since
     entering: then", "workflow drip 2-wait: wait extended to ... while email a was held
     until ...". Only the trail's last fifty notes are kept, so a long journey's oldest may
@@ -400,20 +392,20 @@ def _note_entries(
         text = f"{note.get('note', '')}"
         marks = {k: v for k, v in note.items() if k not in ("at", "step", "note")}
         extra: dict[str, Any] = {"marks": marks} if marks else {}
-        position = steps.get(str(note.get("step")), _UNPLACED)
+        position = steps.get(str(note.get("step")), UNPLACED)
         if at is None:
             later = [t for t in times[index + 1 :] if t is not None]
             until = later[0] if later else enrollment.ended_at
             text += f" (time not recorded: after {since:%Y-%m-%d %H:%M} UTC" + (
                 f", before {until:%Y-%m-%d %H:%M} UTC)" if until is not None else ")"
             )
-            at, group, position = since, _NO_CAUSE, _LAST
+            at, group, position = since, NO_CAUSE, LAST
             extra = {**extra, "time_recorded": False}
         elif note.get("kind") == "paused":  # written by the send that held the email
-            group = _NO_CAUSE
+            group = NO_CAUSE
         else:
             bounds = runs.setdefault(at, [])
-            group = _run_of(note, bounds[-1][1] if bounds else None)
+            group = run_of(note, bounds[-1][1] if bounds else None)
             if not bounds or group != bounds[-1][1]:  # a new run began at this step
                 bounds.append((position, group))
         since = max(since, at)
@@ -424,34 +416,10 @@ def _note_entries(
                 summary=f"workflow {enrollment.workflow} {note.get('step', '?')}: {text}",
                 details={**details, "step": note.get("step"), "note": note.get("note"), **extra},
                 row_id=enrollment.id or 0,
-                order=(group, _ENROLLMENT, enrollment.id or 0, _RAN, position, index),
+                order=(group, ENROLLMENT, enrollment.id or 0, RAN, position, index),
             )
         )
     return found
-
-
-_NAMES_AN_EVENT = re.compile(r"\(event (\d+)\)$")
-
-
-def _run_of(note: dict[str, Any], known: int | None) -> int:
-    """The group of the run that wrote ``note``: the event it names (``event_id``, or "(event
-    12)" in its text) if it was run by one, else the run ``known`` at its instant so far,
-    else none (a scheduler's wake-up). Never before that run: runs follow each other."""
-    named = note.get("event_id")
-    if not isinstance(named, int):
-        match = _NAMES_AN_EVENT.search(str(note.get("note", "")))
-        named = int(match.group(1)) if match else None
-    if named is None:
-        return _NO_CAUSE if known is None else known
-    return named if known is None else max(known, named)
-
-
-def _run_at(runs: Runs, at: datetime, position: int | None) -> int:
-    """The group of the run that wrote the action at ``position`` (None: not known, the
-    last run) at instant ``at``; none known (a wake-up noting nothing): ``_NO_CAUSE``."""
-    bounds = runs.get(at, [])
-    began = [group for start, group in bounds if position is None or start <= position]
-    return began[-1] if began else _NO_CAUSE
 
 
 def _noted_at(note: dict[str, Any]) -> datetime | None:
@@ -459,40 +427,6 @@ def _noted_at(note: dict[str, Any]) -> datetime | None:
         return datetime.fromisoformat(str(note["at"]))
     except (KeyError, ValueError):
         return None
-
-
-def hold_note(action: Action, *, now: datetime | None = None) -> str | None:
-    """What holds a pending action back, as the CLI and the timeline say it: "held until
-    2026-01-05 08:00 UTC: quiet hours 21:00-08:00 (Pacific/Auckland)", from the last guard
-    rail that deferred it. None when nothing does (or, given ``now``, no longer does)."""
-    held = action.reason.get("held") if action.status == ActionStatus.PENDING else None
-    if not held:
-        return None
-    last = held[-1]
-    until = datetime.fromisoformat(last["until"])
-    if now is not None and until <= now:
-        return None
-    return f"held until {until:%Y-%m-%d %H:%M} UTC: {last['rule']}"
-
-
-def past_holds(action: Action) -> str | None:
-    """What held an email back before it was sent (or skipped, or failed), as its timeline
-    entry says it: "held until 2026-01-06 20:30 UTC: frequency cap: 1 per 1 day", each rule
-    in turn ("..., then until ...: quiet hours ..."; one rule holding it again and again
-    once, with its last time). None for a pending one (``hold_note`` says what holds it
-    now) or one never held."""
-    held = action.reason.get("held") if action.status != ActionStatus.PENDING else None
-    if not held:
-        return None
-    holds: list[tuple[str, str]] = []  # (rule, until)
-    for hold in held:
-        if holds and holds[-1][0] == hold["rule"]:
-            holds[-1] = (hold["rule"], hold["until"])
-        else:
-            holds.append((hold["rule"], hold["until"]))
-    return "held " + ", then ".join(
-        f"until {datetime.fromisoformat(until):%Y-%m-%d %H:%M} UTC: {rule}" for rule, until in holds
-    )
 
 
 def _action_entry(
@@ -524,15 +458,15 @@ def _action_entry(
     cause = action.reason.get("cause_event_id")
     order: tuple[int, ...]
     if enrollment is None:
-        group = _NO_CAUSE if later or cause is None else cause
-        order = (group, _OTHER_ACTION, action.id or 0)
+        group = NO_CAUSE if later or cause is None else cause
+        order = (group, OTHER_ACTION, action.id or 0)
     elif later:
-        order = (_NO_CAUSE, _ENROLLMENT, enrollment, _LATER, 0, action.id or 0)
+        order = (NO_CAUSE, ENROLLMENT, enrollment, LATER, 0, action.id or 0)
     else:  # with the run that wrote it (an enrollment writes at the instants it runs)
         position = (steps or {}).get(str(step))
-        group = _run_at(runs or {}, action.created_at, position)
+        group = run_at(runs or {}, action.created_at, position)
         # An unknown step: after the decisions of its run (they lead to actions).
-        order = (group, _ENROLLMENT, enrollment, _RAN, position or 0, action.id or 0)
+        order = (group, ENROLLMENT, enrollment, RAN, position or 0, action.id or 0)
     return Entry(
         kind="action",
         at=at,

@@ -29,7 +29,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from engine.diagram import describe_step
-from engine.executor import LIVE, PAUSED, WAITING_UNTIL_DATE, workflow_for
+from engine.enrollments import LIVE, workflow_for
 from engine.models import Enrollment, EnrollmentStatus
 from engine.registry import Registry
 from engine.spec import to_spec
@@ -44,6 +44,7 @@ from engine.steps import (
     WaitUntilDate,
     walk,
 )
+from engine.waits import PAUSED, WAITING_UNTIL_DATE
 from engine.workflow import Workflow
 
 END = "(end)"

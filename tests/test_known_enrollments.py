@@ -11,7 +11,8 @@ from sqlalchemy import event as sa_event
 from sqlmodel import Session, select
 
 from engine import EventRule, build_registry
-from engine.executor import live_enrollments, start_enrollment
+from engine.enrollments import live_enrollments
+from engine.entry import start_enrollment
 from engine.known_enrollments import PastEntry, keep_enrollments, known_for, load
 from engine.models import Contact
 from engine.pipeline_jobs import process_contact_job

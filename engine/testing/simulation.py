@@ -36,7 +36,7 @@ from engine.broadcast import BroadcastResult
 from engine.clock import VirtualClock
 from engine.contacts import normalize_email
 from engine.db import make_engine, transaction
-from engine.executor import remember_version
+from engine.enrollments import remember_version
 from engine.localtime import zone
 from engine.models import Contact, Enrollment
 from engine.recording import Recorded
