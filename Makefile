@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy engine connectors
 
 format: install
 	$(BIN)/ruff check --fix .

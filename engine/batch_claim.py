@@ -62,7 +62,7 @@ class Claimed:
 
 # What the claim reads of each action: the single path's columns, and the two times the
 # cap rules read when a contact has two emails in the batch.
-_BATCH_COLUMNS = (
+_BATCH_COLUMNS: tuple[Any, ...] = (
     *CLAIM_COLUMNS,
     col(Action.completed_at),
     col(Action.updated_at),
@@ -80,7 +80,7 @@ class ClaimResult:
 
 
 # Columns the claim reads of each contact: rows, not ORM objects (a batch reads a thousand).
-_CONTACT_COLUMNS = (
+_CONTACT_COLUMNS: tuple[Any, ...] = (
     col(Contact.id),
     col(Contact.email),
     col(Contact.stage),
@@ -286,7 +286,7 @@ def _claim_reads(dialect: str) -> tuple[Any, Any]:
     contacts_table = Contact.__table__  # type: ignore[attr-defined]
     suppressions = Suppression.__table__  # type: ignore[attr-defined]
     contacts = (
-        select(
+        select(  # type: ignore[call-overload]  # more columns than select's overloads name
             *(contacts_table.c[c.key] for c in _CONTACT_COLUMNS),
             suppressions.c.reason.label("suppressed"),
         )
@@ -306,7 +306,7 @@ def _orm(session: Session, action_id: int) -> Action:
     return action
 
 
-def _window_rules_apply(registry: Registry, actions: Sequence[Action]) -> bool:
+def _window_rules_apply(registry: Registry, actions: Sequence[Any]) -> bool:
     """Whether quiet hours or a send window could hold any of these emails."""
     workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
     return registry.guardrails.quiet_hours is not None or any(

@@ -213,7 +213,9 @@ class BatchRenders:
             idempotency_key=action.idempotency_key,
             custom_args={"jl_action_id": str(action.id), "jl_contact_id": str(contact.id)},
             unsubscribe_url=(
-                self.links.url(contact.id, contact.email) if shared.unsubscribe_url else ""
+                self.links.url(contact.id, contact.email)
+                if self.links is not None and shared.unsubscribe_url
+                else ""
             ),
         )
 

@@ -102,6 +102,6 @@ def count_at_steps(session: Session, workflow: str) -> dict[tuple[str, int], int
     rows = session.exec(
         select(Enrollment.version, Enrollment.position, func.count())
         .where(Enrollment.workflow == workflow, col(Enrollment.status).in_(LIVE))
-        .group_by(Enrollment.version, Enrollment.position)
+        .group_by(col(Enrollment.version), col(Enrollment.position))
     ).all()
     return {(v, p): n for v, p, n in rows}

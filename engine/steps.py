@@ -337,7 +337,7 @@ class Node:
 
 
 def step_kind(step: Step) -> str:
-    return str(type(step).kind)  # type: ignore[attr-defined]
+    return str(type(step).kind)  # type: ignore[union-attr]  # every step class has one
 
 
 def compile_steps(steps: Sequence[Step]) -> list[Node]:
