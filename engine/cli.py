@@ -39,7 +39,12 @@ from engine.broker import broker_errors, describe_broker_error
 from engine.db_errors import schema_behind
 from engine.errors import ConfigurationError, ValidationError, WorkflowDefinitionError
 from engine.models import Contact, Event, EventStatus
-from engine.settings import WORKER_THREADS, Settings, describe_settings_error
+from engine.settings import (
+    WORKER_THREADS,
+    Settings,
+    describe_settings_error,
+    environment_problems,
+)
 from engine.urls import UNPARSABLE, redact_url
 
 if TYPE_CHECKING:
@@ -105,13 +110,18 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 def load_settings(settings_cls: type[SettingsT], **overrides: Any) -> SettingsT:
     """``settings_cls`` from the environment and ``.env``; a bad variable ends the command
-    with one line per variable, named as the operator set it."""
+    with one line per variable, named as the operator set it, and so does a
+    ``JOURNEYLINE_*`` variable that is no setting (a typo would leave the default)."""
+    lines = environment_problems()
     try:
-        return settings_cls(**overrides)
+        loaded = settings_cls(**overrides)
     except (pydantic.ValidationError, SettingsError) as exc:
-        for line in describe_settings_error(exc, settings_cls):
+        lines += describe_settings_error(exc, settings_cls)
+    if lines:
+        for line in lines:
             err_console.print(f"[bold red]error:[/] [red]{escape(line)}[/]", highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    return loaded
 
 
 def settings_for(

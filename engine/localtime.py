@@ -68,19 +68,26 @@ UNIX_MILLISECONDS_FROM = 100_000_000_000
 """A Unix time this large or larger is in milliseconds (as HubSpot and JavaScript write
 them): in seconds it would be after the year 5000."""
 
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_DATE = datetime(2200, 1, 1, tzinfo=UTC)
+"""Dates a wait counts from lie in [``EARLIEST_DATE``, ``LATEST_DATE``): outside them a value
+is a placeholder (``0001-01-01``, ``9999-12-31`` in CRM exports) or a mistake, and date
+arithmetic near the ends of Python's calendar overflows."""
+
 DATE_FORMS = (
-    "an ISO 8601 date or time (2026-01-20, 2026-01-20T15:00:00+01:00) or a Unix time "
-    "in seconds or milliseconds"
+    "an ISO 8601 date or time (2026-01-20, 20260120, 2026-01-20T15:00:00+01:00) or a Unix "
+    "time in seconds or milliseconds, from 1900 to 2199"
 )
 
 
 def parse_instant(value: object, tz_name: str) -> datetime | None:
     """An attribute holding a date or a time, as aware UTC; None if it holds none (missing,
     empty, or not a date: ``date_problem`` tells which). ISO 8601 text without an offset
-    (``2026-01-20``, ``2026-01-20T15:00``) is in the contact's zone ``tz_name``; a Unix
-    time (a number, or digits in a string) is in seconds, or milliseconds from
-    ``UNIX_MILLISECONDS_FROM``."""
-    parsed: datetime
+    (``2026-01-20``, ``20260120``, ``2026-01-20T15:00``) is in the contact's zone
+    ``tz_name``; a Unix time (a number, or digits in a string that ISO 8601 does not read)
+    is in seconds, or milliseconds from ``UNIX_MILLISECONDS_FROM``. Only instants from
+    ``EARLIEST_DATE`` to ``LATEST_DATE`` count."""
+    parsed: datetime | None
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, date):
@@ -88,20 +95,24 @@ def parse_instant(value: object, tz_name: str) -> datetime | None:
     elif isinstance(value, bool):
         return None
     elif isinstance(value, int | float):
-        return _from_unix(value)
+        parsed = _from_unix(value)
     elif isinstance(value, str):
         text = value.strip()
-        if _UNIX.fullmatch(text):
-            return _from_unix(float(text))
-        try:
+        try:  # ISO first: 20260316 is the basic form of 2026-03-16, not a Unix time
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            return None
+            parsed = _from_unix(float(text)) if _UNIX.fullmatch(text) else None
     else:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone(tz_name))
-    return parsed.astimezone(UTC)
+    if parsed is None:
+        return None
+    try:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=zone(tz_name))
+        instant = parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # the ends of the calendar, moved by an offset
+        return None
+    return instant if EARLIEST_DATE <= instant < LATEST_DATE else None
 
 
 _UNIX = re.compile(r"-?\d+(\.\d+)?")

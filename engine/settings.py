@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 WORKER_POLL_MS = 100
@@ -46,6 +46,19 @@ NOT_SETTINGS = frozenset({"JOURNEYLINE_UPDATE_GOLDEN"})
 """The test harness's "accept the new golden journeys" switch."""
 
 
+def environment_problems(env_file: Path = Path(".env")) -> list[str]:
+    """The ``JOURNEYLINE_*`` names in the environment or in ``env_file`` that set nothing
+    (``unknown_variables``). The commands and the workers refuse to start on them; the
+    ``Settings`` model itself does not, so a library user's own variables never break it."""
+    names = dict(os.environ)
+    if env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name = line.strip().removeprefix("export ").split("=", 1)[0].strip()
+            if name and not name.startswith("#") and "=" in line:
+                names.setdefault(name, "")
+    return unknown_variables(names)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``JOURNEYLINE_*`` variables that set nothing, each with the setting it was probably
     meant to be: a misspelt ``JOURNEYLINE_EMAIL_CONECTOR`` would otherwise leave the outbox
@@ -64,7 +77,11 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="JOURNEYLINE_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused value is named by its variable, never echoed with
+    # every other setting (API keys, tokens) as pydantic's message would.
+    model_config = SettingsConfigDict(
+        env_prefix="JOURNEYLINE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = Field(
         default="sqlite:///journeyline.db",
@@ -247,13 +264,6 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
-
-    @model_validator(mode="after")
-    def _no_unknown_variables(self) -> Settings:
-        unknown = unknown_variables(os.environ)
-        if unknown:
-            raise ValueError("; ".join(unknown))
-        return self
 
     @field_validator("public_url", "unsubscribe_secret", mode="before")
     @classmethod

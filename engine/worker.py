@@ -17,7 +17,7 @@ from pydantic_settings import SettingsError
 from engine.broker import broker_errors, describe_broker_error
 from engine.errors import ConfigurationError
 from engine.runtime import Runtime
-from engine.settings import Settings, describe_settings_error
+from engine.settings import Settings, describe_settings_error, environment_problems
 
 # httpx logs every request at INFO; a worker sending thousands of emails drowns in it.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -29,12 +29,16 @@ def _settings() -> Settings:
     """The settings from the environment; a bad variable stops the worker with one line per
     variable, named as the operator set it (``dramatiq engine.worker`` may be run directly,
     not only through ``journeyline worker``, which checks them first)."""
+    lines = environment_problems()
     try:
-        return Settings()
+        loaded = Settings()
     except (pydantic.ValidationError, SettingsError) as exc:
-        for line in describe_settings_error(exc):
+        lines += describe_settings_error(exc)
+    if lines:
+        for line in lines:
             print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    return loaded
 
 
 settings = _settings()

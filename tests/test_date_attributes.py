@@ -114,3 +114,51 @@ def test_the_contacts_api_refuses_a_bad_date(api: Api) -> None:
     assert answer.status_code == 422, answer.text
     assert "trial_ends_at" in answer.text and "is not a date" in answer.text
     assert api.http.get("/v1/contacts/ana@example.com", headers=api.auth()).status_code == 404
+
+
+def test_an_iso_basic_date_is_that_date_not_a_unix_time() -> None:
+    # 20260316 was read as 20,260,316 seconds: 1970-08-23, a reminder sent at once
+    assert parse_instant("20260316", "UTC") == datetime(2026, 3, 16, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01", "0001-01-01T00:00+09:00", "9999-12-31T23:00-05:00", "1899-12-31"]
+)
+def test_placeholder_and_out_of_range_dates_are_not_dates_and_never_overflow(value: str) -> None:
+    # Each used to raise OverflowError somewhere: the event failed, or the API answered 500
+    for zone in ("UTC", "Asia/Tokyo", "America/Los_Angeles"):
+        assert parse_instant(value, zone) is None
+    problem = date_problem(value)
+    assert problem is not None and "from 1900 to 2199" in problem
+
+
+def test_the_track_api_refuses_a_placeholder_date_with_422_not_500(api: Api) -> None:
+    answer = api.post_events(
+        event("ana@example.com", "trial.started", attributes={"trial_ends_at": "0001-01-01"})
+    )
+    assert answer.status_code == 422, answer.text
+    assert "trial_ends_at" in answer.text
+
+
+def test_a_placeholder_date_from_a_provider_leaves_the_event_applied(tmp_path: Path) -> None:
+    # Provider webhooks are not refused: the event is applied, the wait goes straight on
+    from engine.db import transaction
+    from engine.recording import record_event
+
+    with running(tmp_path, [reminder()]) as (rt, _clock, email):
+        with transaction(rt.db) as session:
+            recorded = record_event(
+                session,
+                rt.registry,
+                now=rt.clock.now(),
+                email="bo@example.com",
+                event_type="trial.started",
+                source="hubspot",
+                attributes={"trial_ends_at": "0001-01-01"},
+                timezone="Asia/Tokyo",
+            )
+        rt.jobs.process_contact.send(recorded.contact_id)
+        rt.run_until_idle()
+        (stored,) = [e for e in events(rt) if e.type == "trial.started"]
+        assert stored.status == "processed", stored.error
+        assert sent(email) == ["trial_reminder:reminder"]

@@ -504,3 +504,14 @@ def test_the_same_history_gives_the_same_figures_on_postgresql(
         during = report_of(history, since="2026-01-08", until="2026-01-09")
         assert funnel(during)["onboarding"] == (1, 1, 1.0, 1.0, 1)
         assert (during.retention.customers, during.retention.at_start) == (2, 1)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00+01:00", "9999-12-31T23:00-05:00", "9999-12-31"])
+def test_a_period_end_outside_the_calendar_is_a_validation_error_not_a_crash(text: str) -> None:
+    from engine.errors import ValidationError
+    from engine.reports.period import parse_moment
+
+    with pytest.raises(ValidationError) as refused:
+        parse_moment(text, now=datetime(2026, 6, 1, tzinfo=UTC), field="until", end_of_day=True)
+    assert refused.value.field == "until"
+    assert "outside the calendar" in str(refused.value)

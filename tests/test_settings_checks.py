@@ -14,7 +14,13 @@ import pydantic
 import pytest
 
 from engine.api.app import ApiSettings
-from engine.settings import API_SETTINGS, Settings, describe_settings_error, env_var
+from engine.settings import (
+    API_SETTINGS,
+    Settings,
+    describe_settings_error,
+    env_var,
+    environment_problems,
+)
 
 
 def _problems(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[str]:
@@ -26,29 +32,70 @@ def _problems(monkeypatch: pytest.MonkeyPatch, **env: str) -> list[str]:
 
 
 def test_a_misspelt_variable_is_refused_with_the_setting_it_resembles(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    found = _problems(monkeypatch, JOURNEYLINE_EMAIL_CONECTOR="sendgrid")
-    assert found == [
+    monkeypatch.setenv("JOURNEYLINE_EMAIL_CONECTOR", "sendgrid")
+    assert environment_problems(tmp_path / ".env") == [
         "unknown setting JOURNEYLINE_EMAIL_CONECTOR (did you mean "
         "JOURNEYLINE_EMAIL_CONNECTOR?); README.md, Configuration, lists them"
     ]
 
 
 def test_an_unknown_variable_unlike_any_setting_is_refused_without_a_guess(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    (found,) = _problems(monkeypatch, JOURNEYLINE_COLOUR="blue")
+    monkeypatch.setenv("JOURNEYLINE_COLOUR", "blue")
+    (found,) = environment_problems(tmp_path / ".env")
     assert found.startswith("unknown setting JOURNEYLINE_COLOUR;")
 
 
-def test_the_test_suites_variables_and_the_http_services_settings_are_not_refused(
+def test_a_misspelt_line_of_the_env_file_is_refused_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nJOURNEYLINE_LOG_LEVEL=INFO\nexport JOURNEYLINE_MAX_ATEMPTS=3\n")
+    (found,) = environment_problems(env_file)
+    assert "JOURNEYLINE_MAX_ATEMPTS (did you mean JOURNEYLINE_MAX_ATTEMPTS?)" in found
+
+
+def test_the_settings_model_itself_takes_other_variables_so_a_library_user_is_not_broken(
     monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNEYLINE_DEPLOY_ENV", "staging")
+    assert Settings().log_level == "INFO"
+
+
+def test_the_commands_refuse_an_unknown_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "JOURNEYLINE_EMAIL_CONECTOR": "sendgrid"}
+    for command in (
+        [sys.executable, "-m", "engine.cli", "actions"],
+        [sys.executable, "-c", "import engine.worker"],
+    ):
+        done = subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, done.stderr
+        assert "JOURNEYLINE_EMAIL_CONNECTOR?" in " ".join(done.stderr.split())
+
+
+def test_a_refused_value_never_echoes_the_other_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOURNEYLINE_SENDGRID_API_KEY", "SG.topsecret")
+    monkeypatch.setenv("JOURNEYLINE_MAX_ATTEMPTS", "abc")
+    with pytest.raises(pydantic.ValidationError) as refused:
+        Settings()
+    assert "topsecret" not in str(refused.value)
+    assert describe_settings_error(refused.value) == [
+        "JOURNEYLINE_MAX_ATTEMPTS='abc': must be an integer"
+    ]
+
+
+def test_the_test_suites_variables_and_the_http_services_settings_are_not_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("JOURNEYLINE_TEST_POSTGRES_URL", "postgresql://x")
     monkeypatch.setenv("JOURNEYLINE_UPDATE_GOLDEN", "1")
     monkeypatch.setenv("JOURNEYLINE_API_MAX_BODY_BYTES", "2048")
-    assert Settings().log_level == "INFO"
+    assert environment_problems(tmp_path / ".env") == []
 
 
 def test_the_http_services_settings_are_all_known() -> None:

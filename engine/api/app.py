@@ -40,7 +40,7 @@ class ApiSettings(BaseSettings):
     """Settings of the HTTP service, from ``JOURNEYLINE_API_*`` environment variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix="JOURNEYLINE_API_", env_file=".env", extra="ignore"
+        env_prefix="JOURNEYLINE_API_", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
 
     max_body_bytes: int = Field(

@@ -37,13 +37,21 @@ def parse_moment(text: str, *, now: datetime, field: str, end_of_day: bool = Fal
             midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return midnight + timedelta(days=1) if end_of_day else midnight
         moment = datetime.fromisoformat(cleaned)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise ValidationError(
             f"{text!r} is neither an ISO date or time (2026-06-01, 2026-06-01T09:00) nor an "
             "age like 30d, 6h or 90m",
             field=field,
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # an age of centuries, the day after 9999-12-31
+        raise ValidationError(_OUT_OF_RANGE.format(text=text), field=field) from None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: before the calendar's first day in UTC
+        raise ValidationError(_OUT_OF_RANGE.format(text=text), field=field) from None
+
+
+_OUT_OF_RANGE = "{text!r} is a date outside the calendar this can count in (years 1 to 9999)"
 
 
 @dataclass(frozen=True)
