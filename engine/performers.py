@@ -23,7 +23,7 @@ from connectors.webhooks.outgoing import WebhookSender
 from engine.errors import PermanentConnectorError, TransientConnectorError
 from engine.models import Action, Contact
 from engine.registry import Registry
-from engine.templates import render_text
+from engine.templates import render_html_text, render_text
 from engine.unsubscribe import UnsubscribeLinks
 
 
@@ -179,18 +179,21 @@ class WebhookPerformer:
         return lambda: self.sender.post(url, body, idempotency_key=action.idempotency_key)
 
 
-def rendered_texts(action: Action, contact: Contact) -> dict[str, str]:
+def rendered_texts(action: Action, contact: Contact, *, html_body: bool = False) -> dict[str, str]:
     """A CRM task's subject and body, or a note's body, rendered for ``contact``: they may
     print its fields (``Call {{ contact.first_name }}``) as email templates do. Rendered when
-    the action is performed, so they read the contact as it is then."""
+    the action is performed, so they read the contact as it is then. ``html_body``: the CRM
+    shows the body as HTML (``CRMConnector.html_bodies``), so what it prints is escaped; a
+    subject is always plain text."""
     if action.kind not in ("crm.task", "crm.note"):
         return {}
     view = contact_view(contact)
-    return {
-        name: render_text(str(action.payload[name]), contact=view, data={})
-        for name in ("subject", "body")
-        if action.payload.get(name) is not None
-    }
+    texts = {}
+    for name in ("subject", "body"):
+        if action.payload.get(name) is not None:
+            render = render_html_text if html_body and name == "body" else render_text
+            texts[name] = render(str(action.payload[name]), contact=view, data={})
+    return texts
 
 
 class CRMOutboxPerformer:
@@ -281,7 +284,7 @@ class CRMPerformer:
                 return record.id
 
             return update
-        texts = rendered_texts(action, contact)
+        texts = rendered_texts(action, contact, html_body=self.connector.html_bodies)
         if self.kind == "crm.note":
             return lambda: self.connector.create_note(email, texts["body"])
         due = datetime.fromisoformat(payload["due_at"]) if payload.get("due_at") else None

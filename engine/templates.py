@@ -42,6 +42,7 @@ from jinja2 import (
 )
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
 from engine.errors import PermanentConnectorError
@@ -246,13 +247,20 @@ def _variable_name(undefined: Undefined, rendering: _Rendering | None) -> str:
 
 # --- text snippets: a CRM task's subject, a note's body ----------------------------------
 
-
-_TEXT = Environment(autoescape=False, keep_trailing_newline=False, undefined=_MissingVariable)
+# Sandboxed, as defence in depth: a snippet is workflow code, which is trusted, but what it
+# reads comes from contacts, and it needs nothing a sandbox refuses (underscored attributes,
+# unsafe callables).
+_TEXT = SandboxedEnvironment(
+    autoescape=False, keep_trailing_newline=False, undefined=_MissingVariable
+)
+_HTML = SandboxedEnvironment(
+    autoescape=True, keep_trailing_newline=False, undefined=_MissingVariable
+)
 
 
 @lru_cache(maxsize=1024)
-def _snippet(source: str) -> Template:
-    return _TEXT.from_string(source)
+def _snippet(source: str, *, html: bool = False) -> Template:
+    return (_HTML if html else _TEXT).from_string(source)
 
 
 def snippet_problems(source: str) -> list[str]:
@@ -274,10 +282,22 @@ def render_text(source: str, *, contact: dict[str, Any], data: dict[str, Any]) -
     """A text snippet rendered for a contact, as plain text (no HTML escaping); a missing
     variable prints as empty and is logged, as in email templates. Text without ``{{`` or
     ``{%`` is returned as it is."""
+    return _render(source, contact=contact, data=data, html=False)
+
+
+def render_html_text(source: str, *, contact: dict[str, Any], data: dict[str, Any]) -> str:
+    """A text snippet rendered for a field the receiving side shows as HTML (HubSpot's note
+    and task bodies): what it prints (``{{ contact.first_name }}``) is HTML-escaped, so a
+    contact's field shows as text, never as markup or a link; the snippet's own text is
+    kept as the workflow's author wrote it. Otherwise as ``render_text``."""
+    return _render(source, contact=contact, data=data, html=True)
+
+
+def _render(source: str, *, contact: dict[str, Any], data: dict[str, Any], html: bool) -> str:
     if "{" not in source:
         return source
     try:
         with _rendering(Path("."), "snippet", contact=contact, data=data):
-            return _snippet(source).render(contact=contact, data=data)
+            return str(_snippet(source, html=html).render(contact=contact, data=data))
     except JinjaTemplateError as exc:
         raise PermanentConnectorError(f"text {source!r} failed to render: {exc}") from exc

@@ -16,21 +16,23 @@ enrollment is refused, with the reason, and stays where it is:
 
 Steps it already passed are never run again: it continues from the same step, not from the
 top. A move keeps the enrollment's wake-up; ``apply_migration`` moves only enrollments still
-where the plan saw them.
+where the plan saw them, read again under their contacts' locks (a worker may have run one on
+since the plan read it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from engine.db import one_of
 from engine.diagram import describe_step
 from engine.enrollments import LIVE, workflow_for
-from engine.models import Enrollment, EnrollmentStatus
+from engine.models import Contact, Enrollment, EnrollmentStatus
 from engine.registry import Registry
 from engine.spec import to_spec
 from engine.steps import (
@@ -177,30 +179,78 @@ def plan_migration(session: Session, registry: Registry, name: str) -> Migration
 
 
 def apply_migration(session: Session, plan: MigrationPlan) -> int:
-    """Move the planned enrollments still where the plan saw them; return how many moved."""
+    """Move the planned enrollments still where the plan saw them; return how many moved.
+
+    The plan read the enrollments without locks, and a worker may have run one on (or
+    written its context) and committed since, even inside this transaction on PostgreSQL
+    (read committed). So the enrollments are taken as the pipeline takes them: their
+    contacts locked first, in id order (the order every pipeline transaction locks in, so
+    the two queue rather than deadlock), then the enrollments re-read under those locks, as
+    they are now, not as this session last saw them. A worker arriving after that waits
+    for this transaction and finds the enrollment moved. Each one is moved only if it still
+    has the plan's version, position and a live status, and only ``trail``, ``version`` and
+    ``position`` change: the rest of its context is kept as locked. On SQLite the whole
+    transaction already holds the write lock (``BEGIN IMMEDIATE``), so nothing commits
+    between the plan and the move; the same statements then lock nothing more.
+    """
+    if not plan.moves:
+        return 0
+    planned = {move.enrollment_id: move for move in plan.moves}
+    ids = sorted(planned)
+    owners: set[int] = set()
+    for part in _chunks(ids):
+        owners.update(
+            session.exec(
+                select(Enrollment.contact_id).where(one_of(session, col(Enrollment.id), part))
+            ).all()
+        )
+    for part in _chunks(sorted(owners)):  # ascending across chunks too: one lock order
+        session.exec(
+            select(Contact.id)
+            .where(one_of(session, col(Contact.id), part))
+            .order_by(col(Contact.id))
+            .with_for_update()
+        ).all()
     moved = 0
-    for move in plan.moves:
-        enrollment = session.get(Enrollment, move.enrollment_id)
-        if (
-            enrollment is None
-            or enrollment.status not in LIVE
-            or enrollment.version != move.version
-            or enrollment.position != move.position
-        ):
-            continue  # ended, or ran on since the plan: its plan no longer holds
-        trail = [
-            *enrollment.context.get("trail", []),
-            {
-                "step": "(migration)",
-                "note": f"moved from version {enrollment.version} to {plan.target_version}",
-            },
-        ]
-        enrollment.context = {**enrollment.context, "trail": trail[-50:]}
-        enrollment.version = plan.target_version
-        enrollment.position = move.to_position
-        session.add(enrollment)
-        moved += 1
+    for part in _chunks(ids):
+        enrollments = session.exec(
+            select(Enrollment)
+            .where(one_of(session, col(Enrollment.id), part))
+            .order_by(col(Enrollment.id))
+            # FOR NO KEY UPDATE, the lock the UPDATE takes anyway: rows that only reference
+            # an enrollment (an action's foreign key) are not held up by it.
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)  # as they are under the locks
+        ).all()
+        for enrollment in enrollments:
+            move = planned[enrollment.id]  # type: ignore[index]
+            if (
+                enrollment.status not in LIVE
+                or enrollment.version != move.version
+                or enrollment.position != move.position
+            ):
+                continue  # ended, or ran on since the plan: its plan no longer holds
+            trail = [
+                *enrollment.context.get("trail", []),
+                {
+                    "step": "(migration)",
+                    "note": f"moved from version {enrollment.version} to {plan.target_version}",
+                },
+            ]
+            enrollment.context = {**enrollment.context, "trail": trail[-50:]}
+            enrollment.version = plan.target_version
+            enrollment.position = move.to_position
+            session.add(enrollment)
+            moved += 1
     return moved
+
+
+_CHUNK = 500  # ids per statement: well under SQLite's limit on bound parameters
+
+
+def _chunks(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
 
 
 # --- deciding where an enrollment lands -------------------------------------------------

@@ -55,6 +55,10 @@ class LifecycleUpdate:
 
 class CRMConnector(ABC):
     name: str = "crm"
+    #: Whether the CRM shows a task's or a note's body as HTML (HubSpot's ``hs_task_body``
+    #: and ``hs_note_body``). The engine then HTML-escapes the contact's fields it prints
+    #: into a body, so a name holding markup shows as text in the CRM, not as a link.
+    html_bodies: bool = False
 
     @abstractmethod
     def upsert_contact(self, email: str, properties: Mapping[str, PropertyValue]) -> CRMRecord:

@@ -82,6 +82,7 @@ NOTE_TO_CONTACT = 202
 
 class HubSpotConnector(CRMConnector):
     name = "hubspot"
+    html_bodies = True  # hs_task_body and hs_note_body are rich text; the subject is plain
 
     def __init__(
         self,

@@ -6,7 +6,10 @@ signals say whether workers keep up (or run at all): how long the oldest pending
 waited, and how many actions are due but not done, since when. Both read the pending range
 of a ``(status, lease_until)`` index: their cost follows the backlog, not the tables. The
 broker is asked too, in one round trip with a timeout: whether it answers, and how many
-messages Dramatiq dead-lettered in each queue (jobs out of retries). Request counts
+messages Dramatiq dead-lettered in each queue (jobs out of retries). Its answer is kept
+for ``BROKER_PROBE_MAX_AGE_SECONDS`` and asked by one scrape at a time (the others report
+the last answer, with its age): ``/metrics`` needs no key, and a flood of scrapes while
+the broker is slow must not tie up the threads the track API shares. Request counts
 and latencies are this process's own. Each app has its own registry: two apps in one
 process (tests) never collide.
 """
@@ -14,7 +17,9 @@ process (tests) never collide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
 from dramatiq import Broker
@@ -107,40 +112,102 @@ class DatabaseCollector(Collector):
         yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
 
 
-class BrokerCollector(Collector):
-    """Asks the broker, when scraped, whether it answers and how many messages Dramatiq
-    dead-lettered per queue; never longer than ``timeout_seconds`` to connect and as long
-    to answer (``engine.broker.probe_broker``)."""
+BROKER_PROBE_MAX_AGE_SECONDS = 10.0
+"""How long the broker's answer is reported before a scrape asks it again (Prometheus
+scrapes every 15 s or so: each normal scrape still asks)."""
 
-    def __init__(self, broker: Broker, *, timeout_seconds: float = BROKER_TIMEOUT_SECONDS) -> None:
+BrokerProbe = Callable[..., dict[str, int]]
+"""``engine.broker.probe_broker``'s shape: ``(broker, *, queues, timeout_seconds)`` to the
+dead letters per queue, raising when the broker does not answer."""
+
+
+@dataclass(frozen=True)
+class BrokerAnswer:
+    """What the broker said, and when: ``dead_letters`` per queue, None if it did not
+    answer."""
+
+    at: datetime
+    dead_letters: dict[str, int] | None
+
+
+class BrokerCollector(Collector):
+    """Reports whether the broker answers and how many messages Dramatiq dead-lettered per
+    queue. The broker is asked (never longer than ``timeout_seconds`` to connect and as long
+    to answer, ``engine.broker.probe_broker``) when its last answer is older than
+    ``max_age_seconds``, by one scrape at a time: scrapes meanwhile report the last answer
+    and its age (``journeyline_broker_probe_age_seconds``), and nothing of the broker before
+    the first answer. So however often ``/metrics`` is asked, at most one probe runs."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        timeout_seconds: float = BROKER_TIMEOUT_SECONDS,
+        max_age_seconds: float = BROKER_PROBE_MAX_AGE_SECONDS,
+        clock: Clock | None = None,
+        probe: BrokerProbe = probe_broker,
+    ) -> None:
         self.broker = broker
         self.timeout_seconds = timeout_seconds
+        self.max_age_seconds = max_age_seconds
+        self.clock = clock or SystemClock()
+        self.probe = probe
+        self._last: BrokerAnswer | None = None
+        self._probing = threading.Lock()
 
     def describe(self) -> Iterator[Metric]:
         """The families, without asking the broker (the registry asks at registration)."""
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        up, dead = self._families()
+        up, dead, age = self._families()
+        answer = self.answer()
+        if answer is None:
+            return  # the first probe is still out (another scrape's): nothing known yet
+        age.add_metric([], _age_seconds(answer.at, self.clock.now()))
+        if answer.dead_letters is None:
+            up.add_metric([], 0)
+            yield from (up, age)
+            return
+        up.add_metric([], 1)
+        for queue, count in answer.dead_letters.items():
+            dead.add_metric([queue], count)
+        yield from (up, dead, age)
+
+    def answer(self) -> BrokerAnswer | None:
+        """The broker's last answer, asked again first if it is too old and no other scrape
+        is asking; None until the first probe has finished."""
+        last = self._last
+        if last is not None and self._fresh(last):
+            return last
+        if not self._probing.acquire(blocking=False):
+            return last  # another scrape is asking: do not wait for it, nor ask again
         try:
-            counts = probe_broker(
+            last = self._last
+            if last is not None and self._fresh(last):
+                return last  # answered between the first look and taking the lock
+            last = self._last = self._ask()
+            return last
+        finally:
+            self._probing.release()
+
+    def _fresh(self, answer: BrokerAnswer) -> bool:
+        age = (self.clock.now() - answer.at).total_seconds()
+        return 0 <= age < self.max_age_seconds  # a clock set back: ask again
+
+    def _ask(self) -> BrokerAnswer:
+        try:
+            dead_letters = self.probe(
                 self.broker, queues=queues_of(self.broker), timeout_seconds=self.timeout_seconds
             )
         except Exception as exc:
             log.warning("metrics: the broker did not answer: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        for queue, count in counts.items():
-            dead.add_metric([queue], count)
-        yield from (up, dead)
+            return BrokerAnswer(self.clock.now(), None)
+        return BrokerAnswer(self.clock.now(), dict(dead_letters))
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "journeyline_broker_up", "1 if the broker answered this scrape's questions."
-        )
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        up = GaugeMetricFamily("journeyline_broker_up", "1 if the broker answered when last asked.")
         dead = GaugeMetricFamily(
             "journeyline_dead_letter_messages",
             "Messages Dramatiq dead-lettered (jobs out of retries), by queue: Redis keeps "
@@ -148,7 +215,13 @@ class BrokerCollector(Collector):
             "rows they pointed at stay in the database, which the scheduler sweeps.",
             labels=["queue"],
         )
-        return up, dead
+        age = GaugeMetricFamily(
+            "journeyline_broker_probe_age_seconds",
+            "Seconds since the broker was last asked: journeyline_broker_up and the dead "
+            "letters are its answer, that old (one scrape at a time asks again once it is "
+            "too old; the others report the last answer).",
+        )
+        return up, dead, age
 
 
 def _age_seconds(since: datetime | None, now: datetime) -> float:
