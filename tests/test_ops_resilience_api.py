@@ -10,6 +10,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 import engine.api_keys  # noqa: F401  (registers the api_keys table before create_all)
 from connectors import RecordingEmailConnector
 from engine import Settings, migrations
-from engine.api import create_app
+from engine.api import create_app, health
 from engine.api.errors import INTERNAL_MESSAGE, UNAVAILABLE_MESSAGE
 from engine.api.metrics import BrokerCollector
 from engine.api_keys import create_key
@@ -211,7 +212,10 @@ def test_anything_else_unexpected_is_a_json_500_logged_once_with_its_traceback(
 # --- readiness and the schema's revision -----------------------------------------------------
 
 
-def test_readiness_compares_the_schema_with_the_code(tmp_path: Path) -> None:
+def test_readiness_compares_the_schema_with_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "READINESS_MAX_AGE_SECONDS", 0.0)  # each request checks
     url = f"sqlite:///{tmp_path}/jl.db"
     migrations.upgrade(url)
     runtime, _, _ = make_runtime(url, create_schema=False)
@@ -372,3 +376,26 @@ def test_the_probe_counts_what_dramatiq_dead_lettered_on_rabbitmq(amqp_url: str)
         s.labels["queue"]: s.value for s in families["journeyline_dead_letter_messages"].samples
     }
     assert dead == {queue: 1.0}
+
+
+def test_a_flood_of_readiness_requests_checks_the_parts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker whose check takes a while
+    calls: list[float] = []
+
+    def slow_broker(_broker: object) -> str:
+        calls.append(time.monotonic())
+        time.sleep(0.5)
+        return "ok"
+
+    monkeypatch.setattr(health, "check_broker", slow_broker)
+    url = f"sqlite:///{tmp_path}/jl.db"
+    migrations.upgrade(url)
+    runtime, _, _ = make_runtime(url, create_schema=False)
+    # When twenty requests come at once
+    with served(runtime) as api, ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: api.http.get("/readyz").status_code, range(20)))
+    # Then all are answered, from one check of the parts
+    assert answers == [200] * 20
+    assert len(calls) == 1

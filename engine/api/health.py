@@ -5,13 +5,18 @@ answers) and the broker for a cheap round trip (Redis ``PING``, a RabbitMQ conne
 on a connection with a timeout; the in-process stub broker is always ready. A failing part
 answers 503 naming it: a database whose schema is older than the code (or never migrated)
 says so and to run ``journeyline db upgrade``; other failures name only the error's type,
-their details go to the log, not to the unauthenticated caller.
+their details go to the log, not to the unauthenticated caller. One answer serves the
+requests of the next second (``READINESS_MAX_AGE_SECONDS``), checked by one request at a
+time.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from dramatiq import Broker
 from fastapi import APIRouter
@@ -24,6 +29,9 @@ from engine.api.deps import RuntimeDep
 from engine.broker import BROKER_TIMEOUT_SECONDS, ping_broker
 from engine.db_errors import schema_behind
 from engine.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +62,50 @@ def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "A part failed; `checks` says which."}},
 )
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    checks = {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
+    checks = _recent_checks(runtime)
     ready = all(result == "ok" for result in checks.values())
     body = Readiness(status="ready" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+READINESS_MAX_AGE_SECONDS = 1.0
+"""How long one readiness answer serves other requests. The endpoint needs no key: without
+this, a flood of requests while the broker is slow would each open a broker connection and
+a database connection (up to 3 s each), tying up the threads the track API shares."""
+
+
+@dataclass
+class _Checked:
+    at: float
+    checks: dict[str, str]
+
+
+_LAST: dict[int, _Checked] = {}  # id(runtime) -> its last answer
+_CHECKING: dict[int, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _recent_checks(runtime: Runtime) -> dict[str, str]:
+    """The parts' checks, at most ``READINESS_MAX_AGE_SECONDS`` old, made by one request
+    at a time: requests meanwhile get the last answer (the first ones wait for it)."""
+    key = id(runtime)
+    with _GUARD:
+        lock = _CHECKING.setdefault(key, threading.Lock())
+    last = _LAST.get(key)
+    if last is not None and time.monotonic() - last.at < READINESS_MAX_AGE_SECONDS:
+        return last.checks
+    if not lock.acquire(blocking=last is None):
+        assert last is not None
+        return last.checks  # another request is checking now
+    try:
+        last = _LAST.get(key)
+        if last is not None and time.monotonic() - last.at < READINESS_MAX_AGE_SECONDS:
+            return last.checks  # answered while this one waited for the lock
+        checks = {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
+        _LAST[key] = _Checked(time.monotonic(), checks)
+        return checks
+    finally:
+        lock.release()
 
 
 def check_database(db: Engine) -> str:
