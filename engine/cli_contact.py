@@ -31,11 +31,20 @@ if TYPE_CHECKING:
     from engine.timeline import LiveEnrollment
 
 
+DEFAULT_LIMIT = 200
+
+
 @app.command()
 def contact(
     ctx: typer.Context,
     email: Annotated[str, typer.Argument(help="The contact's email address.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the timeline as JSON.")] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Show the newest N entries of the timeline.")
+    ] = DEFAULT_LIMIT,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show the whole timeline, however long.")
+    ] = False,
     unsubscribe: Annotated[
         bool,
         typer.Option(
@@ -51,8 +60,8 @@ def contact(
     database_url: DatabaseUrl = None,
     broker_url: BrokerUrl = None,
 ) -> None:
-    """Show a contact: stage, score, subscription and its timeline; or change its consent
-    (--unsubscribe, --resubscribe)."""
+    """Show a contact: stage, score, subscription and its timeline (the newest 200 entries
+    unless --limit or --all); or change its consent (--unsubscribe, --resubscribe)."""
     from engine.db import make_engine
     from engine.timeline import contact_timeline, name_steps
 
@@ -64,7 +73,7 @@ def contact(
     db = make_engine(settings.database_url)
     try:
         with friendly_errors(settings), Session(db) as session:
-            timeline = contact_timeline(session, email)
+            timeline = contact_timeline(session, email, limit=None if show_all else limit)
             if timeline is not None and timeline.live:  # only then are the workflows needed
                 registry, unnamed = _registry_to_name_steps(settings)
                 if registry is not None:
@@ -102,6 +111,14 @@ def contact(
             escape(entry.summary),
         )
     console.print(table)
+    if timeline.more:
+        partial = "; the oldest instant shown goes on there" if timeline.partial_instant else ""
+        console.print(
+            f"[dim]showing the last {len(timeline.entries)} of more entries; --limit or --all "
+            f"for more (earlier entries: use before={timeline.next_before}{partial})[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
     if timeline.live:
         console.print(_live_table(timeline.live, now=datetime.now(UTC)))
 

@@ -15,6 +15,10 @@ wake-up and, when a scheduler pass has handed that wake-up to a job, until when 
 (a wake-up past due with no claim waits for the next pass; one held past its claim's end
 is due again). The result is plain dataclasses; ``to_dict()`` gives a JSON-ready view for
 the CLI and the HTTP API.
+
+With a ``limit``, a timeline is one page: the newest entries (older than a ``before``
+cursor, engine/timeline_cursor.py), read without loading the rest
+(engine/timeline_reads.py); the test harness and the goldens read it whole.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sqlmodel import Session, col, select
 from engine.attribute_changes import describe_change
 from engine.contacts import normalize_email
 from engine.enrollments import workflow_for
+from engine.errors import ValidationError
 
 # ``hold_note`` is also imported from here (engine/cli_actions.py).
 from engine.hold_notes import hold_note, past_holds
@@ -45,6 +50,7 @@ from engine.recording import CONTACT_UPDATED
 from engine.registry import Registry
 from engine.scheduler import current_claims
 from engine.spec import from_spec
+from engine.timeline_cursor import PageKey, decode, encode
 from engine.timeline_order import (
     CREATION,
     ENDED,
@@ -62,6 +68,7 @@ from engine.timeline_order import (
     run_at,
     run_of,
 )
+from engine.timeline_reads import Rows, read_all, read_page
 from engine.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -84,6 +91,12 @@ class Entry:
     def sort_key(self) -> tuple[datetime | int, ...]:
         return (self.at, *self.order)
 
+    @property
+    def page_key(self) -> PageKey:
+        """Its place, one of its own: ``sort_key`` ties only a decision with an action of
+        its run (an index equal to an id), and the decision, written first, comes first."""
+        return (*self.sort_key, _KIND_RANK.get(self.kind, len(_KIND_RANK)))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -91,6 +104,9 @@ class Entry:
             "summary": self.summary,
             "details": _jsonable(self.details),
         }
+
+
+_KIND_RANK = {"event": 0, "stage": 1, "enrollment": 2, "action": 3}
 
 
 @dataclass(frozen=True)
@@ -132,63 +148,99 @@ class Timeline:
     contact: ContactSummary
     entries: list[Entry]
     live: list[LiveEnrollment] = field(default_factory=list)
+    # A page (``limit``): whether older entries were left out, the cursor that reads them
+    # (``before``), and whether the oldest instant shown goes on in them.
+    more: bool = False
+    next_before: str | None = None
+    partial_instant: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "contact": self.contact.to_dict(),
             "entries": [e.to_dict() for e in self.entries],
             "live": [e.to_dict() for e in self.live],
+            "more": self.more,
+            "next_before": self.next_before,
+            "partial_instant": self.partial_instant,
         }
 
 
 def contact_timeline(
-    session: Session, email: str, registry: Registry | None = None
+    session: Session,
+    email: str,
+    registry: Registry | None = None,
+    *,
+    limit: int | None = None,
+    before: str | None = None,
 ) -> Timeline | None:
     """The timeline of the contact with ``email``, or None if there is no such contact.
 
-    With ``registry``, each live enrollment's step is named (from its own version of the
-    workflow). Raises ``ValidationError`` when ``email`` is not an address at all.
+    With ``registry``, each live enrollment's step named (from its own version of the
+    workflow). With ``limit``, only the newest ``limit`` entries (older than the ``before``
+    cursor, if given), read without loading the rest; the timeline says whether there are
+    more (``more``) and the cursor that reads them (``next_before``). Raises
+    ``ValidationError`` when ``email`` is not an address, ``limit`` is below 1 or
+    ``before`` is not a cursor a timeline gave.
     """
     email = normalize_email(email)
+    if limit is not None and limit < 1:
+        raise ValidationError(f"limit must be 1 or more, not {limit}", field="limit")
+    cursor = None if before is None else decode(before)
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None or contact.id is None:
         return None
     cid = contact.id
-    entries: list[Entry] = []
-    events = session.exec(select(Event).where(Event.contact_id == cid)).all()
-    entries.extend(_event_entry(e) for e in events)
-    transitions = session.exec(
-        select(StageTransition).where(StageTransition.contact_id == cid)
-    ).all()
-    entries.extend(_stage_entry(t) for t in transitions)
-    enrollments = session.exec(select(Enrollment).where(Enrollment.contact_id == cid)).all()
-    actions = session.exec(
-        select(Action).where(Action.contact_id == cid).order_by(col(Action.id))
-    ).all()
-    written: dict[int, list[Action]] = {e.id: [] for e in enrollments if e.id is not None}
-    for action in actions:
+    if limit is None:
+        rows = read_all(session, cid)
+    else:
+        rows = read_page(session, cid, limit=limit, cursor=cursor)
+    entries = _entries(session, registry, rows)
+    if cursor is not None:
+        entries = [e for e in entries if e.page_key < cursor]
+    shown = entries if limit is None else entries[-limit:]
+    more = len(shown) < len(entries)
+    live = _live(session, cid)
+    if registry is not None:
+        live = name_steps(session, registry, live)
+    return Timeline(
+        contact=_summary(contact),
+        entries=shown,
+        live=live,
+        more=more,
+        next_before=encode(shown[0].page_key) if more else None,
+        partial_instant=more and entries[-len(shown) - 1].at == shown[0].at,
+    )
+
+
+def _entries(session: Session, registry: Registry | None, rows: Rows) -> list[Entry]:
+    entries: list[Entry] = [_event_entry(e) for e in rows.events]
+    entries.extend(_stage_entry(t) for t in rows.transitions)
+    written: dict[int, list[Action]] = {e.id: [] for e in rows.enrollments if e.id is not None}
+    for action in rows.actions:
         if action.enrollment_id in written:
             written[action.enrollment_id].append(action)
         else:  # outside any workflow (or its enrollment is gone)
             entries.append(_action_entry(action))
+    # Step positions for the enrollments that wrote actions, whether read on this page or
+    # not, so that an entry has the same place on every page.
     positions = _step_positions(
-        session, registry, [e for e in enrollments if written.get(e.id or 0)]
+        session, registry, [e for e in rows.enrollments if e.id in rows.with_actions]
     )
-    for enrollment in enrollments:
+    for enrollment in rows.enrollments:
         steps = positions.get((enrollment.workflow, enrollment.version))
         entries.extend(_enrollment_entries(enrollment, written.get(enrollment.id or 0, []), steps))
-    entries.sort(key=lambda e: e.sort_key)
-    live = _live(session, list(enrollments))
-    if registry is not None:
-        live = name_steps(session, registry, live)
-    return Timeline(contact=_summary(contact), entries=entries, live=live)
+    entries.sort(key=lambda e: e.page_key)
+    return entries
 
 
 _LIVE = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
 
 
-def _live(session: Session, enrollments: list[Enrollment]) -> list[LiveEnrollment]:
-    live = sorted((e for e in enrollments if e.status in _LIVE), key=lambda e: e.id or 0)
+def _live(session: Session, cid: int) -> list[LiveEnrollment]:
+    query = select(Enrollment).where(
+        Enrollment.contact_id == cid, col(Enrollment.status).in_(_LIVE)
+    )
+    live = sorted(session.exec(query), key=lambda e: e.id or 0)
     held = current_claims(session, [e.id for e in live if e.id is not None])
     return [
         LiveEnrollment(

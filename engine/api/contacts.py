@@ -1,6 +1,10 @@
 """``/v1/contacts/{email}``: create or update (PUT, including consent:
 ``subscription_status``), look up with the timeline (GET), erase (DELETE).
 
+GET returns the newest ``limit`` entries of the timeline (200 unless asked, at most 1000);
+``more`` says older ones were left out and ``next_before`` is the cursor that reads them
+(``?before=``), page after page to the contact's creation.
+
 A PUT that changes an existing contact's attributes records a ``contact.updated`` event
 (``Runtime.upsert_contact``) and has it processed, so conditions on attributes (segments
 joined, condition goals and exits) react to it as to a tracked event.
@@ -18,7 +22,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, select
 
@@ -135,9 +139,24 @@ class LiveEnrollmentOut(BaseModel):
 
 class ContactWithTimeline(BaseModel):
     contact: ContactOut
-    timeline: list[TimelineEntry] = Field(description="Everything that happened, oldest first.")
+    timeline: list[TimelineEntry] = Field(
+        description="What happened, oldest first: the newest 'limit' entries (older than "
+        "'before', if given)."
+    )
     live: list[LiveEnrollmentOut] = Field(
         description="Enrollments still running or waiting: what comes next."
+    )
+    more: bool = Field(
+        default=False, description="Older entries were left out: read them with next_before."
+    )
+    next_before: str | None = Field(
+        default=None,
+        description="When 'more': the cursor to pass as 'before' for the next (older) page.",
+    )
+    partial_instant: bool = Field(
+        default=False,
+        description="When 'more': the oldest instant shown goes on in the next page (entries "
+        "of one instant stand in causal order, cut in two there).",
     )
 
     @classmethod
@@ -157,7 +176,18 @@ class ContactWithTimeline(BaseModel):
         )
         entries = [TimelineEntry.model_validate(e.to_dict()) for e in timeline.entries]
         live = [LiveEnrollmentOut.model_validate(e.__dict__) for e in timeline.live]
-        return cls(contact=contact, timeline=entries, live=live)
+        return cls(
+            contact=contact,
+            timeline=entries,
+            live=live,
+            more=timeline.more,
+            next_before=timeline.next_before,
+            partial_instant=timeline.partial_instant,
+        )
+
+
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 1000
 
 
 def _find(session: Session, email: str) -> Contact | None:
@@ -210,9 +240,19 @@ def put_contact(
     responses={**ERROR_RESPONSES, **NOT_FOUND},
     dependencies=[Depends(require("contacts:read"))],
 )
-def get_contact(runtime: RuntimeDep, email: EmailPath) -> ContactWithTimeline:
+def get_contact(
+    runtime: RuntimeDep,
+    email: EmailPath,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LIMIT, description="How many of the newest entries to return.")
+    ] = DEFAULT_LIMIT,
+    before: Annotated[
+        str | None,
+        Query(description="Only entries older than this cursor (a response's next_before)."),
+    ] = None,
+) -> ContactWithTimeline:
     with Session(runtime.db) as session:
-        timeline = contact_timeline(session, email, runtime.registry)
+        timeline = contact_timeline(session, email, runtime.registry, limit=limit, before=before)
     if timeline is None:
         raise _not_found(email)
     return ContactWithTimeline.of(timeline)
