@@ -32,7 +32,7 @@ from rich.console import Console
 from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
-import engine.runtime
+import engine.scheduler_chain
 from connectors import RecordingEmailConnector
 from engine import Settings, SystemClock, VirtualClock, migrations
 from engine.cli_scheduler import scheduler_loop
@@ -100,7 +100,9 @@ def test_a_turn_the_database_could_not_take_is_tried_again_and_the_chain_goes_on
 
     rt.tick = counted  # type: ignore[method-assign]
     monkeypatch.setattr(
-        engine.runtime, "take_turn", failing_first(engine.runtime.take_turn, [refused()])
+        engine.scheduler_chain,
+        "take_turn",
+        failing_first(engine.scheduler_chain.take_turn, [refused()]),
     )
     caplog.set_level(logging.DEBUG, logger="engine")
     try:
@@ -347,7 +349,9 @@ def test_on_redis_the_chain_outlives_a_database_outage_and_a_failed_pass(
     redis_rt = on_redis()
     rt = redis_rt.runtime
     monkeypatch.setattr(
-        engine.runtime, "take_turn", failing_first(engine.runtime.take_turn, [refused()] * 2)
+        engine.scheduler_chain,
+        "take_turn",
+        failing_first(engine.scheduler_chain.take_turn, [refused()] * 2),
     )
     rt.tick = failing_first(rt.tick, [refused("server closed the connection")])  # type: ignore[method-assign]
     worker = Worker(rt.broker, worker_threads=1, worker_timeout=50)
