@@ -517,6 +517,9 @@ def render_report(report: DemoReport, console: Console) -> None:
         console.print("See one contact's story:")
         # soft_wrap: a command folded at the terminal's width would not run when pasted.
         console.print(f"  [bold]{escape(command)}[/]", soft_wrap=True)
+        performance = f"{report.cli} report --database-url {shlex.quote(report.database_url)}"
+        console.print("See how the workflows performed:")
+        console.print(f"  [bold]{escape(performance)}[/]", soft_wrap=True)
 
 
 def _step_columns(table: Table, rows: list[StepStats], *, kind: bool) -> None:

@@ -95,3 +95,20 @@ def test_without_an_entry_point_the_command_is_python_dash_m(tmp_path: Path) -> 
     assert cli_command(executable=python, cwd=tmp_path, path="") == (
         f"{shlex.quote(python)} -m engine.cli"
     )
+
+
+def test_the_closing_report_command_runs_as_printed(report: DemoReport) -> None:
+    text = printed(report, width=60)
+    lines = text.splitlines()
+    heading = "See how the workflows performed:"
+    command = lines[lines.index(heading) + 1].strip()
+    result = subprocess.run(
+        shlex.split(command),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("JOURNEYLINE_")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Funnel: contacts reaching each stage" in result.stdout
+    assert "Email performance per workflow step" in result.stdout
