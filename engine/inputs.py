@@ -40,7 +40,8 @@ def track(
     attributes: Mapping[str, Any] | None = None,
     timezone: str | None = None,
 ) -> recording.Recorded:
-    """The body of ``Runtime.track`` (which says what it does)."""
+    """``Runtime.track``: record one event (idempotently) and enqueue its processing after
+    commit. An attribute a ``wait_until_date`` step counts from must be given a date."""
     refuse_bad_dates(runtime.registry, attributes)
     with transaction(runtime.db) as session:
         recorded = recording.record_event(
@@ -69,7 +70,16 @@ def upsert_contact(
     timezone: str | None = None,
     attributes: Mapping[str, Any] | None = None,
 ) -> Contact:
-    """The body of ``Runtime.upsert_contact`` (which says what it does)."""
+    """``Runtime.upsert_contact``: create or update a contact without an event (an import,
+    a CRM sync).
+
+    ``stage`` only applies to a new contact (existing ones move through the stage
+    machine); it is recorded as an ``imported`` transition and starts no workflow, so an
+    import never sends a burst of emails. Changing an existing contact's attributes (or
+    time zone) records a ``contact.updated`` event and processes it, so conditions on them
+    (segments joined, goals, exits) are evaluated as for a tracked event; a change of
+    nothing records nothing.
+    """
     email = normalize_email(email)
     if stage is not None:
         validate_stage(runtime.registry.journey, stage)
@@ -115,7 +125,9 @@ def upsert_contact(
 
 
 def fire(runtime: Runtime, email: str, trigger: str) -> Move:
-    """The body of ``Runtime.fire`` (which says what it does)."""
+    """``Runtime.fire``: move a contact by an explicit trigger (an operator's or an API's
+    decision). Raises ``InvalidTransition`` and changes nothing when the stage does not
+    allow it."""
     email = normalize_email(email)
     runtime.sync_versions()
     with transaction(runtime.db) as session:

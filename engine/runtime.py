@@ -26,10 +26,9 @@ committed work (``dispatch.py``). ``Runtime``'s methods delegate to them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from dramatiq import Broker, Worker
 from dramatiq.brokers.stub import StubBroker
@@ -37,7 +36,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.email import EmailConnector, build_email_connector
 from engine import dispatch as dispatching
-from engine import inputs, pipeline, pipeline_jobs, recording
+from engine import inputs, pipeline, pipeline_jobs
 from engine.actions import Outcome, RetryPolicy, perform_action, perform_actions
 from engine.batch_send import (
     BatchOutcome,
@@ -55,8 +54,6 @@ from engine.dispatch import LEASE_PER_CALL, SINGLES_PER_JOB
 from engine.executor import Effects
 from engine.inline_broker import InlineBroker
 from engine.jobs import QUEUE, TRANSACTIONAL_QUEUE, Jobs, declare_jobs
-from engine.machine import Move
-from engine.models import Contact
 from engine.performer_setup import configured_performers
 from engine.performers import EmailPerformer, Performer
 from engine.periodic import START
@@ -146,59 +143,11 @@ class Runtime:
 
     # --- inputs -------------------------------------------------------------------------
 
-    def track(
-        self,
-        email: str,
-        event_type: str,
-        properties: Mapping[str, Any] | None = None,
-        *,
-        source: str = "api",
-        idempotency_key: str | None = None,
-        occurred_at: datetime | None = None,
-        attributes: Mapping[str, Any] | None = None,
-        timezone: str | None = None,
-    ) -> recording.Recorded:
-        """Record one event (idempotently) and enqueue its processing after commit. An
-        attribute a ``wait_until_date`` step counts from must be given a date."""
-        return inputs.track(
-            self,
-            email,
-            event_type,
-            properties,
-            source=source,
-            idempotency_key=idempotency_key,
-            occurred_at=occurred_at,
-            attributes=attributes,
-            timezone=timezone,
-        )
-
-    def upsert_contact(
-        self,
-        email: str,
-        *,
-        stage: str | None = None,
-        timezone: str | None = None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> Contact:
-        """Create or update a contact without an event (an import, a CRM sync).
-
-        ``stage`` only applies to a new contact (existing ones move through the stage
-        machine); it is recorded as an ``imported`` transition and starts no workflow, so an
-        import never sends a burst of emails. Changing an existing contact's attributes
-        records a ``contact.updated`` event and processes it, so conditions on them
-        (segments joined, goals, exits) are evaluated as for a tracked event; a change of
-        nothing records nothing.
-        """
-        return inputs.upsert_contact(
-            self, email, stage=stage, timezone=timezone, attributes=attributes
-        )
-
-    def fire(self, email: str, trigger: str) -> Move:
-        """Move a contact by an explicit trigger (an operator's or an API's decision).
-
-        Raises ``InvalidTransition`` and changes nothing when the stage does not allow it.
-        """
-        return inputs.fire(self, email, trigger)
+    # Recording inputs; each is a function of ``engine.inputs`` taking the runtime first,
+    # which says what it does.
+    track = inputs.track
+    upsert_contact = inputs.upsert_contact
+    fire = inputs.fire
 
     # --- job bodies ---------------------------------------------------------------------
 
