@@ -14,8 +14,9 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from engine import known_enrollments
+from engine import known_enrollments, refusals
 from engine.conditions import context_for
+from engine.durations import describe_duration
 from engine.effects import Effects
 from engine.enrollments import LIVE, remember_version
 from engine.executor import advance, end_enrollment
@@ -42,18 +43,11 @@ def start_enrollment(
 ) -> Effects:
     """Enter ``contact`` into ``workflow`` if its entry rules allow, and run to the first wait."""
     previous = _latest_entry(session, contact.id, workflow.name)  # type: ignore[arg-type]
-    if previous is not None:
-        if previous.status in LIVE:
-            return Effects()  # already in it: a workflow holds a contact once at a time
-        policy = workflow.reentry
-        if policy.policy == "never":
-            return Effects()
-        if (
-            policy.policy == "after"
-            and policy.after is not None
-            and now < previous.started_at + policy.after
-        ):
-            return Effects()
+    if previous is not None and _kept_out(workflow, previous, now):
+        if refusals.listened():  # the reason is text: made only for someone to read
+            why_not = _why_kept_out(workflow, previous)
+            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
+        return Effects()
     if not meets_entry_rules(session, workflow, contact, now):
         return Effects()
     remember_version(session, registry, workflow, now)
@@ -78,6 +72,30 @@ def start_enrollment(
         end_enrollment(session, enrollment, now=now, reason=reason, status=status)
         return Effects()
     return advance(session, registry, contact, enrollment, now=now)
+
+
+def _kept_out(workflow: Workflow, previous: known_enrollments.Known, now: datetime) -> bool:
+    """Whether the contact's latest entry keeps them out of ``workflow`` now."""
+    if previous.status in LIVE:
+        return True  # already in it: a workflow holds a contact once at a time
+    policy = workflow.reentry
+    if policy.policy == "never":
+        return True
+    return (
+        policy.policy == "after"
+        and policy.after is not None
+        and now < previous.started_at + policy.after
+    )
+
+
+def _why_kept_out(workflow: Workflow, previous: known_enrollments.Known) -> str:
+    since = f"entry {previous.entry}, started {previous.started_at:%Y-%m-%d %H:%M} UTC"
+    if previous.status in LIVE:
+        return f"already in it ({since}, {previous.status})"
+    after = workflow.reentry.after
+    if workflow.reentry.policy == "after" and after is not None:
+        return f"re-entry only {describe_duration(after)} after the last entry ({since})"
+    return f"re-entry is never allowed, and they entered before ({since})"
 
 
 def _met_at_entry(
@@ -134,11 +152,15 @@ def meets_entry_rules(
     ``exit_unsubscribed`` leaves it running for a contact who unsubscribes on the way.
 
     A refusal writes no row (an enrollment would count for the re-entry policy): it is
-    logged, naming the contact, the workflow and why."""
+    logged, naming the contact, the workflow and why, and told to ``engine.refusals``'
+    listeners."""
     if workflow.entry_if is not None and not workflow.entry_if.evaluate(
         context_for(session, contact, now)
     ):
         log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
+        if refusals.listened():
+            why_not = f"entry rule not met: {workflow.entry_if.describe()}"
+            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
         return False
     if (
         contact.subscription_status != "subscribed"
@@ -153,5 +175,10 @@ def meets_entry_rules(
             workflow.name,
             contact.subscription_status,
         )
+        if refusals.listened():
+            why_not = (
+                f"contact is {contact.subscription_status}; the workflow sends marketing email"
+            )
+            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
         return False
     return True

@@ -1,0 +1,107 @@
+"""Refused entries are told to engine.refusals' listeners, with the reason, and cost
+nothing when nobody listens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from engine import Workflow, did_event, not_, on_event, reenter_after, send_email, wait
+from engine.refusals import Refusal, listened, listening
+from tests.language_support import running
+from tests.support import enrollments
+
+NOT_BUYERS = Workflow(
+    "not_buyers",
+    trigger=on_event("trial.started"),
+    entry_if=not_(did_event("order.completed")),
+    steps=[send_email("welcome", id="hello")],
+)
+MONTHLY = Workflow(
+    "monthly",
+    trigger=on_event("demo.requested"),
+    reentry=reenter_after(days=30),
+    steps=[send_email("welcome", id="hi")],
+)
+ONCE = Workflow(
+    "once",
+    trigger=on_event("page.viewed"),
+    steps=[wait(days=2), send_email("welcome", id="later")],
+)
+
+
+class Heard:
+    def __init__(self) -> None:
+        self.refusals: list[tuple[Engine, Refusal]] = []
+
+    def __call__(self, db: Engine, refusal: Refusal) -> None:
+        self.refusals.append((db, refusal))
+
+    def reasons(self, workflow: str) -> list[str]:
+        return [r.reason for _db, r in self.refusals if r.workflow == workflow]
+
+
+def test_an_entry_rule_refusal_names_the_rule(tmp_path: Path) -> None:
+    heard = Heard()
+    with running(tmp_path, [NOT_BUYERS]) as (rt, clock, _email), listening(heard):
+        rt.track("ana@example.com", "order.completed")
+        rt.run_until_idle()
+        rt.track("ana@example.com", "trial.started")
+        rt.run_until_idle()
+        assert enrollments(rt) == []
+        (db, refusal), *_ = heard.refusals
+        assert db is rt.db
+        assert refusal.workflow == "not_buyers"
+        assert refusal.at == clock.now()
+        assert refusal.reason.startswith("entry rule not met: ")
+        assert "order.completed" in refusal.reason
+
+
+def test_re_entry_refusals_say_which_policy_and_since_when(tmp_path: Path) -> None:
+    heard = Heard()
+    with running(tmp_path, [MONTHLY, ONCE]) as (rt, clock, _email), listening(heard):
+        rt.track("bo@example.com", "demo.requested")
+        rt.track("bo@example.com", "page.viewed")
+        rt.run_until_idle()
+        clock.advance(days=3)
+        rt.run_until_idle()  # both ended: monthly sent at once, once after 2 days
+        rt.track("bo@example.com", "demo.requested")
+        rt.track("bo@example.com", "page.viewed")
+        rt.run_until_idle()
+        (monthly,) = heard.reasons("monthly")
+        assert monthly.startswith("re-entry only 30 days after the last entry (entry 1, started ")
+        (once,) = heard.reasons("once")
+        assert once.startswith("re-entry is never allowed, and they entered before (entry 1")
+
+
+def test_a_contact_already_in_the_workflow_is_refused_as_such(tmp_path: Path) -> None:
+    heard = Heard()
+    with running(tmp_path, [ONCE]) as (rt, _clock, _email), listening(heard):
+        rt.track("cy@example.com", "page.viewed")
+        rt.run_until_idle()
+        rt.track("cy@example.com", "page.viewed")
+        rt.run_until_idle()
+        (reason,) = heard.reasons("once")
+        assert reason.startswith("already in it (entry 1, started ")
+        assert reason.endswith(", waiting)")
+
+
+def test_an_unsubscribed_contact_refused_by_a_marketing_workflow(tmp_path: Path) -> None:
+    heard = Heard()
+    with running(tmp_path, [MONTHLY]) as (rt, _clock, _email), listening(heard):
+        rt.track("di@example.com", "email.unsubscribed")
+        rt.run_until_idle()
+        rt.track("di@example.com", "demo.requested")
+        rt.run_until_idle()
+        assert heard.reasons("monthly") == [
+            "contact is unsubscribed; the workflow sends marketing email"
+        ]
+
+
+def test_listening_ends_with_the_block() -> None:
+    heard = Heard()
+    assert not listened()
+    with listening(heard):
+        assert listened()
+    assert not listened()
