@@ -20,7 +20,7 @@ from rich.progress import (
 from engine.cli import app, console, err_console, fail, settings_for
 from engine.errors import WorkflowDefinitionError
 from engine.registry import Registry
-from engine.simulation_profile import Profile, ProfileError
+from engine.simulation_profile import Profile, ProfileError, sent_templates
 from engine.simulation_report import html_report, print_results
 from engine.simulation_results import SimulationResult
 from engine.simulator import (
@@ -86,8 +86,11 @@ def simulate_command(
     else:  # the configured module, as every other command loads it
         settings = settings_for(ctx)
         registries.append((settings.workflows, _load(settings.workflows, settings.templates_dir)))
+    # Compared, a reaction is for the side whose workflows send its template (the new
+    # variant's email): refused only when neither side sends it.
+    sent_anywhere = set().union(*(sent_templates(r) for _, r in registries))
     for source, registry in registries:
-        problems = behaviour.registry_problems(registry)
+        problems = behaviour.registry_problems(registry, sent_elsewhere=sent_anywhere)
         if problems:
             fail(
                 f"profile {profile or '(default)'} for workflows {source}: {ProfileError(problems)}"
@@ -125,7 +128,7 @@ def simulate_command(
                     contacts=contacts,
                     days=days,
                     seed=seed,
-                    profile=behaviour,
+                    profile=behaviour.for_registry(registry),
                     label=str(source),
                     processes=processes or usable_cpus(),
                     on_progress=advance,

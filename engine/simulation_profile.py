@@ -5,8 +5,9 @@ against the workflows' registry when a run starts (``Profile.registry_problems``
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,12 +131,16 @@ class Profile:
             raise ProfileError([f"not valid JSON: {exc}"]) from exc
         return cls.from_dict(data)
 
-    def registry_problems(self, registry: Registry) -> list[str]:
-        """The stages and event types of this profile that ``registry`` does not know.
+    def registry_problems(
+        self, registry: Registry, *, sent_elsewhere: Collection[str] = ()
+    ) -> list[str]:
+        """The stages and event types of this profile that ``registry`` does not know, and
+        reactions to templates none of its workflows send.
 
         Entries the profile shares with the defaults are not checked: the defaults are
         written for the shipped journey, and one for a stage or event another journey lacks
-        simply never happens there."""
+        simply never happens there. ``sent_elsewhere``: templates sent by the other side of
+        a comparison; a reaction to one of them is for that side (see ``for_registry``)."""
         stages = list(registry.journey.stage_names)
         events = ", ".join(sorted(registry.events))
         found = []
@@ -152,22 +157,17 @@ class Profile:
                 for event, chance in chances.items()
                 if not registry.knows_event(event) and default.get(event) != chance
             ]
-        sent = sorted(
-            {
-                node.step.template
-                for workflow in registry.workflows.values()
-                for node in workflow.program
-                if isinstance(node.step, SendEmail)
-            }
-        )
+        sent = sorted(sent_templates(registry))
         for template, reaction in self.reactions.items():
             if reaction == DEFAULT_REACTIONS.get(template):
                 continue
             if template not in sent:
-                found.append(
-                    f"{_path('reactions', template)}: no workflow sends this template, so "
-                    f"the reaction would never apply; templates sent: {', '.join(sent)}"
-                )
+                if template not in sent_elsewhere:
+                    found.append(
+                        f"{_path('reactions', template)}: no workflow sends this template, so "
+                        f"the reaction would never apply; templates sent: {', '.join(sent)}"
+                    )
+                continue  # its events are checked against the side that sends it
             found += [
                 f"{_path('reactions', template, 'boost', event)}: unknown event type; "
                 f"known: {events}"
@@ -175,6 +175,27 @@ class Profile:
                 if not registry.knows_event(event)
             ]
         return found
+
+    def for_registry(self, registry: Registry) -> Profile:
+        """This profile without the reactions to templates ``registry`` never sends. They
+        would never apply in its run, which is the same with or without them; ``--compare``
+        runs each side with its own, so that a reaction to the template only the new version
+        sends is not refused for the old one."""
+        sent = sent_templates(registry)
+        kept = {t: r for t, r in self.reactions.items() if t in sent}
+        return (
+            self if len(kept) == len(self.reactions) else dataclasses.replace(self, reactions=kept)
+        )
+
+
+def sent_templates(registry: Registry) -> set[str]:
+    """The email templates the workflows of ``registry`` send."""
+    return {
+        node.step.template
+        for workflow in registry.workflows.values()
+        for node in workflow.program
+        if isinstance(node.step, SendEmail)
+    }
 
 
 def _path(name: str, *keys: str) -> str:

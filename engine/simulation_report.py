@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from engine.reports.significance import MIN_EXPECTED, p_text, two_proportion_p_value
 from engine.simulation_results import SimulationResult
 
 COLOURS = (
@@ -36,10 +37,11 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
     """One result, or several side by side (``--compare``)."""
     labels = [r.label or "run" for r in results]
     funnel = Table(title="Funnel: contacts reaching each stage")
-    funnel.add_column("stage")
+    # Side by side the table is wide: the stage names never shrink, long labels fold.
+    funnel.add_column("stage", no_wrap=True, min_width=max(map(len, results[0].stages)))
     for label in labels:
-        funnel.add_column(f"{label}: reached", justify="right")
-        funnel.add_column("conversion", justify="right")
+        funnel.add_column(f"{label}: reached", justify="right", overflow="fold")
+        funnel.add_column("conversion", justify="right", overflow="fold")
         funnel.add_column("median days in stage", justify="right")
     for i, stage in enumerate(results[0].stages):
         row = [stage]
@@ -74,23 +76,50 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
     console.print(goals)
 
     if any(r.variants for r in results):
-        variants = Table(title="A/B variants (converted / entered)")
-        variants.add_column("workflow:split=variant")
+        variants = Table(title="A/B variants (converted / entered)", caption=AB_NOTE)
+        variants.add_column("workflow:split=variant", overflow="fold")
         for label in labels:
             variants.add_column(label, justify="right")
         for key in sorted({k for r in results for k in r.variants}):
-            cells = []
-            for r in results:
-                entered, converted = r.variants.get(key, (0, 0))
-                rate = converted / entered if entered else None
-                cells.append(f"{converted}/{entered} ({_pct(rate)})")
-            variants.add_row(key, *cells)
+            variants.add_row(key, *(_variant_cell(r, key) for r in results))
         console.print(variants)
     for r in results:
         console.print(
             f"{r.label or 'run'}: {r.contacts} contacts, {r.days} days, seed {r.seed}: "
             f"{r.events} events in {r.seconds:.1f} s"
         )
+
+
+AB_NOTE = (
+    "p: two-sided two-proportion z-test of each variant against the split's first "
+    "(alphabetical, marked base); below 0.05 a difference this large is unlikely to be "
+    f"chance. Too few: under {MIN_EXPECTED} expected conversions or non-conversions. "
+    "Enrollments still running count as not converted."
+)
+
+
+def _variant_p(result: SimulationResult, key: str) -> str | None:
+    """``base``, the p-value against the split's first variant, ``too few``; None when the
+    run drew no such variant."""
+    if key not in result.variants:
+        return None
+    split = key.rpartition("=")[0]
+    first = min(k for k in result.variants if k.rpartition("=")[0] == split)
+    if key == first:
+        return "base"
+    entered, converted = result.variants[key]
+    base_entered, base_converted = result.variants[first]
+    p = two_proportion_p_value(base_converted, base_entered, converted, entered)
+    return "too few" if p is None else f"p {p_text(p)}"
+
+
+def _variant_cell(result: SimulationResult, key: str) -> str:
+    verdict = _variant_p(result, key)
+    if verdict is None:
+        return "- (not in this run)"
+    entered, converted = result.variants[key]
+    rate = converted / entered if entered else None
+    return f"{converted}/{entered} ({_pct(rate)}), {verdict}"
 
 
 def html_report(results: Sequence[SimulationResult]) -> str:
@@ -102,15 +131,43 @@ def html_report(results: Sequence[SimulationResult]) -> str:
             f"<p>{result.contacts} contacts, {result.days} days, seed {result.seed}, "
             f"{result.events} events.</p>"
             f"<h3>Funnel</h3>{_funnel_svg(result)}"
+            "<p class='note'>Each bar: contacts who reached the stage (a contact counts at "
+            "every stage up to the furthest she reached); in brackets, conversion from the "
+            "stage before. Churned is counted apart.</p>"
             f"<h3>Contacts per stage over time</h3>{_flow_svg(result)}"
             f"<h3>Goal conversions</h3>{_goals_table(result)}</section>"
+        )
+    labels = [html.escape(r.label or "run") for r in results]
+    sections.append(
+        "<section><h2>Emails sent per workflow step</h2>"
+        + _html_table(
+            ["workflow:step", *labels],
+            [
+                [key, *(str(r.emails.get(key, 0)) for r in results)]
+                for key in sorted({k for r in results for k in r.emails})
+            ],
+        )
+        + "</section>"
+    )
+    if any(r.variants for r in results):
+        sections.append(
+            "<section><h2>A/B variants (converted / entered)</h2>"
+            + _html_table(
+                ["workflow:split=variant", *labels],
+                [
+                    [key, *(_variant_cell(r, key) for r in results)]
+                    for key in sorted({k for r in results for k in r.variants})
+                ],
+            )
+            + f"<p class='note'>{html.escape(AB_NOTE)}</p></section>"
         )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Journeyline simulation"
         "</title><style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
         "section{margin-bottom:3em}table{border-collapse:collapse}"
         "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}</style></head><body>"
+        "td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:90%}"
+        "</style></head><body>"
         "<h1>Journeyline simulation</h1>" + "".join(sections) + "</body></html>"
     )
 
@@ -156,12 +213,19 @@ def _flow_svg(result: SimulationResult) -> str:
             f"<title>{html.escape(stage)}</title></polygon>"
         )
         bottoms = tops
+    shown = {stage for day in result.daily for stage, n in day.items() if n}
     legend = "".join(
         f"<span style='color:{COLOURS[i % len(COLOURS)]}'>&#9632; {html.escape(s)}</span> "
         for i, s in enumerate(result.stages)
+        if s in shown
+    )
+    axis = (
+        f"<p class='note'>Contacts in each stage at the end of each day, stacked, from day 1 "
+        f"(left) to day {days} (right); the top edge is {total} contacts.</p>"
     )
     return (
-        f"<svg width='{width}' height='{height}' role='img'>{''.join(layers)}</svg><p>{legend}</p>"
+        f"<svg width='{width}' height='{height}' role='img'>{''.join(layers)}</svg>"
+        f"<p>{legend}</p>{axis}"
     )
 
 
@@ -177,3 +241,12 @@ def _goals_table(result: SimulationResult) -> str:
         "<table><tr><th>workflow</th><th>entered</th><th>converted</th><th>rate</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of already escaped headers and plain cells."""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"

@@ -19,6 +19,7 @@ for a whole new set), then ``sim.migrate(name)`` moves in-flight enrollments as
 
 from __future__ import annotations
 
+import difflib
 import re
 import shutil
 import tempfile
@@ -38,11 +39,12 @@ from engine.contacts import normalize_email
 from engine.db import make_engine, transaction
 from engine.enrollments import remember_version
 from engine.localtime import zone
-from engine.models import Contact, Enrollment
+from engine.models import Contact, Enrollment, EnrollmentStatus
 from engine.recording import Recorded
 from engine.registry import Registry, build_registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
+from engine.steps import SendEmail
 from engine.timeline import Timeline, contact_timeline
 from engine.versions import MigrationPlan, apply_migration, plan_migration
 from engine.virtual_time import advance_to
@@ -92,6 +94,11 @@ class Simulation:
         # Each contact's time zones as the harness saw them change: (how many emails had
         # gone out by then, zone). The database keeps only the current zone.
         self._zones: dict[str, list[tuple[int, str]]] = {}
+        # Every email step id and workflow any version in this simulation has had: a name
+        # in an expectation that is none of them is a typo, not a journey that differs.
+        self._steps: set[str] = set()
+        self._workflows: set[str] = set()
+        self._know(registry)
         url = f"sqlite:///{self._folder / 'sim.db'}"
         db = make_engine(url)
         SQLModel.metadata.create_all(db)
@@ -192,6 +199,7 @@ class Simulation:
         """Replace the whole set of workflows now (a module name, a module or a registry,
         as ``Simulation(...)`` takes), storing the new versions' specs as a worker does."""
         registry = _load(workflows, templates_dir)
+        self._know(registry)
         with transaction(self.runtime.db) as session:
             for workflow in registry.workflows.values():
                 remember_version(session, registry, workflow, self.clock.now())
@@ -276,7 +284,32 @@ class Simulation:
 
     # --- expecting ----------------------------------------------------------------------
 
+    def _know(self, registry: Registry) -> None:
+        self._workflows.update(registry.workflows)
+        self._steps.update(
+            node.id
+            for workflow in registry.workflows.values()
+            for node in workflow.program
+            if isinstance(node.step, SendEmail)
+        )
+
+    def _unknown_step(self, step: str) -> str | None:
+        """Why ``step`` names no email at all (no workflow has that email step, no email
+        with that subject went out), or None when it names one."""
+        if step in self._steps or any(m.subject == step for m in self.email.sent):
+            return None
+        return (
+            f"no workflow has an email step {step!r} and no email with that subject went "
+            f"out{_close(step, self._steps)}"
+        )
+
+    def _unknown(self, kind: str, name: str, known: Sequence[str] | set[str]) -> str:
+        if name in known:
+            return ""
+        return f" (there is no {kind} {name!r}{_close(name, known)})"
+
     def fail(self, email: str, message: str) -> None:
+        __tracebackhide__ = True  # pytest shows the test's line, not the harness's
         raise JourneyAssertionError(f"{message}\n\nTimeline of {email}:\n{self.explain(email)}")
 
     def expect_email(
@@ -292,9 +325,14 @@ class Simulation:
         contact had when each email went out (a zone changed by ``track(...,
         timezone=...)`` or ``contact_import`` counts from then on; for a contact the harness
         never saw, one made through ``sim.runtime``, the current zone)."""
+        __tracebackhide__ = True
         found = self.emails(to, workflow=workflow, step=step)
         if len(found) != times:
-            self.fail(to, f"expected {times} email(s) {step!r} to {to}, found {len(found)}")
+            unknown = self._unknown_step(step)
+            why = f" ({unknown})" if unknown else ""
+            if workflow is not None:
+                why += self._unknown("workflow", workflow, self._workflows)
+            self.fail(to, f"expected {times} email(s) {step!r} to {to}, found {len(found)}{why}")
         if at_local is not None:
             for sent in found:
                 local = sent.sent_at_local.strftime("%H:%M")
@@ -307,6 +345,14 @@ class Simulation:
         return found
 
     def expect_no_email(self, to: str, step: str | None = None) -> None:
+        """No email to ``to`` (of ``step``, a step id or a subject). A ``step`` that names
+        no email at all is refused: the expectation would pass whatever the workflows did."""
+        __tracebackhide__ = True
+        unknown = self._unknown_step(step) if step is not None else None
+        if unknown:
+            raise JourneyAssertionError(
+                f"expect_no_email({to!r}, {step!r}) would pass whatever happened: {unknown}"
+            )
         found = self.emails(to, step=step)
         if found:
             what = f"{step!r} " if step else ""
@@ -315,11 +361,24 @@ class Simulation:
             )
 
     def expect_stage(self, email: str, stage: str) -> None:
+        __tracebackhide__ = True
         actual = self.contact(email).stage
         if actual != stage:
-            self.fail(email, f"expected {email} in stage {stage!r}, found {actual!r}")
+            stages = self.runtime.registry.journey.stage_names
+            self.fail(
+                email,
+                f"expected {email} in stage {stage!r}, found {actual!r}"
+                + self._unknown("stage", stage, stages),
+            )
 
     def expect_enrollment(self, email: str, workflow: str, status: str) -> Enrollment:
+        __tracebackhide__ = True
+        statuses = [s.value for s in EnrollmentStatus]
+        if status not in statuses:
+            raise ValueError(
+                f"expect_enrollment: status {status!r} is none of {', '.join(statuses)}"
+                f"{_close(status, statuses)}"
+            )
         contact = self.contact(email)
         with Session(self.runtime.db) as session:
             found = session.exec(
@@ -328,7 +387,11 @@ class Simulation:
                 .order_by(col(Enrollment.entry).desc())
             ).first()
         if found is None:
-            self.fail(email, f"expected {email} to have entered {workflow!r}; never did")
+            self.fail(
+                email,
+                f"expected {email} to have entered {workflow!r}; never did"
+                + self._unknown("workflow", workflow, self._workflows),
+            )
         assert found is not None
         if found.status != status:
             self.fail(
@@ -394,6 +457,12 @@ class Simulation:
         self.close()
 
 
+def _close(name: str, known: Sequence[str] | set[str]) -> str:
+    """``"; did you mean 'reminder'?"`` for a likely typo of a known name, else nothing."""
+    match = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
 def _load(workflows: str | ModuleType | Registry, templates_dir: Path | None) -> Registry:
     if isinstance(workflows, Registry):
         return workflows
@@ -413,7 +482,6 @@ def check_golden(
 
     The ``journeyline_golden`` fixture refuses to record a missing file in CI (see
     ``engine.testing.plugin``); called directly, this always records it."""
-    import difflib
     import json
 
     text = json.dumps(list(journey), indent=2, sort_keys=True) + "\n"
