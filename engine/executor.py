@@ -250,7 +250,9 @@ def _run(
         note_on_trail(enrollment, node, now, f"{step.condition.describe()}: {taken}")
         return node.targets[taken]
     if isinstance(step, Split):
-        variant = choose_variant(step.weights, f"{contact.id}:{workflow.name}:{node.id}")
+        # Keyed by the address, not the row id: a contact draws the same variant in any
+        # database (a harness test, a simulation, production) whoever was created first.
+        variant = choose_variant(step.weights, f"{contact.email}:{workflow.name}:{node.id}")
         variants = {**enrollment.context.get("variants", {}), node.id: variant}
         enrollment.context = {**enrollment.context, "variants": variants}
         note_on_trail(enrollment, node, now, f"variant {variant}")

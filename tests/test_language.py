@@ -267,6 +267,28 @@ def test_an_ab_split_is_deterministic_weighted_and_recorded(tmp_path: Path) -> N
             assert action.reason["step"] == action.reason["variants"]["t1"].lower()
 
 
+def test_a_contacts_variant_does_not_depend_on_who_came_first(tmp_path: Path) -> None:
+    # A golden journey or a simulation compared with production draws the same variant
+    # for the same address, whatever row id the contact got.
+    flow = Workflow(
+        "ab_order",
+        trigger=on_event("demo.requested"),
+        steps=[split(A=[send_email("demo_invitation", id="a")], B=[], id="t1")],
+    )
+    drawn = set()
+    for others in range(4):
+        folder = tmp_path / str(others)
+        folder.mkdir()
+        with running(folder, [flow]) as (rt, _clock, _email):
+            for n in range(others):
+                rt.track(f"other{n}@example.com", "page.viewed")
+            rt.track("ana@example.com", "demo.requested")
+            rt.drain()
+            (enrolled,) = enrollments(rt)
+            drawn.add(enrolled.context["variants"]["t1"])
+    assert drawn == {choose_variant({"A": 50, "B": 50}, "ana@example.com:ab_order:t1")}
+
+
 def test_contact_steps_set_attributes_tags_score_and_stage(tmp_path: Path) -> None:
     flow = Workflow(
         "curate",
