@@ -29,7 +29,8 @@ comes from ``JOURNEYLINE_INBOUND_WEBHOOK_SECRETS``, never from code.
 
 A payload that matches a rule but lacks what the rule needs (no email at the path, a
 timestamp that does not parse or is implausible: before 2000, more than a day ahead of the
-server's clock) or holds what cannot be stored (U+0000 in a mapped property) is refused whole,
+server's clock) or holds what cannot be stored (U+0000, a lone UTF-16 surrogate, NaN or
+Infinity in a mapped property: ``engine.inbound_values``) is refused whole,
 every problem named by its path, and nothing of it is recorded: the sender is the operator's
 own system or relay, which can mend the payload and send it again. Matched events are
 recorded in one transaction, each keyed by ``key`` (or, without one, by a hash of the item's
@@ -52,6 +53,7 @@ from engine.db import transaction
 from engine.errors import ValidationError, WorkflowDefinitionError
 from engine.event_input import nul_problems, occurred_at_problem
 from engine.inbound import InboundResult
+from engine.inbound_values import value_problems
 from engine.recording import record_event
 
 __all__ = [
@@ -279,6 +281,7 @@ def _map_item(
         if value is not _MISSING:
             properties[name] = value
             nul_found += nul_problems(value, prefix + path)
+            nul_found += value_problems(value, prefix + path)
     problems += nul_found
     try:
         validate_properties(properties)

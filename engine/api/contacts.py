@@ -28,9 +28,17 @@ from sqlmodel import Session, select
 
 from engine.api.auth import AuthenticatedRoute, require
 from engine.api.deps import RuntimeDep
-from engine.api.errors import ERROR_RESPONSES, Conflict, ErrorResponse, NotFound
+from engine.api.errors import (
+    ERROR_RESPONSES,
+    Conflict,
+    ErrorResponse,
+    Invalid,
+    NotFound,
+    Problem,
+)
 from engine.contacts import normalize_email
 from engine.db import transaction
+from engine.inbound_values import value_problems
 from engine.models import Contact, SubscriptionStatus
 from engine.timeline import Timeline, contact_timeline
 from engine.unsubscribe import change_subscription
@@ -214,6 +222,11 @@ def put_contact(
     runtime: RuntimeDep, email: EmailPath, body: Annotated[ContactUpsert, Body()]
 ) -> ContactOut:
     email = normalize_email(email)
+    # Lone surrogates and NaN / Infinity: PostgreSQL refuses them (a 500), and SQLite keeps
+    # them where the contact's timeline cannot show them (engine/inbound_values.py).
+    unstorable = value_problems(body.attributes, "attributes") if body.attributes else []
+    if unstorable:
+        raise Invalid([Problem(field=path, message=why) for path, why in unstorable])
     if body.stage is not None:
         with Session(runtime.db) as session:
             existing = _find(session, email)

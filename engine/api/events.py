@@ -36,6 +36,7 @@ from engine.date_attributes import date_attribute_problems
 from engine.db import transaction
 from engine.errors import ValidationError
 from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
+from engine.inbound_values import value_problems
 from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
@@ -168,9 +169,12 @@ def check(
     A string holding U+0000 is refused wherever it is (PostgreSQL cannot store one; SQLite
     would, so refusing on both keeps the databases alike): in the plain fields here, inside
     properties and attributes by ``validate_properties`` (naming the first one's path). A
-    plain field holding one is named for that alone. An attribute a ``wait_until_date`` step
-    counts from must hold a date (``engine.date_attributes``; with ``registry``). Every
-    event of a batch pays this, so it builds nothing it does not need."""
+    plain field holding one is named for that alone. Inside properties and attributes, a
+    lone UTF-16 surrogate and NaN or Infinity are refused too, every one named
+    (``engine.inbound_values``; the model already refuses a surrogate in a plain field).
+    An attribute a ``wait_until_date`` step counts from must hold a date
+    (``engine.date_attributes``; with ``registry``). Every event of a batch pays this, so
+    it builds nothing it does not need."""
     where = f"{prefix}[{index}]." if prefix else ""
     found: list[Problem] = []
 
@@ -193,6 +197,10 @@ def check(
         run("timezone", timezone, lambda: validate_timezone(timezone))
     run("properties", None, lambda: validate_properties(item.properties))
     run("attributes", None, lambda: validate_properties(item.attributes, field="attributes"))
+    for name, values in (("properties", item.properties), ("attributes", item.attributes)):
+        # Lone surrogates and NaN / Infinity: PostgreSQL refuses them (a 500), and SQLite
+        # keeps them where the contact's timeline cannot show them (engine/inbound_values.py).
+        found += [Problem(field=f"{where}{p}", message=m) for p, m in value_problems(values, name)]
     if registry is not None and item.attributes:
         for name, why in date_attribute_problems(registry, item.attributes):
             found.append(Problem(field=f"{where}attributes.{name}", message=why))

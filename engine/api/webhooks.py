@@ -26,9 +26,12 @@ Text holding U+0000 (which PostgreSQL cannot store) is kept from SendGrid and Hu
 the character replaced by U+FFFD and a warning logged: the text is a third party's (a bounce
 reason, a user agent, a CRM value), and refusing it would lose the batch's good events with
 it. From a generic source, whose sender is the operator's own system, it is refused (422,
-named by its path) like any payload a rule cannot map. Event times follow the same split: an
-implausible one (before 2000, more than a day ahead) is refused from a generic source and
-replaced by the time received, the reported value kept, from HubSpot.
+named by its path) like any payload a rule cannot map. A lone UTF-16 surrogate, NaN and
+Infinity (which no database or JSON client can hold either) follow the same split: marked
+(U+FFFD, null) from SendGrid and HubSpot, refused from a generic source
+(``engine/inbound_values.py``). Event times follow the same split: an implausible one
+(before 2000, more than a day ahead) is refused from a generic source and replaced by the
+time received, the reported value kept, from HubSpot.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from engine.inbound_generic import (
     map_payload,
     record_generic_events,
 )
+from engine.inbound_values import holds_unstorable, without_unstorable
 from engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -195,13 +199,23 @@ def _parse_json(body: bytes) -> Any:
 
 
 def _kept_without_nul(provider: str, index: int, event: Any) -> Any:
-    """A provider's event with U+0000 replaced by U+FFFD, logged when there was one.
+    """A provider's event with U+0000 and lone surrogates replaced by U+FFFD (NaN and
+    Infinity by null), logged when there was one.
 
     The text comes from third parties (a remote mail server's bounce reason, a recipient's
     user agent, a value typed into the CRM), the event is genuine, and refusing it would
     cost the batch: both providers retry a refusal for a day (HubSpot up to 10 times), the
     same text each time, then drop the batch, bounces and good events with it. So the event
     is kept, the character marked."""
+    if holds_unstorable(event):
+        # A lone UTF-16 surrogate, or NaN / Infinity: no database and no JSON client can
+        # hold them either (engine/inbound_values.py).
+        log.warning(
+            "%s event %s: lone surrogates replaced with U+FFFD, NaN or Infinity with null",
+            provider,
+            index,
+        )
+        event = without_unstorable(event)
     found = nul_problems(event, f"[{index}]")
     if not found:
         return event
