@@ -45,8 +45,8 @@ def start_enrollment(
     previous = _latest_entry(session, contact.id, workflow.name)  # type: ignore[arg-type]
     if previous is not None and _kept_out(workflow, previous, now):
         if refusals.listened():  # the reason is text: made only for someone to read
-            why_not = _why_kept_out(workflow, previous)
-            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
+            kind, why_not = _why_kept_out(workflow, previous)
+            refusals.refuse(session, contact.id, workflow.name, now, kind, why_not)  # type: ignore[arg-type]
         return Effects()
     if not meets_entry_rules(session, workflow, contact, now):
         return Effects()
@@ -88,14 +88,17 @@ def _kept_out(workflow: Workflow, previous: known_enrollments.Known, now: dateti
     )
 
 
-def _why_kept_out(workflow: Workflow, previous: known_enrollments.Known) -> str:
+def _why_kept_out(
+    workflow: Workflow, previous: known_enrollments.Known
+) -> tuple[refusals.RefusalKind, str]:
     since = f"entry {previous.entry}, started {previous.started_at:%Y-%m-%d %H:%M} UTC"
     if previous.status in LIVE:
-        return f"already in it ({since}, {previous.status})"
+        return "in it", f"already in it ({since}, {previous.status})"
     after = workflow.reentry.after
     if workflow.reentry.policy == "after" and after is not None:
-        return f"re-entry only {describe_duration(after)} after the last entry ({since})"
-    return f"re-entry is never allowed, and they entered before ({since})"
+        why = f"re-entry only {describe_duration(after)} after the last entry ({since})"
+        return "re-entry", why
+    return "re-entry", f"re-entry is never allowed, and they entered before ({since})"
 
 
 def _met_at_entry(
@@ -160,7 +163,7 @@ def meets_entry_rules(
         log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
         if refusals.listened():
             why_not = f"entry rule not met: {workflow.entry_if.describe()}"
-            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
+            refusals.refuse(session, contact.id, workflow.name, now, "entry rule", why_not)  # type: ignore[arg-type]
         return False
     if (
         contact.subscription_status != "subscribed"
@@ -179,6 +182,6 @@ def meets_entry_rules(
             why_not = (
                 f"contact is {contact.subscription_status}; the workflow sends marketing email"
             )
-            refusals.refuse(session, contact.id, workflow.name, now, why_not)  # type: ignore[arg-type]
+            refusals.refuse(session, contact.id, workflow.name, now, "consent", why_not)  # type: ignore[arg-type]
         return False
     return True

@@ -13,18 +13,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+RefusalKind = Literal["in it", "re-entry", "entry rule", "consent"]
+"""What refused: the contact is in the workflow now; its re-entry policy; its ``entry_if``;
+consent (an unsubscribed contact and a workflow that sends only marketing email)."""
+
 
 @dataclass(frozen=True)
 class Refusal:
-    """One refused entry: the contact, the workflow, when (the pipeline's now) and why."""
+    """One refused entry: the contact, the workflow, when (the pipeline's now), what refused
+    and why, in words."""
 
     contact_id: int
     workflow: str
     at: datetime
+    kind: RefusalKind
     reason: str
 
 
@@ -51,11 +58,18 @@ def listened() -> bool:
     return bool(_LISTENERS)
 
 
-def refuse(session: Session, contact_id: int, workflow: str, at: datetime, reason: str) -> None:
+def refuse(
+    session: Session,
+    contact_id: int,
+    workflow: str,
+    at: datetime,
+    kind: RefusalKind,
+    reason: str,
+) -> None:
     """Tell the listeners, if any, that ``contact_id`` did not enter ``workflow``."""
     if not _LISTENERS:
         return
-    refusal = Refusal(contact_id, workflow, at, reason)
+    refusal = Refusal(contact_id, workflow, at, kind, reason)
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     for listener in list(_LISTENERS):

@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
-from engine import Workflow, did_event, not_, on_event, reenter_after, send_email, wait
+from engine import (
+    Workflow,
+    build_registry,
+    did_event,
+    lifecycle_journey,
+    not_,
+    on_event,
+    reenter_after,
+    send_email,
+    wait,
+)
 from engine.refusals import Refusal, listened, listening
+from engine.registry import Registry
+from engine.testing import JourneyAssertionError, Simulation
 from tests.language_support import running
 from tests.support import enrollments
+from workflows.rules import RULES
 
 NOT_BUYERS = Workflow(
     "not_buyers",
@@ -54,6 +68,7 @@ def test_an_entry_rule_refusal_names_the_rule(tmp_path: Path) -> None:
         assert db is rt.db
         assert refusal.workflow == "not_buyers"
         assert refusal.at == clock.now()
+        assert refusal.kind == "entry rule"
         assert refusal.reason.startswith("entry rule not met: ")
         assert "order.completed" in refusal.reason
 
@@ -83,6 +98,7 @@ def test_a_contact_already_in_the_workflow_is_refused_as_such(tmp_path: Path) ->
         rt.track("cy@example.com", "page.viewed")
         rt.run_until_idle()
         (reason,) = heard.reasons("once")
+        assert [r.kind for _db, r in heard.refusals] == ["in it"]
         assert reason.startswith("already in it (entry 1, started ")
         assert reason.endswith(", waiting)")
 
@@ -104,4 +120,43 @@ def test_listening_ends_with_the_block() -> None:
     assert not listened()
     with listening(heard):
         assert listened()
+    assert not listened()
+
+
+def _registry(*workflows: Workflow) -> Registry:
+    return build_registry(
+        journey=lifecycle_journey(),
+        rules=RULES,
+        workflows=workflows,
+        templates_dir=Path(__file__).parent.parent / "workflows" / "templates",
+    )
+
+
+def test_a_failed_expectation_says_why_the_contact_never_entered() -> None:
+    with Simulation(_registry(NOT_BUYERS, ONCE)) as sim:
+        sim.track("ana@example.com", "order.completed")
+        sim.track("ana@example.com", "page.viewed")
+        sim.advance(hours=1)
+        sim.track("ana@example.com", "page.viewed")  # in `once` already: not worth a line
+        sim.track("ana@example.com", "trial.started")
+        with pytest.raises(JourneyAssertionError) as failure:
+            sim.expect_enrollment("ana@example.com", "not_buyers", "active")
+    text = str(failure.value)
+    assert "expected ana@example.com to have entered 'not_buyers'; never did" in text
+    (line,) = [x for x in text.splitlines() if "refused" in x]
+    assert line.endswith(
+        "refused    not_buyers: entry rule not met: not (did order.completed since entering)"
+    )
+    lines = text.splitlines()
+    assert lines.index(line) == len(lines) - 1  # after the event that caused it
+    assert "already in it" not in text
+
+
+def test_a_simulation_hears_only_its_own_refusals() -> None:
+    with Simulation(_registry(NOT_BUYERS)) as first, Simulation(_registry(NOT_BUYERS)) as second:
+        for sim in (first, second):
+            sim.track("bo@example.com", "order.completed")
+        first.track("bo@example.com", "trial.started")
+        assert "refused" in first.explain("bo@example.com")
+        assert "refused" not in second.explain("bo@example.com")
     assert not listened()

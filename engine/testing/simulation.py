@@ -24,12 +24,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, select
 
 from connectors.email import EmailMessage, RecordingEmailConnector
@@ -41,11 +43,12 @@ from engine.enrollments import remember_version
 from engine.localtime import zone
 from engine.models import Contact, Enrollment, EnrollmentStatus
 from engine.recording import Recorded
+from engine.refusals import Refusal, listening
 from engine.registry import Registry, build_registry, load_registry, registry_from_module
 from engine.runtime import Runtime
 from engine.settings import Settings
 from engine.steps import SendEmail
-from engine.timeline import Timeline, contact_timeline
+from engine.timeline import Entry, Timeline, contact_timeline
 from engine.versions import MigrationPlan, apply_migration, plan_migration
 from engine.virtual_time import advance_to
 from engine.workflow import Workflow
@@ -113,6 +116,11 @@ class Simulation:
             db=db,
         )
         self.runtime.start()
+        # Entries the pipeline refused (a re-entry policy, an entry rule, consent): they
+        # write no row, so the harness hears them and prints them with the timeline.
+        self._refused: list[Refusal] = []
+        self._listening = ExitStack()
+        self._listening.enter_context(listening(self._hear))
 
     # --- driving ------------------------------------------------------------------------
 
@@ -274,13 +282,18 @@ class Simulation:
             f"time zone {timeline.contact.timezone}"
         )
         lines = [head]
-        for entry in timeline.entries:
-            local = entry.at.astimezone(tz)
+        refused = [r for r in self._refused if r.contact_id == timeline.contact.id]
+        for at, kind, summary in _with_refusals(timeline.entries, refused):
+            local = at.astimezone(tz)
             lines.append(
-                f"  {entry.at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} local)  "
-                f"{entry.kind:<10} {entry.summary}"
+                f"  {at:%Y-%m-%d %H:%M} UTC ({local:%a %H:%M} local)  {kind:<10} {summary}"
             )
         return "\n".join(lines)
+
+    def _hear(self, db: Engine, refusal: Refusal) -> None:
+        # "Already in it" is every trigger of a contact in the workflow: noise in a timeline.
+        if db is self.runtime.db and refusal.kind != "in it":
+            self._refused.append(refusal)
 
     # --- expecting ----------------------------------------------------------------------
 
@@ -447,6 +460,7 @@ class Simulation:
         return timezone or "UTC"
 
     def close(self) -> None:
+        self._listening.close()
         self.runtime.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
@@ -461,6 +475,21 @@ def _close(name: str, known: Sequence[str] | set[str]) -> str:
     """``"; did you mean 'reminder'?"`` for a likely typo of a known name, else nothing."""
     match = difflib.get_close_matches(name, sorted(known), n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _with_refusals(
+    entries: Sequence[Entry], refused: Sequence[Refusal]
+) -> list[tuple[datetime, str, str]]:
+    """The timeline's lines with each refused entry after what happened at its instant."""
+    lines: list[tuple[datetime, str, str]] = []
+    waiting = sorted(refused, key=lambda r: r.at)
+    for entry in entries:
+        while waiting and waiting[0].at < entry.at:
+            first = waiting.pop(0)
+            lines.append((first.at, "refused", f"{first.workflow}: {first.reason}"))
+        lines.append((entry.at, entry.kind, entry.summary))
+    lines += [(r.at, "refused", f"{r.workflow}: {r.reason}") for r in waiting]
+    return lines
 
 
 def _load(workflows: str | ModuleType | Registry, templates_dir: Path | None) -> Registry:
