@@ -38,6 +38,7 @@ from engine.errors import (
     DeliveryUnknownError,
     PermanentConnectorError,
     TransientConnectorError,
+    unexpected_failure,
 )
 from engine.guardrails import defer_until
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
@@ -75,6 +76,7 @@ class _Claim:
     call: Call
     performer: str
     reason: Mapping[str, Any]  # the row's, for notes the call adds (the lease keeps it ours)
+    dedupes: bool  # repeating the call is harmless (see ``unexpected_failure``)
 
 
 def perform_action(
@@ -201,9 +203,10 @@ def _call(
         result = claimed.call()
     except ConnectorError as exc:
         return _record_failure(db, action_id, exc, now=now, policy=policy)
-    except Exception as exc:  # a connector bug: retry like a transient error, and say so loudly
+    except Exception as exc:  # a connector bug: said loudly; retried only if harmless
         log.exception("%s raised unexpectedly for action %s", claimed.performer, action_id)
-        return _record_failure(db, action_id, exc, now=now, policy=policy)
+        failure = unexpected_failure(exc, dedupes=claimed.dedupes)
+        return _record_failure(db, action_id, failure, now=now, policy=policy)
     return _sent_params(action_id, result, claimed, now=now)
 
 
@@ -299,8 +302,8 @@ def _claim(
                 action,
                 ActionStatus.UNKNOWN,
                 now=now,
-                error="a worker stopped during the send and the connector cannot dedupe: "
-                "check delivery events before sending again",
+                error=f"a worker stopped during the call and {performer.name} cannot dedupe: "
+                f"{_check_before_repeating(action.kind)}",
             )
             return Outcome(ActionStatus.UNKNOWN)
         log.warning("action %s: lease expired mid-send; re-sending (connector dedupes)", action_id)
@@ -341,7 +344,7 @@ def _claim(
     action.lease_until = now + lease
     action.updated_at = now
     keep(session, action)
-    return _Claim(call, performer.name, dict(action.reason))
+    return _Claim(call, performer.name, dict(action.reason), performer.dedupes)
 
 
 def hold_until(
@@ -529,3 +532,12 @@ def _not_retried(status: str) -> str:
             "--unknown-ok to send it again"
         )
     return f"{status}: not failed, already on its way"
+
+
+def _check_before_repeating(kind: str) -> str:
+    """What an operator checks before performing an ``unknown`` action of ``kind`` again."""
+    if kind == "email":
+        return "check delivery events before sending again"
+    if kind.startswith("crm."):
+        return "check the CRM for it before performing it again"
+    return "check with the receiver before performing it again"

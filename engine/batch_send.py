@@ -55,7 +55,7 @@ from connectors.email.sendgrid import Recipient
 from engine.actions import RetryPolicy, record_failure_on
 from engine.batch_claim import Claimed, claim_batch
 from engine.db import one_of, transaction
-from engine.errors import ConnectorError
+from engine.errors import ConnectorError, unexpected_failure
 from engine.models import Action, ActionStatus
 from engine.registry import Registry
 from engine.unsubscribe import UnsubscribeLinks
@@ -211,9 +211,10 @@ def perform_email_batch(
             except ConnectorError as exc:
                 outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
                 continue
-            except Exception as exc:  # a connector bug: retry like a transient error, loudly
+            except Exception as exc:  # a connector bug: said loudly; retried only if harmless
                 log.exception("%s raised unexpectedly for %s actions", connector.name, len(ids))
-                outcome.statuses.update(_record_failures(db, ids, exc, now=now, policy=policy))
+                failure = unexpected_failure(exc, dedupes=connector.dedupes)
+                outcome.statuses.update(_record_failures(db, ids, failure, now=now, policy=policy))
                 continue
             sent.extend((action_id, result.provider_id) for action_id in ids)
     finally:

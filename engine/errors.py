@@ -94,3 +94,15 @@ class DeliveryUnknownError(ConnectorError):
     """The provider may or may not have performed the side effect (e.g. a timeout after the
     request was sent). The action is marked ``unknown`` and is reconciled from delivery
     events, never re-sent blindly."""
+
+
+def unexpected_failure(exc: Exception, *, dedupes: bool) -> Exception:
+    """What a connector's unexpected exception (not a ``ConnectorError``: a bug, a reply it
+    could not read) counts as. It may come after the provider acted, so only a call that is
+    harmless to repeat (``dedupes``) is retried, like a transient error; any other (an
+    email, a CRM task or note) is ``unknown``, as after a timeout: never performed twice."""
+    if dedupes:
+        return exc
+    return DeliveryUnknownError(
+        f"the connector raised {type(exc).__name__}: {exc} (it may have acted first; not repeated)"
+    )

@@ -194,3 +194,63 @@ def test_a_send_whose_outcome_is_unknown_is_never_resent(rt) -> None:
     assert action.status == "unknown"
     assert "timed out" in (action.error or "")
     assert len(flaky.sent) == 1
+
+
+class _SendsThenBreaks(EmailConnector):
+    """A connector whose provider accepts the email, and which then fails reading the reply
+    with an error of its own (a bug, not a ``ConnectorError``)."""
+
+    name = "sends then breaks"
+    batch_size = 100
+
+    def __init__(self, *, dedupes: bool) -> None:
+        self.dedupes = dedupes
+        self.delivered = 0
+        self.broken = True
+
+    def _deliver(self, count: int) -> SendResult:
+        self.delivered += count
+        if self.broken:
+            self.broken = False
+            raise KeyError("x-message-id")
+        return SendResult("ok")
+
+    def send(self, message: EmailMessage) -> SendResult:
+        return self._deliver(1)
+
+    def send_batch(self, message: EmailMessage, recipients) -> SendResult:  # type: ignore[no-untyped-def]
+        return self._deliver(len(recipients))
+
+
+def test_a_connector_bug_after_the_send_leaves_the_email_unknown_not_resent(rt) -> None:
+    runtime, clock, _email, action_id = rt
+    runtime.email = breaks = _SendsThenBreaks(dedupes=False)
+    assert runtime.perform(action_id).status == "unknown"
+    clock.advance(days=1)
+    runtime.run_until_idle()
+    (action,) = actions(runtime)
+    assert action.status == "unknown"
+    assert "KeyError" in (action.error or "") and "not repeated" in (action.error or "")
+    assert breaks.delivered == 1
+
+
+def test_a_connector_bug_is_retried_where_repeating_is_harmless(rt) -> None:
+    runtime, clock, _email, action_id = rt
+    runtime.email = breaks = _SendsThenBreaks(dedupes=True)
+    assert runtime.perform(action_id).status == "pending"
+    clock.advance(days=1)
+    runtime.run_until_idle()
+    (action,) = actions(runtime)
+    assert action.status == "sent"
+    assert breaks.delivered == 2  # the provider deduped the second on its idempotency key
+
+
+def test_a_connector_bug_after_a_batch_went_leaves_every_email_unknown(rt) -> None:
+    runtime, clock, _email, action_id = rt
+    runtime.email = breaks = _SendsThenBreaks(dedupes=False)
+    outcome = runtime.perform_batch([action_id])
+    assert dict(outcome.statuses) == {"unknown": 1}
+    clock.advance(days=1)
+    runtime.run_until_idle()
+    assert [a.status for a in actions(runtime)] == ["unknown"]
+    assert breaks.delivered == 1
