@@ -1,5 +1,6 @@
 """Connectors: narrow interfaces to the outside world, one package per kind of side effect."""
 
+from connectors.crm import CRMConnector, CRMRecord, LifecycleUpdate, PropertyValue
 from connectors.email import (
     EmailConnector,
     EmailMessage,
@@ -11,9 +12,13 @@ from connectors.email import (
 )
 
 __all__ = [
+    "CRMConnector",
+    "CRMRecord",
     "EmailConnector",
     "EmailMessage",
+    "LifecycleUpdate",
     "OutboxEmailConnector",
+    "PropertyValue",
     "RecordingEmailConnector",
     "SendGridEmailConnector",
     "SendResult",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from connectors.crm import CRMConnector, HubSpotConnector, HubSpotRateLimiter
 from connectors.webhooks.outgoing import WebhookSender
+from engine.connector_plugins import is_plugin, plugin_crm_connector
 from engine.errors import ConfigurationError
 from engine.performers import (
     CRMOutboxPerformer,
@@ -71,12 +72,17 @@ def configured_performers(settings: Settings, registry: Registry) -> PerformerSe
                 allow_backward=settings.hubspot_allow_backward,
             )
         crm = found["crm.update"]
+    elif is_plugin(settings.crm_connector):  # module:factory, a CRM of the user's own
+        crm_connector = plugin_crm_connector(settings)
+        for kind in ("crm.update", "crm.task", "crm.note"):
+            found[kind] = CRMPerformer(crm_connector, kind)
+        crm = found["crm.update"]
     elif settings.crm_connector == "none":
         crm = Unconfigured("CRM", "JOURNEYLINE_CRM_CONNECTOR")
     else:
         raise ConfigurationError(
             f"unknown CRM connector {settings.crm_connector!r}; "
-            "choose one of: outbox, hubspot, none"
+            "choose one of: outbox, hubspot, none, or module:factory for one of your own"
         )
     found.setdefault("crm.update", crm)
     found.setdefault("crm.task", crm)

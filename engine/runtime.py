@@ -48,6 +48,7 @@ from engine.broadcast import BroadcastResult
 from engine.broadcast import broadcast as run_broadcast
 from engine.broker import build_broker
 from engine.clock import Clock, SystemClock
+from engine.connector_plugins import is_plugin, plugin_email_connector
 from engine.crm_batch import batching_performer, perform_crm_batch
 from engine.db import make_engine, transaction
 from engine.dispatch import LEASE_PER_CALL, SINGLES_PER_JOB
@@ -107,17 +108,7 @@ class Runtime:
         self.registry = registry or load_registry(
             self.settings.workflows, templates_dir=self.settings.templates_dir
         )
-        self.email = email or build_email_connector(
-            self.settings.email_connector,
-            outbox_dir=self.settings.outbox_dir,
-            sendgrid_api_key=self.settings.sendgrid_api_key,
-            sendgrid_host=self.settings.sendgrid_host,
-            sendgrid_timeout_s=self.settings.sendgrid_timeout_seconds,
-            sendgrid_sandbox=self.settings.sendgrid_sandbox,
-            sendgrid_batch_size=self.settings.sendgrid_batch_size,
-            sendgrid_substitutions=self.settings.sendgrid_substitutions,
-            sendgrid_unsubscribe_group=self.settings.sendgrid_unsubscribe_group,
-        )
+        self.email = email or _email_connector(self.settings)
         # Signed one-click unsubscribe links in marketing email, when configured.
         self.unsubscribe_links = unsubscribe_links(self.settings)
         self.db = db or make_engine(self.settings.database_url)
@@ -453,3 +444,21 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _email_connector(settings: Settings) -> EmailConnector:
+    """The email connector ``JOURNEYLINE_EMAIL_CONNECTOR`` names: a built-in, or a factory of
+    the user's own (``module:factory``, engine/connector_plugins.py)."""
+    if is_plugin(settings.email_connector):
+        return plugin_email_connector(settings)
+    return build_email_connector(
+        settings.email_connector,
+        outbox_dir=settings.outbox_dir,
+        sendgrid_api_key=settings.sendgrid_api_key,
+        sendgrid_host=settings.sendgrid_host,
+        sendgrid_timeout_s=settings.sendgrid_timeout_seconds,
+        sendgrid_sandbox=settings.sendgrid_sandbox,
+        sendgrid_batch_size=settings.sendgrid_batch_size,
+        sendgrid_substitutions=settings.sendgrid_substitutions,
+        sendgrid_unsubscribe_group=settings.sendgrid_unsubscribe_group,
+    )

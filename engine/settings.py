@@ -101,7 +101,11 @@ class Settings(BaseSettings):
         description="Folder of Jinja2 email templates; default: the templates/ folder beside "
         "the workflows module.",
     )
-    email_connector: str = Field(default="outbox", description="outbox, recording or sendgrid.")
+    email_connector: str = Field(
+        default="outbox",
+        description="outbox, recording, sendgrid, or module:factory (a callable taking these "
+        "settings and returning an EmailConnector of your own).",
+    )
     outbox_dir: Path = Field(default=Path("outbox"), description="Where the outbox writes .eml.")
     sendgrid_api_key: str | None = Field(
         default=None, description="SendGrid API key; required when email_connector=sendgrid."
@@ -136,8 +140,9 @@ class Settings(BaseSettings):
     )
     crm_connector: str = Field(
         default="outbox",
-        description="outbox (CRM updates and tasks as JSON files), hubspot, or none (CRM "
-        "steps fail with a clear error).",
+        description="outbox (CRM updates and tasks as JSON files), hubspot, none (CRM "
+        "steps fail with a clear error), or module:factory (a callable taking these settings "
+        "and returning a CRMConnector of your own).",
     )
     hubspot_token: str | None = Field(default=None, description="HubSpot private app token.")
     hubspot_base_url: str = Field(default="https://api.hubapi.com")

@@ -47,9 +47,13 @@ def test_engine_exports() -> None:
 def test_connectors_exports() -> None:
     assert sorted(connectors.__all__) == sorted(
         [
+            "CRMConnector",
+            "CRMRecord",
             "EmailConnector",
             "EmailMessage",
+            "LifecycleUpdate",
             "OutboxEmailConnector",
+            "PropertyValue",
             "RecordingEmailConnector",
             "SendGridEmailConnector",
             "SendResult",

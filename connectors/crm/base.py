@@ -64,12 +64,18 @@ class CRMConnector(ABC):
     def upsert_contact(self, email: str, properties: Mapping[str, PropertyValue]) -> CRMRecord:
         """Create the contact with this email, or update its properties."""
 
-    @abstractmethod
     def batch_upsert_contacts(
         self, contacts: Sequence[tuple[str, Mapping[str, PropertyValue]]]
     ) -> list[CRMRecord]:
         """Upsert many contacts in as few calls as the CRM allows; one record per input, in
-        input order (an email given twice is one contact, its properties merged in order)."""
+        input order (an email given twice is one contact, its properties merged in order).
+        By default one ``upsert_contact`` per distinct email; a CRM with a batch endpoint
+        overrides it (HubSpot's, which the engine's batched CRM updates use)."""
+        merged: dict[str, dict[str, PropertyValue]] = {}
+        for email, properties in contacts:
+            merged.setdefault(email, {}).update(properties)
+        records = {email: self.upsert_contact(email, props) for email, props in merged.items()}
+        return [records[email] for email, _properties in contacts]
 
     @abstractmethod
     def set_lifecycle_stage(

@@ -54,5 +54,6 @@ def build_email_connector(
             substitutions=sendgrid_substitutions,
         )
     raise ConfigurationError(
-        f"unknown email connector {name!r}; choose one of: outbox, recording, sendgrid"
+        f"unknown email connector {name!r}; choose one of: outbox, recording, sendgrid, or "
+        "module:factory for one of your own"
     )
