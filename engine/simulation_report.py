@@ -59,7 +59,11 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
         emails.add_row(key, *(str(r.emails.get(key, 0)) for r in results))
     console.print(emails)
 
-    goals = Table(title="Goal conversions per workflow (converted / entered)")
+    goals = Table(
+        title="Goal conversions per workflow (converted / entered)",
+        caption="still running at the end: counted as not converted (a short run understates "
+        "conversion)",
+    )
     goals.add_column("workflow")
     for label in labels:
         goals.add_column(label, justify="right")
@@ -71,7 +75,7 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
                 cells.append(f"-/{entered} (no goal)")
             else:
                 rate = converted / entered if entered else None
-                cells.append(f"{converted}/{entered} ({_pct(rate)})")
+                cells.append(f"{converted}/{entered} ({_pct(rate)}){_still(r, key)}")
         goals.add_row(key, *cells)
     console.print(goals)
 
@@ -231,16 +235,24 @@ def _flow_svg(result: SimulationResult) -> str:
 
 def _goals_table(result: SimulationResult) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>-</td><td>no goal</td></tr>"
+        f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>-</td><td>no goal</td>"
+        f"<td>{result.running.get(name, 0)}</td></tr>"
         if name in result.without_goal
         else f"<tr><td>{html.escape(name)}</td><td>{entered}</td><td>{converted}</td>"
-        f"<td>{_pct(converted / entered if entered else None)}</td></tr>"
+        f"<td>{_pct(converted / entered if entered else None)}</td>"
+        f"<td>{result.running.get(name, 0)}</td></tr>"
         for name, (entered, converted) in result.goals.items()
     )
     return (
-        "<table><tr><th>workflow</th><th>entered</th><th>converted</th><th>rate</th></tr>"
-        f"{rows}</table>"
+        "<table><tr><th>workflow</th><th>entered</th><th>converted</th><th>rate</th>"
+        f"<th>still running</th></tr>{rows}</table><p>Enrollments still running when the run "
+        "ended count as not converted: a short run understates conversion.</p>"
     )
+
+
+def _still(result: SimulationResult, workflow: str) -> str:
+    running = result.running.get(workflow, 0)
+    return f", {running} running" if running else ""
 
 
 def _html_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

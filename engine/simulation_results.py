@@ -9,11 +9,12 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from engine.enrollments import LIVE
 from engine.models import Action, Enrollment, StageTransition
 from engine.registry import Registry
 from engine.reports.funnel import FunnelRow, funnel_rows
@@ -37,6 +38,9 @@ class SimulationResult:
     daily: list[dict[str, int]]  # per day: stage -> contacts
     stages: list[str]
     without_goal: frozenset[str] = frozenset()  # workflows with no goal: none can convert
+    # workflow -> enrollments still running when the run ended (counted as not converted
+    # in ``goals``: a short run understates conversion)
+    running: dict[str, int] = field(default_factory=dict)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -54,6 +58,7 @@ class ShardPart:
     goals: dict[str, list[int]]  # workflow -> [entered, converted]
     variants: dict[str, list[int]]  # "workflow:split=variant" -> [entered, converted]
     daily: list[Counter[str]]
+    running: Counter[str] = field(default_factory=Counter)  # workflow -> still running
 
 
 def count_shard(
@@ -68,6 +73,7 @@ def count_shard(
     furthest: Counter[int] = Counter()
     exits: Counter[str] = Counter()
     goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    running: Counter[str] = Counter()
     variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     emails: Counter[str] = Counter()
 
@@ -108,6 +114,8 @@ def count_shard(
         for workflow, status, context in enrollments:
             goals[workflow][0] += 1
             goals[workflow][1] += status == "converted"
+            if status in LIVE:
+                running[workflow] += 1
             for split_id, variant in (context.get("variants") or {}).items():
                 key = f"{workflow}:{split_id}={variant}"
                 variants[key][0] += 1
@@ -128,6 +136,7 @@ def count_shard(
         goals=dict(goals),
         variants=dict(variants),
         daily=daily,
+        running=running,
     )
 
 
@@ -149,12 +158,14 @@ def merge_shards(
     goals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     daily: list[Counter[str]] = [Counter() for _ in range(days)]
+    running: Counter[str] = Counter()
     for part in parts:
         furthest.update(part.furthest)
         exits.update(part.exits)
         for stage, spans in part.durations.items():
             durations[stage].extend(spans)
         emails.update(part.emails)
+        running.update(part.running)
         for into, found in ((goals, part.goals), (variants, part.variants)):
             for key, (entered, converted) in found.items():
                 into[key][0] += entered
@@ -177,4 +188,5 @@ def merge_shards(
         daily=[dict(d) for d in daily],
         stages=stages,
         without_goal=frozenset(n for n, w in registry.workflows.items() if not w.goals),
+        running=dict(sorted(running.items())),
     )

@@ -494,3 +494,18 @@ def test_an_html_report_path_that_cannot_be_written_is_refused_before_the_run(
     assert result.exit_code == 2, result.output
     assert _flat("there is no folder") in _flat(result.output)
     assert "Funnel" not in result.output  # nothing ran
+
+
+def test_goal_conversions_say_how_many_enrollments_were_still_running() -> None:
+    run = simulate(load_workflows("workflows"), contacts=40, days=5, seed=2)
+    assert run.running, "a five-day run ends with enrollments still waiting"
+    for workflow, running in run.running.items():
+        entered, converted = run.goals[workflow]
+        assert 0 < running <= entered - converted
+    out = io.StringIO()
+    print_results([run], Console(file=out, width=100))
+    workflow, running = next(iter(run.running.items()))
+    (row,) = [line for line in out.getvalue().splitlines() if f" {workflow} " in line]
+    assert f"{running} running" in row
+    assert "counted as not converted" in out.getvalue()
+    assert "<th>still running</th>" in html_report([run])
