@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 
 from engine.cli import app, console, err_console, fail, settings_for
@@ -114,13 +116,21 @@ def simulate_command(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
         ) as progress:
             task = progress.add_task("days", total=-(-contacts // SHARD_CONTACTS) * days)
+            # Off a terminal (a CI log, a pipe) the bar shows nothing: a line to stderr at
+            # every tenth of the run instead, with the time left at the pace so far.
+            logged = ProgressLines(str(source)) if not console.is_terminal else None
 
-            def advance(done: int, total: int, task: TaskID = task) -> None:
+            def advance(
+                done: int, total: int, task: TaskID = task, logged: ProgressLines | None = logged
+            ) -> None:
                 progress.update(task, completed=done, total=total)
+                if logged is not None:
+                    logged.tick(done, total)
 
             results.append(
                 simulate(
@@ -163,3 +173,28 @@ def _load(source: str, templates_dir: Path | None = None) -> Registry:
         return load_workflows(source, templates_dir=templates_dir)
     except (WorkflowDefinitionError, FileNotFoundError, ModuleNotFoundError) as exc:
         fail(f"workflows {source}: {exc}")
+
+
+class ProgressLines:
+    """A progress line to stderr at every tenth of a run (done, elapsed, time left), once it
+    has run ``QUIET_SECONDS``: a short run says nothing."""
+
+    QUIET_SECONDS = 5.0
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.started = time.monotonic()
+        self.tenths = 0
+
+    def tick(self, done: int, total: int) -> None:
+        tenths = done * 10 // max(1, total)
+        elapsed = time.monotonic() - self.started
+        if tenths <= self.tenths or elapsed < self.QUIET_SECONDS:
+            return
+        self.tenths = tenths
+        left = elapsed * (total - done) / done if done else 0.0
+        err_console.print(
+            f"simulating {escape(self.source)}: {done}/{total} shard-days ({tenths * 10}%), "
+            f"{elapsed:.0f} s so far, about {left:.0f} s left",
+            highlight=False,
+        )

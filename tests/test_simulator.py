@@ -509,3 +509,26 @@ def test_goal_conversions_say_how_many_enrollments_were_still_running() -> None:
     assert f"{running} running" in row
     assert "counted as not converted" in out.getvalue()
     assert "<th>still running</th>" in html_report([run])
+
+
+def test_off_a_terminal_a_long_run_says_how_far_it_is_at_every_tenth(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine import cli_simulate
+
+    now = [100.0]
+    monkeypatch.setattr(cli_simulate.time, "monotonic", lambda: now[0])
+    lines = cli_simulate.ProgressLines("workflows_b")
+    now[0] = 101.0
+    lines.tick(1, 10)  # a second in: quiet, a short run says nothing
+    now[0] = 110.0
+    lines.tick(2, 10)
+    lines.tick(2, 10)  # the same tenth: once
+    now[0] = 120.0
+    lines.tick(5, 20)  # 25%: still the second tenth
+    lines.tick(10, 20)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        "simulating workflows_b: 2/10 shard-days (20%), 10 s so far, about 40 s left",
+        "simulating workflows_b: 10/20 shard-days (50%), 20 s so far, about 20 s left",
+    ]
