@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import sysconfig
 import traceback
@@ -151,11 +152,28 @@ def build_registry(
             problems.append(f"{where_defined(wf)}: workflow name {wf.name!r} is used twice")
         by_name[wf.name] = wf
         problems += workflow_problems(wf, journey, renderer, known_events)
+    problems = _one_missing_folder(problems, renderer)
     if problems:
         raise WorkflowDefinitionError(problems)
     return Registry(
         journey, StageMachine(journey), rule_set, by_name, renderer, guardrails, known_events
     )
+
+
+def _one_missing_folder(problems: list[str], renderer: TemplateRenderer) -> list[str]:
+    """A missing templates folder said once, not once for every email step."""
+    if renderer.directory.is_dir():
+        return problems
+    lost = re.compile(rf"template '([^']+)' not found in {re.escape(str(renderer.directory))} ")
+    names = sorted({m[1] for p in problems if (m := lost.search(p))})
+    if not names:
+        return problems
+    shown = ", ".join(f"{n}.j2" for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return [p for p in problems if not lost.search(p)] + [
+        f"the templates folder {renderer.directory} does not exist: {len(names)} email "
+        f"templates should be there ({shown}); create it, or point JOURNEYLINE_TEMPLATES_DIR "
+        "at yours"
+    ]
 
 
 # --- loading the workflows module ----------------------------------------------------------

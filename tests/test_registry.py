@@ -216,3 +216,29 @@ def test_conditions_naming_known_events_and_steps_pass() -> None:
 def test_a_definition_that_cannot_be_versioned_is_a_problem() -> None:
     flow = _flow(set_attribute("seen", object()))
     _only(_problems(flow), "cannot be part of a workflow definition")
+
+
+def test_a_missing_templates_folder_is_one_problem_not_one_per_email(tmp_path: Path) -> None:
+    flows = [
+        Workflow(
+            f"flow{n}",
+            trigger=on_event("page.viewed"),
+            steps=[send_email("welcome", id="a"), send_email("guide", id="b")],
+        )
+        for n in range(3)
+    ]
+    with pytest.raises(WorkflowDefinitionError) as refused:
+        build_registry(
+            workflows=flows, templates_dir=tmp_path / "templates", events=["page.viewed"]
+        )
+    assert refused.value.problems == [
+        f"the templates folder {tmp_path / 'templates'} does not exist: 2 email templates "
+        "should be there (guide.j2, welcome.j2); create it, or point "
+        "JOURNEYLINE_TEMPLATES_DIR at yours"
+    ]
+    (tmp_path / "templates").mkdir()  # there, but empty: each missing template is named
+    with pytest.raises(WorkflowDefinitionError) as refused:
+        build_registry(
+            workflows=flows, templates_dir=tmp_path / "templates", events=["page.viewed"]
+        )
+    assert len(refused.value.problems) == 6
