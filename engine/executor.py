@@ -247,7 +247,9 @@ def _run(
     if isinstance(step, Branch):
         ctx = context_for(session, contact, now, enrollment)
         taken = "then" if step.condition.evaluate(ctx) else "else"
-        note_on_trail(enrollment, node, now, f"{step.condition.describe()}: {taken}")
+        # In the words of branch(condition, then=[...], otherwise=[...]).
+        answer = "yes: then" if taken == "then" else "no: otherwise"
+        note_on_trail(enrollment, node, now, f"{step.condition.describe()}? {answer}")
         return node.targets[taken]
     if isinstance(step, Split):
         # Keyed by the address, not the row id: a contact draws the same variant in any

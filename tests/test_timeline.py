@@ -50,9 +50,9 @@ def test_a_new_contacts_first_event_follows_her_creation_and_precedes_what_it_ca
         "event: trial.started (processed)",
         "stage: awareness -> decision by evaluate",
         "enrollment: entered workflow decision_trial",
-        "enrollment: workflow decision_trial on_trial?: did trial.started within 2 days: then",
+        "enrollment: workflow decision_trial on_trial?: did trial.started within 2 days? yes: then",
         "action: email decision_trial/offer: sent",
-        "enrollment: workflow decision_trial knows_trial_end?: trial_ends_at is set: else",
+        "enrollment: workflow decision_trial knows_trial_end?: trial_ends_at is set? no: otherwise",
         "enrollment: workflow awareness_nurture exited: left stage awareness",
     ]
     timeline = sim.timeline("ana@example.com")

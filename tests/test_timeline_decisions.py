@@ -89,7 +89,7 @@ def test_a_variant_drawn_and_a_branch_taken_show_in_the_order_their_steps_ran() 
             f"enrollment: workflow trial_nurture split: variant {variant}",
             f"action: email trial_nurture/{offer.step}: sent",
             "enrollment: workflow trial_nurture activated?: "
-            "did product.activated since entering: else",
+            "did product.activated since entering? no: otherwise",
             "action: email trial_nurture/nudge: sent",
             "enrollment: workflow trial_nurture completed: completed",
         ]
@@ -338,5 +338,5 @@ def test_journeyline_contact_lists_the_decisions(
     shown = invoke("contact", "ana@example.com", "--database-url", env["url"])
     assert shown.exit_code == 0, shown.output
     assert (
-        "workflow decision_trial on_trial?: did trial.started within 2 days: then" in shown.output
+        "workflow decision_trial on_trial?: did trial.started within 2 days? yes: then" in shown.output
     )
