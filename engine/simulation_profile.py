@@ -6,6 +6,7 @@ against the workflows' registry when a run starts (``Profile.registry_problems``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,8 @@ class Profile:
         known = sorted(cls.__dataclass_fields__)
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ProfileError([f"unknown profile keys {unknown}; known: {known}"])
+            hints = "".join(_close(key, known) for key in unknown)
+            raise ProfileError([f"unknown profile keys {unknown}{hints}; known: {known}"])
         options = dict(data)
         if _is_table(options.get("behaviour")):
             table = {stage: dict(events) for stage, events in DEFAULT_BEHAVIOUR.items()}
@@ -149,11 +151,13 @@ class Profile:
             if stage not in stages:
                 if chances != default:
                     found.append(
-                        f"{_path('behaviour', stage)}: unknown stage; stages: {', '.join(stages)}"
+                        f"{_path('behaviour', stage)}: unknown stage{_close(stage, stages)}; "
+                        f"stages: {', '.join(stages)}"
                     )
                 continue
             found += [
-                f"{_path('behaviour', stage, event)}: unknown event type; known: {events}"
+                f"{_path('behaviour', stage, event)}: unknown event type"
+                f"{_close(event, registry.events)}; known: {events}"
                 for event, chance in chances.items()
                 if not registry.knows_event(event) and default.get(event) != chance
             ]
@@ -164,13 +168,14 @@ class Profile:
             if template not in sent:
                 if template not in sent_elsewhere:
                     found.append(
-                        f"{_path('reactions', template)}: no workflow sends this template, so "
-                        f"the reaction would never apply; templates sent: {', '.join(sent)}"
+                        f"{_path('reactions', template)}: no workflow sends this template"
+                        f"{_close(template, sent)}, so the reaction would never apply; "
+                        f"templates sent: {', '.join(sent)}"
                     )
                 continue  # its events are checked against the side that sends it
             found += [
-                f"{_path('reactions', template, 'boost', event)}: unknown event type; "
-                f"known: {events}"
+                f"{_path('reactions', template, 'boost', event)}: unknown event type"
+                f"{_close(event, registry.events)}; known: {events}"
                 for event in reaction["boost"]
                 if not registry.knows_event(event)
             ]
@@ -251,7 +256,7 @@ def _value_problems(profile: Profile) -> list[str]:
             continue
         days = reaction["days"]
         if not isinstance(days, int) or isinstance(days, bool) or days < 0:
-            found.append(f'{where}["days"]: {days!r} is not a number of days (0 or more)')
+            found.append(f'{where}["days"]: {days!r} is not a whole number of days (0 or more)')
         if not isinstance(reaction["boost"], Mapping):
             found.append(f'{where}["boost"]: not a table of event -> factor')
             continue
@@ -262,3 +267,9 @@ def _value_problems(profile: Profile) -> list[str]:
                     "factor: use a number from 0 (never) up (1: unchanged)"
                 )
     return found
+
+
+def _close(name: str, known: Collection[str]) -> str:
+    """ " (did you mean 'x'?)" for a name one typo from a known one, else nothing."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {found[0]!r}?)" if found else ""

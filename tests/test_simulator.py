@@ -252,6 +252,11 @@ def test_a_partial_profile_overrides_only_what_it_gives(tmp_path: Path) -> None:
             'reactions["trial_offer"]: not {"boost": {event: factor}, "days": n}',
         ),
         ([0.5], "a profile is a JSON object, not list"),
+        (
+            {"reactions": {"trial_offer": {"boost": {}, "days": 7.5}}},
+            'reactions["trial_offer"]["days"]: 7.5 is not a whole number of days (0 or more)',
+        ),
+        ({"open_rat": 0.2}, "unknown profile keys ['open_rat'] (did you mean 'open_rate'?)"),
     ],
 )
 def test_profile_values_out_of_range_are_refused_naming_the_key(data: Any, message: str) -> None:
@@ -264,12 +269,18 @@ def test_a_profile_naming_an_unknown_stage_or_event_is_refused_when_the_run_star
     tmp_path: Path,
 ) -> None:
     registry = load_workflows("workflows")
-    typos = {"awarenes": {"page.viewed": 0.1}, "decision": {"x.y": 0.2}}
+    typos = {
+        "awarenes": {"page.viewed": 0.1},
+        "decision": {"x.y": 0.2, "trial.strated": 0.1},
+    }
     profile = Profile.from_dict({"behaviour": typos})
     with pytest.raises(ProfileError) as refused:
         simulate(registry, contacts=2, days=1, profile=profile)
     assert sorted(refused.value.problems) == [
-        f'behaviour["awarenes"]: unknown stage; stages: {", ".join(registry.journey.stage_names)}',
+        f"behaviour[\"awarenes\"]: unknown stage (did you mean 'awareness'?); stages: "
+        f"{', '.join(registry.journey.stage_names)}",
+        f'behaviour["decision"]["trial.strated"]: unknown event type (did you mean '
+        f"'trial.started'?); known: {', '.join(sorted(registry.events))}",
         f'behaviour["decision"]["x.y"]: unknown event type; known: '
         f"{', '.join(sorted(registry.events))}",
     ]
@@ -279,7 +290,10 @@ def test_a_profile_naming_an_unknown_stage_or_event_is_refused_when_the_run_star
     bad.write_text(json.dumps({"behaviour": typos}))
     result = CliRunner().invoke(app, ["simulate", "--profile", str(bad), "--days", "1"])
     assert result.exit_code == 2, result.output
-    assert _flat('behaviour["awarenes"]: unknown stage; stages: awareness,') in _flat(result.output)
+    expected = (
+        "behaviour[\"awarenes\"]: unknown stage (did you mean 'awareness'?); stages: awareness,"
+    )
+    assert _flat(expected) in _flat(result.output)
     assert _flat('behaviour["decision"]["x.y"]: unknown event type') in _flat(result.output)
 
 
@@ -480,7 +494,8 @@ def test_a_reaction_to_a_template_no_workflow_sends_is_refused() -> None:
     )
     (problem,) = profile.registry_problems(registry)
     assert problem.startswith(
-        'reactions["trial_ofer"]: no workflow sends this template, so the reaction would '
+        'reactions["trial_ofer"]: no workflow sends this template (did you mean '
+        "'trial_offer'?), so the reaction would "
         "never apply; templates sent: "
     )
     assert "trial_offer" in problem
