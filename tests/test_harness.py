@@ -119,8 +119,17 @@ def test_golden_journeys_catch_a_change_in_behaviour(tmp_path: Path) -> None:
     with Simulation(_registry(changed)) as sim:
         sim.track("max@example.com", "demo.requested")
         sim.advance(days=5)
-        with pytest.raises(JourneyAssertionError, match="differs from"):
+        with pytest.raises(JourneyAssertionError, match="differs from") as failure:
             check_golden(sim.journey("max@example.com"), golden, update=False)
+    # The diff reads as the timeline does, a line per entry, not as the file's JSON
+    changed_lines = [
+        line
+        for line in str(failure.value).splitlines()
+        if line[:1] in "+-" and line[:3] not in ("---", "+++")
+    ]
+    assert changed_lines and all("T" in line[1:21] and "  " in line for line in changed_lines)
+    assert any(line.startswith("+") and "morning/follow_up" in line for line in changed_lines)
+    assert not any('"summary"' in line for line in changed_lines)
 
 
 def test_open_and_click_email_act_on_the_email_a_step_sent() -> None:

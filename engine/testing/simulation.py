@@ -492,6 +492,13 @@ def _with_refusals(
     return lines
 
 
+def _journey_lines(journey: Any) -> list[str]:
+    """A journey's entries as timeline lines: ``2026-01-05T09:00:00+00:00  action  ...``."""
+    if not isinstance(journey, list):
+        raise TypeError("a journey is a list of entries")
+    return [f"{e['at']}  {e['kind']:<10} {e['summary']}" for e in journey]
+
+
 def _load(workflows: str | ModuleType | Registry, templates_dir: Path | None) -> Registry:
     if isinstance(workflows, Registry):
         return workflows
@@ -524,12 +531,16 @@ def check_golden(
     if update:
         path.write_text(text)
         return "updated"
-    diff = "".join(
+    # A line per timeline entry, as the timeline reads, rather than the file's JSON.
+    try:
+        before = _journey_lines(json.loads(expected))
+    except (ValueError, TypeError, KeyError):  # not a journey (edited by hand): its text
+        before, after = expected.splitlines(), text.splitlines()
+    else:
+        after = _journey_lines(journey)
+    diff = "\n".join(
         difflib.unified_diff(
-            expected.splitlines(True),
-            text.splitlines(True),
-            fromfile=f"{path} (golden)",
-            tofile="this run",
+            before, after, fromfile=f"{path} (golden)", tofile="this run", lineterm=""
         )
     )
     raise JourneyAssertionError(
