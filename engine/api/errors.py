@@ -144,7 +144,7 @@ def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
     message = str(error.get("msg", "is invalid"))
     if error.get("type") == "json_invalid":
         detail = (error.get("ctx") or {}).get("error")
-        return Problem(field="body", message=f"body is not valid JSON: {detail or message}")
+        return Problem(field="body", message=f"not valid JSON: {detail or message}")
     return Problem(field=field_path(loc), message=message)
 
 

@@ -192,7 +192,7 @@ def _parse_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise Invalid([Problem(field="body", message=f"body is not valid JSON: {exc}")]) from exc
+        raise Invalid([Problem(field="body", message=f"not valid JSON: {exc}")]) from exc
     except RecursionError as exc:
         # 400, as /v1/events answers the same body (FastAPI's parser meets the same limit).
         raise BadBody("body is nested too deeply to parse (JSON arrays or objects)") from exc
