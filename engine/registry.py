@@ -66,6 +66,9 @@ class Registry:
     templates: TemplateRenderer
     guardrails: Guardrails = field(default_factory=Guardrails)
     events: frozenset[str] = frozenset()
+    # The importable module it was loaded from (None when built from a list): the API
+    # looks for that module's ``inbound`` webhook sources, not the settings' module's.
+    module: str | None = None
 
     @cached_property
     def date_attributes(self) -> frozenset[str]:
@@ -194,7 +197,7 @@ def registry_from_module(module: ModuleType, *, templates_dir: Path | None = Non
         if module.__file__ is None:
             raise WorkflowDefinitionError([f"module {module.__name__!r} has no file location"])
         templates_dir = Path(module.__file__).parent / "templates"
-    return build_registry(
+    registry = build_registry(
         journey=getattr(module, "JOURNEY", None),
         rules=getattr(module, "RULES", ()),
         workflows=getattr(module, "WORKFLOWS", ()),
@@ -202,6 +205,8 @@ def registry_from_module(module: ModuleType, *, templates_dir: Path | None = Non
         events=getattr(module, "EVENTS", ()),
         guardrails=getattr(module, "GUARDRAILS", None),
     )
+    registry.module = module.__name__
+    return registry
 
 
 def import_workflows(module_name: str) -> ModuleType:

@@ -41,9 +41,13 @@ from engine.inbound_generic import (
     validate_sources,
 )
 from engine.models import Event, Suppression
+from engine.registry import load_registry
 from engine.runtime import Runtime
+from engine.settings import Settings
 from tests.support import contact, events, make_runtime
 from tests.test_api import LiveServer
+
+REPO = Path(__file__).parent.parent
 
 HUBSPOT_SECRET = "hubspot-client-secret"
 PIPEDRIVE_SECRET = "pipedrive-shared-secret"
@@ -758,5 +762,29 @@ def test_a_lifecyclestage_mapping_to_an_unknown_stage_fails_at_start(sqlite_url:
         with pytest.raises(ConfigurationError) as raised:
             create_app(runtime)
         assert "'paying'" in str(raised.value) and "'nowhere'" in str(raised.value)
+    finally:
+        runtime.close()
+
+
+def test_the_api_serves_the_sources_of_the_registrys_own_module(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An embedder passing Runtime(registry=...) from another package gets that package's
+    # inbound sources, not those of JOURNEYLINE_WORKFLOWS' module.
+    package = tmp_path / "acme_flows"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from workflows import GUARDRAILS, JOURNEY, RULES, WORKFLOWS  # noqa: F401\n"
+    )
+    (package / "inbound.py").write_text(
+        "from engine import MapEvent, WebhookSource\n"
+        "SOURCES = [WebhookSource('acme', maps=[MapEvent('acme.signup', email='who')])]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry("acme_flows", templates_dir=REPO / "workflows" / "templates")
+    runtime = Runtime(Settings(database_url=sqlite_url, workflows="workflows"), registry=registry)
+    try:
+        app = create_app(runtime)
+        assert set(app.state.webhook_sources) == {"acme"}
     finally:
         runtime.close()

@@ -119,7 +119,8 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     app.state.metrics_registry = registry
     # Declared generic webhook sources, validated now so a bad declaration fails at start.
     app.state.webhook_sources = load_sources(
-        runtime.settings.inbound_sources, workflows=runtime.settings.workflows
+        runtime.settings.inbound_sources,
+        workflows=runtime.registry.module or runtime.settings.workflows,
     )
     app.state.hubspot_stage_map = webhooks.hubspot_stage_map(runtime)
     install_error_handlers(app)
