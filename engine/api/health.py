@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from dramatiq import Broker
@@ -29,6 +27,7 @@ from engine.api.deps import RuntimeDep
 from engine.broker import BROKER_TIMEOUT_SECONDS, ping_broker
 from engine.db_errors import schema_behind
 from engine.errors import ConfigurationError
+from engine.single_flight import SingleFlight
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
@@ -74,38 +73,25 @@ this, a flood of requests while the broker is slow would each open a broker conn
 a database connection (up to 3 s each), tying up the threads the track API shares."""
 
 
-@dataclass
-class _Checked:
-    at: float
-    checks: dict[str, str]
-
-
-_LAST: dict[int, _Checked] = {}  # id(runtime) -> its last answer
-_CHECKING: dict[int, threading.Lock] = {}
+_CHECKS: dict[int, SingleFlight[dict[str, str]]] = {}  # id(runtime) -> its checks
 _GUARD = threading.Lock()
 
 
 def _recent_checks(runtime: Runtime) -> dict[str, str]:
     """The parts' checks, at most ``READINESS_MAX_AGE_SECONDS`` old, made by one request
     at a time: requests meanwhile get the last answer (the first ones wait for it)."""
-    key = id(runtime)
     with _GUARD:
-        lock = _CHECKING.setdefault(key, threading.Lock())
-    last = _LAST.get(key)
-    if last is not None and time.monotonic() - last.at < READINESS_MAX_AGE_SECONDS:
-        return last.checks
-    if not lock.acquire(blocking=last is None):
-        assert last is not None
-        return last.checks  # another request is checking now
-    try:
-        last = _LAST.get(key)
-        if last is not None and time.monotonic() - last.at < READINESS_MAX_AGE_SECONDS:
-            return last.checks  # answered while this one waited for the lock
-        checks = {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
-        _LAST[key] = _Checked(time.monotonic(), checks)
-        return checks
-    finally:
-        lock.release()
+        checks = _CHECKS.get(id(runtime))
+        if checks is None:
+            checks = _CHECKS[id(runtime)] = SingleFlight(
+                lambda: {
+                    "database": check_database(runtime.db),
+                    "broker": check_broker(runtime.broker),
+                }
+            )
+    answer = checks.get(READINESS_MAX_AGE_SECONDS)
+    assert answer is not None  # the first callers wait for the first answer
+    return answer
 
 
 def check_database(db: Engine) -> str:

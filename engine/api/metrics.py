@@ -17,7 +17,6 @@ process (tests) never collide.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +37,7 @@ from engine.api.observed import ObservedRequests
 from engine.broker import BROKER_TIMEOUT_SECONDS, probe_broker, queues_of
 from engine.clock import Clock, SystemClock
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
+from engine.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,9 @@ class BrokerCollector(Collector):
         self.max_age_seconds = max_age_seconds
         self.clock = clock or SystemClock()
         self.probe = probe
-        self._last: BrokerAnswer | None = None
-        self._probing = threading.Lock()
+        self._answers = SingleFlight(
+            self._ask, now=lambda: self.clock.now().timestamp(), wait_for_first=False
+        )
 
     def describe(self) -> Iterator[Metric]:
         """The families, without asking the broker (the registry asks at registration)."""
@@ -177,23 +178,7 @@ class BrokerCollector(Collector):
     def answer(self) -> BrokerAnswer | None:
         """The broker's last answer, asked again first if it is too old and no other scrape
         is asking; None until the first probe has finished."""
-        last = self._last
-        if last is not None and self._fresh(last):
-            return last
-        if not self._probing.acquire(blocking=False):
-            return last  # another scrape is asking: do not wait for it, nor ask again
-        try:
-            last = self._last
-            if last is not None and self._fresh(last):
-                return last  # answered between the first look and taking the lock
-            last = self._last = self._ask()
-            return last
-        finally:
-            self._probing.release()
-
-    def _fresh(self, answer: BrokerAnswer) -> bool:
-        age = (self.clock.now() - answer.at).total_seconds()
-        return 0 <= age < self.max_age_seconds  # a clock set back: ask again
+        return self._answers.get(self.max_age_seconds)
 
     def _ask(self) -> BrokerAnswer:
         try:
