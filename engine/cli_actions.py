@@ -28,8 +28,8 @@ from engine.cli import (
     redact_url,
     settings_for,
 )
+from engine.hold_notes import hold_note
 from engine.models import Action, ActionStatus, Contact
-from engine.timeline import hold_note
 
 actions_app = typer.Typer(help="List actions, or retry failed ones (`actions retry`).")
 app.add_typer(actions_app, name="actions")
