@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -299,6 +300,19 @@ class Subscribed(Condition):
         return "subscribed"
 
 
+_OUTSIDE_A_WORKFLOW: ContextVar[bool] = ContextVar("outside_a_workflow", default=False)
+
+
+def describe_as_entry_rule(condition: Condition) -> str:
+    """``condition.describe()`` as an entry rule reads: before the contact is in the
+    workflow, so ``did_event`` without ``within`` counts every event ("ever")."""
+    token = _OUTSIDE_A_WORKFLOW.set(True)
+    try:
+        return condition.describe()
+    finally:
+        _OUTSIDE_A_WORKFLOW.reset(token)
+
+
 @vocabulary("did_event")
 @dataclass(frozen=True)
 class DidEvent(Condition):
@@ -334,7 +348,10 @@ class DidEvent(Condition):
         return any(matches(properties, self.where) for properties in found)
 
     def describe(self) -> str:
-        when = f" within {describe_duration(self.within)}" if self.within else " since entering"
+        if self.within is not None:
+            when = f" within {describe_duration(self.within)}"
+        else:  # an entry rule reads it before there is anything to have entered
+            when = " ever" if _OUTSIDE_A_WORKFLOW.get() else " since entering"
         return f"did {self.type}{when}"
 
     def events(self) -> tuple[str, ...]:

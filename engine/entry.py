@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments, refusals
-from engine.conditions import context_for
+from engine.conditions import context_for, describe_as_entry_rule
 from engine.durations import describe_duration
 from engine.effects import Effects
 from engine.enrollments import LIVE, remember_version
@@ -162,7 +162,7 @@ def meets_entry_rules(
     ):
         log.debug("contact %s does not meet the entry rule of %s", contact.id, workflow.name)
         if refusals.listened():
-            why_not = f"entry rule not met: {workflow.entry_if.describe()}"
+            why_not = f"entry rule not met: {describe_as_entry_rule(workflow.entry_if)}"
             refusals.refuse(session, contact.id, workflow.name, now, "entry rule", why_not)  # type: ignore[arg-type]
         return False
     if (

@@ -145,7 +145,7 @@ def test_a_failed_expectation_says_why_the_contact_never_entered() -> None:
     assert "expected ana@example.com to have entered 'not_buyers'; never did" in text
     (line,) = [x for x in text.splitlines() if "refused" in x]
     assert line.endswith(
-        "refused    not_buyers: entry rule not met: not (did order.completed since entering)"
+        "refused    not_buyers: entry rule not met: not (did order.completed ever)"
     )
     lines = text.splitlines()
     assert lines.index(line) == len(lines) - 1  # after the event that caused it
