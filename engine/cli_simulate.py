@@ -26,10 +26,10 @@ from engine.simulation_profile import Profile, ProfileError, sent_templates
 from engine.simulation_report import html_report, print_results
 from engine.simulation_results import SimulationResult
 from engine.simulator import (
-    SHARD_CONTACTS,
     defined_outside,
     load_workflows,
     same_workflows,
+    shard_size,
     simulate,
     usable_cpus,
 )
@@ -120,7 +120,9 @@ def simulate_command(
             console=console,
             transient=True,
         ) as progress:
-            task = progress.add_task("days", total=-(-contacts // SHARD_CONTACTS) * days)
+            workers = processes or usable_cpus()
+            shards = -(-contacts // shard_size(contacts, workers))
+            task = progress.add_task("days", total=shards * days)
             # Off a terminal (a CI log, a pipe) the bar shows nothing: a line to stderr at
             # every tenth of the run instead, with the time left at the pace so far.
             logged = ProgressLines(str(source)) if not console.is_terminal else None

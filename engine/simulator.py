@@ -120,6 +120,17 @@ days: 0.88x the CPU of shards of 2,000); 5,000 keeps two shards for 10,000 conta
 core of a 2-core machine."""
 
 
+def shard_size(contacts: int, processes: int) -> int:
+    """Contacts per shard: at most ``SHARD_CONTACTS``, in a number of shards that keeps
+    ``processes`` equally busy (1,000 contacts on 2 processes: two shards of 500; 12,000:
+    four of 3,000, not 5,000, 5,000 and 2,000 that leave a process idle at the end). A
+    run's result does not depend on it: every contact draws from streams of her own."""
+    workers = max(1, processes)
+    shards = -(-contacts // SHARD_CONTACTS)
+    shards = -(-shards // workers) * workers
+    return max(1, -(-contacts // shards))
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity, as a container limits it), at least 1."""
     try:
@@ -141,19 +152,22 @@ def simulate(
     profile: Profile | None = None,
     label: str = "",
     processes: int = 1,
-    shard_contacts: int = SHARD_CONTACTS,
+    shard_contacts: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Run ``contacts`` synthetic contacts through ``days`` of virtual time.
 
-    Contacts never interact, so the population is cut into shards of ``shard_contacts``,
-    each with its own database; every contact draws from random streams of her own, seeded
-    from ``seed`` and her number; ``processes`` > 1 runs shards in parallel worker
-    processes. The result depends on the seed, the sizes and the profile, never on
-    ``processes``.
+    Contacts never interact, so the population is cut into shards of ``shard_contacts`` (by
+    default ``shard_size``: up to 5,000, in a number that keeps ``processes`` equally
+    busy), each with its own database; every contact draws from random streams of her own,
+    seeded from ``seed`` and her number; ``processes`` > 1 runs shards in parallel worker
+    processes. The result depends on the seed, the number of contacts and days and the
+    profile, never on ``processes`` or the shard size.
     ``on_progress(done, total)`` counts shard-days. A profile naming a stage or event type
     the registry does not know raises ``ProfileError`` before anything runs.
     """
+    if shard_contacts is None:
+        shard_contacts = shard_size(contacts, processes)
     if contacts < 1 or days < 1 or shard_contacts < 1:
         raise ValueError("contacts, days and shard_contacts must be at least 1")
     profile = profile or Profile()

@@ -547,3 +547,20 @@ def test_off_a_terminal_a_long_run_says_how_far_it_is_at_every_tenth(
         "simulating workflows_b: 2/10 shard-days (20%), 10 s so far, about 40 s left",
         "simulating workflows_b: 10/20 shard-days (50%), 20 s so far, about 20 s left",
     ]
+
+
+def test_the_default_shards_keep_every_process_busy() -> None:
+    assert simulator.shard_size(1000, 2) == 500  # one shard of 1,000 left a core idle
+    assert simulator.shard_size(10_000, 2) == 5_000
+    assert simulator.shard_size(12_000, 2) == 3_000  # not 5,000 + 5,000 + 2,000
+    assert simulator.shard_size(100_000, 2) == 5_000
+    assert simulator.shard_size(3, 8) == 1
+    assert simulator.shard_size(5_000, 1) == 5_000
+
+
+def test_a_run_on_two_processes_with_its_own_shards_is_the_run_on_one() -> None:
+    registry = load_workflows("workflows")
+    one = simulate(registry, contacts=40, days=6, seed=9, processes=1)  # a shard of 40
+    two = simulate(registry, contacts=40, days=6, seed=9, processes=2)  # two of 20
+    assert one.emails
+    assert _what_happened(one) == _what_happened(two)
