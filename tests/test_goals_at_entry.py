@@ -156,5 +156,10 @@ def test_an_entry_rule_refuses_before_the_goal_is_looked_at() -> None:
     with Simulation(_registry(for_free_plans)) as sim:
         sim.contact_import("pia@example.com", attributes={"plan": "pro"})
         sim.track("pia@example.com", "trial.started")
-        assert sim.timeline("pia@example.com") is not None
-        assert "upgrade_nurture" not in sim.explain("pia@example.com")
+        timeline = sim.timeline("pia@example.com")
+        assert timeline is not None
+        assert not [e for e in timeline.entries if "upgrade_nurture" in e.summary]
+        # the harness names the refusal, written nowhere
+        assert "refused    upgrade_nurture: entry rule not met: not (plan = 'pro')" in sim.explain(
+            "pia@example.com"
+        )
