@@ -19,13 +19,12 @@ them fail.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.errors import ValidationError
+from engine.json_values import child_path, mapped
 
 __all__ = [
     "EARLIEST_EVENT_TIME",
@@ -51,17 +50,6 @@ further, and a fixed floor reads the same on every server and in every test."""
 MAX_FUTURE_SKEW = timedelta(days=1)
 """How far ahead of the server's clock an event time may be: a sender's clock running
 fast, or a time zone mistaken for UTC (at most 14 hours), not an event yet to happen."""
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_$@-]+$")
-
-
-def _child(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    text = str(key)
-    if _PLAIN_KEY.match(text):
-        return f"{path}.{text}" if path else text
-    return f"{path}[{json.dumps(text)}]"  # a NUL reads \u0000, a dot stays part of the key
 
 
 def holds_nul(value: Any) -> bool:
@@ -101,13 +89,13 @@ def nul_problems(value: Any, path: str) -> list[tuple[str, str]]:
         elif isinstance(item, dict):
             children: list[tuple[str, Any]] = []
             for key, child in item.items():
-                named = _child(where, key)
+                named = child_path(where, key)
                 if isinstance(key, str) and NUL in key:
                     children.append((named, _BadKey()))
                 children.append((named, child))
             stack.extend(reversed(children))
         elif isinstance(item, list | tuple):
-            stack.extend(reversed([(_child(where, i), c) for i, c in enumerate(item)]))
+            stack.extend(reversed([(child_path(where, i), c) for i, c in enumerate(item)]))
     return found
 
 
@@ -132,26 +120,7 @@ def without_nul(value: Any) -> Any:
     input is returned as it is when it holds none)."""
     if not holds_nul(value):
         return value
-    root: list[Any] = [None]
-    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
-    while stack:
-        parent, slot, item = stack.pop()
-        if isinstance(item, str):
-            parent[slot] = item.replace(NUL, REPLACEMENT)
-        elif isinstance(item, dict):
-            copy: dict[Any, Any] = {}
-            parent[slot] = copy
-            for key, child in item.items():
-                clean = key.replace(NUL, REPLACEMENT) if isinstance(key, str) else key
-                copy[clean] = None
-                stack.append((copy, clean, child))
-        elif isinstance(item, list):
-            listed: list[Any] = list(item)
-            parent[slot] = listed
-            stack.extend((listed, index, child) for index, child in enumerate(item))
-        else:
-            parent[slot] = item
-    return root[0]
+    return mapped(value, lambda text: text.replace(NUL, REPLACEMENT))
 
 
 def occurred_at_problem(when: datetime, *, now: datetime) -> str | None:

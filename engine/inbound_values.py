@@ -20,10 +20,11 @@ or Infinity into null.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
+
+from engine.json_values import child_path, mapped
 
 __all__ = [
     "NON_FINITE_MESSAGE",
@@ -43,16 +44,6 @@ _KEY_MESSAGE = "this key " + SURROGATE_MESSAGE
 REPLACEMENT = "\ufffd"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_$@-]+$")
-
-
-def _child(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    text = str(key)
-    if _PLAIN_KEY.match(text):
-        return f"{path}.{text}" if path else text
-    return f"{path}[{json.dumps(text)}]"  # the surrogate reads \ud800, a dot stays in the key
 
 
 def holds_unstorable(value: Any) -> bool:
@@ -97,13 +88,13 @@ def value_problems(value: Any, path: str) -> list[tuple[str, str]]:
         elif isinstance(item, dict):
             children: list[tuple[str, Any, bool]] = []
             for key, child in item.items():
-                named = _child(where, key)
+                named = child_path(where, key)
                 if isinstance(key, str) and _SURROGATE.search(key):
                     children.append((named, None, True))
                 children.append((named, child, False))
             stack.extend(reversed(children))
         elif isinstance(item, list | tuple):
-            stack.extend(reversed([(_child(where, i), c, False) for i, c in enumerate(item)]))
+            stack.extend(reversed([(child_path(where, i), c, False) for i, c in enumerate(item)]))
     return found
 
 
@@ -113,25 +104,8 @@ def without_unstorable(value: Any) -> Any:
     than refuse it (a copy; the input is returned as it is when it holds none)."""
     if not holds_unstorable(value):
         return value
-    root: list[Any] = [None]
-    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
-    while stack:
-        parent, slot, item = stack.pop()
-        if isinstance(item, str):
-            parent[slot] = _SURROGATE.sub(REPLACEMENT, item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            parent[slot] = None
-        elif isinstance(item, dict):
-            copy: dict[Any, Any] = {}
-            parent[slot] = copy
-            for key, child in item.items():
-                clean = _SURROGATE.sub(REPLACEMENT, key) if isinstance(key, str) else key
-                copy[clean] = None
-                stack.append((copy, clean, child))
-        elif isinstance(item, list):
-            listed: list[Any] = list(item)
-            parent[slot] = listed
-            stack.extend((listed, index, child) for index, child in enumerate(item))
-        else:
-            parent[slot] = item
-    return root[0]
+    return mapped(
+        value,
+        lambda text: _SURROGATE.sub(REPLACEMENT, text),
+        lambda number: number if math.isfinite(number) else None,
+    )
