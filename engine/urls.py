@@ -1,5 +1,7 @@
-"""URLs fit for a terminal or a log: the password of a database or broker URL never shown.
-Used by the CLI's messages and by the broker's refusal of a URL it cannot use."""
+"""URLs fit for a terminal or a log: the password of a database or broker URL never shown
+(``redact_url``: the CLI's messages, the broker's refusal of a URL it cannot use), and only
+the origin of an outgoing webhook's URL, which may carry its credential anywhere
+(``url_origin``)."""
 
 from __future__ import annotations
 
@@ -32,3 +34,21 @@ def redact_url(url: str) -> str:
         return url if "@" not in url else UNPARSABLE
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``, with ``/…`` when it goes on: fit for an error
+    message that is logged and stored. A webhook URL often carries its credential (a
+    password, a ``?token=``, or a secret path as Slack's and Teams' incoming webhooks do), so
+    nothing after the host is shown; a URL that cannot be parsed is not shown at all."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return UNPARSABLE
+    if not parts.scheme or not host:
+        return UNPARSABLE
+    shown_host = f"[{host}]" if ":" in host else host
+    origin = f"{parts.scheme}://{shown_host}" + (f":{port}" if port is not None else "")
+    rest = parts.path not in ("", "/") or parts.query or parts.fragment
+    return origin + ("/…" if rest else "")

@@ -343,6 +343,18 @@ def test_a_bad_token_is_refused_and_changes_nothing(api: Api) -> None:
     assert contact(api.runtime, "bo@example.com").subscription_status == "subscribed"
 
 
+def test_an_overlong_token_gets_the_same_page_as_any_bad_link(api: Api) -> None:
+    """A person opening a mangled link (a mail client that glued text to it) reads the
+    page, not the JSON API's 422, and nothing changes."""
+    _id, path = _tracked(api, "el@example.com")
+    for method in ("GET", "POST"):
+        answer = api.http.request(method, path + "A" * 200)
+        assert answer.status_code == 400, method
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "not valid" in answer.text and answer.headers["cache-control"] == "no-store"
+    assert contact(api.runtime, "el@example.com").subscription_status == "subscribed"
+
+
 def test_the_link_of_an_erased_contact_is_refused_and_never_names_a_newcomer(api: Api) -> None:
     """SQLite gives a new contact the id of the last one erased: the old link, signed with
     the erased address, must not unsubscribe the newcomer."""

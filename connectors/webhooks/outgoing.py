@@ -3,14 +3,25 @@
 The body is signed like inbound generic webhooks (``X-Journeyline-Signature: t=..,v1=..``,
 HMAC-SHA256 with the shared secret) and carries an ``Idempotency-Key`` header, so a receiver
 can drop a repeat. Errors are mapped at the boundary: 429 and 5xx are transient (429 honours
-``Retry-After``), other 4xx permanent, a timeout after sending is "unknown".
+``Retry-After``), other 4xx permanent, a timeout after sending is "unknown", and a URL no
+request can be made to (not http or https, or not a URL) permanent. Redirects are not
+followed (a 3xx is a permanent failure): a receiver cannot send the worker on to another
+host, such as a cloud metadata address.
+
+The receiver is not trusted with the worker's memory or time: the status alone decides, and
+of the body only the first ``MAX_DETAIL_BYTES`` are read (an error quotes its start; a
+small success read to its end keeps the connection for the next call), for at most the
+timeout in all (a per-read timeout alone lets an answer dripped a byte at a time hold a
+worker thread for hours). Errors, which are logged and stored on the action, name
+the receiver by its origin only (``engine.urls.url_origin``): a webhook URL often carries
+its credential, in a password, a query or the path.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +30,12 @@ import httpx
 from connectors.http_clients import ClientPerThread
 from connectors.webhooks.signatures import JOURNEYLINE_SIGNATURE_HEADER, sign_hmac
 from engine.errors import DeliveryUnknownError, PermanentConnectorError, TransientConnectorError
+from engine.urls import url_origin
+
+MAX_DETAIL_BYTES = 4096
+"""How much of an error answer's body is read, to quote its start in the error."""
+DETAIL_CHARS = 300
+"""How many characters of it the error quotes."""
 
 
 class WebhookSender:
@@ -26,9 +43,16 @@ class WebhookSender:
     dedupes = False  # we cannot know whether the receiver honours Idempotency-Key
 
     def __init__(
-        self, *, secret: str, client: httpx.Client | None = None, timeout_s: float = 10.0
+        self,
+        *,
+        secret: str,
+        client: httpx.Client | None = None,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.secret = secret
+        self.timeout_s = timeout_s
+        self.clock = clock  # monotonic seconds: when to stop reading an error's body
         # One pooled client per worker thread (see connectors/http_clients.py).
         self._clients = ClientPerThread(lambda: httpx.Client(timeout=timeout_s), shared=client)
 
@@ -42,32 +66,67 @@ class WebhookSender:
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": idempotency_key,
+            # The start of an error's body is read as sent: no compressed body to inflate.
+            "Accept-Encoding": "identity",
             JOURNEYLINE_SIGNATURE_HEADER: sign_hmac(
                 secret=self.secret, body=raw, timestamp=int(time.time())
             ),
         }
+        where = url_origin(url)
+        deadline = self.clock() + self.timeout_s
         try:
-            response = self.client.post(url, content=raw, headers=headers)
+            with self.client.stream("POST", url, content=raw, headers=headers) as response:
+                status = response.status_code
+                # Read (a bounded start) even on success: a body read to its end lets the
+                # connection go back to the pool; one cut short closes it.
+                detail = _start_of(response, deadline=deadline, clock=self.clock)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise PermanentConnectorError(
+                f"webhook {where}: no request can be made to this URL: {exc}"
+            ) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientConnectorError(f"webhook {url}: could not connect: {exc}") from exc
+            raise TransientConnectorError(f"webhook {where}: could not connect: {exc}") from exc
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
             raise DeliveryUnknownError(
-                f"webhook {url}: no answer after sending ({type(exc).__name__})"
+                f"webhook {where}: no answer after sending ({type(exc).__name__})"
             ) from exc
         except httpx.HTTPError as exc:
-            raise TransientConnectorError(f"webhook {url}: {exc}") from exc
-        if response.status_code < 300:
-            return f"{response.status_code}"
-        detail = response.text[:300]
-        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientConnectorError(f"webhook {where}: {exc}") from exc
+        if status < 300:
+            return f"{status}"  # the status decides; the body is not looked at
+        if status == 429 or status >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise TransientConnectorError(
-                f"webhook {url} answered {response.status_code}: {detail}", retry_after=retry_after
+                f"webhook {where} answered {status}: {detail}", retry_after=retry_after
             )
-        raise PermanentConnectorError(f"webhook {url} answered {response.status_code}: {detail}")
+        raise PermanentConnectorError(f"webhook {where} answered {status}: {detail}")
 
     def close(self) -> None:
         self._clients.close()
+
+
+def _start_of(response: httpx.Response, *, deadline: float, clock: Callable[[], float]) -> str:
+    """The first characters of an error answer's body (see ``_read_some``)."""
+    try:
+        received = response.content  # read already: an in-memory transport's answer
+    except httpx.ResponseNotRead:
+        received = _read_some(response, deadline=deadline, clock=clock)
+    text = received[:MAX_DETAIL_BYTES].decode(response.encoding or "utf-8", "replace")
+    return text[:DETAIL_CHARS]
+
+
+def _read_some(response: httpx.Response, *, deadline: float, clock: Callable[[], float]) -> bytes:
+    """At most about ``MAX_DETAIL_BYTES`` of a streamed body, and nothing more once
+    ``deadline`` has passed; the rest is left unread (the connection is then dropped)."""
+    received = bytearray()
+    try:
+        for chunk in response.iter_raw():
+            received += chunk
+            if len(received) >= MAX_DETAIL_BYTES or clock() >= deadline:
+                break
+    except httpx.HTTPError:
+        pass  # the status has decided already; the body was only to quote
+    return bytes(received)
 
 
 def _retry_after(value: str | None) -> timedelta | None:

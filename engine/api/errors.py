@@ -11,6 +11,8 @@ fault when there were several (request validation reports them all at once).
     NotFound                         404
     InvalidTransition / Conflict     409
     BadBody                          400   the body cannot be parsed (nested too deeply)
+    FastAPI's body parse error       400   nested too deeply (as BadBody); 422 "not valid
+                                           JSON" when json.loads refused it otherwise
     HTTPException (404, 413, ...)    its status, its detail as the message
     database unavailable             503   Retry-After; refused or dropped connections, no
                                            free pooled connection, a lock conflict
@@ -189,8 +191,30 @@ async def _on_not_found(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, str(exc), field=getattr(exc, "field", None))
 
 
+NESTED_TOO_DEEPLY = "body is nested too deeply to parse (JSON arrays or objects)"
+
+
+def unparsable_body(exc: HTTPException) -> JSONResponse | None:
+    """The answer to FastAPI's own "There was an error parsing the body" (a 400 it raises
+    from whatever ``json.loads`` raised but a syntax error), saying why as the webhooks
+    do: 400 for a body nested too deeply, 422 "not valid JSON" for one ``json.loads``
+    refuses otherwise (an integer of more than 4,300 digits); None for any other 400."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return error_response(400, NESTED_TOO_DEEPLY, field="body")
+    if isinstance(cause, ValueError):
+        problem = Problem(field="body", message=f"not valid JSON: {cause}")
+        return error_response(422, f"body: {problem.message}", field="body", problems=[problem])
+    return None
+
+
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    unparsable = unparsable_body(exc)
+    if unparsable is not None:
+        return unparsable
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return error_response(
         exc.status_code,

@@ -5,13 +5,17 @@
 ``since`` and ``until`` take what the CLI's options take: an age before now (``30d``,
 ``6h``, ``90m``) or an ISO date or time, UTC unless it says otherwise (a date alone as
 ``until``: the end of that day). A value that is neither is 422 naming the parameter.
+
+Both are business data: never stored by a cache on the way (``Cache-Control: no-store``).
+The page is also never framed by another site and runs no script (it has none; its content
+is escaped, and its Content-Security-Policy allows only its own inline styles).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 
 from engine.api.auth import AuthenticatedRoute, require
@@ -45,6 +49,16 @@ Until = Annotated[
 ]
 
 
+NOT_STORED = {"Cache-Control": "no-store"}
+PAGE_HEADERS = {
+    **NOT_STORED,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
+}
+
+
 def _report(runtime: Runtime, since: str | None, until: str | None) -> Report:
     now = runtime.clock.now()
     period = Period.parse(since, until, now=now)  # a bad value: ValidationError, 422
@@ -62,7 +76,10 @@ def _report(runtime: Runtime, since: str | None, until: str | None) -> Report:
     responses=RESPONSES,
     dependencies=[Depends(require(SCOPE))],
 )
-def get_report(runtime: RuntimeDep, since: Since = None, until: Until = None) -> Report:
+def get_report(
+    runtime: RuntimeDep, response: Response, since: Since = None, until: Until = None
+) -> Report:
+    response.headers.update(NOT_STORED)
     return _report(runtime, since, until)
 
 
@@ -74,4 +91,4 @@ def get_report(runtime: RuntimeDep, since: Since = None, until: Until = None) ->
     dependencies=[Depends(require(SCOPE))],
 )
 def get_report_page(runtime: RuntimeDep, since: Since = None, until: Until = None) -> HTMLResponse:
-    return HTMLResponse(html_report(_report(runtime, since, until)))
+    return HTMLResponse(html_report(_report(runtime, since, until)), headers=PAGE_HEADERS)

@@ -62,7 +62,14 @@ from connectors.webhooks.signatures import (
     verify_sendgrid,
 )
 from engine.api.deps import RuntimeDep
-from engine.api.errors import BadBody, ErrorResponse, Invalid, Problem, field_path
+from engine.api.errors import (
+    NESTED_TOO_DEEPLY,
+    BadBody,
+    ErrorResponse,
+    Invalid,
+    Problem,
+    field_path,
+)
 from engine.contacts import normalize_email, validate_stage
 from engine.errors import ConfigurationError, ValidationError
 from engine.event_input import nul_problems, without_nul
@@ -195,7 +202,7 @@ def _parse_json(body: bytes) -> Any:
         raise Invalid([Problem(field="body", message=f"not valid JSON: {exc}")]) from exc
     except RecursionError as exc:
         # 400, as /v1/events answers the same body (FastAPI's parser meets the same limit).
-        raise BadBody("body is nested too deeply to parse (JSON arrays or objects)") from exc
+        raise BadBody(NESTED_TOO_DEEPLY) from exc
 
 
 def _kept_without_nul(provider: str, index: int, event: Any) -> Any:
