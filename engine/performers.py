@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -144,7 +145,9 @@ def build_message(
             text="",
             html="",
             template_id=str(hosted),
-            template_data={**view, **data, **({"unsubscribe_url": link} if link else {})},
+            # Always ours: a contact attribute named unsubscribe_url must not stand in for
+            # the link (empty when the email has none).
+            template_data={**view, **data, "unsubscribe_url": link},
             **common,
         )
     shown = link if not link or link_as is None else link_as
@@ -225,7 +228,9 @@ class CRMOutboxPerformer:
 def _write_once(path: Path, text: str) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("x", encoding="utf-8") as handle:
+        # Readable by its owner only, as the email outbox's files (they hold addresses).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
     except FileExistsError:
         pass  # written by an earlier attempt: the same record, once

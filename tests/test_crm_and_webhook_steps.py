@@ -81,6 +81,8 @@ def test_crm_steps_land_in_the_crm_outbox_once(tmp_path: Path) -> None:
         task = json.loads(next(f for f in files if f.name.startswith("crm.task")).read_text())
         assert task["email"] == "lead@example.com"
         assert task["payload"]["subject"] == "Call this lead"
+        # readable by their owner only, as the email outbox's files (they hold addresses)
+        assert {f.stat().st_mode & 0o777 for f in files} == {0o600}
         # performing again writes nothing new
         for action in kinds.values():
             rt.perform(action.id)

@@ -259,3 +259,20 @@ def test_the_connector_refuses_a_message_with_neither_body_nor_template(
     finally:
         connector.close()
     assert fake.requests == []
+
+
+def test_a_contact_attribute_cannot_stand_in_for_the_unsubscribe_link(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    # Without links configured the email has none: an attribute of that name (from a signup
+    # form, say) must not reach the template's {{unsubscribe_url}}.
+    with running(tmp_path, [welcome()], **sendgrid(fake)) as runtime:
+        runtime.track(
+            "bo@example.com",
+            "trial.started",
+            attributes={"unsubscribe_url": "https://phish.example/unsub"},
+        )
+        runtime.drain()
+    (request,) = fake.requests
+    (personalization,) = request.body["personalizations"]
+    assert personalization["dynamic_template_data"]["unsubscribe_url"] == ""
