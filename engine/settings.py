@@ -8,13 +8,15 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from engine.urls import redact_url
 
 WORKER_POLL_MS = 100
 """``Settings.worker_poll_ms``'s default. Dramatiq's Redis consumer backs off up to its worker
@@ -269,6 +271,18 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """What ``repr`` and ``str`` show: secrets (a key, token, secret or password) as
+        ``***`` and URLs without their password, so a settings object logged or printed in
+        a traceback leaks none of them."""
+        for name, value in super().__repr_args__():
+            if name and value and any(part in name for part in _SECRET_PARTS):
+                yield name, "***"
+            elif name in ("database_url", "broker_url") and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
 
     @field_validator("public_url", "unsubscribe_secret", mode="before")
     @classmethod

@@ -164,3 +164,22 @@ def test_a_hubspot_lifecycle_override_for_no_stage_is_refused(tmp_path: Path) ->
         "JOURNEYLINE_HUBSPOT_LIFECYCLE_MAP: 'decison' is not a stage of the journey; its "
         "stages: awareness, consideration, decision,"
     )
+
+
+def test_settings_shown_in_a_log_or_a_traceback_hold_no_secret() -> None:
+    settings = Settings(
+        database_url="postgresql+psycopg://jl:db-pass@db:5432/jl",
+        broker_url="redis://:redis-pass@cache:6379/0",
+        sendgrid_api_key="SG.secret-key",
+        hubspot_token="pat-secret-token",
+        hubspot_client_secret="client-secret",
+        webhook_secret="hook-secret",
+        unsubscribe_secret="u" * 32,
+        inbound_webhook_secrets={"pipedrive": "inbound-secret"},
+    )
+    for shown in (repr(settings), str(settings)):
+        for secret in ("db-pass", "redis-pass", "SG.secret-key", "pat-secret-token",
+                       "client-secret", "hook-secret", "u" * 32, "inbound-secret"):  # fmt: skip
+            assert secret not in shown
+        assert "sendgrid_api_key='***'" in shown
+        assert "db:5432/jl" in shown  # what is not a secret still shows
