@@ -251,6 +251,23 @@ def _new_contact(
     )
 
 
+def merged_attributes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored`` updated with ``given``; ``ValidationError`` when the result would be larger
+    than ``MAX_PROPERTIES_BYTES``: each request is held to that size, and a contact's
+    attributes, which every event, template and webhook of hers carries, to it too (many
+    requests of new keys grew them without end)."""
+    merged = {**stored, **given}
+    size = len(json.dumps(merged))
+    if size > MAX_PROPERTIES_BYTES:
+        raise ValidationError(
+            f"attributes: the contact's attributes would hold {size} bytes, more than "
+            f"{MAX_PROPERTIES_BYTES}: remove some (an attribute set to null is kept as null; "
+            "replace large values instead)",
+            field="attributes",
+        )
+    return merged
+
+
 def _merge(
     contact: Contact,
     *,
@@ -264,7 +281,7 @@ def _merge(
     before = change_of(contact.attributes, attributes)
     changed = before is not None
     if changed:
-        contact.attributes = {**contact.attributes, **attributes}  # type: ignore[dict-item]
+        contact.attributes = merged_attributes(contact.attributes, attributes)  # type: ignore[arg-type]
     zone_was = None
     if timezone and timezone != contact.timezone:
         zone_was, contact.timezone = contact.timezone, timezone

@@ -25,7 +25,12 @@ from sqlmodel import Session
 
 from engine import batch_writer, recording
 from engine.attribute_changes import change_of
-from engine.contacts import normalize_email, validate_event_type, validate_properties
+from engine.contacts import (
+    merged_attributes,
+    normalize_email,
+    validate_event_type,
+    validate_properties,
+)
 from engine.event_input import NUL, refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
@@ -228,7 +233,7 @@ def _merged(
     changed = False
     before = change_of(attributes, item.attributes)
     if before is not None:
-        attributes, changed = {**attributes, **item.attributes}, True
+        attributes, changed = merged_attributes(attributes, item.attributes), True
         item.attributes_before = before
     if item.timezone and item.timezone != timezone:
         timezone, changed = item.timezone, True

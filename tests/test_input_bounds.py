@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from connectors.fakes import hubspot_webhook_event
@@ -226,6 +227,29 @@ def test_a_deeply_nested_but_parseable_property_is_stored_or_refused_never_500(
     payload["data"]["value"] = json.loads("[" * 200 + "]" * 200)
     response = hooks.generic("pipedrive", payload, secret=PIPEDRIVE_SECRET)
     assert response.status_code in (200, 422), response.text
+
+
+def test_a_contacts_attributes_cannot_grow_past_the_limit_request_by_request(api: Api) -> None:
+    # Each request is within 64 KiB; the stored attributes they merge into are held to it too
+    def put(key: str) -> httpx.Response:
+        return api.http.put(
+            "/v1/contacts/big@example.com",
+            json={"attributes": {key: "x" * 30_000}},
+            headers=api.auth(),
+        )
+
+    assert put("a").status_code in (200, 201)
+    assert put("b").status_code == 200
+    refused = put("c")
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["field"] == "attributes"
+    assert "would hold" in refused.json()["error"]["message"]
+    event = {"email": "big@example.com", "type": "page.viewed", "attributes": {"d": "y" * 30_000}}
+    refused = api.post_events([event])
+    assert refused.status_code == 422, refused.text
+    shown = api.get_contact("big@example.com").json()
+    assert sorted(shown["contact"]["attributes"]) == ["a", "b"]  # nothing of the refused
+    assert not [e for e in shown["timeline"] if "page.viewed" in e["summary"]]
 
 
 @pytest.fixture
