@@ -49,7 +49,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import insert, text
 
-from bench import baselines, loadgen
+from bench import baselines, loadgen, worker_logs
 from bench.common import Result, add_smoke_flag, print_results, write_json
 from bench.ingest import make_api_key
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
@@ -294,8 +294,8 @@ def journeyline(run: Run, sizes: dict[str, int]) -> dict[str, Any]:
             scheduler.close()
     finally:
         server.close()
-    if "Traceback" in log:
-        raise RuntimeError(f"the workers logged a traceback:\n{log[-3000:]}")
+    if failed := worker_logs.failures(log):
+        raise RuntimeError(f"the workers logged a traceback:\n{failed[0]}")
     return out
 
 
@@ -401,8 +401,8 @@ def hand_written(
             }
     finally:
         log = workers.close()
-    if "Traceback" in log:
-        raise RuntimeError(f"baseline workers logged a traceback:\n{log[-3000:]}")
+    if failed := worker_logs.failures(log):
+        raise RuntimeError(f"baseline workers logged a traceback:\n{failed[0]}")
     return out
 
 
