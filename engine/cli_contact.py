@@ -45,6 +45,14 @@ def contact(
     show_all: Annotated[
         bool, typer.Option("--all", help="Show the whole timeline, however long.")
     ] = False,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            help="Show the entries before this cursor: the one a page of the timeline ends "
+            "with (the API's next_before).",
+        ),
+    ] = None,
     unsubscribe: Annotated[
         bool,
         typer.Option(
@@ -61,7 +69,8 @@ def contact(
     broker_url: BrokerUrl = None,
 ) -> None:
     """Show a contact: stage, score, subscription and its timeline (the newest 200 entries
-    unless --limit or --all); or change its consent (--unsubscribe, --resubscribe)."""
+    unless --limit or --all; earlier pages with --before); or change its consent
+    (--unsubscribe, --resubscribe)."""
     from engine.db import make_engine
     from engine.timeline import contact_timeline, name_steps
 
@@ -73,7 +82,9 @@ def contact(
     db = make_engine(settings.database_url)
     try:
         with friendly_errors(settings), Session(db) as session:
-            timeline = contact_timeline(session, email, limit=None if show_all else limit)
+            timeline = contact_timeline(
+                session, email, limit=None if show_all else limit, before=before
+            )
             if timeline is not None and timeline.live:  # only then are the workflows needed
                 registry, unnamed = _registry_to_name_steps(settings)
                 if registry is not None:
@@ -114,8 +125,8 @@ def contact(
     if timeline.more:
         partial = "; the oldest instant shown goes on there" if timeline.partial_instant else ""
         console.print(
-            f"[dim]showing the last {len(timeline.entries)} of more entries; --limit or --all "
-            f"for more (earlier entries: use before={timeline.next_before}{partial})[/]",
+            f"[dim]showing {len(timeline.entries)} entries of more; the earlier ones: "
+            f"--before {timeline.next_before}, or --limit / --all{partial}[/]",
             highlight=False,
             soft_wrap=True,
         )

@@ -188,8 +188,8 @@ def test_the_cli_shows_the_last_200_and_says_there_are_more(
     shown = invoke("--database-url", env["url"], "contact", ANA)
     # Then the newest 200 entries, and a note on how to see more
     assert shown.exit_code == 0, shown.output
-    assert "showing the last 200 of more entries; --limit or --all for more" in shown.output
-    assert "earlier entries: use before=" in shown.output
+    assert "showing 200 entries of more; the earlier ones: --before " in shown.output
+    assert "or --limit / --all" in shown.output
 
     # When asked for fewer, or all, as JSON
     few = invoke("--database-url", env["url"], "contact", ANA, "--limit", "3", "--json")
@@ -201,7 +201,18 @@ def test_the_cli_shows_the_last_200_and_says_there_are_more(
     assert [as_json(e) for e in json.loads(every.stdout)["entries"]] == everything
     assert json.loads(every.stdout)["more"] is False
     all_text = invoke("--database-url", env["url"], "contact", ANA, "--all")
-    assert "of more entries" not in all_text.output
+    assert "entries of more" not in all_text.output
+
+    # When the page before the newest three is asked for with the cursor the first gave
+    cursor = json.loads(few.stdout)["next_before"]
+    older = invoke(
+        "--database-url", env["url"], "contact", ANA, "--limit", "3", "--before", cursor, "--json"
+    )
+    # Then the three before them
+    assert older.exit_code == 0, older.output
+    assert [as_json(e) for e in json.loads(older.stdout)["entries"]] == everything[-6:-3]
+    bad = invoke("--database-url", env["url"], "contact", ANA, "--before", "not-a-cursor")
+    assert bad.exit_code != 0 and "before" in bad.output
 
 
 def test_the_harness_still_shows_the_whole_timeline() -> None:
