@@ -43,10 +43,12 @@ def start_enrollment(
 ) -> Effects:
     """Enter ``contact`` into ``workflow`` if its entry rules allow, and run to the first wait."""
     previous = _latest_entry(session, contact.id, workflow.name)  # type: ignore[arg-type]
-    if previous is not None and _kept_out(workflow, previous, now):
+    kept_out = None if previous is None else _kept_out(workflow, previous, now)
+    if kept_out is not None:
+        assert previous is not None
         if refusals.listened():  # the reason is text: made only for someone to read
-            kind, why_not = _why_kept_out(workflow, previous)
-            refusals.refuse(session, contact.id, workflow.name, now, kind, why_not)  # type: ignore[arg-type]
+            why_not = _why_kept_out(kept_out, workflow, previous)
+            refusals.refuse(session, contact.id, workflow.name, now, kept_out, why_not)  # type: ignore[arg-type]
         return Effects()
     if not meets_entry_rules(session, workflow, contact, now):
         return Effects()
@@ -74,31 +76,31 @@ def start_enrollment(
     return advance(session, registry, contact, enrollment, now=now)
 
 
-def _kept_out(workflow: Workflow, previous: known_enrollments.Known, now: datetime) -> bool:
-    """Whether the contact's latest entry keeps them out of ``workflow`` now."""
+def _kept_out(
+    workflow: Workflow, previous: known_enrollments.Known, now: datetime
+) -> refusals.RefusalKind | None:
+    """What keeps the contact out of ``workflow`` now, given her latest entry: being in it
+    (a workflow holds a contact once at a time), or its re-entry policy; None if nothing."""
     if previous.status in LIVE:
-        return True  # already in it: a workflow holds a contact once at a time
+        return "in it"
     policy = workflow.reentry
     if policy.policy == "never":
-        return True
-    return (
-        policy.policy == "after"
-        and policy.after is not None
-        and now < previous.started_at + policy.after
-    )
+        return "re-entry"
+    if policy.policy == "after" and policy.after is not None:
+        return "re-entry" if now < previous.started_at + policy.after else None
+    return None
 
 
 def _why_kept_out(
-    workflow: Workflow, previous: known_enrollments.Known
-) -> tuple[refusals.RefusalKind, str]:
+    kind: refusals.RefusalKind, workflow: Workflow, previous: known_enrollments.Known
+) -> str:
     since = f"entry {previous.entry}, started {previous.started_at:%Y-%m-%d %H:%M} UTC"
-    if previous.status in LIVE:
-        return "in it", f"already in it ({since}, {previous.status})"
     after = workflow.reentry.after
-    if workflow.reentry.policy == "after" and after is not None:
-        why = f"re-entry only {describe_duration(after)} after the last entry ({since})"
-        return "re-entry", why
-    return "re-entry", f"re-entry is never allowed, and they entered before ({since})"
+    if kind == "in it":
+        return f"already in it ({since}, {previous.status})"
+    if after is not None and workflow.reentry.policy == "after":
+        return f"re-entry only {describe_duration(after)} after the last entry ({since})"
+    return f"re-entry is never allowed, and they entered before ({since})"
 
 
 def _met_at_entry(

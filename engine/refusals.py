@@ -2,9 +2,10 @@
 
 A refusal writes no row: an enrollment would count for the re-entry policy, and a row for
 every refused trigger would grow with each page view of a contact already in a workflow.
-The entry code logs it (``engine.executor``) and hands it to the listeners of this
-process. The test harness listens, so an expectation that fails names the entries a
-contact was refused and why ("entry rule not met: ..."), next to their timeline.
+The entry code hands it to the listeners of this process (and logs an entry rule's or
+consent's refusal, ``engine.executor``). The test harness listens, so an expectation that
+fails names the entries a contact was refused and why ("entry rule not met: ..."), next to
+their timeline.
 """
 
 from __future__ import annotations
