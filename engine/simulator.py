@@ -126,7 +126,7 @@ def shard_size(contacts: int, processes: int) -> int:
     four of 3,000, not 5,000, 5,000 and 2,000 that leave a process idle at the end). A
     run's result does not depend on it: every contact draws from streams of her own."""
     workers = max(1, processes)
-    shards = -(-contacts // SHARD_CONTACTS)
+    shards = max(1, -(-contacts // SHARD_CONTACTS))  # no contacts: one (empty) shard
     shards = -(-shards // workers) * workers
     return max(1, -(-contacts // shards))
 
@@ -166,10 +166,10 @@ def simulate(
     ``on_progress(done, total)`` counts shard-days. A profile naming a stage or event type
     the registry does not know raises ``ProfileError`` before anything runs.
     """
-    if shard_contacts is None:
-        shard_contacts = shard_size(contacts, processes)
-    if contacts < 1 or days < 1 or shard_contacts < 1:
+    if contacts < 1 or days < 1 or (shard_contacts is not None and shard_contacts < 1):
         raise ValueError("contacts, days and shard_contacts must be at least 1")
+    if shard_contacts is None:  # worked out from ``contacts``: checked first
+        shard_contacts = shard_size(contacts, processes)
     profile = profile or Profile()
     problems = profile.registry_problems(registry)
     if problems:

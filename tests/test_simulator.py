@@ -564,3 +564,11 @@ def test_a_run_on_two_processes_with_its_own_shards_is_the_run_on_one() -> None:
     two = simulate(registry, contacts=40, days=6, seed=9, processes=2)  # two of 20
     assert one.emails
     assert _what_happened(one) == _what_happened(two)
+
+
+@pytest.mark.parametrize("contacts", [0, -3])
+def test_a_run_of_no_contacts_is_refused_as_the_docstring_says(contacts: int) -> None:
+    # The default shard size is worked out from the number of contacts: a run of none must
+    # still be the ValueError simulate() documents, not a division by zero.
+    with pytest.raises(ValueError, match="contacts, days and shard_contacts must be at least 1"):
+        simulate(load_workflows("workflows"), contacts=contacts, days=1)
