@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
+
+import pytest
 
 from engine.single_flight import SingleFlight
 
@@ -56,3 +60,21 @@ def test_a_stale_answer_or_a_clock_set_back_is_asked_again() -> None:
     assert flight.get(5) == 2  # five seconds old: asked again
     now[0] = 90.0
     assert flight.get(5) == 3  # the clock went back
+
+
+def test_readiness_keeps_no_runtime_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.api import health
+
+    monkeypatch.setattr(health, "check_database", lambda db: "ok")
+    monkeypatch.setattr(health, "check_broker", lambda broker: "ok")
+
+    class FakeRuntime:
+        db = broker = None
+
+    runtime = FakeRuntime()
+    assert health._recent_checks(runtime) == {"database": "ok", "broker": "ok"}  # type: ignore[arg-type]
+    assert len(health._CHECKS) >= 1
+    gone = weakref.ref(runtime)
+    del runtime
+    gc.collect()
+    assert gone() is None  # its checks did not hold it

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from dramatiq import Broker
@@ -73,7 +75,10 @@ this, a flood of requests while the broker is slow would each open a broker conn
 a database connection (up to 3 s each), tying up the threads the track API shares."""
 
 
-_CHECKS: dict[int, SingleFlight[dict[str, str]]] = {}  # id(runtime) -> its checks
+# Each runtime's checks, for as long as the runtime lives (a test makes many runtimes).
+_CHECKS: weakref.WeakKeyDictionary[Runtime, SingleFlight[dict[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
 _GUARD = threading.Lock()
 
 
@@ -81,17 +86,18 @@ def _recent_checks(runtime: Runtime) -> dict[str, str]:
     """The parts' checks, at most ``READINESS_MAX_AGE_SECONDS`` old, made by one request
     at a time: requests meanwhile get the last answer (the first ones wait for it)."""
     with _GUARD:
-        checks = _CHECKS.get(id(runtime))
+        checks = _CHECKS.get(runtime)
         if checks is None:
-            checks = _CHECKS[id(runtime)] = SingleFlight(
-                lambda: {
-                    "database": check_database(runtime.db),
-                    "broker": check_broker(runtime.broker),
-                }
-            )
+            checks = _CHECKS[runtime] = SingleFlight(partial(_check_parts, weakref.ref(runtime)))
     answer = checks.get(READINESS_MAX_AGE_SECONDS)
     assert answer is not None  # the first callers wait for the first answer
     return answer
+
+
+def _check_parts(runtime_ref: weakref.ref[Runtime]) -> dict[str, str]:
+    runtime = runtime_ref()
+    assert runtime is not None  # only asked while a request holds it
+    return {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
 
 
 def check_database(db: Engine) -> str:
