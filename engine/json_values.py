@@ -29,7 +29,8 @@ def mapped(
     value: Any, text: Callable[[str], str], number: Callable[[float], Any] | None = None
 ) -> Any:
     """A copy of ``value`` with ``text`` applied to every string and every key that is one,
-    and ``number`` to every float (when given); anything else kept as it is."""
+    and ``number`` to every float (when given); a tuple comes back a list (as JSON holds
+    it); anything else kept as it is."""
     root: list[Any] = [None]
     stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
     while stack:
@@ -45,7 +46,7 @@ def mapped(
                 clean = text(key) if isinstance(key, str) else key
                 copy[clean] = None
                 stack.append((copy, clean, child))
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             listed: list[Any] = list(item)
             parent[slot] = listed
             stack.extend((listed, index, child) for index, child in enumerate(item))

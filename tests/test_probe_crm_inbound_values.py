@@ -140,3 +140,9 @@ def test_the_contacts_api_refuses_surrogates_and_nan_in_attributes(api: Api) -> 
     problems = response.json()["error"]["problems"]
     assert [p["field"] for p in problems] == ["attributes.ltv", "attributes.nick"]
     assert api.get_contact("ana@example.com").status_code == 404
+
+
+def test_mending_walks_tuples_as_lists() -> None:
+    from engine.inbound_values import without_unstorable
+
+    assert without_unstorable({"a": ("\ud800", float("nan"))}) == {"a": ["\ufffd", None]}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from engine import (
     Workflow,
@@ -19,7 +20,7 @@ from engine import (
     send_email,
     wait,
 )
-from engine.refusals import Refusal, listened, listening
+from engine.refusals import Refusal, listened, listening, refuse
 from engine.registry import Registry
 from engine.testing import JourneyAssertionError, Simulation
 from tests.language_support import running
@@ -160,3 +161,17 @@ def test_a_simulation_hears_only_its_own_refusals() -> None:
         assert "refused" in first.explain("bo@example.com")
         assert "refused" not in second.explain("bo@example.com")
     assert not listened()
+
+
+def test_the_harness_shows_a_refusal_told_twice_once() -> None:
+    # A job rolled back and done again one contact at a time refuses the same entry again,
+    # at the same instant: the timeline shows it once.
+    with Simulation(_registry(NOT_BUYERS)) as sim:
+        sim.track("eve@example.com", "order.completed")
+        contact_id = sim.contact("eve@example.com").id
+        assert contact_id is not None
+        with Session(sim.runtime.db) as session:
+            for _ in range(2):
+                refuse(session, contact_id, "not_buyers", sim.now(), "entry rule", "rule r")
+        text = sim.explain("eve@example.com")
+    assert text.count("refused    not_buyers: rule r") == 1

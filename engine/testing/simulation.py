@@ -57,6 +57,7 @@ DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # a Monday
 
 # Row ids in timeline summaries ("goal reached: demo.requested (event 3)") depend on what
 # else the test did first; a golden journey keeps the kind of row, not its number.
+_STEP_ID = re.compile(r"[A-Za-z0-9_\-]+")  # how a step id reads (a subject reads otherwise)
 _ROW_ID = re.compile(r"\((event|action|contact|enrollment) #?\d+\)")
 
 
@@ -119,6 +120,7 @@ class Simulation:
         # Entries the pipeline refused (a re-entry policy, an entry rule, consent): they
         # write no row, so the harness hears them and prints them with the timeline.
         self._refused: list[Refusal] = []
+        self._heard: set[Refusal] = set()
         self._listening = ExitStack()
         self._listening.enter_context(listening(self._hear))
 
@@ -292,7 +294,10 @@ class Simulation:
 
     def _hear(self, db: Engine, refusal: Refusal) -> None:
         # "Already in it" is every trigger of a contact in the workflow: noise in a timeline.
-        if db is self.runtime.db and refusal.kind != "in it":
+        # A transaction rolled back and done again (one event of a batch failed) refuses the
+        # same entry twice, at the same instant: it is one refusal.
+        if db is self.runtime.db and refusal.kind != "in it" and refusal not in self._heard:
+            self._heard.add(refusal)
             self._refused.append(refusal)
 
     # --- expecting ----------------------------------------------------------------------
@@ -307,9 +312,12 @@ class Simulation:
         )
 
     def _unknown_step(self, step: str) -> str | None:
-        """Why ``step`` names no email at all (no workflow has that email step, no email
-        with that subject went out), or None when it names one."""
-        if step in self._steps or any(m.subject == step for m in self.email.sent):
+        """Why ``step``, written as a step id, names no email step of any workflow, or None
+        when it does, or when it reads as a subject (anything but a bare identifier: "Your
+        trial ends soon" may rightly have gone to nobody yet)."""
+        if step in self._steps or not _STEP_ID.fullmatch(step):
+            return None
+        if any(m.subject == step for m in self.email.sent):
             return None
         return (
             f"no workflow has an email step {step!r} and no email with that subject went "
