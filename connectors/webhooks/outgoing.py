@@ -14,7 +14,10 @@ small success read to its end keeps the connection for the next call), for at mo
 timeout in all (a per-read timeout alone lets an answer dripped a byte at a time hold a
 worker thread for hours). Errors, which are logged and stored on the action, name
 the receiver by its origin only (``engine.urls.url_origin``): a webhook URL often carries
-its credential, in a password, a query or the path.
+its credential, in a password, a query or the path. The start of an error answer they quote
+has the URL's parts after the host cut out too (``_without_url_secrets``): receivers echo
+the request's path (Express's default 404 page, ``Cannot POST /hooks/<secret>``) or a token
+they refused.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -73,6 +77,10 @@ class WebhookSender:
             ),
         }
         where = url_origin(url)
+
+        def said(text: object) -> str:  # what the receiver or the client said, URL cut out
+            return _without_url_secrets(str(text), url)
+
         deadline = self.clock() + self.timeout_s
         try:
             with self.client.stream("POST", url, content=raw, headers=headers) as response:
@@ -82,27 +90,62 @@ class WebhookSender:
                 detail = _start_of(response, deadline=deadline, clock=self.clock)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise PermanentConnectorError(
-                f"webhook {where}: no request can be made to this URL: {exc}"
+                f"webhook {where}: no request can be made to this URL: {said(exc)}"
             ) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientConnectorError(f"webhook {where}: could not connect: {exc}") from exc
+            raise TransientConnectorError(
+                f"webhook {where}: could not connect: {said(exc)}"
+            ) from exc
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
             raise DeliveryUnknownError(
                 f"webhook {where}: no answer after sending ({type(exc).__name__})"
             ) from exc
         except httpx.HTTPError as exc:
-            raise TransientConnectorError(f"webhook {where}: {exc}") from exc
+            raise TransientConnectorError(f"webhook {where}: {said(exc)}") from exc
         if status < 300:
             return f"{status}"  # the status decides; the body is not looked at
         if status == 429 or status >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise TransientConnectorError(
-                f"webhook {where} answered {status}: {detail}", retry_after=retry_after
+                f"webhook {where} answered {status}: {said(detail)}", retry_after=retry_after
             )
-        raise PermanentConnectorError(f"webhook {where} answered {status}: {detail}")
+        raise PermanentConnectorError(f"webhook {where} answered {status}: {said(detail)}")
 
     def close(self) -> None:
         self._clients.close()
+
+
+REDACTED = "…"
+"""What stands in an error's quote for a part of the URL that may be its credential."""
+_MIN_SEGMENT_CHARS = 6
+"""Path segments and query values shorter than this are too common to be a secret (``v1``,
+``ops``) and are left in the quote."""
+
+
+def _without_url_secrets(text: str, url: str) -> str:
+    """``text`` with every part of ``url`` after its host (the whole URL, its path, query,
+    path segments and query values, its user's password) replaced by ``REDACTED``, as sent
+    and percent-decoded: a receiver's error answer may echo them."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return text if url not in text else text.replace(url, REDACTED)
+    secrets = {url, parts.query, parts.fragment, password or ""}
+    if parts.path not in ("", "/"):
+        secrets.add(parts.path)
+        secrets.update(s for s in parts.path.split("/") if len(s) >= _MIN_SEGMENT_CHARS)
+    if parts.query:
+        secrets.add(f"{parts.path}?{parts.query}")
+        secrets.update(
+            value
+            for _, value in parse_qsl(parts.query, keep_blank_values=True)
+            if len(value) >= _MIN_SEGMENT_CHARS
+        )
+    secrets |= {unquote(s) for s in secrets}
+    for secret in sorted((s for s in secrets if len(s) > 1), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def _start_of(response: httpx.Response, *, deadline: float, clock: Callable[[], float]) -> str:

@@ -2,7 +2,12 @@
 
 Readiness asks the database for its Alembic revision (one query, which also proves it
 answers) and the broker for a cheap round trip (Redis ``PING``, a RabbitMQ connection), each
-on a connection with a timeout; the in-process stub broker is always ready. A failing part
+waited for ``DATABASE_TIMEOUT_SECONDS`` / ``BROKER_TIMEOUT_SECONDS`` at most; the in-process
+stub broker is always ready. The database's drivers have no timeout of their own for an
+answer that never comes (a paused network, a server stuck on a lock), so its query runs in a
+thread of its own, one at a time per database (``OneAtATime``): a check that outlives its
+timeout fails with ``TimeoutError``, and the next checks wait for that same query rather
+than start more beside it. A failing part
 answers 503 naming it: a database whose schema is older than the code (or never migrated)
 says so and to run ``journeyline db upgrade``; other failures name only the error's type,
 their details go to the log, not to the unauthenticated caller. One answer serves the
@@ -29,6 +34,7 @@ from engine.api.deps import RuntimeDep
 from engine.broker import BROKER_TIMEOUT_SECONDS, ping_broker
 from engine.db_errors import schema_behind
 from engine.errors import ConfigurationError
+from engine.one_at_a_time import OneAtATime
 from engine.single_flight import SingleFlight
 
 if TYPE_CHECKING:
@@ -37,6 +43,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
+
+DATABASE_TIMEOUT_SECONDS = 3.0
+"""How long a readiness check or a scrape waits for the database to answer."""
+
+
+# One database probe at a time per engine, for as long as the engine lives.
+_DATABASE_PROBES: weakref.WeakKeyDictionary[Engine, OneAtATime[list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _revisions(db: Engine) -> list[str]:
+    with db.connect() as connection:
+        return list(connection.execute(migrations.REVISION_QUERY).scalars())
 
 
 class Health(BaseModel):
@@ -100,11 +120,18 @@ def _check_parts(runtime_ref: weakref.ref[Runtime]) -> dict[str, str]:
     return {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
 
 
-def check_database(db: Engine) -> str:
-    """'ok' when the database answers at the schema this code needs; else what is wrong."""
+def check_database(db: Engine, *, timeout_seconds: float = DATABASE_TIMEOUT_SECONDS) -> str:
+    """'ok' when the database answers at the schema this code needs, within
+    ``timeout_seconds``; else what is wrong."""
+    with _GUARD:
+        probe = _DATABASE_PROBES.get(db)
+        if probe is None:
+            probe = _DATABASE_PROBES[db] = OneAtATime("journeyline-readiness-database")
     try:
-        with db.connect() as connection:
-            found = list(connection.execute(migrations.REVISION_QUERY).scalars())
+        found = probe.run(partial(_revisions, db), timeout_seconds=timeout_seconds)
+    except TimeoutError:
+        log.warning("readiness: the database did not answer within %g s", timeout_seconds)
+        return "failed: TimeoutError"
     except Exception as exc:
         if schema_behind(exc):  # no alembic_version table
             return "the database was never migrated: run journeyline db upgrade"

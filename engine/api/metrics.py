@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any
 
 from dramatiq import Broker
 from fastapi import APIRouter, Request
@@ -33,10 +35,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from starlette.types import ASGIApp
 
+from engine.api.health import DATABASE_TIMEOUT_SECONDS
 from engine.api.observed import ObservedRequests
 from engine.broker import BROKER_TIMEOUT_SECONDS, probe_broker, queues_of
 from engine.clock import Clock, SystemClock
 from engine.models import Action, ActionStatus, Contact, Event, EventStatus
+from engine.one_at_a_time import OneAtATime
 from engine.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -55,13 +59,70 @@ _DUE_ACTIONS = select(func.count(), func.min(col(Action.next_attempt_at))).where
 
 
 class DatabaseCollector(Collector):
-    """Counts rows by status or stage when scraped, and measures the backlog."""
+    """Counts rows by status or stage when scraped, and measures the backlog. The counting
+    is waited for ``timeout_seconds`` at most, one at a time (``OneAtATime``): a database
+    that never answers is reported down within the timeout, and later scrapes wait for the
+    same queries rather than pile up threads and connections. Registering it asks nothing."""
 
-    def __init__(self, db: Engine, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        *,
+        clock: Clock | None = None,
+        timeout_seconds: float = DATABASE_TIMEOUT_SECONDS,
+    ) -> None:
         self.db = db
         self.clock = clock or SystemClock()
+        self.timeout_seconds = timeout_seconds
+        self._counting: OneAtATime[_Counts] = OneAtATime("journeyline-metrics-database")
+
+    def describe(self) -> Iterator[Metric]:
+        """The families, without asking the database (the registry asks at registration,
+        when ``journeyline serve`` starts: a database that does not answer must not stop
+        it from starting)."""
+        yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
+        up, events, actions, contacts, oldest_event, due, oldest_due = self._families()
+        now = self.clock.now()
+        try:
+            counts = self._counting.run(
+                partial(self._count, now), timeout_seconds=self.timeout_seconds
+            )
+        except TimeoutError:
+            log.warning(
+                "metrics: counting rows failed: the database did not answer within %g s",
+                self.timeout_seconds,
+            )
+            up.add_metric([], 0)
+            yield up
+            return
+        except Exception as exc:
+            log.warning("metrics: counting rows failed: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        for family, counted in zip((events, actions, contacts), counts.by_label, strict=True):
+            for label, count in counted:
+                family.add_metric([str(label)], count)
+        up.add_metric([], 1)
+        oldest_event.add_metric([], _age_seconds(counts.oldest_pending, now))
+        due.add_metric([], counts.due)
+        oldest_due.add_metric([], _age_seconds(counts.first_due, now))
+        yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
+
+    def _count(self, now: datetime) -> _Counts:
+        with Session(self.db) as session:
+            by_label = tuple(
+                list(session.exec(select(column, func.count()).group_by(column)).all())
+                for column in (Event.status, Action.status, Contact.stage)
+            )
+            received = session.exec(_OLDEST_PENDING_EVENT).one()
+            count, first_due = session.exec(_DUE_ACTIONS, params={"now": now}).one()
+        return _Counts(by_label, received, count, first_due)
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, ...]:
         up = GaugeMetricFamily(
             "journeyline_database_up", "1 if the database answered this scrape's counts."
         )
@@ -87,29 +148,17 @@ class DatabaseCollector(Collector):
             "journeyline_oldest_due_action_age_seconds",
             "Seconds since the earliest of the due actions fell due (0 if none).",
         )
-        now = self.clock.now()
-        try:
-            with Session(self.db) as session:
-                for family, column in (
-                    (events, Event.status),
-                    (actions, Action.status),
-                    (contacts, Contact.stage),
-                ):
-                    counted = session.exec(select(column, func.count()).group_by(column)).all()
-                    for label, count in counted:
-                        family.add_metric([str(label)], count)
-                received = session.exec(_OLDEST_PENDING_EVENT).one()
-                count, first_due = session.exec(_DUE_ACTIONS, params={"now": now}).one()
-        except Exception as exc:
-            log.warning("metrics: counting rows failed: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        oldest_event.add_metric([], _age_seconds(received, now))
-        due.add_metric([], count)
-        oldest_due.add_metric([], _age_seconds(first_due, now))
-        yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
+        return up, events, actions, contacts, oldest_event, due, oldest_due
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """What one scrape's queries found."""
+
+    by_label: tuple[list[Any], ...]  # (label, count) rows: events, actions, contacts
+    oldest_pending: datetime | None
+    due: int
+    first_due: datetime | None
 
 
 BROKER_PROBE_MAX_AGE_SECONDS = 10.0
