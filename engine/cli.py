@@ -266,6 +266,8 @@ def worker(
             "the worker needs a shared broker (redis:// or amqp://); with stub:// every "
             "journeyline command processes its own jobs in-process"
         )
+    with friendly_errors(settings):
+        _check_workers_can_start(settings)
     # The worker processes build their settings from the environment.
     os.environ["JOURNEYLINE_DATABASE_URL"] = settings.database_url
     os.environ["JOURNEYLINE_BROKER_URL"] = settings.broker_url
@@ -276,6 +278,22 @@ def worker(
     argv += ["--processes", str(processes), "--threads", str(threads)]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
+
+
+def _check_workers_can_start(settings: Settings) -> None:
+    """Load the workflows and build the connectors once, as every worker process will: a
+    broken workflows module or a connector factory that raises is one line here, before
+    the processes start, not a line per process beside Dramatiq's "exited unexpectedly"."""
+    from engine.performer_setup import configured_performers
+    from engine.registry import load_registry
+    from engine.runtime import email_connector_for
+
+    registry = load_registry(settings.workflows, templates_dir=settings.templates_dir)
+    email_connector_for(settings).close()
+    setup = configured_performers(settings, registry)
+    for connector in (setup.crm, setup.webhooks):
+        if connector is not None:
+            connector.close()
 
 
 @db_app.command("upgrade")

@@ -108,7 +108,7 @@ class Runtime:
         self.registry = registry or load_registry(
             self.settings.workflows, templates_dir=self.settings.templates_dir
         )
-        self.email = email or _email_connector(self.settings)
+        self.email = email or email_connector_for(self.settings)
         # Signed one-click unsubscribe links in marketing email, when configured.
         self.unsubscribe_links = unsubscribe_links(self.settings)
         self.db = db or make_engine(self.settings.database_url)
@@ -446,7 +446,7 @@ class Runtime:
         self.close()
 
 
-def _email_connector(settings: Settings) -> EmailConnector:
+def email_connector_for(settings: Settings) -> EmailConnector:
     """The email connector ``JOURNEYLINE_EMAIL_CONNECTOR`` names: a built-in, or a factory of
     the user's own (``module:factory``, engine/connector_plugins.py)."""
     if is_plugin(settings.email_connector):

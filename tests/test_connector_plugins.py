@@ -171,3 +171,32 @@ def test_the_cli_loads_the_connector_from_the_environment(
     assert broken.returncode != 0
     assert "PIPEDRIVE_TOKEN is not set" in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_a_worker_whose_connector_cannot_be_built_says_so_once_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from engine import cli
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: started.append(argv))
+    # the command exports these for the worker processes: restored after the test
+    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL", "dramatiq_worker_timeout"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOURNEYLINE_CRM_CONNECTOR", "tests.plugin_connectors:needs_a_token")
+    cli._register_subcommands()
+    url = f"sqlite:///{tmp_path}/w.db"
+    result = CliRunner().invoke(
+        cli.app, ["worker", "--database-url", url, "--broker-url", "redis://127.0.0.1:6379/8"]
+    )
+    assert result.exit_code == 2
+    assert "PIPEDRIVE_TOKEN is not set" in result.output
+    assert started == []  # no worker process was started to fail on its own
+    monkeypatch.setenv("JOURNEYLINE_CRM_CONNECTOR", "tests.plugin_connectors:crm")
+    result = CliRunner().invoke(
+        cli.app, ["worker", "--database-url", url, "--broker-url", "redis://127.0.0.1:6379/8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert started and started[0][1:4] == ["-m", "dramatiq", "engine.worker"]
