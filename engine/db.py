@@ -89,6 +89,10 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
     return ensure_utc(datetime.fromisoformat(value))
 
 
+CONNECT_TIMEOUT_SECONDS = 10
+"""How long a new PostgreSQL connection may take before it fails (libpq's connect_timeout)."""
+
+
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings Journeyline relies on.
 
@@ -113,6 +117,13 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    if url.startswith("postgresql") and "connect_timeout=" not in url:
+        # libpq waits for a connection as long as the network lets it: a database host
+        # that drops packets held a worker's, a scheduler's or a request's thread for
+        # minutes. A URL's own connect_timeout wins.
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+        kwargs["connect_args"] = connect_args
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
