@@ -182,12 +182,14 @@ def test_a_worker_whose_connector_cannot_be_built_says_so_once_and_starts_nothin
 
     started: list[list[str]] = []
     monkeypatch.setattr(cli.os, "execv", lambda path, argv: started.append(argv))
-    # the command exports these for the worker processes: restored after the test
-    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL", "dramatiq_worker_timeout"):
-        monkeypatch.delenv(name, raising=False)
+    # The command exports these for the worker processes: set here first, so that the test
+    # puts back what was there (delenv of an unset variable would record nothing to undo).
+    url = f"sqlite:///{tmp_path}/w.db"
+    monkeypatch.setenv("JOURNEYLINE_DATABASE_URL", url)
+    monkeypatch.setenv("JOURNEYLINE_BROKER_URL", "redis://127.0.0.1:6379/8")
+    monkeypatch.setenv("dramatiq_worker_timeout", "1000")
     monkeypatch.setenv("JOURNEYLINE_CRM_CONNECTOR", "tests.plugin_connectors:needs_a_token")
     cli._register_subcommands()
-    url = f"sqlite:///{tmp_path}/w.db"
     result = CliRunner().invoke(
         cli.app, ["worker", "--database-url", url, "--broker-url", "redis://127.0.0.1:6379/8"]
     )
