@@ -31,27 +31,24 @@ def is_plugin(name: str) -> bool:
 
 def plugin_email_connector(settings: Settings) -> EmailConnector:
     """The ``EmailConnector`` that ``JOURNEYLINE_EMAIL_CONNECTOR``'s factory returns."""
-    spec, setting = settings.email_connector, "JOURNEYLINE_EMAIL_CONNECTOR"
-    connector = _made(spec, setting, settings)
-    if not isinstance(connector, EmailConnector):
-        raise _not_a(spec, setting, connector, "EmailConnector")
-    return connector
+    setting = "JOURNEYLINE_EMAIL_CONNECTOR"
+    return _plugin(settings.email_connector, setting, settings, EmailConnector)
 
 
 def plugin_crm_connector(settings: Settings) -> CRMConnector:
     """The ``CRMConnector`` that ``JOURNEYLINE_CRM_CONNECTOR``'s factory returns."""
-    spec, setting = settings.crm_connector, "JOURNEYLINE_CRM_CONNECTOR"
+    return _plugin(settings.crm_connector, "JOURNEYLINE_CRM_CONNECTOR", settings, CRMConnector)
+
+
+def _plugin(spec: str, setting: str, settings: Settings, kind: type[object]) -> Any:
+    """What the factory ``spec`` returns, refused unless it is a ``kind``."""
     connector = _made(spec, setting, settings)
-    if not isinstance(connector, CRMConnector):
-        raise _not_a(spec, setting, connector, "CRMConnector")
+    if not isinstance(connector, kind):
+        raise ConfigurationError(
+            f"{setting}={spec!r}: {spec.partition(':')[2]}(settings) returned a "
+            f"{type(connector).__name__}, not a {kind.__name__}"
+        )
     return connector
-
-
-def _not_a(spec: str, setting: str, connector: object, wanted: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{setting}={spec!r}: {spec.partition(':')[2]}(settings) returned a "
-        f"{type(connector).__name__}, not a {wanted}"
-    )
 
 
 def _made(spec: str, setting: str, settings: Settings) -> object:

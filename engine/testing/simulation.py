@@ -119,8 +119,7 @@ class Simulation:
         self.runtime.start()
         # Entries the pipeline refused (a re-entry policy, an entry rule, consent): they
         # write no row, so the harness hears them and prints them with the timeline.
-        self._refused: list[Refusal] = []
-        self._heard: set[Refusal] = set()
+        self._refused: dict[Refusal, None] = {}  # in the order heard, each once
         self._listening = ExitStack()
         self._listening.enter_context(listening(self._hear))
 
@@ -296,9 +295,8 @@ class Simulation:
         # "Already in it" is every trigger of a contact in the workflow: noise in a timeline.
         # A transaction rolled back and done again (one event of a batch failed) refuses the
         # same entry twice, at the same instant: it is one refusal.
-        if db is self.runtime.db and refusal.kind != "in it" and refusal not in self._heard:
-            self._heard.add(refusal)
-            self._refused.append(refusal)
+        if db is self.runtime.db and refusal.kind != "in it":
+            self._refused.setdefault(refusal)
 
     # --- expecting ----------------------------------------------------------------------
 
