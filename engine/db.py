@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Table, any_, bindparam, event, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
@@ -92,6 +92,20 @@ def _sqlite_datetime(value: str | None) -> datetime | None:
 CONNECT_TIMEOUT_SECONDS = 10
 """How long a new PostgreSQL connection may take before it fails (libpq's connect_timeout)."""
 
+DEAD_PEER_SETTINGS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+"""libpq's TCP settings for a database host that vanishes while a connection is open (it
+crashed, or the network between was cut): a query waiting on it fails after about a
+minute instead of the kernel's defaults (two hours of silence before the first keepalive;
+some fifteen minutes of retransmissions for a request nobody acknowledged). A query the
+server is busy with is not cut short: its host still acknowledges and answers keepalives.
+A URL's own value of any of them wins."""
+
 
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     """Create an engine for ``url`` with the settings Journeyline relies on.
@@ -117,17 +131,30 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    if url.startswith("postgresql") and "connect_timeout=" not in url:
+    if url.startswith("postgresql"):
         # libpq waits for a connection as long as the network lets it: a database host
         # that drops packets held a worker's, a scheduler's or a request's thread for
-        # minutes. A URL's own connect_timeout wins.
+        # minutes. A URL's own settings win.
         connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+        in_url = _query_names(url)
+        wanted = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **DEAD_PEER_SETTINGS}
+        for name, value in wanted.items():
+            if name not in in_url:
+                connect_args.setdefault(name, value)
         kwargs["connect_args"] = connect_args
     try:
         return create_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         raise ConfigurationError(_not_a_database_url(url, exc)) from exc
+
+
+def _query_names(url: str) -> set[str]:
+    """The names in a URL's query string (none if it does not parse: creating the engine
+    then says why)."""
+    try:
+        return set(make_url(url).query)
+    except ArgumentError:
+        return set()
 
 
 def _not_a_database_url(url: str, exc: Exception) -> str:

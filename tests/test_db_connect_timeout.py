@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from engine.db import CONNECT_TIMEOUT_SECONDS, make_engine
+from engine.db import CONNECT_TIMEOUT_SECONDS, DEAD_PEER_SETTINGS, make_engine
 
 
 @pytest.fixture
@@ -66,3 +67,55 @@ def test_without_one_in_the_url_the_default_timeout_goes_to_the_driver(
     with pytest.raises(OperationalError, match="timeout"), engine.connect():
         pass
     assert seen.get("connect_timeout") == CONNECT_TIMEOUT_SECONDS
+
+
+def _settings_given_to_the_driver(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    import psycopg
+
+    def connect(*args: object, **kwargs: object) -> object:
+        seen.update(kwargs)
+        raise psycopg.OperationalError("not connecting in this test")
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    with pytest.raises(OperationalError), make_engine(url).connect():
+        pass
+    return seen
+
+
+def test_a_vanished_host_is_noticed_by_tcp_keepalives_and_a_user_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = _settings_given_to_the_driver("postgresql+psycopg://u@127.0.0.1:1/x", monkeypatch)
+    for name, value in DEAD_PEER_SETTINGS.items():
+        assert seen.get(name) == value, name
+    assert seen["keepalives_idle"] < 7200  # the kernel's default: two hours of silence
+
+
+def test_the_urls_own_tcp_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql+psycopg://u@127.0.0.1:1/x?keepalives_idle=5&tcp_user_timeout=0"
+    seen = _settings_given_to_the_driver(url, monkeypatch)
+    assert seen["keepalives_idle"] == "5"
+    assert seen["tcp_user_timeout"] == "0"
+    assert seen["keepalives_count"] == DEAD_PEER_SETTINGS["keepalives_count"]
+
+
+def test_a_real_connection_has_them_on_its_socket(postgres_url: str) -> None:
+    """libpq took every one (a misspelt name fails the connection) and set them on the
+    socket the connection uses."""
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("select 1")).scalar() == 1
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            fd = socket.socket(fileno=os.dup(driver.pgconn.socket))
+            try:
+                assert fd.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert fd.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+                assert fd.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+                assert fd.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+            finally:
+                fd.close()
+    finally:
+        engine.dispose()
