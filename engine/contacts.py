@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from engine.attribute_changes import change_of, with_zone_change
 from engine.db import insert_new
+from engine.erasure import first_consent
 from engine.errors import ValidationError
 from engine.event_input import nul_problems
 from engine.executor import exit_unsubscribed
@@ -187,7 +188,8 @@ def find_or_create_contact(
     found = select(Contact).where(Contact.email == email).with_for_update()
     contact = session.exec(found).first()
     if contact is None:
-        candidate = _new_contact(email, journey, now, timezone, attributes, stage)
+        consent = first_consent(session, email)
+        candidate = _new_contact(email, journey, now, timezone, attributes, stage, consent)
         try:
             with session.begin_nested():
                 session.add(candidate)
@@ -217,7 +219,9 @@ def find_or_insert_contact_id(
     wait for the pipeline unless it changes the contact)."""
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
-        row = _new_contact(email, journey, now, timezone, attributes).model_dump(exclude={"id"})
+        consent = first_consent(session, email)
+        new = _new_contact(email, journey, now, timezone, attributes, consent=consent)
+        row = new.model_dump(exclude={"id"})
         table: Any = Contact.__table__  # type: ignore[attr-defined]
         new_id = insert_new(session, table, row, unique=("email",))
         if new_id is not None:
@@ -239,9 +243,11 @@ def _new_contact(
     timezone: str | None,
     attributes: Mapping[str, Any] | None,
     stage: str | None = None,
+    consent: SubscriptionStatus = SubscriptionStatus.SUBSCRIBED,
 ) -> Contact:
     return Contact(
         email=email,
+        subscription_status=consent,
         timezone=timezone or "UTC",
         attributes=dict(attributes or {}),
         stage=stage or journey.initial,

@@ -11,6 +11,8 @@ already checked by the HTTP layer), and per event:
   duplicates are dropped by key, and a late, older stage finds no forward path and changes
   nothing, so newer state is never undone;
 - ``contact.deletion`` / ``contact.privacyDeletion`` erase the contact and everything about it;
+  a privacy deletion (her GDPR request) also keeps her address's digest, so the address
+  coming back starts unsubscribed (``engine/erasure.py``); a plain deletion is a tidy-up;
 - ``contact.creation`` carries no email, so it waits for the ``email`` property change.
 
 An ``occurredAt`` that is not a plausible time (before 2000, more than a day ahead of our
@@ -32,6 +34,7 @@ from sqlmodel import Session, col, select
 from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
+from engine.erasure import erase_contact
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.inbound import InboundResult
@@ -128,7 +131,11 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
                 "HubSpot %s for object %s we have not linked (no email seen yet)", kind, object_id
             )
             return
-        if kind in ("contact.deletion", "contact.privacyDeletion"):
+        if kind == "contact.privacyDeletion":  # her request: remembered as not to write to
+            erase_contact(session, contact, now=now)
+            result.recorded += 1
+            return
+        if kind == "contact.deletion":  # a tidy-up in the CRM, not a request of hers
             session.delete(contact)
             result.recorded += 1
             return

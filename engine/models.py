@@ -337,6 +337,18 @@ class Suppression(ColumnsSetFast, SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class ErasedAddress(SQLModel, table=True):
+    """An address whose contact was erased, kept only as a digest (``engine/erasure.py``):
+    when it comes back (an event, an import, a CRM sync), the new contact starts
+    unsubscribed, as the person asked to be forgotten, not written to again."""
+
+    __tablename__ = "erased_addresses"
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(max_length=64, unique=True)
+    erased_at: datetime = Field(sa_type=UTCDateTime)
+
+
 metadata = SQLModel.metadata
 
 

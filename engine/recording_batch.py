@@ -31,6 +31,7 @@ from engine.contacts import (
     validate_event_type,
     validate_properties,
 )
+from engine.erasure import erased_among
 from engine.event_input import NUL, refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
@@ -212,6 +213,8 @@ def _contacts_for(
             "stage_entered_at": now,
             "created_at": now,
         }
+        for email in erased_among(session, new_rows):  # they asked to be forgotten
+            new_rows[email]["subscription_status"] = SubscriptionStatus.UNSUBSCRIBED.value
         inserted = writer.insert_contacts(session, list(new_rows.values()), common)
         ids.update(inserted)
         created = set(inserted.values())

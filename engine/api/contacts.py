@@ -11,7 +11,9 @@ joined, condition goals and exits) react to it as to a tracked event.
 
 Erasure deletes the contact row; its events, stage transitions, enrollments and actions go
 with it (foreign keys ``ON DELETE CASCADE``; SQLite connections turn ``foreign_keys`` on in
-``engine.db``). Nothing identifying is written or logged about the erased contact.
+``engine.db``). Nothing identifying is written or logged about the erased contact; only a
+digest of the address is kept, so that if it comes back the new contact starts
+unsubscribed (``engine/erasure.py``).
 Suppression rows (bounces, complaints) are kept: they exist so that an address is never
 mailed again.
 """
@@ -38,6 +40,7 @@ from engine.api.errors import (
 )
 from engine.contacts import normalize_email
 from engine.db import transaction
+from engine.erasure import erase_contact
 from engine.inbound_values import value_problems
 from engine.models import Contact, SubscriptionStatus
 from engine.timeline import Timeline, contact_timeline
@@ -286,6 +289,6 @@ def delete_contact(runtime: RuntimeDep, email: EmailPath) -> Response:
         if contact is None:
             raise _not_found(email)
         contact_id = contact.id
-        session.delete(contact)
+        erase_contact(session, contact, now=runtime.clock.now())
     log.info("erased contact %s on request", contact_id)
     return Response(status_code=204)
