@@ -48,7 +48,17 @@ def normalize_email(value: str) -> str:
         result = validate_email(address, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValidationError(f"email {value!r} is not valid: {exc}", field="email") from exc
+    local_bytes = len(result.local_part.encode())
+    if local_bytes > MAX_LOCAL_PART:  # mail servers need not take it (RFC 5321 4.5.3.1.1)
+        raise ValidationError(
+            f"email {value!r} is not valid: the part before the @ is {local_bytes} bytes long "
+            f"(at most {MAX_LOCAL_PART})",
+            field="email",
+        )
     return result.normalized.lower()
+
+
+MAX_LOCAL_PART = 64
 
 
 # Most addresses are plain ASCII: letters, digits and ``._+-`` before the @, host names

@@ -114,3 +114,13 @@ def test_anything_else_is_still_judged_by_validate_email() -> None:
         normalize_email("a..b@example.com")
     with pytest.raises(ValidationError, match="is not valid"):
         normalize_email("a@printer.local")
+
+
+def test_a_local_part_longer_than_64_bytes_is_refused_saying_so() -> None:
+    """``validate_email`` takes it, mail servers need not (RFC 5321): one such address in a
+    provider's batch request could fail the request for everyone in it."""
+    assert normalize_email("l" * 64 + "@example.com") == "l" * 64 + "@example.com"
+    with pytest.raises(ValidationError, match="65 bytes long"):
+        normalize_email("l" * 65 + "@example.com")
+    with pytest.raises(ValidationError, match="66 bytes long"):
+        normalize_email("ñ" * 33 + "@example.com")  # 33 characters, two bytes each
