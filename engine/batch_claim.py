@@ -35,6 +35,7 @@ from engine.guardrails import (
     email_history,
     history_since,
     window_holds,
+    workflow_of,
 )
 from engine.models import Action, ActionStatus, Contact, Suppression
 from engine.pauses import Held, pause_workflows
@@ -122,7 +123,7 @@ def claim_batch(
     marks = withdrawn_marks(session, rows)
     # Quiet hours and send windows are checked for everyone in Python; the rules that read
     # the contact's other emails (caps, held ones) only where such emails exist.
-    windows = _window_rules_apply(registry, rows)
+    windows = _window_rules_apply(session, registry, rows)
     history = _history(session, registry, rows, contact_ids, now=now)
     finished: set[int] = set()  # skipped or failed below: no longer pending for the others
     renders = BatchRenders(
@@ -187,7 +188,7 @@ def claim_batch(
             rows_of = [r for r in history[contact.id] if r.id not in finished]
             deferral = defer_until(session, registry, row, contact, now=now, history=rows_of)
         elif windows:
-            holds = window_holds(registry, row, contact.timezone, now=now)
+            holds = window_holds(registry, row, contact.timezone, now=now, session=session)
             deferral = max(holds, key=lambda hold: hold[0]) if holds else None
         if deferral is not None:
             holds_due[row.id] = deferral
@@ -306,9 +307,12 @@ def _orm(session: Session, action_id: int) -> Action:
     return action
 
 
-def _window_rules_apply(registry: Registry, actions: Sequence[Any]) -> bool:
-    """Whether quiet hours or a send window could hold any of these emails."""
-    workflows = [registry.workflows.get(str(a.reason.get("workflow", ""))) for a in actions]
+def _window_rules_apply(session: Session, registry: Registry, actions: Sequence[Any]) -> bool:
+    """Whether quiet hours or a send window (of the version that wrote each email) could
+    hold any of these emails."""
+    if registry.guardrails.quiet_hours is not None:
+        return True
+    workflows = [workflow_of(registry, a, session=session) for a in actions]
     return registry.guardrails.quiet_hours is not None or any(
         w is not None and w.send_window is not None for w in workflows
     )
@@ -330,7 +334,7 @@ def _history(
     history = email_history(
         session,
         contact_ids,
-        sent_since=history_since(registry, rows, now=now),
+        sent_since=history_since(registry, rows, now=now, session=session),
         excluding=[row.id for row in rows],
     )
     per_contact = Counter(row.contact_id for row in rows)

@@ -51,12 +51,25 @@ def _num(value: Any) -> float | None:
     return None
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON holds it: tuples as lists, at any depth. A list in a definition is
+    a tuple once its stored spec is read back (an enrollment on an older version), and an
+    attribute or a property is a list: ``["en", "es"]`` must equal them both."""
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _as_json(v) for k, v in value.items()}
+    return value
+
+
 @vocabulary("eq")
 @dataclass(frozen=True)
 class Eq(Predicate):
     value: Any
 
     def test(self, value: Any) -> bool:
+        if isinstance(self.value, list | tuple | Mapping):
+            return bool(_as_json(value) == _as_json(self.value))
         return bool(value == self.value)
 
     def describe(self) -> str:
@@ -90,6 +103,8 @@ class OneOf(Predicate):
     values: tuple[Any, ...]
 
     def test(self, value: Any) -> bool:
+        if isinstance(value, list | tuple | Mapping):  # see ``_as_json``
+            return _as_json(value) in [_as_json(v) for v in self.values]
         return value in self.values
 
     def describe(self) -> str:

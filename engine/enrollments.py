@@ -41,6 +41,13 @@ def workflow_for(session: Session, registry: Registry, name: str, version: str) 
     return cache[(name, version)]
 
 
+def known_version(registry: Registry, name: str, version: str) -> Workflow | None:
+    """An older version of a workflow this process has already read (``workflow_for``),
+    without a query; None if it has not."""
+    cache: dict[tuple[str, str], Workflow] = registry.__dict__.get("_versions", {})
+    return cache.get((name, version))
+
+
 def remember_version(
     session: Session, registry: Registry, workflow: Workflow, now: datetime
 ) -> None:

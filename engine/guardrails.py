@@ -23,10 +23,11 @@ from sqlmodel import Session
 
 from engine.db import one_of_param
 from engine.durations import describe_duration
+from engine.enrollments import known_version, workflow_for
 from engine.localtime import in_window, next_time_of_day
 from engine.models import Action, ActionStatus, Contact
 from engine.registry import Registry
-from engine.workflow import FrequencyCap, Window
+from engine.workflow import FrequencyCap, Window, Workflow
 
 
 def defer_until(
@@ -45,8 +46,8 @@ def defer_until(
     batch read them for many contacts at once; without it they are queried here."""
     if action.kind != "email" or not action.payload.get("marketing", True):
         return None
-    held = window_holds(registry, action, contact.timezone, now=now)
-    caps = _caps(registry, action)
+    held = window_holds(registry, action, contact.timezone, now=now, session=session)
+    caps = _caps(registry, action, session=session)
     since = min((now - cap.per for cap, _scope in caps), default=None)
     if history is None:
         others = _other_emails(session, action, contact, sent_since=since)
@@ -66,14 +67,20 @@ def defer_until(
 
 
 def window_holds(
-    registry: Registry, action: Any, timezone: str, *, now: datetime
+    registry: Registry,
+    action: Any,
+    timezone: str,
+    *,
+    now: datetime,
+    session: Session | None = None,
 ) -> list[tuple[datetime, str]]:
     """The rules that depend only on the clock and the contact's time zone (quiet hours, the
-    workflow's send window): no query, so a batch can check every contact cheaply. Each
-    hold is (until when, which rule). ``action`` needs ``kind``, ``payload`` and ``reason``."""
+    send window of the workflow version that wrote the email): no query for a current
+    version, so a batch can check every contact cheaply. Each hold is (until when, which
+    rule). ``action`` needs ``kind``, ``payload`` and ``reason``."""
     if action.kind != "email" or not action.payload.get("marketing", True):
         return []
-    workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
+    workflow = workflow_of(registry, action, session=session)
     held: list[tuple[datetime, str]] = []
     quiet = registry.guardrails.quiet_hours
     if quiet is not None and in_window(now, timezone, quiet.start, quiet.end):
@@ -180,9 +187,32 @@ def _history_statement(dialect: str, *, capped: bool, excluding: bool) -> Any:
     return query
 
 
-def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | None]]:
-    """The frequency caps over this email: the global one, then its workflow's."""
-    workflow = registry.workflows.get(str(action.reason.get("workflow", "")))
+def workflow_of(
+    registry: Registry, action: Any, *, session: Session | None = None
+) -> Workflow | None:
+    """The workflow, at the version that wrote ``action`` (``reason["version"]``), whose
+    send window and cap hold it: an enrollment finishes on its own version (DESIGN.md,
+    principle 5), so a release that drops a window does not send its in-flight emails at
+    night. An older version is read from the stored specs (with ``session``), else from
+    those this process has already read; the current one when neither has it."""
+    name = str(action.reason.get("workflow", ""))
+    version = action.reason.get("version")
+    current = registry.workflows.get(name)
+    if not version or (current is not None and current.version == version):
+        return current
+    if session is not None:
+        found = workflow_for(session, registry, name, str(version))
+    else:
+        found = known_version(registry, name, str(version))
+    return found if found is not None else current
+
+
+def _caps(
+    registry: Registry, action: Any, *, session: Session | None = None
+) -> list[tuple[FrequencyCap, str | None]]:
+    """The frequency caps over this email: the global one, then its workflow's (at the
+    version that wrote it)."""
+    workflow = workflow_of(registry, action, session=session)
     caps: list[tuple[FrequencyCap, str | None]] = []
     if registry.guardrails.cap is not None:
         caps.append((registry.guardrails.cap, None))
@@ -191,10 +221,20 @@ def _caps(registry: Registry, action: Any) -> list[tuple[FrequencyCap, str | Non
     return caps
 
 
-def history_since(registry: Registry, actions: Sequence[Any], *, now: datetime) -> datetime | None:
+def history_since(
+    registry: Registry,
+    actions: Sequence[Any],
+    *,
+    now: datetime,
+    session: Session | None = None,
+) -> datetime | None:
     """How far back ``email_history`` must read for these actions' caps (None: no caps)."""
     return min(
-        (now - cap.per for action in actions for cap, _scope in _caps(registry, action)),
+        (
+            now - cap.per
+            for action in actions
+            for cap, _scope in _caps(registry, action, session=session)
+        ),
         default=None,
     )
 

@@ -37,10 +37,15 @@ def next_time_of_day(
     *,
     weekdays_only: bool = False,
 ) -> datetime:
-    """The first instant strictly after ``now`` that is ``hhmm`` local (on a weekday)."""
+    """The first instant strictly after ``now`` that is ``hhmm`` local (on a weekday).
+
+    A time the autumn change repeats comes twice: at 01:10 the second time (EST), the
+    next 01:30 is twenty minutes later (the second 01:30), not the next night; at 01:40
+    the first time it has passed on the wall clock, so it is the next night."""
     tz = zone(tz_name)
     at = parse_hhmm(hhmm)
-    day = now.astimezone(tz).date()
+    local_now = now.astimezone(tz)
+    day = local_now.date()
     for offset in range(0, 9):
         candidate_day = day + timedelta(days=offset)
         if weekdays_only and candidate_day.weekday() >= 5:
@@ -48,6 +53,12 @@ def next_time_of_day(
         candidate = at_local(candidate_day, at, tz)
         if candidate > now:
             return candidate
+        if offset == 0 and at > local_now.time().replace(fold=0):
+            # Earlier on the wall clock than ``at``, yet past its first occurrence: now is
+            # in the repeated hour, and ``at`` comes again in it.
+            repeated = at_local(candidate_day, at.replace(fold=1), tz)
+            if repeated > now:
+                return repeated
     raise AssertionError("unreachable: a weekday comes within 9 days")
 
 

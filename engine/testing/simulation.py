@@ -292,11 +292,18 @@ class Simulation:
         return "\n".join(lines)
 
     def _hear(self, db: Engine, refusal: Refusal) -> None:
-        # "Already in it" is every trigger of a contact in the workflow: noise in a timeline.
+        # "Already in it" is every trigger of a contact in the workflow: noise in a timeline,
+        # except in a workflow she may enter again, where it says why she did not.
         # A transaction rolled back and done again (one event of a batch failed) refuses the
         # same entry twice, at the same instant: it is one refusal.
-        if db is self.runtime.db and refusal.kind != "in it":
+        if db is self.runtime.db and (refusal.kind != "in it" or self._reenters(refusal)):
             self._refused.setdefault(refusal)
+
+    def _reenters(self, refusal: Refusal) -> bool:
+        """Whether the workflow lets a contact in again: then "already in it" is why a
+        trigger the test meant as a second entry did nothing, worth its line."""
+        workflow = self.runtime.registry.workflows.get(refusal.workflow)
+        return workflow is not None and workflow.reentry.policy != "never"
 
     # --- expecting ----------------------------------------------------------------------
 
@@ -359,9 +366,28 @@ class Simulation:
                     self.fail(
                         to,
                         f"email {step!r} went out at {local} local ({sent.timezone}), "
-                        f"not {at_local}",
+                        f"not {at_local}{self._clocks_changed(to, sent, at_local)}",
                     )
         return found
+
+    def _clocks_changed(self, to: str, sent: SentEmail, at_local: str) -> str:
+        """Why an email is an hour off the local time expected, when a daylight-saving
+        change lies between it and the contact's previous email (or her creation) and the
+        old offset gives the expected time: a relative wait keeps its length in hours."""
+        earlier = [e.sent_at for e in self.emails(to) if e.sent_at < sent.sent_at]
+        since = earlier[-1] if earlier else self.contact(to).created_at
+        tz = zone(sent.timezone)
+        before, after = since.astimezone(tz).utcoffset(), sent.sent_at_local.utcoffset()
+        if before is None or before == after:
+            return ""
+        if (sent.sent_at + before).strftime("%H:%M") != at_local:
+            return ""
+        return (
+            f": {sent.timezone} went from {_utc_offset(before)} to "
+            f"{_utc_offset(after)} since {since.astimezone(tz):%a %d %b %H:%M} local, and a "
+            f"relative wait (wait(days=...), a timeout) keeps its length in hours; "
+            f'wait_until("{at_local}") keeps the local time'
+        )
 
     def expect_no_email(self, to: str, step: str | None = None) -> None:
         """No email to ``to`` (of ``step``, a step id or a subject). A ``step`` that names
@@ -475,6 +501,13 @@ class Simulation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _utc_offset(offset: timedelta | None) -> str:
+    """``UTC+01:00``, ``UTC-05:00``."""
+    minutes = int((offset or timedelta()).total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _close(name: str, known: Sequence[str] | set[str]) -> str:

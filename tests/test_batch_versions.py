@@ -1,0 +1,127 @@
+"""A batched send holds an in-flight email by the send window and cap of the version that
+wrote it (DESIGN.md, principle 5), as the one-by-one path does
+(``tests/test_probe_semantics_versions.py``): a release that drops them must not send a
+campaign's waiting emails at night or past the old cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from connectors.fakes import FakeSendGrid
+from engine import (
+    Guardrails,
+    Workflow,
+    at_most,
+    build_registry,
+    on_stage_entered,
+    send_email,
+    send_window,
+    wait,
+)
+from engine.db import transaction
+from engine.enrollments import remember_version
+from engine.models import Action, ActionStatus
+from engine.runtime import Runtime
+from tests.test_batch_guardrails import _world
+from tests.test_broadcast import KEY, add_contacts
+
+START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSendGrid]:
+    with FakeSendGrid(api_key=KEY) as server:
+        yield server
+
+
+def _release(runtime: Runtime, workflow: Workflow) -> None:
+    """Version 2 of the workflow replaces version 1 now, as a deploy does."""
+    current = runtime.registry
+    registry = build_registry(
+        journey=current.journey,
+        rules=current.rules.rules,
+        workflows=[workflow],
+        templates_dir=current.templates.directory,
+        guardrails=current.guardrails,
+    )
+    with transaction(runtime.db) as session:
+        remember_version(session, registry, workflow, START)
+    runtime.registry = registry
+
+
+def _sent_at(runtime: Runtime) -> list[datetime | None]:
+    with Session(runtime.db) as session:
+        found = session.exec(select(Action).where(Action.kind == "email")).all()
+    assert {a.status for a in found} == {ActionStatus.SENT}, [a.reason for a in found]
+    return sorted(a.completed_at for a in found)  # type: ignore[type-var]
+
+
+def test_a_batched_email_keeps_its_versions_send_window(tmp_path: Path, fake: FakeSendGrid) -> None:
+    # Given version 1 sends 09:00-17:00 only, 12 hours after a campaign's contacts enter
+    v1 = Workflow(
+        "office_hours",
+        trigger=on_stage_entered("consideration"),
+        send_window=send_window("09:00", "17:00"),
+        steps=[wait(hours=12, id="pause"), send_email("spring_sale", id="sale")],
+    )
+    v2 = Workflow(
+        "office_hours",
+        trigger=on_stage_entered("consideration"),
+        steps=[wait(hours=13, id="pause"), send_email("spring_sale", id="sale")],
+    )
+    for runtime, clock in _world(tmp_path, fake, [v1], Guardrails()):
+        add_contacts(runtime, 20)
+        runtime.broadcast("office_hours")
+        runtime.run_until_idle()
+        # When version 2, with no window, is released, and their wait ends at 22:00
+        _release(runtime, v2)
+        clock.set(START + timedelta(hours=12, minutes=1))
+        runtime.run_until_idle()
+        assert fake.requests == []  # held by version 1's window, in one batch
+        clock.set(datetime(2026, 3, 3, 9, 1, tzinfo=UTC))
+        runtime.run_until_idle()
+        # Then they went at 09:00 the next morning, in one request
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [20]
+        assert set(_sent_at(runtime)) == {datetime(2026, 3, 3, 9, 1, tzinfo=UTC)}
+
+
+def test_a_batched_email_keeps_its_versions_own_cap(tmp_path: Path, fake: FakeSendGrid) -> None:
+    # Given version 1 sends at most one email a week, two a day apart
+    v1 = Workflow(
+        "weekly",
+        trigger=on_stage_entered("consideration"),
+        cap=at_most(1, per_days=7),
+        steps=[
+            send_email("spring_sale", id="first"),
+            wait(days=1, id="pause"),
+            send_email("sale_reminder", id="second"),
+        ],
+    )
+    v2 = Workflow(
+        "weekly",
+        trigger=on_stage_entered("consideration"),
+        steps=[
+            send_email("spring_sale", id="first"),
+            wait(days=2, id="pause"),
+            send_email("sale_reminder", id="second"),
+        ],
+    )
+    for runtime, clock in _world(tmp_path, fake, [v1], Guardrails()):
+        add_contacts(runtime, 5)
+        runtime.broadcast("weekly")
+        runtime.run_until_idle()
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [5]
+        _release(runtime, v2)
+        # When a day later their second email is due
+        clock.set(START + timedelta(days=1, minutes=1))
+        runtime.run_until_idle()
+        # Then version 1's cap holds it for the rest of the week
+        assert len(fake.requests) == 1
+        clock.set(START + timedelta(days=7, minutes=1))
+        runtime.run_until_idle()
+        assert [len(r.body["personalizations"]) for r in fake.requests] == [5, 5]
