@@ -11,7 +11,7 @@ pipeline_jobs.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.attribute_changes import AttributeViews, changed_keys
-from engine.conditions import EvalContext, conditions_as_of, matches
+from engine.conditions import Condition, EvalContext, conditions_as_of, matches
 from engine.db import keep, skip_commit_flush
 from engine.effects import Effects
 from engine.enrollments import live_enrollments, workflow_for
@@ -388,10 +388,10 @@ def _conditions_now(
     an exit is evaluated for the contact's live enrollment in its workflow, if any:
     ``opened``/``clicked`` name that enrollment's emails, and ``did_event`` without
     ``within`` counts since entering it."""
-    items = registry.condition_items
+    live = {e.workflow: e for e in live_enrollments(session, contact.id)}  # type: ignore[arg-type]
+    items = _condition_items(session, registry, live.values())
     if not items:
         return {}
-    live = {e.workflow: e for e in live_enrollments(session, contact.id)}  # type: ignore[arg-type]
     plain = EvalContext(session, contact, now, upto_event=upto, attributes=attributes)
     found = {}
     for key, condition in items:
@@ -408,6 +408,36 @@ def _conditions_now(
             )
         found[key] = condition.evaluate(ctx)
     return found
+
+
+def _condition_items(
+    session: Session, registry: Registry, live: Iterable[Enrollment]
+) -> Sequence[tuple[tuple[str, str, int], Condition]]:
+    """The registry's condition triggers, goals and exits, with the goals and exits of a
+    workflow the contact is in on an older version taken from that version: an enrollment
+    finishes on the version it started (DESIGN.md, principle 5), so a release that drops
+    a goal, or adds one, does not change how her enrollment ends."""
+    items = registry.condition_items
+    older = [e for e in live if _on_an_older_version(registry, e)]
+    if not older:
+        return items
+    replaced = {e.workflow for e in older}
+    kept = [item for item in items if item[0][1] == "trigger" or item[0][0] not in replaced]
+    for enrollment in older:
+        workflow = workflow_for(session, registry, enrollment.workflow, enrollment.version)
+        if workflow is None:  # its spec was never stored: the current one, as before
+            kept += [item for item in items if item[0][0] == enrollment.workflow]
+            continue
+        for role, rules in (("goal", workflow.goals), ("exit", workflow.exit_when)):
+            for index, rule in enumerate(rules):
+                if isinstance(rule, ConditionMet):
+                    kept.append(((workflow.name, role, index), rule.condition))
+    return kept
+
+
+def _on_an_older_version(registry: Registry, enrollment: Enrollment) -> bool:
+    current = registry.workflows.get(enrollment.workflow)
+    return current is not None and current.version != enrollment.version
 
 
 def _conditions_turned_true(
@@ -436,7 +466,10 @@ def _conditions_turned_true(
         for name, role, index in in_order:
             if name != enrollment.workflow or role == "trigger":
                 continue
-            workflow = registry.workflows[name]
+            workflow = (
+                workflow_for(session, registry, name, enrollment.version)
+                or registry.workflows[name]
+            )
             _end_early(session, enrollment, now, *_condition_ends(workflow, role, index))
             break
     # The first of a workflow's goals, else of its exits, that turned true.

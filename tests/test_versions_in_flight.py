@@ -1,7 +1,8 @@
-"""A batched send holds an in-flight email by the send window and cap of the version that
-wrote it (DESIGN.md, principle 5), as the one-by-one path does
-(``tests/test_probe_semantics_versions.py``): a release that drops them must not send a
-campaign's waiting emails at night or past the old cap."""
+"""Enrollments finish on the version they started (DESIGN.md, principle 5), whatever a
+release changes meanwhile: a batched send holds an in-flight email by the send window and
+cap of the version that wrote it, as the one-by-one path does
+(``tests/test_probe_semantics_versions.py``), and a condition goal or exit is the one of the
+enrollment's version."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from engine import (
     Guardrails,
     Workflow,
     at_most,
+    attribute,
     build_registry,
+    on_condition,
+    on_event,
     on_stage_entered,
     send_email,
     send_window,
@@ -27,8 +31,10 @@ from engine.db import transaction
 from engine.enrollments import remember_version
 from engine.models import Action, ActionStatus
 from engine.runtime import Runtime
+from engine.testing import Simulation
 from tests.test_batch_guardrails import _world
 from tests.test_broadcast import KEY, add_contacts
+from tests.test_probe_semantics_versions import registry as semantics_registry
 
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 
@@ -125,3 +131,33 @@ def test_a_batched_email_keeps_its_versions_own_cap(tmp_path: Path, fake: FakeSe
         clock.set(START + timedelta(days=7, minutes=1))
         runtime.run_until_idle()
         assert [len(r.body["personalizations"]) for r in fake.requests] == [5, 5]
+
+
+# --- condition goals of an in-flight version (the one-by-one pipeline) ---------------------
+
+
+def _with_goal(goal: bool) -> Workflow:
+    return Workflow(
+        "upgrade_path",
+        trigger=on_event("demo.requested"),
+        goals=[on_condition(attribute("plan", "pro"))] if goal else [],
+        steps=[
+            send_email("welcome", id="hello"),
+            wait(days=2, id="pause"),
+            send_email("guide", id="guide"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(("first_has_goal", "status"), [(True, "converted"), (False, "completed")])
+def test_a_condition_goal_is_the_enrollments_versions(first_has_goal: bool, status: str) -> None:
+    # Given version 1 (with or without a goal on the plan) and a contact in it
+    with Simulation(semantics_registry([_with_goal(first_has_goal)])) as sim:
+        sim.track("ana@example.com", "demo.requested")
+        sim.advance(days=1)
+        # When version 2, the other way round, is released, and her plan turns pro
+        sim.deploy(_with_goal(not first_has_goal))
+        sim.track("ana@example.com", "page.viewed", attributes={"plan": "pro"})
+        sim.advance(days=3)
+        # Then her enrollment ends as version 1 says
+        sim.expect_enrollment("ana@example.com", "upgrade_path", status)
