@@ -41,6 +41,8 @@ from tests.language_support import TEMPLATES, running
 from tests.support import enrollments, make_runtime, rows
 from workflows.rules import RULES
 
+_register_subcommands()  # the scheduler's and the workflows' commands, whatever ran first
+
 MONDAY = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
 
@@ -529,7 +531,6 @@ def test_workers_start_the_tick_job_at_boot_when_told_to(
 def test_workflows_list_and_show_draw_the_nps_schedule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _register_subcommands()
     url = _cli_env(tmp_path, monkeypatch)
     monkeypatch.setenv("COLUMNS", "250")
     shown = CliRunner().invoke(app, ["--database-url", url, "workflows", "show", "nps_survey"])
