@@ -76,9 +76,22 @@ def _notes(emails: Emails, *, empty: bool, period: Period) -> list[str]:
             "the provider's webhook does not send them, so delivered reads 0"
         )
     if total.sent and not total.opened:
+        silent = not (total.bounced or total.unsubscribed or total.spam_reported)
         notes.append(
             "no opens or clicks name these emails: without the provider's event webhook "
             '(SendGrid\'s, see README "Webhooks") opened and clicked read 0'
+            + (
+                ", and so do bounced, unsubscribed and spam, which come the same way: 0% there "
+                "means not reported, not none"
+                if silent
+                else ""
+            )
+        )
+    if emails.unsubscribes_naming_no_email:
+        notes.append(
+            f"{emails.unsubscribes_naming_no_email} unsubscribe(s) in the period name no "
+            "email (the one-click link, the contacts API): they are in no step's unsubscribed "
+            "figure"
         )
     return notes
 

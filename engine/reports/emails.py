@@ -22,9 +22,15 @@ from engine.reports.period import Period
 
 COMPUTED_FROM = (
     "email actions sent in the period (status sent, by completed_at), per reason.workflow "
-    "and reason.step; delivered, opened, clicked, bounced, unsubscribed and spam from the "
-    "email.* events naming each email in properties.action_id, whenever recorded. Rates "
-    "are of emails sent"
+    "and reason.step; what became of each from the email.* events naming it in "
+    "properties.action_id, whenever recorded. Each figure counts emails, not events: an "
+    "email opened five times, or an event the provider reported twice, counts once (unique "
+    "opens and clicks; total opens are not shown); a click counts as an open too; "
+    "delivered: an email.delivered event; bounced: email.bounced (hard or blocked) or "
+    "email.dropped; unsubscribed: email.unsubscribed or email.group_unsubscribed naming the "
+    "email (one naming no email, as the one-click link's, counts in no step); opens include "
+    "those of mail clients that open every email (Apple Mail Privacy Protection). Rates are "
+    "of emails sent"
 )
 
 METRICS = {
@@ -38,6 +44,7 @@ METRICS = {
 }
 """Engagement event type -> the figure it counts towards (``opened`` is counted apart)."""
 OPENED = ("email.opened", "email.clicked")  # a click implies an open
+UNSUBSCRIBES = [t for t, metric in METRICS.items() if metric == "unsubscribed"]
 NO_WORKFLOW = "(none)"
 
 
@@ -109,7 +116,25 @@ def email_figures(session: Session, period: Period) -> Emails:
         for (workflow, step), found in sorted(counts.items())
     ]
     total = EmailCounts(**{name: sum(getattr(s, name) for s in steps) for name in _FIELDS})
-    return Emails(computed_from=COMPUTED_FROM, steps=steps, total=total)
+    return Emails(
+        computed_from=COMPUTED_FROM,
+        steps=steps,
+        total=total,
+        unsubscribes_naming_no_email=_unsubscribes_naming_no_email(session, period),
+    )
+
+
+def _unsubscribes_naming_no_email(session: Session, period: Period) -> int:
+    """Unsubscribe events of the period that name no email (the one-click link, the
+    contacts API, the CLI): no step's unsubscribed figure holds them."""
+    found = session.execute(
+        select(func.count()).where(
+            col(Event.type).in_(UNSUBSCRIBES),
+            col(Event.properties)["action_id"].as_string().is_(None),
+            *period.holds(col(Event.occurred_at)),
+        )
+    )
+    return int(found.scalar_one())
 
 
 _FIELDS = (

@@ -98,6 +98,12 @@ class Emails(BaseModel):
     computed_from: str
     steps: list[EmailStep] = Field(description="Per workflow step, by workflow and step.")
     total: EmailCounts
+    unsubscribes_naming_no_email: int = Field(
+        default=0,
+        description="email.unsubscribed and email.group_unsubscribed events of the period "
+        "(occurred_at) naming no email (the one-click link, the contacts API): counted in no "
+        "step's unsubscribed.",
+    )
 
 
 # --- goals and A/B tests --------------------------------------------------------------------

@@ -26,10 +26,15 @@ from engine.stages import Journey
 
 COMPUTED_FROM = (
     "stage_transitions whose time falls in the period. reached: a contact counts at every "
-    "stage up to the furthest they entered in the period; conversion: reached / reached of "
-    "the stage before; median days: stays in the stage that ended in the period (entered "
-    "whenever, left in it)"
+    "stage up to the furthest they entered in the period, even one they skipped or passed "
+    "before the period (a contact created or imported straight into a later stage counts "
+    "at every stage before it too), and going back a stage does not undo it; conversion: "
+    "reached / reached of the stage before; median days: stays in the stage that ended in "
+    "the period (entered whenever, left in it): contacts still in the stage are not in it"
 )
+
+
+_MS_A_DAY = 86_400_000
 
 
 @dataclass
@@ -181,7 +186,13 @@ def _medians(session: Session, period: Period) -> tuple[dict[str, int], dict[str
             current, position = stage, 0
         n = counts.get(stage, 0)
         if position in ((n - 1) // 2, n // 2):
-            middles.setdefault(stage, []).append(float(days))
+            # In whole milliseconds (SQLite's julianday keeps no finer), so both databases
+            # give one median: SQLite's 5 d 1 h reads 5.041666666511, PostgreSQL's
+            # 5.041666666667, and their mean with 5 d 8 h rounded to 5.187 against 5.188.
+            middles.setdefault(stage, []).append(round(float(days) * _MS_A_DAY) / _MS_A_DAY)
         position += 1
-    medians = {stage: sum(values) / len(values) for stage, values in middles.items()}
+    medians = {
+        stage: round(sum(values) * _MS_A_DAY / len(values)) / _MS_A_DAY
+        for stage, values in middles.items()
+    }
     return counts, medians

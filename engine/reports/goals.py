@@ -18,17 +18,24 @@ from sqlmodel import Session, col
 from engine.models import Enrollment, EnrollmentStatus
 from engine.reports.figures import Goals, SplitTest, VariantFigures, WorkflowGoals, rate
 from engine.reports.period import Period
-from engine.reports.significance import MIN_EXPECTED, p_text, two_proportion_p_value
+from engine.reports.significance import (
+    MIN_EXPECTED,
+    SIGNIFICANT,
+    p_text,
+    two_proportion_p_value,
+)
+from engine.reports.terminal import pct
 from engine.workflow import Workflow
 
 COMPUTED_FROM = (
     "enrollments started in the period: entered = enrollments (re-entries count), "
     "converted = those that reached a goal so far, running = those still active or waiting; "
-    "A/B variants from each enrollment's drawn variants; p-values from a two-proportion "
-    "z-test against the first variant"
+    "conversion = converted / entered, the running ones counted as not converted (yet); "
+    "A/B variants from each enrollment's drawn variants; p-values from a two-sided, pooled "
+    "two-proportion z-test of each variant against the first in name order, none (too few) "
+    f"under {MIN_EXPECTED} expected conversions or non-conversions in a variant"
 )
 RUNNING = (EnrollmentStatus.ACTIVE, EnrollmentStatus.WAITING)
-SIGNIFICANT = 0.05
 
 
 def goal_figures(session: Session, workflows: Mapping[str, Workflow], period: Period) -> Goals:
@@ -102,10 +109,10 @@ def _split_tests(
                 converted=converted,
                 running=running,
                 conversion=rate(converted, entered),
+                # Not rounded: 0.04996 rounded to 0.05 would be called chance (and read so
+                # by a script comparing the JSON with 0.05) though it is under 0.05.
                 p_value=(
-                    None
-                    if i == 0
-                    else _rounded(two_proportion_p_value(base[1], base[0], converted, entered))
+                    None if i == 0 else two_proportion_p_value(base[1], base[0], converted, entered)
                 ),
             )
             for i, (name, (entered, converted, running)) in enumerate(
@@ -124,10 +131,6 @@ def _split_tests(
     return tests
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
 def verdict(variants: list[VariantFigures], *, has_goal: bool | None) -> str:
     """What the variants' figures say, in plain words."""
     if has_goal is False:
@@ -139,7 +142,7 @@ def verdict(variants: list[VariantFigures], *, has_goal: bool | None) -> str:
     said = []
     for other in variants[1:]:
         figures = (
-            f"{other.variant} {_pct(other.conversion)} vs {base.variant} {_pct(base.conversion)}"
+            f"{other.variant} {pct(other.conversion)} vs {base.variant} {pct(base.conversion)}"
         )
         if other.p_value is None:
             said.append(
@@ -153,6 +156,12 @@ def verdict(variants: list[VariantFigures], *, has_goal: bool | None) -> str:
             )
         else:
             said.append(f"{figures}: p {_p(other.p_value)}, could well be chance")
+    if len(variants) > 2:
+        said.append(
+            f"each variant is set against {base.variant} on its own, with no correction for "
+            f"making {len(variants) - 1} comparisons: one p < 0.05 among them is likelier to "
+            "be chance than its p says"
+        )
     running = sum(v.running for v in variants)
     if running:
         said.append(f"{running} enrollment(s) still running may yet convert")
@@ -162,7 +171,3 @@ def verdict(variants: list[VariantFigures], *, has_goal: bool | None) -> str:
 def _p(value: float) -> str:
     text = p_text(value)
     return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"

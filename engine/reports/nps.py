@@ -20,7 +20,9 @@ from engine.reports.sql import is_json_number
 EVENT = "nps.answered"
 COMPUTED_FROM = (
     "nps.answered events in the period (occurred_at), properties.score: promoters 9-10, "
-    "passives 7-8, detractors 0-6; NPS = % promoters - % detractors; each answer counts"
+    "passives 7-8, detractors 0-6; NPS = % promoters - % detractors; each answer counts (a "
+    "contact who answered twice in the period counts twice); a score that is not a whole "
+    "number from 0 to 10 is ignored"
 )
 
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from html import escape
 
 from engine.reports.figures import EmailCounts, Report
+from engine.reports.period import Period
 from engine.reports.significance import p_text
-from engine.reports.terminal import pct
+from engine.reports.terminal import days, nps_text, pct
 
 COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1")
 EXIT_COLOUR = "#bab0ac"
@@ -34,11 +35,14 @@ STYLE = (
 
 
 def html_report(report: Report) -> str:
+    bounds = Period(report.since, report.until).bounds()
+    bounds = f" ({bounds})" if bounds else ""
     head = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Journeyline report: {escape(report.period)}</title>"
         f"<style>{STYLE}</style></head><body><h1>Journeyline report</h1>"
-        f"<p>{escape(report.period)}; generated {report.generated_at:%Y-%m-%d %H:%M} UTC.</p>"
+        f"<p>{escape(report.period)}{escape(bounds)}; generated "
+        f"{report.generated_at:%Y-%m-%d %H:%M} UTC.</p>"
     )
     notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in report.notes)
     if report.empty:
@@ -113,7 +117,7 @@ def _funnel_table(report: Report) -> str:
             str(s.entered),
             str(s.reached),
             pct(s.conversion),
-            "-" if s.median_days_in_stage is None else f"{s.median_days_in_stage:.1f}",
+            days(s.median_days_in_stage),
             "-" if s.journey == "exit" else str(s.stays_ended),
         ]
         for s in report.funnel.stages
@@ -256,7 +260,7 @@ def _nps(report: Report) -> str:
     nps = report.nps
     figures = (
         "<div class='figures'>"
-        + _figure("-" if nps.nps is None else f"{nps.nps:+.0f}", "NPS")
+        + _figure(nps_text(nps), "NPS")
         + _figure(str(nps.answers), "answers")
         + "".join(_figure(str(getattr(nps, part)), part) for part, _ in NPS_PARTS)
         + "</div>"

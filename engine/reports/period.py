@@ -20,7 +20,19 @@ from engine.errors import ValidationError
 
 _AGE = re.compile(r"(\d+)\s*([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A time whose "+02:00" lost its plus in a URL's query string, where "+" means a space.
+_SPACED_OFFSET = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d+)?)? \d{2}:?\d{2}$")
+_PLUS_HINT = " (in a URL, write the + of a UTC offset as %2B)"
+
+
+def _date_alone(text: str) -> date | None:
+    """``text`` as a date without a time (``2026-06-01``, ``20260601``), else None: every
+    form of a date alone means its whole day, so ``--until 20260630`` ends where
+    ``--until 2026-06-30`` does."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def parse_moment(text: str, *, now: datetime, field: str, end_of_day: bool = False) -> datetime:
@@ -32,15 +44,15 @@ def parse_moment(text: str, *, now: datetime, field: str, end_of_day: bool = Fal
     try:
         if age:
             return now - timedelta(**{_UNITS[age.group(2)]: int(age.group(1))})
-        if _DATE.fullmatch(cleaned):
-            day = date.fromisoformat(cleaned)
+        day = _date_alone(cleaned)
+        if day is not None:
             midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return midnight + timedelta(days=1) if end_of_day else midnight
         moment = datetime.fromisoformat(cleaned)
     except ValueError:
         raise ValidationError(
             f"{text!r} is neither an ISO date or time (2026-06-01, 2026-06-01T09:00) nor an "
-            "age like 30d, 6h or 90m",
+            "age like 30d, 6h or 90m" + _PLUS_HINT * bool(_SPACED_OFFSET.search(cleaned)),
             field=field,
         ) from None
     except OverflowError:  # an age of centuries, the day after 9999-12-31
@@ -95,10 +107,16 @@ class Period:
     def bounded(self) -> bool:
         return self.since is not None or self.until is not None
 
+    def bounds(self) -> str:
+        """Which ends the period holds, in words: an event at exactly ``until`` is in the
+        next period, not this one (empty when neither end is set)."""
+        said = ["the start included"] if self.since else []
+        return ", ".join([*said, *(["the end excluded"] if self.until else [])])
+
     def describe(self) -> str:
         """``2026-06-01 00:00 to 2026-07-01 00:00 UTC``, ``everything up to now``..."""
-        start = f"{self.since:%Y-%m-%d %H:%M}" if self.since else None
-        end = f"{self.until:%Y-%m-%d %H:%M}" if self.until else None
+        start = _moment(self.since) if self.since else None
+        end = _moment(self.until) if self.until else None
         if start and end:
             return f"{start} to {end} UTC"
         if start:
@@ -106,3 +124,12 @@ class Period:
         if end:
             return f"everything before {end} UTC"
         return "everything recorded"
+
+
+def _moment(value: datetime) -> str:
+    """To the minute, or to the second when the bound has seconds: a period from ``90m``
+    ago starts at 10:29:47, and saying 10:29 would claim 47 seconds it leaves out (the
+    report's ``since`` and ``until`` give the exact bounds)."""
+    if value.second or value.microsecond:
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    return f"{value:%Y-%m-%d %H:%M}"

@@ -22,8 +22,10 @@ from engine.stages import Journey
 COMPUTED_FROM = (
     "stage_transitions: customers = contacts in a customer-journey stage at some time in the "
     "period (at its start, by their last stage change before it, or entering one in it); "
-    "churned = those moving from a customer stage to an exit stage in it; churn rate = "
-    "churned / customers"
+    "new = those entering a customer stage in it from outside the customer journey (a buyer "
+    "stage, or created or imported straight into it); churned = those moving from a "
+    "customer stage to an exit stage in it (even if they came back); came back = those "
+    "moving from an exit stage to a customer stage in it; churn rate = churned / customers"
 )
 
 

@@ -13,6 +13,8 @@ import math
 
 MIN_EXPECTED = 5
 """Expected conversions, and non-conversions, each variant needs for the test to hold."""
+SIGNIFICANT = 0.05
+"""Below this p-value a difference is called unlikely to be chance."""
 
 
 def two_proportion_p_value(
@@ -32,5 +34,14 @@ def two_proportion_p_value(
 
 
 def p_text(p_value: float) -> str:
-    """A p-value as a table shows it: ``0.018``, or ``<0.001`` below what three places say."""
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+    """A p-value as a table shows it: ``0.018``, or ``<0.001`` below what three places say.
+
+    Never rounded across ``SIGNIFICANT``: 0.04996 reads ``0.04996``, not ``0.050`` beside a
+    verdict that calls it significant (or, judged on the rounded figure, not)."""
+    if p_value < 0.001:
+        return "<0.001"
+    for places in range(3, 8):
+        text = f"{p_value:.{places}f}"
+        if (float(text) < SIGNIFICANT) == (p_value < SIGNIFICANT):
+            return text
+    return f"<{SIGNIFICANT}"

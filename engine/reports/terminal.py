@@ -3,20 +3,40 @@ what its figures are computed from."""
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.reports.figures import EmailCounts, Report
+from engine.reports.figures import EmailCounts, Nps, Report
+from engine.reports.period import Period
 from engine.reports.significance import p_text
 
 
+def half_up(value: float | Decimal, places: int = 0) -> Decimal:
+    """``value`` rounded as people round by hand, halves away from zero: 12.5% reads 13%
+    like 37.5% reads 38% (Python's formatting rounds halves to even, 12% and 38%)."""
+    exact = value if isinstance(value, Decimal) else Decimal(repr(value))
+    rounded = exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return rounded + 0  # no "-0"
+
+
 def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
+    return "-" if value is None else f"{half_up(Decimal(repr(value)) * 100)}%"
 
 
-def _days(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def days(value: float | None) -> str:
+    return "-" if value is None else str(half_up(value, 1))
+
+
+def nps_text(nps: Nps) -> str:
+    """The NPS as shown, ``+14``, ``-3``, ``+0``: rounded from the counts, not from the
+    JSON's one-decimal figure (12.46 would go to 12.5 there, and then to 13)."""
+    if not nps.answers:
+        return "-"
+    exact = Decimal(100 * (nps.promoters - nps.detractors)) / Decimal(nps.answers)
+    return f"{half_up(exact):+}"
 
 
 def _of(count: int, share: float | None) -> str:
@@ -28,7 +48,9 @@ def _money(value: float | None) -> str:
 
 
 def print_report(report: Report, console: Console) -> None:
-    console.print(f"[bold]Journeyline report[/]: {escape(report.period)}", highlight=False)
+    bounds = Period(report.since, report.until).bounds()
+    said = escape(report.period + (f" ({bounds})" if bounds else ""))
+    console.print(f"[bold]Journeyline report[/]: {said}", highlight=False)
     if report.empty:
         console.print(
             f"No data in this period ({escape(report.period)}): no stage changes, emails, "
@@ -45,9 +67,19 @@ def print_report(report: Report, console: Console) -> None:
         _retention(report),
         _revenue(report),
     ):
-        console.print(table)
+        console.print(_figures_whole(table))
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _figures_whole(table: Table) -> Table:
+    """Never cut a figure to fit a narrow terminal: "100%" cut to "10…" reads as 10. The
+    figures' (right-aligned) columns keep their widest cell; names give way instead."""
+    for column in table.columns:
+        if column.justify == "right":
+            widest = max((len(str(cell)) for cell in column.cells), default=0)
+            column.min_width = max(column.min_width or 0, widest)
+    return table
 
 
 def _caption(text: str) -> str:
@@ -71,7 +103,7 @@ def _funnel(report: Report) -> Table:
             str(row.entered),
             str(row.reached),
             pct(row.conversion),
-            _days(row.median_days_in_stage),
+            days(row.median_days_in_stage),
             "-" if apart else str(row.stays_ended),
             style="dim" if apart else None,
             end_section=last_of_funnel,
@@ -173,7 +205,7 @@ def _nps(report: Report) -> Table:
         _of(nps.promoters, share(nps.promoters)),
         _of(nps.passives, share(nps.passives)),
         _of(nps.detractors, share(nps.detractors)),
-        "-" if nps.nps is None else f"{nps.nps:+.0f}",
+        nps_text(nps),
     )
     if nps.ignored:
         table.caption = f"{table.caption} {nps.ignored} answer(s) without a usable score ignored."
