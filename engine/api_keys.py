@@ -47,7 +47,14 @@ class ApiKey(SQLModel, table=True):
 
 
 class InvalidApiKey(JourneylineError):
-    """No usable key was presented (missing, malformed, unknown or revoked): HTTP 401."""
+    """No usable key was presented (missing, malformed, unknown or revoked): HTTP 401.
+
+    ``prefix`` is the presented key's prefix when it had the shape of a key: it names the
+    key to its owner and to operators (``journeyline keys list``) without revealing it."""
+
+    def __init__(self, message: str, *, prefix: str | None = None) -> None:
+        super().__init__(message)
+        self.prefix = prefix
 
 
 class MissingScope(JourneylineError):
@@ -118,9 +125,9 @@ def verify(session: Session, presented: str, scope: str, now: datetime) -> ApiKe
     # Compare even when no row matched, so an unknown prefix costs the same as a bad secret.
     expected = row.hash if row is not None else hash_secret("")
     if not hmac.compare_digest(digest, expected) or row is None:
-        raise InvalidApiKey("API key is unknown")
+        raise InvalidApiKey(f"API key {prefix} is unknown", prefix=prefix)
     if row.revoked:
-        raise InvalidApiKey(f"API key {prefix} was revoked")
+        raise InvalidApiKey(f"API key {prefix} was revoked", prefix=prefix)
     if scope not in row.scopes:
         raise MissingScope(prefix, scope)
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:

@@ -38,6 +38,7 @@ from engine.db_errors import SCHEMA_BEHIND_MESSAGE
 from engine.runtime import Runtime
 from tests.support import make_runtime, reset_postgres
 from tests.test_api import LiveServer
+from tests.test_broadcast import add_contacts
 
 OLD_REVISION = "0007"  # before events.attributes_before, which a contact's timeline reads
 WELL_FORMED_KEY = "jl_abcdef12_" + "x" * 32
@@ -142,12 +143,16 @@ def test_a_schema_older_than_the_code_is_a_503_saying_to_upgrade(old_schema_url:
     runtime, _, _ = make_runtime(old_schema_url, create_schema=False)
     auth = {"Authorization": f"Bearer {key_for(runtime)}"}
     with Recording("engine.api.errors") as said, served(runtime) as api:
-        api.http.post("/v1/events", json=event(), headers=auth)  # recorded: no new column
+        # (ana in it already: an event for a new address also reads a table it lacks)
+        add_contacts(runtime, 1, prefix="ana", stage="awareness")
+        api.http.post("/v1/events", json=event("ana0@example.com"), headers=auth)
         # When a contact is read (its timeline reads a column this schema lacks), and
         # readiness is asked
-        read = api.http.get("/v1/contacts/ana@example.com", headers=auth)
+        read = api.http.get("/v1/contacts/ana0@example.com", headers=auth)
         ready = api.http.get("/readyz")
+        newcomer = api.http.post("/v1/events", json=event("bo@example.com"), headers=auth)
     # Then the client is told the schema is behind, and readiness names the revisions
+    assert newcomer.status_code == 503, newcomer.text
     assert read.status_code == 503, read.text
     assert read.headers["retry-after"] == "30"
     assert read.json() == {"error": {"message": SCHEMA_BEHIND_MESSAGE, "field": None}}

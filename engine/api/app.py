@@ -18,8 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api import contacts, events, health, metrics, reports, unsubscribe, webhooks
 from engine.api.access_log import AccessLog
-from engine.api.auth import VerifiedKeys
-from engine.api.errors import install_error_handlers
+from engine.api.auth import RefusalLog, VerifiedKeys
+from engine.api.errors import install_error_handlers, route_methods
 from engine.inbound_generic import load_sources
 from engine.runtime import Runtime
 
@@ -32,7 +32,8 @@ Authenticate with an API key from `journeyline keys create NAME --scope ...`, se
 `Authorization: Bearer jl_<prefix>_<secret>`. Scopes: `events:write`, `contacts:read`,
 `contacts:write`, `reports:read`. Errors always read
 `{"error": {"field": ..., "message": ...}}`, with `problems` listing every field at fault
-when there are several.
+when there are several. Send bodies as JSON (`Content-Type: application/json`, or none);
+paths end without a slash.
 """
 
 
@@ -109,10 +110,15 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
         version="1",
         docs_url="/docs",
         redoc_url=None,
+        # Starlette would answer /v1/events/ with a 307 to an absolute URL built from the
+        # Host header and the scheme it sees: behind a TLS proxy an http:// URL, which clients
+        # follow without the Authorization header (or not at all). A 404 says what to do.
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     app.state.api_settings = settings
     app.state.verified_keys = VerifiedKeys()
+    app.state.refusal_log = RefusalLog()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(metrics.DatabaseCollector(runtime.db, clock=runtime.clock))
     registry.register(metrics.BrokerCollector(runtime.broker))
@@ -124,7 +130,7 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     )
     app.state.hubspot_stage_map = webhooks.hubspot_stage_map(runtime)
     install_error_handlers(app)
-    for router in (
+    routers = (
         events.router,
         contacts.router,
         reports.router,
@@ -132,8 +138,12 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
         metrics.router,
         webhooks.router,
         unsubscribe.router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
+    app.state.route_methods = route_methods(
+        [*app.routes, *(route for router in routers for route in router.routes)]
+    )
     # The last added runs first: time everything, including refusals of oversized bodies.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.RequestMetrics, registry=registry)

@@ -13,10 +13,19 @@ request, where the dependency (kept for the OpenAPI document's ``security``) fin
 A key verified by this process is trusted again for ``KEY_CACHE_SECONDS`` without reading
 the database (a busy ingest client sends many requests a second with one key): a revocation
 takes effect within that time, and a key without the scope is refused at once either way.
+
+Every refusal is logged (logger ``engine.api.auth``, WARNING) with what an operator needs to
+find its sender: the route template, the client's address (as uvicorn sees it: behind a
+trusted proxy, the forwarded one), why, and the key by its prefix, the part
+``journeyline keys list`` shows, never more of it (a malformed one by its length alone).
+``401 POST /v1/events from 203.0.113.9: API key 787773f1 was revoked``. One client failing
+the same way again and again is logged once a minute, with the count held back in between.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -28,9 +37,20 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from engine.api_keys import ApiKey, InvalidApiKey, MissingScope, hash_secret, verify
+from engine.api.errors import BODY_RESPONSES, NotJson, declares_json
+from engine.api_keys import (
+    KEY_PREFIX,
+    PREFIX_LENGTH,
+    ApiKey,
+    InvalidApiKey,
+    MissingScope,
+    hash_secret,
+    verify,
+)
 from engine.db import transaction
 from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -75,6 +95,77 @@ class VerifiedKeys:
             self._keys[digest] = (expires, key)
 
 
+SAFE_PREFIX = re.compile(rf"[0-9a-f]{{{PREFIX_LENGTH}}}")
+"""What a key's prefix is made of (``secrets.token_hex``): anything else is not logged."""
+
+
+def shown_prefix(presented: str | None) -> str:
+    """How a presented key may be named in a log: ``key 787773f1`` by its prefix when it has
+    the shape of one, else only ``a malformed key (23 characters)``; never the secret."""
+    if presented is None:
+        return "no key"
+    parts = presented.strip().split("_", 2)
+    if len(parts) == 3 and parts[0] == KEY_PREFIX and SAFE_PREFIX.fullmatch(parts[1]):
+        return f"key {parts[1]}"
+    return f"a malformed key ({len(presented)} characters)"
+
+
+class RefusalLog:
+    """Logs refused keys, at most one line per ``every_s`` seconds for each client, key and
+    reason, saying how many were held back since; remembers at most ``max_keys`` of them."""
+
+    def __init__(
+        self,
+        *,
+        every_s: float = 60.0,
+        max_keys: int = 1_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, ...], tuple[float, int]] = {}
+
+    def refused(self, request: Request, status: int, reason: str, presented: str | None) -> None:
+        client = request.client.host if request.client is not None else "an unknown address"
+        key = shown_prefix(presented)
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        # The reason names the key by its prefix, or says it is malformed or missing: the
+        # client-facing message never holds more of the key than that.
+        with self._lock:
+            now = self.clock()
+            which = (client, key, reason)
+            last = self._last.get(which)
+            if last is not None and now - last[0] < self.every_s:
+                self._last[which] = (last[0], last[1] + 1)
+                return
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+            held = last[1] if last is not None else 0
+            self._last[which] = (now, 0)
+        more = f" ({held} more since the last line)" if held else ""
+        log.warning(
+            "%s %s %s from %s: %s%s",
+            status,
+            request.method,
+            route,
+            client,
+            reason,
+            more,
+            extra={"client": client, "status": status, "api_key": key, "route": route},
+        )
+
+
+REFUSALS = RefusalLog()
+"""The refusals of this process (the app's own, when ``create_app`` gave it one)."""
+
+
+def _refusals(request: Request) -> RefusalLog:
+    found = getattr(request.app.state, "refusal_log", None)
+    return found if isinstance(found, RefusalLog) else REFUSALS
+
+
 VERIFIED_KEY = "journeyline.api_key"
 """The request scope's entry for the key ``AuthenticatedRoute`` verified."""
 
@@ -84,19 +175,34 @@ async def authenticate(request: Request, scopes: Sequence[str]) -> ApiKey:
     ``InvalidApiKey`` (401) or ``MissingScope`` (403). Reads the database, in a worker thread,
     only when this process has not verified the key lately."""
     credentials = await bearer(request)
-    if credentials is None:
-        raise InvalidApiKey("missing API key: send the header Authorization: Bearer <key>")
-    presented = credentials.credentials
-    cache: VerifiedKeys | None = getattr(request.app.state, "verified_keys", None)
-    key = cache.get(presented) if cache is not None else None
-    if key is None:
-        runtime: Runtime = request.app.state.runtime
-        key = await run_in_threadpool(_verify, runtime, presented, scopes[0])
-        if cache is not None:
-            cache.put(presented, key)
-    for scope in scopes:
-        if scope not in key.scopes:
-            raise MissingScope(key.prefix, scope)
+    presented = credentials.credentials if credentials is not None else None
+    try:
+        if presented is None:
+            raise InvalidApiKey("missing API key: send the header Authorization: Bearer <key>")
+        cache: VerifiedKeys | None = getattr(request.app.state, "verified_keys", None)
+        key = cache.get(presented) if cache is not None else None
+        if key is None:
+            runtime: Runtime = request.app.state.runtime
+            key = await run_in_threadpool(_verify, runtime, presented, scopes[0])
+            if cache is not None:
+                cache.put(presented, key)
+        for scope in scopes:
+            if scope not in key.scopes:
+                raise MissingScope(key.prefix, scope)
+    except InvalidApiKey as exc:
+        if presented is None:
+            reason = "no API key"
+        elif exc.prefix is None:
+            reason = f"malformed API key ({len(presented)} characters)"
+        elif SAFE_PREFIX.fullmatch(exc.prefix):
+            reason = str(exc)  # names the key by its prefix
+        else:
+            reason = "unknown API key (its prefix is not one a key can have)"
+        _refusals(request).refused(request, 401, reason, presented)
+        raise
+    except MissingScope as exc:
+        _refusals(request).refused(request, 403, str(exc), presented)
+        raise
     return key
 
 
@@ -147,19 +253,47 @@ def required_scopes(dependant: Dependant) -> list[str]:
     return found
 
 
+def refuse_unless_json(request: Request) -> None:
+    """Raise ``NotJson`` (422) when a request's body says it is something other than JSON.
+
+    FastAPI would pass such a body to validation as bytes, and the answer would be a 422
+    "Input should be a valid dictionary" (``curl -d`` without ``-H 'Content-Type:
+    application/json'`` sends a form). A body without a Content-Type is read as JSON, and
+    an empty one is left to validation ("body: Field required")."""
+    content_type = request.headers.get("content-type")
+    if content_type is None or declares_json(content_type):
+        return
+    if request.headers.get("content-length", "").strip() == "0":
+        return
+    raise NotJson(content_type)
+
+
 class AuthenticatedRoute(APIRoute):
     """An ``APIRoute`` that checks the key its ``require`` dependencies ask for before the
     body is read: an unauthenticated request is answered 401 (or 403) without its body being
-    received, parsed or validated. Routes without a ``require`` are served unchanged."""
+    received, parsed or validated. Then a route that reads a JSON body refuses one not sent
+    as JSON (422). Routes without a ``require`` are served unchanged."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # A body sent without a Content-Type is read as JSON (FastAPI's strict default
+        # would pass it to validation as bytes: a 422 no client could act on); a body that
+        # says it is something else is refused (``refuse_unless_json``).
+        kwargs["strict_content_type"] = False
+        super().__init__(path, endpoint, **kwargs)
+        if self.body_field is not None and required_scopes(self.dependant):
+            self.responses = {**BODY_RESPONSES, **self.responses}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         scopes = required_scopes(self.dependant)
         if not scopes:
             return handler
+        reads_body = self.body_field is not None
 
         async def authenticated(request: Request) -> Response:
             request.scope[VERIFIED_KEY] = await authenticate(request, scopes)
+            if reads_body:
+                refuse_unless_json(request)
             return await handler(request)
 
         return authenticated

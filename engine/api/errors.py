@@ -13,6 +13,7 @@ fault when there were several (request validation reports them all at once).
     BadBody                          400   the body cannot be parsed (nested too deeply)
     FastAPI's body parse error       400   nested too deeply (as BadBody); 422 "not valid
                                            JSON" when json.loads refused it otherwise
+    NotJson                          422   the body says it is not JSON (its Content-Type)
     HTTPException (404, 413, ...)    its status, its detail as the message
     database unavailable             503   Retry-After; refused or dropped connections, no
                                            free pooled connection, a lock conflict
@@ -26,8 +27,9 @@ a time (at most one a minute per kind, counting the answers in between), never a
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -38,6 +40,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.api_keys import InvalidApiKey, MissingScope
@@ -97,6 +100,28 @@ class BadBody(HTTPException):
 
     def __init__(self, message: str) -> None:
         super().__init__(400, message)
+
+
+class NotJson(HTTPException):
+    """The body says it is not JSON (HTTP 422, naming ``content-type``, as every other input
+    the request gets wrong; 415 would be the more usual status)."""
+
+    field = "content-type"
+
+    def __init__(self, content_type: str) -> None:
+        super().__init__(
+            422,
+            f"Content-Type {content_type!r} is not JSON: send the body as JSON, with the "
+            "header Content-Type: application/json (or none)",
+        )
+
+
+def declares_json(content_type: str) -> bool:
+    """Whether a Content-Type is JSON as FastAPI reads it: ``application/json`` or
+    ``application/<anything>+json``, any parameters (``charset``), any case."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 class Invalid(JourneylineError):
@@ -205,9 +230,49 @@ def unparsable_body(exc: HTTPException) -> JSONResponse | None:
     if isinstance(cause, RecursionError):
         return error_response(400, NESTED_TOO_DEEPLY, field="body")
     if isinstance(cause, ValueError):
-        problem = Problem(field="body", message=f"not valid JSON: {cause}")
+        # Python's own words end in advice for its programmers ("use
+        # sys.set_int_max_str_digits() to increase the limit"), not for the client.
+        said = str(cause).split("; use sys.set_int_max_str_digits()")[0]
+        problem = Problem(field="body", message=f"not valid JSON: {said}")
         return error_response(422, f"body: {problem.message}", field="body", problems=[problem])
     return None
+
+
+def route_methods(routes: Iterable[BaseRoute]) -> list[tuple[re.Pattern[str], set[str]]]:
+    """Each route's path pattern and methods, for ``allowed_methods`` (``create_app`` keeps
+    them in ``app.state.route_methods``: FastAPI nests included routers in its own wrappers)."""
+    return [
+        (route.path_regex, set(route.methods or ()))
+        for route in routes
+        if isinstance(route, Route) and route.methods
+    ]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path, in a fixed order.
+
+    Starlette answers a method no route takes with the ``Allow`` of the first route whose
+    path matched, so ``PATCH /v1/contacts/{email}`` said ``Allow: PUT`` alone, though GET
+    and DELETE are served there too."""
+    known = getattr(request.app.state, "route_methods", None) or []
+    found: set[str] = set()
+    for pattern, methods in known:
+        if pattern.match(request.url.path):
+            found |= methods
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(found, key=lambda m: (order.index(m) if m in order else len(order), m))
+
+
+def _method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+    allowed = allowed_methods(request)
+    if not allowed:  # nothing else to say than what Starlette said
+        allowed = [m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m]
+    listed = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
+    message = f"method {request.method} is not allowed at this path: use {listed}"
+    return error_response(405, message, headers={"Allow": ", ".join(allowed)})
+
+
+NO_ROUTE_MESSAGE = "no endpoint at this path: see the OpenAPI document at /openapi.json"
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -215,6 +280,14 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     unparsable = unparsable_body(exc)
     if unparsable is not None:
         return unparsable
+    if exc.status_code == 405:
+        return _method_not_allowed(request, exc)
+    if exc.status_code == 404 and request.scope.get("route") is None:
+        path = request.url.path
+        hint = NO_ROUTE_MESSAGE
+        if len(path) > 1 and path.endswith("/"):
+            hint += " (paths end without a slash: drop the trailing '/')"
+        return error_response(404, hint)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     return error_response(
         exc.status_code,
@@ -363,7 +436,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "before the body is read.",
     },
     403: {"model": ErrorResponse, "description": "The API key lacks the scope."},
-    413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
     422: {"model": ErrorResponse, "description": "Invalid input; every field at fault named."},
     503: {
         "model": ErrorResponse,
@@ -372,3 +444,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 """The error answers every authenticated route may give, for the OpenAPI document."""
+
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "The body is nested too deeply to parse, or Content-Length is not a number.",
+    },
+    413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
+}
+"""The further error answers of an authenticated route that reads a JSON body (added by
+``auth.AuthenticatedRoute``)."""

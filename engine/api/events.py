@@ -1,5 +1,8 @@
 """``POST /v1/events``: record one event, or a batch of up to ``MAX_BATCH`` all or nothing.
 
+An ``idempotency_key`` already stored is a duplicate, recorded once, when the event is the
+same; a key reused for another event is refused, naming it (``reused_keys``).
+
 A batch is validated whole before anything is written: if any event is invalid the answer is
 422 naming every bad field (``events[3].email``) and nothing is recorded. Valid events are
 recorded in one transaction (each idempotently, by its ``idempotency_key``), and their
@@ -15,18 +18,20 @@ when an attribute a ``wait_until_date`` step counts from is given a value that i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
-from sqlmodel import Session
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col
 
 from engine import recording
 from engine.api.auth import AuthenticatedRoute, require
 from engine.api.deps import RuntimeDep
 from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
+from engine.clock import ensure_utc
 from engine.contacts import (
     validate_event_type,
     validate_properties,
@@ -37,6 +42,7 @@ from engine.db import transaction
 from engine.errors import ValidationError
 from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
 from engine.inbound_values import value_problems
+from engine.models import Contact, Event
 from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
@@ -72,12 +78,15 @@ class EventIn(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="Your id for this event: the same key twice is recorded once.",
+        description="Your id for this event: the same key twice is recorded once (a "
+        "duplicate); the same key with another email, type, properties or occurred_at is "
+        "refused (422 naming it), as it would answer for an event never recorded.",
     )
     occurred_at: datetime | None = Field(
         default=None,
-        description="When it happened (ISO 8601; without an offset, UTC): from 2000-01-01 "
-        "up to a day after the server's clock.",
+        description="When it happened (ISO 8601; without an offset, UTC; a date alone is "
+        "its midnight UTC; a number is a Unix time, in milliseconds when above 2e10): from "
+        "2000-01-01 up to a day after the server's clock.",
     )
     attributes: dict[str, Any] | None = Field(
         default=None, description="Contact attributes to merge (first_name, plan...)."
@@ -158,7 +167,7 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
     ]
     if problems:
         raise Invalid(problems)
-    return Accepted(events=record_all(runtime, items))
+    return Accepted(events=record_all(runtime, items, prefix=prefix))
 
 
 def check(
@@ -211,19 +220,83 @@ def check(
     return found
 
 
-def record_all(runtime: Runtime, items: list[EventIn]) -> list[RecordedEvent]:
-    """Record validated events in one transaction, then enqueue each new contact's work."""
+def record_all(
+    runtime: Runtime, items: list[EventIn], *, prefix: str = "events"
+) -> list[RecordedEvent]:
+    """Record validated events in one transaction, then enqueue each new contact's work.
+
+    A key already used for another event (``reused_keys``) refuses the whole request (422,
+    each such key named), and nothing of it is written."""
     now = runtime.clock.now()
     with transaction(runtime.db) as session:
         if session.get_bind().dialect.name in BULK_DIALECTS:
             recorded = record_batch(session, runtime.registry, items, now=now, source=SOURCE)
         else:
             recorded = [record_one(session, runtime.registry, item, now=now) for item in items]
+        reused = reused_keys(session, items, recorded, prefix=prefix)
+        if reused:
+            raise Invalid(reused)  # raised inside the transaction: it is rolled back
     runtime.enqueue_or_leave((r.contact_id for r in recorded if not r.duplicate), what="events")
     return [
         RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
         for r in recorded
     ]
+
+
+REUSED_KEY_MESSAGE = (
+    "idempotency key {key!r} was already used for another event (this one differs in "
+    "{fields}): a retry must repeat the event unchanged; a new event needs a new key"
+)
+
+
+def reused_keys(
+    session: Session,
+    items: Sequence[EventIn],
+    recorded: Sequence[recording.Recorded],
+    *,
+    prefix: str,
+) -> list[Problem]:
+    """A problem naming ``idempotency_key`` for each duplicate whose event is not the one
+    stored under its key (another address, type, properties or, when the request gives one,
+    time): a key reused by mistake would otherwise answer 202 for an event never recorded.
+    Attributes and time zone are merged into the contact, not kept with the event, so they
+    are not compared. Costs one read, only when a request holds duplicates."""
+    duplicates = [(i, r.event_id) for i, r in enumerate(recorded) if r.duplicate]
+    if not duplicates:
+        return []
+    ids = {event_id for _, event_id in duplicates}
+    rows = session.execute(
+        sa_select(
+            col(Event.id),
+            col(Contact.email),
+            col(Event.type),
+            col(Event.properties),
+            col(Event.occurred_at),
+        )
+        .join(Contact, col(Contact.id) == col(Event.contact_id))
+        .where(col(Event.id).in_(ids))
+    ).all()
+    stored = {row[0]: row[1:] for row in rows}
+    found: list[Problem] = []
+    for index, event_id in duplicates:
+        item = items[index]
+        if event_id not in stored:
+            continue
+        email, type_, properties, occurred_at = stored[event_id]
+        differ = []
+        if normalized_email(item.email) != email:
+            differ.append("email")
+        if item.type != type_:
+            differ.append("type")
+        if (item.properties or {}) != (properties or {}):
+            differ.append("properties")
+        if item.occurred_at is not None and ensure_utc(item.occurred_at) != occurred_at:
+            differ.append("occurred_at")
+        if differ:
+            where = f"{prefix}[{index}]." if prefix else ""
+            message = REUSED_KEY_MESSAGE.format(key=item.idempotency_key, fields=", ".join(differ))
+            found.append(Problem(field=f"{where}idempotency_key", message=message))
+    return found
 
 
 def record_one(

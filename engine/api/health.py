@@ -89,6 +89,12 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
+# Load balancers and uptime monitors often probe with HEAD: the same answer without its body
+# (FastAPI serves HEAD only where asked; kept out of the OpenAPI document, as usual).
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
+
 READINESS_MAX_AGE_SECONDS = 1.0
 """How long one readiness answer serves other requests. The endpoint needs no key: without
 this, a flood of requests while the broker is slow would each open a broker connection and
