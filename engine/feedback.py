@@ -12,7 +12,10 @@ them (``apply_feedback``), with two rules:
   clicked after it was sent, nor a stale unsubscribe an operator's later resubscribe;
 - a hard bounce (``email.bounced`` without a ``type``, or with ``"type": "bounce"``), a drop
   and a spam report suppress the address, as SendGrid's do; a spam report also
-  unsubscribes.
+  unsubscribes. A drop suppresses only when it is about the address: SendGrid also drops
+  for reasons of the message or the account ("Spam Content", "Invalid SMTPAPI header",
+  "Recipient List over Package Quota"), and suppressing on those would silence every
+  recipient of a step, or of the whole account once over its quota, for good.
 """
 
 from __future__ import annotations
@@ -29,12 +32,28 @@ if TYPE_CHECKING:
     from engine.registry import Registry
 
 
+# SendGrid's drop reasons that are about the address (its bounce, spam report, unsubscribe
+# and invalid lists): the message would be dropped again. Matched at the start, lower-cased.
+_ADDRESS_DROPS = ("bounced address", "spam reporting address", "unsubscribed address")
+
+
+def drop_is_about_the_address(reason: Any) -> bool:
+    """Whether a drop with this ``reason`` says the address itself cannot take mail (no
+    reason given counts as yes, the safe side); not for a message's or an account's fault."""
+    if reason is None or not str(reason).strip():
+        return True
+    text = str(reason).strip().lower()
+    return text == "invalid" or text.startswith(_ADDRESS_DROPS)
+
+
 def suppression_reason(event_type: str, properties: dict[str, Any]) -> str | None:
     """Why this event suppresses the address (as SendGrid's webhook words it), or None."""
     if event_type == "email.bounced":
         return "bounce" if properties.get("type", "bounce") == "bounce" else None
     if event_type == "email.dropped":
-        return f"dropped: {properties.get('reason', 'no reason given')}"[:64]
+        if not drop_is_about_the_address(properties.get("reason")):
+            return None
+        return f"dropped: {properties.get('reason') or 'no reason given'}"[:64]
     if event_type == "email.spam_reported":
         return "spam report"
     return None

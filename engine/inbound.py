@@ -9,7 +9,9 @@ signature is checked by the HTTP layer first) and, per event, in one transaction
 - makes bounces, drops and spam reports a suppression, and unsubscribes an unsubscription
   or a spam report (``engine.contacts.set_subscription``, as for an ``email.unsubscribed``
   event from any other source), effective for every workflow at once (sends re-check them
-  at the moment of sending);
+  at the moment of sending); a consent event older than one already recorded, or a
+  resubscribe to an unsubscribe group not ours, is recorded but changes nothing
+  (``_consent_ignored``);
 - reconciles an action left ``unknown`` (a send that timed out): SendGrid's word that it
   was processed or delivered marks it sent, a drop marks it failed.
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
@@ -33,7 +35,7 @@ from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
 from engine.feedback import suppress, suppression_reason
-from engine.models import Action, ActionStatus, Contact, SubscriptionStatus
+from engine.models import Action, ActionStatus, Contact, Event, SubscriptionStatus
 from engine.recording import record_event
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,11 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
     email = normalize_email(str(raw.get("email", "")))
     now = runtime.clock.now()
     with transaction(runtime.db) as session:
-        contact = session.exec(select(Contact).where(Contact.email == email)).first()
+        # Locked: SendGrid posts batches concurrently, and two consent events of one contact
+        # must not interleave (each reads what the other wrote, by event time below).
+        contact = session.exec(
+            select(Contact).where(Contact.email == email).with_for_update()
+        ).first()
         if contact is None:
             result.unknown_contacts += 1
             log.info("SendGrid %s for unknown address %s: not recorded", kind, email)
@@ -134,13 +140,58 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
         if suppressed_for is not None:
             suppress(session, contact.email, suppressed_for, source="sendgrid", now=now)
         status = SUBSCRIPTION_EVENTS.get(SENDGRID_EVENTS[kind])
-        if status is not None:
+        ignored = (
+            None
+            if status is None
+            else _consent_ignored(session, runtime, contact, raw, recorded.event_id, occurred)
+        )
+        if ignored is not None:
+            log.info("SendGrid %s for %s recorded, consent unchanged: %s", kind, email, ignored)
+        if status is not None and ignored is None:
             set_subscription(session, runtime.registry, contact, status, now=now)
         elif contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
             exit_unsubscribed(session, runtime.registry, contact, now=now)
-        _reconcile(session, properties.get("action_id"), kind, raw, now=now)
+        _reconcile(session, contact, properties.get("action_id"), kind, raw, now=now)
         result.recorded += 1
         result.contacts.add(contact.id)  # type: ignore[arg-type]
+
+
+def _consent_ignored(
+    session: Session,
+    runtime: Any,
+    contact: Contact,
+    raw: Mapping[str, Any],
+    event_id: int,
+    occurred: datetime,
+) -> str | None:
+    """Why this SendGrid consent event must not change the contact's consent, or None.
+
+    - A ``group_resubscribe`` counts only for our own unsubscribe group
+      (``JOURNEYLINE_SENDGRID_UNSUBSCRIBE_GROUP``): the Event Webhook is account-wide, and a
+      resubscribe to another team's group is no consent to our marketing (it would lift an
+      unsubscribe made with our own link). A ``group_unsubscribe`` from any group is honoured.
+    - SendGrid batches from many servers and retries a batch for 24 hours, so its events come
+      out of order: one older than a consent change already recorded (from any source) is
+      stale and changes nothing, or a late resubscribe would undo a newer unsubscribe.
+    """
+    if raw.get("event") == "group_resubscribe":
+        ours = getattr(runtime.settings, "sendgrid_unsubscribe_group", None)
+        group = raw.get("asm_group_id")
+        if ours is None or str(group) != str(ours):
+            return f"a resubscribe to unsubscribe group {group!r}, not ours ({ours!r})"
+    later = session.exec(
+        select(Event.id, Event.type)
+        .where(
+            Event.contact_id == contact.id,
+            col(Event.type).in_(list(SUBSCRIPTION_EVENTS)),
+            col(Event.occurred_at) > occurred,
+            Event.id != event_id,
+        )
+        .limit(1)
+    ).first()
+    if later is not None:
+        return f"older than {later[1]} (event {later[0]}) already recorded"
+    return None
 
 
 def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,12 +214,28 @@ def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _reconcile(
-    session: Session, action_id: Any, kind: str, raw: Mapping[str, Any], *, now: datetime
+    session: Session,
+    contact: Contact,
+    action_id: Any,
+    kind: str,
+    raw: Mapping[str, Any],
+    *,
+    now: datetime,
 ) -> None:
     if action_id is None or not str(action_id).isdigit():
         return
     action = session.get(Action, int(action_id))
     if action is None or action.status != ActionStatus.UNKNOWN:
+        return
+    if action.contact_id != contact.id:
+        # The Event Webhook is account-wide: another deployment sharing the SendGrid account
+        # (staging, a second region) numbers its actions too. Its event is not about ours.
+        log.warning(
+            "SendGrid %s for %s names action %s of another contact: not reconciled",
+            kind,
+            contact.email,
+            action_id,
+        )
         return
     if kind in _DELIVERED:
         action.status = ActionStatus.SENT
@@ -182,6 +249,41 @@ def _reconcile(
     action.updated_at = now
     action.completed_at = now
     session.add(action)
+
+
+_KIND_OF = {event_type: kind for kind, event_type in SENDGRID_EVENTS.items()}
+
+
+def reconcile_from_recorded(session: Session, action: Action, *, now: datetime) -> bool:
+    """Apply to an action just marked ``unknown`` the SendGrid events about it that came
+    while it was still ``sending`` (a worker died after SendGrid accepted it: the events
+    arrive within a minute, the lease expires later), which ``_reconcile`` passed over
+    then; whether one settled it. For whoever marks an action ``unknown``."""
+    if action.status != ActionStatus.UNKNOWN or action.id is None:
+        return False
+    wanted = [SENDGRID_EVENTS[kind] for kind in (*sorted(_DELIVERED), "dropped")]
+    found = session.exec(
+        select(Event.type, Event.properties)
+        .where(
+            Event.contact_id == action.contact_id,
+            col(Event.type).in_(wanted),
+            Event.source == "sendgrid",
+            col(Event.properties)["action_id"].as_string() == str(action.id),
+        )
+        .order_by(col(Event.id))
+    ).all()
+    # SendGrid's word that it took the message wins over a drop of it (as in _reconcile).
+    settled = [(_KIND_OF[t], p) for t, p in found if _KIND_OF[t] in _DELIVERED] or [
+        (_KIND_OF[t], p) for t, p in found
+    ]
+    if not settled:
+        return False
+    kind, raw = settled[0]
+    contact = session.get(Contact, action.contact_id)
+    if contact is None:
+        return False
+    _reconcile(session, contact, action.id, kind, raw, now=now)
+    return True
 
 
 def _timestamp(value: Any, now: datetime) -> datetime | None:

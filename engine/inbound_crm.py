@@ -4,7 +4,9 @@
 already checked by the HTTP layer), and per event:
 
 - ``contact.propertyChange`` on ``email`` links the HubSpot object to our contact (creating
-  it if new) by storing ``external_ids["hubspot"]``;
+  it if new) by storing ``external_ids["hubspot"]``, taking the link from the contact of the
+  object's previous address (an email changed in HubSpot), unless a later email change of
+  the object is already recorded;
 - ``contact.propertyChange`` on ``lifecyclestage`` records a ``crm.lifecycle_changed`` event
   whose processing moves the contact *forward* through the stage machine to the mapped stage,
   firing each trigger on the way (guards included). HubSpot delivers out of order and twice:
@@ -38,7 +40,7 @@ from engine.erasure import erase_contact
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.inbound import InboundResult
-from engine.models import Contact
+from engine.models import Contact, Event
 from engine.recording import record_event
 from engine.registry import Registry
 
@@ -120,8 +122,7 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             linked = session.get(Contact, recorded.contact_id)
             assert linked is not None
             if linked.external_ids.get("hubspot") != object_id:
-                linked.external_ids = {**linked.external_ids, "hubspot": object_id}
-                session.add(linked)
+                _link(session, linked, object_id, occurred)
             result.recorded += 1
             result.contacts.add(recorded.contact_id)
             return
@@ -163,6 +164,44 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             return
         result.recorded += 1
         result.contacts.add(contact.id)  # type: ignore[arg-type]
+
+
+def _link(session: Session, contact: Contact, object_id: str, occurred: datetime) -> None:
+    """Link ``contact`` to the HubSpot object, taking the link from whoever held it: an email
+    changed in HubSpot is the same object under a new address, and its later events (a
+    lifecycle stage) are about the contact of the new address. Unless the holder was linked
+    by a later email change: HubSpot delivers out of order, and a late old address must not
+    take the link back."""
+    holders = session.exec(
+        select(Contact).where(
+            col(Contact.external_ids)["hubspot"].as_string() == object_id,
+            Contact.id != contact.id,
+        )
+    ).all()
+    if any(_linked_later(session, holder, object_id, occurred) for holder in holders):
+        return
+    for holder in holders:
+        holder.external_ids = {k: v for k, v in holder.external_ids.items() if k != "hubspot"}
+        session.add(holder)
+    contact.external_ids = {**contact.external_ids, "hubspot": object_id}
+    session.add(contact)
+
+
+def _linked_later(session: Session, holder: Contact, object_id: str, occurred: datetime) -> bool:
+    """Whether ``holder`` got the object's address by an email change after ``occurred``."""
+    later = session.exec(
+        select(Event.id)
+        .where(
+            Event.contact_id == holder.id,
+            Event.type == "crm.contact_changed",
+            col(Event.occurred_at) > occurred,
+            Event.source == "hubspot",
+            col(Event.properties)["object_id"].as_string() == object_id,
+            col(Event.properties)["property"].as_string() == "email",
+        )
+        .limit(1)
+    ).first()
+    return later is not None
 
 
 def _by_hubspot_id(session: Session, object_id: str) -> Contact | None:

@@ -12,8 +12,9 @@ and maps what comes back, here at the boundary:
   ``TransientConnectorError``.
 - 5xx, or a timeout after the request was sent: for idempotent calls (reads, upserts,
   property updates) retried likewise, then ``TransientConnectorError``; for creating a task
-  or a note (HubSpot has no idempotency key) 5xx is ``TransientConnectorError`` at once and
-  a timeout is ``DeliveryUnknownError``: it may exist already.
+  or a note (HubSpot has no idempotency key) 500 / 503 are ``TransientConnectorError`` at
+  once, and a timeout or a gateway's 502 / 504 / 524 (the proxy gave up waiting) is
+  ``DeliveryUnknownError``: it may exist already.
 - other 4xx: ``PermanentConnectorError`` with HubSpot's ``message``, category and
   correlation id (unless the caller takes that status as an answer: a batch refused whole).
 """
@@ -38,6 +39,11 @@ from engine.errors import DeliveryUnknownError, PermanentConnectorError, Transie
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 
 _DAILY_RETRY_AFTER = timedelta(hours=1)  # a guess: the daily quota resets at midnight
+
+GATEWAY_GAVE_UP = frozenset({502, 504, 524})
+"""Answers of the proxy in front of HubSpot (Bad Gateway, Gateway Timeout, Cloudflare's 524
+"a timeout occurred"): the request may have reached HubSpot and been done, as after a read
+timeout. HubSpot's own 500 and 503 did not do it."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,11 @@ class HubSpotTransport:
                     retry_after=timedelta(seconds=wait_s),
                 )
             if status >= 500:
+                if not call.idempotent and status in GATEWAY_GAVE_UP:
+                    raise DeliveryUnknownError(
+                        f"hubspot's gateway answered {status} ({call.what}): "
+                        f"{describe(response)}; it may have been done, check before trying again"
+                    )
                 if call.idempotent and retry:
                     self.limiter.sleep(self._backoff(attempt))
                     continue

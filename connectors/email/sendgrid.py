@@ -5,8 +5,9 @@ goes through long-lived ``httpx.Client``s because the package's own client opens
 connection per request (about 30 emails/s against ~1,300 with keep-alive).
 
 SendGrid has no idempotency key, so ``dedupes`` is False: the action id travels in
-``custom_args`` (echoed on every delivery event) and a timeout after the request went out
-becomes ``DeliveryUnknownError``, to be reconciled from events rather than re-sent.
+``custom_args`` (echoed on every delivery event) and a timeout after the request went out,
+or a gateway's 502 / 504 (which is one), becomes ``DeliveryUnknownError``, to be reconciled
+from events rather than re-sent. 429, 500 and 503 are retried.
 
 ``send_batch`` posts one message to many recipients in one request: one personalization per
 recipient (at most ``batch_size``, SendGrid's limit is 1,000), each with its own
@@ -57,6 +58,10 @@ MAX_SUBSTITUTION_BYTES = 10_000
 """Per personalization. SendGrid's pages say 10,000 in one place and 50,000 in another: the
 smaller holds for both."""
 _DEFAULT_RETRY_AFTER_S = 1.0
+_GATEWAY_GAVE_UP = frozenset({502, 504})
+"""Answers from a proxy that lost its upstream mid-request (Bad Gateway, Gateway Timeout):
+like a read timeout, they say nothing about whether SendGrid accepted the message. A 500 or
+503 comes from SendGrid itself refusing it, and is retried."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,13 @@ def _error_for(response: httpx.Response) -> Exception:
         return TransientConnectorError(
             f"sendgrid rate limit (429): {detail}",
             retry_after=_retry_after(response.headers.get("X-RateLimit-Reset")),
+        )
+    if status in _GATEWAY_GAVE_UP:
+        # A proxy in front of SendGrid answered for it: the request may have reached SendGrid
+        # and been accepted. With no idempotency key, sending again may send it twice.
+        return DeliveryUnknownError(
+            f"sendgrid's gateway answered {status} ({detail}); the message may have been "
+            "accepted: reconcile it from delivery events before sending again"
         )
     if status >= 500:
         return TransientConnectorError(f"sendgrid server error ({status}): {detail}")

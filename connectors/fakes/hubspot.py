@@ -83,6 +83,7 @@ class _Script:
     body: Any  # the answer; for a delay, the seconds
     method: str | None
     path: str | None
+    after_accepting: bool = False  # do the request, then answer the failure
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -230,17 +231,20 @@ class FakeHubSpot:
         body: Any = None,
         method: str | None = None,
         path: str | None = None,
+        after_accepting: bool = False,
     ) -> None:
         """Answer the next ``count`` authenticated requests (those with this ``method`` and
         a path starting with ``path``, if given) with ``status``. A 429 gets HubSpot's
-        RATE_LIMIT body; the rate-limit headers are added as usual."""
+        RATE_LIMIT body; the rate-limit headers are added as usual. With
+        ``after_accepting`` the request is done first (a task is created, a contact
+        updated) and only its answer is lost, as behind a gateway that timed out."""
         if body is None:
             if status == 429:
                 body = _rate_limit_body()
             else:
                 category = "VALIDATION_ERROR" if status < 500 else "INTERNAL_ERROR"
                 body = HubSpotError(status, f"scripted failure {status}", category).body
-        script = _Script(status, dict(headers or {}), body, method, path)
+        script = _Script(status, dict(headers or {}), body, method, path, after_accepting)
         with self._lock:
             self._failures.extend(script for _ in range(count))
 
@@ -369,6 +373,9 @@ class FakeHubSpot:
                 return 429, self._limit_headers(), _rate_limit_body(), body
             limit_headers = self._limit_headers()
         if script is not None:
+            if script.after_accepting:
+                with contextlib.suppress(HubSpotError), self._lock:
+                    self._route(method, path, query, body)
             return script.status, {**limit_headers, **script.headers}, script.body, body
         try:
             with self._lock:

@@ -10,7 +10,10 @@ Point ``SendGridEmailConnector(host=fake.url)`` at it to test workflows without 
 
 It checks the Bearer key, validates payloads against the documented limits (answering 400
 with SendGrid's ``{"errors": [...]}`` body), answers 202 with an ``X-Message-Id``, 200 in
-sandbox mode, and can be scripted to fail (``fail_next``) or stall (``delay_next``).
+sandbox mode, and can be scripted to fail (``fail_next``) or stall (``delay_next``). A
+failure can come after the message was accepted (``fail_next(504, after_accepting=True)``:
+a gateway that gave up waiting for SendGrid's answer), as happens in production: the
+message goes out all the same, and a client that sends it again sends it twice.
 
 It also plays SendGrid's signed Event Webhook: ``event(kind, message)`` builds an event
 about a message it accepted (``custom_args`` echoed as top-level keys, as SendGrid does) and
@@ -59,6 +62,7 @@ MAX_CATEGORIES = 10
 MAX_CUSTOM_ARGS_BYTES = 10_000
 MAX_SUBSTITUTION_BYTES = 10_000
 MAX_SEND_AHEAD = timedelta(hours=72)
+_ACCEPTED = "x-fake-accepted-message-id"  # never sent: see _Handler._handle
 
 _STATUS_MESSAGES = {
     400: "Bad Request",
@@ -82,6 +86,7 @@ class RecordedRequest:
     status: int
     message_id: str | None
     client_port: int  # the same port across requests means one kept-alive connection
+    accepted: bool = False  # taken for delivery (a 202, or a failure after accepting)
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class _Script:
     status: int
     headers: dict[str, str]
     body: Any
+    after_accepting: bool = False
 
 
 class FakeSendGrid:
@@ -176,8 +182,12 @@ class FakeSendGrid:
         count: int = 1,
         headers: Mapping[str, str] | None = None,
         body: Any = None,
+        *,
+        after_accepting: bool = False,
     ) -> None:
-        """Answer the next ``count`` requests with ``status`` (a 429 gets rate-limit headers)."""
+        """Answer the next ``count`` requests with ``status`` (a 429 gets rate-limit headers).
+        With ``after_accepting`` a valid request is accepted for delivery first (it is in
+        ``sent_messages``), and only the answer is the failure."""
         script_headers = dict(headers or {})
         if status == 429:
             script_headers.setdefault("X-RateLimit-Limit", "600")
@@ -186,7 +196,9 @@ class FakeSendGrid:
         if body is None:
             body = _errors(_STATUS_MESSAGES.get(status, "error"), None)
         with self._lock:
-            self._failures.extend(_Script(status, script_headers, body) for _ in range(count))
+            self._failures.extend(
+                _Script(status, script_headers, body, after_accepting) for _ in range(count)
+            )
 
     def delay_next(self, seconds: float) -> None:
         """Stall the next request ``seconds`` before answering it (it is still processed)."""
@@ -201,10 +213,11 @@ class FakeSendGrid:
             return list(self._requests)
 
     def sent_messages(self) -> list[SentMessage]:
-        """One record per recipient of every accepted (202), non-sandbox request."""
+        """One record per recipient of every accepted, non-sandbox request (answered 202, or
+        failed after accepting)."""
         sent: list[SentMessage] = []
         for request in self.requests:
-            if request.status != 202 or not isinstance(request.body, dict):
+            if not request.accepted or not isinstance(request.body, dict):
                 continue
             body = request.body
             content = {c.get("type"): c.get("value", "") for c in body.get("content", [])}
@@ -306,7 +319,9 @@ class FakeSendGrid:
     def _respond(
         self, method: str, path: str, headers: Mapping[str, str], raw: bytes | None
     ) -> tuple[int, dict[str, str], Any, Any]:
-        """(status, headers, response body, parsed request body) for one request."""
+        """(status, headers, response body, parsed request body) for one request. A failure
+        after accepting names the accepted message in the ``_ACCEPTED`` header, which the
+        handler keeps to itself."""
         with self._lock:
             delay = self._delays.popleft() if self._delays else 0.0
         if delay:
@@ -325,12 +340,15 @@ class FakeSendGrid:
             return 400, {}, _errors("Bad Request", None), None
         with self._lock:
             script = self._failures.popleft() if self._failures else None
-        if script is not None:
-            return script.status, script.headers, script.body, body
         problems = validate_mail(body)
+        sandbox = body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable") is True
+        if script is not None:
+            answer_headers = dict(script.headers)
+            if script.after_accepting and not problems and not sandbox:
+                answer_headers[_ACCEPTED] = secrets.token_urlsafe(16)
+            return script.status, answer_headers, script.body, body
         if problems:
             return 400, {}, {"errors": problems}, body
-        sandbox = body.get("mail_settings", {}).get("sandbox_mode", {}).get("enable") is True
         if sandbox:
             return 200, {}, None, body
         return 202, {"X-Message-Id": secrets.token_urlsafe(16)}, None, body
@@ -496,6 +514,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw = self.rfile.read(length)
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, extra, answer, body = fake._respond(method, self.path, headers, raw)
+        accepted_id = extra.pop(_ACCEPTED, None)
+        if status == 202:
+            accepted_id = extra.get("X-Message-Id")
         payload = b"" if answer is None else json.dumps(answer).encode()
         fake._record(
             RecordedRequest(
@@ -504,8 +525,9 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=headers,
                 body=body,
                 status=status,
-                message_id=extra.get("X-Message-Id"),
+                message_id=accepted_id,
                 client_port=self.client_address[1],
+                accepted=accepted_id is not None,
             )
         )
         self.send_response(status)
