@@ -75,10 +75,14 @@ class InboundResult:
     contacts: set[int] = field(default_factory=set)  # to process after commit
 
 
-def record_sendgrid_events(runtime: Any, events: Sequence[Any]) -> InboundResult:
-    """Record a batch; enqueue processing for the contacts it touched."""
+def record_sendgrid_events(
+    runtime: Any, events: Sequence[Any], positions: Sequence[int] | None = None
+) -> InboundResult:
+    """Record a batch; enqueue processing for the contacts it touched. ``positions`` are
+    the events' places in the delivered batch, which rejections name (by default their
+    places in ``events``)."""
     result = InboundResult()
-    for index, raw in enumerate(events):
+    for index, raw in zip(positions or range(len(events)), events, strict=True):
         try:
             _one(runtime, raw, result)
         except ValidationError as exc:

@@ -61,10 +61,16 @@ HUBSPOT_TO_STAGE: dict[str, str] = {
 
 
 def record_hubspot_events(
-    runtime: Any, events: Sequence[Any], *, mapping: Mapping[str, str] | None = None
+    runtime: Any,
+    events: Sequence[Any],
+    positions: Sequence[int] | None = None,
+    *,
+    mapping: Mapping[str, str] | None = None,
 ) -> InboundResult:
+    """Record a batch, each event in its own transaction; ``positions`` are the events'
+    places in the delivered batch, which rejections name (by default their places here)."""
     result = InboundResult()
-    for index, raw in enumerate(events):
+    for index, raw in zip(positions or range(len(events)), events, strict=True):
         try:
             _one(runtime, raw, result, mapping or HUBSPOT_TO_STAGE)
         except ValidationError as exc:

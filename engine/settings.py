@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     hubspot_client_secret: str | None = Field(
         default=None, description="HubSpot app client secret: verifies inbound webhooks."
     )
+    hubspot_accept_v1_v2: bool = Field(
+        default=False,
+        description="Accept HubSpot webhook signatures v1 and v2 (no timestamp: replayable "
+        "at any time) from senders that sign nothing else; app webhooks sign v3.",
+    )
     hubspot_inbound_stage_map: dict[str, str] = Field(
         default_factory=dict,
         description="JSON overrides of HubSpot lifecyclestage value -> our stage, for inbound "

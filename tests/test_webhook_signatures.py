@@ -217,9 +217,16 @@ def hubspot_check(
     uri: str = URI,
     secret: str = SECRET,
     now: datetime = NOW,
+    accept_v1_v2: bool = True,
 ) -> None:
     verify_hubspot(
-        client_secret=secret, method=method, uri=uri, body=body, headers=headers, now=now
+        client_secret=secret,
+        method=method,
+        uri=uri,
+        body=body,
+        headers=headers,
+        now=now,
+        accept_v1_v2=accept_v1_v2,
     )
 
 
@@ -355,6 +362,23 @@ def test_hubspot_v2_covers_method_uri_and_body() -> None:
             hubspot_check(headers, **change)  # type: ignore[arg-type]
         assert reason_of(excinfo) == "mismatch"
         assert excinfo.value.scheme == "hubspot-v2"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_hubspot_v1_v2_are_refused_unless_accepted(version: str) -> None:
+    """They sign no time: a request signed with them replays for ever (its v3 headers
+    taken off). Only a deployment that opts in takes them."""
+    source = SECRET + ("POST" + URI if version == "v2" else "")
+    digest = hashlib.sha256(source.encode() + HS_BODY).hexdigest()
+    headers = {"X-HubSpot-Signature": digest, "X-HubSpot-Signature-Version": version}
+    with pytest.raises(SignatureError) as excinfo:
+        hubspot_check(headers, accept_v1_v2=False)
+    assert reason_of(excinfo) == "missing"
+    assert "JOURNEYLINE_HUBSPOT_ACCEPT_V1_V2" in str(excinfo.value)
+    assert "signs no time" in str(excinfo.value)
+    hubspot_check(headers, accept_v1_v2=True)
+    # v3 needs no opting in
+    hubspot_check(v3_headers(), accept_v1_v2=False)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

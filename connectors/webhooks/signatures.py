@@ -317,13 +317,17 @@ def verify_hubspot(
     headers: Mapping[str, str],
     now: datetime,
     tolerance: timedelta = DEFAULT_TOLERANCE,
+    accept_v1_v2: bool = False,
 ) -> None:
     """Check a HubSpot webhook request; raise :class:`SignatureError` if it fails.
 
     ``method`` and ``uri`` must be what HubSpot requested: the method in capitals and the
     full URI with scheme, host, path and query string in their original order. ``headers``
     are looked up case-insensitively. v3 is used whenever its header is present (even if
-    v1/v2 headers are also sent); otherwise ``X-HubSpot-Signature-Version`` picks v1 or v2.
+    v1/v2 headers are also sent). v1 and v2 sign no time, so a request signed with them
+    can be replayed at any time later (with its v3 headers taken off): they are refused
+    unless ``accept_v1_v2`` (for senders that have nothing else), and then
+    ``X-HubSpot-Signature-Version`` picks v1 or v2.
     """
     if not client_secret:
         raise ConfigurationError("no HubSpot client secret is configured")
@@ -332,6 +336,14 @@ def verify_hubspot(
         _verify_hubspot_v3(client_secret, method, uri, body, v3, headers, now, tolerance)
         return
     signature = _header(headers, HUBSPOT_SIGNATURE_HEADER)
+    if not accept_v1_v2:
+        why = "only a v1/v2 signature, which signs no time" if signature else "no signature"
+        raise SignatureError(
+            f"no HubSpot signature v3 ({HUBSPOT_SIGNATURE_V3_HEADER}): {why}; v1 and v2 are "
+            "accepted only with JOURNEYLINE_HUBSPOT_ACCEPT_V1_V2=true",
+            reason="missing",
+            scheme="hubspot",
+        )
     if signature is None or not signature.strip():
         raise SignatureError("no HubSpot signature header", reason="missing", scheme="hubspot")
     version = (_header(headers, HUBSPOT_SIGNATURE_VERSION_HEADER) or "").strip().lower()

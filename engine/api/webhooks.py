@@ -10,12 +10,19 @@ exactly as received, before anything is parsed. Then, in order, every request go
     no signature or timestamp header                401
     malformed, wrong or stale signature             403  (stale: outside the tolerance window)
     body nested too deeply to parse                 400  (as /v1/events answers)
-    body not JSON, or an event missing a field      422  naming every field at fault
+    body not JSON (SendGrid, HubSpot: not an array)  422  naming every field at fault
+    a generic source's event missing a field        422  naming every field at fault
     otherwise                                       200  with what was recorded
 
-Nothing is recorded unless the whole request passed. Deliveries are deduplicated (SendGrid
-on ``sg_event_id``, HubSpot on its event identity, generic sources on the declared key), so
-a retried or replayed request is answered 200 and records nothing new. SendGrid and HubSpot
+A generic source's request is recorded whole or not at all. From SendGrid and HubSpot, an
+event that cannot be used (not an object, a field missing, an address that is not one) is
+rejected alone: named in the answer's ``rejected`` and logged as a warning, while the
+batch's good events are recorded. Refusing the whole batch would have the provider retry it
+unchanged, refused again, for a day, and then drop it, good events and all.
+
+Deliveries are deduplicated (SendGrid on ``sg_event_id``, HubSpot on its event identity,
+generic sources on the declared key), so a retried or replayed request is answered 200 and
+records nothing new. SendGrid and HubSpot
 events are then committed one by one (``record_sendgrid_events``, ``record_hubspot_events``):
 if the process dies midway, no answer goes out, the provider retries, and the retry records
 only what is missing. A generic source's events commit in one transaction. Events of kinds we do
@@ -250,6 +257,19 @@ def _array(events: Any, *, max_items: int | None = None) -> list[Any]:
     return events
 
 
+def _rejected(provider: str, index: int, problems: list[Problem]) -> list[str]:
+    """One event of a provider's batch refused: named in the answer's ``rejected`` and
+    logged, while the batch's good events are recorded. Refusing the whole batch would
+    have the provider retry it, unchanged and refused again, for a day, and then drop it,
+    its good events with it."""
+    own = f"[{index}]"
+    why = "; ".join(
+        f"{(p.field or '').removeprefix(own).lstrip('.') or 'event'}: {p.message}" for p in problems
+    )
+    log.warning("%s event %s rejected: %s", provider, index, why)
+    return [f"index {index}: {why}"]
+
+
 def _shape(model: type[BaseModel], index: int, event: Any) -> list[Problem]:
     """Every problem with one event's shape, each named like ``[3].email``."""
     try:
@@ -305,15 +325,15 @@ async def sendgrid_webhook(
     except ConfigurationError as exc:
         raise _unconfigured(f"a valid JOURNEYLINE_SENDGRID_WEBHOOK_PUBLIC_KEY ({exc})") from exc
     events = _array(_parse_json(body))
-    problems: list[Problem] = []
+    rejected: list[str] = []
     known: list[dict[str, Any]] = []
+    positions: list[int] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-            problems += _shape(SendGridEvent, index, event)
+            rejected += _rejected("SendGrid", index, _shape(SendGridEvent, index, event))
             continue
         if event["event"] not in SENDGRID_EVENTS:
             continue  # a kind we do not handle (SendGrid adds some): acknowledged, ignored
-        known.append(_kept_without_nul("SendGrid", index, event))
         found = _shape(SendGridEvent, index, event)
         if not found:
             try:
@@ -324,11 +344,14 @@ async def sendgrid_webhook(
                 sendgrid_event_key(event)
             except ValidationError as exc:
                 found.append(Problem(field=f"[{index}].{exc.field}", message=str(exc)))
-        problems += found
-    if problems:
-        raise Invalid(problems)
-    result = await run_in_threadpool(record_sendgrid_events, runtime, known)
-    return WebhookResult.of(result, ignored=len(events) - len(known))
+        if found:
+            rejected += _rejected("SendGrid", index, found)
+            continue
+        known.append(_kept_without_nul("SendGrid", index, event))
+        positions.append(index)
+    result = await run_in_threadpool(record_sendgrid_events, runtime, known, positions)
+    result.rejected[:0] = rejected
+    return WebhookResult.of(result, ignored=len(events) - len(known) - len(rejected))
 
 
 # --- HubSpot -------------------------------------------------------------------------------
@@ -368,7 +391,8 @@ def _signed_uri(request: Request) -> str:
     "/hubspot",
     summary="HubSpot app webhooks (signed)",
     description="Batches of up to 100 contact events, verified with signature v3 "
-    "(`X-HubSpot-Signature-v3`, 5-minute window) or v1/v2, keyed with the app's client "
+    "(`X-HubSpot-Signature-v3`, 5-minute window; v1/v2 only with "
+    "`JOURNEYLINE_HUBSPOT_ACCEPT_V1_V2`), keyed with the app's client "
     "secret (`JOURNEYLINE_HUBSPOT_CLIENT_SECRET`). `lifecyclestage` changes move the contact "
     "forward through the stage machine; deletions erase it. Non-contact events are ignored.",
     responses=WEBHOOK_RESPONSES,
@@ -411,19 +435,20 @@ async def hubspot_webhook(
             headers=request.headers,
             now=runtime.clock.now(),
             tolerance=_tolerance(runtime),
+            accept_v1_v2=runtime.settings.hubspot_accept_v1_v2,
         )
     except SignatureError as exc:
         raise _refused(exc) from exc
     events = _array(_parse_json(body), max_items=MAX_HUBSPOT_BATCH)
-    problems: list[Problem] = []
+    rejected: list[str] = []
     contact_events: list[dict[str, Any]] = []
+    positions: list[int] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict) or not isinstance(event.get("subscriptionType"), str):
-            problems += _shape(HubSpotEvent, index, event)
+            rejected += _rejected("HubSpot", index, _shape(HubSpotEvent, index, event))
             continue
         if not event["subscriptionType"].startswith("contact."):
             continue  # deals, companies...: acknowledged, ignored
-        contact_events.append(_kept_without_nul("HubSpot", index, event))
         found = _shape(HubSpotEvent, index, event)
         if not found:
             try:
@@ -435,14 +460,17 @@ async def hubspot_webhook(
                     normalize_email(str(event.get("propertyValue") or ""))
                 except ValidationError as exc:
                     found.append(Problem(field=f"[{index}].propertyValue", message=str(exc)))
-        problems += found
-    if problems:
-        raise Invalid(problems)
+        if found:
+            rejected += _rejected("HubSpot", index, found)
+            continue
+        contact_events.append(_kept_without_nul("HubSpot", index, event))
+        positions.append(index)
     mapping = request.app.state.hubspot_stage_map
     result = await run_in_threadpool(
-        lambda: record_hubspot_events(runtime, contact_events, mapping=mapping)
+        lambda: record_hubspot_events(runtime, contact_events, positions, mapping=mapping)
     )
-    return WebhookResult.of(result, ignored=len(events) - len(contact_events))
+    result.rejected[:0] = rejected
+    return WebhookResult.of(result, ignored=len(events) - len(contact_events) - len(rejected))
 
 
 # --- generic HMAC sources ------------------------------------------------------------------
