@@ -41,6 +41,7 @@ from engine.errors import (
     unexpected_failure,
 )
 from engine.guardrails import defer_until
+from engine.inbound import reconcile_from_recorded
 from engine.models import Action, ActionStatus, Contact, SubscriptionStatus, Suppression
 from engine.pauses import Held, pause_workflows
 from engine.performers import Call, Performed, Performer, Unconfigured
@@ -297,15 +298,13 @@ def _claim(
         if action.lease_until and action.lease_until > now:
             return Outcome(ActionStatus.SENDING)  # another worker is on it
         if not performer.dedupes:
-            _finish(
+            return mark_unknown(
                 session,
                 action,
-                ActionStatus.UNKNOWN,
                 now=now,
                 error=f"a worker stopped during the call and {performer.name} cannot dedupe: "
                 f"{_check_before_repeating(action.kind)}",
             )
-            return Outcome(ActionStatus.UNKNOWN)
         log.warning("action %s: lease expired mid-send; re-sending (connector dedupes)", action_id)
     elif action.next_attempt_at > now:
         return Outcome(ActionStatus.PENDING, retry_at=action.next_attempt_at)
@@ -393,6 +392,18 @@ def _record_failure(
         return record_failure_on(session, action, exc, now=now, policy=policy)
 
 
+def mark_unknown(session: Session, action: Action, *, now: datetime, error: str) -> Outcome:
+    """Mark an action ``unknown`` (the provider may have acted: never repeated), then settle
+    it at once from the provider's events already recorded about it: SendGrid's events for
+    an email it accepted can come while the action was still ``sending`` (a worker died
+    after the call; a gateway timed out), and were passed over then."""
+    _finish(session, action, ActionStatus.UNKNOWN, now=now, error=error)
+    if action.kind == "email" and reconcile_from_recorded(session, action, now=now):
+        log.info("action %s: settled as %s by events already recorded", action.id, action.status)
+        return Outcome(action.status)
+    return Outcome(ActionStatus.UNKNOWN)
+
+
 def record_failure_on(
     session: Session, action: Action, exc: Exception, *, now: datetime, policy: RetryPolicy
 ) -> Outcome:
@@ -401,8 +412,7 @@ def record_failure_on(
     error = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, DeliveryUnknownError):
         log.error("action %s: delivery unknown, not re-sent: %s", action_id, error)
-        _finish(session, action, ActionStatus.UNKNOWN, now=now, error=error)
-        return Outcome(ActionStatus.UNKNOWN)
+        return mark_unknown(session, action, now=now, error=error)
     permanent = isinstance(exc, PermanentConnectorError)
     if permanent or action.attempts >= policy.max_attempts:
         why = "permanent error" if permanent else f"gave up after {action.attempts} attempts"

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from connectors.email import EmailMessage
-from engine.actions import CLAIM_COLUMNS, _finish, held_reason, hold_reason
+from engine.actions import CLAIM_COLUMNS, _finish, held_reason, hold_reason, mark_unknown
 from engine.batch_render import BatchRenders
 from engine.db import one_of_param
 from engine.errors import ConnectorError
@@ -148,16 +148,15 @@ def claim_batch(
                 result.statuses[ActionStatus.SENDING] += 1  # another worker is on it
                 continue
             if not connector.dedupes:
-                _finish(
+                outcome = mark_unknown(
                     session,
                     _orm(session, row.id),
-                    ActionStatus.UNKNOWN,
                     now=now,
                     error="a worker stopped during the send and the connector cannot dedupe: "
                     "check delivery events before sending again",
                 )
                 finished.add(row.id)
-                result.statuses[ActionStatus.UNKNOWN] += 1
+                result.statuses[outcome.status] += 1
                 continue
         elif row.next_attempt_at > now:
             result.statuses[ActionStatus.PENDING] += 1

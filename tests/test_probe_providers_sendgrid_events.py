@@ -190,3 +190,35 @@ def set_status(rt: Any, action_id: int, status: str) -> None:
         action.status = status
         session.add(action)
         session.commit()
+
+
+def test_a_send_left_by_a_dead_worker_is_settled_by_events_already_recorded(
+    tmp_path: Path,
+) -> None:
+    """The whole path: the claim that finds a dead worker's lease over marks the email
+    unknown (the provider cannot dedupe) and settles it then and there from SendGrid's
+    events that came while it was still sending, instead of leaving it unknown for good."""
+    with running(tmp_path, [WELCOME]) as (rt, clock, email):
+        email.dedupes = False  # as SendGrid: a repeat would be a second email
+        sent = welcomed(rt, "ana@example.com")
+        action_id = sent["ana@example.com"]
+        calls = email.calls
+        # Given a worker died mid-send, its lease over, after SendGrid took the email
+        with Session(rt.db) as session:
+            action = session.get(Action, action_id)
+            assert action is not None
+            action.status = ActionStatus.SENDING
+            action.lease_until = clock.now()
+            session.add(action)
+            session.commit()
+        for n, kind in enumerate(("processed", "delivered")):
+            record_sendgrid_events(rt, [sg(kind, "ana@example.com", action_id, n)])
+        # When the action is claimed again
+        clock.advance(minutes=1)
+        outcome = rt.perform(action_id)
+        # Then it is settled as sent, and nothing went to the provider again
+        assert outcome.status == ActionStatus.SENT
+        assert email.calls == calls
+        with Session(rt.db) as session:
+            again = session.get(Action, action_id)
+            assert again is not None and again.status == ActionStatus.SENT
