@@ -555,3 +555,11 @@ def test_a_median_of_stays_is_the_same_on_sqlite_as_in_exact_arithmetic(sqlite_u
 def test_the_median_of_stays_is_the_same_on_postgresql(pg_db_url: str) -> None:
     write_two_engagement_stays(pg_db_url)
     assert engagement_median(pg_db_url) == 5.188
+
+
+def test_a_period_starting_in_the_future_is_refused_not_reported_as_zeros() -> None:
+    """Nothing has happened in it: its churn and conversion rates would read 0%."""
+    with pytest.raises(ValidationError) as future:
+        Period.parse("2027-01-01", None, now=NOW)
+    assert future.value.field == "since" and "in the future" in str(future.value)
+    assert Period.parse(NOW.isoformat(), None, now=NOW).since == NOW  # now itself is fine

@@ -92,6 +92,13 @@ class Period:
         end = (
             None if until is None else parse_moment(until, now=now, field="until", end_of_day=True)
         )
+        if start is not None and start > now:  # nothing has happened in it yet: every rate
+            # would read 0% (no churn, no conversion) rather than "no data"
+            raise ValidationError(
+                f"since ({start:%Y-%m-%d %H:%M} UTC) is in the future: nothing has happened "
+                "in that period yet",
+                field="since",
+            )
         return cls(start, end)
 
     def holds(self, column: Any) -> list[ColumnElement[bool]]:
