@@ -107,15 +107,17 @@ def count_shard(
         if path:
             add_path(path)
         enrollments = session.execute(
-            select(Enrollment.workflow, Enrollment.status, Enrollment.context).execution_options(
-                **streamed
-            )
+            select(
+                Enrollment.workflow, Enrollment.status, Enrollment.context, Enrollment.entry
+            ).execution_options(**streamed)
         )
-        for workflow, status, context in enrollments:
+        for workflow, status, context, entry in enrollments:
             goals[workflow][0] += 1
             goals[workflow][1] += status == "converted"
             if status in LIVE:
                 running[workflow] += 1
+            if entry != 1:  # A/B: each contact once, as the live report counts her
+                continue
             for split_id, variant in (context.get("variants") or {}).items():
                 key = f"{workflow}:{split_id}={variant}"
                 variants[key][0] += 1

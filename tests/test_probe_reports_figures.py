@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -130,18 +130,29 @@ class Rows:
             )
         )
 
-    def split_enrollments(self, n: int, *variants: tuple[str, int, int], at: str) -> None:
-        """(variant, converted, entered) per variant, all enrollments of contact cn."""
-        entry = 0
+    def split_enrollments(self, *variants: tuple[str, int, int], at: str) -> None:
+        """(variant, converted, entered) per variant, each enrollment of a contact of its
+        own (``ab1@example.com``, ...: a contact is the unit of an A/B test)."""
+        number = 0
         for variant, converted, entered in variants:
             for i in range(entered):
-                entry += 1
+                number += 1
+                person = Contact(
+                    email=f"ab{number}@example.com",
+                    stage="awareness",
+                    stage_entered_at=t("2026-01-01"),
+                    created_at=t("2026-01-01"),
+                    updated_at=t("2026-01-01"),
+                )
+                self.session.add(person)
+                self.session.flush()
+                assert person.id is not None
                 self.session.add(
                     Enrollment(
-                        contact_id=self.ids[n],
+                        contact_id=person.id,
                         workflow="trial_ab",
                         version="v1",
-                        entry=entry,
+                        entry=1,
                         status="converted" if i < converted else "completed",
                         context={"variants": {"offer": variant}},
                         started_at=t(at),
@@ -263,7 +274,7 @@ def write_march(url: str) -> None:
                 rows.event(n, "order.completed", at, **order)
             # A/B: 134/300 (A), 158/300 (B), 150/300 (C) enrollments converted
             rows.split_enrollments(
-                9, ("A", 134, 300), ("B", 158, 300), ("C", 150, 300), at="2026-03-15"
+                ("A", 134, 300), ("B", 158, 300), ("C", 150, 300), at="2026-03-15"
             )
             session.commit()
     finally:
@@ -563,3 +574,39 @@ def test_a_period_starting_in_the_future_is_refused_not_reported_as_zeros() -> N
         Period.parse("2027-01-01", None, now=NOW)
     assert future.value.field == "since" and "in the future" in str(future.value)
     assert Period.parse(NOW.isoformat(), None, now=NOW).since == NOW  # now itself is fine
+
+
+def test_an_ab_test_counts_each_contact_once_however_often_she_re_entered(
+    sqlite_url: str,
+) -> None:
+    """Re-entries draw the same variant: counted as people, 20 entries of one contact
+    would weigh like 20 contacts agreeing. Goals still count every enrollment."""
+    db = make_engine(sqlite_url)
+    try:
+        with Session(db) as session:
+            rows = Rows(session)
+            rows.contacts(2)
+            for n, variant, entries in ((1, "A", 20), (2, "B", 1)):
+                for entry in range(1, entries + 1):
+                    session.add(
+                        Enrollment(
+                            contact_id=rows.ids[n],
+                            workflow="trial_ab",
+                            version="v1",
+                            entry=entry,
+                            status="converted",
+                            context={"variants": {"offer": variant}},
+                            started_at=t("2026-03-15") + timedelta(minutes=entry),
+                            updated_at=t("2026-03-15"),
+                        )
+                    )
+            session.commit()
+    finally:
+        db.dispose()
+    report = report_of(sqlite_url, "2026-03-01", "2026-03-31")
+    (test,) = report.goals.ab_tests
+    assert [(v.variant, v.entered, v.converted) for v in test.variants] == [
+        ("A", 1, 1),
+        ("B", 1, 1),
+    ]
+    assert report.goals.workflows[0].entered == 21

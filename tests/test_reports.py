@@ -454,18 +454,18 @@ def test_a_split_with_enough_enrollments_gets_a_p_value_and_a_verdict(
         runtime.registry = registry()
         now = clock.now()
         with Session(runtime.db) as session:
-            person = new_contact("many@example.com", now)
-            session.add(person)
-            session.flush()
             for entry in range(200):
                 variant, index = ("A", entry) if entry < 100 else ("B", entry - 100)
                 converted = index < (20 if variant == "A" else 35)
+                person = new_contact(f"p{entry}@example.com", now)  # a contact each
+                session.add(person)
+                session.flush()
                 session.add(
                     Enrollment(
                         contact_id=person.id,  # type: ignore[arg-type]
                         workflow="trial_ab",
                         version="v1",
-                        entry=entry + 1,
+                        entry=1,
                         status=EnrollmentStatus.CONVERTED
                         if converted
                         else EnrollmentStatus.COMPLETED,

@@ -31,7 +31,9 @@ COMPUTED_FROM = (
     "enrollments started in the period: entered = enrollments (re-entries count), "
     "converted = those that reached a goal so far, running = those still active or waiting; "
     "conversion = converted / entered, the running ones counted as not converted (yet); "
-    "A/B variants from each enrollment's drawn variants; p-values from a two-sided, pooled "
+    "A/B: each contact once, by her first enrollment in the period (a contact who re-enters "
+    "draws the same variant: her entries are not so many people), with its drawn variant; "
+    "p-values from a two-sided, pooled "
     "two-proportion z-test of each variant against the first in name order, none (too few) "
     f"under {MIN_EXPECTED} expected conversions or non-conversions in a variant"
 )
@@ -72,14 +74,22 @@ def _add(into: list[int], status: str, n: int) -> None:
 def _split_tests(
     session: Session, workflows: Mapping[str, Workflow], period: Period
 ) -> list[SplitTest]:
-    # Grouped on the variants' JSON text: few distinct values per workflow, parsed here.
+    # A contact is the unit: one who re-enters draws the same variant again, and counting
+    # her entries as so many people would make the test look surer than it is. Each
+    # contact's first entry of the period counts. Grouped on the variants' JSON text: few
+    # distinct values per workflow, parsed here.
+    first_entries = (
+        select(func.min(col(Enrollment.id)))
+        .where(*period.holds(col(Enrollment.started_at)))
+        .group_by(col(Enrollment.contact_id), col(Enrollment.workflow))
+    )
     drawn = (
         select(
             col(Enrollment.workflow).label("workflow"),
             col(Enrollment.status).label("status"),
             col(Enrollment.context)["variants"].as_string().label("variants"),
         )
-        .where(*period.holds(col(Enrollment.started_at)))
+        .where(col(Enrollment.id).in_(first_entries))
         .subquery()
     )
     tally: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(
