@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -186,9 +186,34 @@ async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, str(exc), field=first.field, problems=exc.problems)
 
 
+MoreProblems = Callable[[Request, Any], list[Problem]]
+
+VALUE_CHECKS: dict[str, MoreProblems] = {}
+"""Per route path: the checks of the values in a body whose structure FastAPI refused, run
+on its well-formed parts (``engine/api/events.py`` registers the track API's), so one
+answer names every problem, not the structure's first and the values' on the next try."""
+
+_INDEXED = re.compile(r"^[a-z_]+\[(\d+)\]")
+
+
+def _in_order(problems: list[Problem]) -> list[Problem]:
+    """By the position of the item each names (``events[3].email``), body-wide ones first;
+    in the order found within an item."""
+
+    def position(problem: Problem) -> int:
+        found = _INDEXED.match(problem.field or "")
+        return int(found.group(1)) if found else -1
+
+    return sorted(problems, key=position)
+
+
 async def _on_request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [_problem_from_pydantic(e) for e in exc.errors()]
+    route = getattr(request.scope.get("route"), "path", None)
+    values = VALUE_CHECKS.get(route) if isinstance(route, str) else None
+    if values is not None and problems:
+        problems = _in_order([*problems, *values(request, exc.body)])
     if not problems:
         return error_response(422, "the request is invalid")
     first = problems[0]

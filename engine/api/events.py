@@ -22,15 +22,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col
 
 from engine import recording
 from engine.api.auth import AuthenticatedRoute, require
 from engine.api.deps import RuntimeDep
-from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, Invalid, Problem
+from engine.api.errors import ERROR_RESPONSES, UNION_TAG_MARK, VALUE_CHECKS, Invalid, Problem
 from engine.clock import ensure_utc
 from engine.contacts import (
     validate_event_type,
@@ -168,6 +169,32 @@ def post_events(runtime: RuntimeDep, body: Annotated[EventsBody, Body()]) -> Acc
     if problems:
         raise Invalid(problems)
     return Accepted(events=record_all(runtime, items, prefix=prefix))
+
+
+def _values_of_well_formed(request: Request, body: Any) -> list[Problem]:
+    """``check`` for each event of a body FastAPI refused whose own structure is right:
+    the values' problems named with the structure's, in one answer."""
+    if isinstance(body, dict) and isinstance(body.get("events"), list):
+        raw, prefix = body["events"], "events"
+    elif isinstance(body, dict):
+        raw, prefix = [body], ""
+    else:
+        return []
+    if len(raw) > MAX_BATCH:  # refused for its size: its events are not looked at
+        return []
+    runtime: Runtime = request.app.state.runtime
+    now = runtime.clock.now()
+    found: list[Problem] = []
+    for index, event in enumerate(raw):
+        try:
+            item = EventIn.model_validate(event)
+        except PydanticValidationError:
+            continue  # its structure is named already
+        found += check(item, prefix, index, now=now, registry=runtime.registry)
+    return found
+
+
+VALUE_CHECKS["/v1/events"] = _values_of_well_formed
 
 
 def check(
