@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
-from engine import known_events
+from engine import known_events, refusals
 from engine.conditions import (
     AllOf,
     AnyOf,
@@ -57,7 +57,7 @@ from engine.conditions import (
 from engine.db import UTCDateTime, transaction
 from engine.effects import Effects
 from engine.enrollments import remember_version
-from engine.entry import start_enrollment
+from engine.entry import start_enrollment, why_kept_out
 from engine.errors import ValidationError
 from engine.executor import DISPATCH_LEASE
 from engine.models import (
@@ -308,20 +308,39 @@ def starts_with_email(workflow: Workflow) -> bool:
 
 
 def enroll_starting_with_email(
-    session: Session, workflow: Workflow, contacts: Sequence[Contact], *, now: datetime, why: str
+    session: Session,
+    workflow: Workflow,
+    entries: list[tuple[Contact, int]],
+    *,
+    now: datetime,
+    why: str,
 ) -> list[int]:
-    """Enter ``contacts`` (already found eligible) into a workflow whose first step is an
-    email, set-based: the re-entry rules for all of them in one query, then the enrollments
-    and first-step actions in one ``INSERT ... SELECT`` each. Returns the new action ids.
-    Schedule slots use it for each batch of a time zone's contacts."""
-    entries = _entries(session, workflow, contacts, now)
-    return _enroll_fast(session, workflow, _by_entry(entries), now=now, why=why)
+    """Enter contacts into a workflow whose first step is an email, each with her entry
+    number (``reentries``, then found eligible), set-based: the enrollments and first-step
+    actions in one ``INSERT ... SELECT`` each. Returns the new action ids. Schedule slots
+    use it for each batch of a time zone's contacts."""
+    return _enroll_fast(session, workflow, _by_entry(list(entries)), now=now, why=why)
+
+
+def reentries(
+    session: Session, workflow: Workflow, contacts: Sequence[Contact], now: datetime
+) -> list[tuple[Contact, int]]:
+    """(contact, entry number) for each of ``contacts`` the re-entry rules let in, in one
+    query; each kept out is told to ``engine.refusals``' listeners, as ``start_enrollment``
+    tells them (being in the workflow, or its re-entry policy)."""
+    return _entries(session, workflow, contacts, now, tell=refusals.listened())
 
 
 def _entries(
-    session: Session, workflow: Workflow, page: Sequence[Contact] | Sequence[int], now: datetime
+    session: Session,
+    workflow: Workflow,
+    page: Sequence[Contact] | Sequence[int],
+    now: datetime,
+    *,
+    tell: bool = False,
 ) -> list[tuple[Any, int]]:
-    """(contact or id, entry number) for each contact the re-entry rules let in."""
+    """(contact or id, entry number) for each contact the re-entry rules let in; with
+    ``tell``, a refusal for each one kept out."""
     ids = [p if isinstance(p, int) else p.id for p in page]
     if not ids:
         return []
@@ -344,11 +363,18 @@ def _entries(
             entries.append((item, 1))
             continue
         entry, started, n_live = previous[contact_id]
-        if n_live or policy.policy == "never":
-            continue  # a workflow holds a contact once at a time
-        if policy.policy == "after" and policy.after is not None and now < started + policy.after:
-            continue
-        entries.append((item, entry + 1))
+        kept_out: refusals.RefusalKind | None = None
+        if n_live:
+            kept_out = "in it"  # a workflow holds a contact once at a time
+        elif policy.policy == "never" or (
+            policy.policy == "after" and policy.after is not None and now < started + policy.after
+        ):
+            kept_out = "re-entry"
+        if kept_out is None:
+            entries.append((item, entry + 1))
+        elif tell:
+            why_not = why_kept_out(kept_out, workflow, entry, started, "still running")
+            refusals.refuse(session, contact_id, workflow.name, now, kept_out, why_not)
     return entries
 
 

@@ -47,7 +47,9 @@ def start_enrollment(
     if kept_out is not None:
         assert previous is not None
         if refusals.listened():  # the reason is text: made only for someone to read
-            why_not = _why_kept_out(kept_out, workflow, previous)
+            why_not = why_kept_out(
+                kept_out, workflow, previous.entry, previous.started_at, previous.status
+            )
             refusals.refuse(session, contact.id, workflow.name, now, kept_out, why_not)  # type: ignore[arg-type]
         return Effects()
     if not meets_entry_rules(session, workflow, contact, now):
@@ -91,13 +93,19 @@ def _kept_out(
     return None
 
 
-def _why_kept_out(
-    kind: refusals.RefusalKind, workflow: Workflow, previous: known_enrollments.Known
+def why_kept_out(
+    kind: refusals.RefusalKind,
+    workflow: Workflow,
+    entry: int,
+    started_at: datetime,
+    status: str,
 ) -> str:
-    since = f"entry {previous.entry}, started {previous.started_at:%Y-%m-%d %H:%M} UTC"
+    """Why a contact whose latest entry of ``workflow`` is ``entry`` (started then, now in
+    ``status``) is kept out, in words."""
+    since = f"entry {entry}, started {started_at:%Y-%m-%d %H:%M} UTC"
     after = workflow.reentry.after
     if kind == "in it":
-        return f"already in it ({since}, {previous.status})"
+        return f"already in it ({since}, {status})"
     if after is not None and workflow.reentry.policy == "after":
         return f"re-entry only {describe_duration(after)} after the last entry ({since})"
     return f"re-entry is never allowed, and they entered before ({since})"

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from engine import known_events
-from engine.broadcast import enroll_starting_with_email, starts_with_email
+from engine.broadcast import enroll_starting_with_email, reentries, starts_with_email
 from engine.conditions import EvalContext
 from engine.db import one_of_param, transaction
 from engine.durations import describe_duration
@@ -367,14 +367,15 @@ def _fire_set_based(
     now: datetime,
     why: str,
 ) -> Effects:
-    """A workflow that starts with an email: decide in Python who enters (the ``when``
-    condition, the entry rule, the subscription), then write the batch's enrollments and
-    first emails set-based, exactly as ``start_enrollment`` would have (broadcast.py)."""
-    offered: list[Contact] = []
-    for contact in contacts:
+    """A workflow that starts with an email: decide who enters in the order
+    ``start_enrollment`` does (the re-entry policy for the batch in one query, then in
+    Python the ``when`` condition, the entry rule, the subscription), then write the
+    batch's enrollments and first emails set-based, as it would have (broadcast.py)."""
+    offered: list[tuple[Contact, int]] = []
+    for contact, entry in reentries(session, workflow, contacts, now):
         try:
             if _may_enter(session, workflow, contact, now):
-                offered.append(contact)
+                offered.append((contact, entry))
         except Exception as exc:  # a condition that cannot read this contact's data
             log.exception("schedule slot %s: contact %s failed", slot.id, contact.id)
             _count_error(slot, contact, exc)
@@ -386,7 +387,7 @@ def _fire_set_based(
 
 
 def _may_enter(session: Session, workflow: Workflow, contact: Contact, now: datetime) -> bool:
-    """The checks ``start_enrollment`` makes before the re-entry rules: the slot's ``when``
+    """The checks ``start_enrollment`` makes after the re-entry rules: the slot's ``when``
     condition, then the workflow's entry rules."""
     trigger = workflow.trigger
     assert isinstance(trigger, Scheduled)

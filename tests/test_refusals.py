@@ -16,6 +16,7 @@ from engine import (
     lifecycle_journey,
     not_,
     on_event,
+    on_schedule,
     reenter_after,
     send_email,
     wait,
@@ -175,3 +176,32 @@ def test_the_harness_shows_a_refusal_told_twice_once() -> None:
                 refuse(session, contact_id, "not_buyers", sim.now(), "entry rule", "rule r")
         text = sim.explain("eve@example.com")
     assert text.count("refused    not_buyers: rule r") == 1
+
+
+WEEKLY_NON_BUYERS = Workflow(
+    "weekly_non_buyers",
+    trigger=on_schedule("0 9 * * MON"),
+    entry_if=not_(did_event("order.completed")),
+    reentry=reenter_after(days=30),
+    steps=[send_email("welcome", id="weekly")],
+)
+
+
+def test_a_schedule_refuses_by_re_entry_first_as_an_event_trigger_does(tmp_path: Path) -> None:
+    """A scheduled workflow whose first step is an email enters contacts set-based: the
+    re-entry policy comes first there too, and is told; a contact it keeps out is not also
+    (wrongly) refused for an entry rule she was never checked against."""
+    heard = Heard()
+    with running(tmp_path, [WEEKLY_NON_BUYERS]) as (rt, clock, _email), listening(heard):
+        rt.track("ana@example.com", "page.viewed")  # a Monday at 10:00: next slot in 7 days
+        rt.run_until_idle()
+        clock.advance(days=7)
+        rt.run_until_idle()  # she enters at the first Monday's slot
+        assert [e.workflow for e in enrollments(rt)] == ["weekly_non_buyers"]
+        rt.track("ana@example.com", "order.completed")  # now the entry rule would refuse
+        rt.run_until_idle()
+        clock.advance(days=7)
+        rt.run_until_idle()  # the next Monday: 7 days after her entry, under 30
+        reasons = heard.reasons("weekly_non_buyers")
+        assert [r.kind for _db, r in heard.refusals] == ["re-entry"], reasons
+        assert reasons[0].startswith("re-entry only 30 days after the last entry (entry 1")
