@@ -322,3 +322,22 @@ def test_a_number_too_long_to_parse_is_named_without_python_advice(api: Api) -> 
     message = response.json()["error"]["message"]
     assert "value has 5000 digits" in message
     assert "sys.set_int_max_str_digits" not in message
+
+
+def test_every_422_lists_its_problems_whichever_check_refused_it(api: Api) -> None:
+    """A schema's 422 and a value's (a bad time zone) have the same shape."""
+    schema = api.post_events({"email": "a@example.com"})
+    value = api.post_events({"email": "a@example.com", "type": "x.y", "timezone": "Mars/Base"})
+    for response in (schema, value):
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["problems"][0]["field"] == error["field"], error
+    assert [p["field"] for p in value.json()["error"]["problems"]] == ["timezone"]
+    # and one a ValidationError raised past the schema's and the events' checks
+    stage = api.http.put(
+        "/v1/contacts/a@example.com", json={"stage": "nowhere"}, headers=api.auth()
+    )
+    assert stage.status_code == 422, stage.text
+    assert stage.json()["error"]["problems"] == [
+        {"field": "stage", "message": stage.json()["error"]["message"]}
+    ]

@@ -69,7 +69,7 @@ class ErrorDetail(BaseModel):
     )
     message: str = Field(examples=["email 'x' is not valid: ..."])
     problems: list[Problem] | None = Field(
-        default=None, description="Every problem, when the request had several."
+        default=None, description="Every problem (on every 422: at least one)."
     )
 
 
@@ -177,7 +177,10 @@ def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ValidationError)
-    return error_response(422, str(exc), field=exc.field)
+    # Every 422 has ``problems``, one here: a client reads them the same way whichever
+    # check refused its request (a schema's or a value's).
+    problem = Problem(field=exc.field, message=str(exc))
+    return error_response(422, str(exc), field=exc.field, problems=[problem])
 
 
 async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
