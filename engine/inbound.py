@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
@@ -177,25 +177,43 @@ def _consent_ignored(
     - SendGrid batches from many servers and retries a batch for 24 hours, so its events come
       out of order: one older than a consent change already recorded (from any source) is
       stale and changes nothing, or a late resubscribe would undo a newer unsubscribe.
+      Another source's event counts as of when it reached us at the latest (its time may
+      be a client's clock, ahead), and a resubscribe to another group, which changed
+      nothing, makes nothing stale.
     """
-    if raw.get("event") == "group_resubscribe":
-        ours = getattr(runtime.settings, "sendgrid_unsubscribe_group", None)
+    ours = getattr(runtime.settings, "sendgrid_unsubscribe_group", None)
+    if raw.get("event") == "group_resubscribe" and not _our_group(raw.get("asm_group_id"), ours):
         group = raw.get("asm_group_id")
-        if ours is None or str(group) != str(ours):
-            return f"a resubscribe to unsubscribe group {group!r}, not ours ({ours!r})"
+        return f"a resubscribe to unsubscribe group {group!r}, not ours ({ours!r})"
     later = session.exec(
-        select(Event.id, Event.type)
+        select(Event.id, Event.type, Event.source, Event.properties)
         .where(
             Event.contact_id == contact.id,
             col(Event.type).in_(list(SUBSCRIPTION_EVENTS)),
             col(Event.occurred_at) > occurred,
+            # Another source's time may be its client's, ahead of ours: never later than
+            # when it reached us (a form's resubscribe must not outlast a real unsubscribe).
+            or_(Event.source == "sendgrid", col(Event.received_at) > occurred),
             Event.id != event_id,
         )
-        .limit(1)
-    ).first()
-    if later is not None:
-        return f"older than {later[1]} (event {later[0]}) already recorded"
+        .order_by(col(Event.id))
+    ).all()
+    for later_id, later_type, source, properties in later:
+        # A resubscribe to another group was recorded but changed nothing: it makes no
+        # choice of ours older than it stale (an unsubscribe of ours delivered after it).
+        foreign = (
+            source == "sendgrid"
+            and later_type == SENDGRID_EVENTS["group_resubscribe"]
+            and not _our_group((properties or {}).get("asm_group_id"), ours)
+        )
+        if not foreign:
+            return f"older than {later_type} (event {later_id}) already recorded"
     return None
+
+
+def _our_group(group: Any, ours: int | None) -> bool:
+    """Whether an unsubscribe group id (as SendGrid sends it) is ours."""
+    return ours is not None and str(group) == str(ours)
 
 
 def _properties(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -213,8 +213,14 @@ def _contacts_for(
             "stage_entered_at": now,
             "created_at": now,
         }
-        for email in erased_among(session, new_rows):  # they asked to be forgotten
-            new_rows[email]["subscription_status"] = SubscriptionStatus.UNSUBSCRIBED.value
+        erased = erased_among(session, new_rows)  # they asked to be forgotten
+        if erased:
+            # Per row, then, and in every row: a writer takes its columns from the first
+            # row and the common values (PostgreSQL's one ``json_to_recordset`` insert).
+            subscribed = common.pop("subscription_status")
+            for email, row in new_rows.items():
+                unsubscribed = SubscriptionStatus.UNSUBSCRIBED.value
+                row["subscription_status"] = unsubscribed if email in erased else subscribed
         inserted = writer.insert_contacts(session, list(new_rows.values()), common)
         ids.update(inserted)
         created = set(inserted.values())
