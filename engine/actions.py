@@ -388,7 +388,11 @@ def _record_failure(
 ) -> Outcome:
     with transaction(db) as session:
         action = session.get(Action, action_id)
-        assert action is not None
+        if action is None:  # its contact was erased while it was being sent
+            log.info(
+                "action %s: gone (its contact erased) before its failure was recorded", action_id
+            )
+            return Outcome("missing")
         return record_failure_on(session, action, exc, now=now, policy=policy)
 
 

@@ -198,7 +198,7 @@ def find_or_create_contact(
     found = select(Contact).where(Contact.email == email).with_for_update()
     contact = session.exec(found).first()
     if contact is None:
-        consent = first_consent(session, email)
+        consent = first_consent(session, email, now=now)
         candidate = _new_contact(email, journey, now, timezone, attributes, stage, consent)
         try:
             with session.begin_nested():
@@ -229,7 +229,7 @@ def find_or_insert_contact_id(
     wait for the pipeline unless it changes the contact)."""
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
-        consent = first_consent(session, email)
+        consent = first_consent(session, email, now=now)
         new = _new_contact(email, journey, now, timezone, attributes, consent=consent)
         row = new.model_dump(exclude={"id"})
         table: Any = Contact.__table__  # type: ignore[attr-defined]

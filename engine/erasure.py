@@ -1,12 +1,19 @@
 """Erasing a contact, and remembering that her address asked not to be written to.
 
 An erasure (``DELETE /v1/contacts/{email}``, a CRM's privacy deletion) removes the contact
-and everything recorded about her. What it keeps is a SHA-256 digest of the address, with
-the time: no name, no address, nothing readable. When the address comes back later (a
-queued event, an import, a CRM sync), the new contact starts ``unsubscribed``, so she gets
-no marketing email unless she opts in again (an explicit ``subscription_status:
-subscribed``, as a signup form would send). Transactional email (receipts) still goes.
-Bounces and complaints stay on the suppression list as before (``engine/feedback.py``).
+and everything recorded about her. What it keeps is a digest of the address (SHA-256, behind
+a prefix of Journeyline's own), with the time, and, if the address was suppressed (a hard
+bounce, a spam report), why: the plain suppression row goes with her. When the address comes
+back later (a queued event, an import, a CRM sync), the new contact starts ``unsubscribed``,
+so she gets no marketing email unless she opts in again (an explicit ``subscription_status:
+subscribed``, as a signup form would send), and her suppression is put back. Transactional
+email (receipts) still goes, unless she was suppressed.
+
+The digest is pseudonymous, not anonymous: whoever holds the database can test whether a
+given address was erased, which is what it is for (honouring her objection); an operator's
+privacy notice should say that it is kept, and for how long.
+
+The files of the embedded outboxes are ``engine/erasure_files.py``'s.
 """
 
 from __future__ import annotations
@@ -14,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from engine.db import insert_new
-from engine.models import Contact, ErasedAddress, SubscriptionStatus
+from engine.models import Contact, ErasedAddress, SubscriptionStatus, Suppression
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +43,68 @@ def address_digest(email: str) -> str:
 
 
 def erase_contact(session: Session, contact: Contact, *, now: datetime) -> None:
-    """Delete ``contact`` and what belongs to her, keeping her address's digest (an
-    address erased again keeps its first time)."""
+    """Delete ``contact`` and what belongs to her, her suppression row included, keeping
+    her address's digest, the time (the latest erasure's) and why it was suppressed."""
+    suppression = session.exec(
+        select(Suppression).where(Suppression.email == contact.email)
+    ).first()
+    reason = suppression.reason if suppression is not None else None
     table: Any = ErasedAddress.__table__  # type: ignore[attr-defined]
-    row = {"digest": address_digest(contact.email), "erased_at": now}
-    insert_new(session, table, row, unique=("digest",))
+    digest = address_digest(contact.email)
+    row = {"digest": digest, "erased_at": now, "suppressed_for": reason}
+    if insert_new(session, table, row, unique=("digest",)) is None:  # erased before
+        again = {"erased_at": now, **({"suppressed_for": reason} if reason else {})}
+        session.execute(table.update().where(table.c.digest == digest).values(**again))
+    if suppression is not None:
+        session.delete(suppression)
     session.delete(contact)
 
 
-def erased_among(session: Session, emails: Iterable[str]) -> set[str]:
-    """Which of ``emails`` (normalised, of contacts about to be created) belonged to an
-    erased contact."""
+@dataclass(frozen=True)
+class Erased:
+    """What is remembered of an erased address."""
+
+    erased_at: datetime
+    suppressed_for: str | None
+
+
+def erased_among(session: Session, emails: Iterable[str]) -> dict[str, Erased]:
+    """Which of ``emails`` (normalised) belonged to an erased contact, and what is kept."""
     by_digest = {address_digest(email): email for email in emails}
     if not by_digest:
-        return set()
+        return {}
     found = session.exec(
-        select(ErasedAddress.digest).where(col(ErasedAddress.digest).in_(list(by_digest)))
+        select(ErasedAddress.digest, ErasedAddress.erased_at, ErasedAddress.suppressed_for).where(
+            col(ErasedAddress.digest).in_(list(by_digest))
+        )
     )
-    erased = {by_digest[digest] for digest in found}
-    if erased:  # counted, never named: the addresses are what erasure forgets
-        log.info("%d new contact(s) start unsubscribed: their address was erased", len(erased))
-    return erased
+    return {by_digest[digest]: Erased(at, why) for digest, at, why in found}
 
 
-def first_consent(session: Session, email: str) -> SubscriptionStatus:
-    """The consent a new contact for ``email`` starts with."""
-    if erased_among(session, [email]):
+def returning(session: Session, emails: Iterable[str], *, now: datetime) -> set[str]:
+    """Of ``emails`` (normalised, of contacts about to be created), those of erased
+    contacts: they are to start unsubscribed. The suppression of each that had one is put
+    back (a bounced address bounces again)."""
+    erased = erased_among(session, emails)
+    if not erased:
+        return set()
+    table: Any = Suppression.__table__  # type: ignore[attr-defined]
+    for email, kept in erased.items():
+        if kept.suppressed_for is not None:
+            row = {
+                "email": email,
+                "reason": kept.suppressed_for,
+                "source": "before erasure",
+                "created_at": now,
+            }
+            insert_new(session, table, row, unique=("email",))
+    # Counted, never named: the addresses are what erasure forgets.
+    log.info("%d new contact(s) start unsubscribed: their address was erased", len(erased))
+    return set(erased)
+
+
+def first_consent(session: Session, email: str, *, now: datetime) -> SubscriptionStatus:
+    """The consent a new contact for ``email`` starts with (``returning``)."""
+    if returning(session, [email], now=now):
         return SubscriptionStatus.UNSUBSCRIBED
     return SubscriptionStatus.SUBSCRIBED

@@ -109,7 +109,8 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
         ).first()
         if contact is None:
             result.unknown_contacts += 1
-            log.info("SendGrid %s for unknown address %s: not recorded", kind, email)
+            # Not named: SendGrid's opens and clicks go on for days after an erasure.
+            log.info("SendGrid %s for an address we do not know: not recorded", kind)
             return
         properties = _properties(raw)
         occurred = _timestamp(raw.get("timestamp"), now)
@@ -150,7 +151,12 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
             else _consent_ignored(session, runtime, contact, raw, recorded.event_id, occurred)
         )
         if ignored is not None:
-            log.info("SendGrid %s for %s recorded, consent unchanged: %s", kind, email, ignored)
+            log.info(
+                "SendGrid %s for contact %s recorded, consent unchanged: %s",
+                kind,
+                contact.id,
+                ignored,
+            )
         if status is not None and ignored is None:
             set_subscription(session, runtime.registry, contact, status, now=now)
         elif contact.subscription_status != SubscriptionStatus.SUBSCRIBED:
@@ -253,9 +259,9 @@ def _reconcile(
         # The Event Webhook is account-wide: another deployment sharing the SendGrid account
         # (staging, a second region) numbers its actions too. Its event is not about ours.
         log.warning(
-            "SendGrid %s for %s names action %s of another contact: not reconciled",
+            "SendGrid %s for contact %s names action %s of another contact: not reconciled",
             kind,
-            contact.email,
+            contact.id,
             action_id,
         )
         return

@@ -36,7 +36,8 @@ from sqlmodel import Session, col, select
 from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
-from engine.erasure import erase_contact
+from engine.erasure import erase_contact, erased_among
+from engine.erasure_files import outbox_files, outboxes_of, remove_after_commit
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.inbound import InboundResult
@@ -105,6 +106,11 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
         if kind == "contact.propertyChange" and raw.get("propertyName") == "email":
             # Recorded through the one event path, so a new contact enters its first stage.
             email = normalize_email(str(raw.get("propertyValue", "")))
+            if _from_before_her_erasure(session, email, occurred):
+                # Redelivered (its dedupe key went with her): it would bring her back.
+                log.info("HubSpot email change for object %s from before an erasure", object_id)
+                result.duplicates += 1
+                return
             recorded = record_event(
                 session,
                 runtime.registry,
@@ -132,15 +138,22 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             result.recorded += 1
             result.contacts.add(recorded.contact_id)
             return
+        if kind == "contact.privacyDeletion":  # her request: remembered as not to write to
+            holders = _holders(session, object_id, contact)
+            if not holders:
+                result.unknown_contacts += 1
+                return
+            outboxes = outboxes_of(runtime)
+            for holder in holders:
+                remove_after_commit(session, outbox_files(session, holder, outboxes))
+                erase_contact(session, holder, now=now)
+            result.recorded += 1
+            return
         if contact is None:
             result.unknown_contacts += 1
             log.info(
                 "HubSpot %s for object %s we have not linked (no email seen yet)", kind, object_id
             )
-            return
-        if kind == "contact.privacyDeletion":  # her request: remembered as not to write to
-            erase_contact(session, contact, now=now)
-            result.recorded += 1
             return
         if kind == "contact.deletion":  # a tidy-up in the CRM, not a request of hers
             session.delete(contact)
@@ -170,6 +183,30 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             return
         result.recorded += 1
         result.contacts.add(contact.id)  # type: ignore[arg-type]
+
+
+def _holders(session: Session, object_id: str, linked: Contact | None) -> list[Contact]:
+    """Every contact of ours a HubSpot object has named: the one linked to it now, and each
+    address it had before (an email change moves the link, and leaves the old contact)."""
+    earlier = select(Event.contact_id).where(
+        Event.source == "hubspot",
+        Event.type == "crm.contact_changed",
+        col(Event.properties)["object_id"].as_string() == object_id,
+        col(Event.properties)["property"].as_string() == "email",
+    )
+    found = {c.id: c for c in session.exec(select(Contact).where(col(Contact.id).in_(earlier)))}
+    if linked is not None:
+        found[linked.id] = linked
+    return [found[key] for key in sorted(found)]  # type: ignore[type-var]
+
+
+def _from_before_her_erasure(session: Session, email: str, occurred: datetime) -> bool:
+    """Whether ``email`` is an erased contact's, not back yet, and the event happened before
+    (or when) she was erased."""
+    kept = erased_among(session, [email]).get(email)
+    if kept is None or occurred > kept.erased_at:
+        return False
+    return session.exec(select(Contact.id).where(Contact.email == email)).first() is None
 
 
 def _link(session: Session, contact: Contact, object_id: str, occurred: datetime) -> None:

@@ -340,13 +340,17 @@ class Suppression(ColumnsSetFast, SQLModel, table=True):
 class ErasedAddress(SQLModel, table=True):
     """An address whose contact was erased, kept only as a digest (``engine/erasure.py``):
     when it comes back (an event, an import, a CRM sync), the new contact starts
-    unsubscribed, as the person asked to be forgotten, not written to again."""
+    unsubscribed, as the person asked to be forgotten, not written to again, and a
+    suppression it had is put back."""
 
     __tablename__ = "erased_addresses"
 
     id: int | None = Field(default=None, primary_key=True)
     digest: str = Field(max_length=64, unique=True)
     erased_at: datetime = Field(sa_type=UTCDateTime)
+    suppressed_for: str | None = Field(
+        default=None, max_length=64, description="Why the address was suppressed, if it was."
+    )
 
 
 metadata = SQLModel.metadata

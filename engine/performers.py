@@ -201,7 +201,8 @@ def rendered_texts(action: Action, contact: Contact, *, html_body: bool = False)
 
 class CRMOutboxPerformer:
     """The embedded default for CRM steps: each update or task becomes a JSON file in
-    ``<directory>``, named by its idempotency key and created atomically (so it dedupes)."""
+    ``<directory>``, named by its kind, idempotency key and contact (``path_for``) and
+    created atomically (so it dedupes)."""
 
     dedupes = True
 
@@ -220,9 +221,15 @@ class CRMOutboxPerformer:
             "at": now.isoformat(),
             "idempotency_key": action.idempotency_key,
         }
-        digest = hashlib.sha256(action.idempotency_key.encode()).hexdigest()[:16]
-        path = self.directory / f"{action.kind}-{digest}.json"
+        path = self.path_for(action.kind, action.idempotency_key, contact.email)
         return lambda: _write_once(path, json.dumps(record, indent=2, sort_keys=True))
+
+    def path_for(self, kind: str, idempotency_key: str, email: str) -> Path:
+        """The file of one CRM step. Its address is in the name's digest with the key: on
+        SQLite a newcomer can be given an erased contact's ids, and with them her keys; by
+        the key alone, his step found her file and was taken as written."""
+        named = f"{email}\x00{idempotency_key}".encode()
+        return self.directory / f"{kind}-{hashlib.sha256(named).hexdigest()[:16]}.json"
 
 
 def _write_once(path: Path, text: str) -> str:

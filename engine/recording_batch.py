@@ -31,7 +31,7 @@ from engine.contacts import (
     validate_event_type,
     validate_properties,
 )
-from engine.erasure import erased_among
+from engine.erasure import returning
 from engine.event_input import NUL, refuse_nul
 from engine.models import Contact, EventStatus, SubscriptionStatus
 from engine.registry import Registry
@@ -213,7 +213,7 @@ def _contacts_for(
             "stage_entered_at": now,
             "created_at": now,
         }
-        erased = erased_among(session, new_rows)  # they asked to be forgotten
+        erased = returning(session, new_rows, now=now)  # they asked to be forgotten
         if erased:
             # Per row, then, and in every row: a writer takes its columns from the first
             # row and the common values (PostgreSQL's one ``json_to_recordset`` insert).

@@ -1,4 +1,5 @@
-"""A PostgreSQL connection gives up after a while when the host does not answer."""
+"""Engines as ``make_engine`` makes them: a PostgreSQL connection gives up after a while when
+the host does not answer, and errors leave out the statements' values."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine.db import CONNECT_TIMEOUT_SECONDS, DEAD_PEER_SETTINGS, make_engine
 
@@ -119,3 +121,32 @@ def test_a_real_connection_has_them_on_its_socket(postgres_url: str) -> None:
                 fd.close()
     finally:
         engine.dispose()
+
+
+def test_a_database_error_never_carries_the_statements_values(tmp_path: Path) -> None:
+    """Errors reach logs, schedule slots and the broker's retried messages: an address in
+    a statement's parameters must not ride along."""
+    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("create table t (email text unique)"))
+            conn.execute(text("insert into t values (:e)"), {"e": "zelda@example.com"})
+        with pytest.raises(IntegrityError) as caught, engine.begin() as conn:
+            conn.execute(text("insert into t values (:e)"), {"e": "zelda@example.com"})
+        assert "zelda" not in str(caught.value)
+        assert "hidden due to hide_parameters" in str(caught.value)
+    finally:
+        engine.dispose()
+
+
+def test_a_kept_sqlite_database_overwrites_what_it_deletes(tmp_path: Path) -> None:
+    kept = make_engine(f"sqlite:///{tmp_path}/kept.db")
+    scratch = make_engine(f"sqlite:///{tmp_path}/scratch.db", durable=False)
+    try:
+        with kept.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 2  # FAST
+        with scratch.connect() as conn:  # a simulation's shard: nothing kept, nothing to do
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() in (0, 1)
+    finally:
+        kept.dispose()
+        scratch.dispose()

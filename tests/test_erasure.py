@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 
-from engine.erasure import address_digest, erased_among
+from engine.erasure import address_digest, erase_contact, erased_among
+from engine.errors import TransientConnectorError
 from engine.inbound_crm import record_hubspot_events
-from engine.models import Contact, ErasedAddress
+from engine.models import Contact, ErasedAddress, Event, Suppression
 from tests.support import contact, make_runtime
 from tests.test_api import Api, event, serve
 from tests.test_inbound_hubspot import ONBOARDING, change, hs, running
@@ -98,7 +100,7 @@ def test_only_a_digest_is_kept(api: Api) -> None:
         [kept] = session.exec(select(ErasedAddress)).all()
         assert kept.digest == address_digest("fay.secret@example.com")
         assert "fay" not in kept.digest and len(kept.digest) == 64
-        assert erased_among(session, ["fay.secret@example.com", "gus@example.com"]) == {
+        assert set(erased_among(session, ["fay.secret@example.com", "gus@example.com"])) == {
             "fay.secret@example.com"
         }
     raw = Path(api.runtime.settings.database_url.removeprefix("sqlite:///")).read_bytes()
@@ -108,7 +110,7 @@ def test_only_a_digest_is_kept(api: Api) -> None:
 def test_a_hubspot_privacy_deletion_is_remembered_and_a_plain_deletion_is_not(
     tmp_path: Path,
 ) -> None:
-    with running(tmp_path, [ONBOARDING]) as (rt, _clock, _email):
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, _email):
         record_hubspot_events(
             rt,
             [
@@ -120,6 +122,7 @@ def test_a_hubspot_privacy_deletion_is_remembered_and_a_plain_deletion_is_not(
         record_hubspot_events(
             rt, [hs("contact.privacyDeletion", 8, 3_000), hs("contact.deletion", 9, 3_000)]
         )
+        clock.advance(minutes=1)  # they come back later, as new HubSpot objects
         record_hubspot_events(
             rt,
             [
@@ -131,3 +134,107 @@ def test_a_hubspot_privacy_deletion_is_remembered_and_a_plain_deletion_is_not(
         with Session(rt.db) as session:
             status = dict(session.exec(select(Contact.email, Contact.subscription_status)).all())  # type: ignore[arg-type]
         assert status == {"private@example.com": "unsubscribed", "tidied@example.com": "subscribed"}
+
+
+def _ms(clock: Any, minutes: int = 0) -> int:
+    """HubSpot's occurredAt for the clock's now, ``minutes`` later."""
+    return int(clock.now().timestamp() * 1000) + minutes * 60_000
+
+
+def _statuses(rt: Any) -> dict[str, str]:
+    with Session(rt.db) as session:
+        return dict(session.exec(select(Contact.email, Contact.subscription_status)).all())  # type: ignore[arg-type]
+
+
+def test_a_privacy_deletion_erases_every_address_the_hubspot_object_had(tmp_path: Path) -> None:
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, _email):
+        # Given a HubSpot contact whose email changed from old@ to new@, and someone else
+        record_hubspot_events(
+            rt,
+            [
+                change(8, "email", "zelda.old@example.com", _ms(clock)),
+                change(8, "email", "zelda.new@example.com", _ms(clock, 1)),
+                change(9, "email", "other@example.com", _ms(clock)),
+            ],
+        )
+        rt.run_until_idle()
+        assert set(_statuses(rt)) == {
+            "zelda.old@example.com",
+            "zelda.new@example.com",
+            "other@example.com",
+        }
+        # When she asks HubSpot to delete her
+        record_hubspot_events(rt, [hs("contact.privacyDeletion", 8, _ms(clock, 2))])
+        # Then both her addresses are erased, and remembered; the other contact stays
+        assert set(_statuses(rt)) == {"other@example.com"}
+        with Session(rt.db) as session:
+            assert set(erased_among(session, ["zelda.old@example.com", "zelda.new@example.com"]))
+            other = session.exec(select(Contact.id)).one()
+            assert {e.contact_id for e in session.exec(select(Event))} == {other}
+
+
+def test_an_old_email_change_redelivered_after_her_erasure_does_not_bring_her_back(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, _email):
+        linked = change(8, "email", "zelda@example.com", _ms(clock))
+        record_hubspot_events(rt, [linked])
+        rt.run_until_idle()
+        clock.advance(minutes=5)
+        record_hubspot_events(rt, [hs("contact.privacyDeletion", 8, _ms(clock))])
+        clock.advance(minutes=5)
+        # When HubSpot delivers the old change again (its dedupe key went with her)
+        result = record_hubspot_events(rt, [linked])
+        # Then it is taken for what it is, and she is not created again
+        assert (result.recorded, result.duplicates) == (0, 1)
+        assert _statuses(rt) == {}
+        # But a change made after her erasure is a new contact (unsubscribed)
+        record_hubspot_events(rt, [change(12, "email", "zelda@example.com", _ms(clock))])
+        assert _statuses(rt) == {"zelda@example.com": "unsubscribed"}
+
+
+def test_a_suppression_is_kept_as_the_digest_and_put_back_when_she_returns(api: Api) -> None:
+    # Given Ana, whose address hard-bounced, erased
+    assert api.post_events(event("ana@example.com", "email.bounced")).status_code == 202
+    api.runtime.drain()
+    with Session(api.runtime.db) as session:
+        assert session.exec(select(Suppression.email)).all() == ["ana@example.com"]
+    _erase(api, "ana@example.com")
+    # Then no plain row of her address is left, and the digest knows why she was suppressed
+    with Session(api.runtime.db) as session:
+        assert session.exec(select(Suppression)).all() == []
+        assert erased_among(session, ["ana@example.com"])["ana@example.com"].suppressed_for == (
+            "bounce"
+        )
+    # When her address comes back, she is suppressed again (a bounced address bounces again)
+    assert api.post_events(event("ana@example.com", "order.completed")).status_code == 202
+    api.runtime.drain()
+    with Session(api.runtime.db) as session:
+        (kept,) = session.exec(select(Suppression)).all()
+    assert (kept.email, kept.reason, kept.source) == ("ana@example.com", "bounce", "before erasure")
+
+
+def test_a_send_failing_after_its_contact_was_erased_is_no_crash(tmp_path: Path) -> None:
+    """Erased while her email was with the provider, which then failed: the failure has
+    no row to go on. It was an AssertionError, and the job went to retry for nothing."""
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, email):
+        real_send = email.send
+
+        def erased_then_failing(message: Any) -> Any:
+            with Session(rt.db) as session:
+                erase_contact(session, session.exec(select(Contact)).one(), now=clock.now())
+                session.commit()
+            email.send = real_send  # type: ignore[method-assign]
+            raise TransientConnectorError("the provider timed out")
+
+        email.send = erased_then_failing  # type: ignore[method-assign]
+        record_hubspot_events(
+            rt,
+            [
+                change(8, "email", "gone@example.com", _ms(clock)),
+                change(8, "lifecyclestage", "customer", _ms(clock, 1)),
+            ],
+        )
+        rt.run_until_idle()  # onboarding's welcome: sent, erased, failed
+        assert _statuses(rt) == {}
+        assert email.sent == []

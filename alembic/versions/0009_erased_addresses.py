@@ -3,8 +3,9 @@
 Erasing a contact (``DELETE /v1/contacts/{email}``, a HubSpot privacy deletion) forgot her
 consent with everything else, so an address that came back (a queued event, an import, a
 CRM sync) was a new, subscribed contact and got marketing email again. Each erasure now
-keeps a SHA-256 digest of the address (``engine/erasure.py``), nothing readable, and a new
-contact whose address matches one starts unsubscribed. Nothing to fill in: erasures made
+keeps a digest of the address (``engine/erasure.py``) and why it was suppressed, if it was
+(its plain suppression row goes), and a new contact whose address matches one starts
+unsubscribed, her suppression put back. Nothing to fill in: erasures made
 before this revision left nothing to remember them by.
 
 Revision ID: 0009
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("erased_at", engine.db.UTCDateTime(), nullable=False),
+        sa.Column("suppressed_for", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("digest"),
     )

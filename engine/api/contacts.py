@@ -12,10 +12,10 @@ joined, condition goals and exits) react to it as to a tracked event.
 Erasure deletes the contact row; its events, stage transitions, enrollments and actions go
 with it (foreign keys ``ON DELETE CASCADE``; SQLite connections turn ``foreign_keys`` on in
 ``engine.db``). Nothing identifying is written or logged about the erased contact; only a
-digest of the address is kept, so that if it comes back the new contact starts
-unsubscribed (``engine/erasure.py``).
-Suppression rows (bounces, complaints) are kept: they exist so that an address is never
-mailed again.
+digest of the address is kept, with why it was suppressed if it was (its plain suppression
+row goes), so that if it comes back the new contact starts unsubscribed and suppressed as
+before (``engine/erasure.py``). The embedded outboxes' files of her emails and CRM steps
+are removed once the erasure is committed (``engine/erasure_files.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from engine.api.errors import (
 from engine.contacts import normalize_email
 from engine.db import transaction
 from engine.erasure import erase_contact
+from engine.erasure_files import outbox_files, outboxes_of, remove_files
 from engine.inbound_values import value_problems
 from engine.models import Contact, SubscriptionStatus
 from engine.timeline import Timeline, contact_timeline
@@ -289,6 +290,8 @@ def delete_contact(runtime: RuntimeDep, email: EmailPath) -> Response:
         if contact is None:
             raise _not_found(email)
         contact_id = contact.id
+        files = outbox_files(session, contact, outboxes_of(runtime))
         erase_contact(session, contact, now=runtime.clock.now())
-    log.info("erased contact %s on request", contact_id)
+    removed = remove_files(files)
+    log.info("erased contact %s on request (%d outbox file(s) removed)", contact_id, removed)
     return Response(status_code=204)
