@@ -67,14 +67,21 @@ def suppress(session: Session, email: str, reason: str, *, source: str, now: dat
     return True
 
 
+CONSENT_IGNORED = "consent_ignored"
+"""The property of a consent event recorded but ignored (a SendGrid resubscribe to another
+team's group, or one older than a change already recorded), saying why."""
+
+
 def consent_superseded(session: Session, contact_id: int, event_id: int) -> bool:
-    """Whether a consent event of the contact came in after event ``event_id``."""
+    """Whether a consent event of the contact that changed it came in after ``event_id``
+    (one recorded but ignored, ``CONSENT_IGNORED``, does not count)."""
     later = session.exec(
         select(Event.id)
         .where(
             Event.contact_id == contact_id,
             col(Event.id) > event_id,
             col(Event.type).in_(list(SUBSCRIPTION_EVENTS)),
+            col(Event.properties)[CONSENT_IGNORED].as_string().is_(None),
         )
         .limit(1)
     ).first()

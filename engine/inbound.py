@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, or_, select
 
 from connectors.webhooks.dedupe import sendgrid_event_key
@@ -34,7 +35,7 @@ from engine.db import transaction
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
-from engine.feedback import suppress, suppression_reason
+from engine.feedback import CONSENT_IGNORED, suppress, suppression_reason
 from engine.models import Action, ActionStatus, Contact, Event, SubscriptionStatus
 from engine.recording import record_event
 
@@ -102,11 +103,14 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
     email = normalize_email(str(raw.get("email", "")))
     now = runtime.clock.now()
     with transaction(runtime.db) as session:
-        # Locked: SendGrid posts batches concurrently, and two consent events of one contact
-        # must not interleave (each reads what the other wrote, by event time below).
-        contact = session.exec(
-            select(Contact).where(Contact.email == email).with_for_update()
-        ).first()
+        # A consent event locks its contact: SendGrid posts batches concurrently, and two
+        # consent events of one contact must not interleave (each reads what the other
+        # wrote, by event time below). Opens, clicks and deliveries need no lock (they
+        # would wait behind pipeline jobs holding a hundred contacts' locks).
+        found = select(Contact).where(Contact.email == email)
+        if SENDGRID_EVENTS[kind] in SUBSCRIPTION_EVENTS:
+            found = found.with_for_update()
+        contact = session.exec(found).first()
         if contact is None:
             result.unknown_contacts += 1
             # Not named: SendGrid's opens and clicks go on for days after an erasure.
@@ -156,6 +160,13 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
                 kind,
                 contact.id,
                 ignored,
+            )
+            # Marked on the event: one that changed nothing supersedes no other source's
+            # consent event still waiting for the pipeline (``feedback.consent_superseded``).
+            session.execute(
+                update(Event)
+                .where(col(Event.id) == recorded.event_id)
+                .values(properties={**properties, CONSENT_IGNORED: ignored})
             )
         if status is not None and ignored is None:
             set_subscription(session, runtime.registry, contact, status, now=now)

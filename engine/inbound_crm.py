@@ -134,7 +134,7 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             linked = session.get(Contact, recorded.contact_id)
             assert linked is not None
             if linked.external_ids.get("hubspot") != object_id:
-                _link(session, linked, object_id, occurred)
+                _link(session, linked, contact, object_id, occurred)
             result.recorded += 1
             result.contacts.add(recorded.contact_id)
             return
@@ -209,18 +209,19 @@ def _from_before_her_erasure(session: Session, email: str, occurred: datetime) -
     return session.exec(select(Contact.id).where(Contact.email == email)).first() is None
 
 
-def _link(session: Session, contact: Contact, object_id: str, occurred: datetime) -> None:
-    """Link ``contact`` to the HubSpot object, taking the link from whoever held it: an email
-    changed in HubSpot is the same object under a new address, and its later events (a
-    lifecycle stage) are about the contact of the new address. Unless the holder was linked
-    by a later email change: HubSpot delivers out of order, and a late old address must not
-    take the link back."""
-    holders = session.exec(
-        select(Contact).where(
-            col(Contact.external_ids)["hubspot"].as_string() == object_id,
-            Contact.id != contact.id,
-        )
-    ).all()
+def _link(
+    session: Session,
+    contact: Contact,
+    holder: Contact | None,
+    object_id: str,
+    occurred: datetime,
+) -> None:
+    """Link ``contact`` to the HubSpot object, taking the link from ``holder``, who held it
+    (as found by ``_by_hubspot_id``: not looked for again): an email changed in HubSpot is
+    the same object under a new address, and its later events (a lifecycle stage) are about
+    the contact of the new address. Unless the holder was linked by a later email change:
+    HubSpot delivers out of order, and a late old address must not take the link back."""
+    holders = [holder] if holder is not None and holder.id != contact.id else []
     if any(_linked_later(session, holder, object_id, occurred) for holder in holders):
         return
     for holder in holders:

@@ -210,8 +210,13 @@ def test_a_client_failing_again_and_again_is_logged_once_a_minute_with_a_count(
         "401 POST unmatched from 10.0.0.1: API key 0badc0de is unknown",
         "401 POST unmatched from 10.0.0.2: API key 0badc0de is unknown",
         "401 POST unmatched from 10.0.0.1: API key 0badc0de is unknown "
-        "(4 more since the last line)",
+        "(4 more refused from this client since the last line)",
     ]
+    # And a client trying a new key on every request is one line a minute too
+    caplog.clear()
+    for n in range(50):
+        refusals.refused(FakeRequest("10.0.0.3"), 401, f"API key {n:08x} is unknown", key)  # type: ignore[arg-type]
+    assert len([r for r in caplog.records if r.name == "engine.api.auth"]) == 1
 
 
 def test_only_a_key_shaped_prefix_is_ever_shown() -> None:

@@ -44,3 +44,21 @@ def test_a_resubscribe_timed_by_a_fast_client_clock_does_not_outlast_a_real_unsu
         record_sendgrid_events(rt, [sg("unsubscribe", "ana@example.com", action, 60)])
         # Then she is unsubscribed
         assert contact(rt, "ana@example.com").subscription_status == "unsubscribed"
+
+
+def test_an_ignored_sendgrid_resubscribe_does_not_supersede_a_queued_unsubscribe(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, [WELCOME]) as (rt, _clock, _email):
+        rt.settings.sendgrid_unsubscribe_group = 42
+        action = welcomed(rt, "ana@example.com")["ana@example.com"]
+        # Given she unsubscribed through the track API (recorded, not yet processed)
+        rt.track("ana@example.com", "email.unsubscribed")
+        # And then SendGrid reports her resubscribing to another team's group
+        theirs = sg("group_resubscribe", "ana@example.com", action, 5, asm_group_id=7)
+        assert record_sendgrid_events(rt, [theirs]).recorded == 1
+        # When the pipeline applies her unsubscribe
+        rt.run_until_idle()
+        # Then it holds: the other group's resubscribe changed nothing, so it is no later
+        # consent of hers
+        assert contact(rt, "ana@example.com").subscription_status == "unsubscribed"

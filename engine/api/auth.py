@@ -95,6 +95,9 @@ class VerifiedKeys:
             self._keys[digest] = (expires, key)
 
 
+ANY_PREFIX = re.compile(rf"\b[0-9a-f]{{{PREFIX_LENGTH}}}\b")
+"""A key's prefix inside a reason (``API key 0badc0de is unknown``)."""
+
 SAFE_PREFIX = re.compile(rf"[0-9a-f]{{{PREFIX_LENGTH}}}")
 """What a key's prefix is made of (``secrets.token_hex``): anything else is not logged."""
 
@@ -111,8 +114,9 @@ def shown_prefix(presented: str | None) -> str:
 
 
 class RefusalLog:
-    """Logs refused keys, at most one line per ``every_s`` seconds for each client, key and
-    reason, saying how many were held back since; remembers at most ``max_keys`` of them."""
+    """Logs refused keys, at most one line per ``every_s`` seconds for each client and kind
+    of refusal (the reason, whichever key it names), saying how many were held back since;
+    remembers at most ``max_keys`` of them."""
 
     def __init__(
         self,
@@ -135,7 +139,9 @@ class RefusalLog:
         # client-facing message never holds more of the key than that.
         with self._lock:
             now = self.clock()
-            which = (client, key, reason)
+            # Per client and kind of refusal, whatever the key: a client trying a new
+            # key on every request would otherwise write a line each time.
+            which = (client, str(status), ANY_PREFIX.sub("…", reason))
             last = self._last.get(which)
             if last is not None and now - last[0] < self.every_s:
                 self._last[which] = (last[0], last[1] + 1)
@@ -144,7 +150,7 @@ class RefusalLog:
                 self._last.clear()
             held = last[1] if last is not None else 0
             self._last[which] = (now, 0)
-        more = f" ({held} more since the last line)" if held else ""
+        more = f" ({held} more refused from this client since the last line)" if held else ""
         log.warning(
             "%s %s %s from %s: %s%s",
             status,
