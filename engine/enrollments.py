@@ -41,6 +41,20 @@ def workflow_for(session: Session, registry: Registry, name: str, version: str) 
     return cache[(name, version)]
 
 
+def older_versions(session: Session, registry: Registry) -> list[Workflow]:
+    """Every stored version of the registry's workflows other than the current ones."""
+    rows = session.exec(
+        select(WorkflowVersion.workflow, WorkflowVersion.version, WorkflowVersion.spec).where(
+            col(WorkflowVersion.workflow).in_(list(registry.workflows))
+        )
+    ).all()
+    return [
+        from_spec(spec)
+        for name, version, spec in rows
+        if registry.workflows[name].version != version
+    ]
+
+
 def known_version(registry: Registry, name: str, version: str) -> Workflow | None:
     """An older version of a workflow this process has already read (``workflow_for``),
     without a query; None if it has not."""

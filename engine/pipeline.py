@@ -22,7 +22,7 @@ from engine.attribute_changes import AttributeViews, changed_keys
 from engine.conditions import Condition, EvalContext, conditions_as_of, matches
 from engine.db import keep, skip_commit_flush
 from engine.effects import Effects
-from engine.enrollments import live_enrollments, workflow_for
+from engine.enrollments import live_enrollments, older_versions, workflow_for
 from engine.entry import start_enrollment
 from engine.executor import end_enrollment, resume_on_event, wake
 from engine.feedback import apply_feedback
@@ -388,6 +388,8 @@ def _conditions_now(
     an exit is evaluated for the contact's live enrollment in its workflow, if any:
     ``opened``/``clicked`` name that enrollment's emails, and ``did_event`` without
     ``within`` counts since entering it."""
+    if not registry.condition_items and not _older_versions_have_conditions(session, registry):
+        return {}  # nothing to evaluate: the enrollments need not be read
     live = {e.workflow: e for e in live_enrollments(session, contact.id)}  # type: ignore[arg-type]
     items = _condition_items(session, registry, live.values())
     if not items:
@@ -433,6 +435,21 @@ def _condition_items(
                 if isinstance(rule, ConditionMet):
                     kept.append(((workflow.name, role, index), rule.condition))
     return kept
+
+
+def _older_versions_have_conditions(session: Session, registry: Registry) -> bool:
+    """Whether a stored older version of one of the registry's workflows has a condition
+    goal or exit (an enrollment still on it is evaluated against it). Read once per process
+    and registry: older versions are the ones stored before it started."""
+    known: bool | None = registry.__dict__.get("_older_conditions")
+    if known is None:
+        known = any(
+            isinstance(rule, ConditionMet)
+            for old in older_versions(session, registry)
+            for rule in (*old.goals, *old.exit_when)
+        )
+        registry.__dict__["_older_conditions"] = known
+    return known
 
 
 def _on_an_older_version(registry: Registry, enrollment: Enrollment) -> bool:
