@@ -4,9 +4,10 @@
 already checked by the HTTP layer), and per event:
 
 - ``contact.propertyChange`` on ``email`` links the HubSpot object to our contact (creating
-  it if new) by storing ``external_ids["hubspot"]``, taking the link from the contact of the
-  object's previous address (an email changed in HubSpot), unless a later email change of
-  the object is already recorded;
+  it if new) by storing ``external_ids["hubspot"]`` and ``hubspot_id`` (indexed: every event
+  finds its contact by it), taking the link from the contact of the object's previous
+  address (an email changed in HubSpot), unless a later email change of the object is
+  already recorded;
 - ``contact.propertyChange`` on ``lifecyclestage`` records a ``crm.lifecycle_changed`` event
   whose processing moves the contact *forward* through the stage machine to the mapped stage,
   firing each trigger on the way (guards included). HubSpot delivers out of order and twice:
@@ -226,8 +227,10 @@ def _link(
         return
     for holder in holders:
         holder.external_ids = {k: v for k, v in holder.external_ids.items() if k != "hubspot"}
+        holder.hubspot_id = None
         session.add(holder)
     contact.external_ids = {**contact.external_ids, "hubspot": object_id}
+    contact.hubspot_id = object_id  # the indexed copy every event looks the contact up by
     session.add(contact)
 
 
@@ -249,9 +252,7 @@ def _linked_later(session: Session, holder: Contact, object_id: str, occurred: d
 
 
 def _by_hubspot_id(session: Session, object_id: str) -> Contact | None:
-    return session.exec(
-        select(Contact).where(col(Contact.external_ids)["hubspot"].as_string() == object_id)
-    ).first()
+    return session.exec(select(Contact).where(Contact.hubspot_id == object_id)).first()
 
 
 def _millis(value: Any, now: datetime) -> datetime | None:

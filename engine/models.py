@@ -95,6 +95,13 @@ class Contact(ColumnsSetFast, ContactBase, table=True):
     stage_entered_at: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+    hubspot_id: str | None = Field(
+        default=None,
+        max_length=64,
+        index=True,
+        description="The HubSpot object linked to the contact (also in external_ids), indexed: "
+        "every HubSpot webhook event looks its contact up by it.",
+    )
 
 
 class ContactCreate(ContactBase):

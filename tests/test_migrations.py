@@ -135,3 +135,48 @@ def test_0006_keeps_waiting_enrollments_and_the_scheduler_hands_them_out(
         assert due.enrollments == [row.id]
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0010_copies_each_hubspot_link_into_an_indexed_column(
+    database: str, request: pytest.FixtureRequest
+) -> None:
+    """Every HubSpot webhook event looks its contact up by the object id: it was a scan of
+    the JSON of every contact; now an index."""
+    url = request.getfixturevalue("empty_sqlite_url" if database == "sqlite" else "empty_pg_url")
+    # Given a database at 0009 with a contact linked to HubSpot object 501, and one not
+    migrations.upgrade(url, "0009")
+    now = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    db = make_engine(url)
+    try:
+        with db.begin() as conn:
+            for email, external in (("linked@example.com", {"hubspot": "501"}), ("n@x.io", {})):
+                conn.execute(
+                    insert(Contact.__table__).values(  # type: ignore[attr-defined]
+                        **{**contact_row(email, now=now), "external_ids": external}
+                    )
+                )
+        # When it is upgraded
+        migrations.upgrade(url)
+        assert_matches_models(url)
+        # Then the link is in the column, and a lookup by it is an index search
+        with db.connect() as conn:
+            linked = conn.execute(
+                select(Contact.email).where(Contact.hubspot_id == "501")
+            ).scalar_one()
+            assert linked == "linked@example.com"
+            if database == "sqlite":
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT id FROM contacts WHERE hubspot_id = '501'"
+                ).all()
+                assert "ix_contacts_hubspot_id" in str(plan)
+            else:
+                conn.exec_driver_sql("SET enable_seqscan = off")  # a table of two rows
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN SELECT id FROM contacts WHERE hubspot_id = '501'"
+                ).all()
+                assert "ix_contacts_hubspot_id" in str(plan)
+    finally:
+        db.dispose()
