@@ -10,6 +10,7 @@ import pytest
 from bench import (
     common,
     end_to_end,
+    hubspot_lookup,
     ingest,
     machine,
     memory,
@@ -158,3 +159,9 @@ def test_a_drain_is_timed_from_every_worker_ready_or_for_a_tiny_one_from_their_s
     assert end_to_end.drain_rate(arrived, 10.0, 9.0) == 2 / 1.0
     # one process did all of it before the other was ready (at 12.0): timed from the start
     assert end_to_end.drain_rate(arrived, 12.0, 9.0) == 2 / 2.0
+
+
+def test_bench_hubspot_lookup_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:
+    rows = hubspot_lookup.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
+    assert len(rows) == 2 and all(r.value > 0 and r.baseline > 0 for r in rows)
+    assert (results_in_tmp / "hubspot_lookup.json").exists()
