@@ -510,6 +510,7 @@ def test_openapi_documents_the_routes_and_docs_are_served(api: Api) -> None:
     assert set(schema["paths"]) == {
         "/v1/events",
         "/v1/contacts/{email}",
+        "/v1/contacts/{email}/export",
         "/v1/reports",
         "/v1/reports.html",
         "/healthz",

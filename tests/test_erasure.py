@@ -238,3 +238,29 @@ def test_a_send_failing_after_its_contact_was_erased_is_no_crash(tmp_path: Path)
         rt.run_until_idle()  # onboarding's welcome: sent, erased, failed
         assert _statuses(rt) == {}
         assert email.sent == []
+
+
+def test_a_subject_access_export_holds_everything_recorded_about_her(api: Api) -> None:
+    # Given Ana, who started a trial (emails written) and whose address later bounced
+    assert api.post_events(event("ana@example.com", "trial.started")).status_code == 202
+    assert api.post_events(event("ana@example.com", "email.bounced")).status_code == 202
+    assert api.post_events(event("bo@example.com")).status_code == 202
+    api.runtime.drain()
+    # When her data is exported
+    response = api.http.get("/v1/contacts/Ana@Example.com/export", headers=api.auth())
+    assert response.status_code == 200, response.text
+    data = response.json()
+    # Then it holds her row, suppression, events, stage changes, enrollments and actions
+    assert data["contact"]["email"] == "ana@example.com"
+    assert data["suppression"]["reason"] == "bounce"
+    mine = data["contact"]["id"]
+    assert {e["type"] for e in data["events"]} >= {"trial.started", "email.bounced"}
+    for table in ("events", "stage_transitions", "enrollments", "actions"):
+        assert data[table], table
+        assert {row["contact_id"] for row in data[table]} == {mine}, table
+    assert any(a["payload"].get("template") for a in data["actions"])
+    assert "SendGrid" in data["held_elsewhere"]
+    # And nobody else's; an unknown address is a 404
+    assert "bo@example.com" not in response.text
+    missing = api.http.get("/v1/contacts/nobody@example.com/export", headers=api.auth())
+    assert missing.status_code == 404

@@ -44,6 +44,7 @@ from engine.erasure import erase_contact
 from engine.erasure_files import outbox_files, outboxes_of, remove_files
 from engine.inbound_values import value_problems
 from engine.models import Contact, SubscriptionStatus
+from engine.subject_access import export_contact
 from engine.timeline import Timeline, contact_timeline
 from engine.unsubscribe import change_subscription
 
@@ -273,6 +274,25 @@ def get_contact(
     if timeline is None:
         raise _not_found(email)
     return ContactWithTimeline.of(timeline)
+
+
+@router.get(
+    "/{email}/export",
+    summary="Everything recorded about a contact (a subject access request)",
+    description="Her contact row (attributes, consent, external ids), her suppression if "
+    "any, and all her events, stage transitions, enrollments and actions with their "
+    "payloads, oldest first; `held_elsewhere` says what only the providers, the outbox "
+    "folders or other data's senders hold. Give her this, and erase her with DELETE.",
+    responses={**ERROR_RESPONSES, **NOT_FOUND},
+    dependencies=[Depends(require("contacts:read"))],
+)
+def export_contact_data(runtime: RuntimeDep, email: EmailPath) -> dict[str, Any]:
+    email = normalize_email(email)
+    with Session(runtime.db) as session:
+        found = export_contact(session, email, now=runtime.clock.now())
+    if found is None:
+        raise _not_found(email)
+    return found
 
 
 @router.delete(
