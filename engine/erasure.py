@@ -60,6 +60,18 @@ def erase_contact(session: Session, contact: Contact, *, now: datetime) -> None:
     session.delete(contact)
 
 
+def remember_suppression(session: Session, email: str, reason: str) -> bool:
+    """Keep ``reason`` (a bounce, a complaint about ``email`` after its contact was erased)
+    with the address's digest, if it is an erased one; whether it was."""
+    table: Any = ErasedAddress.__table__  # type: ignore[attr-defined]
+    done = session.execute(
+        table.update()
+        .where(table.c.digest == address_digest(email))
+        .values(suppressed_for=reason[:64])
+    )
+    return bool(getattr(done, "rowcount", 0))
+
+
 @dataclass(frozen=True)
 class Erased:
     """What is remembered of an erased address."""

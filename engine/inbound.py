@@ -32,6 +32,7 @@ from sqlmodel import Session, col, or_, select
 from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
 from engine.db import transaction
+from engine.erasure import remember_suppression
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
@@ -115,6 +116,11 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
             result.unknown_contacts += 1
             # Not named: SendGrid's opens and clicks go on for days after an erasure.
             log.info("SendGrid %s for an address we do not know: not recorded", kind)
+            # A bounce or a complaint about an erased address is kept with its digest, so
+            # the address is suppressed if it comes back.
+            why = suppression_reason(SENDGRID_EVENTS[kind], _properties(raw))
+            if why is not None:
+                remember_suppression(session, email, why)
             return
         properties = _properties(raw)
         occurred = _timestamp(raw.get("timestamp"), now)

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from engine.erasure import address_digest, erase_contact, erased_among
 from engine.errors import TransientConnectorError
+from engine.inbound import record_sendgrid_events
 from engine.inbound_crm import record_hubspot_events
 from engine.models import Contact, ErasedAddress, Event, Suppression
 from tests.support import contact, make_runtime
@@ -264,3 +265,29 @@ def test_a_subject_access_export_holds_everything_recorded_about_her(api: Api) -
     assert "bo@example.com" not in response.text
     missing = api.http.get("/v1/contacts/nobody@example.com/export", headers=api.auth())
     assert missing.status_code == 404
+
+
+def test_a_bounce_after_her_erasure_is_kept_with_the_digest(tmp_path: Path) -> None:
+    """SendGrid's events about an erased address go on for days; a bounce among them must
+    not be lost: her address, if it comes back, is suppressed."""
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, _email):
+        rt.track("ana@example.com", "page.viewed")
+        rt.run_until_idle()
+        with Session(rt.db) as session:
+            erase_contact(session, session.exec(select(Contact)).one(), now=clock.now())
+            session.commit()
+        bounce = {
+            "event": "bounce",
+            "type": "bounce",
+            "email": "ana@example.com",
+            "timestamp": int(clock.now().timestamp()),
+            "sg_event_id": "late-bounce",
+            "sg_message_id": "msg-1",
+        }
+        result = record_sendgrid_events(rt, [bounce])
+        assert (result.recorded, result.unknown_contacts) == (0, 1)  # nothing of her recreated
+        rt.track("ana@example.com", "page.viewed")  # her address comes back
+        rt.run_until_idle()
+        with Session(rt.db) as session:
+            (kept,) = session.exec(select(Suppression)).all()
+        assert (kept.email, kept.reason) == ("ana@example.com", "bounce")
