@@ -32,7 +32,7 @@ from sqlmodel import Session, col, or_, select
 from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
 from engine.db import transaction
-from engine.erasure import remember_suppression
+from engine.erasure import erased_among, remember_suppression
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
@@ -205,6 +205,9 @@ def _consent_ignored(
       nothing, makes nothing stale.
     """
     ours = getattr(runtime.settings, "sendgrid_unsubscribe_group", None)
+    erased = erased_among(session, [contact.email]).get(contact.email)
+    if erased is not None and occurred <= erased.erased_at:
+        return "older than the erasure of the address, which withdrew every consent"
     if raw.get("event") == "group_resubscribe" and not _our_group(raw.get("asm_group_id"), ours):
         group = raw.get("asm_group_id")
         return f"a resubscribe to unsubscribe group {group!r}, not ours ({ours!r})"

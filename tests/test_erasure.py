@@ -291,3 +291,26 @@ def test_a_bounce_after_her_erasure_is_kept_with_the_digest(tmp_path: Path) -> N
         with Session(rt.db) as session:
             (kept,) = session.exec(select(Suppression)).all()
         assert (kept.email, kept.reason) == ("ana@example.com", "bounce")
+
+
+def test_a_consent_event_from_before_her_erasure_does_not_resubscribe_her(
+    tmp_path: Path,
+) -> None:
+    with running(tmp_path, [ONBOARDING]) as (rt, clock, _email):
+        rt.track("ana@example.com", "page.viewed")
+        rt.run_until_idle()
+        before = clock.now()
+        clock.advance(minutes=5)
+        with Session(rt.db) as session:
+            erase_contact(session, session.exec(select(Contact)).one(), now=clock.now())
+            session.commit()
+        clock.advance(minutes=5)
+        # When a resubscribe made before her erasure arrives late (a form's queue, a relay)
+        rt.track("ana@example.com", "email.resubscribed", occurred_at=before)
+        rt.run_until_idle()
+        # Then the erasure, newer, stands
+        assert _statuses(rt) == {"ana@example.com": "unsubscribed"}
+        # And one made after it is her choice again
+        rt.track("ana@example.com", "email.resubscribed")
+        rt.run_until_idle()
+        assert _statuses(rt) == {"ana@example.com": "subscribed"}

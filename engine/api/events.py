@@ -18,6 +18,7 @@ when an attribute a ``wait_until_date`` step counts from is given a value that i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from engine import recording
@@ -47,6 +49,8 @@ from engine.models import Contact, Event
 from engine.recording_batch import BULK_DIALECTS, normalized_email, record_batch
 from engine.registry import Registry
 from engine.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["events"], route_class=AuthenticatedRoute)
 
@@ -253,21 +257,43 @@ def record_all(
     """Record validated events in one transaction, then enqueue each new contact's work.
 
     A key already used for another event (``reused_keys``) refuses the whole request (422,
-    each such key named), and nothing of it is written."""
+    each such key named), and nothing of it is written. A contact erased between the
+    request's reading her id and writing her events (a foreign-key violation) is met by
+    doing the request again: she is then a new contact, unsubscribed (``engine/erasure.py``)."""
     now = runtime.clock.now()
-    with transaction(runtime.db) as session:
-        if session.get_bind().dialect.name in BULK_DIALECTS:
-            recorded = record_batch(session, runtime.registry, items, now=now, source=SOURCE)
-        else:
-            recorded = [record_one(session, runtime.registry, item, now=now) for item in items]
-        reused = reused_keys(session, items, recorded, prefix=prefix)
-        if reused:
-            raise Invalid(reused)  # raised inside the transaction: it is rolled back
+    for attempt in range(1, ERASED_MEANWHILE_ATTEMPTS + 1):
+        try:
+            with transaction(runtime.db) as session:
+                if session.get_bind().dialect.name in BULK_DIALECTS:
+                    recorded = record_batch(
+                        session, runtime.registry, items, now=now, source=SOURCE
+                    )
+                else:
+                    recorded = [
+                        record_one(session, runtime.registry, item, now=now) for item in items
+                    ]
+                reused = reused_keys(session, items, recorded, prefix=prefix)
+                if reused:
+                    raise Invalid(reused)  # raised inside the transaction: it is rolled back
+            break
+        except IntegrityError as exc:
+            if attempt == ERASED_MEANWHILE_ATTEMPTS or not _a_contact_went_missing(exc):
+                raise
+            log.info("events: a contact was erased while they were recorded; recording again")
     runtime.enqueue_or_leave((r.contact_id for r in recorded if not r.duplicate), what="events")
     return [
         RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
         for r in recorded
     ]
+
+
+ERASED_MEANWHILE_ATTEMPTS = 3
+
+
+def _a_contact_went_missing(exc: IntegrityError) -> bool:
+    """Whether the violation is an event naming a contact that no longer exists."""
+    text = str(exc.orig)
+    return "events_contact_id_fkey" in text or "FOREIGN KEY constraint failed" in text
 
 
 REUSED_KEY_MESSAGE = (
