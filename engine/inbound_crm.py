@@ -135,7 +135,9 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             linked = session.get(Contact, recorded.contact_id)
             assert linked is not None
             if linked.external_ids.get("hubspot") != object_id:
-                _link(session, linked, contact, object_id, occurred)
+                moved = _link(session, linked, contact, object_id, occurred)
+                if moved and contact is not None:
+                    _carry_over(session, runtime, contact, linked, object_id, occurred, now)
             result.recorded += 1
             result.contacts.add(recorded.contact_id)
             return
@@ -216,15 +218,16 @@ def _link(
     holder: Contact | None,
     object_id: str,
     occurred: datetime,
-) -> None:
+) -> bool:
     """Link ``contact`` to the HubSpot object, taking the link from ``holder``, who held it
     (as found by ``_by_hubspot_id``: not looked for again): an email changed in HubSpot is
     the same object under a new address, and its later events (a lifecycle stage) are about
     the contact of the new address. Unless the holder was linked by a later email change:
-    HubSpot delivers out of order, and a late old address must not take the link back."""
+    HubSpot delivers out of order, and a late old address must not take the link back.
+    Whether the link moved to ``contact``."""
     holders = [holder] if holder is not None and holder.id != contact.id else []
     if any(_linked_later(session, holder, object_id, occurred) for holder in holders):
-        return
+        return False
     for holder in holders:
         holder.external_ids = {k: v for k, v in holder.external_ids.items() if k != "hubspot"}
         holder.hubspot_id = None
@@ -232,6 +235,49 @@ def _link(
     contact.external_ids = {**contact.external_ids, "hubspot": object_id}
     contact.hubspot_id = object_id  # the indexed copy every event looks the contact up by
     session.add(contact)
+    return True
+
+
+def _carry_over(
+    session: Session,
+    runtime: Any,
+    holder: Contact,
+    contact: Contact,
+    object_id: str,
+    occurred: datetime,
+    now: datetime,
+) -> None:
+    """Record again for ``contact`` the object's lifecycle changes that came, out of order,
+    before the email change of ``occurred`` that moves the link to her, though HubSpot made
+    them after it: they were recorded for ``holder``, the old address, and are hers. (What
+    they did to the old address's contact stays done: the stage machine only moves on.)"""
+    later = session.exec(
+        select(Event).where(
+            Event.contact_id == holder.id,
+            Event.source == "hubspot",
+            Event.type == LIFECYCLE_CHANGED,
+            col(Event.occurred_at) > occurred,
+            col(Event.properties)["object_id"].as_string() == object_id,
+        )
+    ).all()
+    for event in later:
+        record_event(
+            session,
+            runtime.registry,
+            now=now,
+            email=contact.email,
+            event_type=LIFECYCLE_CHANGED,
+            properties={**event.properties, "carried_over_from_event": event.id},
+            source="hubspot",
+            idempotency_key=f"{event.idempotency_key}:to:{contact.id}",
+            occurred_at=event.occurred_at,
+        )
+        log.info(
+            "HubSpot object %s: lifecycle change of event %s carried over to contact %s",
+            object_id,
+            event.id,
+            contact.id,
+        )
 
 
 def _linked_later(session: Session, holder: Contact, object_id: str, occurred: datetime) -> bool:
