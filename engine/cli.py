@@ -6,8 +6,9 @@ precedence. Failures end in a message, never a traceback, and an exit code:
 
     1  not found, or an action ``actions retry`` was asked for and refused
     2  bad input, bad settings, or a database that cannot be reached or is not migrated
-    3  stored, but the broker did not take the job: nothing is lost, a scheduler pass
-       hands it to the workers once its lease runs out and the broker answers
+    3  stored, but the broker did not take the job (or, on stub://, the jobs it started did
+       not finish): nothing is lost, a scheduler pass hands it to the workers once its
+       lease runs out and the broker answers
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import pydantic
 import typer
+from dramatiq.errors import QueueJoinTimeout
 from pydantic_settings import BaseSettings, SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
@@ -92,6 +94,14 @@ def _global(ctx: typer.Context, database_url: DatabaseUrl = None, broker_url: Br
             format="%(message)s",
             handlers=[RichHandler(console=err_console, show_path=False)],
         )
+    if ctx.invoked_subcommand not in _LONG_RUNNING:
+        # pika logs an unreachable RabbitMQ at ERROR, traceback and all, a dozen records per
+        # connection attempt, before the command's own one-line message says the same.
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+_LONG_RUNNING = frozenset({"serve", "worker"})
+"""Commands whose logs are the service's: they keep every library's records."""
 
 
 EXIT_NOT_FOUND = 1
@@ -214,6 +224,15 @@ def friendly_errors(settings: Settings, *, broker_hint: str | None = None) -> It
         if problem is None:
             raise
         fail(problem)
+    except QueueJoinTimeout:
+        fail(
+            "the jobs this command started on the in-process broker (stub://) did not "
+            "finish in time: one keeps failing, its error is logged above. What was recorded "
+            "is kept: a scheduler pass (journeyline scheduler --once) hands pending rows to "
+            "the jobs again; journeyline actions and journeyline events --failed show where "
+            "they are",
+            code=EXIT_NOT_ENQUEUED,
+        )
     except broker_errors() as exc:
         hint = broker_hint or (
             "Whatever was stored before it is kept: a scheduler pass hands pending rows to "
@@ -242,6 +261,8 @@ def demo(
         report = demo_module.run(options, console)
     except FileExistsError as exc:
         fail(str(exc))
+    except (NotADirectoryError, PermissionError) as exc:  # a file, or a folder not ours
+        fail(f"cannot use {output} for the demo: {exc.strerror or exc}; choose another --output")
     demo_module.render_report(report, console)
 
 
@@ -311,6 +332,18 @@ def db_upgrade(
     where = describe_database(settings.database_url)
     with friendly_errors(settings):
         before = migrations.current(settings.database_url)
+        newest = migrations.head()
+        if before not in (None, newest) and migrations.schema_problem([before]) is None:
+            # A revision this version does not know: a newer Journeyline migrated it (a
+            # rolling deploy, a rollback), and this one runs on it as it is.
+            ahead = (
+                f"database {where} is at {before}, newer than this version's newest "
+                f"({newest}): a newer Journeyline migrated it"
+            )
+            if revision != "head":
+                fail(f"{ahead}; it never goes back, so not to {revision!r}")
+            console.print(f"{ahead}; this version runs on it as it is: nothing to do")
+            return
         try:
             migrations.upgrade(settings.database_url, revision)
         except CommandError as exc:  # no such revision, or one behind where it is

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from connectors.fakes import FakeHubSpot, FakeSendGrid
-from engine.cli import app, console
+from engine.cli import app, console, fail
 from engine.settings import Settings, env_var
 
 fake_app = typer.Typer(
@@ -67,6 +67,15 @@ def _serve(
         log_new()  # what came in since the last look
 
 
+def _start(fake: FakeSendGrid | FakeHubSpot, host: str, port: int) -> None:
+    """Listen on ``host:port``, or end in one line saying why not (a port in use)."""
+    try:
+        fake.start(host=host, port=port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        fail(f"cannot listen on {host}:{port}: {reason}; choose another --port (0: any free port)")
+
+
 @fake_app.command("sendgrid")
 def fake_sendgrid(
     host: Host = "127.0.0.1",
@@ -74,7 +83,8 @@ def fake_sendgrid(
     api_key: Annotated[str, typer.Option(help="The API key it accepts.")] = "SG.fake-key",
 ) -> None:
     """A fake SendGrid v3 Mail Send API: validates, records, answers 202/400/401/413/429."""
-    fake = FakeSendGrid(api_key=api_key).start(host=host, port=port)
+    fake = FakeSendGrid(api_key=api_key)
+    _start(fake, host, port)
     connector = {"email_connector": "sendgrid", "sendgrid_host": fake.url}
     _serve(fake, "SendGrid", f"API key {api_key}", {**connector, "sendgrid_api_key": api_key})
 
@@ -92,6 +102,6 @@ def fake_hubspot(
 ) -> None:
     """A fake HubSpot CRM API: contacts, batch upsert, tasks and notes, 10-second rate windows."""
     fake = FakeHubSpot(token=token, max_per_interval=max_per_interval or None)
-    fake.start(host=host, port=port)
+    _start(fake, host, port)
     connector = {"crm_connector": "hubspot", "hubspot_base_url": fake.url}
     _serve(fake, "HubSpot", f"token {token}", {**connector, "hubspot_token": token})
