@@ -329,7 +329,11 @@ def _claim(
 
     try:
         call = performer.prepare(action, contact, now=now)
-    except ConnectorError as exc:  # cannot even be built (a broken template, no connector)
+    except Exception as exc:  # cannot even be built (a broken template, no connector, a
+        # performer's bug): it would fail the same way on every attempt, so it ends failed,
+        # visible to ``journeyline actions --failed``, not retried by the broker for ever
+        if not isinstance(exc, ConnectorError):
+            log.exception("action %s could not be built", action.id)
         _finish(
             session,
             action,

@@ -195,7 +195,10 @@ def claim_batch(
             continue
         try:
             message, substitutions = renders.message(row, contact)
-        except ConnectorError as exc:  # cannot even be built (a broken template)
+        except Exception as exc:  # cannot even be built (a broken template): failed, as
+            # on the one-by-one path, not retried for ever
+            if not isinstance(exc, ConnectorError):
+                log.exception("action %s could not be built", row.id)
             _finish(
                 session,
                 _orm(session, row.id),

@@ -143,6 +143,11 @@ class TemplateRenderer:
                 }
         except JinjaTemplateError as exc:
             raise PermanentConnectorError(f"template {name!r} failed to render: {exc}") from exc
+        except Exception as exc:  # the template's own code raised (1 // 0, a filter): the
+            # same email fails the same way on every attempt, so it is failed, not retried
+            raise PermanentConnectorError(
+                f"template {name!r} failed to render: {type(exc).__name__}: {exc}"
+            ) from exc
         # A subject is one line, whatever the template's whitespace.
         subject = " ".join(parts["subject"].split())
         return RenderedEmail(subject=subject, text=parts["text"], html=parts["html"])
@@ -301,3 +306,7 @@ def _render(source: str, *, contact: dict[str, Any], data: dict[str, Any], html:
             return str(_snippet(source, html=html).render(contact=contact, data=data))
     except JinjaTemplateError as exc:
         raise PermanentConnectorError(f"text {source!r} failed to render: {exc}") from exc
+    except Exception as exc:  # the snippet's own code raised: as for email templates
+        raise PermanentConnectorError(
+            f"text {source!r} failed to render: {type(exc).__name__}: {exc}"
+        ) from exc
