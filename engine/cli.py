@@ -302,9 +302,12 @@ def worker(
 
 
 def _check_workers_can_start(settings: Settings) -> None:
-    """Load the workflows and build the connectors once, as every worker process will: a
-    broken workflows module or a connector factory that raises is one line here, before
-    the processes start, not a line per process beside Dramatiq's "exited unexpectedly"."""
+    """Load the workflows, build the connectors and read the database's schema revision
+    once, as every worker process will need them: a broken workflows module, a connector
+    factory that raises, a database that cannot be reached or is not migrated is one line
+    here, before the processes start, not a line per process beside Dramatiq's "exited
+    unexpectedly", nor a worker that looks ready and fails every job."""
+    from engine import migrations
     from engine.performer_setup import configured_performers
     from engine.registry import load_registry
     from engine.runtime import email_connector_for
@@ -315,6 +318,10 @@ def _check_workers_can_start(settings: Settings) -> None:
     for connector in (setup.crm, setup.webhooks):
         if connector is not None:
             connector.close()
+    revision = migrations.current(settings.database_url)
+    problem = migrations.schema_problem([revision] if revision else [])
+    if problem is not None:
+        raise ConfigurationError(problem)
 
 
 @db_app.command("upgrade")

@@ -132,8 +132,9 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     if not durable:
         raise ValueError("durable=False is for throw-away SQLite databases only")
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    if "poolclass" not in kwargs:  # a pool of our sizing, unless the caller chose another
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
     if url.startswith("postgresql"):
         # libpq waits for a connection as long as the network lets it: a database host
         # that drops packets held a worker's, a scheduler's or a request's thread for

@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool, text
 
+from engine.db import make_engine
 from engine.errors import ConfigurationError
 from engine.models import metadata
 
@@ -107,8 +108,9 @@ def schema_problem(found: Sequence[str]) -> str | None:
 
 
 def current(database_url: str) -> str | None:
-    """The revision the database is at, or ``None`` if it was never migrated."""
-    db = create_engine(database_url, poolclass=pool.NullPool)
+    """The revision the database is at, or ``None`` if it was never migrated. (Through
+    ``make_engine``: a host that does not answer fails in its connect timeout.)"""
+    db = make_engine(database_url, poolclass=pool.NullPool)
     try:
         with db.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

@@ -443,10 +443,10 @@ def _older_versions_have_conditions(session: Session, registry: Registry) -> boo
     and registry: older versions are the ones stored before it started."""
     known: bool | None = registry.__dict__.get("_older_conditions")
     if known is None:
+        with session.no_autoflush:  # a job's pending rows stay for its one flush of each table
+            older = older_versions(session, registry)
         known = any(
-            isinstance(rule, ConditionMet)
-            for old in older_versions(session, registry)
-            for rule in (*old.goals, *old.exit_when)
+            isinstance(rule, ConditionMet) for old in older for rule in (*old.goals, *old.exit_when)
         )
         registry.__dict__["_older_conditions"] = known
     return known

@@ -6,12 +6,13 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, pool, text
 from sqlmodel import Session, SQLModel, select
 
 from connectors import RecordingEmailConnector
-from engine import Settings, VirtualClock
+from engine import Settings, VirtualClock, migrations
 from engine.db import make_engine
 from engine.models import Action, Contact, Enrollment, Event, StageTransition
 from engine.runtime import Runtime
@@ -72,8 +73,18 @@ def transitions(runtime: Runtime) -> list[StageTransition]:
     return rows(runtime, StageTransition)
 
 
+def mark_migrated(conn: Any) -> None:
+    """Record the newest revision in tables ``create_all`` just built (from the models, so
+    at the head): ``journeyline worker`` refuses a database that was never migrated."""
+    conn.execute(text("CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(32) "
+                      "NOT NULL PRIMARY KEY)"))  # fmt: skip
+    conn.execute(text("DELETE FROM alembic_version"))
+    conn.execute(text("INSERT INTO alembic_version VALUES (:v)"), {"v": migrations.head()})
+
+
 def reset_postgres(url: str, *, create_tables: bool) -> None:
-    """Drop every table (and Alembic's bookkeeping) in ``url``; create them anew if asked."""
+    """Drop every table (and Alembic's bookkeeping) in ``url``; create them anew, at the
+    newest revision, if asked."""
     db = create_engine(url, poolclass=pool.NullPool)
     try:
         with db.begin() as conn:
@@ -83,6 +94,7 @@ def reset_postgres(url: str, *, create_tables: bool) -> None:
             SQLModel.metadata.drop_all(conn)
             if create_tables:
                 SQLModel.metadata.create_all(conn)
+                mark_migrated(conn)
     finally:
         db.dispose()
 

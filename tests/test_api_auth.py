@@ -59,7 +59,7 @@ def secured_operations(api: Api) -> list[tuple[str, str]]:
         for method, operation in operations.items()
         if operation.get("security")
     ]
-    assert len(found) == 6  # POST events; PUT, GET, DELETE contacts; GET reports, reports.html
+    assert len(found) == 7  # POST events; PUT, GET, DELETE contacts; GET export; reports (2)
     return found
 
 

@@ -174,7 +174,7 @@ def test_events_lists_unmapped_ones_for_operators(env: dict) -> None:
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "100"), ("250", "250")])
 def test_the_worker_command_starts_dramatiq_polling_idle_queues_every_100_ms(
-    monkeypatch: pytest.MonkeyPatch, preset: str | None, expected: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, preset: str | None, expected: str
 ) -> None:
     """Dramatiq's default idle backoff (up to 1 s) would add up to a second per job at light
     load; an explicit dramatiq_worker_timeout in the environment is kept."""
@@ -187,10 +187,40 @@ def test_the_worker_command_starts_dramatiq_polling_idle_queues_every_100_ms(
         monkeypatch.delenv(name)
     if preset is not None:
         monkeypatch.setenv("dramatiq_worker_timeout", preset)
-    result = invoke("--broker-url", "redis://127.0.0.1:6379/0", "worker", "--processes", "1")
+    url = f"sqlite:///{tmp_path}/jl.db"
+    assert invoke("--database-url", url, "db", "upgrade").exit_code == 0
+    result = invoke(
+        "--database-url", url, "--broker-url", "redis://127.0.0.1:6379/0", "worker",
+        "--processes", "1",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert started and started[0][1:4] == ["-m", "dramatiq", "engine.worker"]
     assert os.environ["dramatiq_worker_timeout"] == expected  # noqa: SIM112 (Dramatiq's name)
+
+
+@pytest.mark.parametrize(
+    ("database", "said"),
+    [
+        ("sqlite:///{tmp}/never.db", "never migrated: run journeyline db upgrade"),
+        ("postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test", "cannot connect"),
+    ],
+    ids=["not migrated", "unreachable"],
+)
+def test_a_worker_on_a_database_it_cannot_use_says_so_once_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str, said: str
+) -> None:
+    """It looked ready and failed every job it took (on-call probe)."""
+    started: list[list[str]] = []
+    monkeypatch.setattr("engine.cli.os.execv", lambda _exe, argv: started.append(argv))
+    for name in ("JOURNEYLINE_DATABASE_URL", "JOURNEYLINE_BROKER_URL", "dramatiq_worker_timeout"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    url = database.format(tmp=tmp_path)
+    result = invoke("--database-url", url, "--broker-url", "redis://127.0.0.1:6379/0", "worker")
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+    assert started == []
 
 
 # --- what an operator is told when something is off -----------------------------------------

@@ -197,6 +197,7 @@ def test_a_worker_whose_connector_cannot_be_built_says_so_once_and_starts_nothin
     assert "PIPEDRIVE_TOKEN is not set" in result.output
     assert started == []  # no worker process was started to fail on its own
     monkeypatch.setenv("JOURNEYLINE_CRM_CONNECTOR", "tests.plugin_connectors:crm")
+    assert CliRunner().invoke(cli.app, ["db", "upgrade", "--database-url", url]).exit_code == 0
     result = CliRunner().invoke(
         cli.app, ["worker", "--database-url", url, "--broker-url", "redis://127.0.0.1:6379/8"]
     )
