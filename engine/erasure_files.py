@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import event
 from sqlmodel import Session, select
 
-from connectors.email.base import EmailMessage
 from connectors.email.outbox import OutboxEmailConnector
 from engine.models import Action, Contact
 from engine.performers import CRMOutboxPerformer
@@ -48,18 +46,10 @@ def outbox_files(session: Session, contact: Contact, outboxes: Outboxes) -> list
     files: list[Path] = []
     for kind, key in found:
         if kind == "email" and outboxes.email is not None:
-            files.append(outboxes.email.path_for(_addressed(contact.email, key)))
+            files.append(outboxes.email.path_of(contact.email, key))
         elif kind.startswith("crm.") and outboxes.crm is not None:
             files.append(outboxes.crm.path_for(kind, key, contact.email))
     return files
-
-
-def _addressed(email: str, key: str) -> EmailMessage:
-    """A message carrying only what an outbox file is named by: recipient and key."""
-    empty = datetime.fromtimestamp(0, UTC)
-    return EmailMessage(
-        to=email, sender="", subject="", text="", html="", idempotency_key=key, sent_at=empty
-    )
 
 
 def remove_after_commit(session: Session, files: list[Path]) -> None:

@@ -48,8 +48,12 @@ class OutboxEmailConnector(EmailConnector):
         self.directory = Path(directory)
 
     def path_for(self, message: EmailMessage) -> Path:
-        digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:16]
-        return self.directory / f"{_slug(message.to)}-{digest}.eml"
+        return self.path_of(message.to, message.idempotency_key)
+
+    def path_of(self, to: str, idempotency_key: str) -> Path:
+        """The file of the email to ``to`` with this key (an erasure removes hers)."""
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+        return self.directory / f"{_slug(to)}-{digest}.eml"
 
     def send(self, message: EmailMessage) -> SendResult:
         path = self.path_for(message)
