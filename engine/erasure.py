@@ -9,6 +9,11 @@ so she gets no marketing email unless she opts in again (an explicit ``subscript
 subscribed``, as a signup form would send), and her suppression is put back. Transactional
 email (receipts) still goes, unless she was suppressed.
 
+A HubSpot privacy deletion also keeps a digest of the HubSpot object's id, with the time
+(``remember_erased_object``): an email change of the object made before it and delivered
+after it (HubSpot delivers out of order) names an address of hers the erasure did not know,
+and is dropped, not made a new contact.
+
 The digest is pseudonymous, not anonymous: whoever holds the database can test whether a
 given address was erased, which is what it is for (honouring her objection); an operator's
 privacy notice should say that it is kept, and for how long.
@@ -49,15 +54,40 @@ def erase_contact(session: Session, contact: Contact, *, now: datetime) -> None:
         select(Suppression).where(Suppression.email == contact.email)
     ).first()
     reason = suppression.reason if suppression is not None else None
+    _remember(session, address_digest(contact.email), reason, now=now)
+    if suppression is not None:
+        session.delete(suppression)
+    session.delete(contact)
+
+
+def _remember(session: Session, digest: str, reason: str | None, *, now: datetime) -> None:
+    """Keep ``digest`` as erased at ``now`` (the latest erasure's time), with ``reason``."""
     table: Any = ErasedAddress.__table__  # type: ignore[attr-defined]
-    digest = address_digest(contact.email)
     row = {"digest": digest, "erased_at": now, "suppressed_for": reason}
     if insert_new(session, table, row, unique=("digest",)) is None:  # erased before
         again = {"erased_at": now, **({"suppressed_for": reason} if reason else {})}
         session.execute(table.update().where(table.c.digest == digest).values(**again))
-    if suppression is not None:
-        session.delete(suppression)
-    session.delete(contact)
+
+
+def object_digest(source: str, object_id: str) -> str:
+    """The digest kept for a CRM's object deleted on her request (a HubSpot privacy
+    deletion), beside the addresses': with a NUL inside, never an address's."""
+    return address_digest(f"{source} object\x00{object_id}")
+
+
+def remember_erased_object(session: Session, source: str, object_id: str, *, now: datetime) -> None:
+    """Remember that ``source``'s object ``object_id`` was deleted on her request at ``now``:
+    its changes made before, delivered late (a CRM delivers out of order), are about her,
+    under addresses the erasure may not have known yet."""
+    _remember(session, object_digest(source, object_id), None, now=now)
+
+
+def object_erased_at(session: Session, source: str, object_id: str) -> datetime | None:
+    """When ``source``'s object ``object_id`` was deleted on her request, if it was."""
+    digest = object_digest(source, object_id)
+    return session.exec(
+        select(ErasedAddress.erased_at).where(ErasedAddress.digest == digest)
+    ).first()
 
 
 def remember_suppression(session: Session, email: str, reason: str) -> bool:

@@ -26,18 +26,20 @@ events and all: the event is kept at the time it was received, with the reported
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import text
+from sqlmodel import Session, col, or_, select
 
 from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
-from engine.erasure import erase_contact, erased_among
+from engine.erasure import erase_contact, erased_among, object_erased_at, remember_erased_object
 from engine.erasure_files import outbox_files, outboxes_of, remove_after_commit
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
@@ -103,11 +105,12 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
         )
         occurred, reported = now, {"reported_occurred_at": raw.get("occurredAt")}
     with transaction(runtime.db) as session:
+        _one_object_at_a_time(session, object_id)
         contact = _by_hubspot_id(session, object_id)
         if kind == "contact.propertyChange" and raw.get("propertyName") == "email":
             # Recorded through the one event path, so a new contact enters its first stage.
             email = normalize_email(str(raw.get("propertyValue", "")))
-            if _from_before_her_erasure(session, email, occurred):
+            if _from_before_her_erasure(session, email, object_id, occurred):
                 # Redelivered (its dedupe key went with her): it would bring her back.
                 log.info("HubSpot email change for object %s from before an erasure", object_id)
                 result.duplicates += 1
@@ -142,6 +145,8 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
             result.contacts.add(recorded.contact_id)
             return
         if kind == "contact.privacyDeletion":  # her request: remembered as not to write to
+            # The object too: its email changes made before, delivered after, are hers.
+            remember_erased_object(session, "hubspot", object_id, now=now)
             holders = _holders(session, object_id, contact)
             if not holders:
                 result.unknown_contacts += 1
@@ -188,24 +193,50 @@ def _one(runtime: Any, raw: Any, result: InboundResult, mapping: Mapping[str, st
         result.contacts.add(contact.id)  # type: ignore[arg-type]
 
 
+def _one_object_at_a_time(session: Session, object_id: str) -> None:
+    """Wait until no other transaction is recording an event of the object (until its
+    commit). HubSpot delivers an object's events concurrently: on PostgreSQL each read the
+    object's contact before the other committed, so a lifecycle change recorded during an
+    email change landed on the old address after the carry-over had looked, and two email
+    changes left both new addresses linked. (SQLite has one writer at a time already.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    named = hashlib.sha256(f"journeyline hubspot object {object_id}".encode()).digest()
+    key = int.from_bytes(named[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def _holders(session: Session, object_id: str, linked: Contact | None) -> list[Contact]:
     """Every contact of ours a HubSpot object has named: the one linked to it now, and each
-    address it had before (an email change moves the link, and leaves the old contact)."""
+    address it had before (an email change moves the link, and leaves the old contact),
+    unless another HubSpot object has that address now (handed on, merged): hers no more."""
     earlier = select(Event.contact_id).where(
         Event.source == "hubspot",
         Event.type == "crm.contact_changed",
         col(Event.properties)["object_id"].as_string() == object_id,
         col(Event.properties)["property"].as_string() == "email",
     )
-    found = {c.id: c for c in session.exec(select(Contact).where(col(Contact.id).in_(earlier)))}
+    named = session.exec(
+        select(Contact).where(
+            col(Contact.id).in_(earlier),
+            or_(col(Contact.hubspot_id).is_(None), Contact.hubspot_id == object_id),
+        )
+    )
+    found = {c.id: c for c in named}
     if linked is not None:
         found[linked.id] = linked
     return [found[key] for key in sorted(found)]  # type: ignore[type-var]
 
 
-def _from_before_her_erasure(session: Session, email: str, occurred: datetime) -> bool:
-    """Whether ``email`` is an erased contact's, not back yet, and the event happened before
-    (or when) she was erased."""
+def _from_before_her_erasure(
+    session: Session, email: str, object_id: str, occurred: datetime
+) -> bool:
+    """Whether the email change happened before (or when) its HubSpot object was deleted on
+    her request (an address of hers the erasure may not have known), or ``email`` is an
+    erased contact's, not back yet, and the change happened before she was erased."""
+    deleted = object_erased_at(session, "hubspot", object_id)
+    if deleted is not None and occurred <= deleted:
+        return True
     kept = erased_among(session, [email]).get(email)
     if kept is None or occurred > kept.erased_at:
         return False
