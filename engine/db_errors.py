@@ -55,6 +55,15 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def contact_went_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` is a row naming a contact that no longer exists (erased by another
+    transaction between reading her id and writing the row)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    text = str(exc.orig)
+    return "_contact_id_fkey" in text or "FOREIGN KEY constraint failed" in text
+
+
 def describe_database_error(exc: BaseException) -> str:
     """The driver's error in one line, without SQL: ``OperationalError: connection failed:
     connection to server at "127.0.0.1", port 5433 failed: Connection refused``."""

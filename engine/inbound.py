@@ -27,11 +27,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
 from engine.db import transaction
+from engine.db_errors import contact_went_missing
 from engine.erasure import erased_among, remember_suppression
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
@@ -77,6 +79,10 @@ class InboundResult:
     contacts: set[int] = field(default_factory=set)  # to process after commit
 
 
+class _ErasedMeanwhile(Exception):
+    """The event's contact was erased between reading her and recording the event."""
+
+
 def record_sendgrid_events(
     runtime: Any, events: Sequence[Any], positions: Sequence[int] | None = None
 ) -> InboundResult:
@@ -90,6 +96,12 @@ def record_sendgrid_events(
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("SendGrid event %s rejected: %s", index, exc)
+        except (IntegrityError, _ErasedMeanwhile) as exc:
+            if isinstance(exc, IntegrityError) and not contact_went_missing(exc):
+                raise
+            # Erased while this event was being recorded: as for an address we do not know
+            result.unknown_contacts += 1
+            log.info("SendGrid event %s: its contact was erased meanwhile; not recorded", index)
     runtime.enqueue_or_leave(sorted(result.contacts), what="SendGrid events")
     return result
 
@@ -146,6 +158,8 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
             idempotency_key=key,
             occurred_at=occurred,
         )
+        if recorded.contact_id != contact.id:  # she was erased since she was read, and
+            raise _ErasedMeanwhile  # recording made her anew: rolled back, never created
         if recorded.duplicate:
             result.duplicates += 1
             return

@@ -34,11 +34,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
+from engine.db_errors import contact_went_missing
 from engine.erasure import erase_contact, erased_among, object_erased_at, remember_erased_object
 from engine.erasure_files import outbox_files, outboxes_of, remove_after_commit
 from engine.errors import ValidationError
@@ -80,6 +82,12 @@ def record_hubspot_events(
         except ValidationError as exc:
             result.rejected.append(f"index {index}: {exc}")
             log.warning("HubSpot event %s rejected: %s", index, exc)
+        except IntegrityError as exc:
+            if not contact_went_missing(exc):
+                raise
+            # Erased while this event was being recorded: as for an object we have not linked
+            result.unknown_contacts += 1
+            log.info("HubSpot event %s: its contact was erased meanwhile; not recorded", index)
     runtime.enqueue_or_leave(sorted(result.contacts), what="HubSpot events")
     return result
 

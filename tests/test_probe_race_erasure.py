@@ -116,3 +116,39 @@ def test_a_resubscribe_from_before_her_erasure_does_not_resubscribe_her_return(
         rt.run_until_idle()
         # Then her erasure, newer than that resubscribe, still stands: no marketing email
         assert contact(rt, "ana@example.com").subscription_status == "unsubscribed"
+
+
+@pytest.mark.postgres
+def test_a_sendgrid_event_racing_her_erasure_is_counted_not_a_500(
+    pg_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open reads her contact without a lock; her erasure committing before its row is
+    written made the whole batch fail (the provider retried it for a day)."""
+    import engine.inbound as inbound
+
+    runtime, clock, _email = make_runtime(pg_db_url)
+    try:
+        runtime.track("ana@example.com", "page.viewed")
+        runtime.track("bo@example.com", "page.viewed")
+        runtime.run_until_idle()
+        original = inbound.record_event
+
+        def erased_first(session: Any, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("email") == "ana@example.com":
+                with transaction(runtime.db) as other:
+                    ana = other.exec(select(Contact).where(Contact.email == "ana@example.com"))
+                    erase_contact(other, ana.one(), now=clock.now())
+            return original(session, *args, **kwargs)
+
+        monkeypatch.setattr(inbound, "record_event", erased_first)
+        opens = [
+            {"event": "open", "email": who, "timestamp": int(clock.now().timestamp()),
+             "sg_event_id": f"open-{who}", "sg_message_id": "m"}
+            for who in ("ana@example.com", "bo@example.com")
+        ]  # fmt: skip
+        result = record_sendgrid_events(runtime, opens)
+        assert (result.recorded, result.unknown_contacts) == (1, 1)
+        with Session(runtime.db) as session:  # an open does not make her anew
+            assert session.exec(select(Contact.email)).all() == ["bo@example.com"]
+    finally:
+        runtime.close()

@@ -42,6 +42,7 @@ from engine.contacts import (
 )
 from engine.date_attributes import date_attribute_problems
 from engine.db import transaction
+from engine.db_errors import contact_went_missing
 from engine.errors import ValidationError
 from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
 from engine.inbound_values import value_problems
@@ -277,7 +278,7 @@ def record_all(
                     raise Invalid(reused)  # raised inside the transaction: it is rolled back
             break
         except IntegrityError as exc:
-            if attempt == ERASED_MEANWHILE_ATTEMPTS or not _a_contact_went_missing(exc):
+            if attempt == ERASED_MEANWHILE_ATTEMPTS or not contact_went_missing(exc):
                 raise
             log.info("events: a contact was erased while they were recorded; recording again")
     runtime.enqueue_or_leave((r.contact_id for r in recorded if not r.duplicate), what="events")
@@ -288,12 +289,6 @@ def record_all(
 
 
 ERASED_MEANWHILE_ATTEMPTS = 3
-
-
-def _a_contact_went_missing(exc: IntegrityError) -> bool:
-    """Whether the violation is an event naming a contact that no longer exists."""
-    text = str(exc.orig)
-    return "events_contact_id_fkey" in text or "FOREIGN KEY constraint failed" in text
 
 
 REUSED_KEY_MESSAGE = (
