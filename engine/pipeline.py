@@ -11,6 +11,7 @@ pipeline_jobs.py.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -437,19 +438,25 @@ def _condition_items(
     return kept
 
 
+OLDER_VERSIONS_READ_EVERY_S = 60.0
+"""How long a process trusts what it read of the stored versions: a rolling deploy stores
+a newer one (for this process, "not current") while it runs."""
+
+
 def _older_versions_have_conditions(session: Session, registry: Registry) -> bool:
-    """Whether a stored older version of one of the registry's workflows has a condition
-    goal or exit (an enrollment still on it is evaluated against it). Read once per process
-    and registry: older versions are the ones stored before it started."""
-    known: bool | None = registry.__dict__.get("_older_conditions")
-    if known is None:
-        with session.no_autoflush:  # a job's pending rows stay for its one flush of each table
-            older = older_versions(session, registry)
-        known = any(
-            isinstance(rule, ConditionMet) for old in older for rule in (*old.goals, *old.exit_when)
-        )
-        registry.__dict__["_older_conditions"] = known
-    return known
+    """Whether a stored version of one of the registry's workflows other than its current
+    one has a condition goal or exit (an enrollment still on it is evaluated against it).
+    Read at most once a minute per process and registry."""
+    cached: tuple[float, bool] | None = registry.__dict__.get("_older_conditions")
+    if cached is not None and time.monotonic() - cached[0] < OLDER_VERSIONS_READ_EVERY_S:
+        return cached[1]
+    with session.no_autoflush:  # a job's pending rows stay for its one flush of each table
+        older = older_versions(session, registry)
+    found = any(
+        isinstance(rule, ConditionMet) for old in older for rule in (*old.goals, *old.exit_when)
+    )
+    registry.__dict__["_older_conditions"] = (time.monotonic(), found)
+    return found
 
 
 def _on_an_older_version(registry: Registry, enrollment: Enrollment) -> bool:

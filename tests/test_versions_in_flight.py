@@ -161,3 +161,30 @@ def test_a_condition_goal_is_the_enrollments_versions(first_has_goal: bool, stat
         sim.advance(days=3)
         # Then her enrollment ends as version 1 says
         sim.expect_enrollment("ana@example.com", "upgrade_path", status)
+
+
+def test_a_version_stored_by_another_process_is_seen_within_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling deploy: newer workers store a version with a condition goal while this
+    process runs; enrollments on it must be evaluated against it here too."""
+    import engine.pipeline as pipeline
+    from engine.db import make_engine, transaction
+    from engine.enrollments import store_version
+    from engine.models import metadata
+
+    db = make_engine(f"sqlite:///{tmp_path}/jl.db")
+    metadata.create_all(db)
+    registry = semantics_registry([_with_goal(False)])
+    now = [1000.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: now[0])
+    try:
+        with transaction(db) as session:
+            assert pipeline._older_versions_have_conditions(session, registry) is False
+            store_version(session, _with_goal(True), START)  # another process's release
+        with transaction(db) as session:
+            assert pipeline._older_versions_have_conditions(session, registry) is False  # cached
+            now[0] += pipeline.OLDER_VERSIONS_READ_EVERY_S
+            assert pipeline._older_versions_have_conditions(session, registry) is True
+    finally:
+        db.dispose()
