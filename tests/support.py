@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, pool, text
@@ -29,6 +31,9 @@ def make_runtime(
     db = make_engine(database_url)
     if create_schema:
         SQLModel.metadata.create_all(db)
+    # The outboxes (email, CRM steps) write files: beside the test's database, or in a
+    # folder of its own, never in the working directory (they were left in the checkout).
+    settings.setdefault("outbox_dir", _scratch_outbox(database_url))
     clock = clock or VirtualClock()
     email = RecordingEmailConnector()
     runtime = Runtime(
@@ -38,6 +43,12 @@ def make_runtime(
         db=db,
     )
     return runtime, clock, email
+
+
+def _scratch_outbox(database_url: str) -> Path:
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        return Path(database_url.removeprefix("sqlite:///")).parent / "outbox"
+    return Path(tempfile.mkdtemp(prefix="journeyline-test-outbox-"))
 
 
 def new_contact(email: str, at: datetime) -> Contact:
