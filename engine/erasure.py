@@ -123,6 +123,13 @@ def erased_among(session: Session, emails: Iterable[str]) -> dict[str, Erased]:
     return {by_digest[digest]: Erased(at, why) for digest, at, why in found}
 
 
+def erased_since(session: Session, email: str, moment: datetime) -> bool:
+    """Whether ``email`` was erased at or after ``moment``: what was done or chosen then
+    (a consent, a CRM change) predates her erasure, which withdrew it."""
+    kept = erased_among(session, [email]).get(email)
+    return kept is not None and moment <= kept.erased_at
+
+
 def returning(session: Session, emails: Iterable[str], *, now: datetime) -> set[str]:
     """Of ``emails`` (normalised, of contacts about to be created), those of erased
     contacts: they are to start unsubscribed. The suppression of each that had one is put

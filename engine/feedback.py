@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, col, select
 
 from engine.contacts import CONSENT_SET_WHEN_RECORDED, SUBSCRIPTION_EVENTS, set_subscription
-from engine.erasure import erased_among
+from engine.erasure import erased_since
 from engine.models import Contact, Event, Suppression
 
 if TYPE_CHECKING:
@@ -105,7 +105,6 @@ def apply_feedback(
     assert contact.id is not None
     if consent_superseded(session, contact.id, event.id):
         return
-    erased = erased_among(session, [contact.email]).get(contact.email)
-    if erased is not None and event.occurred_at <= erased.erased_at:
+    if erased_since(session, contact.email, event.occurred_at):
         return  # a choice made before she was erased: the erasure withdrew it
     set_subscription(session, registry, contact, status, now=now)

@@ -34,7 +34,7 @@ from connectors.webhooks.dedupe import sendgrid_event_key
 from engine.contacts import SUBSCRIPTION_EVENTS, normalize_email, set_subscription
 from engine.db import transaction
 from engine.db_errors import contact_went_missing
-from engine.erasure import erased_among, remember_suppression
+from engine.erasure import erased_since, remember_suppression
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
 from engine.executor import exit_unsubscribed
@@ -219,8 +219,7 @@ def _consent_ignored(
       nothing, makes nothing stale.
     """
     ours = getattr(runtime.settings, "sendgrid_unsubscribe_group", None)
-    erased = erased_among(session, [contact.email]).get(contact.email)
-    if erased is not None and occurred <= erased.erased_at:
+    if erased_since(session, contact.email, occurred):
         return "older than the erasure of the address, which withdrew every consent"
     if raw.get("event") == "group_resubscribe" and not _our_group(raw.get("asm_group_id"), ours):
         group = raw.get("asm_group_id")

@@ -41,7 +41,7 @@ from connectors.webhooks.dedupe import hubspot_event_key
 from engine.contacts import normalize_email
 from engine.db import transaction
 from engine.db_errors import contact_went_missing
-from engine.erasure import erase_contact, erased_among, object_erased_at, remember_erased_object
+from engine.erasure import erase_contact, erased_since, object_erased_at, remember_erased_object
 from engine.erasure_files import outbox_files, outboxes_of, remove_after_commit
 from engine.errors import ValidationError
 from engine.event_input import occurred_at_problem
@@ -214,16 +214,21 @@ def _one_object_at_a_time(session: Session, object_id: str) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def _holders(session: Session, object_id: str, linked: Contact | None) -> list[Contact]:
-    """Every contact of ours a HubSpot object has named: the one linked to it now, and each
-    address it had before (an email change moves the link, and leaves the old contact),
-    unless another HubSpot object has that address now (handed on, merged): hers no more."""
-    earlier = select(Event.contact_id).where(
+def _email_changes_of(object_id: str) -> tuple[Any, ...]:
+    """The conditions on ``events`` of the HubSpot object's email changes as recorded."""
+    return (
         Event.source == "hubspot",
         Event.type == "crm.contact_changed",
         col(Event.properties)["object_id"].as_string() == object_id,
         col(Event.properties)["property"].as_string() == "email",
     )
+
+
+def _holders(session: Session, object_id: str, linked: Contact | None) -> list[Contact]:
+    """Every contact of ours a HubSpot object has named: the one linked to it now, and each
+    address it had before (an email change moves the link, and leaves the old contact),
+    unless another HubSpot object has that address now (handed on, merged): hers no more."""
+    earlier = select(Event.contact_id).where(*_email_changes_of(object_id))
     named = session.exec(
         select(Contact).where(
             col(Contact.id).in_(earlier),
@@ -245,8 +250,7 @@ def _from_before_her_erasure(
     deleted = object_erased_at(session, "hubspot", object_id)
     if deleted is not None and occurred <= deleted:
         return True
-    kept = erased_among(session, [email]).get(email)
-    if kept is None or occurred > kept.erased_at:
+    if not erased_since(session, email, occurred):
         return False
     return session.exec(select(Contact.id).where(Contact.email == email)).first() is None
 
@@ -325,11 +329,8 @@ def _linked_later(session: Session, holder: Contact, object_id: str, occurred: d
         select(Event.id)
         .where(
             Event.contact_id == holder.id,
-            Event.type == "crm.contact_changed",
             col(Event.occurred_at) > occurred,
-            Event.source == "hubspot",
-            col(Event.properties)["object_id"].as_string() == object_id,
-            col(Event.properties)["property"].as_string() == "email",
+            *_email_changes_of(object_id),
         )
         .limit(1)
     ).first()
