@@ -36,7 +36,15 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, write_json
+from bench.common import (
+    Result,
+    add_smoke_flag,
+    peak_rss_kib,
+    print_results,
+    print_targets,
+    run_cli,
+    write_json,
+)
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     API_KEY,
@@ -65,6 +73,7 @@ from engine.runtime import QUEUE, TRANSACTIONAL_QUEUE
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 SEED_BATCH = 10_000
 TARGET_SECONDS = 300.0
+TARGET_RSS_RATIO = 1.10  # peak memory flat in contacts: within 10%
 TEMPLATE = (
     "{% block subject %}Spring sale: 20% off{% endblock %}"
     "{% block text %}Everything is 20% off this week. Reply to this email with questions."
@@ -254,11 +263,13 @@ def worker_main() -> None:
     done = Path(os.environ["BENCH_DONE"])
     consumer = Worker(worker.broker, worker_threads=threads, worker_timeout=100)
     consumer.start()
+    # The delay queues too: a send retried after a 429 waits there, and the run is not over.
+    queues = (QUEUE, TRANSACTIONAL_QUEUE, f"{QUEUE}.DQ", f"{TRANSACTIONAL_QUEUE}.DQ")
     try:
         idle = 0
         while idle < 3:  # broadcast over and queues empty three times, 0.3 s apart: done
             time.sleep(0.3)
-            empty = queue_backlog(redis_url, (QUEUE, TRANSACTIONAL_QUEUE)) == 0
+            empty = queue_backlog(redis_url, queues) == 0
             idle = idle + 1 if empty and done.exists() else 0
         consumer.join()
     finally:
@@ -325,20 +336,26 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print_results(f"A {n:,}-contact campaign (benchmark 4)", rows)
     for name, figures in (("baseline", baseline), ("small", small), ("large", large)):
         print(name, json.dumps(figures))
-    write_json(
+    targets = {
+        "under 5 minutes": large["seconds"] < TARGET_SECONDS,
+        "requests = N/1000": large["requests"] == -(-n // 1000),
+        "worker peak RSS within 10% of the small run's": rows[3].ratio <= TARGET_RSS_RATIO,
+        "broadcaster peak RSS within 10% of the small run's": rows[4].ratio <= TARGET_RSS_RATIO,
+    }
+    print_targets(targets)
+    path = write_json(
         "campaign",
         rows,
         contacts=n,
         processes=args.processes,
         threads=args.threads,
+        smoke=args.smoke,
         runs={"baseline": baseline, "small": small, "large": large},
-        targets={
-            "under 5 minutes": large["seconds"] < TARGET_SECONDS,
-            "requests = N/1000": large["requests"] == -(-n // 1000),
-        },
+        targets=targets,
     )
+    print(f"wrote {path}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.campaign")

@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def print_results(title: str, rows: list[Result], console: Console | None = None
     (console or Console()).print(table)
 
 
+def print_targets(targets: dict[str, bool]) -> None:
+    """Each target and whether this run met it, plainly; the same dict goes in the JSON."""
+    for name, met in targets.items():
+        print(f"target {name}: {'met' if met else 'NOT met'}")
+
+
 def write_json(name: str, rows: list[Result], **extra: object) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
@@ -75,3 +82,37 @@ def peak_rss_kib() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best we have
+
+
+def service_down(exc: BaseException) -> str | None:
+    """One line saying which service a benchmark could not reach, or None when ``exc`` is
+    something else (a bug, a failed check: those keep their traceback).
+
+    Only failures to connect count: PostgreSQL refusing or dropping the connection (not a
+    deadlock or another ``OperationalError`` subclass the server answered with), Redis
+    refusing or timing out."""
+    orig = getattr(exc, "orig", None) or exc
+    kind = type(orig)
+    if kind.__module__.startswith("psycopg") and kind.__name__ == "OperationalError":
+        detail = str(orig).strip().splitlines()[0] if str(orig).strip() else kind.__name__
+        return f"PostgreSQL is not reachable: {detail}"
+    if kind.__module__.startswith("redis") and kind.__name__ in ("ConnectionError", "TimeoutError"):
+        return f"Redis is not reachable: {str(orig).strip() or kind.__name__}"
+    return None
+
+
+def run_cli(main: Callable[[list[str] | None], object], prog: str) -> None:
+    """``if __name__ == "__main__"`` of a benchmark: a service that is down, or Ctrl-C, ends
+    it with one line on stderr (exit 2 / 130) instead of a traceback. Each benchmark's
+    ``finally`` blocks have run by then: throwaway databases dropped, processes stopped."""
+    try:
+        main(None)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        message = service_down(exc)
+        if message is None:
+            raise
+        print(f"{prog}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import insert
 from sqlmodel import Session, col, func, select
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.services import contact_row
 from connectors.fakes import FakeHubSpot
 from engine import (
@@ -140,4 +140,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.crm_batch")

@@ -50,7 +50,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import insert, text
 
 from bench import baselines, loadgen, worker_logs
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.ingest import make_api_key
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
@@ -556,4 +556,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.end_to_end")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert
 from sqlmodel import Session, SQLModel, col, select
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.services import contact_row
 from engine.db import make_engine
 from engine.inbound_crm import _by_hubspot_id
@@ -97,4 +97,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.hubspot_lookup")

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlmodel import col
 
 from bench import loadgen
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     ApiServer,
@@ -175,4 +175,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.ingest")

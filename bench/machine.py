@@ -14,7 +14,7 @@ from typing import Any
 
 from transitions import EventData, Machine
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from engine.machine import StageMachine
 from engine.stages import Guard, Journey, lifecycle_journey
 
@@ -151,4 +151,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.machine")

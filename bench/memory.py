@@ -35,7 +35,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import insert, text
 
 from bench import loadgen
-from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, write_json
+from bench.common import Result, add_smoke_flag, peak_rss_kib, print_results, run_cli, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import (
     API_KEY,
@@ -263,4 +263,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.memory")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,7 @@ from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.scheduler import DEFAULT_ADMIN_URL, throwaway_database
 from bench.services import contact_row
 from connectors.email import RecordingEmailConnector
@@ -333,17 +334,24 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument(
         "--database-url", default=None, help=f"PostgreSQL admin URL (default {DEFAULT_ADMIN_URL})"
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("."), help="where SQLite files go")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="where SQLite files go (default: a temp dir)"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="cProfile stats: FILE.<db>.prof")
     add_smoke_flag(parser)
     args = parser.parse_args(argv)
     contacts = 30 if args.smoke else args.contacts
     kinds = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
     rows: list[Result] = []
-    for kind in kinds:
-        rows += run(
-            kind, contacts, url=args.database_url, work_dir=args.work_dir, profile=args.profile
-        )
+    with tempfile.TemporaryDirectory(prefix="jl-bench-") as scratch:
+        for kind in kinds:
+            rows += run(
+                kind,
+                contacts,
+                url=args.database_url,
+                work_dir=args.work_dir or Path(scratch),
+                profile=args.profile,
+            )
     print_results(f"bench.pipeline (inline broker, {contacts:,} contacts)", rows)
     path = write_json("pipeline", rows, contacts=contacts, databases=list(kinds), smoke=args.smoke)
     print(f"wrote {path}")
@@ -351,4 +359,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.pipeline")

@@ -30,7 +30,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, print_targets, run_cli, write_json
 from bench.scheduler import throwaway_database
 from engine import Workflow, build_registry, lifecycle_journey, on_schedule, send_email
 from engine.db import make_engine, transaction
@@ -54,6 +54,7 @@ ZONES = [
 DEPLOYED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # a Sunday
 CRON = "0 9 * * MON"
 BATCH = 10_000
+TARGET_RATIO = 1.5
 
 
 def registry() -> Registry:
@@ -197,9 +198,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     zones = ZONES[: args.zones]
     rows = run(args.database_url, contacts=contacts, zones=zones, repeat=repeat)
     print_results("Schedule triggers: planning per time zone", rows)
-    write_json("schedules", rows, contacts=contacts, zones=len(zones), smoke=args.smoke)
+    targets = {f"idle pass within {TARGET_RATIO}x of the baseline": rows[0].ratio <= TARGET_RATIO}
+    print_targets(targets)
+    path = write_json(
+        "schedules", rows, contacts=contacts, zones=len(zones), smoke=args.smoke, targets=targets
+    )
+    print(f"wrote {path}")
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.schedules")

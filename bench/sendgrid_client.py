@@ -25,7 +25,7 @@ import httpx
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Mail
 
-from bench.common import Result, add_smoke_flag, print_results, write_json
+from bench.common import Result, add_smoke_flag, print_results, run_cli, write_json
 from bench.services import API_KEY, FakeSendGridProcess
 
 
@@ -84,4 +84,4 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "bench.sendgrid_client")

@@ -43,9 +43,24 @@ def test_bench_machine_smoke(results_in_tmp: Path) -> None:
 
 
 def test_bench_scheduler_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:
-    rows = scheduler.main(["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db"])
+    rows = scheduler.main(
+        ["--smoke", "--database-url", f"sqlite:///{tmp_path}/bench.db", "--broker-url", "stub://"]
+    )
     _check(rows, results_in_tmp / "scheduler.json")
     assert json.loads((results_in_tmp / "scheduler.json").read_text())["due"] == 200
+
+
+@pytest.mark.redis
+def test_bench_scheduler_smoke_enqueues_on_redis(
+    results_in_tmp: Path, postgres_url: str, redis_url: str
+) -> None:
+    """The timed passes send their wake-up messages to Redis, and the benchmark counts them
+    there (it raises if the count differs from what the passes sent)."""
+    smoke_redis = redis_db_url(redis_url, SMOKE_REDIS_DB)
+    rows = scheduler.main(["--smoke", "--database-url", postgres_url, "--broker-url", smoke_redis])
+    _check(rows, results_in_tmp / "scheduler.json")
+    data = json.loads((results_in_tmp / "scheduler.json").read_text())
+    assert data["broker"] == "redis" and data["database"] == "postgresql"
 
 
 def test_bench_schedules_smoke_on_sqlite(results_in_tmp: Path, tmp_path: Path) -> None:

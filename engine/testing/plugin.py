@@ -3,7 +3,8 @@
 Fixtures:
 
 - ``journeyline_sim``: a ``Simulation`` of the workflows module from settings
-  (``JOURNEYLINE_WORKFLOWS``, default ``workflows``), closed after the test;
+  (``JOURNEYLINE_WORKFLOWS``, default ``workflows``), closed after the test; the module is
+  looked for in the folders at and above the test file first (see ``workflows_near``);
 - ``journeyline_golden``: ``check(sim, email, name)`` compares a contact's journey with
   ``golden/<name>.json`` next to the test file.
 
@@ -21,17 +22,26 @@ else from the environment):
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+from engine.registry import import_workflows
 from engine.testing.simulation import Simulation, check_golden
 
 GOLDEN_MODES = ("record", "strict", "update")
 _WRITTEN = "journeyline_golden"  # a test's user property: "<outcome> <golden file>"
 _TRUE = {"1", "true", "yes", "on"}
+# The journey each golden file was first checked against in this run, and by which test
+# for whom: two different journeys under one name would each pass an update run, the last
+# one written winning (the same journey twice, a parametrized test's, is fine).
+_CLAIMED = pytest.StashKey[dict[Path, tuple[str, str, list[Any]]]]()
 
 
 def _true(value: str | None) -> bool:
@@ -64,8 +74,8 @@ def golden_mode(config: pytest.Config) -> str:
 
 
 @pytest.fixture
-def journeyline_sim() -> Iterator[Simulation]:
-    sim = Simulation(os.environ.get("JOURNEYLINE_WORKFLOWS", "workflows"))
+def journeyline_sim(request: pytest.FixtureRequest) -> Iterator[Simulation]:
+    sim = Simulation(workflows_near(Path(str(request.path))))
     try:
         yield sim
     finally:
@@ -78,7 +88,20 @@ def journeyline_golden(request: pytest.FixtureRequest) -> Callable[[Simulation, 
     mode = golden_mode(request.config)
 
     def check(sim: Simulation, email: str, name: str) -> None:
+        __tracebackhide__ = True  # a differing journey shows the test's line and the diff
         path = folder / f"{name}.json"
+        journey = list(sim.journey(email))
+        claimed = request.config.stash.setdefault(_CLAIMED, {})
+        test, whose, first = claimed.setdefault(
+            path.resolve(), (request.node.nodeid, email, journey)
+        )
+        if first != journey:
+            pytest.fail(
+                f"golden journey {_shown(request.config, path)} was checked in this run for "
+                f"{whose} by {test}, whose journey differs from {email}'s here: give each "
+                "journey a name of its own",
+                pytrace=False,
+            )
         if mode == "strict" and not path.exists():
             why = (
                 "--journeyline-golden=strict"
@@ -92,11 +115,55 @@ def journeyline_golden(request: pytest.FixtureRequest) -> Callable[[Simulation, 
                 "(or a plain run there, outside CI), check what it holds and commit it.",
                 pytrace=False,
             )
-        outcome = check_golden(sim.journey(email), path, update=mode == "update")
+        outcome = check_golden(journey, path, update=mode == "update")
         if outcome != "matched":
             request.node.user_properties.append((_WRITTEN, f"{outcome} {path}"))
 
     return check
+
+
+def workflows_near(test_file: Path) -> str | ModuleType:
+    """The workflows module (``JOURNEYLINE_WORKFLOWS``, default ``workflows``) of the project
+    a test file belongs to: the nearest folder at or above the test that holds it, whatever
+    the folder pytest runs from. Without that, a run from ``tests/`` or elsewhere would
+    import whatever module of that name is on the Python path: Journeyline's own playbook,
+    also called ``workflows``, rather than yours. None found: the name, looked for as the
+    CLI does (the current folder, then the Python path)."""
+    name = os.environ.get("JOURNEYLINE_WORKFLOWS", "workflows")
+    top = name.partition(".")[0]
+    if not all(part.isidentifier() for part in name.split(".")):
+        return name  # import_workflows says what is wrong with it
+    home = next(
+        (
+            folder
+            for folder in test_file.parents
+            if (folder / top / "__init__.py").is_file() or (folder / f"{top}.py").is_file()
+        ),
+        None,
+    )
+    if home is None:
+        return name
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None)
+        ours = {(home / top / "__init__.py").resolve(), (home / f"{top}.py").resolve()}
+        if where is not None and Path(where).resolve() not in ours:
+            pytest.fail(
+                f"the workflows module {top!r} of this test's project is {home / top}, but "
+                f"{top!r} was already imported from {where} (a test module or conftest "
+                f"imported it first from the Python path): run pytest from {home}, or add "
+                f"it to the Python path (PYTHONPATH, or pytest's pythonpath ini option)",
+                pytrace=False,
+            )
+        return import_workflows(name)
+    sys.path.insert(0, str(home))
+    importlib.invalidate_caches()
+    try:
+        return import_workflows(name)
+    finally:
+        # Only for this import: the package keeps its own path for its submodules.
+        if str(home) in sys.path:
+            sys.path.remove(str(home))
 
 
 def _shown(config: pytest.Config, path: Path) -> str:

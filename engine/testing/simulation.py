@@ -23,7 +23,7 @@ import difflib
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -102,6 +102,7 @@ class Simulation:
         # in an expectation that is none of them is a typo, not a journey that differs.
         self._steps: set[str] = set()
         self._workflows: set[str] = set()
+        self._steps_of: dict[str, set[str]] = {}  # workflow -> its email step ids, any version
         self._know(registry)
         url = f"sqlite:///{self._folder / 'sim.db'}"
         db = make_engine(url)
@@ -132,12 +133,29 @@ class Simulation:
         properties: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Recorded:
-        """Record an event now (virtual time) and process everything it causes."""
+        """Record an event now (virtual time) and process everything it causes.
+
+        An event type nothing knows (no rule, no workflow, not in ``EVENTS``) that reads
+        like one that is known is refused as a typo: kept as "unmapped", it would do
+        nothing, and an expectation of nothing would pass."""
+        self._refuse_typo(event_type)
         mark = self._note_zone(email)
         recorded = self.runtime.track(email, event_type, properties, **options)
         self._note_zone(email, mark)
         self.runtime.run_until_idle()
         return recorded
+
+    def _refuse_typo(self, event_type: str) -> None:
+        registry = self.runtime.registry
+        if registry.knows_event(event_type) or event_type in registry.events:
+            return
+        close = _close(event_type, registry.events)
+        if close:
+            raise JourneyAssertionError(
+                f"track(..., {event_type!r}): no rule, workflow or EVENTS entry knows this "
+                f"event type, so it would do nothing{close} (list a type of your own in "
+                "EVENTS of the workflows module to track it)"
+            )
 
     def open_email(self, to: str, step: str) -> Recorded:
         """The contact opens the last email of ``step`` sent to them, as the SendGrid
@@ -153,8 +171,10 @@ class Simulation:
     def _engage(self, to: str, step: str, event_type: str) -> Recorded:
         sent = self.emails(to, step=step)
         if not sent:
+            unknown = self._names_nothing(to, step)
+            why = f" ({unknown})" if unknown else ""
             raise JourneyAssertionError(
-                f"{normalize_email(to)} got no {step!r} email to act on\n\n{self.explain(to)}"
+                f"{normalize_email(to)} got no {step!r} email to act on{why}\n\n{self.explain(to)}"
             )
         action_id = sent[-1].message.custom_args.get("jl_action_id")
         return self.track(to, event_type, {"action_id": action_id})
@@ -175,9 +195,9 @@ class Simulation:
 
     def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
         """Move virtual time forward, stopping at every due wake-up and deferred send on the
-        way, so each happens at its own instant."""
-        target = self.clock.now() + (delta if delta is not None else timedelta(**kwargs))
-        return advance_to(self.runtime, self.clock, target)
+        way, so each happens at its own instant. ``advance(days=1, hours=6)`` or
+        ``advance(timedelta(...))``; time never goes back."""
+        return advance_to(self.runtime, self.clock, self.clock.now() + _step(delta, kwargs))
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -190,6 +210,9 @@ class Simulation:
         set is validated as at load. In-flight enrollments stay on their versions until
         ``migrate``. Returns the new registry."""
         current = self.runtime.registry
+        for workflow in workflows:
+            if not isinstance(workflow, Workflow):
+                raise TypeError(f"deploy takes Workflow(...) objects, not {workflow!r}")
         by_name = {**current.workflows, **{w.name: w for w in workflows}}
         return self.use_workflows(
             build_registry(
@@ -309,12 +332,10 @@ class Simulation:
 
     def _know(self, registry: Registry) -> None:
         self._workflows.update(registry.workflows)
-        self._steps.update(
-            node.id
-            for workflow in registry.workflows.values()
-            for node in workflow.program
-            if isinstance(node.step, SendEmail)
-        )
+        for workflow in registry.workflows.values():
+            steps = {node.id for node in workflow.program if isinstance(node.step, SendEmail)}
+            self._steps_of.setdefault(workflow.name, set()).update(steps)
+            self._steps.update(steps)
 
     def _unknown_step(self, step: str) -> str | None:
         """Why ``step``, written as a step id, names no email step of any workflow, or None
@@ -328,6 +349,35 @@ class Simulation:
             f"no workflow has an email step {step!r} and no email with that subject went "
             f"out{_close(step, self._steps)}"
         )
+
+    def _names_nothing(self, to: str, step: str | None, workflow: str | None = None) -> str:
+        """Why an expectation of no such email could never fail (a contact the simulation
+        never saw, a step or workflow that does not exist, a step of another workflow), or
+        "" when it could."""
+        address = normalize_email(to)
+        if not self._exists(address):
+            return f"the simulation has no contact {address!r}{_close(address, self._addresses())}"
+        if workflow is not None and workflow not in self._workflows:
+            return f"there is no workflow {workflow!r}{_close(workflow, self._workflows)}"
+        if step is None:
+            return ""
+        unknown = self._unknown_step(step)
+        if unknown:
+            return unknown
+        if workflow is not None and _STEP_ID.fullmatch(step):
+            own = self._steps_of.get(workflow, set())
+            if step not in own and not any(m.subject == step for m in self.email.sent):
+                return f"workflow {workflow!r} has no email step {step!r}{_close(step, own)}"
+        return ""
+
+    def _exists(self, address: str) -> bool:
+        with Session(self.runtime.db) as session:
+            found = session.exec(select(Contact.id).where(Contact.email == address)).first()
+        return found is not None
+
+    def _addresses(self) -> list[str]:
+        with Session(self.runtime.db) as session:
+            return list(session.exec(select(Contact.email)).all())
 
     def _unknown(self, kind: str, name: str, known: Sequence[str] | set[str]) -> str:
         if name in known:
@@ -352,22 +402,28 @@ class Simulation:
         timezone=...)`` or ``contact_import`` counts from then on; for a contact the harness
         never saw, one made through ``sim.runtime``, the current zone)."""
         __tracebackhide__ = True
+        if isinstance(times, bool) or not isinstance(times, int) or times < 0:
+            raise ValueError(f"expect_email: times={times!r} is not a count (0, 1, 2, ...)")
+        wanted = _local_time(at_local) if at_local is not None else None
         found = self.emails(to, workflow=workflow, step=step)
+        # A name that names nothing, or someone the simulation never saw, finds nothing:
+        # with times=0 the expectation would pass whatever happened.
+        pointless = "" if found else self._names_nothing(to, step, workflow)
+        if pointless and times == 0:
+            raise JourneyAssertionError(
+                f"expect_email({to!r}, {step!r}, times=0) would pass whatever happened: {pointless}"
+            )
         if len(found) != times:
-            unknown = self._unknown_step(step)
-            why = f" ({unknown})" if unknown else ""
-            if workflow is not None:
-                why += self._unknown("workflow", workflow, self._workflows)
+            why = f" ({pointless})" if pointless else ""
             self.fail(to, f"expected {times} email(s) {step!r} to {to}, found {len(found)}{why}")
-        if at_local is not None:
-            for sent in found:
-                local = sent.sent_at_local.strftime("%H:%M")
-                if local != at_local:
-                    self.fail(
-                        to,
-                        f"email {step!r} went out at {local} local ({sent.timezone}), "
-                        f"not {at_local}{self._clocks_changed(to, sent, at_local)}",
-                    )
+        for sent in found:
+            local = sent.sent_at_local.strftime("%H:%M")
+            if wanted is not None and local != wanted:
+                self.fail(
+                    to,
+                    f"email {step!r} went out at {local} local ({sent.timezone}), "
+                    f"not {wanted}{self._clocks_changed(to, sent, wanted)}",
+                )
         return found
 
     def _clocks_changed(self, to: str, sent: SentEmail, at_local: str) -> str:
@@ -393,10 +449,11 @@ class Simulation:
         """No email to ``to`` (of ``step``, a step id or a subject). A ``step`` that names
         no email at all is refused: the expectation would pass whatever the workflows did."""
         __tracebackhide__ = True
-        unknown = self._unknown_step(step) if step is not None else None
+        unknown = self._names_nothing(to, step)
         if unknown:
+            shown = f"{to!r}, {step!r}" if step is not None else repr(to)
             raise JourneyAssertionError(
-                f"expect_no_email({to!r}, {step!r}) would pass whatever happened: {unknown}"
+                f"expect_no_email({shown}) would pass whatever happened: {unknown}"
             )
         found = self.emails(to, step=step)
         if found:
@@ -453,8 +510,12 @@ class Simulation:
         (``goal reached: demo.requested (event 3)`` reads ``(event)``), so that other
         contacts tracked first do not change it."""
         timeline = self.timeline(email)
-        if timeline is None:
-            return []
+        if timeline is None:  # a golden of nobody would record "[]" and always match
+            address = normalize_email(email)
+            raise JourneyAssertionError(
+                f"no contact {address!r} in this simulation to take a journey of"
+                f"{_close(address, self._addresses())}"
+            )
         return [
             {"at": e.at.isoformat(), "kind": e.kind, "summary": _ROW_ID.sub(r"(\1)", e.summary)}
             for e in timeline.entries
@@ -503,6 +564,35 @@ class Simulation:
         self.close()
 
 
+def _step(delta: Any, kwargs: Mapping[str, Any]) -> timedelta:
+    """What ``advance`` was asked to move by, refusing what would not be a move forward."""
+    if delta is not None and kwargs:
+        raise TypeError(
+            f"advance: give a timedelta or keywords (days=..., hours=...), not both: "
+            f"advance({delta!r}, {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        )
+    if delta is not None and not isinstance(delta, timedelta):
+        raise TypeError(f"advance: {delta!r} is not a timedelta; write advance(days=1, hours=2)")
+    try:
+        step = delta if delta is not None else timedelta(**kwargs)
+    except TypeError as exc:
+        raise TypeError(
+            f"advance: {exc} (it takes weeks, days, hours, minutes, seconds; months and years "
+            "have no fixed length: give them in days)"
+        ) from None
+    if step < timedelta(0):
+        raise ValueError(f"advance: virtual time only moves forward, not back by {-step}")
+    return step
+
+
+def _local_time(text: Any) -> str:
+    """``at_local`` as ``HH:MM`` (``"9:00"`` reads ``"09:00"``); anything else is refused."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f'at_local={text!r} is not a local time of day as "HH:MM" ("09:00")')
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
 def _utc_offset(offset: timedelta | None) -> str:
     """``UTC+01:00``, ``UTC-05:00``."""
     minutes = int((offset or timedelta()).total_seconds() // 60)
@@ -510,7 +600,7 @@ def _utc_offset(offset: timedelta | None) -> str:
     return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def _close(name: str, known: Sequence[str] | set[str]) -> str:
+def _close(name: str, known: Iterable[str]) -> str:
     """``"; did you mean 'reminder'?"`` for a likely typo of a known name, else nothing."""
     match = difflib.get_close_matches(name, sorted(known), n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
@@ -557,6 +647,7 @@ def check_golden(
 
     The ``journeyline_golden`` fixture refuses to record a missing file in CI (see
     ``engine.testing.plugin``); called directly, this always records it."""
+    __tracebackhide__ = True  # pytest shows the test's line and the diff, not this code
     import json
 
     text = json.dumps(list(journey), indent=2, sort_keys=True) + "\n"
