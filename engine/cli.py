@@ -89,15 +89,27 @@ class Overrides:
 def _global(ctx: typer.Context, database_url: DatabaseUrl = None, broker_url: BrokerUrl = None):
     ctx.obj = Overrides(database_url=database_url, broker_url=broker_url)
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.WARNING,
-            format="%(message)s",
-            handlers=[RichHandler(console=err_console, show_path=False)],
-        )
+        logging.basicConfig(level=logging.WARNING, **_log_format())
     if ctx.invoked_subcommand not in _LONG_RUNNING:
         # pika logs an unreachable RabbitMQ at ERROR, traceback and all, a dozen records per
         # connection attempt, before the command's own one-line message says the same.
         logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def _log_format() -> dict[str, Any]:
+    """Rich's records on a terminal; elsewhere (a service's log, read by a log shipper) one
+    plain line a record, each with its time: Rich wraps a record at the console's width
+    and leaves out a time equal to the line before's, which a shipper reads as several
+    records, most without a time."""
+    if err_console.is_terminal:
+        return {
+            "format": "%(message)s",
+            "handlers": [RichHandler(console=err_console, show_path=False)],
+        }
+    return {
+        "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        "handlers": [logging.StreamHandler(sys.stderr)],
+    }
 
 
 _LONG_RUNNING = frozenset({"serve", "worker"})

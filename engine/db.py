@@ -135,6 +135,9 @@ def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
     if "poolclass" not in kwargs:  # a pool of our sizing, unless the caller chose another
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
+        # A request waiting for a free connection while the database hangs gives up with
+        # the connection's own timeout, not SQLAlchemy's 30 s on top of it (40 s in all).
+        kwargs.setdefault("pool_timeout", CONNECT_TIMEOUT_SECONDS)
     if url.startswith("postgresql"):
         # libpq waits for a connection as long as the network lets it: a database host
         # that drops packets held a worker's, a scheduler's or a request's thread for

@@ -150,3 +150,18 @@ def test_a_kept_sqlite_database_overwrites_what_it_deletes(tmp_path: Path) -> No
     finally:
         kept.dispose()
         scratch.dispose()
+
+
+def test_a_wait_for_a_free_pool_connection_gives_up_with_the_connect_timeout() -> None:
+    # SQLAlchemy's own default is 30 s: with the database hung, a request waiting behind
+    # the pool's connections answered after 40 s (30 s of waiting, then 10 s of connecting)
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    try:
+        assert engine.pool.timeout() == CONNECT_TIMEOUT_SECONDS
+    finally:
+        engine.dispose()
+    chosen = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", pool_timeout=2)
+    try:
+        assert chosen.pool.timeout() == 2  # a caller's own choice wins
+    finally:
+        chosen.dispose()

@@ -121,3 +121,12 @@ def test_compose_passes_every_setting_a_deployment_needs_through_from_the_shell(
         assert compose["services"][name]["environment"] == shared, name
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert "JOURNEYLINE_OUTBOX_DIR=/app/outbox" in dockerfile
+
+
+def test_workers_and_the_scheduler_get_time_to_finish_what_they_are_doing() -> None:
+    # Docker's default is 10 s before SIGKILL: a worker killed in the middle of a batched
+    # SendGrid request (10 s timeout) leaves its actions unknown, never sent again.
+    services = compose_file()["services"]
+    for name in ("worker", "scheduler"):
+        grace = services[name].get("stop_grace_period", "10s")
+        assert grace.endswith("s") and int(grace[:-1]) >= 60, name

@@ -120,7 +120,11 @@ def create_app(runtime: Runtime, *, settings: ApiSettings | None = None) -> Fast
     app.state.verified_keys = VerifiedKeys()
     app.state.refusal_log = RefusalLog()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(metrics.DatabaseCollector(runtime.db, clock=runtime.clock))
+    registry.register(
+        metrics.DatabaseCollector(
+            runtime.db, clock=runtime.clock, stages=runtime.registry.journey.stage_names
+        )
+    )
     registry.register(metrics.BrokerCollector(runtime.broker))
     app.state.metrics_registry = registry
     # Declared generic webhook sources, validated now so a bad declaration fails at start.

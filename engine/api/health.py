@@ -1,18 +1,20 @@
 """Liveness and readiness: ``/healthz`` (the process answers), ``/readyz`` (it can work).
 
 Readiness asks the database for its Alembic revision (one query, which also proves it
-answers) and the broker for a cheap round trip (Redis ``PING``, a RabbitMQ connection), each
-waited for ``DATABASE_TIMEOUT_SECONDS`` / ``BROKER_TIMEOUT_SECONDS`` at most; the in-process
-stub broker is always ready. The database's drivers have no timeout of their own for an
-answer that never comes (a paused network, a server stuck on a lock), so its query runs in a
-thread of its own, one at a time per database (``OneAtATime``): a check that outlives its
-timeout fails with ``TimeoutError``, and the next checks wait for that same query rather
-than start more beside it. A failing part
-answers 503 naming it: a database whose schema is older than the code (or never migrated)
-says so and to run ``journeyline db upgrade``; other failures name only the error's type,
-their details go to the log, not to the unauthenticated caller. One answer serves the
-requests of the next second (``READINESS_MAX_AGE_SECONDS``), checked by one request at a
-time.
+answers) and the broker for a cheap round trip (Redis ``PING``, a RabbitMQ connection), both
+at once, each waited for ``DATABASE_TIMEOUT_SECONDS`` / ``BROKER_TIMEOUT_SECONDS`` at most;
+the in-process stub broker is always ready. ``/healthz`` asks nothing and is answered on the
+event loop, never queued behind requests that wait for the database.
+
+The database's drivers have no timeout of their own for an answer that never comes (a
+paused network, a server stuck on a lock), so its query runs in a thread of its own, one at
+a time per database (``OneAtATime``): a check that outlives its timeout fails with
+``TimeoutError``, and the next checks wait for that same query rather than start more
+beside it. A failing part answers 503 naming it: a database whose schema is older than the
+code (or never migrated) says so and to run ``journeyline db upgrade``; other failures name
+only the error's type, their details go to the log, not to the unauthenticated caller. One
+answer serves the requests of the next second (``READINESS_MAX_AGE_SECONDS``), checked by
+one request at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -72,7 +75,10 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", summary="The process is alive")
-def healthz() -> Health:
+async def healthz() -> Health:
+    """Answered on the event loop itself, never in the thread pool: while the database hangs,
+    requests waiting for it fill the pool, and a liveness probe queued behind them would
+    time out and get every API process restarted for an outage that is not theirs."""
     return Health()
 
 
@@ -121,9 +127,14 @@ def _recent_checks(runtime: Runtime) -> dict[str, str]:
 
 
 def _check_parts(runtime_ref: weakref.ref[Runtime]) -> dict[str, str]:
+    """Both parts at once: a hung database and a hung broker answer within one timeout,
+    not the sum of theirs."""
     runtime = runtime_ref()
     assert runtime is not None  # only asked while a request holds it
-    return {"database": check_database(runtime.db), "broker": check_broker(runtime.broker)}
+    with ThreadPoolExecutor(1, thread_name_prefix="journeyline-readiness-broker") as pool:
+        broker = pool.submit(check_broker, runtime.broker)
+        database = check_database(runtime.db)
+        return {"database": database, "broker": broker.result()}
 
 
 def check_database(db: Engine, *, timeout_seconds: float = DATABASE_TIMEOUT_SECONDS) -> str:

@@ -17,7 +17,7 @@ process (tests) never collide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -70,9 +70,11 @@ class DatabaseCollector(Collector):
         *,
         clock: Clock | None = None,
         timeout_seconds: float = DATABASE_TIMEOUT_SECONDS,
+        stages: Sequence[str] = (),
     ) -> None:
         self.db = db
         self.clock = clock or SystemClock()
+        self.stages = list(stages)  # reported at 0 when no contact is in them
         self.timeout_seconds = timeout_seconds
         self._counting: OneAtATime[_Counts] = OneAtATime("journeyline-metrics-database")
 
@@ -102,9 +104,17 @@ class DatabaseCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        for family, counted in zip((events, actions, contacts), counts.by_label, strict=True):
-            for label, count in counted:
-                family.add_metric([str(label)], count)
+        known: tuple[list[str], ...] = ([*EventStatus], [*ActionStatus], self.stages)
+        for family, counted, zeros in zip(
+            (events, actions, contacts), counts.by_label, known, strict=True
+        ):
+            # Every status is reported, 0 included: a series that vanishes when its last
+            # row leaves (the last failed action retried) reads as "no data" on a dashboard
+            # and breaks an alert comparing it with an hour ago.
+            found = {str(label): count for label, count in counted}
+            labels = [str(status) for status in zeros]
+            for label in labels + [label for label in found if label not in labels]:
+                family.add_metric([label], found.get(label, 0))
         up.add_metric([], 1)
         oldest_event.add_metric([], _age_seconds(counts.oldest_pending, now))
         due.add_metric([], counts.due)
@@ -262,9 +272,18 @@ def _age_seconds(since: datetime | None, now: datetime) -> float:
     return 0.0 if since is None else max((now - since).total_seconds(), 0.0)
 
 
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+"""The methods a request is counted under by name; any other is ``other``. The server
+accepts any token as a method (``FOO1``, ``FOO2``...), and ``/healthz`` needs no key: named
+as sent, each would add a counter and a histogram to every scrape, for ever."""
+
+
 class RequestMetrics(ObservedRequests):
     """Counts requests and times them, labelled by route template (never by raw path, which
-    holds email addresses)."""
+    holds email addresses) and by method (``other`` for one not in ``HTTP_METHODS``): every
+    label has a bounded set of values, whatever unauthenticated callers send."""
 
     def __init__(self, app: ASGIApp, *, registry: CollectorRegistry) -> None:
         super().__init__(app)
@@ -282,6 +301,7 @@ class RequestMetrics(ObservedRequests):
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
