@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import anyio.to_thread
@@ -17,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.api import create_app, health
+from engine.api import create_app, health, metrics
 from engine.models import ActionStatus, EventStatus
 from engine.stages import lifecycle_journey
 from tests.support import make_runtime
@@ -170,3 +171,46 @@ def test_service_logs_off_a_terminal_are_one_plain_line_a_record_with_its_time()
     assert len(lines) == 2, done.stderr
     for line in lines:
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING journeyline.probe ", line)
+
+
+def test_counting_rows_slowly_is_not_a_database_down_and_its_counts_come_later(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a database whose backlog queries answer at once, but whose counts by status
+    # (whole tables: seconds at tens of millions of events) take longer than the timeout
+    runtime, _clock, _email = make_runtime(sqlite_url)
+    collector = metrics.DatabaseCollector(runtime.db, timeout_seconds=0.2)
+    counting = threading.Event()
+    release = threading.Event()
+    real_count = collector._count_tallies
+
+    def slow_count() -> None:
+        counting.set()
+        assert release.wait(WAIT), "the test never let the count finish"
+        real_count()
+
+    monkeypatch.setattr(collector, "_count_tallies", slow_count)
+    try:
+        # When it is scraped while the count runs
+        families = {family.name: family for family in collector.collect()}
+
+        # Then the database is up, the backlog is there, and no count is made up
+        assert counting.is_set()
+        assert families["journeyline_database_up"].samples[0].value == 1
+        assert "journeyline_actions_due" in families
+        assert "journeyline_events" not in families
+
+        # And once the count is done, the next scrape shows it without counting again
+        release.set()
+        deadline = time.monotonic() + WAIT
+        while collector._tallies is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        counting.clear()
+        families = {family.name: family for family in collector.collect()}
+        assert not counting.is_set()
+        assert {s.labels["status"] for s in families["journeyline_events"].samples} == {
+            str(status) for status in EventStatus
+        }
+    finally:
+        release.set()
+        runtime.close()

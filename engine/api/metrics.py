@@ -17,6 +17,7 @@ process (tests) never collide.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,11 +59,22 @@ _DUE_ACTIONS = select(func.count(), func.min(col(Action.next_attempt_at))).where
 )
 
 
+TALLY_MAX_AGE_SECONDS = 60.0
+"""How long one count of the tables by status and stage serves the scrapes that follow."""
+
+
 class DatabaseCollector(Collector):
-    """Counts rows by status or stage when scraped, and measures the backlog. The counting
-    is waited for ``timeout_seconds`` at most, one at a time (``OneAtATime``): a database
-    that never answers is reported down within the timeout, and later scrapes wait for the
-    same queries rather than pile up threads and connections. Registering it asks nothing."""
+    """Measures the backlog and counts rows by status or stage when scraped.
+
+    The backlog (the oldest pending event, the due actions) is asked at every scrape, on
+    indexes, and says whether the database is up: waited for ``timeout_seconds`` at most,
+    one at a time (``OneAtATime``), so a database that never answers is reported down within
+    the timeout and later scrapes wait for the same queries rather than pile up threads and
+    connections. The counts by status and stage read whole tables, which takes seconds at
+    tens of millions of events: they are made at most once a ``TALLY_MAX_AGE_SECONDS``, and
+    one that outlives the timeout finishes in the background for a later scrape (meanwhile
+    the last counts are shown, or none): slow counting is not a database down. Registering
+    it asks nothing."""
 
     def __init__(
         self,
@@ -71,12 +83,16 @@ class DatabaseCollector(Collector):
         clock: Clock | None = None,
         timeout_seconds: float = DATABASE_TIMEOUT_SECONDS,
         stages: Sequence[str] = (),
+        tally_max_age_seconds: float = TALLY_MAX_AGE_SECONDS,
     ) -> None:
         self.db = db
         self.clock = clock or SystemClock()
         self.stages = list(stages)  # reported at 0 when no contact is in them
         self.timeout_seconds = timeout_seconds
-        self._counting: OneAtATime[_Counts] = OneAtATime("journeyline-metrics-database")
+        self.tally_max_age_seconds = tally_max_age_seconds
+        self._asking: OneAtATime[_Backlog] = OneAtATime("journeyline-metrics-database")
+        self._counting: OneAtATime[None] = OneAtATime("journeyline-metrics-counts")
+        self._tallies: tuple[float, tuple[list[Any], ...]] | None = None  # (monotonic, rows)
 
     def describe(self) -> Iterator[Metric]:
         """The families, without asking the database (the registry asks at registration,
@@ -88,26 +104,29 @@ class DatabaseCollector(Collector):
         up, events, actions, contacts, oldest_event, due, oldest_due = self._families()
         now = self.clock.now()
         try:
-            counts = self._counting.run(
-                partial(self._count, now), timeout_seconds=self.timeout_seconds
+            backlog = self._asking.run(
+                partial(self._ask_backlog, now), timeout_seconds=self.timeout_seconds
             )
         except TimeoutError:
-            log.warning(
-                "metrics: counting rows failed: the database did not answer within %g s",
-                self.timeout_seconds,
-            )
+            log.warning("metrics: the database did not answer within %g s", self.timeout_seconds)
             up.add_metric([], 0)
             yield up
             return
         except Exception as exc:
-            log.warning("metrics: counting rows failed: %s", exc)
+            log.warning("metrics: the database did not answer: %s", exc)
             up.add_metric([], 0)
             yield up
             return
+        up.add_metric([], 1)
+        oldest_event.add_metric([], _age_seconds(backlog.oldest_pending, now))
+        due.add_metric([], backlog.due)
+        oldest_due.add_metric([], _age_seconds(backlog.first_due, now))
+        yield from (up, oldest_event, due, oldest_due)
+        tallies = self._recent_tallies()
+        if tallies is None:
+            return
         known: tuple[list[str], ...] = ([*EventStatus], [*ActionStatus], self.stages)
-        for family, counted, zeros in zip(
-            (events, actions, contacts), counts.by_label, known, strict=True
-        ):
+        for family, counted, zeros in zip((events, actions, contacts), tallies, known, strict=True):
             # Every status is reported, 0 included: a series that vanishes when its last
             # row leaves (the last failed action retried) reads as "no data" on a dashboard
             # and breaks an alert comparing it with an hour ago.
@@ -115,21 +134,43 @@ class DatabaseCollector(Collector):
             labels = [str(status) for status in zeros]
             for label in labels + [label for label in found if label not in labels]:
                 family.add_metric([label], found.get(label, 0))
-        up.add_metric([], 1)
-        oldest_event.add_metric([], _age_seconds(counts.oldest_pending, now))
-        due.add_metric([], counts.due)
-        oldest_due.add_metric([], _age_seconds(counts.first_due, now))
-        yield from (up, events, actions, contacts, oldest_event, due, oldest_due)
+        yield from (events, actions, contacts)
 
-    def _count(self, now: datetime) -> _Counts:
+    def _recent_tallies(self) -> tuple[list[Any], ...] | None:
+        """The counts by status and stage: the last ones if recent enough, else counted
+        anew (waited for the timeout at most; the last ones, or None, if that is too short)."""
+        last = self._tallies
+        if last is not None and time.monotonic() - last[0] < self.tally_max_age_seconds:
+            return last[1]
+        try:
+            self._counting.run(self._count_tallies, timeout_seconds=self.timeout_seconds)
+        except TimeoutError:
+            log.warning(
+                "metrics: counting rows by status takes over %g s; %s",
+                self.timeout_seconds,
+                "the last counts are shown until it is done"
+                if last is not None
+                else "no counts are shown until it is done",
+            )
+        except Exception as exc:
+            log.warning("metrics: counting rows by status failed: %s", exc)
+        latest = self._tallies
+        return None if latest is None else latest[1]
+
+    def _ask_backlog(self, now: datetime) -> _Backlog:
         with Session(self.db) as session:
-            by_label = tuple(
+            received = session.exec(_OLDEST_PENDING_EVENT).one()
+            count, first_due = session.exec(_DUE_ACTIONS, params={"now": now}).one()
+        return _Backlog(received, count, first_due)
+
+    def _count_tallies(self) -> None:
+        """Kept here when done, even after the scrape that asked stopped waiting."""
+        with Session(self.db) as session:
+            tallies = tuple(
                 list(session.exec(select(column, func.count()).group_by(column)).all())
                 for column in (Event.status, Action.status, Contact.stage)
             )
-            received = session.exec(_OLDEST_PENDING_EVENT).one()
-            count, first_due = session.exec(_DUE_ACTIONS, params={"now": now}).one()
-        return _Counts(by_label, received, count, first_due)
+        self._tallies = (time.monotonic(), tallies)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -162,10 +203,9 @@ class DatabaseCollector(Collector):
 
 
 @dataclass(frozen=True)
-class _Counts:
-    """What one scrape's queries found."""
+class _Backlog:
+    """What one scrape's backlog queries found."""
 
-    by_label: tuple[list[Any], ...]  # (label, count) rows: events, actions, contacts
     oldest_pending: datetime | None
     due: int
     first_due: datetime | None
