@@ -529,9 +529,11 @@ def _register_subcommands() -> None:
 
 
 def main() -> None:
-    _register_subcommands()
     try:
+        _register_subcommands()  # seconds of imports: a Ctrl-C then is no traceback either
         app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     except ConfigurationError as exc:  # met before a command's own friendly_errors (a bad
         # database URL as the engine is made): one line, as for any other bad setting
         err_console.print(f"[bold red]error:[/] [red]{escape(str(exc))}[/]")

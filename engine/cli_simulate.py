@@ -26,6 +26,8 @@ from engine.simulation_profile import Profile, ProfileError, sent_templates
 from engine.simulation_report import html_report, print_results
 from engine.simulation_results import SimulationResult
 from engine.simulator import (
+    MAX_CONTACTS,
+    MAX_DAYS,
     defined_outside,
     load_workflows,
     same_workflows,
@@ -34,12 +36,18 @@ from engine.simulator import (
     usable_cpus,
 )
 
+MAX_PROCESSES = 64
+"""More worker processes than this is a typo: each is a process of its own, and a process
+per shard of a few contacts is slower than one for all of them."""
+
 
 @app.command("simulate")
 def simulate_command(
     ctx: typer.Context,
-    contacts: Annotated[int, typer.Option(min=1, help="Synthetic contacts.")] = 1000,
-    days: Annotated[int, typer.Option(min=1, help="Days of virtual time.")] = 90,
+    contacts: Annotated[
+        int, typer.Option(min=1, max=MAX_CONTACTS, help="Synthetic contacts.")
+    ] = 1000,
+    days: Annotated[int, typer.Option(min=1, max=MAX_DAYS, help="Days of virtual time.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same run.")] = 7,
     workflows: Annotated[
         str | None,
@@ -58,6 +66,7 @@ def simulate_command(
         int | None,
         typer.Option(
             min=1,
+            max=MAX_PROCESSES,
             help="Worker processes (shards of 5,000 contacts run in parallel); the result "
             "does not depend on it. Default: one per CPU this process may use.",
             show_default=False,
@@ -71,6 +80,8 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Simulate contacts living through the journey; print the funnel, emails and goals."""
+    if compare and workflows is not None:
+        fail("--compare A B runs the two it names: leave --workflows out, or give it as A or B")
     if html is not None:
         _writable(html)
     try:
@@ -98,6 +109,11 @@ def simulate_command(
                 f"profile {profile or '(default)'} for workflows {source}: {ProfileError(problems)}"
             )
     for source, registry in registries:
+        if not registry.workflows:
+            _warn(
+                f"{source} defines no workflows (its WORKFLOWS is missing or empty): its "
+                "contacts only move by the event rules, and no email goes out."
+            )
         outside = defined_outside(registry, source) if Path(source).is_dir() else []
         if outside:
             _warn(
@@ -112,13 +128,15 @@ def simulate_command(
     results: list[SimulationResult] = []
     for source, registry in registries:
         with Progress(
-            TextColumn(f"simulating {source} (shard-days)"),
+            TextColumn(f"simulating {escape(source)} (shard-days)"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=True,
+            # Off a terminal it would print nothing but an empty line: ProgressLines instead.
+            disable=not console.is_terminal,
         ) as progress:
             workers = processes or usable_cpus()
             shards = -(-contacts // shard_size(contacts, workers))
@@ -149,10 +167,10 @@ def simulate_command(
     print_results(results, console)
     if html is not None:
         try:
-            html.write_text(html_report(results))
+            html.write_text(html_report(results), encoding="utf-8")  # as the page declares
         except OSError as exc:  # it could be written when the run started
             fail(f"--html {html}: {exc.strerror or exc}")
-        console.print(f"HTML report: {html}")
+        console.print(f"HTML report: {escape(str(html))}", highlight=False)
 
 
 def _writable(path: Path) -> None:
@@ -196,7 +214,8 @@ class ProgressLines:
         self.tenths = tenths
         left = elapsed * (total - done) / done if done else 0.0
         err_console.print(
-            f"simulating {escape(self.source)}: {done}/{total} shard-days ({tenths * 10}%), "
+            f"simulating {escape(self.source)}: {done}/{total} shard-days "
+            f"({done * 100 // max(1, total)}%), "
             f"{elapsed:.0f} s so far, about {left:.0f} s left",
             highlight=False,
         )

@@ -233,7 +233,15 @@ def _value_problems(profile: Profile) -> list[str]:
             "promoter_share + detractor_share: more than 1 "
             f"({profile.promoter_share!r} + {profile.detractor_share!r})"
         )
-    if not _is_table(profile.behaviour):
+    if isinstance(profile.behaviour, Mapping) and not _is_table(profile.behaviour):
+        found += [  # naming the stage whose value is not a table
+            "behaviour: not a table of stage -> {event: daily chance}: "
+            f"{_path('behaviour', stage)} is {chances!r}, not a table such as "
+            '{"trial.started": 0.02}'
+            for stage, chances in profile.behaviour.items()
+            if not isinstance(chances, Mapping)
+        ]
+    elif not _is_table(profile.behaviour):
         found.append(
             "behaviour: not a table of stage -> {event: daily chance}, e.g. "
             '{"awareness": {"trial.started": 0.02}}'

@@ -6,6 +6,7 @@ import html
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.reports.significance import MIN_EXPECTED, p_text, two_proportion_p_value
@@ -34,19 +35,27 @@ def _days(value: float | None) -> str:
 
 
 def print_results(results: Sequence[SimulationResult], console: Console) -> None:
-    """One result, or several side by side (``--compare``)."""
-    labels = [r.label or "run" for r in results]
-    funnel = Table(title="Funnel: contacts reaching each stage")
+    """One result, or several side by side (``--compare``). Names (labels, stages, workflows,
+    steps, variants) are printed as written: a ``[`` in one is no Rich markup."""
+    labels = [escape(r.label or "run") for r in results]
+    funnel = Table(title="Funnel: contacts reaching each stage", caption=MEDIAN_NOTE)
     # Side by side the table is wide: the stage names never shrink, long labels fold.
-    funnel.add_column("stage", no_wrap=True, min_width=max(map(len, results[0].stages)))
+    stages = _all_stages(results)
+    funnel.add_column("stage", no_wrap=True, min_width=max(map(len, stages)))
     for label in labels:
         funnel.add_column(f"{label}: reached", justify="right", overflow="fold")
         funnel.add_column("conversion", justify="right", overflow="fold")
         funnel.add_column("median days in stage", justify="right")
-    for i, stage in enumerate(results[0].stages):
-        row = [stage]
-        for result in results:
-            item = result.funnel[i]
+    # By name: compared journeys may differ (a stage added), and each side's figures belong
+    # on its own stage's row.
+    found = [{item.stage: item for item in result.funnel} for result in results]
+    for stage in stages:
+        row = [escape(stage)]
+        for items in found:
+            item = items.get(stage)
+            if item is None:
+                row += ["n/a", "", ""]  # not a stage of this side's journey
+                continue
             row += [str(item.reached), _pct(item.conversion), _days(item.median_days_in_stage)]
         funnel.add_row(*row)
     console.print(funnel)
@@ -56,7 +65,7 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
     for label in labels:
         emails.add_column(label, justify="right")
     for key in sorted({k for r in results for k in r.emails}):
-        emails.add_row(key, *(str(r.emails.get(key, 0)) for r in results))
+        emails.add_row(escape(key), *(str(r.emails.get(key, 0)) for r in results))
     console.print(emails)
 
     goals = Table(
@@ -71,12 +80,14 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
         cells = []
         for r in results:
             entered, converted = r.goals.get(key, (0, 0))
-            if key in r.without_goal:
+            if r.workflows and key not in r.workflows:
+                cells.append("- (not in this run)")
+            elif key in r.without_goal:
                 cells.append(f"-/{entered} (no goal)")
             else:
                 rate = converted / entered if entered else None
                 cells.append(f"{converted}/{entered} ({_pct(rate)}){_still(r, key)}")
-        goals.add_row(key, *cells)
+        goals.add_row(escape(key), *cells)
     console.print(goals)
 
     if any(r.variants for r in results):
@@ -85,14 +96,42 @@ def print_results(results: Sequence[SimulationResult], console: Console) -> None
         for label in labels:
             variants.add_column(label, justify="right")
         for key in sorted({k for r in results for k in r.variants}):
-            variants.add_row(key, *(_variant_cell(r, key) for r in results))
+            variants.add_row(escape(key), *(_variant_cell(r, key) for r in results))
         console.print(variants)
     for r in results:
+        for key, (count, error) in r.failed.items():
+            console.print(
+                f"[bold red]{escape(r.label or 'run')}: {count} {escape(key)} action(s) "
+                f"failed[/] (not in the figures above; fix the workflow or template and run "
+                f"again): {escape(error[:300])}",
+                highlight=False,
+            )
+    for r in results:
         console.print(
-            f"{r.label or 'run'}: {r.contacts} contacts, {r.days} days, seed {r.seed}: "
+            f"{escape(r.label or 'run')}: {r.contacts} contacts, {r.days} days, seed {r.seed}: "
             f"{r.events} events in {r.seconds:.1f} s"
         )
 
+
+def _all_stages(results: Sequence[SimulationResult]) -> list[str]:
+    """The stages of every result's journey, in the first one's order, a stage only another
+    journey has after the stage it follows there."""
+    stages = list(results[0].stages)
+    for result in results[1:]:
+        at = -1
+        for stage in result.stages:
+            if stage in stages:
+                at = stages.index(stage)
+            else:
+                at += 1
+                stages.insert(at, stage)
+    return stages
+
+
+MEDIAN_NOTE = (
+    "median days in stage: of the stays that ended during the run; contacts still in the "
+    "stage at the end are left out, so a short run understates it"
+)
 
 AB_NOTE = (
     "p: two-sided two-proportion z-test of each variant against the split's first "
@@ -139,7 +178,7 @@ def html_report(results: Sequence[SimulationResult]) -> str:
             "every stage up to the furthest she reached); in brackets, conversion from the "
             "stage before. Churned is counted apart.</p>"
             f"<h3>Contacts per stage over time</h3>{_flow_svg(result)}"
-            f"<h3>Goal conversions</h3>{_goals_table(result)}</section>"
+            f"<h3>Goal conversions</h3>{_goals_table(result)}{_failed_table(result)}</section>"
         )
     labels = [html.escape(r.label or "run") for r in results]
     sections.append(
@@ -197,20 +236,23 @@ def _funnel_svg(result: SimulationResult) -> str:
 def _flow_svg(result: SimulationResult) -> str:
     width, height = 720, 260
     days = max(len(result.daily), 1)
-    total = max((sum(d.values()) for d in result.daily), default=1) or 1
+    # One day is drawn as a band across the chart (one point would have no width).
+    daily = result.daily if len(result.daily) > 1 else [*result.daily, *result.daily] or [{}]
+    points = len(daily)
+    total = max((sum(d.values()) for d in daily), default=1) or 1
     layers = []
-    bottoms = [0.0] * days
+    bottoms = [0.0] * points
     for i, stage in enumerate(result.stages):
-        tops = [bottoms[d] + result.daily[d].get(stage, 0) for d in range(days)]
-        if not any(result.daily[d].get(stage, 0) for d in range(days)):
+        tops = [bottoms[d] + daily[d].get(stage, 0) for d in range(points)]
+        if not any(daily[d].get(stage, 0) for d in range(points)):
             continue
 
         def point(d: int, value: float) -> str:
-            x = d * width / max(days - 1, 1)
+            x = d * width / max(points - 1, 1)
             return f"{x:.1f},{height - value * height / total:.1f}"
 
-        upper = [point(d, tops[d]) for d in range(days)]
-        lower = [point(d, bottoms[d]) for d in reversed(range(days))]
+        upper = [point(d, tops[d]) for d in range(points)]
+        lower = [point(d, bottoms[d]) for d in reversed(range(points))]
         colour = COLOURS[i % len(COLOURS)]
         layers.append(
             f"<polygon points='{' '.join(upper + lower)}' fill='{colour}'>"
@@ -247,6 +289,19 @@ def _goals_table(result: SimulationResult) -> str:
         "<table><tr><th>workflow</th><th>entered</th><th>converted</th><th>rate</th>"
         f"<th>still running</th></tr>{rows}</table><p>Enrollments still running when the run "
         "ended count as not converted: a short run understates conversion.</p>"
+    )
+
+
+def _failed_table(result: SimulationResult) -> str:
+    if not result.failed:
+        return ""
+    return (
+        "<h3>Actions that failed</h3><p class='note'>Not in the figures above: fix the "
+        "workflow or template and run again.</p>"
+        + _html_table(
+            ["workflow:step", "failed", "first error"],
+            [[key, str(n), error] for key, (n, error) in result.failed.items()],
+        )
     )
 
 

@@ -11,6 +11,7 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -41,6 +42,12 @@ class SimulationResult:
     # workflow -> enrollments still running when the run ended (counted as not converted
     # in ``goals``: a short run understates conversion)
     running: dict[str, int] = field(default_factory=dict)
+    # "workflow:step" -> (actions that failed, the first one's error): a template or step
+    # that raised. Its emails are missing from ``emails``; a run with any is not one to trust.
+    failed: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # The workflows run (empty: not known), so that a comparison tells a workflow one side
+    # lacks from one nobody entered.
+    workflows: frozenset[str] = frozenset()
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -59,6 +66,7 @@ class ShardPart:
     variants: dict[str, list[int]]  # "workflow:split=variant" -> [entered, converted]
     daily: list[Counter[str]]
     running: Counter[str] = field(default_factory=Counter)  # workflow -> still running
+    failed: dict[str, list[Any]] = field(default_factory=dict)  # key -> [count, first error]
 
 
 def count_shard(
@@ -129,6 +137,15 @@ def count_shard(
         )
         for (reason,) in sent:
             emails[f"{reason.get('workflow')}:{reason.get('step')}"] += 1
+        failed: dict[str, list[Any]] = {}
+        for reason, error in session.execute(
+            select(Action.reason, Action.error)
+            .where(Action.status == "failed")
+            .order_by(col(Action.id))
+            .execution_options(**streamed)
+        ):
+            key = f"{reason.get('workflow')}:{reason.get('step')}"
+            failed.setdefault(key, [0, error or ""])[0] += 1
     return ShardPart(
         events=events,
         furthest=furthest,
@@ -139,6 +156,7 @@ def count_shard(
         variants=dict(variants),
         daily=daily,
         running=running,
+        failed=failed,
     )
 
 
@@ -161,7 +179,11 @@ def merge_shards(
     variants: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     daily: list[Counter[str]] = [Counter() for _ in range(days)]
     running: Counter[str] = Counter()
+    failed: dict[str, tuple[int, str]] = {}
     for part in parts:
+        for key, (count, error) in part.failed.items():
+            before, first = failed.get(key, (0, error))
+            failed[key] = (before + count, first)
         furthest.update(part.furthest)
         exits.update(part.exits)
         for stage, spans in part.durations.items():
@@ -191,4 +213,6 @@ def merge_shards(
         stages=stages,
         without_goal=frozenset(n for n, w in registry.workflows.items() if not w.goals),
         running=dict(sorted(running.items())),
+        failed=dict(sorted(failed.items())),
+        workflows=frozenset(registry.workflows),
     )

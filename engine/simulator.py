@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -139,6 +140,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+MAX_CONTACTS = 1_000_000
+MAX_DAYS = 3_650
+"""The largest run ``simulate`` takes: a million contacts (some hours on two cores) over ten
+years. Larger ones would run for days, or run out of memory or of calendar (the virtual
+clock starts in 2026 and a date ends at 9999) before anything is shown."""
+
+
 JOB_SIZE = 200
 """Contacts per ``process_contacts`` job and wake-ups per ``wake_enrollments`` job."""
 
@@ -168,6 +176,11 @@ def simulate(
     """
     if contacts < 1 or days < 1 or (shard_contacts is not None and shard_contacts < 1):
         raise ValueError("contacts, days and shard_contacts must be at least 1")
+    if contacts > MAX_CONTACTS or days > MAX_DAYS:
+        raise ValueError(
+            f"at most {MAX_CONTACTS:,} contacts and {MAX_DAYS:,} days, "
+            f"not {contacts:,} contacts and {days:,} days"
+        )
     if shard_contacts is None:  # worked out from ``contacts``: checked first
         shard_contacts = shard_size(contacts, processes)
     profile = profile or Profile()
@@ -192,7 +205,7 @@ def simulate(
 
         with _fewer_collections():
             parts = [
-                _run_shard(registry, profile, seed, n, first, count, days, tick)
+                _shard(registry, profile, seed, n, first, count, days, tick)
                 for n, (first, count) in enumerate(shards)
             ]
     else:
@@ -215,40 +228,59 @@ def _run_in_processes(
 ) -> list[ShardPart]:
     context = mp.get_context("fork")
     days_done = context.SimpleQueue()
-    _FORKED.update(registry=registry, profile=profile, queue=days_done)
+    stop = context.Event()
+    _FORKED.update(registry=registry, profile=profile, queue=days_done, stop=stop)
     total = len(shards) * days
     done = 0
+    # Workers ignore Ctrl-C (a terminal sends it to the whole process group): this process
+    # gets it, and tells them to stop at the end of their day, as it does when a shard fails,
+    # so each removes its database and none starts another shard.
+    pool = ProcessPoolExecutor(
+        max_workers=processes, mp_context=context, initializer=_ignore_interrupts
+    )
     try:
-        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-            futures = [
-                pool.submit(_forked_shard, seed, n, first, count, days)
-                for n, (first, count) in enumerate(shards)
-            ]
-            while done < total and not any(f.done() and f.exception() for f in futures):
-                if days_done.empty():
-                    time.sleep(0.05)
-                    continue
-                days_done.get()
-                done += 1
-                if on_progress is not None:
-                    on_progress(done, total)
-            return [f.result() for f in futures]
+        futures = [
+            pool.submit(_forked_shard, seed, n, first, count, days)
+            for n, (first, count) in enumerate(shards)
+        ]
+        while done < total and not any(f.done() and f.exception() for f in futures):
+            if days_done.empty():
+                time.sleep(0.05)
+                continue
+            days_done.get()
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+        return [f.result() for f in futures]
+    except BaseException:
+        stop.set()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _FORKED.clear()
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Stopped(Exception):
+    """A worker's shard stopped early: the run was interrupted, or another shard failed."""
+
+
 def _forked_shard(seed: int, shard: int, first: int, count: int, days: int) -> ShardPart:
-    queue = _FORKED["queue"]
+    queue, stop = _FORKED["queue"], _FORKED["stop"]
+
+    def day_done() -> None:
+        if stop.is_set():
+            raise _Stopped(f"shard {shard} stopped")
+        queue.put(1)
+
+    if stop.is_set():  # never started: nothing to clean up
+        raise _Stopped(f"shard {shard} stopped")
     with _fewer_collections():
-        return _run_shard(
-            _FORKED["registry"],
-            _FORKED["profile"],
-            seed,
-            shard,
-            first,
-            count,
-            days,
-            lambda: queue.put(1),
+        return _shard(
+            _FORKED["registry"], _FORKED["profile"], seed, shard, first, count, days, day_done
         )
 
 
@@ -328,7 +360,7 @@ class _CrmLog:
         return call
 
 
-def _run_shard(
+def _shard(
     registry: Registry,
     profile: Profile,
     seed: int,
@@ -338,7 +370,26 @@ def _run_shard(
     days: int,
     day_done: Callable[[], None],
 ) -> ShardPart:
+    """``_run_shard`` in a temporary folder of its own, removed however the shard ends (also
+    on Ctrl-C while the shard is being set up)."""
     folder = Path(tempfile.mkdtemp(prefix="journeyline-simulate-"))
+    try:
+        return _run_shard(registry, profile, seed, shard, first, count, days, day_done, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_shard(
+    registry: Registry,
+    profile: Profile,
+    seed: int,
+    shard: int,
+    first: int,
+    count: int,
+    days: int,
+    day_done: Callable[[], None],
+    folder: Path,
+) -> ShardPart:
     url = f"sqlite:///{folder / 'sim.db'}"
     db = make_engine(url, durable=False)  # deleted when the shard ends
     SQLModel.metadata.create_all(db)
