@@ -37,8 +37,12 @@ class BatchWriter(Protocol):
         """``(idempotency_key, event id, contact id)`` of the stored events among ``keys``."""
         ...
 
-    def find_contacts(self, session: Session, emails: list[str]) -> list[Contact]:
-        """The stored contacts among ``emails`` (ORM objects: changes to them are saved)."""
+    def find_contacts(
+        self, session: Session, emails: list[str], *, lock: bool = False
+    ) -> list[Contact]:
+        """The stored contacts among ``emails`` (ORM objects: changes to them are saved).
+        ``lock``: read anew and locked (``FOR UPDATE``, in id order, as the pipeline locks
+        them), for a caller about to change them."""
         ...
 
     def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
@@ -77,8 +81,11 @@ class CoreWriter:
         )
         return session.exec(statement).all()  # type: ignore[return-value]
 
-    def find_contacts(self, session: Session, emails: list[str]) -> list[Contact]:
-        return list(session.exec(select(Contact).where(col(Contact.email).in_(emails))))
+    def find_contacts(
+        self, session: Session, emails: list[str], *, lock: bool = False
+    ) -> list[Contact]:
+        statement = select(Contact).where(col(Contact.email).in_(emails))
+        return list(session.exec(_locked(statement) if lock else statement))
 
     def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
         table: Any = Contact.__table__  # type: ignore[attr-defined]
@@ -202,8 +209,12 @@ class PostgresWriter:
         found = session.exec(statement, params={"keys": keys}).all()  # type: ignore[call-overload]
         return found  # type: ignore[return-value]
 
-    def find_contacts(self, session: Session, emails: list[str]) -> list[Contact]:
+    def find_contacts(
+        self, session: Session, emails: list[str], *, lock: bool = False
+    ) -> list[Contact]:
         statement = select(Contact).where(col(Contact.email) == any_(_EMAILS))
+        if lock:
+            statement = _locked(statement)
         return list(session.exec(statement, params={"emails": emails}))  # type: ignore[call-overload]
 
     def find_contact_ids(self, session: Session, emails: list[str]) -> dict[str, int]:
@@ -263,3 +274,13 @@ def writer_for(session: Session) -> BatchWriter | None:
     if name == "sqlite":
         return CoreWriter(sqlite.insert)
     return None
+
+
+def _locked(statement: Any) -> Any:
+    """``statement`` (of contacts) locking its rows in id order and reading them anew, even
+    those this session has loaded already: their attributes as committed now."""
+    return (
+        statement.order_by(col(Contact.id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )

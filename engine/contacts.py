@@ -225,8 +225,10 @@ def find_or_insert_contact_id(
 ) -> FoundContactId:
     """``find_or_create_contact`` for callers that need only the id (recording an event):
     a new contact is one ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` instead of a
-    savepoint around an ORM insert. The contact is not locked (an ingest request does not
-    wait for the pipeline unless it changes the contact)."""
+    savepoint around an ORM insert. The contact is locked only when the event changes her
+    attributes or time zone (an ingest request takes no row lock of its own unless it
+    changes the contact): she is read again then, locked, and the change merged into what
+    is committed now, or a concurrent request's attributes (or a pipeline step's) were lost."""
     contact = session.exec(select(Contact).where(Contact.email == email)).first()
     if contact is None:
         consent = first_consent(session, email, now=now)
@@ -240,10 +242,20 @@ def find_or_insert_contact_id(
         contact = session.exec(select(Contact).where(Contact.email == email)).one()
     # A time zone changed here is not kept with the event (nor by the batch path): the
     # event goes through the pipeline anyway, which compares zones (``follow_zone_changes``).
+    if _would_change(contact, timezone=timezone, attributes=attributes):
+        session.refresh(contact, with_for_update=True)
     changed, before, _zone_was = _merge(contact, now=now, timezone=timezone, attributes=attributes)
     if changed:
         session.add(contact)
     return FoundContactId(contact.id, False, before)  # type: ignore[arg-type]
+
+
+def _would_change(
+    contact: Contact, *, timezone: str | None, attributes: Mapping[str, Any] | None
+) -> bool:
+    if attributes and change_of(contact.attributes, attributes) is not None:
+        return True
+    return bool(timezone) and timezone != contact.timezone
 
 
 def _new_contact(

@@ -1,7 +1,7 @@
 """What text and times from outside may hold before they become an event.
 
-Two limits, checked at every door an event comes in by (the track API, the webhooks, and
-``recording`` as the last line):
+Two limits, checked at every door an event comes in by (the track API, the webhooks,
+``Runtime.track``; ``recording`` checks U+0000 again as the last line):
 
 - PostgreSQL cannot store U+0000 (NUL) in a text or JSON column; SQLite can. Unchecked, the
   same event would be kept on one database and be a 500 on the other. :func:`nul_problems`

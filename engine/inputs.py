@@ -20,6 +20,7 @@ from engine.contacts import (
 from engine.date_attributes import refuse_bad_dates
 from engine.db import transaction
 from engine.errors import ValidationError
+from engine.event_input import occurred_at_problem
 from engine.executor import Effects
 from engine.machine import Move
 from engine.models import Contact, StageTransition
@@ -41,8 +42,14 @@ def track(
     timezone: str | None = None,
 ) -> recording.Recorded:
     """``Runtime.track``: record one event (idempotently) and enqueue its processing after
-    commit. An attribute a ``wait_until_date`` step counts from must be given a date."""
+    commit. An attribute a ``wait_until_date`` step counts from must be given a date, and
+    ``occurred_at`` must be a plausible time (from 2000-01-01 to a day after the clock), as
+    the track API requires: a time in 2099 would sit inside every ``within=`` window."""
     refuse_bad_dates(runtime.registry, attributes)
+    if occurred_at is not None:
+        problem = occurred_at_problem(occurred_at, now=runtime.clock.now())
+        if problem is not None:
+            raise ValidationError(f"occurred_at: {problem}", field="occurred_at")
     with transaction(runtime.db) as session:
         recorded = recording.record_event(
             session,

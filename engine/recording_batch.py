@@ -188,6 +188,13 @@ def _contacts_for(
     # merge those in); the others need nothing but their id.
     merging = sorted({i.email for i in fresh if i.email in ids and (i.attributes or i.timezone)})
     existing = {c.email: c for c in writer.find_contacts(session, merging)} if merging else {}
+    # Those the items change are read again, locked: two requests merging attributes into
+    # one contact at once would each write back what it read, and the first one's were lost
+    # (as were a pipeline step's set_attribute committed meanwhile). The others stay unlocked:
+    # an ingest request takes no row lock of its own unless it changes the contact.
+    changing = [email for email in merging if _changes(existing[email], fresh)]
+    if changing:
+        existing.update((c.email, c) for c in writer.find_contacts(session, changing, lock=True))
     new_rows: dict[str, dict[str, Any]] = {}
     for item in fresh:
         if item.email in ids:
@@ -226,13 +233,26 @@ def _contacts_for(
         created = set(inserted.values())
         raced = [email for email in new_rows if email not in inserted]
         if raced:  # created by a concurrent request meanwhile: merge into it instead
-            for contact in writer.find_contacts(session, raced):
+            for contact in writer.find_contacts(session, raced, lock=True):
                 ids[contact.email] = contact.id  # type: ignore[assignment]
                 for item in fresh:
                     if item.email == contact.email:
                         item.attributes_before = None  # as merged into theirs, below
                         _merge_into_contact(contact, item, now)
     return ids, created
+
+
+def _changes(contact: Contact, items: list[_Item]) -> bool:
+    """Whether any of ``items`` for ``contact``'s address would change her attributes or
+    time zone as she is now."""
+    for item in items:
+        if item.email != contact.email:
+            continue
+        if item.attributes and change_of(contact.attributes, item.attributes) is not None:
+            return True
+        if item.timezone and item.timezone != contact.timezone:
+            return True
+    return False
 
 
 def _merged(

@@ -1,0 +1,200 @@
+"""An event stream wired to Journeyline (a Segment/RudderStack-style relay, a backfill):
+event times, attributes merged by concurrent requests, late events and the stage machine.
+
+Tests marked ``xfail(strict=True)`` show defects outside this helper's files, reported for
+the lead: each fails today and will pass (failing the strict mark) once fixed."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from engine.db import transaction
+from engine.errors import ValidationError
+from engine.models import Contact, Event
+from engine.recording import record_event
+from engine.recording_batch import record_batch
+from engine.testing import Simulation
+from tests.support import make_runtime
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),  # a placeholder, or a typo
+        datetime(1999, 12, 31, 23, 59, tzinfo=UTC),
+        datetime(2099, 1, 1, tzinfo=UTC),  # would sit in every within= window for decades
+    ],
+)
+def test_runtime_track_refuses_an_implausible_event_time_as_the_track_api_does(
+    when: datetime,
+) -> None:
+    with Simulation("workflows") as sim:
+        # When a program tracks an event said to have happened at that time
+        with pytest.raises(ValidationError) as refused:
+            sim.track("ana@example.com", "page.viewed", occurred_at=when)
+        # Then it is refused, naming the field, and nothing is recorded
+        assert refused.value.field == "occurred_at"
+        assert "occurred_at" in str(refused.value)
+        with Session(sim.runtime.db) as session:
+            assert session.exec(select(Event)).all() == []
+
+
+def test_runtime_track_keeps_a_late_or_slightly_early_event_time() -> None:
+    with Simulation("workflows") as sim:
+        now = sim.now()
+        # A backfill of last month's order, and a client clock an hour fast
+        sim.track("ana@example.com", "page.viewed", occurred_at=now - timedelta(days=30))
+        sim.track("ana@example.com", "page.viewed", occurred_at=now + timedelta(hours=1))
+        with Session(sim.runtime.db) as session:
+            times = [
+                e.occurred_at
+                for e in session.exec(select(Event).where(Event.type == "page.viewed"))
+            ]
+        assert times == [now - timedelta(days=30), now + timedelta(hours=1)]
+
+
+def test_attributes_merged_by_two_concurrent_events_are_both_kept(pg_db_url: str) -> None:
+    runtime, clock, _email = make_runtime(pg_db_url)
+    with transaction(runtime.db) as session:
+        record_event(
+            session, runtime.registry, now=clock.now(), email="ana@example.com", event_type="a.b"
+        )
+
+    def record(attributes: dict[str, int]) -> None:
+        with transaction(runtime.db) as session:
+            record_event(
+                session,
+                runtime.registry,
+                now=clock.now(),
+                email="ana@example.com",
+                event_type="page.viewed",
+                attributes=attributes,
+            )
+
+    try:
+        # Given one request has merged {"plan_seats": 5} and not committed yet
+        with transaction(runtime.db) as first:
+            record_event(
+                first,
+                runtime.registry,
+                now=clock.now(),
+                email="ana@example.com",
+                event_type="page.viewed",
+                attributes={"plan_seats": 5},
+            )
+            first.flush()
+            # When a second request merges {"company": "Acme"} meanwhile (with the row lock
+            # it waits for the first; without, it commits first)
+            other = threading.Thread(target=record, args=({"company": "Acme"},))
+            other.start()
+            other.join(timeout=2)
+        other.join(timeout=30)
+        assert not other.is_alive()
+        # Then the contact holds both
+        with Session(runtime.db) as session:
+            attributes = session.exec(select(Contact)).one().attributes
+        assert attributes == {"plan_seats": 5, "company": "Acme"}
+    finally:
+        runtime.db.dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/pipeline.py _apply_event offers an event's stage triggers whatever its "
+    "occurred_at: an order from before a churn reactivates the churned customer",
+)
+def test_a_backfilled_order_from_before_the_churn_does_not_reactivate() -> None:
+    with Simulation("workflows") as sim:
+        # Given a customer who bought, then cancelled ten days later
+        sim.track("cy@example.com", "order.completed", idempotency_key="o1")
+        sim.advance(days=10)
+        sim.track("cy@example.com", "subscription.cancelled")
+        sim.advance(days=1)
+        # When a backfill of last month's orders brings one from before the cancellation
+        before_churn = sim.now() - timedelta(days=5)
+        sim.track(
+            "cy@example.com", "order.completed", idempotency_key="o0", occurred_at=before_churn
+        )
+        # Then she is still churned: an old order is no comeback
+        sim.expect_stage("cy@example.com", "churned")
+
+
+@dataclass(frozen=True)
+class _In:
+    email: str
+    type: str
+    properties: dict[str, Any]
+    idempotency_key: str | None
+    attributes: dict[str, Any] | None = None
+    timezone: str | None = None
+    occurred_at: datetime | None = None
+
+
+def test_attributes_merged_by_two_concurrent_batches_are_both_kept(pg_db_url: str) -> None:
+    runtime, clock, _email = make_runtime(pg_db_url)
+    ana = "ana@example.com"
+    with transaction(runtime.db) as session:
+        record_batch(
+            session, runtime.registry, [_In(ana, "a.b", {}, "k0")], now=clock.now(), source="api"
+        )
+
+    def record(key: str, attributes: dict[str, Any]) -> None:
+        with transaction(runtime.db) as session:
+            item = _In(ana, "page.viewed", {}, key, attributes=attributes)
+            record_batch(session, runtime.registry, [item], now=clock.now(), source="api")
+
+    try:
+        # Given one batch (the track API's path) has merged {"plan_seats": 5}, uncommitted
+        with transaction(runtime.db) as first:
+            item = _In(ana, "page.viewed", {}, "k1", attributes={"plan_seats": 5})
+            record_batch(first, runtime.registry, [item], now=clock.now(), source="api")
+            first.flush()
+            # When a second batch merges {"company": "Acme"} meanwhile
+            other = threading.Thread(target=record, args=("k2", {"company": "Acme"}))
+            other.start()
+            other.join(timeout=2)
+        other.join(timeout=30)
+        assert not other.is_alive()
+        # Then the contact holds both
+        with Session(runtime.db) as session:
+            attributes = session.exec(select(Contact)).one().attributes
+        assert attributes == {"plan_seats": 5, "company": "Acme"}
+    finally:
+        runtime.db.dispose()
+
+
+def test_a_batch_bringing_attributes_she_already_has_takes_no_row_lock(
+    pg_db_url: str,
+) -> None:
+    # A batch takes the contact's row lock only when it changes her. (Its event row's
+    # foreign key takes a KEY SHARE lock on her row, which waits for a FOR UPDATE holder,
+    # as the pipeline is, but not for a NO KEY UPDATE one: that is the holder here, so the
+    # batch waits only if it asks for her row lock itself.)
+    runtime, clock, _email = make_runtime(pg_db_url)
+    ana = "ana@example.com"
+    with transaction(runtime.db) as session:
+        item = _In(ana, "a.b", {}, "k0", attributes={"plan": "team"})
+        record_batch(session, runtime.registry, [item], now=clock.now(), source="api")
+    try:
+        with transaction(runtime.db) as holder:  # the pipeline holding her row
+            holder.exec(select(Contact).with_for_update(key_share=True)).one()
+            done = threading.Event()
+
+            def record() -> None:
+                with transaction(runtime.db) as session:
+                    same = _In(ana, "page.viewed", {}, "k1", attributes={"plan": "team"})
+                    record_batch(session, runtime.registry, [same], now=clock.now(), source="api")
+                done.set()
+
+            other = threading.Thread(target=record)
+            other.start()
+            assert done.wait(30), "a batch changing nothing asked for the contact's row lock"
+        other.join(timeout=30)
+    finally:
+        runtime.db.dispose()
