@@ -92,10 +92,19 @@ def _plain_address(address: str) -> str | None:
     return lowered
 
 
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+"""Files of the zone database that ``ZoneInfo`` opens but that name no place: the server's
+own zone (another on every machine), a template, a placeholder."""
+
+
 def validate_timezone(value: str) -> str:
     try:
+        if value in _NOT_ZONES or value.startswith(("posix/", "right/")):
+            # "right/..." counts leap seconds, which nothing else here does; "posix/..." is
+            # a duplicate of the plain name: one zone, one name.
+            raise ValueError(value)
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, TypeError, AttributeError) as exc:
         raise ValidationError(
             f"time zone {value!r} is not an IANA time zone name (like 'Europe/Madrid')",
             field="timezone",

@@ -28,6 +28,7 @@ class EventStatus(StrEnum):
     PENDING = "pending"  # recorded, not yet processed
     PROCESSED = "processed"  # a rule or a workflow reacted to it
     UNMAPPED = "unmapped"  # kept, but nothing knows this event type
+    LATE = "late"  # kept as history: it arrived too long after it occurred to be applied
     FAILED = "failed"  # processing raised; see ``error``
 
 

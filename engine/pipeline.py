@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlmodel import Session, col, select
 
 from engine import known_enrollments
 from engine.attribute_changes import AttributeViews, changed_keys
+from engine.clock import ensure_utc
 from engine.conditions import Condition, EvalContext, conditions_as_of, matches
 from engine.db import keep, skip_commit_flush
 from engine.effects import Effects
@@ -212,7 +213,22 @@ def _apply_event(
     if event.type == LIFECYCLE_CHANGED:
         reacted = True
         effects.extend(_follow_crm_stage(session, registry, contact, event, now=now))
-    rules = registry.rules.matching(event.type, event.properties)
+    late = _late_by(registry, event)
+    if late is not None:
+        # History, not news: a backfilled order from before her churn must not reactivate
+        # her, nor last month's orders each send a thank-you. Conditions still count it
+        # (they read what happened), and what it brought to her attributes stays merged.
+        log.info(
+            "event %s (%s, contact %s) arrived %s after it occurred: kept as history, "
+            "applied to no stage, score or workflow",
+            event.id,
+            event.type,
+            contact.id,
+            late,
+        )
+        rules = []
+    else:
+        rules = registry.rules.matching(event.type, event.properties)
     score_delta = sum(r.score for r in rules)
     if score_delta:
         contact.score += score_delta
@@ -241,15 +257,16 @@ def _apply_event(
                     )
                 )
     reacted |= bool(rules)
-    live_before = live_enrollments(session, contact.id)  # type: ignore[arg-type]
+    live_before = [] if late is not None else live_enrollments(session, contact.id)  # type: ignore[arg-type]
     for enrollment in live_before:
         outcome, step_effects = _react_to_event(
             session, registry, contact, enrollment, event, now=now
         )
         effects.extend(step_effects)
         reacted |= outcome
-    _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
-    for workflow in registry.triggered_by_event(event.type):
+    if late is None:
+        _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
+    for workflow in [] if late is not None else registry.triggered_by_event(event.type):
         received = workflow.trigger
         assert isinstance(received, EventReceived)
         if matches(event.properties, received.where):
@@ -276,7 +293,9 @@ def _apply_event(
     # her when it was recorded (an event's ``timezone``, an import): each such wait notes
     # the zone its wake-up was computed in, so a change is found whichever path made it.
     follow_zone_changes(session, registry, contact, now=now)
-    if reacted or registry.knows_event(event.type):
+    if late is not None:
+        event.status = EventStatus.LATE
+    elif reacted or registry.knows_event(event.type):
         # A known type that changed nothing this time (an NPS 7 that no rule scores) is
         # processed all the same; "unmapped" is for types nothing in the registry names.
         event.status = EventStatus.PROCESSED
@@ -293,6 +312,18 @@ def _apply_event(
     _keep_event(session, event)
     keep(session, contact)
     return effects
+
+
+def _late_by(registry: Registry, event: Event) -> timedelta | None:
+    """How long after it occurred ``event`` arrived, when that is longer than the registry
+    applies events live (``LATE_EVENTS_AFTER``); None otherwise. Events the engine writes
+    itself and CRM stage changes (which follow their own order) are never late."""
+    if registry.late_after is None or event.source == INTERNAL_SOURCE:
+        return None
+    if event.type == LIFECYCLE_CHANGED:
+        return None
+    delay = ensure_utc(event.received_at) - ensure_utc(event.occurred_at)
+    return delay if delay > registry.late_after else None
 
 
 def _follow_crm_stage(
@@ -368,11 +399,24 @@ def _react_to_event(
     if enrollment.status == EnrollmentStatus.WAITING and waiting and waiting["type"] == event.type:
         node = workflow.program[enrollment.position]
         step = node.step
-        if isinstance(step, WaitForEvent) and matches(event.properties, step.where):
+        if (
+            isinstance(step, WaitForEvent)
+            and matches(event.properties, step.where)
+            and _occurred_while_waiting(enrollment, event)
+        ):
             return True, resume_on_event(
                 session, registry, contact, enrollment, now=now, event_id=event.id
             )
     return False, Effects()
+
+
+def _occurred_while_waiting(enrollment: Enrollment, event: Event) -> bool:
+    """Whether ``event`` occurred before the wait's timeout: one that occurred at or after it
+    (sent a little late, it arrived before the scheduler took the timeout) does not win
+    over the timeout, as an event at exactly that instant does not. (An event arriving
+    more than ``LATE_EVENTS_AFTER`` after it occurred resumes no wait at all.)"""
+    wake = enrollment.wake_at
+    return wake is None or ensure_utc(event.occurred_at) < ensure_utc(wake)
 
 
 def _conditions_now(

@@ -7,6 +7,9 @@ The workflows module (``workflows`` by default) may define:
 - ``WORKFLOWS``: a list of ``Workflow``
 - ``EVENTS``: extra event types workflows may wait for (beyond those rules name)
 - ``GUARDRAILS``: a ``Guardrails`` (frequency cap, quiet hours) over all marketing email
+- ``LATE_EVENTS_AFTER``: a ``timedelta`` (default 72 hours), or None: an event that arrives
+  longer than that after it occurred (a backfill, a device offline for days) is kept as
+  history, not applied live (``EventStatus.LATE``)
 
 ``build_registry`` checks all of it together and raises one ``WorkflowDefinitionError``
 listing every problem found (the checks are in ``engine.workflow_checks``), each with the
@@ -24,6 +27,7 @@ import sysconfig
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -57,6 +61,11 @@ BUILTIN_EVENTS = frozenset({
 })  # fmt: skip
 
 
+LATE_EVENTS_AFTER = timedelta(hours=72)
+"""How long after it occurred an event may arrive and still be applied live (as Customer.io
+triggers no campaign from an event more than 72 hours old): a later one is history."""
+
+
 @dataclass
 class Registry:
     journey: Journey
@@ -66,6 +75,7 @@ class Registry:
     templates: TemplateRenderer
     guardrails: Guardrails = field(default_factory=Guardrails)
     events: frozenset[str] = frozenset()
+    late_after: timedelta | None = LATE_EVENTS_AFTER
     # The importable module it was loaded from (None when built from a list): the API
     # looks for that module's ``inbound`` webhook sources, not the settings' module's.
     module: str | None = None
@@ -137,9 +147,17 @@ def build_registry(
     templates_dir: Path,
     events: Iterable[str] = (),
     guardrails: Guardrails | None = None,
+    late_after: object = LATE_EVENTS_AFTER,
 ) -> Registry:
     journey = journey or lifecycle_journey()
     problems = journey.problems()
+    if late_after is not None and (
+        not isinstance(late_after, timedelta) or late_after <= timedelta(0)
+    ):
+        problems.append(
+            f"LATE_EVENTS_AFTER is {late_after!r}: give a positive timedelta (e.g. "
+            "timedelta(hours=72)), or None to apply every event live however late it arrives"
+        )
     rule_set = RuleSet(rules)
     problems += rule_set.problems(journey.triggers)
     renderer = TemplateRenderer(templates_dir)
@@ -159,7 +177,14 @@ def build_registry(
     if problems:
         raise WorkflowDefinitionError(problems)
     return Registry(
-        journey, StageMachine(journey), rule_set, by_name, renderer, guardrails, known_events
+        journey,
+        StageMachine(journey),
+        rule_set,
+        by_name,
+        renderer,
+        guardrails,
+        known_events,
+        late_after,  # type: ignore[arg-type]  # checked above
     )
 
 
@@ -204,6 +229,7 @@ def registry_from_module(module: ModuleType, *, templates_dir: Path | None = Non
         templates_dir=templates_dir,
         events=getattr(module, "EVENTS", ()),
         guardrails=getattr(module, "GUARDRAILS", None),
+        late_after=getattr(module, "LATE_EVENTS_AFTER", LATE_EVENTS_AFTER),
     )
     registry.module = module.__name__
     return registry

@@ -78,7 +78,12 @@ def event_entry(event: Event) -> Entry:
     # Processed (or failed) at that instant; still pending: where it waits since it came in.
     at = event.processed_at or event.received_at
     status = f"{event.status}"
-    if event.occurred_at <= at - _NOTED_EARLIER:  # sent late or backdated by its source
+    # Sent late or backdated by its source, or dated ahead of its arrival (a client's clock
+    # running fast): either way its time is not the one it is shown at.
+    if (
+        event.occurred_at <= at - _NOTED_EARLIER
+        or event.occurred_at >= event.received_at + _NOTED_EARLIER
+    ):
         status += f"; occurred {event.occurred_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
     summary = f"{event.type} ({status})"
     if event.type == CONTACT_UPDATED and event.attributes_before:

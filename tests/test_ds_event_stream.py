@@ -9,18 +9,24 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import Session, select
 
+from engine import Workflow, on_event, send_email, wait_for_event
+from engine.contacts import validate_timezone
 from engine.db import transaction
-from engine.errors import ValidationError
-from engine.models import Contact, Event
+from engine.errors import ValidationError, WorkflowDefinitionError
+from engine.models import Contact, Event, EventStatus
 from engine.recording import record_event
 from engine.recording_batch import record_batch
+from engine.registry import build_registry, registry_from_module
 from engine.testing import Simulation
+from tests.language_support import TEMPLATES
 from tests.support import make_runtime
+from workflows.rules import RULES
 
 
 @pytest.mark.parametrize(
@@ -104,11 +110,6 @@ def test_attributes_merged_by_two_concurrent_events_are_both_kept(pg_db_url: str
         runtime.db.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/pipeline.py _apply_event offers an event's stage triggers whatever its "
-    "occurred_at: an order from before a churn reactivates the churned customer",
-)
 def test_a_backfilled_order_from_before_the_churn_does_not_reactivate() -> None:
     with Simulation("workflows") as sim:
         # Given a customer who bought, then cancelled ten days later
@@ -123,6 +124,36 @@ def test_a_backfilled_order_from_before_the_churn_does_not_reactivate() -> None:
         )
         # Then she is still churned: an old order is no comeback
         sim.expect_stage("cy@example.com", "churned")
+        # and the order is kept, as history
+        with Session(sim.runtime.db) as session:
+            late = session.exec(select(Event).where(Event.idempotency_key == "api:o0")).one()
+        assert late.status == EventStatus.LATE
+
+
+def test_an_event_a_day_late_is_still_applied() -> None:
+    with Simulation("workflows") as sim:
+        sim.track("dee@example.com", "page.viewed")
+        # When a trial started yesterday arrives today (a device offline for a day)
+        sim.track("dee@example.com", "trial.started", occurred_at=sim.now() - timedelta(days=1))
+        # Then it moves her as if it had come at once
+        sim.expect_stage("dee@example.com", "decision")
+
+
+def test_late_events_apply_live_when_the_playbook_says_so() -> None:
+    import workflows
+
+    registry = registry_from_module(workflows)
+    registry.late_after = None  # LATE_EVENTS_AFTER = None in the workflows module
+    with Simulation(registry) as sim:
+        sim.track("eve@example.com", "page.viewed")
+        sim.track("eve@example.com", "trial.started", occurred_at=sim.now() - timedelta(days=30))
+        sim.expect_stage("eve@example.com", "decision")
+
+
+@pytest.mark.parametrize("value", [timedelta(0), timedelta(hours=-1), 72, "72h"])
+def test_a_late_events_setting_that_is_not_a_positive_timedelta_is_refused(value: object) -> None:
+    with pytest.raises(WorkflowDefinitionError, match="LATE_EVENTS_AFTER is"):
+        build_registry(templates_dir=Path("workflows/templates"), late_after=value)
 
 
 @dataclass(frozen=True)
@@ -198,3 +229,71 @@ def test_a_batch_bringing_attributes_she_already_has_takes_no_row_lock(
         other.join(timeout=30)
     finally:
         runtime.db.dispose()
+
+
+def test_an_event_that_occurred_after_the_timeout_takes_the_timeout_path() -> None:
+    flow = Workflow(
+        "bought?",
+        trigger=on_event("demo.requested"),
+        steps=[
+            wait_for_event(
+                "order.completed",
+                timeout=timedelta(days=2),
+                on_event=[send_email("thank_you", id="thanks")],
+                on_timeout=[send_email("trial_nudge", id="nudge")],
+            ),
+        ],
+    )
+    registry = build_registry(workflows=[flow], templates_dir=TEMPLATES, rules=RULES)
+    with Simulation(registry) as sim:
+        sim.track("hal@example.com", "demo.requested")
+        sim.track("ivy@example.com", "demo.requested")
+        sim.advance(days=1, hours=23)
+        # When an order stamped after the two days arrives before the timeout is taken (a
+        # client clock ahead), and another stamped within them
+        late = sim.now() + timedelta(hours=2)
+        sim.track("hal@example.com", "order.completed", occurred_at=late)
+        sim.track("ivy@example.com", "order.completed", occurred_at=sim.now())
+        sim.advance(days=1)
+        # Then the first takes the timeout's path, as an event at the timeout itself does
+        sim.expect_email("hal@example.com", "nudge")
+        sim.expect_no_email("hal@example.com", "thanks")
+        sim.expect_email("ivy@example.com", "thanks")
+        sim.expect_no_email("ivy@example.com", "nudge")
+
+
+@pytest.mark.parametrize(
+    ("score", "advocate", "scored_down"),
+    [
+        (10, True, False),
+        ("10", True, False),
+        ("3", False, True),
+        (3, False, True),
+        (True, False, False),
+    ],
+)
+def test_an_nps_answer_is_read_alike_by_the_rules_and_the_nps_workflow(
+    score: object, advocate: bool, scored_down: bool
+) -> None:
+    with Simulation("workflows") as sim:
+        sim.contact_import("nia@example.com", stage="loyalty")
+        sim.track("nia@example.com", "nps.answered", {"score": score})
+        contact = sim.contact("nia@example.com")
+        assert (contact.stage == "advocacy") is advocate
+        assert (contact.score == -10) is scored_down
+
+
+@pytest.mark.parametrize(
+    "zone", ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Madrid"]
+)
+def test_zone_files_that_name_no_place_are_refused(zone: str) -> None:
+    with pytest.raises(ValidationError, match="not an IANA time zone name"):
+        validate_timezone(zone)
+    assert validate_timezone("Europe/Madrid") == "Europe/Madrid"
+
+
+def test_the_timeline_notes_an_event_dated_ahead_of_its_arrival() -> None:
+    with Simulation("workflows") as sim:
+        ahead = sim.now() + timedelta(hours=3)
+        sim.track("oz@example.com", "page.viewed", occurred_at=ahead)
+        assert f"occurred {ahead:%Y-%m-%d %H:%M} UTC" in sim.explain("oz@example.com")

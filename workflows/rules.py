@@ -4,7 +4,7 @@ A trigger that the contact's current stage does not allow is passed over, so one
 mean "first purchase" for a lead and "repeat purchase" for a customer.
 """
 
-from engine import EventRule
+from engine import EventRule, gte, lte
 
 RULES = [
     # Awareness: interest builds the score; ``qualify`` fires once it reaches the MQL mark.
@@ -28,16 +28,11 @@ RULES = [
     # An answer to a survey we sent (the satisfaction check, the feedback survey).
     EventRule("survey.answered", score=3),
     EventRule("subscription.renewed", score=20, triggers=("retain",)),
-    EventRule(
-        "nps.answered",
-        triggers=("advocate",),
-        when=lambda p: isinstance(p.get("score"), int | float) and p["score"] >= 9,
-    ),
-    EventRule(
-        "nps.answered",
-        score=-10,
-        when=lambda p: isinstance(p.get("score"), int | float) and p["score"] <= 6,
-    ),
+    # Read as the NPS workflow's branches read it (``gte``/``lte``: a number, or a number
+    # sent as text as form tools do, "10"; never a boolean), so a promoter thanked there is
+    # also moved here, and a detractor sent the recovery email is also scored down.
+    EventRule("nps.answered", triggers=("advocate",), when=lambda p: gte(9).test(p.get("score"))),
+    EventRule("nps.answered", score=-10, when=lambda p: lte(6).test(p.get("score"))),
     # Word of mouth: a loyal customer who refers or reviews us is an advocate.
     EventRule("referral.sent", score=15, triggers=("advocate",)),
     EventRule("review.posted", score=15, triggers=("advocate",)),
