@@ -62,7 +62,15 @@ def run_migrations_offline() -> None:
 
 
 def run_online(connection: Connection) -> None:
-    configure(connection=connection)
+    # PostgreSQL: each revision commits on its own, so the locks a revision takes (an
+    # index build, a column added) go at its end, not when the last of several pending
+    # revisions is done: a long upgrade held every table it touched for its whole length
+    # and deadlocked with live workers. (SQLite runs the whole upgrade as one transaction:
+    # engine/migrations.py.)
+    configure(
+        connection=connection,
+        transaction_per_migration=connection.dialect.name == "postgresql",
+    )
     with context.begin_transaction():
         context.run_migrations()
 

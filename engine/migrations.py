@@ -1,6 +1,10 @@
 """Run Alembic migrations from Python: ``upgrade``, ``downgrade``, ``current``, ``check``,
 ``stamp``; and ``schema_problem``, what a database's revision means for this code.
 
+``upgrade``, ``downgrade`` and ``stamp`` run one at a time per database, and on SQLite as
+one transaction (see ``_migrating``): two deploys migrating at once, or a migration cut
+short, leave the database at one revision or the other, never between.
+
 Alembic owns the schema. Its scripts live in ``alembic/`` beside ``alembic.ini`` at the
 repository root (the parent of the ``engine`` package), so these helpers work from a
 checkout or an editable install, not from a wheel.
@@ -9,7 +13,8 @@ checkout or an editable install, not from a wheel.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, pool, text
+from sqlalchemy import Connection, create_engine, event, make_url, pool, text
+from sqlalchemy.exc import ArgumentError
 
 from engine.db import make_engine
 from engine.errors import ConfigurationError
@@ -47,18 +53,93 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Migrate the database at ``database_url`` up to ``revision`` (default: the newest)."""
-    command.upgrade(alembic_config(database_url), revision)
+    _migrating(database_url, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
     """Migrate the database down to ``revision`` (``"base"`` removes every table)."""
-    command.downgrade(alembic_config(database_url), revision)
+    _migrating(database_url, lambda config: command.downgrade(config, revision))
 
 
 def stamp(database_url: str, revision: str = "head") -> None:
     """Record ``revision`` as the database's without running anything (tests that built
     the tables with ``create_all``)."""
-    command.stamp(alembic_config(database_url), revision)
+    _migrating(database_url, lambda config: command.stamp(config, revision))
+
+
+MIGRATION_LOCK = 0x4A4C_4D49_4752  # "JLMIGR": PostgreSQL's advisory lock key for migrating
+"""Held for the whole of an upgrade, downgrade or stamp on PostgreSQL."""
+
+SQLITE_BUSY_SECONDS = 30
+"""How long a migration of a SQLite file waits for a writer (a worker's transaction) to
+finish, as the engine's own connections do, instead of the driver's 5 s."""
+
+
+def _migrating(database_url: str, operation: Callable[[Config], None]) -> None:
+    """Run an Alembic ``operation`` on one connection of our own:
+
+    - PostgreSQL: under a session advisory lock. Two deploys running ``journeyline db
+      upgrade`` at once both read the old revision and ran the same DDL; the second failed
+      with a traceback (``relation "alembic_version" already exists``, ``column ... already
+      exists``). The second now waits for the first, then finds nothing left to do.
+    - SQLite: in one ``BEGIN IMMEDIATE`` transaction. The driver commits each DDL statement
+      on its own, so a migration cut short (killed, ``database is locked`` behind a worker)
+      left a revision half applied (a column added, the revision not recorded) and every
+      later upgrade failed (``duplicate column name``) until the file was repaired by hand.
+      Now it is all or nothing, and a concurrent migration waits for it.
+    """
+    config = alembic_config(database_url)
+    try:
+        backend = make_url(database_url).get_backend_name()
+    except ArgumentError:
+        backend = ""
+    if backend not in ("postgresql", "sqlite"):
+        operation(config)  # env.py opens its own connection
+        return
+    with _connection(database_url, sqlite=backend == "sqlite") as connection:
+        config.attributes["connection"] = connection
+        if backend == "sqlite":
+            with connection.begin():  # BEGIN IMMEDIATE: Alembic runs inside it, commits nothing
+                operation(config)
+            return
+        # The lock is the session's (it outlives the commit; Alembic runs its own
+        # transaction), and goes with the connection if the migration fails.
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        connection.commit()
+        operation(config)
+        connection.commit()
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+        connection.commit()
+
+
+@contextmanager
+def _connection(database_url: str, *, sqlite: bool) -> Iterator[Connection]:
+    """A connection to migrate with. Not ``make_engine``'s: SQLite's ``foreign_keys=ON``
+    would cascade the deletes of batch mode's table rebuilds into child tables (env.py)."""
+    if not sqlite:
+        db = make_engine(database_url, poolclass=pool.NullPool)
+    else:
+        db = create_engine(
+            database_url,
+            poolclass=pool.NullPool,
+            connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False},
+        )
+
+        @event.listens_for(db, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Transactions are ours alone (the driver commits DDL on its own otherwise).
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA foreign_keys=OFF")
+
+        @event.listens_for(db, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    try:
+        with db.connect() as connection:
+            yield connection
+    finally:
+        db.dispose()
 
 
 def head() -> str:
