@@ -485,6 +485,12 @@ def events(
     unmapped: Annotated[
         bool, typer.Option("--unmapped", help="Only events no rule knows (kept, not applied).")
     ] = False,
+    late: Annotated[
+        bool,
+        typer.Option(
+            "--late", help="Only events that arrived too late to apply (kept as history)."
+        ),
+    ] = False,
     limit: Annotated[int, typer.Option(min=1)] = 50,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -492,7 +498,12 @@ def events(
 
     settings = settings_for(ctx, database_url)
     query = select(Event, Contact.email).join(Contact, col(Contact.id) == col(Event.contact_id))
-    wanted = [s for s, on in ((EventStatus.FAILED, failed), (EventStatus.UNMAPPED, unmapped)) if on]
+    chosen = (
+        (EventStatus.FAILED, failed),
+        (EventStatus.UNMAPPED, unmapped),
+        (EventStatus.LATE, late),
+    )
+    wanted = [s for s, on in chosen if on]
     if wanted:
         query = query.where(col(Event.status).in_(wanted))
     query = query.order_by(col(Event.id).desc()).limit(limit)
@@ -500,7 +511,7 @@ def events(
     table = Table(title=f"Events ({len(rows)})")
     for name in ("id", "contact", "type", "source", "status", "error", "received"):
         table.add_column(name, justify="right" if name == "id" else "left", overflow="fold")
-    styles = {"failed": "red", "unmapped": "yellow", "processed": "green"}
+    styles = {"failed": "red", "unmapped": "yellow", "late": "yellow", "processed": "green"}
     for event, email in rows:
         style = styles.get(event.status, "white")
         table.add_row(

@@ -14,6 +14,7 @@ import pytest
 from engine.cli import parse_value
 from engine.testing import midday_zone
 from tests.cli_support import cli_env, invoke
+from tests.support import make_runtime
 
 
 @pytest.fixture
@@ -301,3 +302,23 @@ def test_pending_actions_say_what_holds_them_and_until_when(env: dict) -> None:
     held = re.search(r"held until (\S+ \S+) UTC", shown.output)
     assert held is not None, shown.output
     assert f"held until {held.group(1)} UTC" in output
+
+
+def test_events_lists_late_ones_kept_as_history(env: dict) -> None:
+    url = env["url"]
+    # Given an event that arrived ten days after it occurred (a backfill), and one on time
+    runtime, clock, _email = make_runtime(url, broker_url="inline://", create_schema=False)
+    try:
+        runtime.track("cy@example.com", "page.viewed")
+        runtime.track(
+            "cy@example.com", "trial.started", occurred_at=clock.now() - timedelta(days=10)
+        )
+        runtime.run_until_idle()
+    finally:
+        runtime.close()
+    # When an operator lists the late events
+    listed = invoke("--database-url", url, "events", "--late")
+    # Then only the backfilled one shows
+    assert listed.exit_code == 0, listed.output
+    assert "trial.started" in listed.output and "late" in listed.output
+    assert "page.viewed" not in listed.output
