@@ -364,7 +364,9 @@ def db_upgrade(
             console.print(f"{ahead}; this version runs on it as it is: nothing to do")
             return
         try:
-            migrations.upgrade(settings.database_url, revision)
+            # Where it was when this run's turn came: another deploy's upgrade may have run
+            # while this one waited for it.
+            before = migrations.upgrade(settings.database_url, revision)
         except CommandError as exc:  # no such revision, or one behind where it is
             fail(f"cannot upgrade {where} to {revision!r}: {exc}")
         after = migrations.current(settings.database_url)

@@ -51,9 +51,11 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate the database at ``database_url`` up to ``revision`` (default: the newest)."""
-    _migrating(database_url, lambda config: command.upgrade(config, revision))
+def upgrade(database_url: str, revision: str = "head") -> str | None:
+    """Migrate the database at ``database_url`` up to ``revision`` (default: the newest);
+    the revision it was at when this run's turn came (None: an empty schema). A run that
+    waited for another's upgrade finds that one's revision, not the one before it."""
+    return _migrating(database_url, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -75,7 +77,7 @@ SQLITE_BUSY_SECONDS = 30
 finish, as the engine's own connections do, instead of the driver's 5 s."""
 
 
-def _migrating(database_url: str, operation: Callable[[Config], None]) -> None:
+def _migrating(database_url: str, operation: Callable[[Config], None]) -> str | None:
     """Run an Alembic ``operation`` on one connection of our own:
 
     - PostgreSQL: under a session advisory lock. Two deploys running ``journeyline db
@@ -94,22 +96,26 @@ def _migrating(database_url: str, operation: Callable[[Config], None]) -> None:
     except ArgumentError:
         backend = ""
     if backend not in ("postgresql", "sqlite"):
+        before = current(database_url)
         operation(config)  # env.py opens its own connection
-        return
+        return before
     with _connection(database_url, sqlite=backend == "sqlite") as connection:
         config.attributes["connection"] = connection
         if backend == "sqlite":
             with connection.begin():  # BEGIN IMMEDIATE: Alembic runs inside it, commits nothing
+                before = MigrationContext.configure(connection).get_current_revision()
                 operation(config)
-            return
+            return before
         # The lock is the session's (it outlives the commit; Alembic runs its own
         # transaction), and goes with the connection if the migration fails.
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        before = MigrationContext.configure(connection).get_current_revision()
         connection.commit()
         operation(config)
         connection.commit()
         connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
         connection.commit()
+        return before
 
 
 @contextmanager

@@ -127,3 +127,10 @@ def test_on_postgres_each_revision_commits_on_its_own(postgres_url: str) -> None
     finally:
         db.dispose()
         reset_postgres(postgres_url, create_tables=False)
+
+
+def test_upgrade_says_the_revision_it_found_when_its_turn_came(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/journeyline.db"
+    assert migrations.upgrade(url, "0008") is None  # an empty schema
+    assert migrations.upgrade(url) == "0008"
+    assert migrations.upgrade(url) == migrations.head()  # nothing left to do
