@@ -48,7 +48,12 @@ from engine.workflow import (
     StageLeft,
     Workflow,
 )
-from engine.workflow_checks import guardrails_problems, where_defined, workflow_problems
+from engine.workflow_checks import (
+    guardrails_problems,
+    where_defined,
+    workflow_problems,
+    workflow_set_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +178,7 @@ def build_registry(
             problems.append(f"{where_defined(wf)}: workflow name {wf.name!r} is used twice")
         by_name[wf.name] = wf
         problems += workflow_problems(wf, journey, renderer, known_events)
+    problems += workflow_set_problems(by_name.values(), journey)  # between workflows
     problems = _one_missing_folder(problems, renderer)
     if problems:
         raise WorkflowDefinitionError(problems)
