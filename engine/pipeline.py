@@ -198,8 +198,13 @@ def _apply_event(
     # already stored, and an event-based condition must not count it yet; its attributes
     # (and any later event's) are merged, and one on attributes must not see them yet.
     assert event.id is not None  # a stored event
-    before = _conditions_now(
-        session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
+    late = _late_by(registry, event)
+    before = (
+        _conditions_now(
+            session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
+        )
+        if late is None
+        else {}
     )
     # Marked changed before anything below reads the database, so the score, stage and
     # version reach it in one UPDATE at the next autoflush rather than one each.
@@ -213,7 +218,6 @@ def _apply_event(
     if event.type == LIFECYCLE_CHANGED:
         reacted = True
         effects.extend(_follow_crm_stage(session, registry, contact, event, now=now))
-    late = _late_by(registry, event)
     if late is not None:
         # History, not news: a backfilled order from before her churn must not reactivate
         # her, nor last month's orders each send a thank-you. Conditions still count it
@@ -282,11 +286,12 @@ def _apply_event(
                     why=f"event {event.type}",
                 )
             )
-    effects.extend(
-        _conditions_turned_true(
-            session, registry, contact, before, now=now, event_id=event.id, views=views
+    if late is None:  # a late event starts, converts or exits nothing, conditions included
+        effects.extend(
+            _conditions_turned_true(
+                session, registry, contact, before, now=now, event_id=event.id, views=views
+            )
         )
-    )
     # A wait counted from a date this event changed (a trial extended) follows the new date.
     follow_date_changes(session, registry, contact, changed_keys(event.attributes_before), now=now)
     # A wait for a local time follows the contact's time zone, which an input merged into

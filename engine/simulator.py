@@ -251,6 +251,13 @@ def _run_in_processes(
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
+        failed = next((f for f in futures if f.done() and f.exception()), None)
+        if failed is not None:
+            # The others stop at the end of their day (nobody reads their progress any more:
+            # left running, they would fill the queue and hang), and this shard's error is
+            # the run's, not that of a shard stopped for it.
+            stop.set()
+            raise failed.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
     except BaseException:
         stop.set()

@@ -292,7 +292,11 @@ def _move_stage_problems(
         if not isinstance(step, MoveStage) or step.trigger not in journey.triggers:
             continue
         moves = [t for t in journey.transitions if t.trigger == step.trigger]
-        dest = next((t.dest for t in moves if stage in t.sources), None)
+        here = next((t for t in moves if stage in t.sources), None)
+        dest = None if here is None else here.dest
+        # A guarded move (qualify at an MQL score) moves only some: the others stay in the
+        # stage, and the steps written after it are theirs.
+        guarded = here is not None and bool(here.guards)
         label = f"{where}, step {node_ids.get(id(step), step.id)} (MoveStage)"
         if dest is None:
             sources = sorted({s for t in moves for s in t.sources})
@@ -301,7 +305,7 @@ def _move_stage_problems(
                 f"runs while the contact is in {stage} (it ends when she leaves it), and "
                 f"{step.trigger!r} moves only from {', '.join(sources)}"
             )
-        elif dest != stage and position < len(steps) - 1:
+        elif dest != stage and position < len(steps) - 1 and not guarded:
             after = steps[position + 1]
             found.append(
                 f"{label}: move_stage({step.trigger!r}) moves the contact from {stage} to "
@@ -585,18 +589,23 @@ def _data_problems(step: SendEmail, renderer: TemplateRenderer) -> list[str]:
 def _data_reads(source: str) -> dict[str, bool] | None:
     """The keys of ``data`` a template's source reads (``data.code``, ``data["code"]``), each
     with whether it is guarded somewhere (under ``| default``, in an ``if`` or ``is defined``
-    test); None when it reads ``data`` otherwise (whole, by a variable key) or includes,
-    extends or imports other templates, so what it reads is not all here."""
+    test, before an ``or``: ``data.code or "WELCOME10"``); None when it reads ``data``
+    otherwise (whole, by a variable key, by a method: ``data.get("code", ...)``) or
+    includes, extends or imports other templates, so what it reads is not all here."""
     tree = _JINJA.parse(source)
     if any(tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))):
         return None
+    if any(_reads_data(call.node) for call in tree.find_all(nodes.Call)):
+        return None  # data.get("code", "X"), data.items(): a dict's method, not a key
     keyed: set[int] = set()
     reads: dict[str, bool] = {}
     guarded_nodes: set[int] = set()
-    for node in tree.find_all((nodes.If, nodes.CondExpr, nodes.Test, nodes.Filter)):
+    for node in tree.find_all((nodes.If, nodes.CondExpr, nodes.Test, nodes.Filter, nodes.Or)):
         inside: nodes.Node | None
         if isinstance(node, nodes.If | nodes.CondExpr):
             inside = node.test
+        elif isinstance(node, nodes.Or):
+            inside = node.left  # its own fallback on the right
         elif isinstance(node, nodes.Filter) and node.name not in ("default", "d"):
             continue
         else:
@@ -622,6 +631,15 @@ def _data_reads(source: str) -> dict[str, bool] | None:
     if any(id(n) not in keyed for n in names):
         return None
     return reads
+
+
+def _reads_data(node: nodes.Node) -> bool:
+    """Whether ``node`` is ``data.<name>`` or ``data[...]``."""
+    return (
+        isinstance(node, nodes.Getattr | nodes.Getitem)
+        and isinstance(node.node, nodes.Name)
+        and node.node.name == "data"
+    )
 
 
 _JINJA = Environment()
