@@ -511,7 +511,7 @@ def events(
     query = query.order_by(col(Event.id).desc()).limit(limit)
     rows = read_rows(settings, query)
     table = Table(title=f"Events ({len(rows)})")
-    for name in ("id", "contact", "type", "source", "status", "error", "received"):
+    for name in ("id", "contact", "type", "source", "status", "error", "occurred", "received"):
         table.add_column(name, justify="right" if name == "id" else "left", overflow="fold")
     styles = {"failed": "red", "unmapped": "yellow", "late": "yellow", "processed": "green"}
     for event, email in rows:
@@ -523,6 +523,7 @@ def events(
             escape(event.source),
             f"[{style}]{event.status}[/]",
             escape(event.error or ""),
+            f"{event.occurred_at:%Y-%m-%d %H:%M}",
             f"{event.received_at:%Y-%m-%d %H:%M}",
         )
     console.print(table)

@@ -48,11 +48,21 @@ class SchedulerThread:
         self._thread = threading.Thread(target=self._run, name="journeyline-scheduler", daemon=True)
 
     def _run(self) -> None:
+        failing: str | None = None  # what the failing passes raise, said once
         while not self._stop.is_set():
             try:
                 self.runtime.tick()
-            except Exception:  # a bad tick must not end the loop; the next one retries
-                log.exception("scheduler tick failed")
+            except Exception as exc:  # a bad tick must not end the loop; the next one retries
+                said = f"{type(exc).__name__}: {exc}"
+                if failing is None:
+                    log.exception("scheduler passes failing (retried every %g s)", self.interval_s)
+                elif said != failing:
+                    log.error("scheduler passes failing now with %s", said)
+                failing = said
+            else:
+                if failing is not None:
+                    log.warning("scheduler passes work again")
+                failing = None
             self._stop.wait(self.interval_s)
 
     def start(self) -> None:

@@ -152,18 +152,29 @@ def simulate_command(
                 if logged is not None:
                     logged.tick(done, total)
 
-            results.append(
-                simulate(
-                    registry,
-                    contacts=contacts,
-                    days=days,
-                    seed=seed,
-                    profile=behaviour.for_registry(registry),
-                    label=str(source),
-                    processes=processes or usable_cpus(),
-                    on_progress=advance,
+            try:
+                results.append(
+                    simulate(
+                        registry,
+                        contacts=contacts,
+                        days=days,
+                        seed=seed,
+                        profile=behaviour.for_registry(registry),
+                        label=str(source),
+                        processes=processes or usable_cpus(),
+                        on_progress=advance,
+                    )
                 )
-            )
+            except KeyboardInterrupt:
+                progress.stop()
+                done = int(progress.tasks[0].completed)
+                err_console.print(
+                    f"interrupted after {done}/{shards * days} shard-days of "
+                    f"{escape(str(source))}; its temporary databases are removed",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(130) from None
     print_results(results, console)
     if html is not None:
         try:
@@ -218,4 +229,5 @@ class ProgressLines:
             f"({done * 100 // max(1, total)}%), "
             f"{elapsed:.0f} s so far, about {left:.0f} s left",
             highlight=False,
+            soft_wrap=True,  # one line in a CI log, however narrow its console
         )

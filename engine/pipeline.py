@@ -183,7 +183,15 @@ def _apply_event(
 ) -> Effects:
     effects = Effects()
     if event.type == CONTACT_CREATED and event.source == INTERNAL_SOURCE:
-        effects.extend(enter_first_stage(session, registry, contact, event, now=now))
+        # Made by an event that arrived late (a backfill of orders from addresses not seen
+        # before): she is placed in the first stage, as an import places her, and nothing
+        # starts for her (a welcome to every backfilled buyer).
+        late = _late_by(registry, event, internal=True)
+        effects.extend(
+            enter_first_stage(session, registry, contact, event, now=now, late=late is not None)
+        )
+        if late is not None:
+            return effects
         # Before it the contact did not exist, so no condition held: one that holds for the
         # new contact (created with the attributes of a segment) turns true here, once.
         assert event.id is not None
@@ -319,11 +327,12 @@ def _apply_event(
     return effects
 
 
-def _late_by(registry: Registry, event: Event) -> timedelta | None:
+def _late_by(registry: Registry, event: Event, *, internal: bool = False) -> timedelta | None:
     """How long after it occurred ``event`` arrived, when that is longer than the registry
     applies events live (``LATE_EVENTS_AFTER``); None otherwise. Events the engine writes
-    itself and CRM stage changes (which follow their own order) are never late."""
-    if registry.late_after is None or event.source == INTERNAL_SOURCE:
+    itself (unless ``internal``: a contact's creation carries the time of the event that
+    made her) and CRM stage changes (which follow their own order) are never late."""
+    if registry.late_after is None or (event.source == INTERNAL_SOURCE and not internal):
         return None
     if event.type == LIFECYCLE_CHANGED:
         return None
@@ -681,8 +690,17 @@ def _keep_event(session: Session, event: Event) -> None:
 
 
 def enter_first_stage(
-    session: Session, registry: Registry, contact: Contact, event: Event, *, now: datetime
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    event: Event,
+    *,
+    now: datetime,
+    late: bool = False,
 ) -> Effects:
+    """The new contact enters the journey's first stage: the workflows of that stage start,
+    unless ``late`` (her creation arrived as history: she is placed there, as an import
+    places a contact, and the event is kept as ``late``)."""
     session.add(
         new_row(
             StageTransition,
@@ -694,11 +712,11 @@ def enter_first_stage(
             at=now,
         )
     )
-    event.status = EventStatus.PROCESSED
+    event.status = EventStatus.LATE if late else EventStatus.PROCESSED
     event.processed_at = now
     _keep_event(session, event)
     effects = Effects()
-    for workflow in registry.triggered_by_stage(contact.stage):
+    for workflow in [] if late else registry.triggered_by_stage(contact.stage):
         effects.extend(
             start_enrollment(
                 session,

@@ -174,8 +174,16 @@ def build_registry(
         if not isinstance(wf, Workflow):
             problems.append(f"WORKFLOWS holds {wf!r}, which is not a Workflow(...)")
             continue
-        if wf.name in by_name:
-            problems.append(f"{where_defined(wf)}: workflow name {wf.name!r} is used twice")
+        first = by_name.get(wf.name)
+        if first is wf:
+            problems.append(
+                f"{where_defined(wf)}: workflow {wf.name!r} is listed twice in WORKFLOWS"
+            )
+        elif first is not None:
+            problems.append(
+                f"{where_defined(wf)}: workflow name {wf.name!r} is used twice (first at "
+                f"{where_defined(first)}): give each workflow a name of its own"
+            )
         by_name[wf.name] = wf
         problems += workflow_problems(wf, journey, renderer, known_events)
     problems += workflow_set_problems(by_name.values(), journey)  # between workflows

@@ -322,3 +322,6 @@ def test_events_lists_late_ones_kept_as_history(env: dict) -> None:
     assert listed.exit_code == 0, listed.output
     assert "trial.started" in listed.output and "late" in listed.output
     assert "page.viewed" not in listed.output
+    # with when it occurred beside when it came
+    occurred = clock.now() - timedelta(days=10)
+    assert f"{occurred:%Y-%m-%d}" in listed.output.replace("\n", "")

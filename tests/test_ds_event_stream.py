@@ -297,3 +297,44 @@ def test_the_timeline_notes_an_event_dated_ahead_of_its_arrival() -> None:
         ahead = sim.now() + timedelta(hours=3)
         sim.track("oz@example.com", "page.viewed", occurred_at=ahead)
         assert f"occurred {ahead:%Y-%m-%d %H:%M} UTC" in sim.explain("oz@example.com")
+
+
+def test_a_late_event_about_a_new_address_starts_nothing_for_her() -> None:
+    with Simulation("workflows") as sim:
+        # When a backfill brings an order from five days ago by an address never seen
+        five_days_ago = sim.now() - timedelta(days=5)
+        sim.track("old@example.com", "order.completed", occurred_at=five_days_ago)
+        sim.advance(days=3)
+        # Then she is placed in the first stage, as an import places her, and nothing starts
+        sim.expect_stage("old@example.com", "awareness")
+        sim.expect_no_email("old@example.com")
+        with Session(sim.runtime.db) as session:
+            statuses = set(session.exec(select(Event.status)).all())
+        assert statuses == {EventStatus.LATE}
+
+
+def test_a_late_event_about_a_new_address_starts_nothing_on_the_batch_path(
+    sqlite_url: str,
+) -> None:
+    runtime, clock, email = make_runtime(sqlite_url, broker_url="inline://")
+    try:
+        with transaction(runtime.db) as session:
+            item = _In(
+                "old@example.com",
+                "order.completed",
+                {},
+                "o1",
+                occurred_at=clock.now() - timedelta(days=5),
+            )
+            recorded = record_batch(
+                session, runtime.registry, [item], now=clock.now(), source="api"
+            )
+        runtime.enqueue_contacts(r.contact_id for r in recorded)
+        runtime.run_until_idle()
+        with Session(runtime.db) as session:
+            contact = session.exec(select(Contact)).one()
+            statuses = set(session.exec(select(Event.status)).all())
+        assert contact.stage == "awareness" and statuses == {EventStatus.LATE}
+        assert email.sent == []
+    finally:
+        runtime.close()

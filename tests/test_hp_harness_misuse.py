@@ -266,3 +266,14 @@ def test_two_journeys_under_one_golden_name_fail_even_when_updating(
         ]
     )
     assert "kim@example.com" in (pytester.path / "golden" / "trial.json").read_text()
+
+
+@pytest.mark.parametrize("own", ["signup.completed", "webinar.registered", "podcast.listened"])
+def test_an_event_type_of_ones_own_that_merely_resembles_a_known_one_is_recorded(
+    own: str,
+) -> None:
+    with Simulation("workflows") as sim:
+        recorded = sim.track("una@example.com", own)
+        assert not recorded.duplicate
+        with pytest.raises(JourneyAssertionError, match="did you mean 'webinar.attended'"):
+            sim.track("una@example.com", "webinar.atended")

@@ -242,3 +242,20 @@ def test_a_missing_templates_folder_is_one_problem_not_one_per_email(tmp_path: P
             workflows=flows, templates_dir=tmp_path / "templates", events=["page.viewed"]
         )
     assert len(refused.value.problems) == 6
+
+
+def test_a_wait_for_an_event_without_a_timeout_is_reported_with_the_other_problems() -> None:
+    flows = [
+        Workflow(
+            "waits",
+            trigger=on_event("x.y"),
+            steps=[wait_for_event("x.y"), send_email("no_such_template")],
+        ),
+        Workflow("waits", trigger=on_event("x.y"), steps=[send_email("welcome")]),
+    ]
+    with pytest.raises(WorkflowDefinitionError) as info:
+        build_registry(rules=[EventRule("x.y")], workflows=flows, templates_dir=TEMPLATES)
+    text = "\n".join(info.value.problems)
+    assert "a wait for an event needs a timeout" in text
+    assert "template 'no_such_template' not found" in text
+    assert "'waits' is used twice (first at " in text

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,19 @@ def test_a_progress_line_gives_the_share_done_not_the_tenth_it_passed(
     lines = cli_simulate.ProgressLines("workflows")
     lines.tick(7, 40)  # the first line after the quiet start: 17.5% done
     assert "7/40 shard-days (17%)" in printed.getvalue()
+
+
+def test_ctrl_c_says_where_the_run_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.cli_simulate as cli_simulate
+
+    def interrupted(
+        *args: object, on_progress: Callable[[int, int], None], **kwargs: object
+    ) -> None:
+        on_progress(3, 40)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_simulate, "simulate", interrupted)
+    result = CliRunner().invoke(app, ["simulate", "--contacts", "2", "--days", "20"])
+    assert result.exit_code == 130, result.output
+    assert "interruptedafter3/" in _flat(result.output), result.output
+    assert "temporarydatabasesareremoved" in _flat(result.output), result.output

@@ -71,13 +71,13 @@ def _assert_one_error(result: Result, *, code: int) -> str:
 # --- a mistake in the user's code -----------------------------------------------------------
 
 MISTAKES = {
-    "missing timeout": (
+    "misspelt argument": (
         HEADER + "WORKFLOWS = [\n"
         '    Workflow("w", trigger=on_event("contact.created"), steps=[\n'
-        '        wait_for_event("trial.started"),\n'
+        "        wait(dayz=2),\n"
         "    ]),\n]\n",
-        'wait_for_event("trial.started")',
-        "TypeError: wait_for_event() missing 1 required keyword-only argument: 'timeout'",
+        "wait(dayz=2)",
+        "TypeError: wait() got an unexpected keyword argument 'dayz'",
     ),
     "name error": (
         HEADER + "STEPS = [send_email('welcome'), wiat(days=2)]\n" + GOOD,
@@ -155,13 +155,13 @@ def test_other_commands_that_load_workflows_give_the_same_error(
     package: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Given a module with a mistake, and a command that starts the runtime
-    source = HEADER + "STEPS = [wait_for_event('trial.started')]\n" + GOOD
+    source = HEADER + "STEPS = [wait(dayz=2)]\n" + GOOD
     (package / "__init__.py").write_text(source)
     _importable(package, monkeypatch)
     monkeypatch.setenv("JOURNEYLINE_DATABASE_URL", f"sqlite:///{tmp_path / 'jl.db'}")
     # When it loads the workflows, then it exits 2, as for any configuration problem
     output = _assert_one_error(invoke("broadcast", "hello"), code=2)
-    assert f"__init__.py:{_line_of(source, 'STEPS =')}: TypeError: wait_for_event()" in output
+    assert f"__init__.py:{_line_of(source, 'STEPS =')}: TypeError: wait()" in output
     assert issubclass(WorkflowImportError, ConfigurationError)
 
 
