@@ -261,7 +261,7 @@ _CLAIM = (
     .join(Contact, col(Contact.id) == col(Action.contact_id))
     .outerjoin(Suppression, col(Suppression.email) == col(Contact.email))
     .where(col(Action.id) == bindparam("action_id"))
-    .with_for_update(of=[Action, Contact])
+    .with_for_update(of=[Action, Contact], key_share=True)
 )
 
 

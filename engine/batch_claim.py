@@ -298,7 +298,7 @@ def _claim_reads(dialect: str) -> tuple[Any, Any]:
         )
         .where(one_of_param(contacts_table.c.id, "contact_ids", dialect=dialect))
         .order_by(contacts_table.c.id)
-        .with_for_update(of=contacts_table)
+        .with_for_update(of=contacts_table, key_share=True)
     )
     return actions, contacts
 

@@ -41,7 +41,7 @@ class BatchWriter(Protocol):
         self, session: Session, emails: list[str], *, lock: bool = False
     ) -> list[Contact]:
         """The stored contacts among ``emails`` (ORM objects: changes to them are saved).
-        ``lock``: read anew and locked (``FOR UPDATE``, in id order, as the pipeline locks
+        ``lock``: read anew and locked (``FOR NO KEY UPDATE``, in id order, as the pipeline locks
         them), for a caller about to change them."""
         ...
 
@@ -281,6 +281,6 @@ def _locked(statement: Any) -> Any:
     those this session has loaded already: their attributes as committed now."""
     return (
         statement.order_by(col(Contact.id))
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )

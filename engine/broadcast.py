@@ -565,7 +565,7 @@ def _enroll_each(
         contact_id = item if isinstance(item, int) else item.id
         # Locked like the event pipeline locks it: one writer per contact at a time.
         contact = session.exec(
-            select(Contact).where(Contact.id == contact_id).with_for_update()
+            select(Contact).where(Contact.id == contact_id).with_for_update(key_share=True)
         ).first()
         if contact is None:
             continue

@@ -198,13 +198,13 @@ def find_or_create_contact(
     """The contact for ``email`` (already normalised), created at the initial stage if new.
 
     Given attributes are merged into an existing contact, under its row lock (PostgreSQL
-    ``FOR UPDATE``), so what they replaced is read as the pipeline left it; a concurrent
+    ``FOR NO KEY UPDATE``), so what they replaced is read as the pipeline left it; a concurrent
     create of the same address is resolved by the unique constraint, not by luck. A time
     zone changed counts as a change (``attribute_changes.ZONE``): the caller records it as
     a ``contact.updated`` event like an attribute's, so the pipeline moves the waits for a
     local time the old zone set.
     """
-    found = select(Contact).where(Contact.email == email).with_for_update()
+    found = select(Contact).where(Contact.email == email).with_for_update(key_share=True)
     contact = session.exec(found).first()
     if contact is None:
         consent = first_consent(session, email, now=now)
@@ -252,7 +252,7 @@ def find_or_insert_contact_id(
     # A time zone changed here is not kept with the event (nor by the batch path): the
     # event goes through the pipeline anyway, which compares zones (``follow_zone_changes``).
     if _would_change(contact, timezone=timezone, attributes=attributes):
-        session.refresh(contact, with_for_update=True)
+        session.refresh(contact, with_for_update={"key_share": True})
     changed, before, _zone_was = _merge(contact, now=now, timezone=timezone, attributes=attributes)
     if changed:
         session.add(contact)

@@ -2,7 +2,7 @@
 
 SQLite is opened in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``, so
 writers queue on the database lock instead of failing when they upgrade a read lock.
-PostgreSQL serialises per contact with ``SELECT ... FOR UPDATE`` (see ``lock_contact``).
+PostgreSQL serialises per contact with ``SELECT ... FOR NO KEY UPDATE`` (``lock_contact``).
 """
 
 from __future__ import annotations

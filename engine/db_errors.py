@@ -64,6 +64,14 @@ def contact_went_missing(exc: BaseException) -> bool:
     return "_contact_id_fkey" in text or "FOREIGN KEY constraint failed" in text
 
 
+def lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL choosing this transaction as a deadlock's victim (or a
+    lock wait cut short): rolled back whole, it may simply be run again."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "55P03")
+
+
 def describe_database_error(exc: BaseException) -> str:
     """The driver's error in one line, without SQL: ``OperationalError: connection failed:
     connection to server at "127.0.0.1", port 5433 failed: Connection refused``."""

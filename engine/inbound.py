@@ -122,7 +122,7 @@ def _one(runtime: Any, raw: Any, result: InboundResult) -> None:
         # would wait behind pipeline jobs holding a hundred contacts' locks).
         found = select(Contact).where(Contact.email == email)
         if SENDGRID_EVENTS[kind] in SUBSCRIPTION_EVENTS:
-            found = found.with_for_update()
+            found = found.with_for_update(key_share=True)
         contact = session.exec(found).first()
         if contact is None:
             result.unknown_contacts += 1

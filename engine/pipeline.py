@@ -54,9 +54,14 @@ EVENTS_PER_PASS = 200
 
 
 def lock_contact(session: Session, contact_id: int) -> Contact | None:
-    """Load the contact holding its row lock until commit (PostgreSQL ``FOR UPDATE``;
+    """Load the contact holding its row lock until commit (PostgreSQL ``FOR NO KEY
+    UPDATE``: it serialises the contact's writers, and an erasure's ``DELETE``, but not the
+    ``FOR KEY SHARE`` lock every event row written for her takes for its foreign key, so
+    recording her events never waits for a job processing her;
     SQLite's ``BEGIN IMMEDIATE`` already serialises writers)."""
-    return session.exec(select(Contact).where(Contact.id == contact_id).with_for_update()).first()
+    return session.exec(
+        select(Contact).where(Contact.id == contact_id).with_for_update(key_share=True)
+    ).first()
 
 
 def process_contact(

@@ -94,7 +94,7 @@ def _process_together(
         select(Contact)
         .where(one_of(session, col(Contact.id), ids))
         .order_by(col(Contact.id))
-        .with_for_update()
+        .with_for_update(key_share=True)
     ).all()
     known_enrollments.keep_enrollments(session)
     known_enrollments.load(session, [c.id for c in contacts if c.id is not None])
@@ -235,7 +235,7 @@ def _wake_together(
             select(Contact)
             .where(one_of(session, col(Contact.id), owners))
             .order_by(col(Contact.id))
-            .with_for_update()
+            .with_for_update(key_share=True)
         ).all()
     }
     known_enrollments.keep_enrollments(session)

@@ -228,7 +228,10 @@ def _contacts_for(
             for email, row in new_rows.items():
                 unsubscribed = SubscriptionStatus.UNSUBSCRIBED.value
                 row["subscription_status"] = unsubscribed if email in erased else subscribed
-        inserted = writer.insert_contacts(session, list(new_rows.values()), common)
+        # In address order: two requests creating the same new contacts in opposite orders
+        # each held one's unique-index entry and waited for the other's (a deadlock).
+        rows = [new_rows[email] for email in sorted(new_rows)]
+        inserted = writer.insert_contacts(session, rows, common)
         ids.update(inserted)
         created = set(inserted.values())
         raced = [email for email in new_rows if email not in inserted]

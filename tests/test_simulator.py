@@ -477,14 +477,12 @@ def test_a_workflows_folder_that_raises_is_one_error_with_its_file_and_line(
 ) -> None:
     folder = tmp_path / "broken"
     folder.mkdir()
-    (folder / "__init__.py").write_text(
-        "from engine import wait_for_event\n\nSTEPS = [wait_for_event('x')]\n"
-    )
+    (folder / "__init__.py").write_text("from engine import wait\n\nSTEPS = [wait(dayz=2)]\n")
     result = CliRunner().invoke(app, ["simulate", "--workflows", str(folder), "--days", "1"])
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), result.exception  # not a crash
     squeezed = "".join(result.output.split())  # rich wraps long paths anywhere
-    assert "broken/__init__.py:3:TypeError:wait_for_event()" in squeezed, result.output
+    assert "broken/__init__.py:3:TypeError:wait()" in squeezed, result.output
 
 
 def test_a_reaction_to_a_template_no_workflow_sends_is_refused() -> None:

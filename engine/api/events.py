@@ -27,7 +27,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select as sa_select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col
 
 from engine import recording
@@ -42,7 +42,7 @@ from engine.contacts import (
 )
 from engine.date_attributes import date_attribute_problems
 from engine.db import transaction
-from engine.db_errors import contact_went_missing
+from engine.db_errors import contact_went_missing, lock_conflict
 from engine.errors import ValidationError
 from engine.event_input import NUL, NUL_MESSAGE, occurred_at_problem
 from engine.inbound_values import value_problems
@@ -281,6 +281,13 @@ def record_all(
             if attempt == ERASED_MEANWHILE_ATTEMPTS or not contact_went_missing(exc):
                 raise
             log.info("events: a contact was erased while they were recorded; recording again")
+        except OperationalError as exc:
+            # Two requests creating the same new contacts, or merging attributes into the
+            # same ones, can deadlock; PostgreSQL rolls the victim back whole, and the
+            # idempotency keys make running it again safe.
+            if attempt == ERASED_MEANWHILE_ATTEMPTS or not lock_conflict(exc):
+                raise
+            log.info("events: a lock conflict with another request; recording again")
     runtime.enqueue_or_leave((r.contact_id for r in recorded if not r.duplicate), what="events")
     return [
         RecordedEvent(event_id=r.event_id, contact_id=r.contact_id, duplicate=r.duplicate)
