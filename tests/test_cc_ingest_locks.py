@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,23 +29,13 @@ from engine.pipeline_jobs import process_contacts_job
 from engine.recording_batch import record_batch
 from engine.runtime import Runtime
 from tests.support import make_runtime
+from tests.test_ds_event_stream import _In
 
 pytestmark = pytest.mark.postgres
 
 LOCK_WAIT_LIMIT = "5s"
 """``lock_timeout`` of the request under test: it never waits for a row lock once fixed, so
 any wait that reaches this is the defect, not a slow machine."""
-
-
-@dataclass(frozen=True)
-class _In:
-    email: str
-    type: str
-    properties: dict[str, Any]
-    idempotency_key: str | None
-    attributes: dict[str, Any] | None = None
-    timezone: str | None = None
-    occurred_at: datetime | None = None
 
 
 @pytest.fixture
