@@ -275,5 +275,5 @@ def test_an_event_type_of_ones_own_that_merely_resembles_a_known_one_is_recorded
     with Simulation("workflows") as sim:
         recorded = sim.track("una@example.com", own)
         assert not recorded.duplicate
-        with pytest.raises(JourneyAssertionError, match="did you mean 'webinar.attended'"):
+        with pytest.raises(JourneyAssertionError, match=r"did you mean 'webinar\.attended'"):
             sim.track("una@example.com", "webinar.atended")
