@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -410,12 +411,21 @@ def track(
     attr: Annotated[list[str] | None, typer.Option("--attr", help="Attribute k=v.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Idempotency key.")] = None,
     timezone: Annotated[str | None, typer.Option("--timezone", help="IANA zone.")] = None,
+    occurred_at: Annotated[
+        str | None,
+        typer.Option(
+            "--occurred-at",
+            help="When it happened, ISO 8601 (2026-03-01T09:30:00+01:00; UTC without an "
+            "offset); default now. Over LATE_EVENTS_AFTER ago it is kept as history.",
+        ),
+    ] = None,
     database_url: DatabaseUrl = None,
     broker_url: BrokerUrl = None,
 ) -> None:
     """Record one event for a contact (creating it if new) and process it."""
     from engine.runtime import Runtime
 
+    occurred = _parse_occurred_at(occurred_at) if occurred_at is not None else None
     properties = parse_pairs(prop or [], "--prop")
     attributes = parse_pairs(attr or [], "--attr")
     settings = settings_for(ctx, database_url, broker_url)
@@ -432,6 +442,7 @@ def track(
                 idempotency_key=key,
                 attributes=attributes or None,
                 timezone=timezone,
+                occurred_at=occurred,
             )
         except broker_errors() as exc:
             _recorded_not_enqueued(runtime, f"cli:{key}", exc)
@@ -442,6 +453,14 @@ def track(
         f"event {recorded.event_id} for contact {recorded.contact_id}: {status}",
         highlight=False,
     )
+
+
+def _parse_occurred_at(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--occurred-at {text!r} is not an ISO 8601 time, like 2026-03-01T09:30:00+01:00")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _recorded_not_enqueued(runtime: Runtime, idempotency_key: str, exc: BaseException) -> NoReturn:

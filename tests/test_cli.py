@@ -325,3 +325,24 @@ def test_events_lists_late_ones_kept_as_history(env: dict) -> None:
     # with when it occurred beside when it came
     occurred = clock.now() - timedelta(days=10)
     assert f"{occurred:%Y-%m-%d}" in listed.output.replace("\n", "")
+
+
+def test_track_takes_when_the_event_occurred(env: dict) -> None:
+    url = env["url"]
+    # A backfilled event from the command line: kept as history
+    done = invoke(
+        "--database-url", url, "track", "cy@example.com", "trial.started",
+        "--occurred-at", (datetime.now(UTC) - timedelta(days=10)).isoformat(),
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    listed = invoke("--database-url", url, "events", "--late")
+    assert "trial.started" in listed.output, listed.output
+    # A time that is no time, or one the track API would refuse, is one line (exit 2)
+    bad = invoke("--database-url", url, "track", "cy@example.com", "x.y", "--occurred-at", "soon")
+    assert bad.exit_code == 2 and "--occurred-at 'soon' is not an ISO 8601 time" in bad.output
+    ahead = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    refused = invoke(
+        "--database-url", url, "track", "cy@example.com", "x.y", "--occurred-at", ahead
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "occurred_at" in refused.output
