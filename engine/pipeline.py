@@ -212,12 +212,10 @@ def _apply_event(
     # (and any later event's) are merged, and one on attributes must not see them yet.
     assert event.id is not None  # a stored event
     late = _late_by(registry, event)
-    before = (
-        _conditions_now(
-            session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
-        )
-        if late is None
-        else {}
+    if late is not None:
+        return _keep_as_history(session, registry, contact, event, late, now=now)
+    before = _conditions_now(
+        session, registry, contact, now, upto=event.id - 1, attributes=views.before(event.id)
     )
     # Marked changed before anything below reads the database, so the score, stage and
     # version reach it in one UPDATE at the next autoflush rather than one each.
@@ -231,21 +229,7 @@ def _apply_event(
     if event.type == LIFECYCLE_CHANGED:
         reacted = True
         effects.extend(_follow_crm_stage(session, registry, contact, event, now=now))
-    if late is not None:
-        # History, not news: a backfilled order from before her churn must not reactivate
-        # her, nor last month's orders each send a thank-you. Conditions still count it
-        # (they read what happened), and what it brought to her attributes stays merged.
-        log.info(
-            "event %s (%s, contact %s) arrived %s after it occurred: kept as history, "
-            "applied to no stage, score or workflow",
-            event.id,
-            event.type,
-            contact.id,
-            late,
-        )
-        rules = []
-    else:
-        rules = registry.rules.matching(event.type, event.properties)
+    rules = registry.rules.matching(event.type, event.properties)
     score_delta = sum(r.score for r in rules)
     if score_delta:
         contact.score += score_delta
@@ -274,16 +258,15 @@ def _apply_event(
                     )
                 )
     reacted |= bool(rules)
-    live_before = [] if late is not None else live_enrollments(session, contact.id)  # type: ignore[arg-type]
+    live_before = live_enrollments(session, contact.id)  # type: ignore[arg-type]
     for enrollment in live_before:
         outcome, step_effects = _react_to_event(
             session, registry, contact, enrollment, event, now=now
         )
         effects.extend(step_effects)
         reacted |= outcome
-    if late is None:
-        _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
-    for workflow in [] if late is not None else registry.triggered_by_event(event.type):
+    _withdraw_after_the_end(session, registry, contact, lambda w: _event_ends(w, event), now)
+    for workflow in registry.triggered_by_event(event.type):
         received = workflow.trigger
         assert isinstance(received, EventReceived)
         if matches(event.properties, received.where):
@@ -299,21 +282,18 @@ def _apply_event(
                     why=f"event {event.type}",
                 )
             )
-    if late is None:  # a late event starts, converts or exits nothing, conditions included
-        effects.extend(
-            _conditions_turned_true(
-                session, registry, contact, before, now=now, event_id=event.id, views=views
-            )
+    effects.extend(
+        _conditions_turned_true(
+            session, registry, contact, before, now=now, event_id=event.id, views=views
         )
+    )
     # A wait counted from a date this event changed (a trial extended) follows the new date.
     follow_date_changes(session, registry, contact, changed_keys(event.attributes_before), now=now)
     # A wait for a local time follows the contact's time zone, which an input merged into
     # her when it was recorded (an event's ``timezone``, an import): each such wait notes
     # the zone its wake-up was computed in, so a change is found whichever path made it.
     follow_zone_changes(session, registry, contact, now=now)
-    if late is not None:
-        event.status = EventStatus.LATE
-    elif reacted or registry.knows_event(event.type):
+    if reacted or registry.knows_event(event.type):
         # A known type that changed nothing this time (an NPS 7 that no rule scores) is
         # processed all the same; "unmapped" is for types nothing in the registry names.
         event.status = EventStatus.PROCESSED
@@ -330,6 +310,41 @@ def _apply_event(
     _keep_event(session, event)
     keep(session, contact)
     return effects
+
+
+def _keep_as_history(
+    session: Session,
+    registry: Registry,
+    contact: Contact,
+    event: Event,
+    late: timedelta,
+    *,
+    now: datetime,
+) -> Effects:
+    """A late event is history, not news: a backfilled order from before her churn must
+    not reactivate her, nor last month's orders each send a thank-you. It moves no stage,
+    scores nothing, and starts, resumes, converts or exits no workflow (conditions
+    included); conditions read it later as what happened. What always applies applies:
+    consent and suppression (by event time), and the attributes or zone it merged into her
+    when recorded, which waits counted from them follow."""
+    log.info(
+        "event %s (%s, contact %s) arrived %s after it occurred: kept as history, "
+        "applied to no stage, score or workflow",
+        event.id,
+        event.type,
+        contact.id,
+        late,
+    )
+    contact.updated_at = now
+    contact.version += 1
+    apply_feedback(session, registry, contact, event, now=now)
+    follow_date_changes(session, registry, contact, changed_keys(event.attributes_before), now=now)
+    follow_zone_changes(session, registry, contact, now=now)
+    event.status = EventStatus.LATE
+    event.processed_at = now
+    _keep_event(session, event)
+    keep(session, contact)
+    return Effects()
 
 
 def _late_by(registry: Registry, event: Event, *, internal: bool = False) -> timedelta | None:
